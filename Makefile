@@ -1,0 +1,31 @@
+# The two commands of the README:
+#   make quickstart   set up, then run the quickstart on the embedded local provider
+#   make test         set up, then lint, type-check and run every test
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+QUICKSTART := examples/quickstart
+
+.PHONY: setup quickstart test lint bench clean
+
+$(BIN)/mlinfra: pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(BIN)/python || uv venv --quiet --python $(PYTHON) $(VENV)
+	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/mlinfra
+
+quickstart: setup
+	$(BIN)/mlinfra validate -C $(QUICKSTART)
+
+lint: setup
+	$(BIN)/ruff check mlinfra tests benchmarks
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no test: make fails on any non-zero exit.
+test: lint
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) $(QUICKSTART)/.mlinfra

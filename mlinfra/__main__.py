@@ -1,0 +1,3 @@
+from mlinfra.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""What a loaded project is: its resources, its stack and its variables."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Interpolations: ${var.X}, ${secret.X}, ${inputs.X}, ${steps.S.outputs.O}, ...
+INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
+VERSIONED_REF = re.compile(
+    r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A reference to a versioned resource: `fraud`, `fraud:3` or `fraud@champion`.
+
+    At most one of `version` and `alias` is set; neither means the latest version.
+    """
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Ref | None:
+        match = VERSIONED_REF.match(text)
+        if match is None:
+            return None
+        version = match["version"]
+        alias = match["alias"]
+        if alias == "latest":
+            alias = None
+        return cls(match["name"], int(version) if version else None, alias)
+
+    def __str__(self) -> str:
+        if self.version is not None:
+            return f"{self.name}:{self.version}"
+        if self.alias is not None:
+            return f"{self.name}@{self.alias}"
+        return self.name
+
+
+@dataclass
+class Resource:
+    """One document of the project: a kind, a unique name within it, and its fields.
+
+    `spec` holds the document after variables are filled in; `${secret.X}` stays
+    as written until apply time.
+    """
+
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    file: str
+    doc: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind.lower()}.{self.name}"
+
+    @property
+    def label(self) -> str:
+        """How diagnostics name it: `job/train-fraud`."""
+        return f"{self.kind.lower()}/{self.name}"
+
+
+@dataclass
+class Stack:
+    """A binding of the project to a provider, a state location and variables."""
+
+    name: str
+    provider: str = "local"
+    state: str | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    file: str | None = None  # None: the implicit local stack (no file)
+
+
+@dataclass
+class Config:
+    """A loaded and valid project: every resource, by kind then name."""
+
+    root: Path
+    name: str
+    stack: Stack
+    resources: dict[str, dict[str, Resource]]
+    files: list[str]
+
+    def all(self) -> list[Resource]:
+        return [r for by_name in self.resources.values() for r in by_name.values()]
+
+    def of(self, kind: str) -> dict[str, Resource]:
+        return self.resources.get(kind, {})
+
+    def get(self, kind: str, name: str) -> Resource | None:
+        return self.resources.get(kind, {}).get(name)
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(by_name) for kind, by_name in self.resources.items() if by_name}

@@ -1,0 +1,252 @@
+"""Finding a project, reading its files, choosing its stack and filling in variables."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, ProjectNotFound
+from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
+from mlinfra.spec.schemas import KINDS
+from mlinfra.spec.validate import check_references, check_schema, did_you_mean
+from mlinfra.spec.yamlfile import Locator, Path_, Problem, YamlFile, field_name, read_yaml
+
+PROJECT_FILE = "mlinfra.yaml"
+IGNORE_FILE = ".mlinfraignore"
+# Folders never read: state, stack files, and what tools keep beside code.
+SKIPPED_DIRS = {"stacks", ".mlinfra", "node_modules", "__pycache__"}
+NAMESPACES = {"var", "secret", "inputs", "outputs", "params", "steps", "jobs"}
+
+
+def find_root(start: Path) -> Path:
+    """The nearest folder at or above `start` holding mlinfra.yaml."""
+    start = start.resolve()
+    for folder in (start, *start.parents):
+        if (folder / PROJECT_FILE).is_file():
+            return folder
+    raise ProjectNotFound(
+        f"no {PROJECT_FILE} in {start} or any folder above it: run 'mlinfra init' to "
+        "create a project, or pass -C DIR")
+
+
+def _ignore_patterns(root: Path) -> list[str]:
+    path = root / IGNORE_FILE
+    if not path.is_file():
+        return []
+    lines = (line.strip() for line in path.read_text().splitlines())
+    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
+
+
+def ignored(rel: str, patterns: list[str]) -> bool:
+    """gitignore-like: a pattern matches the path or any of its parts."""
+    parts = rel.split("/")
+    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts)
+               for p in patterns)
+
+
+def yaml_files(root: Path) -> Iterator[Path]:
+    """Every *.yaml / *.yml under root, but stacks/, .mlinfra/ and hidden folders."""
+    patterns = _ignore_patterns(root)
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root)
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith(".")
+                         and not ignored(os.path.normpath(os.path.join(rel_folder, d)),
+                                         patterns))
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")):
+                rel = os.path.normpath(os.path.join(rel_folder, name))
+                if not ignored(rel, patterns):
+                    yield Path(folder) / name
+
+
+class Loader:
+    """Collects problems across every file, then renders them with positions at once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: dict[str, YamlFile] = {}
+        self.problems: list[Problem] = []
+
+    def rel(self, path: Path) -> str:
+        try:
+            return os.path.relpath(path, Path.cwd())
+        except ValueError:
+            return str(path)
+
+    def read(self, path: Path) -> YamlFile:
+        yf = read_yaml(path, self.rel(path))
+        self.files[yf.rel] = yf
+        self.problems.extend(yf.problems)
+        return yf
+
+    def diagnostics(self) -> list[Diagnostic]:
+        locators: dict[str, Locator] = {}
+        out = []
+        for p in self.problems:
+            line, column = p.line, p.column
+            if not line:
+                yf = self.files.get(p.file)
+                if yf is not None and yf.text:
+                    locator = locators.setdefault(p.file, Locator(yf.text))
+                    line, column = locator.locate(p.doc, p.path, p.at_key)
+            out.append(Diagnostic(p.file, line, column, p.message, p.address,
+                                  field_name(p.path)))
+        return out
+
+    def fail_if_problems(self) -> None:
+        if self.problems:
+            raise ConfigurationError(self.diagnostics())
+
+
+def _single_document(loader: Loader, path: Path, kind: str) -> tuple[YamlFile, dict[str, Any]]:
+    yf = loader.read(path)
+    docs = [(i, d) for i, d in enumerate(yf.documents) if d is not None]
+    if yf.problems:
+        return yf, {}
+    if len(docs) != 1 or not isinstance(docs[0][1], dict) or docs[0][1].get("kind") != kind:
+        loader.problems.append(Problem(yf.rel, f"must hold exactly one document of kind "
+                                       f"{kind}", line=1, column=1))
+        return yf, {}
+    return yf, docs[0][1]
+
+
+def _stack_path(root: Path, stack: str | None, default: str) -> tuple[Path, bool]:
+    """The stack file and whether the user named it (a missing default is allowed)."""
+    if stack is None:
+        return root / "stacks" / f"{default}.yaml", False
+    if "/" in stack or stack.endswith((".yaml", ".yml")):
+        return Path(stack), True
+    return root / "stacks" / f"{stack}.yaml", True
+
+
+def available_stacks(root: Path) -> list[str]:
+    folder = root / "stacks"
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> Stack:
+    path, named = _stack_path(root, stack, default)
+    if not path.is_file():
+        if named:
+            known = available_stacks(root)
+            hint = f"; stacks here: {', '.join(known)}" if known else ""
+            raise MlinfraError(f"stack '{stack}' not found: no file {loader.rel(path)}{hint}")
+        return Stack(name=default)
+    yf, doc = _single_document(loader, path, "Stack")
+    if doc:
+        loader.problems.extend(check_schema(yf.rel, 0, doc, "Stack"))
+    settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi")
+                                if k in doc}
+    return Stack(name=str(doc.get("name", path.stem)), provider=str(doc.get("provider", "local")),
+                 state=doc.get("state"), variables=dict(doc.get("variables") or {}),
+                 settings=settings, file=yf.rel)
+
+
+def _substitute(loader: Loader, res_file: str, doc: int, obj: Any, path: Path_,
+                variables: dict[str, Any], label: str) -> Any:
+    """Fill ${var.X} in every string of obj; report unknown variables and namespaces."""
+    if isinstance(obj, dict):
+        return {k: _substitute(loader, res_file, doc, v, (*path, k), variables, label)
+                for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_substitute(loader, res_file, doc, v, (*path, i), variables, label)
+                for i, v in enumerate(obj)]
+    if not isinstance(obj, str) or "${" not in obj:
+        return obj
+    for match in INTERPOLATION.finditer(obj):
+        namespace, rest = match.group(1), match.group(2)
+        if namespace not in NAMESPACES:
+            loader.problems.append(Problem(
+                res_file, f"unknown interpolation '${{{namespace}{rest}}}': use one of "
+                + ", ".join(f"${{{n}.…}}" for n in sorted(NAMESPACES))
+                + did_you_mean(namespace, NAMESPACES), doc, path, label))
+        elif namespace == "var" and rest[1:] not in variables:
+            loader.problems.append(Problem(
+                res_file, f"variable '{rest[1:]}' is not set by the stack nor declared with "
+                "a default" + did_you_mean(rest[1:], variables), doc, path, label))
+    whole = INTERPOLATION.fullmatch(obj)
+    if whole and whole.group(1) == "var" and whole.group(2)[1:] in variables:
+        return variables[whole.group(2)[1:]]  # keeps the variable's type
+
+    def fill(match: Any) -> str:
+        if match.group(1) == "var" and match.group(2)[1:] in variables:
+            return str(variables[match.group(2)[1:]])
+        return str(match.group(0))
+
+    return INTERPOLATION.sub(fill, obj)
+
+
+def load(start: Path, stack: str | None = None) -> Config:
+    """Load and validate the project at or above `start`; raises ConfigurationError
+    carrying every problem found."""
+    root = find_root(start)
+    loader = Loader(root)
+    project_yf, project = _single_document(loader, root / PROJECT_FILE, "Project")
+    if project:
+        loader.problems.extend(check_schema(project_yf.rel, 0, project, "Project"))
+    default_stack = str(project.get("default_stack") or "dev")
+    stack_cfg = _load_stack(loader, root, stack, default_stack)
+    variables: dict[str, Any] = {}
+    for var_name, decl in (project.get("variables") or {}).items():
+        if isinstance(decl, dict) and "default" in decl:
+            variables[var_name] = decl["default"]
+    variables.update(stack_cfg.variables)
+
+    resources: dict[str, dict[str, Resource]] = {k: {} for k in KINDS}
+    files = [project_yf.rel]
+    for path in yaml_files(root):
+        if path == root / PROJECT_FILE:
+            continue
+        yf = loader.read(path)
+        files.append(yf.rel)
+        has_interpolation = "${" in yf.text
+        for index, doc in enumerate(yf.documents):
+            if doc is None:
+                continue
+            resource = _resource(loader, yf.rel, index, doc)
+            if resource is None:
+                continue
+            if has_interpolation:
+                resource.spec = _substitute(loader, yf.rel, index, doc, (), variables,
+                                            resource.label)
+            loader.problems.extend(check_schema(yf.rel, index, resource.spec, resource.kind,
+                                                resource.label))
+            first = resources[resource.kind].get(resource.name)
+            if first is not None:
+                loader.problems.append(Problem(
+                    yf.rel, f"duplicate name: {resource.label} is also defined in "
+                    f"{first.file}", index, ("name",), resource.label))
+                continue
+            resources[resource.kind][resource.name] = resource
+    config = Config(root=root, name=str(project.get("name", root.name)), stack=stack_cfg,
+                    resources=resources, files=files)
+    loader.problems.extend(check_references(config))
+    loader.fail_if_problems()
+    return config
+
+
+def _resource(loader: Loader, rel: str, index: int, doc: Any) -> Resource | None:
+    if not isinstance(doc, dict):
+        loader.problems.append(Problem(rel, "a document must be a mapping with 'kind' and "
+                                       "'name'", index))
+        return None
+    kind = doc.get("kind")
+    if kind is None:
+        loader.problems.append(Problem(rel, "missing required field 'kind'", index))
+        return None
+    if kind in ("Project", "Stack") or kind not in KINDS:
+        where = {"Project": f"only in {PROJECT_FILE}", "Stack": "only in stacks/"}
+        message = (f"kind {kind} belongs {where[kind]}" if kind in where else
+                   f"unknown kind '{kind}'{did_you_mean(str(kind), KINDS)}; kinds are "
+                   + ", ".join(k for k in KINDS if k not in where))
+        loader.problems.append(Problem(rel, message, index, ("kind",)))
+        return None
+    name = doc.get("name")
+    if not isinstance(name, str):
+        # The schema explains what is wrong with the name (missing, not a string).
+        loader.problems.extend(check_schema(rel, index, doc, kind, kind.lower()))
+        return None
+    return Resource(kind=kind, name=name, spec=doc, file=rel, doc=index)

@@ -1,0 +1,387 @@
+"""The JSON Schemas (draft 2020-12) of every kind, built from one place.
+
+The schemas are the contract with users: editors complete and check YAML with them
+(`# yaml-language-server: $schema=...`), and `mlinfra validate` applies them first.
+A field whose change forces the resource to be replaced carries
+`"x-mlinfra-replace": true`, as Terraform providers mark ForceNew.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+Schema = dict[str, Any]
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+BASE_ID = "https://mlinfra.dev/schemas"
+NAME_PATTERN = "^[a-z][a-z0-9-]{0,62}$"
+REPLACE = "x-mlinfra-replace"
+
+# A reference to a versioned thing: `fraud`, `fraud:3`, `fraud@champion`.
+VERSIONED_REF_PATTERN = r"^[a-z][a-z0-9-]{0,62}(:[1-9][0-9]*|@[a-z][a-z0-9_-]{0,62})?$"
+DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)?$"
+QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+def _s(description: str, **kw: Any) -> Schema:
+    return {"description": description, **kw}
+
+
+def _string(description: str, **kw: Any) -> Schema:
+    return _s(description, type="string", **kw)
+
+
+def _name_ref(what: str) -> Schema:
+    return _string(f"Name of the {what}.", pattern=NAME_PATTERN)
+
+
+def _replace(schema: Schema) -> Schema:
+    return {**schema, REPLACE: True}
+
+
+def _map_of(description: str, values: Schema, **kw: Any) -> Schema:
+    return _s(description, type="object", additionalProperties=values, **kw)
+
+
+def _obj(description: str, properties: dict[str, Schema], required: list[str] | None = None,
+         **kw: Any) -> Schema:
+    schema = _s(description, type="object", properties=properties,
+                additionalProperties=False, **kw)
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_COMMON: dict[str, Schema] = {
+    "name": _replace(_string(
+        "Unique name of the resource within its kind: lowercase letters, digits and '-', "
+        "starting with a letter, at most 63 characters.", pattern=NAME_PATTERN)),
+    "description": _string("What this resource is for; shown in plans and listings."),
+    "tags": _map_of("Free-form labels, kept with the resource and its versions.",
+                    {"type": ["string", "number", "boolean"]}),
+}
+
+_DURATION_TEXT = "A duration: seconds as a number, or a string such as '90s', '30m', '2h'."
+_DURATION: Schema = {"description": _DURATION_TEXT,
+             "anyOf": [{"type": "integer", "minimum": 1},
+                       {"type": "string", "pattern": DURATION_PATTERN}]}
+
+
+def _kind(kind: str, description: str, properties: dict[str, Schema],
+          required: list[str] | None = None, **kw: Any) -> Schema:
+    props = {"kind": _s(f"Always '{kind}'.", const=kind), **_COMMON, **properties}
+    schema = _obj(description, props, ["kind", "name", *(required or [])], **kw)
+    return {"$schema": DRAFT, "$id": f"{BASE_ID}/{kind.lower()}.json",
+            "title": kind, **schema}
+
+
+def _variables() -> Schema:
+    return _map_of(
+        "Variables: name -> value; resources use them as ${var.NAME}.",
+        {"description": "A variable's value.",
+         "type": ["string", "number", "boolean", "array", "object", "null"]},
+        propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})
+
+
+def _project() -> Schema:
+    declared = _obj("A variable's declaration.", {
+        "description": _string("What the variable means."),
+        "default": _s("Value used when the stack does not set one."),
+        "sensitive": _s("Mask the value in plans and output.", type="boolean", default=False),
+    })
+    return _kind("Project", "The root of an mlinfra project: the folder holding mlinfra.yaml.", {
+        "default_stack": _string("Stack used when -s/--stack is not given: "
+                                 "stacks/<default_stack>.yaml.", pattern=NAME_PATTERN,
+                                 default="dev"),
+        "variables": _map_of("Variables the project declares, with optional defaults; "
+                             "a stack sets their values.", declared,
+                             propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"}),
+    })
+
+
+def _stack() -> Schema:
+    return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
+        "provider": _replace(_string("Where resources are created.",
+                                     enum=["local", "docker", "kubernetes"], default="local")),
+        "state": _string("Where state is kept: a path to a SQLite file (relative to the "
+                         "project), or a postgresql:// URL for a team. Default: "
+                         ".mlinfra/<stack>/state.db."),
+        "variables": _variables(),
+        "docker": _obj("Settings of the docker provider.", {
+            "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
+            "network": _string("Network the containers join.", pattern=NAME_PATTERN),
+            "registry": _string("Registry the built images are pushed to."),
+        }),
+        "kubernetes": _obj("Settings of the kubernetes provider.", {
+            "context": _string("kubeconfig context to use."),
+            "namespace": _replace(_string("Namespace for every object.", pattern=NAME_PATTERN)),
+            "registry": _string("Registry the built images are pushed to."),
+            "gateway": _string("Gateway API Gateway the endpoints' HTTPRoutes attach to."),
+        }),
+        "pulumi": _obj("Settings of the Pulumi Automation API used by docker and kubernetes.", {
+            "backend": _string("Pulumi state backend URL. Default: file:// in .mlinfra/pulumi."),
+            "stack": _string("Pulumi stack name. Default: the mlinfra stack's name."),
+        }),
+    })
+
+
+def _workspace() -> Schema:
+    return _kind("Workspace", "The home of the registry, runs and artifacts: one per project.", {
+        "default_datastore": _name_ref("Datastore that Data uses when it names none"),
+    })
+
+
+def _compute() -> Schema:
+    return _kind("Compute", "Where jobs and endpoints run.", {
+        "type": _replace(_string("Kind of compute.", enum=["local", "docker", "kubernetes"],
+                                 default="local")),
+        "max_concurrency": _s("local: how many jobs run at once.", type="integer",
+                              minimum=1, default=2),
+        "min_instances": _s("docker / kubernetes: fewest replicas.", type="integer",
+                            minimum=0, default=0),
+        "max_instances": _s("docker / kubernetes: most replicas.", type="integer",
+                            minimum=1, default=4),
+        "resources": _obj("Resources of one instance.", {
+            "cpu": _s("CPU cores, e.g. '1' or '500m'.", type=["string", "number"],
+                      pattern=QUANTITY_PATTERN),
+            "memory": _string("Memory, e.g. '2Gi'.", pattern=QUANTITY_PATTERN),
+            "gpu": _s("GPUs per instance.", type="integer", minimum=0),
+        }),
+    })
+
+
+def _datastore() -> Schema:
+    return _kind("Datastore", "A place data lives.", {
+        "type": _replace(_string("Kind of datastore (s3, gcs and azure_blob are planned).",
+                                 enum=["local"], default="local")),
+        "path": _replace(_string("local: folder, relative to the project, or absolute.",
+                                 minLength=1)),
+    }, ["path"])
+
+
+def _data() -> Schema:
+    expectation = _s(
+        "One Great Expectations expectation: {expect_...: {arguments}}.",
+        type="object", minProperties=1, maxProperties=1,
+        propertyNames={"pattern": "^expect_[a-z0-9_]+$"},
+        additionalProperties={"type": "object"})
+    return _kind("Data", "A versioned reference into a datastore: every new content of the "
+                 "file or folder is a new version.", {
+                     "datastore": _replace(_name_ref(
+                         "Datastore holding the data (default: the workspace's)")),
+                     "path": _string("File or folder inside the datastore.", minLength=1),
+                     "format": _string("How the data is stored.",
+                                       enum=["csv", "parquet", "jsonl"], default="csv"),
+                     "expectations": _s("Checks run before any job reads this data.",
+                                        type="array", items=expectation),
+                 }, ["path"])
+
+
+def _environment() -> Schema:
+    return _kind("Environment", "A Python environment: a virtual environment locally, an "
+                 "image on docker and kubernetes.", {
+                     "python": _replace(_string("Python version, e.g. '3.11'.",
+                                                pattern=r"^3\.[0-9]+(\.[0-9]+)?$")),
+                     "requirements": _s("Packages, as pip requirement strings.",
+                                        type="array", items={"type": "string", "minLength": 1}),
+                     "requirements_file": _string("A requirements.txt, relative to the project."),
+                     "image": _string("Base image for docker and kubernetes.",
+                                      default="python:3.11-slim"),
+                     "env": _map_of("Environment variables of every process in it.",
+                                    {"type": ["string", "number", "boolean"]}),
+                 })
+
+
+def _job() -> Schema:
+    return _kind("Job", "A training or processing step; it runs when its inputs change.", {
+        "code": _string("Folder holding the code, relative to the project; "
+                        "snapshotted for every run.", default="."),
+        "command": _string("Command line; ${inputs.X}, ${outputs.X} and ${params.X} "
+                           "are filled in.", minLength=1),
+        "environment": _name_ref("Environment the command runs in"),
+        "compute": _name_ref("Compute the job runs on"),
+        "experiment": _string("Experiment the runs are grouped under (default: the job's "
+                              "name)."),
+        "inputs": _map_of("Inputs: name -> Data reference (transactions, transactions:3) "
+                          "or another job's output (${jobs.NAME.outputs.OUT}).",
+                          {"type": "string", "minLength": 1}),
+        "params": _map_of("Parameters passed to the command and recorded with the run.",
+                          {"type": ["string", "number", "boolean"]}),
+        "outputs": _map_of("Outputs: name -> file or folder the command writes.",
+                           {"type": "string", "minLength": 1}),
+        "env": _map_of("Extra environment variables.",
+                       {"type": ["string", "number", "boolean"]}),
+        "timeout": {**_DURATION, "description": "Longest a run may take; then it is "
+                    "killed (whole process group). " + _DURATION_TEXT},
+    }, ["command"])
+
+
+def _pipeline() -> Schema:
+    step = _obj("One step: a job, with inputs that may come from other steps.", {
+        "job": _name_ref("Job this step runs"),
+        "inputs": _map_of("Overrides of the job's inputs: a Data reference or "
+                          "${steps.STEP.outputs.OUT}.", {"type": "string", "minLength": 1}),
+        "params": _map_of("Overrides of the job's params.",
+                          {"type": ["string", "number", "boolean"]}),
+    }, ["job"])
+    return _kind("Pipeline", "A DAG of jobs; an unchanged step is reused, not rerun.", {
+        "steps": _map_of("Steps by name.", step, minProperties=1,
+                         propertyNames={"pattern": NAME_PATTERN}),
+    }, ["steps"])
+
+
+def _model() -> Schema:
+    source = _s("Where versions come from: a job's output, a pipeline step's output, or a "
+                "file.", oneOf=[
+                    _obj("A job's output.", {"job": _name_ref("Job"),
+                                             "output": _string("Output name of the job.")},
+                         ["job", "output"]),
+                    _obj("A pipeline step's output.", {
+                        "pipeline": _name_ref("Pipeline"),
+                        "step": _string("Step name.", pattern=NAME_PATTERN),
+                        "output": _string("Output name of the step's job.")},
+                        ["pipeline", "step", "output"]),
+                    _obj("A file in the project.", {"path": _string("Path of the file.")},
+                         ["path"]),
+                ])
+    metrics = ["auc", "accuracy", "f1", "precision", "recall", "logloss", "rmse", "mae", "r2"]
+    return _kind("Model", "A registered model: named, versioned, with aliases.", {
+        "from": source,
+        "format": _replace(_string("Model format.", enum=["onnx"], default="onnx")),
+        "evaluation": _obj("How a new version is scored when it is registered.", {
+            "data": _string("Data reference to score on.", pattern=VERSIONED_REF_PATTERN),
+            "label": _string("Column holding the truth.", minLength=1),
+            "metrics": _s("Metrics to compute.", type="array", minItems=1, uniqueItems=True,
+                          items={"enum": metrics}),
+        }, ["data", "label"]),
+    }, ["from"])
+
+
+def _endpoint() -> Schema:
+    deployment = _obj("A model behind the endpoint.", {
+        "name": _string("Deployment name, used in traffic and mirror.", pattern=NAME_PATTERN),
+        "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
+                         pattern=VERSIONED_REF_PATTERN),
+        "instances": _s("Worker processes serving it.", type="integer", minimum=1,
+                        default=1),
+        "request": _obj("Request handling.", {
+            "timeout_ms": _s("Longest a request may take (504 after).", type="integer",
+                             minimum=1, default=5000),
+            "max_batch_size": _s("Most requests scored in one call.", type="integer",
+                                 minimum=1, default=32),
+            "max_batch_delay_ms": _s("Longest a request waits for a batch to fill.",
+                                     type="number", minimum=0, default=2),
+        }),
+    }, ["name", "model"])
+    percent = {"type": "integer", "minimum": 0, "maximum": 100}
+    return _kind("Endpoint", "An online endpoint: an ONNX Runtime server with deployments "
+                 "and a traffic split.", {
+                     "compute": _replace(_name_ref("Compute the server runs on")),
+                     "auth": _string("key: Bearer keys required; none: open.",
+                                     enum=["key", "none"], default="key"),
+                     "port": _replace(_s("Port to listen on (default: a free one).",
+                                         type="integer", minimum=1, maximum=65535)),
+                     "workers": _s("Server worker processes.", type="integer", minimum=1,
+                                   default=2),
+                     "max_request_bytes": _s("Larger bodies get 413.", type="integer",
+                                             minimum=1024, default=1048576),
+                     "deployments": _s("Deployments.", type="array", minItems=1,
+                                       items=deployment),
+                     "traffic": _map_of("Share of live traffic per deployment, summing to "
+                                        "100.", {**percent, "description": "Percent."}),
+                     "mirror": _map_of("Shadow share per deployment: copies of requests, "
+                                       "never answered to the caller.",
+                                       {**percent, "maximum": 50, "description": "Percent."}),
+                     "collect": _obj("Request capture for drift monitoring.", {
+                         "sample": _s("Share of requests captured.", type="number",
+                                      minimum=0, maximum=1),
+                         "datastore": _name_ref("Datastore the captures go to "
+                                                "(default: the workspace's)"),
+                     }),
+                 }, ["deployments", "traffic"])
+
+
+def _promotion() -> Schema:
+    bound = _obj("Bounds on a metric.", {
+        "min": _s("Lowest value that passes.", type="number"),
+        "max": _s("Highest value that passes.", type="number")})
+    return _kind("Promotion", "How a new version becomes the alias' version.", {
+        "model": _name_ref("Model governed"),
+        "alias": _string("Alias moved on promotion.", pattern="^[a-z][a-z0-9_-]{0,62}$",
+                         default="champion"),
+        "compare": _obj("Challenger against champion.", {
+            "metric": _string("Metric compared."),
+            "direction": _string("Which way is better.", enum=["max", "min"],
+                                 default="max"),
+            "min_delta": _s("Smallest improvement that counts.", type="number", minimum=0,
+                            default=0),
+        }, ["metric"]),
+        "gates": _obj("What a candidate must pass first.", {
+            "metrics": _map_of("Bounds per metric.", bound),
+            "data": _s("Data whose expectations must pass.", type="array",
+                       items={"type": "string", "pattern": VERSIONED_REF_PATTERN}),
+        }),
+        "rollout": _obj("Progressive rollout to an endpoint after promotion.", {
+            "endpoint": _name_ref("Endpoint"),
+            "steps": _s("Traffic percentages, ending at 100.", type="array", minItems=1,
+                        items={"type": "integer", "minimum": 1, "maximum": 100}),
+            "hold_s": _s("Seconds each step is watched.", type="number", minimum=0,
+                         default=5),
+            "rollback_on": _obj("Thresholds that roll back.", {
+                "error_rate": _s("Error share.", type="number", minimum=0, maximum=1),
+                "p99_ms": _s("p99 latency.", type="number", minimum=0),
+            }),
+        }, ["endpoint"]),
+    }, ["model"])
+
+
+SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
+    _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
+    _job(), _pipeline(), _model(), _endpoint(), _promotion())}
+
+KINDS: tuple[str, ...] = tuple(SCHEMAS)
+
+# Kinds that live in the project folder as resources (Project and Stack are settings).
+RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project", "Stack"))
+
+
+def replace_fields(kind: str) -> frozenset[str]:
+    """Top-level fields of `kind` whose change forces replacement."""
+    props = SCHEMAS[kind]["properties"]
+    return frozenset(name for name, spec in props.items() if spec.get(REPLACE))
+
+
+def schema_filename(kind: str) -> str:
+    return f"{kind.lower()}.json"
+
+
+def any_resource() -> Schema:
+    """One schema for any resource document, chosen by its `kind`: for editors on files
+    that hold several kinds (`---`)."""
+    defs = {kind: {k: v for k, v in SCHEMAS[kind].items() if k not in ("$schema", "$id")}
+            for kind in RESOURCE_KINDS}
+    return {
+        "$schema": DRAFT, "$id": f"{BASE_ID}/resource.json", "title": "mlinfra resource",
+        "description": "Any mlinfra resource; the fields depend on `kind`.",
+        "type": "object", "required": ["kind", "name"],
+        "properties": {"kind": {"description": "Kind of the resource.",
+                                "enum": list(RESOURCE_KINDS)}},
+        "allOf": [{"if": {"properties": {"kind": {"const": kind}}},
+                   "then": {"$ref": f"#/$defs/{kind}"}} for kind in RESOURCE_KINDS],
+        "$defs": defs,
+    }
+
+
+def export(out: Path) -> list[Path]:
+    """Write one file per kind, and resource.json, into `out`; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    documents = {schema_filename(kind): schema for kind, schema in SCHEMAS.items()}
+    documents["resource.json"] = any_resource()
+    for filename, schema in documents.items():
+        path = out / filename
+        path.write_text(json.dumps(schema, indent=2) + "\n")
+        written.append(path)
+    return written

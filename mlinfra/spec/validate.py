@@ -1,0 +1,354 @@
+"""Validation: each document against its kind's schema, then the references between them.
+
+Both passes return `Problem`s rather than raising, so a user sees every error at once.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import re
+from collections.abc import Iterator
+from difflib import get_close_matches
+from functools import cache
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from mlinfra.spec.model import INTERPOLATION, Config, Ref, Resource
+from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
+from mlinfra.spec.yamlfile import Path_, Problem
+
+_JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping", type(None): "nothing (null)"}
+_PATTERN_HINTS = {
+    NAME_PATTERN: "a name: lowercase letters, digits and '-', starting with a letter, "
+                  "at most 63 characters",
+    VERSIONED_REF_PATTERN: "a reference: NAME, NAME:VERSION or NAME@ALIAS",
+}
+_OUTPUT_REF = re.compile(
+    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
+
+
+def did_you_mean(word: str, candidates: Any) -> str:
+    match = get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+@cache
+def _validator(kind: str) -> Draft202012Validator:
+    return Draft202012Validator(SCHEMAS[kind])
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def _expected_types(types: Any) -> str:
+    names = {"string": "a string", "integer": "an integer", "number": "a number",
+             "boolean": "true or false", "array": "a list", "object": "a mapping",
+             "null": "null"}
+    types = [types] if isinstance(types, str) else list(types)
+    return " or ".join(names.get(t, t) for t in types)
+
+
+def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
+    """(path, message, at_key) for one jsonschema error, in a person's words."""
+    path: Path_ = tuple(err.absolute_path)
+    schema, instance, kind = err.schema, err.instance, str(err.validator)
+    expected: Any = err.validator_value
+    if kind == "additionalProperties" and isinstance(instance, dict) and isinstance(schema,
+                                                                                    dict):
+        known = schema.get("properties", {})
+        for extra in instance:
+            if extra not in known:
+                yield ((*path, extra), f"unknown field '{extra}'{did_you_mean(extra, known)}",
+                       True)
+    elif kind == "required" and isinstance(instance, dict):
+        for missing in expected:
+            if missing not in instance:
+                yield path, f"missing required field '{missing}'", False
+    elif kind == "type":
+        yield path, (f"expected {_expected_types(err.validator_value)}, got "
+                     f"{_type_name(instance)}"), False
+    elif kind == "enum":
+        options = ", ".join(str(o) for o in expected)
+        yield path, (f"must be one of: {options} (got {_short(instance)})"
+                     + did_you_mean(str(instance), expected)), False
+    elif kind == "pattern":
+        hint = _PATTERN_HINTS.get(expected, f"matching {expected}")
+        yield path, f"{_short(instance)} is not {hint}", False
+    elif kind == "anyOf" and isinstance(schema, dict) and "duration" in schema.get(
+            "description", ""):
+        yield path, f"{_short(instance)} is not a duration such as 90s, 30m or 2h", False
+    elif kind == "oneOf" and path[-1:] == ("from",):
+        yield path, ("must be one of {job: NAME, output: NAME}, {pipeline: NAME, step: "
+                     "NAME, output: NAME} or {path: FILE}"), False
+    elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        word = "at least" if "inimum" in kind else "at most"
+        yield path, f"must be {word} {err.validator_value} (got {instance})", False
+    elif kind == "const":
+        yield path, f"must be {err.validator_value!r}", False
+    else:
+        yield path, err.message if len(err.message) < 200 else err.message[:197] + "...", False
+
+
+def check_schema(file: str, doc: int, spec: dict[str, Any], kind: str,
+                 label: str = "") -> list[Problem]:
+    return [Problem(file, message, doc, path, label, at_key)
+            for err in _validator(kind).iter_errors(spec)
+            for path, message, at_key in _messages(err)]
+
+
+class _References:
+    """The semantic checks; each method adds problems for one kind."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.problems: list[Problem] = []
+        self.default_datastore: str | None = None
+
+    def add(self, res: Resource, path: Path_, message: str, at_key: bool = False) -> None:
+        self.problems.append(Problem(res.file, message, res.doc, path, res.label, at_key))
+
+    def name(self, res: Resource, path: Path_, kind: str, name: Any) -> Resource | None:
+        """Check that `kind` named `name` exists; returns it."""
+        if not isinstance(name, str):
+            return None
+        found = self.config.get(kind, name)
+        if found is None:
+            known = self.config.of(kind)
+            self.add(res, path, f"unknown {kind.lower()} '{name}'{did_you_mean(name, known)}"
+                     + ("" if known else f": the project defines no {kind}"))
+        return found
+
+    def ref(self, res: Resource, path: Path_, kind: str, text: Any) -> Resource | None:
+        if not isinstance(text, str):
+            return None
+        parsed = Ref.parse(text)
+        if parsed is None:
+            self.add(res, path, f"'{text}' is not a reference: use NAME, NAME:VERSION or "
+                     "NAME@ALIAS")
+            return None
+        if kind == "Data" and parsed.alias is not None:
+            self.add(res, path, f"data has versions but no aliases: use {parsed.name} or "
+                     f"{parsed.name}:VERSION")
+        return self.name(res, path, kind, parsed.name)
+
+    def inside(self, res: Resource, path: Path_, value: Any, allow_absolute: bool = False,
+               must_exist: bool = False) -> None:
+        """A path must stay inside the project folder (symlinks resolved)."""
+        if not isinstance(value, str):
+            return
+        if os.path.isabs(value):
+            if not allow_absolute:
+                self.add(res, path, f"'{value}' is absolute: give a path inside the project")
+            return
+        root = os.path.realpath(self.config.root)
+        target = os.path.realpath(os.path.join(root, value))
+        if os.path.commonpath([root, target]) != root:
+            self.add(res, path, f"'{value}' escapes the project folder")
+        elif must_exist and not os.path.exists(target):
+            self.add(res, path, f"'{value}' does not exist")
+
+    def run(self) -> list[Problem]:
+        workspaces = list(self.config.of("Workspace").values())
+        for extra in workspaces[1:]:
+            self.add(extra, ("name",), f"a project has one Workspace; "
+                     f"workspace/{workspaces[0].name} is already defined in "
+                     f"{workspaces[0].file}")
+        for kind in ("Workspace", "Datastore", "Data", "Environment", "Job", "Pipeline",
+                     "Model", "Endpoint", "Promotion"):
+            check = getattr(self, f"_{kind.lower()}")
+            for res in self.config.of(kind).values():
+                check(res, res.spec)
+        self._job_cycles()
+        return self.problems
+
+    def _workspace(self, res: Resource, spec: dict[str, Any]) -> None:
+        store = spec.get("default_datastore")
+        if store is not None and self.name(res, ("default_datastore",), "Datastore", store):
+            self.default_datastore = store
+
+    def _datastore(self, res: Resource, spec: dict[str, Any]) -> None:
+        self.inside(res, ("path",), spec.get("path"), allow_absolute=True)
+
+    def _data(self, res: Resource, spec: dict[str, Any]) -> None:
+        stores = self.config.of("Datastore")
+        if "datastore" in spec:
+            self.name(res, ("datastore",), "Datastore", spec["datastore"])
+        elif self.default_datastore is None and len(stores) != 1:
+            self.add(res, (), "names no datastore, and there is no single Datastore nor a "
+                     "Workspace default_datastore to use")
+        data_path = spec.get("path")
+        if isinstance(data_path, str) and (os.path.isabs(data_path) or os.path.normpath(
+                data_path).split(os.sep)[0] == ".."):
+            self.add(res, ("path",), f"'{data_path}' must be a path inside the datastore")
+
+    def _environment(self, res: Resource, spec: dict[str, Any]) -> None:
+        if "requirements" in spec and "requirements_file" in spec:
+            self.add(res, ("requirements_file",), "give requirements or requirements_file, "
+                     "not both")
+        self.inside(res, ("requirements_file",), spec.get("requirements_file"),
+                    must_exist=True)
+
+    def _job(self, res: Resource, spec: dict[str, Any]) -> None:
+        self.inside(res, ("code",), spec.get("code"), must_exist=True)
+        if "environment" in spec:
+            self.name(res, ("environment",), "Environment", spec["environment"])
+        if "compute" in spec:
+            self.name(res, ("compute",), "Compute", spec["compute"])
+        for key, value in (spec.get("inputs") or {}).items():
+            self._input(res, ("inputs", key), value, "jobs")
+        command = spec.get("command")
+        if isinstance(command, str):
+            declared = {"inputs": spec.get("inputs") or {}, "outputs": spec.get("outputs") or {},
+                        "params": spec.get("params") or {}}
+            for match in INTERPOLATION.finditer(command):
+                namespace, rest = match.group(1), match.group(2)[1:]
+                if namespace in declared and rest not in declared[namespace]:
+                    self.add(res, ("command",), f"${{{namespace}.{rest}}} is not declared in "
+                             f"{namespace}{did_you_mean(rest, declared[namespace])}")
+
+    def _input(self, res: Resource, path: Path_, value: Any, namespace: str,
+               steps: dict[str, Any] | None = None) -> None:
+        if not isinstance(value, str):
+            return
+        if "${" not in value:
+            self.ref(res, path, "Data", value)
+            return
+        match = _OUTPUT_REF.match(value)
+        if match is None or match.group(1) != namespace:
+            self.add(res, path, f"'{value}' is not an input: use a Data reference or "
+                     f"${{{namespace}.NAME.outputs.OUTPUT}}")
+            return
+        target, output = match.group(2), match.group(3)
+        if namespace == "jobs":
+            job = self.name(res, path, "Job", target)
+        else:
+            assert steps is not None
+            step = steps.get(target)
+            if step is None:
+                self.add(res, path, f"unknown step '{target}'{did_you_mean(target, steps)}")
+                return
+            job = self.config.get("Job", step.get("job", "")) if isinstance(step, dict) else None
+        if job is not None and output not in (job.spec.get("outputs") or {}):
+            self.add(res, path, f"job '{job.name}' has no output '{output}'"
+                     + did_you_mean(output, job.spec.get("outputs") or {}))
+
+    def _job_cycles(self) -> None:
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+        for job in self.config.of("Job").values():
+            for value in (job.spec.get("inputs") or {}).values():
+                match = _OUTPUT_REF.match(value) if isinstance(value, str) else None
+                if match and match.group(1) == "jobs":
+                    sorter.add(job.name, match.group(2))
+        self._cycle(sorter, "Job", lambda name: self.config.of("Job")[name], ("inputs",))
+
+    def _cycle(self, sorter: graphlib.TopologicalSorter[str], what: str, owner: Any,
+               path: Path_) -> None:
+        try:
+            sorter.prepare()
+        except graphlib.CycleError as err:
+            cycle = err.args[1]
+            res = owner(cycle[0])
+            if res is not None:
+                self.add(res, path, f"{what.lower()}s form a cycle: {' -> '.join(cycle)}")
+
+    def _pipeline(self, res: Resource, spec: dict[str, Any]) -> None:
+        steps = spec.get("steps") or {}
+        sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+        for step_name, step in steps.items():
+            if not isinstance(step, dict):
+                continue
+            sorter.add(step_name)
+            self.name(res, ("steps", step_name, "job"), "Job", step.get("job"))
+            for key, value in (step.get("inputs") or {}).items():
+                self._input(res, ("steps", step_name, "inputs", key), value, "steps", steps)
+                match = _OUTPUT_REF.match(value) if isinstance(value, str) else None
+                if match and match.group(1) == "steps" and match.group(2) in steps:
+                    sorter.add(step_name, match.group(2))
+        self._cycle(sorter, "Step", lambda _: res, ("steps",))
+
+    def _model(self, res: Resource, spec: dict[str, Any]) -> None:
+        source = spec.get("from")
+        if isinstance(source, dict):
+            if "path" in source:
+                self.inside(res, ("from", "path"), source["path"], must_exist=True)
+            elif "job" in source:
+                job = self.name(res, ("from", "job"), "Job", source["job"])
+                output = source.get("output")
+                if job is not None and output not in (job.spec.get("outputs") or {}):
+                    self.add(res, ("from", "output"), f"job '{job.name}' has no output "
+                             f"'{output}'" + did_you_mean(str(output), job.spec.get(
+                                 "outputs") or {}))
+            elif "pipeline" in source:
+                pipeline = self.name(res, ("from", "pipeline"), "Pipeline", source["pipeline"])
+                steps = pipeline.spec.get("steps") or {} if pipeline else {}
+                if pipeline is not None and source.get("step") not in steps:
+                    self.add(res, ("from", "step"), f"pipeline '{pipeline.name}' has no step "
+                             f"'{source.get('step')}'" + did_you_mean(str(source.get("step")),
+                                                                      steps))
+        evaluation = spec.get("evaluation")
+        if isinstance(evaluation, dict):
+            self.ref(res, ("evaluation", "data"), "Data", evaluation.get("data"))
+
+    def _endpoint(self, res: Resource, spec: dict[str, Any]) -> None:
+        if "compute" in spec:
+            self.name(res, ("compute",), "Compute", spec["compute"])
+        names: list[str] = []
+        for index, deployment in enumerate(spec.get("deployments") or []):
+            if not isinstance(deployment, dict):
+                continue
+            name = deployment.get("name")
+            if name in names:
+                self.add(res, ("deployments", index, "name"), f"duplicate deployment '{name}'")
+            names.append(str(name))
+            self.ref(res, ("deployments", index, "model"), "Model", deployment.get("model"))
+        traffic = spec.get("traffic") or {}
+        mirror = spec.get("mirror") or {}
+        for section, shares in (("traffic", traffic), ("mirror", mirror)):
+            for deployment in shares:
+                if deployment not in names:
+                    self.add(res, (section, deployment), f"unknown deployment '{deployment}'"
+                             + did_you_mean(deployment, names), at_key=True)
+        total = sum(v for v in traffic.values() if isinstance(v, int))
+        if traffic and total != 100:
+            self.add(res, ("traffic",), f"traffic shares sum to {total}; they must sum to 100")
+        for deployment, share in mirror.items():
+            if share and traffic.get(deployment):
+                self.add(res, ("mirror", deployment), f"deployment '{deployment}' takes live "
+                         "traffic; only a deployment with no traffic share can be mirrored")
+        collect = spec.get("collect") or {}
+        if "datastore" in collect:
+            self.name(res, ("collect", "datastore"), "Datastore", collect["datastore"])
+
+    def _promotion(self, res: Resource, spec: dict[str, Any]) -> None:
+        model = spec.get("model")
+        self.name(res, ("model",), "Model", model)
+        gates = spec.get("gates") or {}
+        for index, data in enumerate(gates.get("data") or []):
+            self.ref(res, ("gates", "data", index), "Data", data)
+        rollout = spec.get("rollout")
+        if not isinstance(rollout, dict):
+            return
+        endpoint = self.name(res, ("rollout", "endpoint"), "Endpoint", rollout.get("endpoint"))
+        steps = rollout.get("steps") or []
+        if steps and (steps[-1] != 100 or steps != sorted(set(steps))):
+            self.add(res, ("rollout", "steps"), "steps must rise and end at 100, e.g. "
+                     "[10, 50, 100]")
+        if endpoint is not None:
+            refs = (Ref.parse(str(d.get("model", "")))
+                    for d in endpoint.spec.get("deployments") or [] if isinstance(d, dict))
+            if model not in {ref.name for ref in refs if ref is not None}:
+                self.add(res, ("rollout", "endpoint"), f"endpoint '{endpoint.name}' has no "
+                         f"deployment of model '{model}'")
+
+
+def check_references(config: Config) -> list[Problem]:
+    return _References(config).run()

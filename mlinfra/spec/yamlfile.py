@@ -1,0 +1,231 @@
+"""Reading one YAML file safely, and finding where a value stands in it.
+
+Loading uses PyYAML's C parser and keeps no positions, because positions cost more
+than the parse itself. A `Problem` names a place by document index and path; only
+when a file has problems is it composed again to turn those paths into lines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MAX_FILE_BYTES = 5 * 1024 * 1024
+# Nodes one document may expand to through aliases; far above any real resource.
+MAX_EXPANDED_NODES = 100_000
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A configuration problem before it is given a line: where (document, path) and what.
+
+    `line`/`column` are set (1-based) when the place is already known, as for syntax
+    errors; otherwise `doc` and `path` are resolved by `Locator`. `at_key` points at
+    the key of the last path element rather than its value (unknown fields).
+    """
+
+    file: str
+    message: str
+    doc: int = 0
+    path: Path_ = ()
+    address: str = ""
+    at_key: bool = False
+    line: int = 0
+    column: int = 0
+
+
+def field_name(path: Path_) -> str:
+    """Render a path as users write it: `deployments[0].model`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+class _Loader(yaml.CSafeLoader):
+    """The C loader, plus a record of duplicate keys (PyYAML keeps the last silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[yaml.Mark, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    self.duplicates.append((key_node.start_mark, key_node.value))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+@dataclass
+class YamlFile:
+    """A file's documents (None for empty ones) and the problems found reading it."""
+
+    rel: str
+    documents: list[Any]
+    problems: list[Problem]
+    text: str = ""
+
+
+def _syntax_problem(rel: str, err: yaml.YAMLError) -> Problem:
+    if not isinstance(err, yaml.MarkedYAMLError):
+        return Problem(rel, f"invalid YAML: {err}", line=1, column=1)
+    problem = err.problem or "invalid YAML"
+    mark = err.problem_mark or err.context_mark
+    if "'\\t'" in problem or "\t" in problem:
+        message = "tab character: YAML is indented with spaces, never tabs"
+    elif "end of stream" in problem and err.context_mark is not None:
+        # An unclosed quote or bracket: the useful place is where it was opened.
+        mark = err.context_mark
+        message = f"{err.context} that is never closed"
+    else:
+        message = f"invalid YAML: {problem}"
+        if err.context:
+            message += f" ({err.context})"
+    line = mark.line + 1 if mark else 1
+    column = mark.column + 1 if mark else 1
+    return Problem(rel, message, line=line, column=column)
+
+
+def _expanded_size(obj: Any, memo: dict[int, int], active: set[int]) -> int:
+    """Nodes `obj` stands for once every alias is expanded (aliases share objects)."""
+    if not isinstance(obj, dict | list):
+        return 1
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise RecursionError("recursive alias")
+    active.add(key)
+    children = obj.values() if isinstance(obj, dict) else obj
+    total = 1
+    for child in children:
+        total += _expanded_size(child, memo, active)
+        if total > MAX_EXPANDED_NODES:
+            break
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+def _first_alias_line(text: str) -> tuple[int, int]:
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            mark = event.start_mark
+            return (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    return 1, 1
+
+
+def read_yaml(path: Path, rel: str) -> YamlFile:
+    """Read every document of `path`; never raises for bad content, returns problems."""
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return YamlFile(rel, [], [Problem(rel, f"cannot read file: {err.strerror}")])
+    if len(raw) > MAX_FILE_BYTES:
+        size = len(raw) / (1024 * 1024)
+        return YamlFile(rel, [], [Problem(
+            rel, f"file is {size:.1f} MiB; YAML files are limited to "
+            f"{MAX_FILE_BYTES // (1024 * 1024)} MiB: split it", line=1, column=1)])
+    if b"\0" in raw:
+        return YamlFile(rel, [], [Problem(rel, "binary file (it holds NUL bytes): not YAML",
+                                          line=1, column=1)])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        return YamlFile(rel, [], [Problem(rel, "not UTF-8 text: YAML files must be UTF-8",
+                                          line=line, column=1)])
+    loader = _Loader(text)
+    try:
+        documents = []
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            documents.append(loader.get_data())
+    except yaml.YAMLError as err:
+        return YamlFile(rel, [], [_syntax_problem(rel, err)], text)
+    finally:
+        loader.dispose()
+    problems = [Problem(rel, f"duplicate key '{key}'", line=mark.line + 1,
+                        column=mark.column + 1) for mark, key in loader.duplicates]
+    if "*" in text:  # no alias can exist without one
+        for index, doc in enumerate(documents):
+            try:
+                too_big = _expanded_size(doc, {}, set()) > MAX_EXPANDED_NODES
+                message = (f"aliases expand to more than {MAX_EXPANDED_NODES:,} nodes "
+                           "(an alias bomb?): refused")
+            except RecursionError:
+                too_big, message = True, "recursive alias: refused"
+            if too_big:
+                line, column = _first_alias_line(text)
+                problems.append(Problem(rel, message, doc=index, line=line, column=column))
+                documents = []
+                break
+    if not any(doc is not None for doc in documents) and not problems:
+        problems.append(Problem(rel, "empty file: it holds no YAML document", line=1,
+                                column=1))
+    return YamlFile(rel, documents, problems, text)
+
+
+class Locator:
+    """Turns (document, path) into (line, column) by composing the file once, lazily."""
+
+    def __init__(self, text: str) -> None:
+        self._text = text
+        self._docs: list[yaml.Node] | None = None
+
+    def _documents(self) -> list[yaml.Node]:
+        if self._docs is None:
+            try:
+                self._docs = list(yaml.compose_all(self._text, Loader=yaml.CSafeLoader))
+            except yaml.YAMLError:
+                self._docs = []
+        return self._docs
+
+    def locate(self, doc: int, path: Path_, at_key: bool = False) -> tuple[int, int]:
+        docs = self._documents()
+        if doc >= len(docs):
+            return 1, 1
+        node: yaml.Node = docs[doc]
+        mark = node.start_mark
+        for depth, part in enumerate(path):
+            child = self._child(node, part)
+            if child is None:
+                break
+            key_node, node = child
+            last = depth == len(path) - 1
+            mark = key_node.start_mark if (at_key and last and key_node) else node.start_mark
+        return mark.line + 1, mark.column + 1
+
+    @staticmethod
+    def _child(node: yaml.Node, part: str | int) -> tuple[Any, yaml.Node] | None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):
+                    return key_node, value_node
+        elif (isinstance(node, yaml.SequenceNode) and isinstance(part, int)
+              and 0 <= part < len(node.value)):
+            return None, node.value[part]
+        return None
+
+
+def walk_strings(obj: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
+    """Every string value in `obj` with its path (keys are not visited)."""
+    if isinstance(obj, str):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from walk_strings(value, (*path, key))
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            yield from walk_strings(value, (*path, index))

@@ -1,0 +1,149 @@
+"""Loading valid projects: stacks, variables, secrets, ignore files, init and schemas."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from mlinfra.spec import load
+from mlinfra.spec.schemas import KINDS, SCHEMAS, replace_fields
+from tests.conftest import REPO, Files, Result
+
+
+@pytest.mark.parametrize("stack", ["dev", "docker", "kubernetes"])
+def test_quickstart_validates_on_every_stack(cli: Callable[..., Result], stack: str) -> None:
+    result = cli("validate", "-C", str(REPO / "examples" / "quickstart"), "-s", stack)
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 12 resources")
+
+
+def test_quickstart_uses_every_kind() -> None:
+    config = load(REPO / "examples" / "quickstart")
+    assert set(config.counts()) == set(KINDS) - {"Project", "Stack"}
+    assert config.stack.name == "dev" and config.stack.provider == "local"
+    assert config.get("Compute", "cpu").spec["type"] == "local"  # type: ignore[union-attr]
+    docker = load(REPO / "examples" / "quickstart", "docker")
+    assert docker.get("Compute", "cpu").spec["type"] == "docker"  # type: ignore[union-attr]
+
+
+def test_variables_keep_their_type_and_secrets_stay(project: Callable[[Files], Path]) -> None:
+    root = project({
+        "mlinfra.yaml": "kind: Project\nname: p\nvariables:\n  n: {default: 3}\n"
+                        "  store: {default: main}\n",
+        "stacks/dev.yaml": "kind: Stack\nname: dev\nvariables: {store: main, n: 5}\n",
+        "env.yaml": "kind: Environment\nname: e\nenv:\n  TOKEN: ${secret.HF_TOKEN}\n"
+                    "  LABEL: n=${var.n}\n---\nkind: Compute\nname: c2\n"
+                    "max_concurrency: ${var.n}\n",
+    })
+    config = load(root)
+    env = config.get("Environment", "e")
+    assert env is not None
+    assert env.spec["env"] == {"TOKEN": "${secret.HF_TOKEN}", "LABEL": "n=5"}
+    assert config.get("Compute", "c2").spec["max_concurrency"] == 5  # type: ignore[union-attr]
+
+
+def test_stack_by_path_and_missing_default_stack(project: Callable[[Files], Path],
+                                                 tmp_path: Path) -> None:
+    root = project({})
+    assert load(root).stack.name == "dev"  # no stacks/dev.yaml: the implicit local stack
+    other = tmp_path / "elsewhere.yaml"
+    other.write_text("kind: Stack\nname: staging\nprovider: docker\n")
+    config = load(root, str(other))
+    assert (config.stack.name, config.stack.provider) == ("staging", "docker")
+
+
+def test_ignored_and_skipped_folders(project: Callable[[Files], Path]) -> None:
+    root = project({
+        ".mlinfraignore": "# vendored\nthird_party/\n",
+        "third_party/conf.yaml": "not: a resource\n",
+        ".github/workflows/ci.yml": "on: push\n",
+        "train/.venv/x.yaml": "junk: true\n",
+    })
+    assert sorted(load(root).files) == ["base.yaml", "mlinfra.yaml"]
+
+
+def test_subfolder_finds_project(project: Callable[[Files], Path]) -> None:
+    root = project({"deep/er/x.yaml": "kind: Compute\nname: x\n"})
+    assert load(root / "deep" / "er").get("Compute", "x") is not None
+
+
+def test_init_scaffolds_a_valid_project(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    target = tmp_path / "My_Project"
+    result = cli("init", str(target))
+    assert result.code == 0, result.err
+    assert (target / "stacks" / "dev.yaml").read_text().count("name: dev") == 1
+    assert (target / "schemas" / "resource.json").is_file()
+    validated = cli("validate", "-C", str(target))
+    assert validated.code == 0, validated.err
+    assert "project my-project, stack dev: 3 resources" in validated.out
+    again = cli("init", str(target))
+    assert again.code == 1 and "exists already" in again.err
+
+
+def test_schemas_folder_matches_the_code(tmp_path: Path, cli: Callable[..., Result]) -> None:
+    assert cli("schema", "--out", str(tmp_path)).code == 0
+    exported = sorted(p.name for p in tmp_path.iterdir())
+    assert exported == sorted(p.name for p in (REPO / "schemas").iterdir())
+    for name in exported:
+        assert (tmp_path / name).read_text() == (REPO / "schemas" / name).read_text(), (
+            f"schemas/{name} is stale: run mlinfra schema --out schemas")
+
+
+def test_every_field_is_described_and_schemas_are_valid() -> None:
+    def walk(schema: object, where: str) -> None:
+        if isinstance(schema, dict):
+            for name, sub in (schema.get("properties") or {}).items():
+                assert "description" in sub, f"{where}.{name} has no description"
+                walk(sub, f"{where}.{name}")
+            for key in ("items", "additionalProperties"):
+                walk(schema.get(key), f"{where}[]")
+            for sub in schema.get("oneOf", []):
+                walk(sub, where)
+
+    for kind, schema in SCHEMAS.items():
+        jsonschema.Draft202012Validator.check_schema(schema)
+        walk(schema, kind)
+    assert {"compute", "port"} <= replace_fields("Endpoint")
+    assert "python" in replace_fields("Environment")
+
+
+def test_resource_schema_checks_documents_by_kind() -> None:
+    schema = json.loads((REPO / "schemas" / "resource.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    docs = []
+    for path in (REPO / "examples" / "quickstart").glob("*.yaml"):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d["kind"] != "Project"]
+    for doc in docs:
+        if "${" not in json.dumps(doc):
+            assert not list(validator.iter_errors(doc)), doc
+    assert list(validator.iter_errors({"kind": "Job", "name": "x"}))  # no command
+
+
+def test_console_script_and_module(tmp_path: Path) -> None:
+    mlinfra = Path(sys.executable).parent / "mlinfra"
+    quick = str(REPO / "examples" / "quickstart")
+    for argv in ([str(mlinfra)], [sys.executable, "-m", "mlinfra"]):
+        done = subprocess.run([*argv, "validate", "-C", quick], capture_output=True,
+                              text=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("Valid:")
+    bad = subprocess.run([str(mlinfra), "validate", "--nope"], capture_output=True, text=True,
+                         check=False)
+    assert bad.returncode == 2 and "unrecognized arguments" in bad.stderr
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = ("import sys; from mlinfra.cli import main\n"
+            "try: main(['validate', '-C', sys.argv[1]])\nexcept SystemExit: pass\n"
+            "heavy = [m for m in ('onnxruntime', 'great_expectations', 'pulumi', 'rich', "
+            "'git', 'numpy') if m in sys.modules]\nprint(','.join(heavy))")
+    done = subprocess.run([sys.executable, "-c", code, str(REPO / "examples" / "quickstart")],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.splitlines()[-1] == "", done.stdout
