@@ -15,6 +15,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
+from mlinfra.spec.fastcheck import Check, compile_schema
 from mlinfra.spec.model import INTERPOLATION, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
@@ -38,6 +39,11 @@ def did_you_mean(word: str, candidates: Any) -> str:
 @cache
 def _validator(kind: str) -> Draft202012Validator:
     return Draft202012Validator(SCHEMAS[kind])
+
+
+@cache
+def _fast(kind: str) -> Check:
+    return compile_schema(SCHEMAS[kind])
 
 
 def _short(value: Any) -> str:
@@ -100,6 +106,8 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
 
 def check_schema(file: str, doc: int, spec: dict[str, Any], kind: str,
                  label: str = "") -> list[Problem]:
+    if _fast(kind)(spec):
+        return []
     return [Problem(file, message, doc, path, label, at_key)
             for err in _validator(kind).iter_errors(spec)
             for path, message, at_key in _messages(err)]
