@@ -9,9 +9,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlinfra import __version__
 from mlinfra.errors import ConfigurationError, MlinfraError
+
+if TYPE_CHECKING:
+    from mlinfra.engine import Session
+    from mlinfra.plan.model import Change, Plan
 
 Handler = Callable[[argparse.Namespace], int]
 EXIT_INTERNAL = 70
@@ -86,6 +91,257 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _print_lines(lines: list[tuple[str, str]]) -> None:
+    from rich.text import Text
+
+    console = _console()
+    for text, style in lines:
+        console.print(Text(text, style=style or ""))
+
+
+def _session(args: argparse.Namespace, command: str) -> Session:
+    from mlinfra.engine import open_session
+
+    return open_session(_directory(args), _stack(args), command)
+
+
+def _print_plan(plan: Plan) -> None:
+    from mlinfra.plan.render import render
+
+    _print_lines(render(plan))
+
+
+def _confirm(question: str) -> bool:
+    _out(f"\n{question}\n  Only 'yes' will be accepted to approve.\n")
+    sys.stdout.write("  Enter a value: ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline().strip()
+    _out()
+    return answer == "yes"
+
+
+_VERBS = {"CREATE": ("Creating", "Creation"), "UPDATE": ("Modifying", "Modifications"),
+          "REPLACE": ("Replacing", "Replacement"), "DELETE": ("Destroying", "Destruction")}
+
+
+def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
+    from rich.text import Text
+
+    console = _console()
+    doing, done = _VERBS.get(change.action.name, ("Applying", "Apply"))
+    if event == "start":
+        console.print(Text(f"{change.address}: {doing}...", style="bold"))
+    elif event == "done":
+        console.print(Text(f"{change.address}: {done} complete after {elapsed:.1f}s",
+                           style="bold green"))
+    elif event == "fail":
+        console.print(Text(f"{change.address}: failed after {elapsed:.1f}s: {message}",
+                           style="bold red"))
+    elif event == "skip":
+        console.print(Text(f"{change.address}: not applied ({message})", style="yellow"))
+    else:
+        console.print(Text(f"{change.address}: {message}", style="yellow"))
+
+
+def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
+               verb: str) -> int:
+    from mlinfra.engine import execute
+
+    if not args.auto_approve and not _confirm(ask):
+        _err(f"{verb.capitalize()} cancelled.")
+        return 1
+    result = execute(session, plan, args.parallelism, _progress)
+    for entry in result.interrupted:
+        _err(f"Note: an earlier run (pid {entry.pid}) was interrupted during "
+             f"{entry.action} of {entry.address}; this run reconciled it.")
+    counts = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
+    keys = {"CREATE": "add", "UPDATE": "change", "REPLACE": "replace", "DELETE": "destroy"}
+    for change in result.applied:
+        counts[keys[change.action.name]] += 1
+    tally = (f"{counts['add']} added, {counts['change']} changed, {counts['replace']} "
+             f"replaced, {counts['destroy']} destroyed")
+    if result.ok:
+        _console().print(f"\n[bold green]{verb.capitalize()} complete![/] Resources: {tally}.")
+        return 0
+    _err(f"\n{verb.capitalize()} failed. Resources: {tally}.")
+    for address, message in result.failed.items():
+        _err(f"  failed: {address}: {message}")
+    for address, message in result.skipped.items():
+        _err(f"  not applied: {address} ({message})")
+    return 1
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mlinfra.engine import plan
+    from mlinfra.plan import planfile
+
+    session = _session(args, "plan")
+    try:
+        the_plan = plan(session, targets=args.target, destroy=args.destroy,
+                        do_refresh=args.refresh)
+        interrupted = session.store.interrupted_operations()
+    finally:
+        session.close()
+    if args.json:
+        _out(json.dumps(the_plan.to_json(), indent=2))
+    else:
+        for entry in interrupted:
+            _err(f"Note: an apply (pid {entry.pid}) was interrupted during {entry.action} of "
+                 f"{entry.address}; the plan below reconciles it.")
+        _print_plan(the_plan)
+    if args.out:
+        planfile.save(the_plan, Path(args.out))
+        if not args.json:
+            _out(f"\nSaved the plan to {args.out}. To apply exactly this plan, run:\n"
+                 f"  mlinfra apply {args.out}")
+    if args.detailed_exitcode and the_plan.has_changes():
+        return 2
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from mlinfra.engine import check_fresh, plan
+    from mlinfra.plan import planfile
+    from mlinfra.state.lock import locked
+
+    session = _session(args, "apply")
+    try:
+        with locked(session.store, session.stack, "apply", args.lock_timeout):
+            if args.planfile:
+                the_plan = planfile.load(Path(args.planfile))
+                check_fresh(session, the_plan)
+                args.auto_approve = True  # a saved plan was reviewed already
+            else:
+                the_plan = plan(session, targets=args.target, do_refresh=args.refresh)
+            _print_plan(the_plan)
+            if not the_plan.has_changes():
+                return 0
+            return _run_apply(session, the_plan, args, "Do you want to perform these "
+                              "actions?", "apply")
+    finally:
+        session.close()
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    from mlinfra.engine import plan
+    from mlinfra.state.lock import locked
+
+    session = _session(args, "destroy")
+    try:
+        with locked(session.store, session.stack, "destroy", args.lock_timeout):
+            the_plan = plan(session, targets=args.target, destroy=True, do_refresh=args.refresh)
+            _print_plan(the_plan)
+            if not the_plan.has_changes():
+                return 0
+            return _run_apply(session, the_plan, args, "Do you really want to destroy these "
+                              "resources?", "destroy")
+    finally:
+        session.close()
+
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from mlinfra.state.lock import force_unlock, locked
+
+    session = _session(args, f"state {args.state_command}")
+    store = session.store
+    try:
+        if args.state_command == "list":
+            for address in sorted(store.resources()):
+                _out(address)
+        elif args.state_command == "show":
+            found = store.get(args.address)
+            if found is None:
+                raise MlinfraError(f"{args.address} is not in the state; "
+                                   "mlinfra state list shows what is")
+            _out(json.dumps({"address": found.address, "kind": found.kind,
+                             "attributes": found.attributes, "outputs": found.outputs,
+                             "provider_id": found.provider_id,
+                             "dependencies": found.dependencies}, indent=2, default=str))
+        elif args.state_command == "rm":
+            with locked(store, session.stack, "state rm", args.lock_timeout):
+                for address in args.address:
+                    if store.get(address) is None:
+                        raise MlinfraError(f"{address} is not in the state")
+                    store.commit_change(None, address, "state-rm", None,
+                                        "removed from state; the object itself is kept")
+                    _out(f"Removed {address} from the state (the object itself is kept).")
+        elif args.state_command == "unlock":
+            info = force_unlock(store, session.stack, args.lock_id)
+            _out(f"Unlocked stack '{session.stack}' (was {info.describe()}).")
+        return 0
+    finally:
+        session.close()
+
+
+def cmd_output(args: argparse.Namespace) -> int:
+    session = _session(args, "output")
+    try:
+        resources = session.store.resources()
+    finally:
+        session.close()
+    if args.address:
+        if args.address not in resources:
+            raise MlinfraError(f"{args.address} is not in the state")
+        resources = {args.address: resources[args.address]}
+    outputs = {a: r.outputs for a, r in sorted(resources.items())}
+    if args.json:
+        _out(json.dumps(outputs, indent=2, default=str))
+        return 0
+    for address, values in outputs.items():
+        for key, value in sorted(values.items()):
+            _out(f"{address}.{key} = {json.dumps(value, default=str)}")
+    return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 5m, got '{text}'")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return int(text)
+
+
+def _apply_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--parallelism", type=_positive, default=4, metavar="N",
+                   help="changes applied at once (default 4)")
+    _lock_option(p)
+
+
+def _lock_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="wait this long for the stack's lock (default 0s)")
+
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", action="append", default=[], metavar="ADDR",
+                   help="only this resource and what it depends on (repeatable)")
+    p.add_argument("--refresh", type=_bool, default=True, metavar="BOOL",
+                   help="read the actual state first (default true)")
+
+
 # --- parser -----------------------------------------------------------------------------
 
 def _common() -> argparse.ArgumentParser:
@@ -121,6 +377,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("init", cmd_init, "create a new project that validates")
     p.add_argument("dir", nargs="?", default=".", help="folder (default: the current one)")
     p.add_argument("--name", help="project name (default: the folder's name)")
+
+    p = command("plan", cmd_plan, "show what apply would change, and why")
+    _plan_options(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--out", metavar="FILE", help="save the plan for mlinfra apply FILE")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0: no changes, 2: changes, 1: errors")
+    p.add_argument("--destroy", action="store_true", help="plan to destroy everything")
+
+    p = command("apply", cmd_apply, "make the stack match the configuration")
+    p.add_argument("planfile", nargs="?", help="a plan saved by mlinfra plan --out")
+    _plan_options(p)
+    _apply_options(p)
+
+    p = command("destroy", cmd_destroy, "destroy what the stack's state holds")
+    _plan_options(p)
+    _apply_options(p)
+
+    p = command("state", cmd_state, "read or edit the state")
+    state = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
+    state.add_parser("list", parents=[common], help="list the resources in the state")
+    show = state.add_parser("show", parents=[common], help="show one resource")
+    show.add_argument("address")
+    rm = state.add_parser("rm", parents=[common],
+                          help="forget resources without destroying them")
+    rm.add_argument("address", nargs="+")
+    _lock_option(rm)
+    unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
+    unlock.add_argument("lock_id", metavar="ID")
+
+    p = command("output", cmd_output, "show what the resources produced (paths, versions)")
+    p.add_argument("address", nargs="?", help="one resource only")
+    p.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 

@@ -1,0 +1,130 @@
+"""Data versions: content hashes of files and folders, numbered per asset."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlinfra.state.sqlite import SqliteStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data_versions (
+  name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
+  created_at REAL NOT NULL, metadata TEXT NOT NULL,
+  PRIMARY KEY (name, version), UNIQUE (name, sha256));
+CREATE TABLE IF NOT EXISTS file_hashes (
+  path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+  sha256 TEXT NOT NULL);
+"""
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DataVersion:
+    name: str
+    version: int
+    sha256: str
+    created_at: float
+    metadata: dict[str, Any]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DataVersions:
+    """The registry of data versions, in the state store."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        store.ensure_schema(_SCHEMA)
+
+    def _cached_sha256(self, path: Path) -> str:
+        """sha256 of a file, reusing the last one while size and mtime are unchanged."""
+        stat = path.stat()
+        key = str(path.resolve())
+        rows = self.store.query("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?",
+                                (key,))
+        if rows and rows[0][0] == stat.st_size and rows[0][1] == stat.st_mtime_ns:
+            return str(rows[0][2])
+        sha = file_sha256(path)
+        with self.store.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
+                        (key, stat.st_size, stat.st_mtime_ns, sha))
+        return sha
+
+    def content_sha256(self, path: Path) -> str:
+        """A file's sha256, or for a folder the sha256 of its files' paths and hashes."""
+        if path.is_file():
+            return self._cached_sha256(path)
+        digest = hashlib.sha256()
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                file = Path(folder) / name
+                digest.update(f"{file.relative_to(path).as_posix()}\0"
+                              f"{self._cached_sha256(file)}\n".encode())
+        return digest.hexdigest()
+
+    def find(self, name: str, sha256: str) -> int | None:
+        rows = self.store.query("SELECT version FROM data_versions WHERE name=? AND sha256=?",
+                                (name, sha256))
+        return int(rows[0][0]) if rows else None
+
+    def next_version(self, name: str) -> int:
+        rows = self.store.query("SELECT MAX(version) FROM data_versions WHERE name=?", (name,))
+        return int(rows[0][0] or 0) + 1
+
+    def register(self, name: str, sha256: str, metadata: dict[str, Any]) -> int:
+        """The version of this content: the existing one, or the next number."""
+        with self.store.transaction() as cur:
+            row = cur.execute("SELECT version FROM data_versions WHERE name=? AND sha256=?",
+                              (name, sha256)).fetchone()
+            if row is not None:
+                return int(row[0])
+            latest = cur.execute("SELECT MAX(version) FROM data_versions WHERE name=?",
+                                 (name,)).fetchone()[0]
+            version = int(latest or 0) + 1
+            cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?)",
+                        (name, version, sha256, time.time(), json.dumps(metadata)))
+            return version
+
+    def list(self, name: str) -> list[DataVersion]:
+        rows = self.store.query("SELECT name, version, sha256, created_at, metadata FROM "
+                                "data_versions WHERE name=? ORDER BY version", (name,))
+        return [DataVersion(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
+    def get(self, name: str, version: int | None = None) -> DataVersion | None:
+        versions = self.list(name)
+        if version is None:
+            return versions[-1] if versions else None
+        return next((v for v in versions if v.version == version), None)
+
+
+def describe(path: Path, fmt: str) -> dict[str, Any]:
+    """Size, and for csv / jsonl files the rows and columns, without loading them."""
+    if path.is_dir():
+        files = [p for p in path.rglob("*") if p.is_file()]
+        return {"bytes": sum(p.stat().st_size for p in files), "files": len(files)}
+    meta: dict[str, Any] = {"bytes": path.stat().st_size}
+    if fmt in ("csv", "jsonl"):
+        with open(path, "rb") as f:
+            first = f.readline()
+            lines = (1 if first.strip() else 0) + sum(1 for line in f if line.strip())
+        if fmt == "csv":
+            meta["columns"] = [c.strip() for c in first.decode("utf-8", "replace")
+                               .strip().split(",")] if first.strip() else []
+            meta["rows"] = max(lines - 1, 0)
+        else:
+            meta["rows"] = lines
+    return meta

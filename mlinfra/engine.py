@@ -1,0 +1,344 @@
+"""The engine: load, refresh, plan and apply, in explicit phases.
+
+Apply walks the plan's dependency graph with bounded parallelism. Before each provider
+call it journals the change as pending and commits it after, in one transaction with
+the resource's new state, so a crash at any instant leaves a state the next plan
+reconciles. A failed resource stops its dependants, not its siblings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlinfra.errors import MlinfraError
+from mlinfra.graph import address as make_address
+from mlinfra.graph import references
+from mlinfra.plan.diff import SECRET_PREFIX, make_plan
+from mlinfra.plan.model import Action, Change, Desired, Observed, Plan
+from mlinfra.providers import get_provider
+from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErrors
+from mlinfra.spec import Config, Resource, load
+from mlinfra.spec.model import INTERPOLATION
+from mlinfra.spec.schemas import replace_fields
+from mlinfra.state.lock import locked
+from mlinfra.state.model import JournalEntry, ResourceState, digest
+from mlinfra.state.sqlite import SqliteStore
+
+Event = Callable[[str, Change, float, str], None]
+
+
+class StalePlan(MlinfraError):
+    """A saved plan no longer matches the state or the configuration."""
+
+
+class Interrupted(MlinfraError):
+    exit_code = 130
+
+
+@dataclass
+class Session:
+    """A loaded project, its stack's store and provider: what every command works on."""
+
+    config: Config
+    store: SqliteStore
+    provider: Provider
+    ctx: Context
+
+    @property
+    def stack(self) -> str:
+        return self.config.stack.name
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def state_dir(config: Config) -> Path:
+    return config.root / ".mlinfra" / config.stack.name
+
+
+def state_path(config: Config) -> Path:
+    if config.stack.state:
+        if "://" in config.stack.state:
+            raise MlinfraError(f"state backend '{config.stack.state.split('://')[0]}' is not "
+                               "supported yet; use a path to a SQLite file")
+        return config.root / config.stack.state
+    return state_dir(config) / "state.db"
+
+
+def open_session(directory: Path, stack: str | None, command: str,
+                 log: Callable[[str], None] = lambda _: None) -> Session:
+    config = load(directory, stack)
+    store = SqliteStore(state_path(config), command=command)
+    ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log)
+    return Session(config, store, get_provider(config.stack.provider), ctx)
+
+
+# --- desired state ----------------------------------------------------------------------
+
+def _implicit_workspace(config: Config) -> Resource | None:
+    if config.of("Workspace"):
+        return None
+    return Resource(kind="Workspace", name=config.name, spec={"kind": "Workspace",
+                                                                "name": config.name},
+                    file="(implicit)", doc=0)
+
+
+def workspace_address(config: Config) -> str:
+    declared = list(config.of("Workspace"))
+    return make_address("Workspace", declared[0] if declared else config.name)
+
+
+def _secret_key(store: SqliteStore) -> bytes:
+    rows = store.query("SELECT value FROM meta WHERE key='secret_key'")
+    if rows:
+        return bytes.fromhex(rows[0][0])
+    with store.transaction() as cur:
+        cur.execute("INSERT OR IGNORE INTO meta VALUES ('secret_key', ?)",
+                    (secrets.token_hex(32),))
+    return bytes.fromhex(store.query("SELECT value FROM meta WHERE key='secret_key'")[0][0])
+
+
+def _mask(value: Any, key: bytes, address: str, missing: set[str]) -> Any:
+    """Replace strings holding ${secret.X} by a keyed hash of their resolved value: the
+    change is detected, the secret never stored or shown."""
+    if isinstance(value, dict):
+        return {k: _mask(v, key, address, missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v, key, address, missing) for v in value]
+    if not isinstance(value, str) or "${secret." not in value:
+        return value
+
+    def resolve(match: Any) -> str:
+        if match.group(1) != "secret":
+            return str(match.group(0))
+        name = match.group(2)[1:]
+        if name not in os.environ:
+            missing.add(name)
+        return os.environ.get(name, "")
+
+    resolved = INTERPOLATION.sub(resolve, value)
+    return SECRET_PREFIX + hmac.new(key, resolved.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def desired_state(session: Session) -> dict[str, Desired]:
+    """Every resource as the configuration wants it, with the provider's facts.
+    Raises ProviderErrors naming every resource that cannot be planned."""
+    config = session.config
+    workspace = workspace_address(config)
+    resources = config.all()
+    implicit = _implicit_workspace(config)
+    if implicit is not None:
+        resources.insert(0, implicit)
+    key = _secret_key(session.store)
+    errors: list[ProviderError] = []
+    out: dict[str, Desired] = {}
+    for res in resources:
+        try:
+            handler = session.provider.handler(res.kind, res.address)
+            facts = handler.facts(res, session.ctx)
+        except ProviderError as err:
+            errors.append(err)
+            continue
+        missing: set[str] = set()
+        attributes = {k: v for k, v in res.spec.items() if k not in ("kind", "name")}
+        attributes = _mask(attributes, key, res.address, missing)
+        for name in sorted(missing):
+            errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
+                                        f"{name}=... before planning"))
+        attributes.update(facts)
+        out[res.address] = Desired(
+            address=res.address, kind=res.kind, name=res.name, attributes=attributes,
+            inputs_hash=digest(attributes),
+            dependencies=references(res, config, workspace) if res is not implicit else [],
+            replace_fields=replace_fields(res.kind))
+    if errors:
+        raise ProviderErrors(errors)
+    return out
+
+
+def config_hash(stack: str, desired: dict[str, Desired]) -> str:
+    return digest({"stack": stack, "resources": {a: d.inputs_hash for a, d in desired.items()}})
+
+
+# --- refresh and plan -------------------------------------------------------------------
+
+def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Observed]:
+    observed = {}
+    for address, have in state.items():
+        handler = session.provider.handlers.get(have.kind)
+        if handler is not None:
+            observed[address] = handler.read(have, session.ctx)
+    return observed
+
+
+def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
+         do_refresh: bool = True) -> Plan:
+    desired = desired_state(session)
+    state = session.store.resources()
+    observed = refresh(session, state) if do_refresh else {}
+    return make_plan(desired, state, observed, session.store.version(), targets=targets,
+                     destroy=destroy, config_hash=config_hash(session.stack, desired),
+                     stack=session.stack)
+
+
+def check_fresh(session: Session, saved: Plan) -> None:
+    """Refuse a saved plan once the state or the configuration moved on."""
+    version = session.store.version()
+    if saved.stack != session.stack:
+        raise StalePlan(f"the plan was made for stack '{saved.stack}', not '{session.stack}'")
+    if (saved.lineage, saved.serial) != (version.lineage, version.serial):
+        what = ("belongs to another state" if saved.lineage != version.lineage else
+                f"was made at state serial {saved.serial}; the state is now at "
+                f"{version.serial}")
+        raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
+    if not saved.destroy:
+        current = config_hash(session.stack, desired_state(session))
+        if current != saved.config_hash:
+            raise StalePlan("the configuration (or the data it reads) changed since the plan "
+                            "was saved. Run mlinfra plan again.")
+
+
+# --- apply ------------------------------------------------------------------------------
+
+@dataclass
+class ApplyResult:
+    applied: list[Change] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    interrupted: list[JournalEntry] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped
+
+
+def _waits(changes: list[Change]) -> dict[str, set[str]]:
+    """What each change waits for: dependencies first, and for deletions the
+    deletion of whatever depended on the resource."""
+    by_address = {c.address: c for c in changes}
+    waits: dict[str, set[str]] = {}
+    for change in changes:
+        if change.action is Action.DELETE:
+            waits[change.address] = {o.address for o in changes if o.action is Action.DELETE
+                                     and change.address in o.dependencies}
+        else:
+            waits[change.address] = {d for d in change.dependencies if d in by_address
+                                     and by_address[d].action is not Action.DELETE}
+    return waits
+
+
+def _apply_one(session: Session, change: Change) -> None:
+    store, ctx = session.store, session.ctx
+    handler = session.provider.handler(change.kind, change.address)
+    before = store.get(change.address)
+    journal = store.begin_operation(change.address, change.action.name.lower())
+    try:
+        if change.action is Action.DELETE:
+            if before is not None:
+                handler.delete(before, ctx)
+            store.commit_change(journal, change.address, "delete", None, change.reason)
+            return
+        if change.action is Action.REPLACE and before is not None:
+            handler.delete(before, ctx)
+        if change.action is Action.UPDATE and before is not None:
+            applied = handler.update(change, before, ctx)
+        else:
+            applied = handler.create(change, ctx)
+        new = ResourceState(address=change.address, kind=change.kind, name=change.name,
+                            attributes=change.after or {}, inputs_hash=change.inputs_hash,
+                            outputs=applied.outputs, provider_id=applied.provider_id,
+                            dependencies=list(change.dependencies))
+        store.commit_change(journal, change.address, change.action.name.lower(), new,
+                            change.reason)
+    except BaseException as err:
+        store.fail_operation(journal, _describe(err))
+        raise
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, ProviderError):
+        return err.reason
+    if isinstance(err, MlinfraError):
+        return err.message
+    return f"{type(err).__name__}: {err}"
+
+
+def execute(session: Session, the_plan: Plan, parallelism: int = 4,
+            on_event: Event = lambda *_: None) -> ApplyResult:
+    """Apply the plan's changes. The caller holds the stack's lock."""
+    result = ApplyResult()
+    store = session.store
+    result.interrupted = store.interrupted_operations()
+    if result.interrupted:
+        store.close_interrupted(result.interrupted)
+    store.backup()
+    changes = the_plan.actionable
+    waits = _waits(changes)
+    by_address = {c.address: c for c in changes}
+    done: set[str] = set()
+    running: dict[Future[None], tuple[Change, float]] = {}
+    stop = False
+    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+        try:
+            while waits or running:
+                for address in sorted(waits):
+                    blocked = waits[address] & (set(result.failed) | set(result.skipped))
+                    if blocked:
+                        reason = f"{sorted(blocked)[0]} was not applied"
+                        result.skipped[address] = reason
+                        on_event("skip", by_address[address], 0.0, reason)
+                        del waits[address]
+                ready = [a for a in sorted(waits) if waits[a] <= done]
+                for address in ready:
+                    if stop or len(running) >= max(1, parallelism):
+                        break
+                    change = by_address[address]
+                    del waits[address]
+                    on_event("start", change, 0.0, "")
+                    running[pool.submit(_apply_one, session, change)] = (change, time.monotonic())
+                if not running:
+                    if waits and not stop and any(
+                            waits[a] & (set(result.failed) | set(result.skipped))
+                            for a in waits):
+                        continue  # dependants of a failure: record their skips first
+                    if waits and not stop:
+                        raise MlinfraError("apply cannot proceed: changes wait on each other "
+                                           f"({', '.join(sorted(waits))})")
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    change, started = running.pop(future)
+                    elapsed = time.monotonic() - started
+                    error = future.exception()
+                    if error is None:
+                        done.add(change.address)
+                        result.applied.append(change)
+                        on_event("done", change, elapsed, "")
+                    else:
+                        result.failed[change.address] = _describe(error)
+                        on_event("fail", change, elapsed, _describe(error))
+        except KeyboardInterrupt:
+            stop = True
+            for change, _ in running.values():
+                on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
+            wait(running)
+            raise Interrupted("Interrupted: the changes in progress finished and were saved; "
+                              "run apply again to finish the rest.") from None
+    return result
+
+
+def apply(session: Session, the_plan: Plan, parallelism: int = 4, lock_timeout: float = 0,
+          on_event: Event = lambda *_: None) -> ApplyResult:
+    """Take the lock, check the plan is fresh, apply it."""
+    with locked(session.store, session.stack, session.store.command, lock_timeout):
+        check_fresh(session, the_plan)
+        return execute(session, the_plan, parallelism, on_event)

@@ -1,0 +1,155 @@
+"""The planner: a pure function of (desired, state, observed) to a Plan."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from mlinfra.errors import MlinfraError
+from mlinfra.graph import closure, topological
+from mlinfra.plan.model import (
+    SENSITIVE,
+    Action,
+    Change,
+    Desired,
+    Drift,
+    FieldChange,
+    Observed,
+    Plan,
+)
+from mlinfra.state.model import ResourceState, StateVersion
+
+SECRET_PREFIX = "sensitive:"
+
+
+class PlanError(MlinfraError):
+    """The changes asked for cannot be made (e.g. destroying what others still use)."""
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted paths; lists stay whole values."""
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def field_changes(before: dict[str, Any], after: dict[str, Any],
+                  replace_fields: frozenset[str]) -> list[FieldChange]:
+    flat_before, flat_after = flatten(before), flatten(after)
+    changes = []
+    for path in sorted(set(flat_before) | set(flat_after)):
+        old, new = flat_before.get(path), flat_after.get(path)
+        if old == new:
+            continue
+        top = path.split(".", 1)[0]
+        sensitive = any(isinstance(v, str) and v.startswith(SECRET_PREFIX) for v in (old, new))
+        changes.append(FieldChange(path, SENSITIVE if sensitive and old is not None else old,
+                                   SENSITIVE if sensitive and new is not None else new,
+                                   top in replace_fields, sensitive))
+    return changes
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    if len(text) == 64 and all(c in "0123456789abcdef" for c in text):
+        return text[:12]  # a sha256
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _reason(fields: list[FieldChange]) -> str:
+    shown = [f"{f.path} {_short(f.before)} -> {_short(f.after)}" for f in fields[:3]]
+    more = f" (+{len(fields) - 3} more)" if len(fields) > 3 else ""
+    return "changed: " + ", ".join(shown) + more
+
+
+def _plan_desired(want: Desired, have: ResourceState | None,
+                  seen: Observed | None) -> tuple[Change, Drift | None]:
+    def change(action: Action, reason: str, fields: list[FieldChange] | None = None,
+               before: dict[str, Any] | None = None) -> Change:
+        return Change(want.address, want.kind, want.name, action, reason, before,
+                      want.attributes, fields or [], list(want.dependencies), want.inputs_hash)
+
+    if have is None:
+        return change(Action.CREATE, "new resource",
+                      field_changes({}, want.attributes, frozenset())), None
+    if seen is not None and not seen.exists:
+        message = seen.problem or "it no longer exists"
+        return change(Action.CREATE, f"deleted outside mlinfra: {message}",
+                      field_changes({}, want.attributes, frozenset())), Drift(want.address,
+                                                                             message)
+    fields = ([] if have.inputs_hash == want.inputs_hash else
+              field_changes(have.attributes, want.attributes, want.replace_fields))
+    if seen is not None and seen.problem:
+        reason = f"changed outside mlinfra: {seen.problem}"
+        return (change(Action.REPLACE, reason, fields, have.attributes),
+                Drift(want.address, seen.problem))
+    if not fields and have.inputs_hash == want.inputs_hash:
+        return change(Action.NOOP, "unchanged", before=have.attributes), None
+    forced = [f.path for f in fields if f.forces_replacement]
+    if forced:
+        return change(Action.REPLACE, f"{', '.join(forced)} forces replacement; "
+                      + _reason(fields), fields, have.attributes), None
+    return change(Action.UPDATE, _reason(fields) if fields else "inputs changed", fields,
+                  have.attributes), None
+
+
+def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
+              observed: dict[str, Observed], version: StateVersion, *,
+              targets: Iterable[str] = (), destroy: bool = False, config_hash: str = "",
+              stack: str = "") -> Plan:
+    """Compare what the configuration wants with what the state holds and refresh saw.
+
+    With `targets`, only those addresses and what they depend on are planned (for
+    destroy: those addresses and what depends on them is refused). With `destroy`,
+    everything in the state is deleted.
+    """
+    targets = set(targets)
+    unknown = targets - set(desired) - set(state)
+    if unknown:
+        raise PlanError(f"--target names no resource: {', '.join(sorted(unknown))}")
+    if destroy:
+        wanted: dict[str, Desired] = {}
+    elif targets:
+        deps = {a: d.dependencies for a, d in desired.items()}
+        keep = closure(targets & set(desired), deps)
+        wanted = {a: d for a, d in desired.items() if a in keep}
+    else:
+        wanted = desired
+    changes: list[Change] = []
+    drift: list[Drift] = []
+    order = topological({a: d.dependencies for a, d in wanted.items()})
+    for address in order:
+        change, found = _plan_desired(wanted[address], state.get(address), observed.get(address))
+        changes.append(change)
+        if found is not None:
+            drift.append(found)
+    gone = [a for a in state if a not in desired or destroy]
+    if targets:
+        gone = [a for a in gone if a in targets]
+    for address, seen in observed.items():
+        if address in gone and not seen.exists:
+            drift.append(Drift(address, seen.problem or "it no longer exists"))
+    if destroy and targets:
+        _refuse_used(set(gone), state)
+    state_deps = {a: [d for d in state[a].dependencies if d in gone] for a in gone}
+    for address in reversed(topological(state_deps)):
+        have = state[address]
+        reason = "destroy requested" if destroy else "no longer in the configuration"
+        changes.append(Change(address, have.kind, have.name, Action.DELETE, reason,
+                              have.attributes, None,
+                              field_changes(have.attributes, {}, frozenset()),
+                              list(have.dependencies), have.inputs_hash))
+    return Plan(changes=changes, drift=drift, lineage=version.lineage, serial=version.serial,
+                config_hash=config_hash, stack=stack, destroy=destroy)
+
+
+def _refuse_used(gone: set[str], state: dict[str, ResourceState]) -> None:
+    users = sorted((user.address, dep) for user in state.values() if user.address not in gone
+                   for dep in user.dependencies if dep in gone)
+    if users:
+        lines = "\n".join(f"  {dep} is used by {user}" for user, dep in users)
+        raise PlanError("cannot destroy what other resources still use:\n" + lines
+                        + "\nDestroy those too (add --target for each), or change them first.")

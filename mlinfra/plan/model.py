@@ -1,0 +1,157 @@
+"""What a plan is: changes to resources, each with an action, before/after and a reason.
+
+A `Plan` is plain data. Apply follows `action` and `after`; `reason` is for people
+only and never decides what apply does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+FORMAT_VERSION = "1.0"
+SENSITIVE = "(sensitive)"
+
+
+class Action(enum.Enum):
+    """What apply does to one resource. The value is the display symbol."""
+
+    CREATE = "+"
+    UPDATE = "~"
+    REPLACE = "-/+"
+    DELETE = "-"
+    NOOP = " "
+
+    @property
+    def verb(self) -> str:
+        return {"CREATE": "created", "UPDATE": "updated in-place", "REPLACE": "replaced",
+                "DELETE": "destroyed", "NOOP": "left unchanged"}[self.name]
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One attribute that differs. `path` is dotted (`request.timeout_ms`)."""
+
+    path: str
+    before: Any
+    after: Any
+    forces_replacement: bool = False
+    sensitive: bool = False
+
+
+@dataclass
+class Desired:
+    """A resource as the configuration wants it.
+
+    `attributes` are its fields plus the facts a provider derives from the world
+    (a data file's sha256, a requirements file's content hash), secrets masked;
+    `inputs_hash` is their digest.
+    """
+
+    address: str
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    inputs_hash: str
+    dependencies: list[str] = field(default_factory=list)
+    replace_fields: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What refresh found of a resource the state holds.
+
+    `exists` False: gone outside mlinfra. `problem`: present but not as applied
+    (a broken venv); it is repaired by replacing the resource.
+    """
+
+    exists: bool = True
+    problem: str = ""
+
+
+@dataclass
+class Change:
+    """One resource's planned change. Invariant: `before` is None for CREATE,
+    `after` is None for DELETE."""
+
+    address: str
+    kind: str
+    name: str
+    action: Action
+    reason: str
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+    fields: list[FieldChange] = field(default_factory=list)
+    dependencies: list[str] = field(default_factory=list)
+    inputs_hash: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["action"] = self.action.name.lower()
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        data = dict(data)
+        data["action"] = Action[data["action"].upper()]
+        data["fields"] = [FieldChange(**f) for f in data.get("fields", [])]
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A resource changed outside mlinfra, found by refresh."""
+
+    address: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """Changes in dependency order (deletions in reverse order), the drift refresh
+    found, and the state version the plan was made against."""
+
+    changes: list[Change]
+    drift: list[Drift] = field(default_factory=list)
+    lineage: str = ""
+    serial: int = 0
+    config_hash: str = ""
+    stack: str = ""
+    destroy: bool = False
+
+    @property
+    def actionable(self) -> list[Change]:
+        return [c for c in self.changes if c.action is not Action.NOOP]
+
+    def has_changes(self) -> bool:
+        return bool(self.actionable)
+
+    def counts(self) -> dict[str, int]:
+        counts = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
+        key = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace",
+               Action.DELETE: "destroy"}
+        for change in self.actionable:
+            counts[key[change.action]] += 1
+        return counts
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "stack": self.stack,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "config_hash": self.config_hash,
+            "destroy": self.destroy,
+            "summary": self.counts(),
+            "changes": [c.to_json() for c in self.actionable],
+            "drift": [asdict(d) for d in self.drift],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        return cls(changes=[Change.from_json(c) for c in data["changes"]],
+                   drift=[Drift(**d) for d in data.get("drift", [])],
+                   lineage=data["lineage"], serial=data["serial"],
+                   config_hash=data["config_hash"], stack=data["stack"],
+                   destroy=data.get("destroy", False))

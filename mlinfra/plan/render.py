@@ -1,0 +1,84 @@
+"""Plans shown to people, the way Terraform shows them: `+`, `~`, `-/+`, `-`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mlinfra.plan.diff import SECRET_PREFIX, flatten
+from mlinfra.plan.model import SENSITIVE, Action, Change, Plan
+
+# (line, style) pairs: the CLI colours them; tests read the text.
+Line = tuple[str, str]
+
+STYLES = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.REPLACE: "magenta",
+          Action.DELETE: "red", Action.NOOP: ""}
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
+        return SENSITIVE
+    if value == SENSITIVE:
+        return SENSITIVE
+    if value is None:
+        return "null"
+    return json.dumps(value, default=str)
+
+
+def _change_lines(change: Change) -> list[Line]:
+    style = STYLES[change.action]
+    header = f"  # {change.address} will be {change.action.verb}"
+    lines: list[Line] = [(header, "bold")]
+    if change.action is not Action.CREATE or change.reason != "new resource":
+        lines.append((f"  #   ({change.reason})", "dim"))
+    symbol = change.action.value
+    lines.append((f"{symbol:>3} {change.kind.lower()} \"{change.name}\" {{", style))
+    if change.action in (Action.CREATE, Action.DELETE):
+        flat = flatten(change.after if change.action is Action.CREATE else change.before or {})
+        mark = "+" if change.action is Action.CREATE else "-"
+        width = max((len(k) for k in flat), default=0)
+        for key in sorted(flat):
+            lines.append((f"      {mark} {key:<{width}} = {_value(flat[key])}", style))
+    else:
+        width = max((len(f.path) for f in change.fields), default=0)
+        for f in change.fields:
+            note = "  # forces replacement" if f.forces_replacement else ""
+            if f.before is None:
+                lines.append((f"      + {f.path:<{width}} = {_value(f.after)}{note}", "green"))
+            elif f.after is None:
+                lines.append((f"      - {f.path:<{width}} = {_value(f.before)}{note}", "red"))
+            else:
+                lines.append((f"      ~ {f.path:<{width}} = {_value(f.before)} -> "
+                              f"{_value(f.after)}{note}", "yellow"))
+    lines.append(("    }", style))
+    lines.append(("", ""))
+    return lines
+
+
+def summary_line(plan: Plan) -> str:
+    c = plan.counts()
+    return (f"Plan: {c['add']} to add, {c['change']} to change, {c['replace']} to replace, "
+            f"{c['destroy']} to destroy.")
+
+
+def render(plan: Plan) -> list[Line]:
+    lines: list[Line] = []
+    if plan.drift:
+        lines.append(("Objects changed outside mlinfra:", "bold"))
+        lines.append(("", ""))
+        for drift in plan.drift:
+            lines.append((f"  # {drift.address}: {drift.message}", "yellow"))
+        lines.append(("", ""))
+    if not plan.has_changes():
+        lines.append(("No changes. The stack matches the configuration.", "bold green"))
+        return lines
+    lines.append(("mlinfra will perform the following actions:", "bold"))
+    lines.append(("", ""))
+    for change in plan.actionable:
+        lines.extend(_change_lines(change))
+    lines.append((summary_line(plan), "bold"))
+    return lines
+
+
+def render_text(plan: Plan) -> str:
+    return "\n".join(text for text, _ in render(plan))

@@ -1,0 +1,136 @@
+"""The provider protocol: what every provider (local, docker, kubernetes) implements.
+
+A provider has one handler per kind. A handler derives facts from the world for the
+plan (`facts`), reads what exists for refresh (`read`), and creates, updates and
+deletes. Handlers never touch the state: the engine records what they return.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mlinfra.errors import MlinfraError
+from mlinfra.plan.model import Change, Observed
+from mlinfra.spec.model import INTERPOLATION, Config, Resource
+from mlinfra.state.model import ResourceState
+from mlinfra.state.sqlite import SqliteStore
+
+
+class ProviderError(MlinfraError):
+    """A resource could not be planned or applied; the message names the resource."""
+
+    def __init__(self, address: str, message: str) -> None:
+        super().__init__(f"{address}: {message}")
+        self.address = address
+        self.reason = message
+
+
+class ProviderErrors(MlinfraError):
+    """Several resources failed while planning; every one is reported."""
+
+    def __init__(self, errors: list[ProviderError]) -> None:
+        self.errors = errors
+        n = len(errors)
+        super().__init__("\n".join(e.message for e in errors)
+                         + f"\n{n} resource{'s' if n != 1 else ''} cannot be planned")
+
+
+@dataclass
+class Applied:
+    """What a create or update returns: outputs kept in state (paths, versions...)."""
+
+    outputs: dict[str, Any] = field(default_factory=dict)
+    provider_id: str = ""
+
+
+def cache_dir() -> Path:
+    """Where content-addressed things shared between projects live (environments)."""
+    base = os.environ.get("MLINFRA_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlinfra")
+    return Path(base)
+
+
+@dataclass
+class Context:
+    """Everything a handler may use: the project, its stack's folder, the store."""
+
+    config: Config
+    store: SqliteStore
+    state_dir: Path
+    log: Callable[[str], None] = lambda _: None
+
+    @property
+    def root(self) -> Path:
+        return self.config.root
+
+    def resolve_secrets(self, value: Any) -> Any:
+        """Replace ${secret.X} with the environment's value (only at apply time)."""
+        if isinstance(value, dict):
+            return {k: self.resolve_secrets(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.resolve_secrets(v) for v in value]
+        if isinstance(value, str) and "${secret." in value:
+            return INTERPOLATION.sub(
+                lambda m: os.environ.get(m.group(2)[1:], "") if m.group(1) == "secret"
+                else m.group(0), value)
+        return value
+
+
+class Handler(Protocol):
+    """One kind on one provider."""
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        """Attributes derived from the world (content hashes); raise ProviderError when
+        the resource cannot be planned (a missing file)."""
+        ...
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        ...
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        ...
+
+    def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
+        ...
+
+    def delete(self, state: ResourceState, ctx: Context) -> None:
+        ...
+
+
+class BaseHandler:
+    """Defaults: no facts, always present, update = create again, nothing to delete."""
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        return {}
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        return Observed()
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        return Applied()
+
+    def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
+        return self.create(change, ctx)
+
+    def delete(self, state: ResourceState, ctx: Context) -> None:
+        return None
+
+
+class Provider:
+    """A named set of handlers by kind."""
+
+    name = "base"
+
+    def __init__(self, handlers: dict[str, Handler]) -> None:
+        self.handlers = handlers
+
+    def handler(self, kind: str, address: str) -> Handler:
+        found = self.handlers.get(kind)
+        if found is None:
+            raise ProviderError(address, f"provider '{self.name}' cannot manage {kind} "
+                                "resources")
+        return found

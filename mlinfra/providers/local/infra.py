@@ -1,0 +1,132 @@
+"""Workspace, Compute, Datastore and Data on the local machine."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mlinfra.data.versions import DataVersions, describe
+from mlinfra.graph import default_datastore
+from mlinfra.plan.model import Change, Observed
+from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
+from mlinfra.spec.model import Resource
+from mlinfra.state.model import ResourceState
+
+
+def workspace_dir(ctx: Context, name: str) -> Path:
+    return ctx.state_dir / "workspaces" / name
+
+
+class WorkspaceHandler(BaseHandler):
+    """A folder under .mlinfra/<stack>/ holding the artifact store; the registry's
+    tables are in the state store."""
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        folder = workspace_dir(ctx, change.name)
+        (folder / "artifacts").mkdir(parents=True, exist_ok=True)
+        return Applied({"path": str(folder)}, provider_id=str(folder))
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        folder = Path(state.outputs.get("path", workspace_dir(ctx, state.name)))
+        if not (folder / "artifacts").is_dir():
+            return Observed(False, f"its folder {_rel(folder)} was deleted")
+        return Observed()
+
+    def delete(self, state: ResourceState, ctx: Context) -> None:
+        shutil.rmtree(state.outputs.get("path", workspace_dir(ctx, state.name)),
+                      ignore_errors=True)
+
+
+class ComputeHandler(BaseHandler):
+    """Local compute: concurrency slots for jobs on this machine."""
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        kind = res.spec.get("type", "local")
+        if kind != "local":
+            raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; this "
+                                f"stack ({ctx.config.stack.name}) uses the local provider")
+        return {}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        after = change.after or {}
+        return Applied({"slots": after.get("max_concurrency", 2)})
+
+
+def datastore_path(ctx: Context, spec: dict[str, Any]) -> Path:
+    return (ctx.root / str(spec.get("path", "."))).resolve()
+
+
+class DatastoreHandler(BaseHandler):
+    """A local folder; it must exist and be writable (mlinfra does not create it)."""
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        path = datastore_path(ctx, res.spec)
+        if not path.is_dir():
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise ProviderError(res.address, f"path {res.spec.get('path')} ({path}) {what}: "
+                                "create it, or point the datastore at another folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ProviderError(res.address, f"path {path} is not writable")
+        return {}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        path = datastore_path(ctx, change.after or {})
+        return Applied({"path": str(path)}, provider_id=str(path))
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        path = Path(state.outputs.get("path", ""))
+        if not path.is_dir():
+            return Observed(False, f"its folder {path} no longer exists")
+        return Observed()
+
+
+class DataHandler(BaseHandler):
+    """A version is the sha256 of the file or folder; new content, next number."""
+
+    def _path(self, res: Resource, ctx: Context) -> Path:
+        store_name = res.spec.get("datastore") or default_datastore(ctx.config)
+        store = ctx.config.get("Datastore", str(store_name))
+        if store is None:
+            raise ProviderError(res.address, "no datastore to read it from")
+        return datastore_path(ctx, store.spec) / str(res.spec["path"])
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        path = self._path(res, ctx)
+        if not path.exists():
+            raise ProviderError(res.address, f"{res.spec['path']} not found in its datastore "
+                                f"({path})")
+        versions = DataVersions(ctx.store)
+        sha = versions.content_sha256(path)
+        version = versions.find(res.name, sha) or versions.next_version(res.name)
+        return {"sha256": sha, "version": version}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        after = change.after or {}
+        res = ctx.config.get("Data", change.name)
+        if res is None:
+            raise ProviderError(change.address, "not in the configuration")
+        path = self._path(res, ctx)
+        versions = DataVersions(ctx.store)
+        sha = versions.content_sha256(path)
+        if sha != after.get("sha256"):
+            raise ProviderError(change.address, f"{path} changed since the plan was made: "
+                                "plan again")
+        metadata = describe(path, str(after.get("format", "csv")))
+        version = versions.register(change.name, sha, {**metadata, "path": str(path)})
+        return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},
+                       provider_id=f"{change.name}:{version}")
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        version = state.outputs.get("version")
+        if version is not None and DataVersions(ctx.store).get(state.name, version) is None:
+            return Observed(False, f"version {version} is missing from the registry")
+        return Observed()
+
+
+def _rel(path: Path) -> str:
+    try:
+        return os.path.relpath(path)
+    except ValueError:
+        return str(path)
