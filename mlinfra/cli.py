@@ -265,6 +265,7 @@ def cmd_state(args: argparse.Namespace) -> int:
                              "dependencies": found.dependencies}, indent=2, default=str))
         elif args.state_command == "rm":
             with locked(store, session.stack, "state rm", args.lock_timeout):
+                store.backup()
                 for address in args.address:
                     if store.get(address) is None:
                         raise MlinfraError(f"{address} is not in the state")
