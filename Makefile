@@ -11,7 +11,8 @@ QUICKSTART := examples/quickstart
 $(BIN)/mlinfra: pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(BIN)/python || uv venv --quiet --python $(PYTHON) $(VENV)
-	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	uv pip install --quiet --compile-bytecode --python $(BIN)/python \
+		--config-settings editable_mode=compat -e '.[dev]'
 	@touch $@
 
 setup: $(BIN)/mlinfra

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,18 +92,27 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _console(stderr: bool = False) -> Any:
+def _emit(text: str, style: str = "") -> None:
+    """One line to stdout: coloured by rich on a terminal, plain text otherwise (rich
+    costs more to import than a small plan takes to make)."""
+    if not sys.stdout.isatty():
+        _out(text)
+        return
+    from rich.text import Text
+
+    _rich_console().print(Text(text, style=style))
+
+
+@cache
+def _rich_console() -> Any:
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def _print_lines(lines: list[tuple[str, str]]) -> None:
-    from rich.text import Text
-
-    console = _console()
     for text, style in lines:
-        console.print(Text(text, style=style or ""))
+        _emit(text, style)
 
 
 def _session(args: argparse.Namespace, command: str) -> Session:
@@ -131,22 +141,17 @@ _VERBS = {"CREATE": ("Creating", "Creation"), "UPDATE": ("Modifying", "Modificat
 
 
 def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
-    from rich.text import Text
-
-    console = _console()
     doing, done = _VERBS.get(change.action.name, ("Applying", "Apply"))
     if event == "start":
-        console.print(Text(f"{change.address}: {doing}...", style="bold"))
+        _emit(f"{change.address}: {doing}...", "bold")
     elif event == "done":
-        console.print(Text(f"{change.address}: {done} complete after {elapsed:.1f}s",
-                           style="bold green"))
+        _emit(f"{change.address}: {done} complete after {elapsed:.1f}s", "bold green")
     elif event == "fail":
-        console.print(Text(f"{change.address}: failed after {elapsed:.1f}s: {message}",
-                           style="bold red"))
+        _emit(f"{change.address}: failed after {elapsed:.1f}s: {message}", "bold red")
     elif event == "skip":
-        console.print(Text(f"{change.address}: not applied ({message})", style="yellow"))
+        _emit(f"{change.address}: not applied ({message})", "yellow")
     else:
-        console.print(Text(f"{change.address}: {message}", style="yellow"))
+        _emit(f"{change.address}: {message}", "yellow")
 
 
 def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
@@ -167,7 +172,8 @@ def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
     tally = (f"{counts['add']} added, {counts['change']} changed, {counts['replace']} "
              f"replaced, {counts['destroy']} destroyed")
     if result.ok:
-        _console().print(f"\n[bold green]{verb.capitalize()} complete![/] Resources: {tally}.")
+        _out()
+        _emit(f"{verb.capitalize()} complete! Resources: {tally}.", "bold green")
         return 0
     _err(f"\n{verb.capitalize()} failed. Resources: {tally}.")
     for address, message in result.failed.items():

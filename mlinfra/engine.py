@@ -11,10 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,7 @@ def _secret_key(store: SqliteStore) -> bytes:
         return bytes.fromhex(rows[0][0])
     with store.transaction() as cur:
         cur.execute("INSERT OR IGNORE INTO meta VALUES ('secret_key', ?)",
-                    (secrets.token_hex(32),))
+                    (os.urandom(32).hex(),))
     return bytes.fromhex(store.query("SELECT value FROM meta WHERE key='secret_key'")[0][0])
 
 
@@ -275,6 +274,8 @@ def _describe(err: BaseException) -> str:
 def execute(session: Session, the_plan: Plan, parallelism: int = 4,
             on_event: Event = lambda *_: None) -> ApplyResult:
     """Apply the plan's changes. The caller holds the stack's lock."""
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
     result = ApplyResult()
     store = session.store
     result.interrupted = store.interrupted_operations()
@@ -282,57 +283,69 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
         store.close_interrupted(result.interrupted)
     store.backup()
     changes = the_plan.actionable
-    waits = _waits(changes)
     by_address = {c.address: c for c in changes}
-    done: set[str] = set()
+    waits = _waits(changes)
+    unmet = {address: len(deps) for address, deps in waits.items()}
+    dependants: dict[str, list[str]] = {address: [] for address in waits}
+    for address, deps in waits.items():
+        for dep in deps:
+            dependants[dep].append(address)
+    ready = deque(sorted(a for a, n in unmet.items() if n == 0))
+    settled: set[str] = set()
+
+    def skip(first: str, first_reason: str) -> None:
+        todo = [(first, first_reason)]
+        while todo:
+            address, reason = todo.pop()
+            if address in settled:
+                continue
+            settled.add(address)
+            result.skipped[address] = reason
+            on_event("skip", by_address[address], 0.0, reason)
+            todo.extend((d, f"{address} was not applied") for d in dependants[address])
+
+    def finished(change: Change, error: BaseException | None, elapsed: float) -> None:
+        settled.add(change.address)
+        if error is not None:
+            result.failed[change.address] = _describe(error)
+            on_event("fail", change, elapsed, _describe(error))
+            for dependant in dependants[change.address]:
+                skip(dependant, f"{change.address} was not applied")
+            return
+        result.applied.append(change)
+        on_event("done", change, elapsed, "")
+        for dependant in dependants[change.address]:
+            unmet[dependant] -= 1
+            if unmet[dependant] == 0 and dependant not in settled:
+                ready.append(dependant)
+
+    limit = max(1, parallelism)
     running: dict[Future[None], tuple[Change, float]] = {}
-    stop = False
-    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+    with ThreadPoolExecutor(max_workers=limit) as pool:
         try:
-            while waits or running:
-                for address in sorted(waits):
-                    blocked = waits[address] & (set(result.failed) | set(result.skipped))
-                    if blocked:
-                        reason = f"{sorted(blocked)[0]} was not applied"
-                        result.skipped[address] = reason
-                        on_event("skip", by_address[address], 0.0, reason)
-                        del waits[address]
-                ready = [a for a in sorted(waits) if waits[a] <= done]
-                for address in ready:
-                    if stop or len(running) >= max(1, parallelism):
-                        break
-                    change = by_address[address]
-                    del waits[address]
+            while ready or running:
+                while ready and len(running) < limit:
+                    change = by_address[ready.popleft()]
+                    if change.address in settled:
+                        continue
                     on_event("start", change, 0.0, "")
-                    running[pool.submit(_apply_one, session, change)] = (change, time.monotonic())
+                    running[pool.submit(_apply_one, session, change)] = (change,
+                                                                          time.monotonic())
                 if not running:
-                    if waits and not stop and any(
-                            waits[a] & (set(result.failed) | set(result.skipped))
-                            for a in waits):
-                        continue  # dependants of a failure: record their skips first
-                    if waits and not stop:
-                        raise MlinfraError("apply cannot proceed: changes wait on each other "
-                                           f"({', '.join(sorted(waits))})")
                     break
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
                     change, started = running.pop(future)
-                    elapsed = time.monotonic() - started
-                    error = future.exception()
-                    if error is None:
-                        done.add(change.address)
-                        result.applied.append(change)
-                        on_event("done", change, elapsed, "")
-                    else:
-                        result.failed[change.address] = _describe(error)
-                        on_event("fail", change, elapsed, _describe(error))
+                    finished(change, future.exception(), time.monotonic() - started)
         except KeyboardInterrupt:
-            stop = True
             for change, _ in running.values():
                 on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
             wait(running)
             raise Interrupted("Interrupted: the changes in progress finished and were saved; "
                               "run apply again to finish the rest.") from None
+    stuck = sorted(set(waits) - settled)
+    if stuck:
+        raise MlinfraError(f"apply cannot proceed: changes wait on each other ({', '.join(stuck)})")
     return result
 
 

@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 import yaml
 
+from mlinfra.errors import ConfigurationError
 from mlinfra.spec import load
 from mlinfra.spec.schemas import KINDS, SCHEMAS, replace_fields
 from tests.conftest import REPO, Files, Result
@@ -147,3 +148,18 @@ def test_help_imports_nothing_heavy() -> None:
     done = subprocess.run([sys.executable, "-c", code, str(REPO / "examples" / "quickstart")],
                           capture_output=True, text=True, check=True)
     assert done.stdout.splitlines()[-1] == "", done.stdout
+
+
+def test_parse_cache_is_exact_and_never_stale(project: Callable[[Files], Path]) -> None:
+    root = project({"a.yaml": "kind: Compute\nname: c\nmax_concurrency: 3\n"})
+    first = load(root)
+    cache = root / ".mlinfra" / "cache" / "documents.marshal"
+    assert cache.exists()
+    again = load(root)
+    assert again.get("Compute", "c").spec == first.get("Compute", "c").spec  # type: ignore[union-attr]
+    (root / "a.yaml").write_text("kind: Compute\nname: c\nmax_concurrency: 4\n")
+    changed = load(root)
+    assert changed.get("Compute", "c").spec["max_concurrency"] == 4  # type: ignore[union-attr]
+    (root / "a.yaml").write_text("kind: Compute\nname: c\nmax_concurrency: 4\nbad: 1\n")
+    with pytest.raises(ConfigurationError, match="1 error"):
+        load(root)

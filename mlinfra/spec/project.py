@@ -12,7 +12,15 @@ from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, Project
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
-from mlinfra.spec.yamlfile import Locator, Path_, Problem, YamlFile, field_name, read_yaml
+from mlinfra.spec.yamlfile import (
+    Locator,
+    ParseCache,
+    Path_,
+    Problem,
+    YamlFile,
+    field_name,
+    read_yaml,
+)
 
 PROJECT_FILE = "mlinfra.yaml"
 IGNORE_FILE = ".mlinfraignore"
@@ -69,6 +77,8 @@ class Loader:
         self.root = root
         self.files: dict[str, YamlFile] = {}
         self.problems: list[Problem] = []
+        self.cache = None if os.environ.get("MLINFRA_NO_CACHE") else ParseCache(
+            root / ".mlinfra" / "cache" / "documents.marshal")
 
     def rel(self, path: Path) -> str:
         try:
@@ -77,7 +87,7 @@ class Loader:
             return str(path)
 
     def read(self, path: Path) -> YamlFile:
-        yf = read_yaml(path, self.rel(path))
+        yf = read_yaml(path, self.rel(path), self.cache)
         self.files[yf.rel] = yf
         self.problems.extend(yf.problems)
         return yf
@@ -221,6 +231,8 @@ def load(start: Path, stack: str | None = None) -> Config:
                     f"{first.file}", index, ("name",), resource.label))
                 continue
             resources[resource.kind][resource.name] = resource
+    if loader.cache is not None:
+        loader.cache.save()
     config = Config(root=root, name=str(project.get("name", root.name)), stack=stack_cfg,
                     resources=resources, files=files)
     loader.problems.extend(check_references(config))

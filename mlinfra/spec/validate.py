@@ -11,14 +11,15 @@ import re
 from collections.abc import Iterator
 from difflib import get_close_matches
 from functools import cache
-from typing import Any
-
-from jsonschema import Draft202012Validator, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from mlinfra.spec.fastcheck import Check, compile_schema
 from mlinfra.spec.model import INTERPOLATION, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 _JSON_TYPES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a mapping", type(None): "nothing (null)"}
@@ -38,6 +39,10 @@ def did_you_mean(word: str, candidates: Any) -> str:
 
 @cache
 def _validator(kind: str) -> Draft202012Validator:
+    # NOTE: imported here: jsonschema costs more to import than a plan of 1,000
+    # resources takes, and is needed only to explain an invalid document.
+    from jsonschema import Draft202012Validator
+
     return Draft202012Validator(SCHEMAS[kind])
 
 

@@ -7,6 +7,10 @@ when a file has problems is it composed again to turn those paths into lines.
 
 from __future__ import annotations
 
+import hashlib
+import marshal
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,7 +131,54 @@ def _first_alias_line(text: str) -> tuple[int, int]:
     return 1, 1
 
 
-def read_yaml(path: Path, rel: str) -> YamlFile:
+class ParseCache:
+    """Documents of files that parsed cleanly, keyed by a hash of their bytes.
+
+    Parsing is most of a plan's time and most files do not change between commands, so
+    the documents are kept (marshal, exact for YAML's plain types) in the project's
+    .mlinfra/cache. A hit needs identical bytes, so it is never stale. Entries unused
+    by a run are dropped when it saves.
+    """
+
+    _HEADER = f"mlinfra-documents-1-py{sys.version_info[0]}.{sys.version_info[1]}"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._old: dict[str, Any] = {}
+        self._new: dict[str, Any] = {}
+        try:
+            header, entries = marshal.loads(path.read_bytes())
+            if header == self._HEADER and isinstance(entries, dict):
+                self._old = entries
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+
+    def get(self, key: str) -> list[Any] | None:
+        documents = self._old.get(key)
+        if documents is not None:
+            self._new[key] = documents
+        return documents
+
+    def put(self, key: str, documents: list[Any]) -> None:
+        try:
+            marshal.dumps(documents)  # timestamps or binary values: not cached
+        except ValueError:
+            return
+        self._new[key] = documents
+
+    def save(self) -> None:
+        if self._new.keys() == self._old.keys():
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_bytes(marshal.dumps((self._HEADER, self._new)))
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache that cannot be written only costs time
+
+
+def read_yaml(path: Path, rel: str, cache: ParseCache | None = None) -> YamlFile:
     """Read every document of `path`; never raises for bad content, returns problems."""
     try:
         raw = path.read_bytes()
@@ -147,6 +198,10 @@ def read_yaml(path: Path, rel: str) -> YamlFile:
         line = raw[: err.start].count(b"\n") + 1
         return YamlFile(rel, [], [Problem(rel, "not UTF-8 text: YAML files must be UTF-8",
                                           line=line, column=1)])
+    key = hashlib.blake2b(raw, digest_size=20).hexdigest()
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        return YamlFile(rel, cached, [], text)
     loader = _Loader(text)
     try:
         documents = []
@@ -174,6 +229,8 @@ def read_yaml(path: Path, rel: str) -> YamlFile:
     if not any(doc is not None for doc in documents) and not problems:
         problems.append(Problem(rel, "empty file: it holds no YAML document", line=1,
                                 column=1))
+    if cache is not None and not problems:
+        cache.put(key, documents)
     return YamlFile(rel, documents, problems, text)
 
 

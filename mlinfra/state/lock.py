@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -39,7 +38,7 @@ def _try_acquire(store: SqliteStore, stack: str, command: str) -> tuple[str | No
             if not is_stale(info):
                 return None, info
             cur.execute("DELETE FROM locks WHERE stack=?", (stack,))
-        lock_id = uuid.uuid4().hex[:12]
+        lock_id = os.urandom(6).hex()
         cur.execute("INSERT INTO locks VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (stack, lock_id, current_user(), HOST, os.getpid(), command, time.time()))
         return lock_id, None

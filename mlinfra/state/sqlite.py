@@ -10,11 +10,9 @@ from __future__ import annotations
 import getpass
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -50,7 +48,7 @@ class StateCorrupted(MlinfraError):
     """The state file cannot be read as a database."""
 
 
-HOST = socket.gethostname()
+HOST = os.uname().nodename
 
 
 def current_user() -> str:
@@ -103,15 +101,20 @@ class SqliteStore:
         return self.path.with_name(self.path.name + ".backup")
 
     def _init_meta(self) -> None:
+        rows = self.query("SELECT value FROM meta WHERE key='format_version'")
+        if not rows:
+            self._create_meta()
+            rows = self.query("SELECT value FROM meta WHERE key='format_version'")
+        if int(rows[0][0]) > FORMAT_VERSION:
+            raise MlinfraError(f"the state file {self.path} was written by a newer mlinfra "
+                               f"(format {rows[0][0]}); upgrade mlinfra to use it")
+
+    def _create_meta(self) -> None:
         with self.transaction() as cur:
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('lineage', ?)", (str(uuid.uuid4()),))
+            cur.execute("INSERT OR IGNORE INTO meta VALUES ('lineage', ?)", (_new_lineage(),))
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('serial', '0')")
             cur.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)",
                         (str(FORMAT_VERSION),))
-            row = cur.execute("SELECT value FROM meta WHERE key='format_version'").fetchone()
-        if int(row[0]) > FORMAT_VERSION:
-            raise MlinfraError(f"the state file {self.path} was written by a newer mlinfra "
-                               f"(format {row[0]}); upgrade mlinfra to use it")
 
     def close(self) -> None:
         with self._lock:
@@ -222,6 +225,12 @@ class SqliteStore:
     def audit_log(self, limit: int = 50) -> list[tuple[Any, ...]]:
         return self.query("SELECT at, user, host, command, address, action, serial, detail "
                           "FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+
+
+def _new_lineage() -> str:
+    import uuid
+
+    return str(uuid.uuid4())
 
 
 def pid_alive(pid: int) -> bool:
