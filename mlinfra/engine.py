@@ -20,7 +20,7 @@ from typing import Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.graph import address as make_address
-from mlinfra.graph import references
+from mlinfra.graph import closure, references
 from mlinfra.plan.diff import SECRET_PREFIX, make_plan
 from mlinfra.plan.model import Action, Change, Desired, Observed, Plan
 from mlinfra.providers import get_provider
@@ -128,15 +128,22 @@ def _mask(value: Any, key: bytes, address: str, missing: set[str]) -> Any:
     return SECRET_PREFIX + hmac.new(key, resolved.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def desired_state(session: Session) -> dict[str, Desired]:
-    """Every resource as the configuration wants it, with the provider's facts.
-    Raises ProviderErrors naming every resource that cannot be planned."""
+def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, Desired]:
+    """Every resource as the configuration wants it, with the provider's facts (with
+    `targets`, only those and what they depend on). Raises ProviderErrors naming every
+    resource that cannot be planned."""
     config = session.config
     workspace = workspace_address(config)
     resources = config.all()
     implicit = _implicit_workspace(config)
     if implicit is not None:
         resources.insert(0, implicit)
+    targets = set(targets)
+    if targets:
+        deps = {r.address: references(r, config, workspace) for r in resources}
+        unknown = targets - set(deps)
+        keep = closure(targets & set(deps), deps) | unknown
+        resources = [r for r in resources if r.address in keep]
     key = _secret_key(session.store)
     errors: list[ProviderError] = []
     out: dict[str, Desired] = {}
@@ -181,7 +188,7 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
          do_refresh: bool = True) -> Plan:
-    desired = desired_state(session)
+    desired = desired_state(session, targets)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
@@ -338,6 +345,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
                     change, started = running.pop(future)
                     finished(change, future.exception(), time.monotonic() - started)
         except KeyboardInterrupt:
+            session.provider.cancel()
             for change, _ in running.values():
                 on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
             wait(running)

@@ -128,6 +128,9 @@ class Provider:
     def __init__(self, handlers: dict[str, Handler]) -> None:
         self.handlers = handlers
 
+    def cancel(self) -> None:
+        """Stop long operations under way (Ctrl-C during apply)."""
+
     def handler(self, kind: str, address: str) -> Handler:
         found = self.handlers.get(kind)
         if found is None:

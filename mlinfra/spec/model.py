@@ -9,6 +9,9 @@ from typing import Any
 
 # Interpolations: ${var.X}, ${secret.X}, ${inputs.X}, ${steps.S.outputs.O}, ...
 INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
+# Another job's or step's output used as an input: ${jobs.NAME.outputs.OUT}.
+OUTPUT_REF = re.compile(
+    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
 VERSIONED_REF = re.compile(
     r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import graphlib
 import os
-import re
 from collections.abc import Iterator
 from difflib import get_close_matches
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from mlinfra.spec.fastcheck import Check, compile_schema
-from mlinfra.spec.model import INTERPOLATION, Config, Ref, Resource
+from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
 
@@ -28,8 +27,6 @@ _PATTERN_HINTS = {
                   "at most 63 characters",
     VERSIONED_REF_PATTERN: "a reference: NAME, NAME:VERSION or NAME@ALIAS",
 }
-_OUTPUT_REF = re.compile(
-    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
 
 
 def did_you_mean(word: str, candidates: Any) -> str:
@@ -235,7 +232,7 @@ class _References:
         if "${" not in value:
             self.ref(res, path, "Data", value)
             return
-        match = _OUTPUT_REF.match(value)
+        match = OUTPUT_REF.match(value)
         if match is None or match.group(1) != namespace:
             self.add(res, path, f"'{value}' is not an input: use a Data reference or "
                      f"${{{namespace}.NAME.outputs.OUTPUT}}")
@@ -258,7 +255,7 @@ class _References:
         sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
         for job in self.config.of("Job").values():
             for value in (job.spec.get("inputs") or {}).values():
-                match = _OUTPUT_REF.match(value) if isinstance(value, str) else None
+                match = OUTPUT_REF.match(value) if isinstance(value, str) else None
                 if match and match.group(1) == "jobs":
                     sorter.add(job.name, match.group(2))
         self._cycle(sorter, "Job", lambda name: self.config.of("Job")[name], ("inputs",))
@@ -283,7 +280,7 @@ class _References:
             self.name(res, ("steps", step_name, "job"), "Job", step.get("job"))
             for key, value in (step.get("inputs") or {}).items():
                 self._input(res, ("steps", step_name, "inputs", key), value, "steps", steps)
-                match = _OUTPUT_REF.match(value) if isinstance(value, str) else None
+                match = OUTPUT_REF.match(value) if isinstance(value, str) else None
                 if match and match.group(1) == "steps" and match.group(2) in steps:
                     sorter.add(step_name, match.group(2))
         self._cycle(sorter, "Step", lambda _: res, ("steps",))

@@ -13,6 +13,8 @@ from mlinfra.providers.local.infra import (
     DatastoreHandler,
     WorkspaceHandler,
 )
+from mlinfra.providers.local.jobs import JobHandler, PipelineHandler
+from mlinfra.providers.local.models import ModelHandler
 
 
 class LocalProvider(Provider):
@@ -25,4 +27,12 @@ class LocalProvider(Provider):
             "Datastore": DatastoreHandler(),
             "Data": DataHandler(),
             "Environment": EnvironmentHandler(),
+            "Job": JobHandler(),
+            "Pipeline": PipelineHandler(),
+            "Model": ModelHandler(),
         })
+
+    def cancel(self) -> None:
+        from mlinfra.runs.execute import cancel_all
+
+        cancel_all()

@@ -85,7 +85,7 @@ class DatastoreHandler(BaseHandler):
 class DataHandler(BaseHandler):
     """A version is the sha256 of the file or folder; new content, next number."""
 
-    def _path(self, res: Resource, ctx: Context) -> Path:
+    def path(self, res: Resource, ctx: Context) -> Path:
         store_name = res.spec.get("datastore") or default_datastore(ctx.config)
         store = ctx.config.get("Datastore", str(store_name))
         if store is None:
@@ -93,7 +93,7 @@ class DataHandler(BaseHandler):
         return datastore_path(ctx, store.spec) / str(res.spec["path"])
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
-        path = self._path(res, ctx)
+        path = self.path(res, ctx)
         if not path.exists():
             raise ProviderError(res.address, f"{res.spec['path']} not found in its datastore "
                                 f"({path})")
@@ -107,7 +107,7 @@ class DataHandler(BaseHandler):
         res = ctx.config.get("Data", change.name)
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
-        path = self._path(res, ctx)
+        path = self.path(res, ctx)
         versions = DataVersions(ctx.store)
         sha = versions.content_sha256(path)
         if sha != after.get("sha256"):

@@ -1,0 +1,357 @@
+"""Jobs and pipelines on the local machine.
+
+A job's run hash covers its code (as snapshotted), command, params, outputs, its
+environment's spec and the versions of its inputs; a pipeline step's also covers its
+upstream steps' hashes. The plan runs a job when no completed run has its hash, and
+apply adopts a completed run with that hash instead of running it again.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import os
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlinfra.data import checks
+from mlinfra.data.versions import DataVersions
+from mlinfra.plan.model import Change, Observed
+from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
+from mlinfra.providers.local.environment import EnvironmentHandler, env_dir
+from mlinfra.providers.local.infra import DataHandler, workspace_dir
+from mlinfra.registry.artifacts import ArtifactStore
+from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
+from mlinfra.runs.snapshot import code_digest
+from mlinfra.runs.store import Run, RunStore
+from mlinfra.spec.model import OUTPUT_REF, Ref, Resource
+from mlinfra.state.model import ResourceState, digest
+
+_SLOTS: dict[str, threading.Semaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def workspace_name(ctx: Context) -> str:
+    declared = list(ctx.config.of("Workspace"))
+    return declared[0] if declared else ctx.config.name
+
+
+def artifact_store(ctx: Context) -> ArtifactStore:
+    return ArtifactStore(workspace_dir(ctx, workspace_name(ctx)) / "artifacts")
+
+
+def runs_root(ctx: Context) -> Path:
+    return workspace_dir(ctx, workspace_name(ctx)) / "runs"
+
+
+def _slots(ctx: Context, compute: str | None) -> threading.Semaphore:
+    res = ctx.config.get("Compute", compute) if compute else None
+    limit = int(res.spec.get("max_concurrency", 2)) if res else 2
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(f"{ctx.root}:{compute}", threading.Semaphore(limit))
+
+
+def duration_s(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", str(value))
+    if match is None:
+        return None
+    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
+    return int(match.group(1)) * factor
+
+
+@dataclass
+class DataInput:
+    name: str
+    version: int
+    sha256: str
+    path: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Resolver:
+    """Resolves what a job's inputs are now: data versions, environments, code."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.versions = DataVersions(ctx.store)
+
+    def data(self, res: Resource, text: str) -> DataInput:
+        ref = Ref.parse(text)
+        data = self.ctx.config.get("Data", ref.name) if ref else None
+        if ref is None or data is None:
+            raise ProviderError(res.address, f"input '{text}' names no Data")
+        path = DataHandler().path(data, self.ctx)
+        if not path.exists():
+            raise ProviderError(res.address, f"input data {ref.name}: {path} not found")
+        sha = self.versions.content_sha256(path)
+        current = self.versions.find(ref.name, sha) or self.versions.next_version(ref.name)
+        if ref.version is not None and ref.version != current:
+            pinned = self.versions.get(ref.name, ref.version)
+            if pinned is None:
+                raise ProviderError(res.address, f"data {ref.name} has no version "
+                                    f"{ref.version}")
+            store = artifact_store(self.ctx)
+            if not store.exists(pinned.sha256):
+                raise ProviderError(res.address, f"data {ref.name}:{ref.version} is not the "
+                                    "current content and was never stored by a run")
+            return DataInput(ref.name, ref.version, pinned.sha256, store.path(pinned.sha256))
+        return DataInput(ref.name, current, sha, path)
+
+    def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, str]]:
+        name = job.spec.get("environment")
+        env = self.ctx.config.get("Environment", name) if name else None
+        if env is None:
+            return f"python{sys.version_info.major}.{sys.version_info.minor}", None, {}
+        spec_hash = str(EnvironmentHandler().facts(env, self.ctx)["spec_hash"])
+        variables = {k: str(v) for k, v in
+                     self.ctx.resolve_secrets(env.spec.get("env") or {}).items()}
+        return spec_hash, env_dir(spec_hash), variables
+
+    def code(self, job: Resource) -> str:
+        code = self.ctx.root / str(job.spec.get("code", "."))
+        return code_digest(code, self.ctx.root, self.versions.content_sha256)
+
+    def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
+                 ) -> tuple[str, dict[str, Any]]:
+        """The job's run hash and its readable parts; `inputs` holds each input's
+        resolved identity (a data version's sha256 or an upstream run hash)."""
+        env_hash, _, _ = self.environment(job)
+        parts = {"command": job.spec["command"], "params": params,
+                 "outputs": job.spec.get("outputs") or {}, "code": self.code(job),
+                 "environment": env_hash, "inputs": inputs}
+        return digest(parts), parts
+
+
+def pipelines_using(ctx: Context, job: str) -> list[str]:
+    return sorted(p.name for p in ctx.config.of("Pipeline").values()
+                  if any(isinstance(s, dict) and s.get("job") == job
+                         for s in (p.spec.get("steps") or {}).values()))
+
+
+class JobHandler(BaseHandler):
+    """A job runs when its run hash has no completed run; a job used as a pipeline step
+    runs only as that step."""
+
+    def _facts(self, res: Resource, ctx: Context, resolver: Resolver,
+               memo: dict[str, tuple[str, dict[str, str]]]) -> tuple[str, dict[str, str]]:
+        if res.name in memo:
+            return memo[res.name]
+        identities, labels = {}, {}
+        for key, value in (res.spec.get("inputs") or {}).items():
+            match = OUTPUT_REF.match(str(value))
+            if match:
+                upstream = ctx.config.get("Job", match.group(2))
+                assert upstream is not None  # validated
+                upstream_hash, _ = self._facts(upstream, ctx, resolver, memo)
+                identities[key] = f"{upstream_hash}:{match.group(3)}"
+                labels[key] = f"job {upstream.name} output {match.group(3)}"
+            else:
+                data = resolver.data(res, str(value))
+                identities[key], labels[key] = data.sha256, data.label
+        run_hash, _ = resolver.run_hash(res, identities, res.spec.get("params") or {})
+        memo[res.name] = (run_hash, labels)
+        return run_hash, labels
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        used_by = pipelines_using(ctx, res.name)
+        if used_by:
+            return {"runs_as_step_of": used_by}
+        run_hash, labels = self._facts(res, ctx, Resolver(ctx), {})
+        return {"inputs_resolved": labels, "run_hash": run_hash}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        after = change.after or {}
+        if "runs_as_step_of" in after:
+            return Applied({"runs_as_step_of": after["runs_as_step_of"]})
+        res = ctx.config.get("Job", change.name)
+        assert res is not None
+        run = run_job(ctx, res, str(after["run_hash"]), Resolver(ctx))
+        return Applied({"run_id": run.id, "outputs": run.outputs, "status": run.status,
+                        "reused": run.reused_from is not None}, provider_id=run.id)
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        return _read_run(state.outputs, ctx)
+
+
+def _read_run(outputs: dict[str, Any], ctx: Context) -> Observed:
+    run_id = outputs.get("run_id")
+    if run_id is None:
+        return Observed()
+    run = RunStore(ctx.store).get(str(run_id))
+    if run is None or run.status != "completed":
+        return Observed(False, f"run {run_id} is missing or not completed")
+    store = artifact_store(ctx)
+    missing = [name for name, sha in run.outputs.items() if not store.exists(sha)]
+    if missing:
+        return Observed(False, f"outputs {', '.join(missing)} of run {run_id} are missing "
+                        "from the artifact store")
+    return Observed()
+
+
+def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
+    """Data expectations are checked before any run reads the data."""
+    asset = ctx.config.get("Data", data.name)
+    expectations = (asset.spec.get("expectations") or []) if asset else []
+    if not expectations:
+        return
+    fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
+    try:
+        checks.require(data.label, data.path, fmt, expectations)
+    except checks.DataCheckFailed as err:
+        raise ProviderError(res.address, f"{err.message}\nno run started") from None
+
+
+def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
+            upstream: dict[str, Path] | None = None, overrides: dict[str, Any] | None = None,
+            parent: Run | None = None, step: str | None = None) -> Run:
+    """Adopt the completed run with this hash, or run the job now."""
+    runs = RunStore(ctx.store)
+    job_name = res.name
+    existing = runs.completed(job_name, run_hash)
+    if existing is not None:
+        return existing
+    overrides = overrides or {}
+    spec = res.spec
+    store = artifact_store(ctx)
+    inputs: dict[str, Path] = dict(upstream or {})
+    versions: dict[str, str] = {k: f"upstream:{v.name}" for k, v in inputs.items()}
+    for key, value in {**(spec.get("inputs") or {}), **overrides.get("inputs", {})}.items():
+        if key in inputs or OUTPUT_REF.match(str(value)):
+            continue
+        data = resolver.data(res, str(value))
+        _gate(ctx, res, data)
+        # The run reads a stored copy: it records exactly the version it read.
+        sha = store.put(data.path)
+        version = resolver.versions.register(data.name, sha, {"path": str(data.path)})
+        inputs[key] = materialize(ctx, store, sha, data.path.name)
+        versions[key] = f"{data.name}:{version}"
+    _, venv, env = resolver.environment(res)
+    params = {**(spec.get("params") or {}), **overrides.get("params", {})}
+    job = JobSpec(job=job_name, experiment=str(spec.get("experiment") or
+                                               (parent.job if parent else job_name)),
+                  command=str(spec["command"]), code=ctx.root / str(spec.get("code", ".")),
+                  root=ctx.root, run_hash=run_hash, inputs=inputs, input_versions=versions,
+                  params=params, outputs=dict(spec.get("outputs") or {}),
+                  env={**env, **{k: str(v) for k, v in
+                                 ctx.resolve_secrets(spec.get("env") or {}).items()}},
+                  venv=venv, timeout_s=duration_s(spec.get("timeout")),
+                  pipeline=parent.job if parent else None, step=step,
+                  parent=parent.id if parent else None)
+    prefix = f"{res.address}{'/' + step if step else ''}"
+    with _slots(ctx, spec.get("compute")):
+        try:
+            return execute(job, runs, store, runs_root(ctx),
+                           on_line=lambda line: ctx.log(f"{prefix}: {line}"))
+        except RunFailed as err:
+            raise ProviderError(res.address, err.message) from None
+
+
+def materialize(ctx: Context, store: ArtifactStore, sha: str, filename: str) -> Path:
+    """A read-only copy of a stored artifact under its own file name, once per content."""
+    dest = runs_root(ctx) / "inputs" / sha[:16] / filename
+    if not dest.exists():
+        tmp = dest.with_name(f".{filename}.{os.getpid()}.{threading.get_ident()}")
+        store.materialize(sha, tmp)
+        os.replace(tmp, dest)
+    return dest
+
+
+def step_order(steps: dict[str, Any]) -> list[str]:
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for name, step in steps.items():
+        sorter.add(name)
+        for value in (step.get("inputs") or {}).values():
+            match = OUTPUT_REF.match(str(value))
+            if match and match.group(1) == "steps":
+                sorter.add(name, match.group(2))
+    return list(sorter.static_order())
+
+
+class PipelineHandler(BaseHandler):
+    """Steps run in dependency order as child runs; a step whose hash has a completed
+    run is reused, not run again."""
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        resolver = Resolver(ctx)
+        steps = res.spec.get("steps") or {}
+        hashes: dict[str, str] = {}
+        out: dict[str, Any] = {}
+        for name in step_order(steps):
+            step = steps[name]
+            job = ctx.config.get("Job", step["job"])
+            assert job is not None
+            identities, labels = {}, {}
+            merged = {**(job.spec.get("inputs") or {}), **(step.get("inputs") or {})}
+            for key, value in merged.items():
+                match = OUTPUT_REF.match(str(value))
+                if match and match.group(1) == "steps":
+                    identities[key] = f"{hashes[match.group(2)]}:{match.group(3)}"
+                    labels[key] = f"step {match.group(2)} output {match.group(3)}"
+                else:
+                    data = resolver.data(res, str(value))
+                    identities[key], labels[key] = data.sha256, data.label
+            params = {**(job.spec.get("params") or {}), **(step.get("params") or {})}
+            hashes[name], _ = resolver.run_hash(job, identities, params)
+            out[name] = {"job": job.name, "run_hash": hashes[name], "inputs_resolved": labels}
+        return {"steps_resolved": out}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        res = ctx.config.get("Pipeline", change.name)
+        assert res is not None
+        planned = (change.after or {})["steps_resolved"]
+        runs, store, resolver = RunStore(ctx.store), artifact_store(ctx), Resolver(ctx)
+        parent = Run(id=new_run_id(res.name), job=res.name, experiment=res.name,
+                     run_hash=digest(planned), status="running", started_at=time.time())
+        runs.save(parent)
+        results: dict[str, Any] = {}
+        steps = res.spec["steps"]
+        try:
+            for name in step_order(steps):
+                step = steps[name]
+                job = ctx.config.get("Job", step["job"])
+                assert job is not None
+                upstream: dict[str, Path] = {}
+                for key, value in (step.get("inputs") or {}).items():
+                    match = OUTPUT_REF.match(str(value))
+                    if match and match.group(1) == "steps":
+                        sha = results[match.group(2)]["outputs"][match.group(3)]
+                        producer = ctx.config.get("Job", steps[match.group(2)]["job"])
+                        filename = ((producer.spec.get("outputs") or {}).get(match.group(3))
+                                    if producer else None) or match.group(3)
+                        upstream[key] = materialize(ctx, store, sha, Path(filename).name)
+                run_hash = planned[name]["run_hash"]
+                reused = runs.completed(job.name, run_hash) is not None
+                if reused:
+                    ctx.log(f"{change.address}/{name}: reused (inputs unchanged)")
+                run = run_job(ctx, job, run_hash, resolver, upstream,
+                              {"inputs": step.get("inputs") or {},
+                               "params": step.get("params") or {}}, parent, name)
+                results[name] = {"run_id": run.id, "outputs": run.outputs, "reused": reused}
+        except BaseException as err:
+            parent.status, parent.error = "failed", str(err)[:500]
+            parent.ended_at = time.time()
+            parent.outputs = {"steps": results}
+            runs.save(parent)
+            raise
+        parent.status, parent.ended_at, parent.outputs = "completed", time.time(), {
+            "steps": results}
+        runs.save(parent)
+        return Applied({"run_id": parent.id, "steps": results}, provider_id=parent.id)
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        for step in (state.outputs.get("steps") or {}).values():
+            seen = _read_run(step, ctx)
+            if not seen.exists:
+                return seen
+        return Observed()

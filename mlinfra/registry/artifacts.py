@@ -1,0 +1,100 @@
+"""A content-addressed store: files kept by sha256, verified when read.
+
+A folder is kept as its files plus a manifest (relative path -> sha256); the folder's
+address is the manifest's sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+from pathlib import Path
+
+from mlinfra.data.versions import file_sha256
+from mlinfra.errors import MlinfraError
+
+
+class ArtifactCorrupted(MlinfraError):
+    """A stored file no longer has the hash it is stored under."""
+
+
+class ArtifactStore:
+    """Invariant: the file at blobs/<aa>/<sha256> has that sha256 (checked on read)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _blob(self, sha: str) -> Path:
+        return self.root / "blobs" / sha[:2] / sha
+
+    def put_file(self, path: Path) -> str:
+        """Copy first, then hash the copy: what is stored is exactly what is named,
+        even if the source changes meanwhile."""
+        incoming = self.root / "incoming"
+        incoming.mkdir(parents=True, exist_ok=True)
+        tmp = incoming / f"{os.getpid()}-{threading.get_ident()}-{path.name}"
+        shutil.copyfile(path, tmp)
+        sha = file_sha256(tmp)
+        target = self._blob(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+        return sha
+
+    def put(self, path: Path) -> str:
+        """Store a file or a folder; returns its address."""
+        if path.is_file():
+            return self.put_file(path)
+        manifest = {}
+        for folder, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                file = Path(folder) / name
+                manifest[file.relative_to(path).as_posix()] = self.put_file(file)
+        data = json.dumps({"manifest": manifest}, sort_keys=True).encode()
+        sha = hashlib.sha256(data).hexdigest()
+        target = self._blob(sha)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return sha
+
+    def exists(self, sha: str) -> bool:
+        return self._blob(sha).exists()
+
+    def path(self, sha: str, verify: bool = True) -> Path:
+        """The stored file of `sha`, checked against its hash."""
+        blob = self._blob(sha)
+        if not blob.exists():
+            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {self.root}")
+        if verify and file_sha256(blob) != sha:
+            raise ArtifactCorrupted(f"artifact {sha[:12]} in {self.root} does not match its "
+                                    "sha256: it was changed on disk")
+        return blob
+
+    def materialize(self, sha: str, dest: Path) -> Path:
+        """Copy the artifact (file or folder) to `dest`, verified."""
+        blob = self.path(sha)
+        manifest = _manifest(blob)
+        if manifest is None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(blob, dest)
+            return dest
+        for rel, file_sha in manifest.items():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.path(file_sha), target)
+        return dest
+
+
+def _manifest(blob: Path) -> dict[str, str] | None:
+    if blob.stat().st_size > 10_000_000:
+        return None
+    try:
+        data = json.loads(blob.read_bytes())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and set(data) == {"manifest"}:
+        return dict(data["manifest"])
+    return None

@@ -1,0 +1,153 @@
+"""Models by name and version: content, signature, lineage, metrics, tags, aliases."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlinfra.errors import MlinfraError
+from mlinfra.state.sqlite import SqliteStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+  name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, format TEXT NOT NULL,
+  signature TEXT NOT NULL, run_id TEXT, lineage TEXT NOT NULL, metrics TEXT NOT NULL,
+  tags TEXT NOT NULL, created_at REAL NOT NULL, archived INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (name, version), UNIQUE (name, sha256));
+CREATE TABLE IF NOT EXISTS aliases (
+  name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
+  updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (name, alias));
+"""
+_COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
+            "metrics", "tags", "created_at", "archived")
+_JSON = ("signature", "lineage", "metrics", "tags")
+
+
+class RegistryError(MlinfraError):
+    pass
+
+
+@dataclass
+class ModelVersion:
+    """Invariant: (name, sha256) is unique, so the same content is never two versions."""
+
+    name: str
+    version: int
+    sha256: str
+    format: str
+    signature: dict[str, Any]
+    run_id: str | None
+    lineage: dict[str, Any]
+    metrics: dict[str, float]
+    tags: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    archived: int = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class ModelRegistry:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        store.ensure_schema(_SCHEMA)
+
+    def _select(self, where: str, args: tuple[Any, ...]) -> list[ModelVersion]:
+        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM models WHERE {where} "
+                                "ORDER BY name, version", args)
+        out = []
+        for row in rows:
+            values = dict(zip(_COLUMNS, row, strict=True))
+            for key in _JSON:
+                values[key] = json.loads(values[key])
+            out.append(ModelVersion(**values))
+        return out
+
+    def register(self, name: str, sha256: str, fmt: str, signature: dict[str, Any],
+                 run_id: str | None, lineage: dict[str, Any], metrics: dict[str, float],
+                 tags: dict[str, Any]) -> tuple[ModelVersion, bool]:
+        """The version of this content: (existing, False) or (new N+1, True)."""
+        with self.store.transaction() as cur:
+            row = cur.execute("SELECT version FROM models WHERE name=? AND sha256=?",
+                              (name, sha256)).fetchone()
+            if row is None:
+                latest = cur.execute("SELECT MAX(version) FROM models WHERE name=?",
+                                     (name,)).fetchone()[0]
+                version = int(latest or 0) + 1
+                cur.execute(f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES "
+                            f"({', '.join('?' * len(_COLUMNS))})",
+                            (name, version, sha256, fmt, json.dumps(signature), run_id,
+                             json.dumps(lineage), json.dumps(metrics), json.dumps(tags),
+                             time.time(), 0))
+                created = True
+            else:
+                version, created = int(row[0]), False
+        found = self.get(name, version)
+        assert found is not None
+        return found, created
+
+    def set_metrics(self, name: str, version: int, metrics: dict[str, float]) -> None:
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE models SET metrics=? WHERE name=? AND version=?",
+                        (json.dumps(metrics), name, version))
+
+    def versions(self, name: str | None = None) -> list[ModelVersion]:
+        return self._select("name=?", (name,)) if name else self._select("1=1", ())
+
+    def get(self, name: str, version: int) -> ModelVersion | None:
+        found = self._select("name=? AND version=?", (name, version))
+        return found[0] if found else None
+
+    def latest(self, name: str) -> ModelVersion | None:
+        found = [v for v in self.versions(name) if not v.archived]
+        return found[-1] if found else None
+
+    def aliases(self, name: str) -> dict[str, int]:
+        return {alias: version for alias, version in self.store.query(
+            "SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,))}
+
+    def resolve(self, name: str, version: int | None = None,
+                alias: str | None = None) -> ModelVersion:
+        """`fraud`, `fraud:3` or `fraud@champion` to a version; RegistryError if none."""
+        if alias is not None:
+            target = self.aliases(name).get(alias)
+            if target is None:
+                raise RegistryError(f"alias {name}@{alias} points nowhere: set it with "
+                                    f"mlinfra models alias {name}@{alias} VERSION")
+            version = target
+        found = self.get(name, version) if version is not None else self.latest(name)
+        if found is None:
+            what = f"{name}:{version}" if version is not None else name
+            raise RegistryError(f"model {what} is not registered")
+        return found
+
+    def set_alias(self, name: str, alias: str, version: int, reason: str = "") -> None:
+        if self.get(name, version) is None:
+            known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
+            raise RegistryError(f"model {name} has no version {version} (versions: {known})")
+        with self.store.transaction() as cur:
+            cur.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
+                        (name, alias, version, time.time(), reason))
+
+    def set_tags(self, name: str, version: int, tags: dict[str, Any]) -> None:
+        found = self.get(name, version)
+        if found is None:
+            raise RegistryError(f"model {name} has no version {version}")
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE models SET tags=? WHERE name=? AND version=?",
+                        (json.dumps({**found.tags, **tags}), name, version))
+
+    def archive(self, name: str, version: int, used_by: list[str]) -> None:
+        """Hide a version from `latest`; refused while an endpoint serves it."""
+        if used_by:
+            raise RegistryError(f"{name}:{version} is used by {', '.join(used_by)}: change "
+                                "those deployments first")
+        if self.get(name, version) is None:
+            raise RegistryError(f"model {name} has no version {version}")
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE models SET archived=1 WHERE name=? AND version=?",
+                        (name, version))

@@ -1,0 +1,238 @@
+"""Running one job: a process group in the run's folder, logs streamed and kept,
+metrics read as they arrive, outputs collected into the artifact store."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from mlinfra.errors import MlinfraError
+from mlinfra.registry.artifacts import ArtifactStore
+from mlinfra.runs.snapshot import git_info, snapshot
+from mlinfra.runs.store import Run, RunStore
+from mlinfra.spec.model import INTERPOLATION
+from mlinfra.state.sqlite import HOST
+
+HELPER_DIR = Path(__file__).parent / "helper"
+_KILL_GRACE_S = 5.0
+_POLL_S = 0.05
+
+# Processes of the runs under way in this process, so Ctrl-C can stop them all.
+_RUNNING: dict[str, subprocess.Popen[bytes]] = {}
+_RUNNING_LOCK = threading.Lock()
+
+
+class RunFailed(MlinfraError):
+    def __init__(self, run: Run, message: str) -> None:
+        super().__init__(message)
+        self.run = run
+
+
+@dataclass
+class JobSpec:
+    """What to run: everything already resolved to paths and values."""
+
+    job: str
+    experiment: str
+    command: str
+    code: Path
+    root: Path
+    run_hash: str
+    inputs: dict[str, Path]
+    input_versions: dict[str, str]
+    params: dict[str, Any]
+    outputs: dict[str, str]
+    env: dict[str, str] = field(default_factory=dict)
+    venv: Path | None = None
+    timeout_s: float | None = None
+    pipeline: str | None = None
+    step: str | None = None
+    parent: str | None = None
+
+
+def new_run_id(job: str) -> str:
+    return f"{job}-{os.urandom(4).hex()}"
+
+
+def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
+    """Fill ${inputs.X}, ${outputs.X} and ${params.X}, quoted for the shell."""
+
+    def fill(match: Any) -> str:
+        namespace, key = match.group(1), match.group(2)[1:]
+        if namespace == "inputs" and key in spec.inputs:
+            return shlex.quote(str(spec.inputs[key]))
+        if namespace == "outputs" and key in spec.outputs:
+            return shlex.quote(str(out_dir / spec.outputs[key]))
+        if namespace == "params" and key in spec.params:
+            return shlex.quote(str(spec.params[key]))
+        return str(match.group(0))
+
+    return INTERPOLATION.sub(fill, command)
+
+
+def cancel_all() -> None:
+    """Stop every run under way in this process (Ctrl-C)."""
+    with _RUNNING_LOCK:
+        procs = list(_RUNNING.values())
+    for proc in procs:
+        _kill_group(proc, signal.SIGTERM)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _pump(stream: IO[bytes], log: IO[bytes], on_line: Callable[[str], None]) -> None:
+    for raw in iter(stream.readline, b""):
+        log.write(raw)
+        log.flush()
+        on_line(raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+class MetricsReader:
+    """Reads metrics.jsonl from where it stopped; a bad line is reported, not fatal."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.problems: list[str] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        records = []
+        for line in data[:end].splitlines():
+            try:
+                record = json.loads(line)
+                if record.get("type") == "metric" and not isinstance(record.get("value"),
+                                                                     int | float):
+                    raise ValueError("not a number")
+                records.append(record)
+            except (ValueError, AttributeError) as err:
+                self.problems.append(f"ignored a metrics line ({err}): {line[:80]!r}")
+        return records
+
+
+def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: Path,
+            on_line: Callable[[str], None] = lambda _: None) -> Run:
+    """Run the job to its end; returns the completed run or raises RunFailed."""
+    run = Run(id=new_run_id(spec.job), job=spec.job, experiment=spec.experiment,
+              run_hash=spec.run_hash, pipeline=spec.pipeline, step=spec.step,
+              parent=spec.parent, params=dict(spec.params), inputs=dict(spec.input_versions),
+              environment={"venv": str(spec.venv) if spec.venv else None})
+    run_dir = runs_root / run.id
+    work, out_dir = run_dir / "code", run_dir / "outputs"
+    out_dir.mkdir(parents=True)
+    run.run_dir = str(run_dir)
+    runs.save(run)
+    snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+    run.git = git_info(spec.root)
+    run.command = substitute(spec.command, spec, out_dir)
+    env = {**os.environ, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(HELPER_DIR),
+                                                     os.environ.get("PYTHONPATH")) if p)}
+    if spec.venv is not None:
+        env["VIRTUAL_ENV"] = str(spec.venv)
+        env["PATH"] = f"{spec.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env.pop("PYTHONHOME", None)
+    reader = MetricsReader(run_dir / "metrics.jsonl")
+    with open(run_dir / "output.log", "wb") as log:
+        run.started_at = time.time()
+        proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=work, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        with _RUNNING_LOCK:
+            _RUNNING[run.id] = proc
+        run.status, run.pid, run.host = "running", proc.pid, HOST
+        runs.save(run)
+        assert proc.stdout is not None
+        pump = threading.Thread(target=_pump, args=(proc.stdout, log, on_line), daemon=True)
+        pump.start()
+        timed_out = False
+        try:
+            while proc.poll() is None:
+                if spec.timeout_s is not None and time.time() - run.started_at > spec.timeout_s:
+                    timed_out = True
+                    _stop(proc)
+                    break
+                records = reader.read()
+                if records:
+                    runs.add_metrics(run.id, records)
+                time.sleep(_POLL_S)
+        except KeyboardInterrupt:
+            _stop(proc)
+            raise
+        finally:
+            proc.wait()
+            with _RUNNING_LOCK:
+                _RUNNING.pop(run.id, None)
+            pump.join(timeout=5)
+            proc.stdout.close()
+            run.ended_at = time.time()
+            run.exit_code = proc.returncode
+            runs.add_metrics(run.id, reader.read())
+            _finish(run, spec, runs, artifacts, out_dir, timed_out, reader)
+    if run.status != "completed":
+        raise RunFailed(run, f"run {run.id} {run.status}: {run.error}\n"
+                        + log_tail(run_dir / "output.log"))
+    return run
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    _kill_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=_KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
+
+
+def _finish(run: Run, spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, out_dir: Path,
+            timed_out: bool, reader: MetricsReader) -> None:
+    stored = runs.get(run.id)
+    canceled = stored is not None and stored.cancel_requested
+    if timed_out:
+        run.status, run.error = "failed", f"timed out after {spec.timeout_s:g}s"
+    elif canceled or (run.exit_code is not None and run.exit_code < 0 and
+                      -run.exit_code in (signal.SIGINT, signal.SIGTERM)):
+        run.status, run.error = "canceled", "canceled"
+    elif run.exit_code != 0:
+        run.status, run.error = "failed", f"the command exited with code {run.exit_code}"
+    else:
+        missing = [f"{name} ({file})" for name, file in spec.outputs.items()
+                   if not (out_dir / file).exists()]
+        if missing:
+            run.status = "failed"
+            run.error = f"the command did not write its declared output {', '.join(missing)}"
+        else:
+            run.outputs = {name: artifacts.put(out_dir / file)
+                           for name, file in spec.outputs.items()}
+            run.status = "completed"
+    if reader.problems:
+        run.error = "; ".join(filter(None, [run.error, *reader.problems[:3]]))
+    runs.save(run)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    tail = text.rstrip("\n").splitlines()[-lines:]
+    return "\n".join(f"  | {line}" for line in tail)

@@ -1,0 +1,143 @@
+"""Runs, their metrics and logged params, kept in the state store."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlinfra.state.sqlite import SqliteStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+  id TEXT PRIMARY KEY, job TEXT NOT NULL, experiment TEXT NOT NULL,
+  pipeline TEXT, step TEXT, parent TEXT, run_hash TEXT NOT NULL, status TEXT NOT NULL,
+  created_at REAL NOT NULL, started_at REAL, ended_at REAL, exit_code INTEGER,
+  pid INTEGER, host TEXT, command TEXT NOT NULL DEFAULT '', params TEXT NOT NULL DEFAULT '{}',
+  inputs TEXT NOT NULL DEFAULT '{}', outputs TEXT NOT NULL DEFAULT '{}',
+  git TEXT NOT NULL DEFAULT '{}', environment TEXT NOT NULL DEFAULT '{}',
+  run_dir TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
+  reused_from TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS runs_hash ON runs(job, run_hash, status);
+CREATE TABLE IF NOT EXISTS metrics (
+  run_id TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, step INTEGER,
+  at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
+CREATE TABLE IF NOT EXISTS run_params (
+  run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+  PRIMARY KEY (run_id, key));
+"""
+
+STATUSES = ("queued", "running", "completed", "failed", "canceled")
+_JSON = ("params", "inputs", "outputs", "git", "environment")
+_COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
+            "created_at", "started_at", "ended_at", "exit_code", "pid", "host", "command",
+            "params", "inputs", "outputs", "git", "environment", "run_dir", "error",
+            "reused_from", "cancel_requested")
+
+
+@dataclass
+class Run:
+    """One execution. `status` moves queued -> running -> completed | failed | canceled;
+    `outputs` maps each declared output to the sha256 of its stored artifact."""
+
+    id: str
+    job: str
+    experiment: str
+    run_hash: str
+    status: str = "queued"
+    pipeline: str | None = None
+    step: str | None = None
+    parent: str | None = None
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    exit_code: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    command: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    git: dict[str, Any] = field(default_factory=dict)
+    environment: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+    error: str = ""
+    reused_from: str | None = None
+    cancel_requested: int = 0
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at or time.time()) - self.started_at
+
+
+class RunStore:
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        store.ensure_schema(_SCHEMA)
+
+    def save(self, run: Run) -> None:
+        values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
+                  for c in _COLUMNS]
+        with self.store.transaction() as cur:
+            cur.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(_COLUMNS))})", values)
+
+    def get(self, run_id: str) -> Run | None:
+        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id=?",
+                                (run_id,))
+        return _run(rows[0]) if rows else None
+
+    def find(self, prefix: str) -> Run | None:
+        """A run by its id or a unique prefix of it."""
+        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? "
+                                "ORDER BY created_at DESC", (prefix.replace("%", "") + "%",))
+        return _run(rows[0]) if len(rows) == 1 else (self.get(prefix) if rows else None)
+
+    def completed(self, job: str, run_hash: str) -> Run | None:
+        """The newest completed run of `job` with these inputs, if any."""
+        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE job=? AND "
+                                "run_hash=? AND status='completed' ORDER BY created_at DESC "
+                                "LIMIT 1", (job, run_hash))
+        return _run(rows[0]) if rows else None
+
+    def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
+        where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())
+        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs {where} "
+                                "ORDER BY created_at DESC LIMIT ?", (*args, limit))
+        return [_run(r) for r in rows]
+
+    def add_metrics(self, run_id: str, records: list[dict[str, Any]]) -> None:
+        metrics = [(run_id, r["key"], r["value"], r.get("step"), r.get("at", time.time()))
+                   for r in records if r.get("type") == "metric"]
+        params = [(run_id, r["key"], json.dumps(r["value"])) for r in records
+                  if r.get("type") == "param"]
+        with self.store.transaction() as cur:
+            cur.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
+            cur.executemany("INSERT OR REPLACE INTO run_params VALUES (?, ?, ?)", params)
+
+    def metrics(self, run_id: str) -> dict[str, list[tuple[int | None, float]]]:
+        """Each metric's points (step, value), in the order logged."""
+        out: dict[str, list[tuple[int | None, float]]] = {}
+        for key, value, step in self.store.query(
+                "SELECT key, value, step FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)):
+            out.setdefault(key, []).append((step, value))
+        return out
+
+    def logged_params(self, run_id: str) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.store.query(
+            "SELECT key, value FROM run_params WHERE run_id=?", (run_id,))}
+
+    def request_cancel(self, run_id: str) -> None:
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE runs SET cancel_requested=1 WHERE id=?", (run_id,))
+
+
+def _run(row: tuple[Any, ...]) -> Run:
+    values = dict(zip(_COLUMNS, row, strict=True))
+    for key in _JSON:
+        values[key] = json.loads(values[key] or "{}")
+    return Run(**values)
