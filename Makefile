@@ -17,8 +17,12 @@ $(BIN)/mlinfra: pyproject.toml
 
 setup: $(BIN)/mlinfra
 
+# Trains, evaluates and registers the quickstart's model. Endpoints and promotions
+# are not managed by the local provider yet, so the apply targets the model.
 quickstart: setup
 	$(BIN)/mlinfra validate -C $(QUICKSTART)
+	$(BIN)/mlinfra apply -C $(QUICKSTART) --auto-approve --target model.fraud
+	$(BIN)/mlinfra models list -C $(QUICKSTART)
 
 lint: setup
 	$(BIN)/ruff check mlinfra tests benchmarks

@@ -118,7 +118,8 @@ def _print_lines(lines: list[tuple[str, str]]) -> None:
 def _session(args: argparse.Namespace, command: str) -> Session:
     from mlinfra.engine import open_session
 
-    return open_session(_directory(args), _stack(args), command)
+    return open_session(_directory(args), _stack(args), command,
+                        log=lambda line: _emit(line, "dim"))
 
 
 def _print_plan(plan: Plan) -> None:
@@ -306,6 +307,212 @@ def cmd_output(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(ts: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _seconds(value: float | None) -> str:
+    return f"{value:.1f}s" if value is not None else "-"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    _out("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mlinfra.runs.store import RunStore
+
+    session = _session(args, f"runs {args.runs_command}")
+    try:
+        runs = RunStore(session.store)
+        if args.runs_command == "list":
+            rows = [[r.id, r.experiment, r.step or "", r.status, _when(r.started_at),
+                     _seconds(r.duration)] for r in runs.recent(args.experiment, args.limit)]
+            _table(["RUN", "EXPERIMENT", "STEP", "STATUS", "STARTED", "DURATION"], rows)
+            return 0
+        found = [_find_run(runs, run_id) for run_id in args.run_id]
+        if args.runs_command == "show":
+            for run in found:
+                _out(json.dumps({
+                    "id": run.id, "experiment": run.experiment, "job": run.job,
+                    "pipeline": run.pipeline, "step": run.step, "parent": run.parent,
+                    "status": run.status, "error": run.error, "started": _when(run.started_at),
+                    "duration_s": run.duration, "exit_code": run.exit_code,
+                    "command": run.command, "params": {**run.params,
+                                                       **runs.logged_params(run.id)},
+                    "inputs": run.inputs, "outputs": run.outputs,
+                    "metrics": {k: v[-1][1] for k, v in runs.metrics(run.id).items()},
+                    "git": run.git, "environment": run.environment, "run_dir": run.run_dir},
+                    indent=2, default=str))
+        elif args.runs_command == "logs":
+            return _logs(runs, found[0], args.follow)
+        elif args.runs_command == "compare":
+            _compare(runs, found)
+        elif args.runs_command == "cancel":
+            _cancel(runs, found)
+        return 0
+    finally:
+        session.close()
+
+
+def _find_run(runs: Any, run_id: str) -> Any:
+    run = runs.find(run_id)
+    if run is None:
+        raise MlinfraError(f"no run '{run_id}': mlinfra runs list shows them")
+    return run
+
+
+def _logs(runs: Any, run: Any, follow: bool) -> int:
+    import time
+
+    path = Path(run.run_dir) / "output.log"
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        current = runs.get(run.id)
+        if not follow or current is None or current.status not in ("queued", "running"):
+            return 0
+        time.sleep(0.5)
+
+
+def _compare(runs: Any, found: list[Any]) -> None:
+    params = [{**r.params, **runs.logged_params(r.id)} for r in found]
+    metrics = [{k: v[-1][1] for k, v in runs.metrics(r.id).items()} for r in found]
+    rows = [["status", *[r.status for r in found]],
+            ["duration", *[_seconds(r.duration) for r in found]]]
+    for key in sorted({k for p in params for k in p}):
+        rows.append([f"param {key}", *[str(p.get(key, "-")) for p in params]])
+    for key in sorted({k for m in metrics for k in m}):
+        rows.append([f"metric {key}", *[f"{m[key]:.6g}" if key in m else "-"
+                                        for m in metrics]])
+    _table(["", *[r.id for r in found]], rows)
+
+
+def _cancel(runs: Any, found: list[Any]) -> None:
+    import contextlib
+    import os
+    import signal
+
+    from mlinfra.state.sqlite import HOST
+
+    for run in found:
+        if run.status not in ("queued", "running"):
+            raise MlinfraError(f"run {run.id} is {run.status}; only a running run can be "
+                               "canceled")
+        runs.request_cancel(run.id)
+        if run.pid and run.host == HOST:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGTERM)
+        _out(f"Canceling run {run.id}.")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mlinfra.registry.models import ModelRegistry
+    from mlinfra.spec.model import Ref
+
+    session = _session(args, f"models {args.models_command}")
+    try:
+        registry = ModelRegistry(session.store)
+        if args.models_command == "list":
+            rows = []
+            for version in registry.versions(args.name):
+                aliases = [a for a, v in registry.aliases(version.name).items()
+                           if v == version.version]
+                metrics = ", ".join(f"{k}={v:.4g}" for k, v in version.metrics.items()
+                                    if isinstance(v, int | float))
+                rows.append([version.ref, ",".join(aliases), _when(version.created_at),
+                             version.run_id or "-", metrics,
+                             "archived" if version.archived else ""])
+            _table(["MODEL", "ALIASES", "CREATED", "RUN", "METRICS", ""], rows)
+            return 0
+        ref = Ref.parse(args.ref)
+        if ref is None:
+            raise MlinfraError(f"'{args.ref}' is not NAME, NAME:VERSION or NAME@ALIAS")
+        if args.models_command == "show":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            _out(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
+                            indent=2, default=str))
+        elif args.models_command == "alias":
+            if ref.alias is None:
+                raise MlinfraError("give NAME@ALIAS, e.g. fraud@champion")
+            registry.set_alias(ref.name, ref.alias, args.version, "set by mlinfra models alias")
+            _out(f"{ref.name}@{ref.alias} -> {ref.name}:{args.version}")
+        elif args.models_command == "tag":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            tags = dict(item.split("=", 1) for item in args.tags if "=" in item)
+            registry.set_tags(found.name, found.version, tags)
+            _out(f"tagged {found.ref}: {tags}")
+        elif args.models_command == "archive":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            registry.archive(found.name, found.version, _serving(session, found))
+            _out(f"archived {found.ref}")
+        return 0
+    finally:
+        session.close()
+
+
+def _serving(session: Session, version: Any) -> list[str]:
+    """Endpoints whose deployments use this model version (by alias, pin or latest)."""
+    from mlinfra.registry.models import ModelRegistry, RegistryError
+    from mlinfra.spec.model import Ref
+
+    registry = ModelRegistry(session.store)
+    users = []
+    for endpoint in session.config.of("Endpoint").values():
+        for deployment in endpoint.spec.get("deployments") or []:
+            ref = Ref.parse(str(deployment.get("model", "")))
+            if ref is None or ref.name != version.name:
+                continue
+            try:
+                served = registry.resolve(ref.name, ref.version, ref.alias)
+            except RegistryError:
+                continue
+            if served.version == version.version:
+                users.append(f"endpoint {endpoint.name} (deployment {deployment.get('name')})")
+    return users
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from mlinfra.data import checks
+    from mlinfra.providers.local.jobs import Resolver
+
+    session = _session(args, "data validate")
+    try:
+        res = session.config.get("Data", args.name)
+        if res is None:
+            from mlinfra.spec.validate import did_you_mean
+
+            raise MlinfraError(f"no Data named '{args.name}'"
+                               + did_you_mean(args.name, session.config.of("Data")))
+        data = Resolver(session.ctx).data(res, args.name)
+        expectations = res.spec.get("expectations") or []
+        if not expectations:
+            _out(f"data {args.name} declares no expectations")
+            return 0
+        results = checks.check(data.label, data.path, str(res.spec.get("format", "csv")),
+                               expectations)
+    finally:
+        session.close()
+    for result in results:
+        _emit(f"{'ok  ' if result.success else 'FAIL'} {result.describe()}",
+              "green" if result.success else "bold red")
+    failed = sum(not r.success for r in results)
+    _out(f"\n{data.label}: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -413,6 +620,43 @@ def build_parser() -> argparse.ArgumentParser:
     _lock_option(rm)
     unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
     unlock.add_argument("lock_id", metavar="ID")
+
+    p = command("runs", cmd_runs, "list, show, follow, compare and cancel runs")
+    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    listing = runs.add_parser("list", parents=[common], help="recent runs")
+    listing.add_argument("--experiment", help="only this experiment's runs")
+    listing.add_argument("--limit", type=_positive, default=50)
+    for name, help_, many in (("show", "params, metrics, outputs, git, duration", True),
+                              ("logs", "the run's output", False),
+                              ("compare", "params and metrics side by side", True),
+                              ("cancel", "stop running runs", True)):
+        sp = runs.add_parser(name, parents=[common], help=help_)
+        sp.add_argument("run_id", nargs="+" if many else 1, metavar="RUN_ID")
+        if name == "logs":
+            sp.add_argument("--follow", "-f", action="store_true",
+                            help="keep printing until the run ends")
+
+    p = command("models", cmd_models, "the model registry: versions, aliases, tags")
+    models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    listing = models.add_parser("list", parents=[common], help="models and versions")
+    listing.add_argument("name", nargs="?")
+    show = models.add_parser("show", parents=[common], help="one version: NAME[:V|@ALIAS]")
+    show.add_argument("ref")
+    alias = models.add_parser("alias", parents=[common], help="point NAME@ALIAS at VERSION")
+    alias.add_argument("ref", metavar="NAME@ALIAS")
+    alias.add_argument("version", type=_positive)
+    tag = models.add_parser("tag", parents=[common], help="add tags KEY=VALUE to a version")
+    tag.add_argument("ref")
+    tag.add_argument("tags", nargs="+", metavar="KEY=VALUE")
+    archive = models.add_parser("archive", parents=[common],
+                                help="hide a version (refused while an endpoint serves it)")
+    archive.add_argument("ref")
+
+    p = command("data", cmd_data, "data assets")
+    data = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    check = data.add_parser("validate", parents=[common],
+                            help="run a Data asset's expectations now")
+    check.add_argument("name")
 
     p = command("output", cmd_output, "show what the resources produced (paths, versions)")
     p.add_argument("address", nargs="?", help="one resource only")

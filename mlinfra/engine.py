@@ -227,18 +227,31 @@ class ApplyResult:
         return not self.failed and not self.skipped
 
 
-def _waits(changes: list[Change]) -> dict[str, set[str]]:
-    """What each change waits for: dependencies first, and for deletions the
-    deletion of whatever depended on the resource."""
-    by_address = {c.address: c for c in changes}
+def _waits(all_changes: list[Change]) -> dict[str, set[str]]:
+    """What each change waits for: the changes it depends on, also through unchanged
+    resources (a job that waits on a data version via an unchanged step), and for
+    deletions the deletion of whatever depended on the resource."""
+    changes = [c for c in all_changes if c.action is not Action.NOOP]
+    by_address = {c.address: c for c in all_changes}
     waits: dict[str, set[str]] = {}
     for change in changes:
         if change.action is Action.DELETE:
             waits[change.address] = {o.address for o in changes if o.action is Action.DELETE
                                      and change.address in o.dependencies}
-        else:
-            waits[change.address] = {d for d in change.dependencies if d in by_address
-                                     and by_address[d].action is not Action.DELETE}
+            continue
+        found: set[str] = set()
+        todo, seen = list(change.dependencies), set()
+        while todo:
+            dep = todo.pop()
+            if dep in seen or dep not in by_address:
+                continue
+            seen.add(dep)
+            action = by_address[dep].action
+            if action is Action.NOOP:
+                todo.extend(by_address[dep].dependencies)
+            elif action is not Action.DELETE:
+                found.add(dep)
+        waits[change.address] = found
     return waits
 
 
@@ -291,7 +304,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     store.backup()
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
-    waits = _waits(changes)
+    waits = _waits(the_plan.changes)
     unmet = {address: len(deps) for address, deps in waits.items()}
     dependants: dict[str, list[str]] = {address: [] for address in waits}
     for address, deps in waits.items():

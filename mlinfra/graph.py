@@ -48,7 +48,10 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
     elif res.kind == "Pipeline":
         for step in (spec.get("steps") or {}).values():
             add("Job", step.get("job"))
-            for value in (step.get("inputs") or {}).values():
+            job = config.get("Job", str(step.get("job")))
+            inputs = {**((job.spec.get("inputs") or {}) if job else {}),
+                      **(step.get("inputs") or {})}
+            for value in inputs.values():
                 add("Data", _data_name(value))
     elif res.kind == "Model":
         source = spec.get("from") or {}

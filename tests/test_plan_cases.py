@@ -63,3 +63,14 @@ def test_plan_case(case: Path) -> None:
     assert got == data["expected"]
     assert [vars(d) for d in plan.drift] == data.get("drift", [])
     assert (plan.lineage, plan.serial) == ("lineage", 7)
+
+
+def test_waits_follow_dependencies_through_unchanged_resources() -> None:
+    from mlinfra.engine import _waits
+    from mlinfra.plan.model import Action, Change
+
+    changes = [Change("data.d", "Data", "d", Action.UPDATE, ""),
+               Change("job.j", "Job", "j", Action.NOOP, "", dependencies=["data.d"]),
+               Change("pipeline.p", "Pipeline", "p", Action.UPDATE, "",
+                      dependencies=["job.j"])]
+    assert _waits(changes) == {"data.d": set(), "pipeline.p": {"data.d"}}

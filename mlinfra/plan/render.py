@@ -27,7 +27,10 @@ def _value(value: Any) -> str:
 
 def _change_lines(change: Change) -> list[Line]:
     style = STYLES[change.action]
-    header = f"  # {change.address} will be {change.action.verb}"
+    verb = f"be {change.action.verb}"
+    if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE):
+        verb = "run"  # creating or updating a job is running it
+    header = f"  # {change.address} will {verb}"
     lines: list[Line] = [(header, "bold")]
     if change.action is not Action.CREATE or change.reason != "new resource":
         lines.append((f"  #   ({change.reason})", "dim"))

@@ -230,12 +230,15 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
         if key in inputs or OUTPUT_REF.match(str(value)):
             continue
         data = resolver.data(res, str(value))
-        _gate(ctx, res, data)
-        # The run reads a stored copy: it records exactly the version it read.
+        # The run reads a stored copy, checked by the gate: it records exactly the
+        # version it read and was validated, whatever happens to the file meanwhile.
         sha = store.put(data.path)
         version = resolver.versions.register(data.name, sha, {"path": str(data.path)})
-        inputs[key] = materialize(ctx, store, sha, data.path.name)
-        versions[key] = f"{data.name}:{version}"
+        copy = DataInput(data.name, version, sha,
+                         materialize(ctx, store, sha, data.path.name))
+        _gate(ctx, res, copy)
+        inputs[key] = copy.path
+        versions[key] = copy.label
     _, venv, env = resolver.environment(res)
     params = {**(spec.get("params") or {}), **overrides.get("params", {})}
     job = JobSpec(job=job_name, experiment=str(spec.get("experiment") or
