@@ -212,44 +212,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
+def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
+    """Lock, plan (or load the saved plan), show, confirm, apply."""
     from mlinfra.engine import check_fresh, plan
     from mlinfra.plan import planfile
     from mlinfra.state.lock import locked
 
-    session = _session(args, "apply")
+    verb = "destroy" if destroy else "apply"
+    session = _session(args, verb)
     try:
-        with locked(session.store, session.stack, "apply", args.lock_timeout):
-            if args.planfile:
+        with locked(session.store, session.stack, verb, args.lock_timeout):
+            if getattr(args, "planfile", None):
                 the_plan = planfile.load(Path(args.planfile))
                 check_fresh(session, the_plan)
                 args.auto_approve = True  # a saved plan was reviewed already
             else:
-                the_plan = plan(session, targets=args.target, do_refresh=args.refresh)
+                the_plan = plan(session, targets=args.target, destroy=destroy,
+                                do_refresh=args.refresh)
             _print_plan(the_plan)
             if not the_plan.has_changes():
                 return 0
-            return _run_apply(session, the_plan, args, "Do you want to perform these "
-                              "actions?", "apply")
+            question = ("Do you really want to destroy these resources?" if destroy else
+                        "Do you want to perform these actions?")
+            return _run_apply(session, the_plan, args, question, verb)
     finally:
         session.close()
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _apply_or_destroy(args, destroy=False)
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
-    from mlinfra.engine import plan
-    from mlinfra.state.lock import locked
-
-    session = _session(args, "destroy")
-    try:
-        with locked(session.store, session.stack, "destroy", args.lock_timeout):
-            the_plan = plan(session, targets=args.target, destroy=True, do_refresh=args.refresh)
-            _print_plan(the_plan)
-            if not the_plan.has_changes():
-                return 0
-            return _run_apply(session, the_plan, args, "Do you really want to destroy these "
-                              "resources?", "destroy")
-    finally:
-        session.close()
+    return _apply_or_destroy(args, destroy=True)
 
 
 def cmd_state(args: argparse.Namespace) -> int:

@@ -50,6 +50,12 @@ def write_files(root: Path, files: Files) -> None:
             path.write_text(textwrap.dedent(content))
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Environments and interpreters are cached per test session, not in ~/.cache."""
+    monkeypatch.setenv("MLINFRA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[Files], Path]:
     """Make a project (mlinfra.yaml + BASE + the given files) and chdir into it."""

@@ -46,11 +46,6 @@ PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLINFRA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 @pytest.fixture
 def infra(project: Callable[..., Path]) -> Path:
     return project({"infra.yaml": INFRA.format(python=PYTHON),

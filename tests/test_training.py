@@ -21,11 +21,6 @@ from tests.conftest import Result
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLINFRA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
 def onnx_model(weights: tuple[float, float] = (1.5, -0.5), bias: float = 0.1) -> bytes:
     """A logistic regression on two features: probabilities [N, 2] and labels [N]."""
     from onnx import TensorProto, helper
