@@ -64,9 +64,16 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
             model = Ref.parse(str(deployment.get("model", "")))
             add("Model", model.name if model else None)
         add("Datastore", (spec.get("collect") or {}).get("datastore"))
+        # An alias a Promotion moves is resolved after that promotion ran.
+        for deployment in spec.get("deployments") or []:
+            model = Ref.parse(str(deployment.get("model", "")))
+            for promotion in config.of("Promotion").values():
+                if model and model.alias and promotion.spec.get("model") == model.name and (
+                        promotion.spec.get("alias", "champion") == model.alias):
+                    add("Promotion", promotion.name)
     elif res.kind == "Promotion":
+        # NOTE: not on its rollout endpoint: the endpoint waits for the promotion.
         add("Model", spec.get("model"))
-        add("Endpoint", (spec.get("rollout") or {}).get("endpoint"))
         for data in (spec.get("gates") or {}).get("data") or []:
             add("Data", _data_name(data))
     return sorted(set(deps))

@@ -84,7 +84,8 @@ def _plan_desired(want: Desired, have: ResourceState | None,
               field_changes(have.attributes, want.attributes, want.replace_fields))
     if seen is not None and seen.problem:
         reason = f"changed outside mlinfra: {seen.problem}"
-        return (change(Action.REPLACE, reason, fields, have.attributes),
+        action = Action.UPDATE if seen.update else Action.REPLACE
+        return (change(action, reason, fields, have.attributes),
                 Drift(want.address, seen.problem))
     if not fields and have.inputs_hash == want.inputs_hash:
         return change(Action.NOOP, "unchanged", before=have.attributes), None

@@ -63,11 +63,13 @@ class Observed:
     """What refresh found of a resource the state holds.
 
     `exists` False: gone outside mlinfra. `problem`: present but not as applied
-    (a broken venv); it is repaired by replacing the resource.
+    (a broken venv); it is repaired by replacing the resource, or in place when
+    `update` is set (an endpoint serving a version its alias no longer names).
     """
 
     exists: bool = True
     problem: str = ""
+    update: bool = False
 
 
 @dataclass

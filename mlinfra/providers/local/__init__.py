@@ -6,6 +6,7 @@ virtual environments cached by the hash of their spec.
 """
 
 from mlinfra.providers.base import Provider
+from mlinfra.providers.local.endpoints import EndpointHandler
 from mlinfra.providers.local.environment import EnvironmentHandler
 from mlinfra.providers.local.infra import (
     ComputeHandler,
@@ -15,6 +16,7 @@ from mlinfra.providers.local.infra import (
 )
 from mlinfra.providers.local.jobs import JobHandler, PipelineHandler
 from mlinfra.providers.local.models import ModelHandler
+from mlinfra.providers.local.promotion import PromotionHandler
 
 
 class LocalProvider(Provider):
@@ -30,6 +32,8 @@ class LocalProvider(Provider):
             "Job": JobHandler(),
             "Pipeline": PipelineHandler(),
             "Model": ModelHandler(),
+            "Promotion": PromotionHandler(),
+            "Endpoint": EndpointHandler(),
         })
 
     def cancel(self) -> None:

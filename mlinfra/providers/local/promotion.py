@@ -1,0 +1,95 @@
+"""Promotion: when a governed model has a new version, run its gates, compare it with
+the alias' version, and move the alias when it wins. The first version that passes
+the gates takes an empty alias. A rejected candidate is a decision, not a failure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlinfra.data import checks
+from mlinfra.plan.model import Change
+from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
+from mlinfra.providers.local.jobs import Resolver
+from mlinfra.providers.local.models import ModelHandler
+from mlinfra.registry.models import ModelRegistry, ModelVersion
+from mlinfra.spec.model import Resource
+
+
+def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
+    """Why the candidate fails its gates, or None."""
+    gates = res.spec.get("gates") or {}
+    for metric, bounds in (gates.get("metrics") or {}).items():
+        value = candidate.metrics.get(metric)
+        if not isinstance(value, int | float):
+            return f"{candidate.ref} has no metric {metric}"
+        if "min" in bounds and value < bounds["min"]:
+            return f"{metric} {value:.4g} < min {bounds['min']}"
+        if "max" in bounds and value > bounds["max"]:
+            return f"{metric} {value:.4g} > max {bounds['max']}"
+    resolver = Resolver(ctx)
+    for text in gates.get("data") or []:
+        data = resolver.data(res, str(text))
+        asset = ctx.config.get("Data", data.name)
+        expectations = (asset.spec.get("expectations") or []) if asset else []
+        if not expectations:
+            continue
+        try:
+            checks.require(data.label, data.path, str(asset.spec.get("format", "csv"))
+                           if asset else "csv", expectations)
+        except checks.DataCheckFailed as err:
+            return err.message
+    return None
+
+
+def decide(res: Resource, ctx: Context, candidate: ModelVersion,
+           champion: ModelVersion | None) -> tuple[bool, str]:
+    failed = _gates(res, ctx, candidate)
+    if failed is not None:
+        return False, f"gates failed: {failed}"
+    if champion is None:
+        return True, f"{candidate.ref} passed the gates and the alias was empty"
+    if champion.version == candidate.version:
+        return False, f"{candidate.ref} is already the alias' version"
+    compare = res.spec.get("compare") or {}
+    metric = compare.get("metric")
+    if metric is None:
+        return True, f"{candidate.ref} passed the gates (no comparison asked)"
+    new, old = candidate.metrics.get(metric), champion.metrics.get(metric)
+    if not isinstance(new, int | float) or not isinstance(old, int | float):
+        return False, f"{metric} is missing on {candidate.ref} or {champion.ref}"
+    delta = float(compare.get("min_delta", 0))
+    better = (new >= old + delta) if compare.get("direction", "max") == "max" else (
+        new <= old - delta)
+    sign = ">=" if compare.get("direction", "max") == "max" else "<="
+    if better:
+        return True, f"{metric} {new:.4g} {sign} {old:.4g} of {champion.ref} by {delta:g}"
+    return False, (f"{metric} {new:.4g} is not better than {old:.4g} of {champion.ref} "
+                   f"by {delta:g}")
+
+
+class PromotionHandler(BaseHandler):
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        model = ctx.config.get("Model", str(res.spec["model"]))
+        return {"candidate_source": ModelHandler().facts(model, ctx) if model else {}}
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        res = ctx.config.get("Promotion", change.name)
+        assert res is not None
+        registry = ModelRegistry(ctx.store)
+        model, alias = str(res.spec["model"]), str(res.spec.get("alias", "champion"))
+        candidate = registry.latest(model)
+        if candidate is None:
+            raise ProviderError(change.address, f"model {model} has no version to promote")
+        current = registry.aliases(model).get(alias)
+        champion = registry.get(model, current) if current is not None else None
+        promoted, reason = decide(res, ctx, candidate, champion)
+        if promoted:
+            registry.set_alias(model, alias, candidate.version,
+                               f"promoted by promotion.{res.name}: {reason}")
+        now = candidate.ref if promoted else (champion.ref if champion else "nothing")
+        ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} {model}@{alias} "
+                f"-> {now} ({reason})")
+        return Applied({"decision": "promoted" if promoted else "kept",
+                        "reason": reason, "candidate": candidate.ref,
+                        "alias": f"{model}@{alias}",
+                        "version": candidate.version if promoted else current})

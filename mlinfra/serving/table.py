@@ -1,0 +1,108 @@
+"""The routing table of an endpoint: its deployments, traffic weights and mirrors.
+
+A table is immutable once built; a new configuration builds a new table (reusing the
+loaded models whose files did not change, loading and warming the others) and the
+server swaps one reference. Requests under way keep the table they started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlinfra.serving.model import Batcher, LoadedModel
+
+
+@dataclass
+class Deployment:
+    name: str
+    model: LoadedModel
+    batcher: Batcher
+    timeout_s: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.model.name}:{self.model.version}"
+
+
+@dataclass
+class Table:
+    """Invariant: every deployment's model answered a warm-up; weights sum to 100."""
+
+    endpoint: str
+    generation: int
+    deployments: dict[str, Deployment]
+    weights: list[tuple[str, float]]
+    mirror: dict[str, float] = field(default_factory=dict)
+    key_hashes: list[bytes] = field(default_factory=list)
+    max_request_bytes: int = 1 << 20
+    collect_sample: float = 0.0
+    collect_path: str | None = None
+
+    def pick(self, pinned: str | None = None) -> Deployment | None:
+        if pinned is not None:
+            return self.deployments.get(pinned)
+        roll = random.random() * 100
+        for name, cumulative in self.weights:
+            if roll < cumulative:
+                return self.deployments[name]
+        return self.deployments[self.weights[-1][0]] if self.weights else None
+
+    def authorized(self, token: str | None) -> bool:
+        """Constant-time comparison against the hashes of the endpoint's keys."""
+        if not self.key_hashes:
+            return True
+        if not token:
+            return False
+        digest = hashlib.sha256(token.encode()).digest()
+        ok = False
+        for stored in self.key_hashes:
+            ok |= hmac.compare_digest(digest, stored)
+        return ok
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    return dict(json.loads(path.read_text()))
+
+
+def build(config: dict[str, Any], previous: Table | None = None) -> Table:
+    """A table for `config`, reusing `previous`'s deployments whose model and request
+    settings are unchanged."""
+    old = previous.deployments if previous else {}
+    deployments: dict[str, Deployment] = {}
+    for name, spec in config["deployments"].items():
+        reuse = old.get(name)
+        if (reuse is not None and reuse.model.sha256 == spec["sha256"]
+                and reuse.batcher.max_delay_s == spec["max_batch_delay_ms"] / 1000
+                and reuse.timeout_s == spec["timeout_ms"] / 1000):
+            deployments[name] = reuse
+            continue
+        model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
+                                 spec["sha256"])
+        deployments[name] = Deployment(name, model, Batcher(
+            model, int(spec["max_batch_size"]), float(spec["max_batch_delay_ms"]) / 1000),
+            float(spec["timeout_ms"]) / 1000)
+    weights, total = [], 0.0
+    for name, share in config.get("traffic", {}).items():
+        if share > 0:
+            total += share
+            weights.append((name, total))
+    collect = config.get("collect") or {}
+    return Table(
+        endpoint=config["endpoint"], generation=int(config["generation"]),
+        deployments=deployments, weights=weights,
+        mirror={k: float(v) for k, v in (config.get("mirror") or {}).items() if v},
+        key_hashes=[bytes.fromhex(h) for h in config.get("key_hashes", [])],
+        max_request_bytes=int(config.get("max_request_bytes", 1 << 20)),
+        collect_sample=float(collect.get("sample", 0.0)), collect_path=collect.get("path"))
+
+
+def retired(previous: Table, current: Table) -> list[Deployment]:
+    """Deployments of `previous` that `current` no longer uses."""
+    kept = {id(d) for d in current.deployments.values()}
+    return [d for d in previous.deployments.values() if id(d) not in kept]
