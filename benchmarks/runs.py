@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.test_training import onnx_model
+from tests.conftest import onnx_model
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}

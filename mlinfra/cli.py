@@ -508,6 +508,69 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_endpoints(args: argparse.Namespace) -> int:
+    from mlinfra.providers.local import endpoints
+
+    session = _session(args, f"endpoints {args.endpoints_command}")
+    try:
+        states = {s.name: s for s in session.store.resources().values()
+                  if s.kind == "Endpoint"}
+        if args.endpoints_command == "list":
+            rows = [[s.name, s.outputs.get("url", "-"), str(s.outputs.get("pid", "-")),
+                     ", ".join(f"{d}={v}" for d, v in (s.outputs.get("served") or {}).items()),
+                     json.dumps(s.attributes.get("traffic", {}))]
+                    for s in sorted(states.values(), key=lambda s: s.name)]
+            _table(["ENDPOINT", "URL", "PID", "SERVES", "TRAFFIC"], rows)
+            return 0
+        state = states.get(args.name)
+        if state is None:
+            raise MlinfraError(f"endpoint {args.name} is not in the state: apply it first")
+        if args.endpoints_command == "show":
+            _out(json.dumps({"name": state.name, **{k: v for k, v in state.outputs.items()
+                                                    if k != "key_hashes"},
+                             "traffic": state.attributes.get("traffic"),
+                             "auth": state.attributes.get("auth", "key")}, indent=2))
+        elif args.endpoints_command == "keys":
+            keys = endpoints.take_new_keys(session.ctx, args.name)
+            if args.regenerate:
+                keys = {args.regenerate: endpoints.regenerate(session, state, args.regenerate)}
+            if not keys:
+                raise MlinfraError("the keys were shown once already; make new ones with "
+                                   "--regenerate primary (or secondary)")
+            for name, key in keys.items():
+                _out(f"{name}: {key}")
+            _err("Keep them now: mlinfra stores only their hashes.")
+        elif args.endpoints_command == "invoke":
+            return _invoke(session, state, args)
+        return 0
+    finally:
+        session.close()
+
+
+def _invoke(session: Session, state: Any, args: argparse.Namespace) -> int:
+    import time
+
+    from mlinfra.providers.local import endpoints
+
+    body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise MlinfraError(f"{args.data} is not JSON") from None
+    v2 = isinstance(request, dict) and isinstance(request.get("inputs"), list) and all(
+        isinstance(i, dict) and "datatype" in i for i in request["inputs"])
+    url = state.outputs["url"] + (f"/v2/models/{state.name}/infer" if v2 else "/invocations")
+    key = args.key or endpoints.operator_key(session.ctx, state.name)
+    headers = {"mlinfra-deployment": args.deployment} if args.deployment else {}
+    started = time.perf_counter()
+    status, answer, response_headers = endpoints.http_json(url, key, body, headers, timeout=30)
+    elapsed = (time.perf_counter() - started) * 1000
+    _out(json.dumps(answer, indent=2))
+    served = response_headers.get("mlinfra-model", "")
+    _err(f"HTTP {status} in {elapsed:.1f} ms" + (f" from {served}" if served else ""))
+    return 0 if status == 200 else 1
+
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
@@ -652,6 +715,22 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("validate", parents=[common],
                             help="run a Data asset's expectations now")
     check.add_argument("name")
+
+    p = command("endpoints", cmd_endpoints, "online endpoints: list, show, invoke, keys")
+    eps = p.add_subparsers(dest="endpoints_command", metavar="SUBCOMMAND", required=True)
+    eps.add_parser("list", parents=[common], help="endpoints, their URLs and what they serve")
+    show = eps.add_parser("show", parents=[common], help="one endpoint")
+    show.add_argument("name")
+    invoke = eps.add_parser("invoke", parents=[common],
+                            help="send a request (v2 or MLflow format) and print the answer")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
+    invoke.add_argument("--deployment", help="pin a deployment")
+    invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
+    keys = eps.add_parser("keys", parents=[common],
+                          help="show the keys once, or make a new one")
+    keys.add_argument("name")
+    keys.add_argument("--regenerate", choices=["primary", "secondary"])
 
     p = command("output", cmd_output, "show what the resources produced (paths, versions)")
     p.add_argument("address", nargs="?", help="one resource only")

@@ -16,34 +16,9 @@ import numpy as np
 import pytest
 
 from mlinfra.registry.evaluate import auc
-from tests.conftest import Result
+from tests.conftest import Result, onnx_model
 
 MLINFRA = str(Path(sys.executable).parent / "mlinfra")
-
-
-def onnx_model(weights: tuple[float, float] = (1.5, -0.5), bias: float = 0.1) -> bytes:
-    """A logistic regression on two features: probabilities [N, 2] and labels [N]."""
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("MatMul", ["features", "W"], ["z0"]),
-        helper.make_node("Add", ["z0", "B"], ["z"]),
-        helper.make_node("Sigmoid", ["z"], ["p"]),
-        helper.make_node("Sub", ["one", "p"], ["q"]),
-        helper.make_node("Concat", ["q", "p"], ["probabilities"], axis=1),
-        helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
-         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
-        [helper.make_tensor("W", TensorProto.FLOAT, [2, 1], list(weights)),
-         helper.make_tensor("B", TensorProto.FLOAT, [1], [bias]),
-         helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return bytes(model.SerializeToString())
 
 
 TRAIN = '''\

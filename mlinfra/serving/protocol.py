@@ -121,9 +121,9 @@ def decode_invocations(data: Any, signature: list[dict[str, Any]]) -> dict[str, 
 def _array(value: Any, name: str) -> np.ndarray:
     try:
         array = np.asarray(value)
-    except (ValueError, TypeError) as err:
-        raise ClientError(422, f"input {name}: {err}") from None
-    if array.dtype == object:
+    except (ValueError, TypeError):
+        array = np.empty(0, dtype=object)  # ragged rows (NumPy 2 refuses them)
+    if array.dtype == object or array.dtype.kind not in "biuf":
         raise ClientError(422, f"input {name}: rows must all have the same length and hold "
                           "numbers")
     return array

@@ -189,18 +189,14 @@ class EndpointHandler(BaseHandler):
         config, served = self._config(ctx, res, 1, port, hashes)
         path = self._write(folder, config)
         workers = int(res.spec.get("workers", 2))
-        log = open(folder / "server.log", "ab")  # noqa: SIM115 (the server keeps it)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlinfra.serving", "--config", str(path), "--port",
-             str(port), "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, cwd=folder)
-        log.close()
-        outputs = {"pid": proc.pid, "port": port, "url": f"http://127.0.0.1:{port}",
+        pid = launch([sys.executable, "-m", "mlinfra.serving", "--config", str(path),
+                      "--port", str(port), "--workers", str(workers)],
+                     folder / "server.log", folder)
+        outputs = {"pid": pid, "port": port, "url": f"http://127.0.0.1:{port}",
                    "workers": workers, "generation": 1, "served": served,
                    "key_hashes": user, "log": str(folder / "server.log")}
-        self._wait(ctx, res.name, folder, 1, workers, proc.pid, change.address)
-        return Applied(outputs, provider_id=f"pid:{proc.pid}")
+        self._wait(ctx, res.name, folder, 1, workers, pid, change.address)
+        return Applied(outputs, provider_id=f"pid:{pid}")
 
     def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
         if not pid_alive(int(state.outputs.get("pid", 0))):
@@ -270,6 +266,25 @@ class EndpointHandler(BaseHandler):
         stop(int(state.outputs.get("pid", 0)))
 
 
+_LAUNCHER = """\
+import subprocess, sys
+log = open(sys.argv[1], "ab")
+server = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT,
+                          stdin=subprocess.DEVNULL, start_new_session=True)
+print(server.pid)
+"""
+
+
+def launch(argv: list[str], log: Path, cwd: Path) -> int:
+    """Start a server in its own session through a launcher that exits at once, so the
+    server belongs to init, not to this process (no zombie, nothing to wait for)."""
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *argv], cwd=cwd,
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0 or not done.stdout.strip().isdigit():
+        raise ProviderError("endpoint", f"cannot start the server: {done.stderr[-500:]}")
+    return int(done.stdout.strip())
+
+
 def stop(pid: int, grace_s: float = 10.0) -> None:
     if not pid_alive(pid):
         return
@@ -288,6 +303,26 @@ def _tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return ""
     return "\n".join(f"  | {line}" for line in text[-lines:])
+
+
+def regenerate(session: Any, state: ResourceState, which: str) -> str:
+    """A new key in place of `which`; the server accepts it (and no longer the old one)
+    once every worker serves the new config. Recorded as a change of the state."""
+    ctx: Context = session.ctx
+    folder = endpoint_dir(ctx, state.name)
+    config = json.loads((folder / "config.json").read_text())
+    key = new_key()
+    user = {**state.outputs.get("key_hashes", {}), which: key_hash(key)}
+    generation = int(state.outputs.get("generation", 1)) + 1
+    config.update(generation=generation, key_hashes=[
+        *user.values(), key_hash(operator_key(ctx, state.name))])
+    EndpointHandler._write(folder, config)
+    EndpointHandler._wait(ctx, state.name, folder, generation,
+                          int(state.outputs["workers"]), int(state.outputs["pid"]),
+                          state.address)
+    state.outputs = {**state.outputs, "generation": generation, "key_hashes": user}
+    ctx.store.commit_change(None, state.address, "regenerate-key", state, f"{which} key")
+    return key
 
 
 def take_new_keys(ctx: Context, name: str) -> dict[str, str]:

@@ -1,0 +1,273 @@
+"""Endpoints on the local provider: real server processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from tests.conftest import Result, onnx_model
+
+ENDPOINT = """\
+kind: Model
+name: fraud
+from: {{path: models/fraud.onnx}}
+---
+kind: Model
+name: other
+from: {{path: models/other.onnx}}
+---
+kind: Endpoint
+name: api
+auth: key
+workers: {workers}
+max_request_bytes: 2048
+deployments:
+  - name: blue
+    model: fraud
+    request: {{max_batch_size: 16, max_batch_delay_ms: 1}}
+  - name: green
+    model: other
+traffic: {traffic}
+mirror: {mirror}
+"""
+
+
+class Client:
+    """Keep-alive HTTP client for one endpoint."""
+
+    def __init__(self, url: str, key: str | None) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        self.key = key
+
+    def request(self, method: str, path: str, body: Any = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        if self.key:
+            all_headers["authorization"] = f"Bearer {self.key}"
+        self.conn.request(method, path, body=data, headers=all_headers)
+        response = self.conn.getresponse()
+        payload = response.read()
+        try:
+            parsed = json.loads(payload)
+        except ValueError:
+            parsed = payload.decode()
+        return response.status, parsed, dict(response.getheaders())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def call(url: str, key: str | None, method: str, path: str, body: Any = None,
+         headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+    """One request on its own connection."""
+    client = Client(url, key)
+    try:
+        return client.request(method, path, body, headers)
+    finally:
+        client.close()
+
+
+def v2(rows: list[list[float]]) -> dict[str, Any]:
+    return {"inputs": [{"name": "features", "shape": [len(rows), 2], "datatype": "FP32",
+                        "data": [x for row in rows for x in row]}]}
+
+
+@pytest.fixture
+def served(project: Callable[..., Path], cli: Callable[..., Result]
+           ) -> Iterator[tuple[Path, Callable[..., Result], str, str]]:
+    root = project({"models/fraud.onnx": onnx_model(), "models/other.onnx": onnx_model((0.3, 0.9)),
+                    "serving.yaml": ENDPOINT.format(workers=1, traffic="{blue: 100}",
+                                                    mirror="{}")})
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    outputs = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    key = (root / ".mlinfra" / "dev" / "endpoints" / "api" / "operator.key").read_text().strip()
+    try:
+        yield root, cli, outputs["url"], key
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_answers_match_onnxruntime_in_process(served: Any) -> None:
+    root, _, url, key = served
+    session = ort.InferenceSession(str(root / "models" / "fraud.onnx"))
+    rows = [[0.5, 1.0], [-2.0, 0.25], [3.0, -1.0]]
+    label, probabilities = session.run(None, {"features": np.array(rows, dtype=np.float32)})
+    client = Client(url, key)
+    status, body, headers = client.request("POST", "/v2/models/api/infer", v2(rows) | {"id": "r1"})
+    assert status == 200 and body["id"] == "r1" and headers["mlinfra-model"] == "fraud:1"
+    outputs = {o["name"]: o for o in body["outputs"]}
+    assert outputs["label"]["data"] == label.tolist() and outputs["label"]["datatype"] == "INT64"
+    assert outputs["probabilities"]["shape"] == [3, 2]
+    assert outputs["probabilities"]["data"] == probabilities.ravel().tolist()
+    for request in ({"inputs": rows}, {"instances": rows},
+                    {"dataframe_split": {"columns": ["a", "b"], "data": rows}}):
+        status, body, _ = client.request("POST", "/invocations", request)
+        assert status == 200, body
+        assert body["predictions"] == {"label": label.tolist(),
+                                       "probabilities": probabilities.tolist()}
+    status, meta, _ = client.request("GET", "/v2/models/api")
+    assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 2]}]
+    client.close()
+
+
+def test_client_mistakes_are_4xx(served: Any) -> None:
+    _, _, url, key = served
+    client = Client(url, key)
+    cases = [
+        (b"{not json", "/v2/models/api/infer", 400, "malformed JSON"),
+        (v2([[1.0, 2.0, 3.0]]), "/v2/models/api/infer", 422, "does not fit shape"),
+        ({"inputs": [{"name": "features", "shape": [1, 3], "datatype": "FP32",
+                      "data": [1, 2, 3]}]}, "/v2/models/api/infer", 422,
+         "expected shape [-1, 2], got [1, 3]"),
+        ({"inputs": [{"name": "wrong", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]},
+         "/v2/models/api/infer", 422, "missing ['features']"),
+        ({"inputs": [{"name": "features", "shape": [1, 2], "datatype": "BYTES",
+                      "data": ["a", "b"]}]}, "/v2/models/api/infer", 422, "datatype BYTES"),
+        ({"inputs": [[1, 2], [3]]}, "/invocations", 422, "same length"),
+        (v2([[1.0, 2.0]]), "/v2/models/nope/infer", 404, "this endpoint serves 'api'"),
+        (b"x" * 4096, "/v2/models/api/infer", 413, "larger than 2048 bytes"),
+    ]
+    for body, path, status, fragment in cases:
+        got, answer, _ = client.request("POST", path, body)
+        assert (got, fragment in answer["error"]) == (status, True), (path, answer)
+    got, answer, _ = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]),
+                                    {"mlinfra-deployment": "purple"})
+    assert got == 404 and "deployments: blue, green" in answer["error"]
+    assert client.request("GET", "/v2/models/api/infer")[0] == 405
+    client.close()
+
+
+def test_auth_keys_and_health(served: Any) -> None:
+    root, cli, url, _ = served
+    anonymous = Client(url, None)
+    assert anonymous.request("GET", "/v2/health/ready")[0] == 200
+    assert anonymous.request("GET", "/v2/health/live")[0] == 200
+    status, _, headers = anonymous.request("POST", "/v2/models/api/infer", v2([[1, 2]]))
+    anonymous.close()
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    assert call(url, "mlk_wrong", "POST", "/invocations", {"inputs": [[1, 2]]})[0] == 401
+    shown = cli("endpoints", "keys", "api").out
+    keys = dict(line.split(": ") for line in shown.strip().splitlines())
+    assert set(keys) == {"primary", "secondary"}
+    assert cli("endpoints", "keys", "api").code == 1  # shown once
+    primary = Client(url, keys["primary"])
+    assert primary.request("POST", "/invocations", {"inputs": [[1, 2]]})[0] == 200
+    primary.close()
+    regenerated = cli("endpoints", "keys", "api", "--regenerate", "primary").out
+    new = regenerated.split(": ")[1].strip()
+    assert call(url, keys["primary"], "POST", "/invocations",
+                                                {"inputs": [[1, 2]]})[0] == 401
+    assert call(url, keys["secondary"], "POST", "/invocations",
+                                                  {"inputs": [[1, 2]]})[0] == 200
+    assert call(url, new, "POST", "/invocations", {"inputs": [[1, 2]]})[0] == 200
+    state = (root / ".mlinfra" / "dev" / "state.db").read_bytes()
+    assert keys["secondary"].encode() not in state and new.encode() not in state
+
+
+def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
+    _, cli, url, key = served
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(v2([[1.0, 2.0]])))
+    result = cli("endpoints", "invoke", "api", "--data", str(request))
+    assert result.code == 0 and "HTTP 200 in" in result.err and "from fraud:1" in result.err
+    pinned = cli("endpoints", "invoke", "api", "--data", str(request), "--deployment", "green")
+    assert "from other:1" in pinned.err
+    status, text, _ = call(url, key, "GET", "/metrics")
+    assert status == 200
+    assert 'mlinfra_requests_total{endpoint="api",deployment="blue",code="200"}' in text
+    assert 'mlinfra_request_seconds_bucket{endpoint="api",deployment="blue",le="+Inf"}' in text
+
+
+def test_mirror_is_scored_and_never_answered(served: Any) -> None:
+    root, cli, url, key = served
+    (root / "serving.yaml").write_text(ENDPOINT.format(workers=1, traffic="{blue: 100}",
+                                                       mirror="{green: 50}"))
+    assert cli("apply", "--auto-approve").code == 0
+    client = Client(url, key)
+    models = {client.request("POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
+              for _ in range(200)}
+    assert models == {"fraud:1"}
+    time.sleep(0.3)
+    text = client.request("GET", "/metrics")[1]
+    client.close()
+    differ = [line for line in text.splitlines()
+              if line.startswith('mlinfra_mirror_total{endpoint="api",deployment="green",'
+                                 'outcome="differ"}')]
+    assert differ and 50 <= int(differ[0].split()[-1]) <= 150
+
+
+def test_killed_server_is_drift_and_restarted(served: Any) -> None:
+    import signal
+
+    _, cli, url, key = served
+    pid = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["pid"]
+    os.killpg(pid, signal.SIGKILL)
+    time.sleep(0.2)
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and f"its server (pid {pid}) is not running" in plan.out
+    assert cli("apply", "--auto-approve").code == 0
+    url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+    assert call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[0] == 200
+
+
+def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
+    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200."""
+    root, cli, url, key = served
+    (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic="{blue: 100}",
+                                                       mirror="{}"))
+    assert cli("apply", "--auto-approve").code == 0  # workers 2: a restart, before the load
+    url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+    total, threads = 20_000, 8
+    statuses: Counter[int] = Counter()
+    models: Counter[str] = Counter()
+    lock = threading.Lock()
+    deadline = time.monotonic() + 240
+
+    def load() -> None:
+        client = Client(url, key)
+        local_status: Counter[int] = Counter()
+        local_models: Counter[str] = Counter()
+        for _ in range(total // threads):
+            if time.monotonic() > deadline:
+                break
+            status, _, headers = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]))
+            local_status[status] += 1
+            local_models[headers.get("mlinfra-model", "-")] += 1
+        client.close()
+        with lock:
+            statuses.update(local_status)
+            models.update(local_models)
+
+    workers = [threading.Thread(target=load) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    steps = [("{blue: 50, green: 50}", None), ("{blue: 50, green: 50}", (2.0, 1.0)),
+             ("{blue: 0, green: 100}", None), ("{blue: 0, green: 100}", (0.1, 0.1))]
+    for traffic, weights in steps:
+        time.sleep(0.3)
+        if weights is not None:
+            (root / "models" / "other.onnx").write_bytes(onnx_model(weights))
+        (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic=traffic,
+                                                           mirror="{}"))
+        changed = cli("apply", "--auto-approve")
+        assert changed.code == 0, changed.err
+        assert "endpoint.api: Modifications complete" in changed.out
+    for worker in workers:
+        worker.join()
+    assert sum(statuses.values()) == total
+    assert statuses == Counter({200: total})
+    assert {"fraud:1", "other:1", "other:2", "other:3"} <= set(models), models
