@@ -17,12 +17,14 @@ $(BIN)/mlinfra: pyproject.toml
 
 setup: $(BIN)/mlinfra
 
-# Trains, evaluates and registers the quickstart's model. Endpoints and promotions
-# are not managed by the local provider yet, so the apply targets the model.
+# Trains, evaluates, registers and promotes the quickstart's model, serves it, and
+# scores a request.
 quickstart: setup
 	$(BIN)/mlinfra validate -C $(QUICKSTART)
-	$(BIN)/mlinfra apply -C $(QUICKSTART) --auto-approve --target model.fraud
+	$(BIN)/mlinfra apply -C $(QUICKSTART) --auto-approve
 	$(BIN)/mlinfra models list -C $(QUICKSTART)
+	$(BIN)/mlinfra endpoints invoke fraud-api -C $(QUICKSTART) \
+		--data $(QUICKSTART)/sample-request.json
 
 lint: setup
 	$(BIN)/ruff check mlinfra tests benchmarks

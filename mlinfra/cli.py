@@ -542,6 +542,18 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
             _err("Keep them now: mlinfra stores only their hashes.")
         elif args.endpoints_command == "invoke":
             return _invoke(session, state, args)
+        elif args.endpoints_command == "rollout":
+            steps = [int(s) for s in args.steps.split(",") if s.strip()]
+            if not steps or steps[-1] != 100 or steps != sorted(set(steps)) or steps[0] < 1:
+                raise MlinfraError("--steps must rise and end at 100, e.g. 10,50,100")
+            done, why, traffic = endpoints.rollout(
+                session.ctx, state, args.to, steps, args.hold, args.max_error_rate,
+                args.max_p99_ms, log=lambda line: _emit(line, "dim"))
+            if not done:
+                _err(f"Rolled back to {json.dumps(traffic)}: {why}.")
+                return 1
+            _out(f"Rollout complete: {why}. The YAML's traffic is unchanged: set it to "
+                 f"{json.dumps(traffic)} to keep this split, or the next apply restores it.")
         return 0
     finally:
         session.close()
@@ -727,6 +739,17 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
     invoke.add_argument("--deployment", help="pin a deployment")
     invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
+    roll = eps.add_parser("rollout", parents=[common],
+                          help="move traffic to a deployment step by step, with rollback")
+    roll.add_argument("name")
+    roll.add_argument("--to", required=True, metavar="DEPLOYMENT")
+    roll.add_argument("--steps", default="10,50,100", help="percentages (default 10,50,100)")
+    roll.add_argument("--hold", type=_duration, default=5.0, metavar="DURATION",
+                      help="how long each step is watched (default 5s)")
+    roll.add_argument("--max-error-rate", type=float, default=0.02, metavar="RATE",
+                      help="roll back above this error share (default 0.02)")
+    roll.add_argument("--max-p99-ms", type=float, default=None, metavar="MS",
+                      help="roll back above this p99 latency")
     keys = eps.add_parser("keys", parents=[common],
                           help="show the keys once, or make a new one")
     keys.add_argument("name")

@@ -271,3 +271,88 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
     assert sum(statuses.values()) == total
     assert statuses == Counter({200: total})
     assert {"fraud:1", "other:1", "other:2", "other:3"} <= set(models), models
+
+
+def failing_model() -> bytes:
+    """Answers the all-zero warm-up, fails on any request whose first feature is not 0
+    (an out-of-range Gather): it loads, then fails every real request."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Gather", ["features", "zero"], ["first"], axis=1),
+        helper.make_node("Cast", ["first"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "index"], ["y0"], axis=0),
+        helper.make_node("Reshape", ["y0", "shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "fails",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("table", TensorProto.FLOAT, [1], [0.5]),
+         helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_rollout_of_a_failing_model_rolls_back_by_itself(
+        project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    project({"models/fraud.onnx": onnx_model(), "models/other.onnx": failing_model(),
+             "serving.yaml": ENDPOINT.format(workers=2, traffic="{blue: 100, green: 0}",
+                                             mirror="{}")})
+    assert cli("apply", "--auto-approve").code == 0
+    try:
+        root = Path.cwd()
+        url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+        key = (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
+        statuses: Counter[int] = Counter()
+        stop = threading.Event()
+
+        def load() -> None:
+            client = Client(url, key)
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                statuses[client.request("POST", "/invocations", {"inputs": [[1, 2]]})[0]] += 1
+            client.close()
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "10,50,100",
+                     "--hold", "1s", "--max-error-rate", "0.02")
+        time.sleep(0.5)
+        stop.set()
+        for thread in threads:
+            thread.join()
+        assert result.code == 1, result.out + result.err
+        assert "Rolled back to" in result.err and "error rate 1.000 > 0.02 at 10%" in result.err
+        total = sum(statuses.values())
+        assert set(statuses) <= {200, 500} and total > 200
+        assert statuses[500] / total <= 0.10, statuses  # bounded by the first step's 10%
+        after = {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[0]
+                 for _ in range(50)}
+        assert after == {200}
+        audit = (root / ".mlinfra/dev/state.db").read_bytes()
+        assert b"rolled back green: error rate" in audit
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
+    _, cli, url, key = served
+    result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                 "--hold", "0.2s")
+    assert result.code == 0, result.err
+    assert "Rollout complete: green takes 100% of traffic" in result.out
+    assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
+            for _ in range(20)} == {"other:1"}
+    plan = cli("plan", "--detailed-exitcode")  # the YAML still says blue 100
+    assert plan.code == 2
+    assert 'traffic is {"blue": 0, "green": 100}; the configuration says {"blue": 100}' in (
+        plan.out)
+    assert cli("apply", "--auto-approve").code == 0
+    assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
+            for _ in range(20)} == {"fraud:1"}
+    assert cli("plan", "--detailed-exitcode").code == 0

@@ -312,20 +312,33 @@ def test_ctrl_c_cancels_the_run(trainable: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quickstart_trains_evaluates_and_registers(quickstart: Path) -> None:
-    """The README's main job, on a copy of the quickstart (builds its uv environment)."""
-    apply = subprocess.run([MLINFRA, "apply", "-C", str(quickstart), "--auto-approve",
-                            "--target", "model.fraud"], capture_output=True, text=True,
-                           timeout=900, check=False)
-    assert apply.returncode == 0, apply.stdout[-3000:] + apply.stderr[-3000:]
-    assert "job.prep-data/prep: kept 2000 rows, dropped 0" in apply.stdout
-    assert "model.fraud: registered version 1" in apply.stdout
-    shown = subprocess.run([MLINFRA, "models", "show", "fraud:1", "-C", str(quickstart)],
-                           capture_output=True, text=True, check=True)
-    model = json.loads(shown.stdout)
-    assert model["metrics"]["auc"] > 0.75 and model["metrics"]["evaluated_on"] == (
-        "transactions-holdout:1")
-    assert model["signature"]["inputs"][0]["name"] == "features"
-    plan = subprocess.run([MLINFRA, "plan", "-C", str(quickstart), "--target", "model.fraud",
-                           "--detailed-exitcode"], capture_output=True, text=True, check=False)
-    assert plan.returncode == 0, plan.stdout
+def test_quickstart_main_job(quickstart: Path) -> None:
+    """The README's main job on a copy of the quickstart: train, evaluate, register,
+    promote, serve, score; then nothing left to do."""
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([MLINFRA, *args, "-C", str(quickstart)], capture_output=True,
+                              text=True, timeout=900, check=False)
+
+    plan = run("plan", "--detailed-exitcode")
+    assert plan.returncode == 2 and "Plan: 12 to add" in plan.stdout, plan.stderr
+    apply = run("apply", "--auto-approve")
+    try:
+        assert apply.returncode == 0, apply.stdout[-3000:] + apply.stderr[-3000:]
+        assert "job.prep-data/prep: kept 2000 rows, dropped 0" in apply.stdout
+        assert "model.fraud: registered version 1" in apply.stdout
+        assert "promoted fraud@champion -> fraud:1" in apply.stdout
+        model = json.loads(run("models", "show", "fraud@champion").stdout)
+        assert model["metrics"]["auc"] > 0.75
+        assert model["metrics"]["evaluated_on"] == "transactions-holdout:1"
+        invoked = run("endpoints", "invoke", "fraud-api", "--data",
+                      str(quickstart / "sample-request.json"))
+        assert invoked.returncode == 0, invoked.stderr
+        answer = json.loads(invoked.stdout)
+        assert {o["name"] for o in answer["outputs"]} == {"label", "probabilities"}
+        assert "HTTP 200" in invoked.stderr and "from fraud:1" in invoked.stderr
+        wrong = run("endpoints", "invoke", "fraud-api", "--data",
+                    str(quickstart / "sample-request.json"), "--key", "mlk_wrong")
+        assert wrong.returncode == 1 and "HTTP 401" in wrong.stderr
+        assert run("plan", "--detailed-exitcode").returncode == 0
+    finally:
+        assert run("destroy", "--auto-approve").returncode == 0

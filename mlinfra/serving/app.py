@@ -41,6 +41,14 @@ _STATUS_S = 0.25
 _MAX_PENDING = 1024  # requests waiting per deployment before 503
 
 
+class InferenceFailed(Exception):
+    """The model failed on a request that passed every check: a 500 of `deployment`."""
+
+    def __init__(self, deployment: str, error: BaseException) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.deployment = deployment
+
+
 class EndpointApp:
     def __init__(self, config_path: Path) -> None:
         self.config_path = config_path
@@ -136,13 +144,15 @@ class EndpointApp:
         except ClientError as err:
             status, body, ctype, extra = err.status, orjson.dumps({"error": err.message}), \
                 JSON, []
+            label = err.deployment or "-"
             if status == 401:
                 extra = [(b"www-authenticate", b"Bearer")]
             elif status == 503:
                 extra = [(b"retry-after", b"1")]
-        except Exception as err:  # the model failed on a valid request
+        except InferenceFailed as err:
             status, body, ctype, extra = 500, orjson.dumps(
-                {"error": f"inference failed: {type(err).__name__}: {err}"[:500]}), JSON, []
+                {"error": f"inference failed: {err}"[:500]}), JSON, []
+            label = err.deployment
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
                                 (b"content-length", str(len(body)).encode()), *extra]})
@@ -239,16 +249,22 @@ class EndpointApp:
         data = parse_json(body)
         deployment = self._pick(table, pinned)
         model = deployment.model
-        feeds = (decode_invocations(data, model.inputs) if invocations else decode_v2(data))
-        feeds = check_inputs(feeds, model.inputs)
-        if deployment.batcher.in_flight >= _MAX_PENDING:
-            raise ClientError(503, "overloaded: retry shortly")
         try:
+            feeds = (decode_invocations(data, model.inputs) if invocations
+                     else decode_v2(data))
+            feeds = check_inputs(feeds, model.inputs)
+            if deployment.batcher.in_flight >= _MAX_PENDING:
+                raise ClientError(503, "overloaded: retry shortly")
             outputs = await asyncio.wait_for(deployment.batcher.infer(feeds),
                                              deployment.timeout_s)
+        except ClientError as err:
+            err.deployment = deployment.name
+            raise
         except TimeoutError:
             raise ClientError(504, f"inference took longer than "
-                              f"{deployment.timeout_s * 1000:g} ms") from None
+                              f"{deployment.timeout_s * 1000:g} ms", deployment.name) from None
+        except Exception as err:
+            raise InferenceFailed(deployment.name, err) from err
         for name, share in table.mirror.items():
             shadow = table.deployments.get(name)
             if shadow is not None and shadow is not deployment and random.random() * 100 < share:

@@ -19,10 +19,13 @@ V2_NAMES = {np.dtype(v): k for k, v in V2_TYPES.items()}
 
 
 class ClientError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """`deployment` is set once a deployment was chosen, so metrics count it there."""
+
+    def __init__(self, status: int, message: str, deployment: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.deployment = deployment
 
 
 def parse_json(body: bytes) -> Any:

@@ -194,6 +194,7 @@ class EndpointHandler(BaseHandler):
                      folder / "server.log", folder)
         outputs = {"pid": pid, "port": port, "url": f"http://127.0.0.1:{port}",
                    "workers": workers, "generation": 1, "served": served,
+                   "traffic": config["traffic"],
                    "key_hashes": user, "log": str(folder / "server.log")}
         self._wait(ctx, res.name, folder, 1, workers, pid, change.address)
         return Applied(outputs, provider_id=f"pid:{pid}")
@@ -211,7 +212,8 @@ class EndpointHandler(BaseHandler):
         self._wait(ctx, res.name, folder, generation, int(state.outputs["workers"]),
                    int(state.outputs["pid"]), change.address)
         return Applied({**state.outputs, "generation": generation, "served": served,
-                        "key_hashes": user}, provider_id=state.provider_id)
+                        "key_hashes": user, "traffic": config["traffic"]},
+                       provider_id=state.provider_id)
 
     @staticmethod
     def _wait(ctx: Context, name: str, folder: Path, generation: int, workers: int, pid: int,
@@ -246,6 +248,12 @@ class EndpointHandler(BaseHandler):
         status, _, _ = http_json(f"{state.outputs['url']}/v2/health/ready", timeout=2)
         if status != 200:
             return Observed(False, f"its server (pid {pid}) is not ready (HTTP {status})")
+        live = state.outputs.get("traffic")
+        declared = state.attributes.get("traffic")
+        if live is not None and declared is not None and {
+                k: v for k, v in live.items() if v} != {k: v for k, v in declared.items() if v}:
+            return Observed(True, f"traffic is {json.dumps(live)}; the configuration says "
+                            f"{json.dumps(declared)}", update=True)
         res = ctx.config.get("Endpoint", state.name)
         if res is not None:
             for deployment in res.spec["deployments"]:
@@ -333,3 +341,87 @@ def take_new_keys(ctx: Context, name: str) -> dict[str, str]:
     keys = dict(json.loads(path.read_text()))
     path.unlink()
     return keys
+
+
+def worker_stats(folder: Path) -> dict[str, dict[str, float]]:
+    """Per deployment, summed over live workers: requests, errors, worst p99."""
+    total: dict[str, dict[str, float]] = {}
+    for path in (folder / "status").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError):
+            status = json.loads(path.read_text())
+            if not pid_alive(int(status["pid"])):
+                continue
+            for name, stats in (status.get("stats") or {}).items():
+                entry = total.setdefault(name, {"requests": 0, "errors": 0, "p99_ms": 0.0})
+                entry["requests"] += stats["requests"]
+                entry["errors"] += stats["errors"]
+                entry["p99_ms"] = max(entry["p99_ms"], stats["p99_ms"])
+    return total
+
+
+def shifted(traffic: dict[str, int], to: str, share: int) -> dict[str, int]:
+    """`to` takes `share`; the others keep their proportions of the rest."""
+    others = {k: v for k, v in traffic.items() if k != to and v > 0}
+    rest, weight = 100 - share, sum(others.values())
+    out = {k: 0 for k in traffic}
+    if weight == 0 and rest:
+        raise ValueError("no other deployment takes traffic to hand over")
+    assigned = 0
+    for index, (name, value) in enumerate(sorted(others.items())):
+        part = rest - assigned if index == len(others) - 1 else round(rest * value / weight)
+        out[name] = part
+        assigned += part
+    out[to] = share
+    return out
+
+
+def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_s: float,
+            max_error_rate: float | None, max_p99_ms: float | None,
+            log: Any = lambda _: None) -> tuple[bool, str, dict[str, int]]:
+    """Move traffic to deployment `to` step by step, watching its error rate and p99
+    over each hold; roll back to the starting split past a threshold.
+    Returns (completed, why, the split now served)."""
+    folder = endpoint_dir(ctx, state.name)
+    config = json.loads((folder / "config.json").read_text())
+    if to not in config["deployments"]:
+        raise ProviderError(state.address, f"no deployment {to}; deployments: "
+                            f"{', '.join(config['deployments'])}")
+    start = {k: int(v) for k, v in config["traffic"].items()}
+    start.update({k: start.get(k, 0) for k in config["deployments"]})
+    generation = int(state.outputs.get("generation", 1))
+    workers, pid = int(state.outputs["workers"]), int(state.outputs["pid"])
+
+    def serve(traffic: dict[str, int]) -> None:
+        nonlocal generation
+        generation += 1
+        config.update(generation=generation, traffic=traffic)
+        EndpointHandler._write(folder, config)
+        EndpointHandler._wait(ctx, state.name, folder, generation, workers, pid,
+                              state.address)
+
+    reason, current = "", start
+    for share in steps:
+        current = shifted(start, to, share)
+        serve(current)
+        before = worker_stats(folder).get(to, {"requests": 0, "errors": 0})
+        time.sleep(hold_s)
+        after = worker_stats(folder).get(to, {"requests": 0, "errors": 0, "p99_ms": 0.0})
+        requests = after["requests"] - before["requests"]
+        errors = after["errors"] - before["errors"]
+        rate = errors / requests if requests else 0.0
+        log(f"{state.address}: {to} at {share}%: {int(requests)} requests, error rate "
+            f"{rate:.3f}, p99 <= {after.get('p99_ms', 0.0):g} ms")
+        if max_error_rate is not None and requests and rate > max_error_rate:
+            reason = f"error rate {rate:.3f} > {max_error_rate} at {share}%"
+        elif max_p99_ms is not None and requests and after.get("p99_ms", 0.0) > max_p99_ms:
+            reason = f"p99 {after['p99_ms']:g} ms > {max_p99_ms} ms at {share}%"
+        if reason:
+            serve(start)
+            state.outputs = {**state.outputs, "generation": generation, "traffic": start}
+            ctx.store.commit_change(None, state.address, "rollback", state,
+                                    f"rolled back {to}: {reason}")
+            return False, reason, start
+    state.outputs = {**state.outputs, "generation": generation, "traffic": current}
+    ctx.store.commit_change(None, state.address, "rollout", state,
+                            f"{to} now takes {current.get(to)}%")
+    return True, f"{to} takes {current.get(to)}% of traffic", current
