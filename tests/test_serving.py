@@ -356,3 +356,70 @@ def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
     assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
             for _ in range(20)} == {"fraud:1"}
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def slow_model(products: int = 12) -> bytes:
+    """A chain of 1000x1000 matrix products: long enough to notice (on one thread)."""
+    from onnx import TensorProto, helper
+
+    size = 1000
+    nodes = [helper.make_node("Tile", ["features", "repeats"], ["x0"])]
+    for i in range(products):
+        nodes.append(helper.make_node("MatMul", [f"x{i}", "w"], [f"x{i + 1}"]))
+    nodes.append(helper.make_node("ReduceMean", [f"x{products}"], ["m"], axes=[1],
+                                  keepdims=1))
+    nodes.append(helper.make_node("Slice", ["m", "start", "end"], ["y"]))
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("repeats", TensorProto.INT64, [2], [size, size // 2]),
+         helper.make_tensor("w", TensorProto.FLOAT, [size, size],
+                            (rng.standard_normal((size, size)) / size).astype(
+                                np.float32).ravel().tolist()),
+         helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("end", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_slow_model_stalls_nothing_else(project: Callable[..., Path],
+                                          cli: Callable[..., Result]) -> None:
+    slow_endpoint = ENDPOINT.format(workers=1, traffic="{blue: 100}", mirror="{}").replace(
+        "  - name: green\n    model: other\n",
+        "  - name: green\n    model: other\n    request: {timeout_ms: 60000}\n"
+        "  - name: hasty\n    model: other\n    request: {timeout_ms: 5}\n")
+    project({"models/fraud.onnx": onnx_model(), "models/other.onnx": slow_model(),
+             "serving.yaml": slow_endpoint})
+    assert cli("apply", "--auto-approve").code == 0
+    try:
+        root = Path.cwd()
+        url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+        key = (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
+        started = time.monotonic()
+        status, _, _ = call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]},
+                            {"mlinfra-deployment": "green"})
+        slow_s = time.monotonic() - started
+        assert status == 200 and slow_s > 0.1, slow_s
+        result: dict[str, Any] = {}
+        slow = threading.Thread(target=lambda: result.update(answer=call(
+            url, key, "POST", "/invocations", {"inputs": [[1, 2]]},
+            {"mlinfra-deployment": "green"})))
+        slow.start()
+        time.sleep(slow_s / 4)
+        for path, headers in (("/v2/health/ready", {}), ("/invocations",
+                                                         {"mlinfra-deployment": "blue"})):
+            tick = time.monotonic()
+            body = {"inputs": [[1, 2]]} if path == "/invocations" else None
+            got = call(url, key, "POST" if body else "GET", path, body, headers)[0]
+            assert got == 200 and time.monotonic() - tick < slow_s / 3, path
+        assert slow.is_alive()  # those answers came while the slow one was computing
+        slow.join()
+        assert result["answer"][0] == 200
+        status, answer, _ = call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]},
+                                 {"mlinfra-deployment": "hasty"})
+        assert status == 504 and "longer than 5 ms" in answer["error"]
+    finally:
+        cli("destroy", "--auto-approve")
