@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import sys
@@ -161,10 +160,10 @@ class EndpointApp:
         if label != "-":
             self.metrics.observe(label, status, elapsed)
         if self.access_log:
-            sys.stdout.write(json.dumps({"ts": round(time.time(), 3), "method": scope["method"],
-                                         "path": scope["path"], "status": status,
-                                         "deployment": label,
-                                         "ms": round(elapsed * 1000, 3)}) + "\n")
+            sys.stdout.buffer.write(orjson.dumps(
+                {"ts": round(time.time(), 3), "method": scope["method"], "path": scope["path"],
+                 "status": status, "deployment": label, "ms": round(elapsed * 1000, 3)},
+                option=orjson.OPT_APPEND_NEWLINE))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -255,8 +254,8 @@ class EndpointApp:
             feeds = check_inputs(feeds, model.inputs)
             if deployment.batcher.in_flight >= _MAX_PENDING:
                 raise ClientError(503, "overloaded: retry shortly")
-            outputs = await asyncio.wait_for(deployment.batcher.infer(feeds),
-                                             deployment.timeout_s)
+            async with asyncio.timeout(deployment.timeout_s):
+                outputs = await deployment.batcher.infer(feeds)
         except ClientError as err:
             err.deployment = deployment.name
             raise
@@ -286,7 +285,8 @@ class EndpointApp:
                       answer: list[np.ndarray]) -> None:
         """Score a copy on a mirrored deployment; record agreement, answer no one."""
         try:
-            got = await asyncio.wait_for(shadow.batcher.infer(feeds), shadow.timeout_s)
+            async with asyncio.timeout(shadow.timeout_s):
+                got = await shadow.batcher.infer(feeds)
             same = len(got) == len(answer) and all(
                 g.shape == a.shape and np.allclose(g, a, rtol=1e-4, atol=1e-6)
                 for g, a in zip(got, answer, strict=True))
