@@ -286,8 +286,11 @@ print(server.pid)
 def launch(argv: list[str], log: Path, cwd: Path) -> int:
     """Start a server in its own session through a launcher that exits at once, so the
     server belongs to init, not to this process (no zombie, nothing to wait for)."""
+    # The access log is block-buffered: one write per line would cost each request a
+    # system call.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(log), *argv], cwd=cwd,
-                          capture_output=True, text=True, timeout=30, check=False)
+                          env=env, capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise ProviderError("endpoint", f"cannot start the server: {done.stderr[-500:]}")
     return int(done.stdout.strip())
