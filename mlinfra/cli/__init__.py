@@ -1,0 +1,215 @@
+"""The command line: parse, call one library function, print. Errors become messages
+and exit codes here and nowhere else; each group of commands has its own module."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+
+from mlinfra import __version__
+from mlinfra.cli.console import echo_err
+from mlinfra.cli.endpoints import cmd_endpoints
+from mlinfra.cli.project import cmd_init, cmd_schema, cmd_validate
+from mlinfra.cli.stack import cmd_apply, cmd_destroy, cmd_output, cmd_plan, cmd_state
+from mlinfra.cli.training import cmd_data, cmd_models, cmd_runs
+from mlinfra.errors import ConfigurationError, MlinfraError
+
+Handler = Callable[[argparse.Namespace], int]
+
+EXIT_INTERNAL = 70
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
+def _duration(text: str) -> float:
+    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(text[: -len(unit)]) * units[unit]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 5m, got '{text}'")
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
+    return int(text)
+
+def _apply_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--parallelism", type=_positive, default=4, metavar="N",
+                   help="changes applied at once (default 4)")
+    _lock_option(p)
+
+def _lock_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lock-timeout", type=_duration, default=0.0, metavar="DURATION",
+                   help="wait this long for the stack's lock (default 0s)")
+
+def _plan_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", action="append", default=[], metavar="ADDR",
+                   help="only this resource and what it depends on (repeatable)")
+    p.add_argument("--refresh", type=_bool, default=True, metavar="BOOL",
+                   help="read the actual state first (default true)")
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-C", "--directory", metavar="DIR", default=argparse.SUPPRESS,
+                        help="project folder (default: the current one or a parent)")
+    common.add_argument("-s", "--stack", metavar="STACK", default=argparse.SUPPRESS,
+                        help="stack name (stacks/NAME.yaml) or path to a stack file")
+    return common
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="mlinfra", parents=[common],
+        description="Terraform-style declarative MLOps: validate, plan and apply an ML "
+                    "estate declared in YAML.")
+    parser.add_argument("--version", action="version", version=f"mlinfra {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("validate", cmd_validate, "check the project's YAML: schemas and references")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    p = command("schema", cmd_schema, "print or export the JSON Schemas of every kind")
+    p.add_argument("kind", nargs="?", help="one kind only (e.g. Job)")
+    p.add_argument("--out", metavar="DIR", help="write one file per kind into DIR")
+
+    p = command("init", cmd_init, "create a new project that validates")
+    p.add_argument("dir", nargs="?", default=".", help="folder (default: the current one)")
+    p.add_argument("--name", help="project name (default: the folder's name)")
+
+    p = command("plan", cmd_plan, "show what apply would change, and why")
+    _plan_options(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--out", metavar="FILE", help="save the plan for mlinfra apply FILE")
+    p.add_argument("--detailed-exitcode", action="store_true",
+                   help="exit 0: no changes, 2: changes, 1: errors")
+    p.add_argument("--destroy", action="store_true", help="plan to destroy everything")
+
+    p = command("apply", cmd_apply, "make the stack match the configuration")
+    p.add_argument("planfile", nargs="?", help="a plan saved by mlinfra plan --out")
+    _plan_options(p)
+    _apply_options(p)
+
+    p = command("destroy", cmd_destroy, "destroy what the stack's state holds")
+    _plan_options(p)
+    _apply_options(p)
+
+    p = command("state", cmd_state, "read or edit the state")
+    state = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
+    state.add_parser("list", parents=[common], help="list the resources in the state")
+    show = state.add_parser("show", parents=[common], help="show one resource")
+    show.add_argument("address")
+    rm = state.add_parser("rm", parents=[common],
+                          help="forget resources without destroying them")
+    rm.add_argument("address", nargs="+")
+    _lock_option(rm)
+    unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
+    unlock.add_argument("lock_id", metavar="ID")
+
+    p = command("runs", cmd_runs, "list, show, follow, compare and cancel runs")
+    runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    listing = runs.add_parser("list", parents=[common], help="recent runs")
+    listing.add_argument("--experiment", help="only this experiment's runs")
+    listing.add_argument("--limit", type=_positive, default=50)
+    for name, help_, many in (("show", "params, metrics, outputs, git, duration", True),
+                              ("logs", "the run's output", False),
+                              ("compare", "params and metrics side by side", True),
+                              ("cancel", "stop running runs", True)):
+        sp = runs.add_parser(name, parents=[common], help=help_)
+        sp.add_argument("run_id", nargs="+" if many else 1, metavar="RUN_ID")
+        if name == "logs":
+            sp.add_argument("--follow", "-f", action="store_true",
+                            help="keep printing until the run ends")
+
+    p = command("models", cmd_models, "the model registry: versions, aliases, tags")
+    models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
+    listing = models.add_parser("list", parents=[common], help="models and versions")
+    listing.add_argument("name", nargs="?")
+    show = models.add_parser("show", parents=[common], help="one version: NAME[:V|@ALIAS]")
+    show.add_argument("ref")
+    alias = models.add_parser("alias", parents=[common], help="point NAME@ALIAS at VERSION")
+    alias.add_argument("ref", metavar="NAME@ALIAS")
+    alias.add_argument("version", type=_positive)
+    tag = models.add_parser("tag", parents=[common], help="add tags KEY=VALUE to a version")
+    tag.add_argument("ref")
+    tag.add_argument("tags", nargs="+", metavar="KEY=VALUE")
+    archive = models.add_parser("archive", parents=[common],
+                                help="hide a version (refused while an endpoint serves it)")
+    archive.add_argument("ref")
+
+    p = command("data", cmd_data, "data assets")
+    data = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    check = data.add_parser("validate", parents=[common],
+                            help="run a Data asset's expectations now")
+    check.add_argument("name")
+
+    p = command("endpoints", cmd_endpoints, "online endpoints: list, show, invoke, keys")
+    eps = p.add_subparsers(dest="endpoints_command", metavar="SUBCOMMAND", required=True)
+    eps.add_parser("list", parents=[common], help="endpoints, their URLs and what they serve")
+    show = eps.add_parser("show", parents=[common], help="one endpoint")
+    show.add_argument("name")
+    invoke = eps.add_parser("invoke", parents=[common],
+                            help="send a request (v2 or MLflow format) and print the answer")
+    invoke.add_argument("name")
+    invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
+    invoke.add_argument("--deployment", help="pin a deployment")
+    invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
+    roll = eps.add_parser("rollout", parents=[common],
+                          help="move traffic to a deployment step by step, with rollback")
+    roll.add_argument("name")
+    roll.add_argument("--to", required=True, metavar="DEPLOYMENT")
+    roll.add_argument("--steps", default="10,50,100", help="percentages (default 10,50,100)")
+    roll.add_argument("--hold", type=_duration, default=5.0, metavar="DURATION",
+                      help="how long each step is watched (default 5s)")
+    roll.add_argument("--max-error-rate", type=float, default=0.02, metavar="RATE",
+                      help="roll back above this error share (default 0.02)")
+    roll.add_argument("--max-p99-ms", type=float, default=None, metavar="MS",
+                      help="roll back above this p99 latency")
+    keys = eps.add_parser("keys", parents=[common],
+                          help="show the keys once, or make a new one")
+    keys.add_argument("name")
+    keys.add_argument("--regenerate", choices=["primary", "secondary"])
+
+    p = command("output", cmd_output, "show what the resources produced (paths, versions)")
+    p.add_argument("address", nargs="?", help="one resource only")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    try:
+        return handler(args)
+    except ConfigurationError as err:
+        echo_err(err.render())
+        return err.exit_code
+    except MlinfraError as err:
+        echo_err(f"Error: {err.message}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        echo_err("Interrupted.")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as err:  # a bug in mlinfra: say so, without a wall of traceback
+        if os.environ.get("MLINFRA_DEBUG"):
+            raise
+        echo_err(f"mlinfra: internal error: {type(err).__name__}: {err}\n"
+             "This is a bug in mlinfra; run again with MLINFRA_DEBUG=1 for the traceback.")
+        return EXIT_INTERNAL

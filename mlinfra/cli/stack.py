@@ -1,0 +1,177 @@
+"""mlinfra plan, apply, destroy, state, output: the engine's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mlinfra.cli.console import confirm, echo, echo_err, emit, print_lines, session_for
+from mlinfra.errors import MlinfraError
+
+if TYPE_CHECKING:
+    from mlinfra.engine import Session
+    from mlinfra.plan.model import Change, Plan
+
+
+def _print_plan(plan: Plan) -> None:
+    from mlinfra.plan.render import render
+
+    print_lines(render(plan))
+
+_VERBS = {"CREATE": ("Creating", "Creation"), "UPDATE": ("Modifying", "Modifications"),
+          "REPLACE": ("Replacing", "Replacement"), "DELETE": ("Destroying", "Destruction")}
+
+def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
+    doing, done = _VERBS.get(change.action.name, ("Applying", "Apply"))
+    if event == "start":
+        emit(f"{change.address}: {doing}...", "bold")
+    elif event == "done":
+        emit(f"{change.address}: {done} complete after {elapsed:.1f}s", "bold green")
+    elif event == "fail":
+        emit(f"{change.address}: failed after {elapsed:.1f}s: {message}", "bold red")
+    elif event == "skip":
+        emit(f"{change.address}: not applied ({message})", "yellow")
+    else:
+        emit(f"{change.address}: {message}", "yellow")
+
+def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
+               verb: str) -> int:
+    from mlinfra.engine import execute
+
+    if not args.auto_approve and not confirm(ask):
+        echo_err(f"{verb.capitalize()} cancelled.")
+        return 1
+    result = execute(session, plan, args.parallelism, _progress)
+    for entry in result.interrupted:
+        echo_err(f"Note: an earlier run (pid {entry.pid}) was interrupted during "
+             f"{entry.action} of {entry.address}; this run reconciled it.")
+    counts = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
+    keys = {"CREATE": "add", "UPDATE": "change", "REPLACE": "replace", "DELETE": "destroy"}
+    for change in result.applied:
+        counts[keys[change.action.name]] += 1
+    tally = (f"{counts['add']} added, {counts['change']} changed, {counts['replace']} "
+             f"replaced, {counts['destroy']} destroyed")
+    if result.ok:
+        echo()
+        emit(f"{verb.capitalize()} complete! Resources: {tally}.", "bold green")
+        return 0
+    echo_err(f"\n{verb.capitalize()} failed. Resources: {tally}.")
+    for address, message in result.failed.items():
+        echo_err(f"  failed: {address}: {message}")
+    for address, message in result.skipped.items():
+        echo_err(f"  not applied: {address} ({message})")
+    return 1
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from mlinfra.engine import plan
+    from mlinfra.plan import planfile
+
+    session = session_for(args, "plan")
+    try:
+        the_plan = plan(session, targets=args.target, destroy=args.destroy,
+                        do_refresh=args.refresh)
+        interrupted = session.store.interrupted_operations()
+    finally:
+        session.close()
+    if args.json:
+        echo(json.dumps(the_plan.to_json(), indent=2))
+    else:
+        for entry in interrupted:
+            echo_err(f"Note: an apply (pid {entry.pid}) was interrupted during {entry.action} of "
+                 f"{entry.address}; the plan below reconciles it.")
+        _print_plan(the_plan)
+    if args.out:
+        planfile.save(the_plan, Path(args.out))
+        if not args.json:
+            echo(f"\nSaved the plan to {args.out}. To apply exactly this plan, run:\n"
+                 f"  mlinfra apply {args.out}")
+    if args.detailed_exitcode and the_plan.has_changes():
+        return 2
+    return 0
+
+def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
+    """Lock, plan (or load the saved plan), show, confirm, apply."""
+    from mlinfra.engine import check_fresh, plan
+    from mlinfra.plan import planfile
+    from mlinfra.state.lock import locked
+
+    verb = "destroy" if destroy else "apply"
+    session = session_for(args, verb)
+    try:
+        with locked(session.store, session.stack, verb, args.lock_timeout):
+            if getattr(args, "planfile", None):
+                the_plan = planfile.load(Path(args.planfile))
+                check_fresh(session, the_plan)
+                args.auto_approve = True  # a saved plan was reviewed already
+            else:
+                the_plan = plan(session, targets=args.target, destroy=destroy,
+                                do_refresh=args.refresh)
+            _print_plan(the_plan)
+            if not the_plan.has_changes():
+                return 0
+            question = ("Do you really want to destroy these resources?" if destroy else
+                        "Do you want to perform these actions?")
+            return _run_apply(session, the_plan, args, question, verb)
+    finally:
+        session.close()
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    return _apply_or_destroy(args, destroy=False)
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    return _apply_or_destroy(args, destroy=True)
+
+def cmd_state(args: argparse.Namespace) -> int:
+    from mlinfra.state.lock import force_unlock, locked
+
+    session = session_for(args, f"state {args.state_command}")
+    store = session.store
+    try:
+        if args.state_command == "list":
+            for address in sorted(store.resources()):
+                echo(address)
+        elif args.state_command == "show":
+            found = store.get(args.address)
+            if found is None:
+                raise MlinfraError(f"{args.address} is not in the state; "
+                                   "mlinfra state list shows what is")
+            echo(json.dumps({"address": found.address, "kind": found.kind,
+                             "attributes": found.attributes, "outputs": found.outputs,
+                             "provider_id": found.provider_id,
+                             "dependencies": found.dependencies}, indent=2, default=str))
+        elif args.state_command == "rm":
+            with locked(store, session.stack, "state rm", args.lock_timeout):
+                store.backup()
+                for address in args.address:
+                    if store.get(address) is None:
+                        raise MlinfraError(f"{address} is not in the state")
+                    store.commit_change(None, address, "state-rm", None,
+                                        "removed from state; the object itself is kept")
+                    echo(f"Removed {address} from the state (the object itself is kept).")
+        elif args.state_command == "unlock":
+            info = force_unlock(store, session.stack, args.lock_id)
+            echo(f"Unlocked stack '{session.stack}' (was {info.describe()}).")
+        return 0
+    finally:
+        session.close()
+
+def cmd_output(args: argparse.Namespace) -> int:
+    session = session_for(args, "output")
+    try:
+        resources = session.store.resources()
+    finally:
+        session.close()
+    if args.address:
+        if args.address not in resources:
+            raise MlinfraError(f"{args.address} is not in the state")
+        resources = {args.address: resources[args.address]}
+    outputs = {a: r.outputs for a, r in sorted(resources.items())}
+    if args.json:
+        echo(json.dumps(outputs, indent=2, default=str))
+        return 0
+    for address, values in outputs.items():
+        for key, value in sorted(values.items()):
+            echo(f"{address}.{key} = {json.dumps(value, default=str)}")
+    return 0

@@ -1,0 +1,178 @@
+"""mlinfra runs, models, data: what training produced."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlinfra.cli.console import echo, emit, print_table, seconds, session_for, when
+from mlinfra.errors import MlinfraError
+from mlinfra.registry.usage import serving_endpoints
+
+if TYPE_CHECKING:
+    pass
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from mlinfra.runs.store import RunStore
+
+    session = session_for(args, f"runs {args.runs_command}")
+    try:
+        runs = RunStore(session.store)
+        if args.runs_command == "list":
+            rows = [[r.id, r.experiment, r.step or "", r.status, when(r.started_at),
+                     seconds(r.duration)] for r in runs.recent(args.experiment, args.limit)]
+            print_table(["RUN", "EXPERIMENT", "STEP", "STATUS", "STARTED", "DURATION"], rows)
+            return 0
+        found = [_find_run(runs, run_id) for run_id in args.run_id]
+        if args.runs_command == "show":
+            for run in found:
+                echo(json.dumps({
+                    "id": run.id, "experiment": run.experiment, "job": run.job,
+                    "pipeline": run.pipeline, "step": run.step, "parent": run.parent,
+                    "status": run.status, "error": run.error, "started": when(run.started_at),
+                    "duration_s": run.duration, "exit_code": run.exit_code,
+                    "command": run.command, "params": {**run.params,
+                                                       **runs.logged_params(run.id)},
+                    "inputs": run.inputs, "outputs": run.outputs,
+                    "metrics": {k: v[-1][1] for k, v in runs.metrics(run.id).items()},
+                    "git": run.git, "environment": run.environment, "run_dir": run.run_dir},
+                    indent=2, default=str))
+        elif args.runs_command == "logs":
+            return _logs(runs, found[0], args.follow)
+        elif args.runs_command == "compare":
+            _compare(runs, found)
+        elif args.runs_command == "cancel":
+            _cancel(runs, found)
+        return 0
+    finally:
+        session.close()
+
+def _find_run(runs: Any, run_id: str) -> Any:
+    run = runs.find(run_id)
+    if run is None:
+        raise MlinfraError(f"no run '{run_id}': mlinfra runs list shows them")
+    return run
+
+def _logs(runs: Any, run: Any, follow: bool) -> int:
+    import time
+
+    path = Path(run.run_dir) / "output.log"
+    offset = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            offset += len(chunk)
+            sys.stdout.write(chunk.decode("utf-8", "replace"))
+            sys.stdout.flush()
+        current = runs.get(run.id)
+        if not follow or current is None or current.status not in ("queued", "running"):
+            return 0
+        time.sleep(0.5)
+
+def _compare(runs: Any, found: list[Any]) -> None:
+    params = [{**r.params, **runs.logged_params(r.id)} for r in found]
+    metrics = [{k: v[-1][1] for k, v in runs.metrics(r.id).items()} for r in found]
+    rows = [["status", *[r.status for r in found]],
+            ["duration", *[seconds(r.duration) for r in found]]]
+    for key in sorted({k for p in params for k in p}):
+        rows.append([f"param {key}", *[str(p.get(key, "-")) for p in params]])
+    for key in sorted({k for m in metrics for k in m}):
+        rows.append([f"metric {key}", *[f"{m[key]:.6g}" if key in m else "-"
+                                        for m in metrics]])
+    print_table(["", *[r.id for r in found]], rows)
+
+def _cancel(runs: Any, found: list[Any]) -> None:
+    import contextlib
+    import os
+    import signal
+
+    from mlinfra.state.sqlite import HOST
+
+    for run in found:
+        if run.status not in ("queued", "running"):
+            raise MlinfraError(f"run {run.id} is {run.status}; only a running run can be "
+                               "canceled")
+        runs.request_cancel(run.id)
+        if run.pid and run.host == HOST:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGTERM)
+        echo(f"Canceling run {run.id}.")
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mlinfra.registry.models import ModelRegistry
+    from mlinfra.spec.model import Ref
+
+    session = session_for(args, f"models {args.models_command}")
+    try:
+        registry = ModelRegistry(session.store)
+        if args.models_command == "list":
+            rows = []
+            for version in registry.versions(args.name):
+                aliases = [a for a, v in registry.aliases(version.name).items()
+                           if v == version.version]
+                metrics = ", ".join(f"{k}={v:.4g}" for k, v in version.metrics.items()
+                                    if isinstance(v, int | float))
+                rows.append([version.ref, ",".join(aliases), when(version.created_at),
+                             version.run_id or "-", metrics,
+                             "archived" if version.archived else ""])
+            print_table(["MODEL", "ALIASES", "CREATED", "RUN", "METRICS", ""], rows)
+            return 0
+        ref = Ref.parse(args.ref)
+        if ref is None:
+            raise MlinfraError(f"'{args.ref}' is not NAME, NAME:VERSION or NAME@ALIAS")
+        if args.models_command == "show":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
+                            indent=2, default=str))
+        elif args.models_command == "alias":
+            if ref.alias is None:
+                raise MlinfraError("give NAME@ALIAS, e.g. fraud@champion")
+            registry.set_alias(ref.name, ref.alias, args.version, "set by mlinfra models alias")
+            echo(f"{ref.name}@{ref.alias} -> {ref.name}:{args.version}")
+        elif args.models_command == "tag":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            tags = dict(item.split("=", 1) for item in args.tags if "=" in item)
+            registry.set_tags(found.name, found.version, tags)
+            echo(f"tagged {found.ref}: {tags}")
+        elif args.models_command == "archive":
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            registry.archive(found.name, found.version,
+                             serving_endpoints(session.config, registry, found))
+            echo(f"archived {found.ref}")
+        return 0
+    finally:
+        session.close()
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from mlinfra.data import checks
+    from mlinfra.providers.local.jobs import Resolver
+
+    session = session_for(args, "data validate")
+    try:
+        res = session.config.get("Data", args.name)
+        if res is None:
+            from mlinfra.spec.validate import did_you_mean
+
+            raise MlinfraError(f"no Data named '{args.name}'"
+                               + did_you_mean(args.name, session.config.of("Data")))
+        data = Resolver(session.ctx).data(res, args.name)
+        expectations = res.spec.get("expectations") or []
+        if not expectations:
+            echo(f"data {args.name} declares no expectations")
+            return 0
+        results = checks.check(data.label, data.path, str(res.spec.get("format", "csv")),
+                               expectations)
+    finally:
+        session.close()
+    for result in results:
+        emit(f"{'ok  ' if result.success else 'FAIL'} {result.describe()}",
+              "green" if result.success else "bold red")
+    failed = sum(not r.success for r in results)
+    echo(f"\n{data.label}: {len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
