@@ -4,15 +4,12 @@ and exit codes here and nowhere else; each group of commands has its own module.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from collections.abc import Callable, Sequence
 
 from mlinfra import __version__
 from mlinfra.cli.console import echo_err
-from mlinfra.cli.endpoints import cmd_endpoints
-from mlinfra.cli.project import cmd_init, cmd_schema, cmd_validate
-from mlinfra.cli.stack import cmd_apply, cmd_destroy, cmd_output, cmd_plan, cmd_state
-from mlinfra.cli.training import cmd_data, cmd_models, cmd_runs
 from mlinfra.errors import ConfigurationError, MlinfraError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -73,23 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mlinfra {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, handler: Handler, help_: str) -> argparse.ArgumentParser:
+    def command(name: str, handler: str, help_: str) -> argparse.ArgumentParser:
+        """`handler` is "module:function" in mlinfra.cli, imported only when run: a
+        plan should not pay for importing what serving or training need."""
         p = sub.add_parser(name, parents=[common], help=help_, description=help_)
         p.set_defaults(handler=handler)
         return p
 
-    p = command("validate", cmd_validate, "check the project's YAML: schemas and references")
+    p = command("validate", "project:cmd_validate",
+                "check the project's YAML: schemas and references")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = command("schema", cmd_schema, "print or export the JSON Schemas of every kind")
+    p = command("schema", "project:cmd_schema", "print or export the JSON Schemas of every kind")
     p.add_argument("kind", nargs="?", help="one kind only (e.g. Job)")
     p.add_argument("--out", metavar="DIR", help="write one file per kind into DIR")
 
-    p = command("init", cmd_init, "create a new project that validates")
+    p = command("init", "project:cmd_init", "create a new project that validates")
     p.add_argument("dir", nargs="?", default=".", help="folder (default: the current one)")
     p.add_argument("--name", help="project name (default: the folder's name)")
 
-    p = command("plan", cmd_plan, "show what apply would change, and why")
+    p = command("plan", "stack:cmd_plan", "show what apply would change, and why")
     _plan_options(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", metavar="FILE", help="save the plan for mlinfra apply FILE")
@@ -97,16 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0: no changes, 2: changes, 1: errors")
     p.add_argument("--destroy", action="store_true", help="plan to destroy everything")
 
-    p = command("apply", cmd_apply, "make the stack match the configuration")
+    p = command("apply", "stack:cmd_apply", "make the stack match the configuration")
     p.add_argument("planfile", nargs="?", help="a plan saved by mlinfra plan --out")
     _plan_options(p)
     _apply_options(p)
 
-    p = command("destroy", cmd_destroy, "destroy what the stack's state holds")
+    p = command("destroy", "stack:cmd_destroy", "destroy what the stack's state holds")
     _plan_options(p)
     _apply_options(p)
 
-    p = command("state", cmd_state, "read or edit the state")
+    p = command("state", "stack:cmd_state", "read or edit the state")
     state = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
     state.add_parser("list", parents=[common], help="list the resources in the state")
     show = state.add_parser("show", parents=[common], help="show one resource")
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
     unlock.add_argument("lock_id", metavar="ID")
 
-    p = command("runs", cmd_runs, "list, show, follow, compare and cancel runs")
+    p = command("runs", "training:cmd_runs", "list, show, follow, compare and cancel runs")
     runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     listing = runs.add_parser("list", parents=[common], help="recent runs")
     listing.add_argument("--experiment", help="only this experiment's runs")
@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--follow", "-f", action="store_true",
                             help="keep printing until the run ends")
 
-    p = command("models", cmd_models, "the model registry: versions, aliases, tags")
+    p = command("models", "training:cmd_models", "the model registry: versions, aliases, tags")
     models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
     listing = models.add_parser("list", parents=[common], help="models and versions")
     listing.add_argument("name", nargs="?")
@@ -149,13 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="hide a version (refused while an endpoint serves it)")
     archive.add_argument("ref")
 
-    p = command("data", cmd_data, "data assets")
+    p = command("data", "training:cmd_data", "data assets")
     data = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data.add_parser("validate", parents=[common],
                             help="run a Data asset's expectations now")
     check.add_argument("name")
 
-    p = command("endpoints", cmd_endpoints, "online endpoints: list, show, invoke, keys")
+    p = command("endpoints", "endpoints:cmd_endpoints",
+                "online endpoints: list, show, invoke, keys, rollout")
     eps = p.add_subparsers(dest="endpoints_command", metavar="SUBCOMMAND", required=True)
     eps.add_parser("list", parents=[common], help="endpoints, their URLs and what they serve")
     show = eps.add_parser("show", parents=[common], help="one endpoint")
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("name")
     keys.add_argument("--regenerate", choices=["primary", "secondary"])
 
-    p = command("output", cmd_output, "show what the resources produced (paths, versions)")
+    p = command("output", "stack:cmd_output", "show what the resources produced (paths, versions)")
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
     return parser
@@ -190,11 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
+    target: str | None = getattr(args, "handler", None)
+    if target is None:
         parser.print_help()
         return 2
     try:
+        module, function = target.split(":")
+        handler: Handler = getattr(importlib.import_module(f"mlinfra.cli.{module}"), function)
         return handler(args)
     except ConfigurationError as err:
         echo_err(err.render())

@@ -53,11 +53,25 @@ def compile_schema(schema: dict[str, Any]) -> Check:
         return lambda _: True
     if len(checks) == 1:
         return checks[0]
-    return lambda value: all(check(value) for check in checks)
+
+    def every(value: Any) -> bool:
+        # NOTE: a plain loop: all() over a generator measured slower on this hot path.
+        for check in checks:  # noqa: SIM110
+            if not check(value):
+                return False
+        return True
+
+    return every
+
+
+_PLAIN = {"string": str, "object": dict, "array": list, "null": type(None)}
 
 
 def _type(types: Any, _: dict[str, Any]) -> Check:
     names = [types] if isinstance(types, str) else list(types)
+    if all(name in _PLAIN for name in names):
+        plain = tuple(_PLAIN[name] for name in names)
+        return lambda v: isinstance(v, plain)
     tests = [_TYPES[name] for name in names]
     return lambda v: any(test(v) for test in tests)
 

@@ -9,6 +9,7 @@ A field whose change forces the resource to be replaced carries
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +348,7 @@ KINDS: tuple[str, ...] = tuple(SCHEMAS)
 RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project", "Stack"))
 
 
+@cache
 def replace_fields(kind: str) -> frozenset[str]:
     """Top-level fields of `kind` whose change forces replacement."""
     props = SCHEMAS[kind]["properties"]

@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +84,9 @@ def resolve(ctx: Context, res: Resource, deployment: dict[str, Any]) -> tuple[Re
 def http_json(url: str, key: str | None = None, body: bytes | None = None,
               headers: dict[str, str] | None = None, timeout: float = 5.0
               ) -> tuple[int, Any, dict[str, str]]:
+    import urllib.error
+    import urllib.request
+
     request = urllib.request.Request(url, data=body, headers={
         "content-type": "application/json", **(headers or {}),
         **({"authorization": f"Bearer {key}"} if key else {})})

@@ -11,7 +11,6 @@ from mlinfra.graph import address
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import JobHandler, PipelineHandler, Resolver, artifact_store
-from mlinfra.registry.evaluate import ModelInvalid, load_session, score, signature
 from mlinfra.registry.models import ModelRegistry
 from mlinfra.runs.store import RunStore
 from mlinfra.spec.model import Resource
@@ -62,6 +61,9 @@ class ModelHandler(BaseHandler):
         return artifact_store(ctx).path(sha), run.id
 
     def create(self, change: Change, ctx: Context) -> Applied:
+        # NOTE: imported here: NumPy and onnxruntime cost more than a plan takes.
+        from mlinfra.registry.evaluate import ModelInvalid, load_session, score, signature
+
         res = ctx.config.get("Model", change.name)
         assert res is not None
         path, run_id = self._artifact(res, ctx)
