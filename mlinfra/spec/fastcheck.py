@@ -64,7 +64,7 @@ def compile_schema(schema: dict[str, Any]) -> Check:
     return every
 
 
-_PLAIN = {"string": str, "object": dict, "array": list, "null": type(None)}
+_PLAIN: dict[str, type] = {"string": str, "object": dict, "array": list, "null": type(None)}
 
 
 def _type(types: Any, _: dict[str, Any]) -> Check:
