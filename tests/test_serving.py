@@ -40,6 +40,7 @@ deployments:
     model: other
 traffic: {traffic}
 mirror: {mirror}
+collect: {{sample: 1.0}}
 """
 
 
@@ -179,13 +180,17 @@ def test_auth_keys_and_health(served: Any) -> None:
 
 
 def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
-    _, cli, url, key = served
+    root, cli, url, key = served
     request = tmp_path / "request.json"
     request.write_text(json.dumps(v2([[1.0, 2.0]])))
     result = cli("endpoints", "invoke", "api", "--data", str(request))
     assert result.code == 0 and "HTTP 200 in" in result.err and "from fraud:1" in result.err
     pinned = cli("endpoints", "invoke", "api", "--data", str(request), "--deployment", "green")
     assert "from other:1" in pinned.err
+    captures = list((root / "data" / "captures" / "api").glob("requests.*.jsonl"))
+    assert captures, "collect: sample 1.0 writes every request to the datastore"
+    record = json.loads(captures[0].read_text().splitlines()[0])
+    assert record["inputs"] == {"features": [[1.0, 2.0]]} and record["model"] == "fraud:1"
     status, text, _ = call(url, key, "GET", "/metrics")
     assert status == 200
     assert 'mlinfra_requests_total{endpoint="api",deployment="blue",code="200"}' in text

@@ -272,7 +272,10 @@ def _endpoint() -> Schema:
                              minimum=1, default=5000),
             "max_batch_size": _s("Most requests scored in one call.", type="integer",
                                  minimum=1, default=32),
-            "max_batch_delay_ms": _s("Longest a request waits for a batch to fill.",
+            "max_batch_delay_ms": _s("Longest a request may wait for a batch to fill. "
+                                     "mlinfra batches the requests that arrive together "
+                                     "and those that arrive while a batch runs, so it "
+                                     "never waits on a timer.",
                                      type="number", minimum=0, default=2),
         }),
     }, ["name", "model"])
@@ -324,7 +327,10 @@ def _promotion() -> Schema:
             "data": _s("Data whose expectations must pass.", type="array",
                        items={"type": "string", "pattern": VERSIONED_REF_PATTERN}),
         }),
-        "rollout": _obj("Progressive rollout to an endpoint after promotion.", {
+        "rollout": _obj("Progressive rollout to an endpoint after promotion. Not applied "
+                        "automatically yet: the endpoint switches to the promoted version "
+                        "at once (warmed up, without a failed request); mlinfra endpoints "
+                        "rollout does progressive rollouts with these thresholds.", {
             "endpoint": _name_ref("Endpoint"),
             "steps": _s("Traffic percentages, ending at 100.", type="array", minItems=1,
                         items={"type": "integer", "minimum": 1, "maximum": 100}),
