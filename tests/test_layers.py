@@ -1,0 +1,61 @@
+"""The layers of DESIGN.md hold: a module imports only from its own layer or lower,
+nothing imports the CLI, and serving imports nothing of the engine."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
+LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3,
+          "registry": 3, "runs": 3, "providers": 4, "engine": 5, "scaffold": 5, "cli": 7,
+          "__main__": 7}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(
+                "mlinfra."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found |= {a.name.split(".")[1] for a in node.names
+                      if a.name.startswith("mlinfra.")}
+    return found
+
+
+def _part(path: Path) -> str:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0].removesuffix(".py")
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    wrong = []
+    for path in PACKAGE.rglob("*.py"):
+        part = _part(path)
+        if part == "__init__" or part == "serving":
+            continue
+        for target in _imports(path) - {part}:
+            if target == "serving" or LAYERS[target] > LAYERS[part]:
+                wrong.append(f"{path.relative_to(PACKAGE)} imports mlinfra.{target}")
+    assert wrong == []
+
+
+def test_serving_stands_apart() -> None:
+    allowed = {"mlinfra", "numpy", "onnxruntime", "orjson", "uvicorn", "__future__"}
+    for path in (PACKAGE / "serving").rglob("*.py"):
+        assert _imports(path) <= {"serving"}, path
+        roots = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                roots |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                roots.add(node.module.split(".")[0])
+        third_party = {r for r in roots if r not in allowed and not _stdlib(r)}
+        assert third_party == set(), (path, third_party)
+
+
+def _stdlib(name: str) -> bool:
+    import sys
+
+    return name in sys.stdlib_module_names
