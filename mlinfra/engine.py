@@ -28,7 +28,6 @@ from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErr
 from mlinfra.spec import Config, Resource, load
 from mlinfra.spec.model import INTERPOLATION
 from mlinfra.spec.schemas import replace_fields
-from mlinfra.state.lock import locked
 from mlinfra.state.model import JournalEntry, ResourceState, digest
 from mlinfra.state.sqlite import SqliteStore
 
@@ -368,11 +367,3 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     if stuck:
         raise MlinfraError(f"apply cannot proceed: changes wait on each other ({', '.join(stuck)})")
     return result
-
-
-def apply(session: Session, the_plan: Plan, parallelism: int = 4, lock_timeout: float = 0,
-          on_event: Event = lambda *_: None) -> ApplyResult:
-    """Take the lock, check the plan is fresh, apply it."""
-    with locked(session.store, session.stack, session.store.command, lock_timeout):
-        check_fresh(session, the_plan)
-        return execute(session, the_plan, parallelism, on_event)

@@ -21,12 +21,6 @@ class MlinfraError(Exception):
         self.message = message
 
 
-class UsageError(MlinfraError):
-    """The command line itself is wrong (unknown flag, missing argument)."""
-
-    exit_code = 2
-
-
 class ProjectNotFound(MlinfraError):
     """No `mlinfra.yaml` in the folder given, nor in any of its parents."""
 

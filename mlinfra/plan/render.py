@@ -81,7 +81,3 @@ def render(plan: Plan) -> list[Line]:
         lines.extend(_change_lines(change))
     lines.append((summary_line(plan), "bold"))
     return lines
-
-
-def render_text(plan: Plan) -> str:
-    return "\n".join(text for text, _ in render(plan))

@@ -29,7 +29,6 @@ CREATE TABLE IF NOT EXISTS run_params (
   PRIMARY KEY (run_id, key));
 """
 
-STATUSES = ("queued", "running", "completed", "failed", "canceled")
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
             "created_at", "started_at", "ended_at", "exit_code", "pid", "host", "command",
