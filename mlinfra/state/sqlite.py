@@ -70,6 +70,7 @@ class SqliteStore:
         self.path = path
         self.command = command
         self._lock = threading.RLock()
+        self._schemas: set[str] = set()
         path.parent.mkdir(parents=True, exist_ok=True)
         existed = path.exists() and path.stat().st_size > 0
         try:
@@ -151,9 +152,12 @@ class SqliteStore:
             return self.conn.execute(sql, args).fetchall()
 
     def ensure_schema(self, ddl: str) -> None:
-        """Create tables another module keeps in the same store (registry, data)."""
+        """Create tables another module keeps in the same store (registry, data); once
+        per connection, however often the module is used."""
         with self._lock:
-            self.conn.executescript(ddl)
+            if ddl not in self._schemas:
+                self.conn.executescript(ddl)
+                self._schemas.add(ddl)
 
     # --- state ---------------------------------------------------------------------
 
