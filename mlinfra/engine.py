@@ -76,8 +76,10 @@ def open_session(directory: Path, stack: str | None, command: str,
                  log: Callable[[str], None] = lambda _: None) -> Session:
     config = load(directory, stack)
     store = SqliteStore(state_path(config), command=command)
-    ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log)
-    return Session(config, store, get_provider(config.stack.provider), ctx)
+    provider = get_provider(config.stack.provider)
+    ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
+                  provider=provider)
+    return Session(config, store, provider, ctx)
 
 
 # --- desired state ----------------------------------------------------------------------
@@ -144,12 +146,12 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         keep = closure(targets & set(deps), deps) | unknown
         resources = [r for r in resources if r.address in keep]
     key = _secret_key(session.store)
+    session.ctx.forget_facts()
     errors: list[ProviderError] = []
     out: dict[str, Desired] = {}
     for res in resources:
         try:
-            handler = session.provider.handler(res.kind, res.address)
-            facts = handler.facts(res, session.ctx)
+            facts = session.ctx.facts(res)
         except ProviderError as err:
             errors.append(err)
             continue

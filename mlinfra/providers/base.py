@@ -62,6 +62,21 @@ class Context:
     store: SqliteStore
     state_dir: Path
     log: Callable[[str], None] = lambda _: None
+    provider: Provider | None = None
+    _facts: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def facts(self, res: Resource) -> dict[str, Any]:
+        """A resource's facts, computed once per plan: handlers build on each other's
+        (an endpoint on its model's, a model on its pipeline's)."""
+        if res.address not in self._facts:
+            assert self.provider is not None
+            handler = self.provider.handler(res.kind, res.address)
+            self._facts[res.address] = handler.facts(res, self)
+        return self._facts[res.address]
+
+    def forget_facts(self) -> None:
+        """Facts describe the world at one moment: a new plan reads it again."""
+        self._facts.clear()
 
     @property
     def root(self) -> Path:

@@ -27,7 +27,6 @@ from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.infra import datastore_path
 from mlinfra.providers.local.jobs import artifact_store
-from mlinfra.providers.local.models import ModelHandler
 from mlinfra.registry.models import ModelRegistry, RegistryError
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
@@ -114,7 +113,7 @@ class EndpointHandler(BaseHandler):
             assert ref is not None
             model = ctx.config.get("Model", ref.name)
             if model is not None:
-                sources[deployment["name"]] = ModelHandler().facts(model, ctx)
+                sources[deployment["name"]] = ctx.facts(model)
             if ref.alias and registry.aliases(ref.name).get(ref.alias) is None and not (
                     governed(ctx, ref.name, ref.alias)):
                 raise ProviderError(res.address, f"alias {ref.name}@{ref.alias} points "

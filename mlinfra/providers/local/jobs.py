@@ -22,7 +22,7 @@ from mlinfra.data import checks
 from mlinfra.data.versions import DataVersions
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.environment import EnvironmentHandler, env_dir
+from mlinfra.providers.local.environment import env_dir
 from mlinfra.providers.local.infra import DataHandler, workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
@@ -113,7 +113,7 @@ class Resolver:
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
             return f"python{sys.version_info.major}.{sys.version_info.minor}", None, {}
-        spec_hash = str(EnvironmentHandler().facts(env, self.ctx)["spec_hash"])
+        spec_hash = str(self.ctx.facts(env)["spec_hash"])
         variables = {k: str(v) for k, v in
                      self.ctx.resolve_secrets(env.spec.get("env") or {}).items()}
         return spec_hash, env_dir(spec_hash), variables

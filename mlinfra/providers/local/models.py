@@ -10,7 +10,7 @@ from mlinfra.data.versions import file_sha256
 from mlinfra.graph import address
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.jobs import JobHandler, PipelineHandler, Resolver, artifact_store
+from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.models import ModelRegistry
 from mlinfra.runs.store import RunStore
 from mlinfra.spec.model import Resource
@@ -28,11 +28,11 @@ class ModelHandler(BaseHandler):
         elif "job" in source:
             job = ctx.config.get("Job", source["job"])
             assert job is not None
-            facts["source_run_hash"] = JobHandler().facts(job, ctx).get("run_hash")
+            facts["source_run_hash"] = ctx.facts(job).get("run_hash")
         else:
             pipeline = ctx.config.get("Pipeline", source["pipeline"])
             assert pipeline is not None
-            steps = PipelineHandler().facts(pipeline, ctx)["steps_resolved"]
+            steps = ctx.facts(pipeline)["steps_resolved"]
             facts["source_run_hash"] = steps[source["step"]]["run_hash"]
         evaluation = res.spec.get("evaluation")
         if evaluation:

@@ -10,7 +10,6 @@ from mlinfra.data import checks
 from mlinfra.plan.model import Change
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import Resolver
-from mlinfra.providers.local.models import ModelHandler
 from mlinfra.registry.models import ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
 
@@ -70,7 +69,7 @@ def decide(res: Resource, ctx: Context, candidate: ModelVersion,
 class PromotionHandler(BaseHandler):
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         model = ctx.config.get("Model", str(res.spec["model"]))
-        return {"candidate_source": ModelHandler().facts(model, ctx) if model else {}}
+        return {"candidate_source": ctx.facts(model) if model else {}}
 
     def create(self, change: Change, ctx: Context) -> Applied:
         res = ctx.config.get("Promotion", change.name)
