@@ -428,3 +428,25 @@ def test_a_slow_model_stalls_nothing_else(project: Callable[..., Path],
         assert status == 504 and "longer than 5 ms" in answer["error"]
     finally:
         cli("destroy", "--auto-approve")
+
+
+def test_changed_request_settings_take_effect_and_unchanged_ones_are_kept(
+        tmp_path: Path) -> None:
+    from mlinfra.serving.table import build
+
+    model = tmp_path / "m.onnx"
+    model.write_bytes(onnx_model())
+    import hashlib
+
+    spec = {"model": "m", "version": 1, "path": str(model), "timeout_ms": 5000,
+            "sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+            "max_batch_size": 32, "max_batch_delay_ms": 2}
+    config = {"endpoint": "e", "generation": 1, "deployments": {"d": spec},
+              "traffic": {"d": 100}}
+    first = build(config)
+    same = build({**config, "generation": 2}, first)
+    assert same.deployments["d"] is first.deployments["d"]  # nothing reloaded
+    smaller = build({**config, "generation": 3,
+                     "deployments": {"d": {**spec, "max_batch_size": 4}}}, same)
+    assert smaller.deployments["d"] is not first.deployments["d"]
+    assert smaller.deployments["d"].batcher.max_batch == 4

@@ -108,10 +108,9 @@ class Batcher:
 
     INLINE_S = 0.0005
 
-    def __init__(self, model: LoadedModel, max_batch: int, max_delay_s: float) -> None:
+    def __init__(self, model: LoadedModel, max_batch: int) -> None:
         self.model = model
         self.max_batch = max(1, max_batch) if model.batchable() else 1
-        self.max_delay_s = max_delay_s
         self.inline = model.latency_s < self.INLINE_S
         self.executor = ThreadPoolExecutor(max_workers=1,
                                            thread_name_prefix=f"infer-{model.name}")

@@ -20,10 +20,13 @@ from mlinfra.serving.model import Batcher, LoadedModel
 
 @dataclass
 class Deployment:
+    """`spec` is its entry in the config: an unchanged entry keeps this deployment."""
+
     name: str
     model: LoadedModel
     batcher: Batcher
     timeout_s: float
+    spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -71,22 +74,19 @@ def read_config(path: Path) -> dict[str, Any]:
 
 
 def build(config: dict[str, Any], previous: Table | None = None) -> Table:
-    """A table for `config`, reusing `previous`'s deployments whose model and request
-    settings are unchanged."""
+    """A table for `config`, reusing `previous`'s deployments whose config entry is
+    unchanged (model and request settings alike)."""
     old = previous.deployments if previous else {}
     deployments: dict[str, Deployment] = {}
     for name, spec in config["deployments"].items():
         reuse = old.get(name)
-        if (reuse is not None and reuse.model.sha256 == spec["sha256"]
-                and reuse.batcher.max_delay_s == spec["max_batch_delay_ms"] / 1000
-                and reuse.timeout_s == spec["timeout_ms"] / 1000):
+        if reuse is not None and reuse.spec == spec:
             deployments[name] = reuse
             continue
         model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
                                  spec["sha256"])
-        deployments[name] = Deployment(name, model, Batcher(
-            model, int(spec["max_batch_size"]), float(spec["max_batch_delay_ms"]) / 1000),
-            float(spec["timeout_ms"]) / 1000)
+        deployments[name] = Deployment(name, model, Batcher(model, int(spec["max_batch_size"])),
+                                       float(spec["timeout_ms"]) / 1000, dict(spec))
     weights, total = [], 0.0
     for name, share in config.get("traffic", {}).items():
         if share > 0:
