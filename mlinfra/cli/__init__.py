@@ -16,12 +16,14 @@ Handler = Callable[[argparse.Namespace], int]
 
 EXIT_INTERNAL = 70
 
+
 def _bool(text: str) -> bool:
     if text.lower() in ("true", "1", "yes"):
         return True
     if text.lower() in ("false", "0", "no"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got '{text}'")
+
 
 def _duration(text: str) -> float:
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
@@ -32,10 +34,12 @@ def _duration(text: str) -> float:
         return float(text)
     raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 5m, got '{text}'")
 
+
 def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got '{text}'")
     return int(text)
+
 
 def _apply_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-approve", action="store_true", help="do not ask for confirmation")
@@ -43,15 +47,18 @@ def _apply_options(p: argparse.ArgumentParser) -> None:
                    help="changes applied at once (default 4)")
     _lock_option(p)
 
+
 def _lock_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lock-timeout", type=_duration, default=0.0, metavar="DURATION",
                    help="wait this long for the stack's lock (default 0s)")
+
 
 def _plan_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", action="append", default=[], metavar="ADDR",
                    help="only this resource and what it depends on (repeatable)")
     p.add_argument("--refresh", type=_bool, default=True, metavar="BOOL",
                    help="read the actual state first (default true)")
+
 
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -60,6 +67,7 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("-s", "--stack", metavar="STACK", default=argparse.SUPPRESS,
                         help="stack name (stacks/NAME.yaml) or path to a stack file")
     return common
+
 
 def build_parser() -> argparse.ArgumentParser:
     common = _common()
@@ -187,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
     return parser
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()

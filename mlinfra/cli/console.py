@@ -16,14 +16,18 @@ if TYPE_CHECKING:
 def echo(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
+
 def echo_err(text: str) -> None:
     sys.stderr.write(text + "\n")
+
 
 def directory(args: argparse.Namespace) -> Path:
     return Path(getattr(args, "directory", None) or ".")
 
+
 def stack_name(args: argparse.Namespace) -> str | None:
     return getattr(args, "stack", None)
+
 
 def emit(text: str, style: str = "") -> None:
     """One line to stdout: coloured by rich on a terminal, plain text otherwise (rich
@@ -35,21 +39,25 @@ def emit(text: str, style: str = "") -> None:
 
     _rich_console().print(Text(text, style=style))
 
+
 @cache
 def _rich_console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=True)
 
+
 def print_lines(lines: list[tuple[str, str]]) -> None:
     for text, style in lines:
         emit(text, style)
+
 
 def session_for(args: argparse.Namespace, command: str) -> Session:
     from mlinfra.engine import open_session
 
     return open_session(directory(args), stack_name(args), command,
                         log=lambda line: emit(line, "dim"))
+
 
 def confirm(question: str) -> bool:
     echo(f"\n{question}\n  Only 'yes' will be accepted to approve.\n")
@@ -59,13 +67,16 @@ def confirm(question: str) -> bool:
     echo()
     return answer == "yes"
 
+
 def when(ts: float | None) -> str:
     import time
 
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
 
+
 def seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value is not None else "-"
+
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)

@@ -65,6 +65,7 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     finally:
         session.close()
 
+
 def _invoke(session: Session, state: Any, args: argparse.Namespace) -> int:
     import time
 

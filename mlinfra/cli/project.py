@@ -32,6 +32,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
          f"{'s' if total != 1 else ''} ({by_kind or 'none'}) in {len(config.files)} files.")
     return 0
 
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from mlinfra.spec.schemas import SCHEMAS, export
 
@@ -47,6 +48,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
         return 0
     echo(json.dumps(SCHEMAS, indent=2))
     return 0
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     from mlinfra.scaffold import init_project

@@ -20,8 +20,10 @@ def _print_plan(plan: Plan) -> None:
 
     print_lines(render(plan))
 
+
 _VERBS = {"CREATE": ("Creating", "Creation"), "UPDATE": ("Modifying", "Modifications"),
           "REPLACE": ("Replacing", "Replacement"), "DELETE": ("Destroying", "Destruction")}
+
 
 def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
     doing, done = _VERBS.get(change.action.name, ("Applying", "Apply"))
@@ -35,6 +37,7 @@ def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
         emit(f"{change.address}: not applied ({message})", "yellow")
     else:
         emit(f"{change.address}: {message}", "yellow")
+
 
 def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
                verb: str) -> int:
@@ -64,6 +67,7 @@ def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
         echo_err(f"  not applied: {address} ({message})")
     return 1
 
+
 def cmd_plan(args: argparse.Namespace) -> int:
     from mlinfra.engine import plan
     from mlinfra.plan import planfile
@@ -91,6 +95,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 2
     return 0
 
+
 def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
     """Lock, plan (or load the saved plan), show, confirm, apply."""
     from mlinfra.engine import check_fresh, plan
@@ -117,11 +122,14 @@ def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
     finally:
         session.close()
 
+
 def cmd_apply(args: argparse.Namespace) -> int:
     return _apply_or_destroy(args, destroy=False)
 
+
 def cmd_destroy(args: argparse.Namespace) -> int:
     return _apply_or_destroy(args, destroy=True)
+
 
 def cmd_state(args: argparse.Namespace) -> int:
     from mlinfra.state.lock import force_unlock, locked
@@ -156,6 +164,7 @@ def cmd_state(args: argparse.Namespace) -> int:
         return 0
     finally:
         session.close()
+
 
 def cmd_output(args: argparse.Namespace) -> int:
     session = session_for(args, "output")

@@ -51,11 +51,13 @@ def cmd_runs(args: argparse.Namespace) -> int:
     finally:
         session.close()
 
+
 def _find_run(runs: Any, run_id: str) -> Any:
     run = runs.find(run_id)
     if run is None:
         raise MlinfraError(f"no run '{run_id}': mlinfra runs list shows them")
     return run
+
 
 def _logs(runs: Any, run: Any, follow: bool) -> int:
     import time
@@ -75,6 +77,7 @@ def _logs(runs: Any, run: Any, follow: bool) -> int:
             return 0
         time.sleep(0.5)
 
+
 def _compare(runs: Any, found: list[Any]) -> None:
     params = [{**r.params, **runs.logged_params(r.id)} for r in found]
     metrics = [{k: v[-1][1] for k, v in runs.metrics(r.id).items()} for r in found]
@@ -86,6 +89,7 @@ def _compare(runs: Any, found: list[Any]) -> None:
         rows.append([f"metric {key}", *[f"{m[key]:.6g}" if key in m else "-"
                                         for m in metrics]])
     print_table(["", *[r.id for r in found]], rows)
+
 
 def _cancel(runs: Any, found: list[Any]) -> None:
     import contextlib
@@ -103,6 +107,7 @@ def _cancel(runs: Any, found: list[Any]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGTERM)
         echo(f"Canceling run {run.id}.")
+
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mlinfra.registry.models import ModelRegistry
@@ -148,6 +153,7 @@ def cmd_models(args: argparse.Namespace) -> int:
         return 0
     finally:
         session.close()
+
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mlinfra.data import checks
