@@ -157,7 +157,8 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
             continue
         missing: set[str] = set()
         attributes = {k: v for k, v in res.spec.items() if k not in ("kind", "name")}
-        attributes = _mask(attributes, key, res.address, missing)
+        if "${secret." in repr(attributes):
+            attributes = _mask(attributes, key, res.address, missing)
         for name in sorted(missing):
             errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
                                         f"{name}=... before planning"))
@@ -181,7 +182,7 @@ def config_hash(stack: str, desired: dict[str, Desired]) -> str:
 def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Observed]:
     observed = {}
     for address, have in state.items():
-        handler = session.provider.handlers.get(have.kind)
+        handler = session.provider.find(have.kind)
         if handler is not None:
             observed[address] = handler.read(have, session.ctx)
     return observed

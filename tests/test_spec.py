@@ -163,3 +163,104 @@ def test_parse_cache_is_exact_and_never_stale(project: Callable[[Files], Path]) 
     (root / "a.yaml").write_text("kind: Compute\nname: c\nmax_concurrency: 4\nbad: 1\n")
     with pytest.raises(ConfigurationError, match="1 error"):
         load(root)
+
+
+TRICKY_YAML = [
+    "a: 1\nb: [1, 2, {c: ~, d: yes, e: 0o17, f: 017, g: 1_000, h: .inf, i: 2024-01-02}]\n"
+    "---\n---\n- x\n- ~: 3\n  null: 4\n  z: [a, b]\n  y: 5\n",
+    "x: {a: 1, a: 2}\ny:\n  - {b: 1}\n  - b\n'1': a\n1: b\n",
+    "'quoted': 'yes'\nplain: yes\nempty:\nnum: '12'\nfloat: 1.5e3\nsex: 1:20\nNo: off\n",
+    "base: &b {x: 1}\nuse: *b\nmerged: {<<: *b, y: 2}\n",  # the full loader's
+    "t: !!str 12\nb: !!binary aGk=\n? [complex, key]\n: v\n",  # the full loader's
+]
+
+
+def test_event_builder_gives_what_pyyaml_gives() -> None:
+    """Plain YAML is built from parser events; it must equal PyYAML's SafeLoader on every
+    YAML file of the repository and on the corners of YAML 1.1 (types by resolver, null
+    keys, duplicates); anchors, tags and complex keys go to the full loader."""
+    from mlinfra.spec.yamlfile import _event_load, _NotPlain, load_documents
+
+    texts = [p.read_text() for pattern in ("*.yaml", "*.yml") for p in REPO.rglob(pattern)
+             if not {".venv", ".work", ".mlinfra"} & set(p.parts)]
+    built = 0
+    for text in [*texts, *TRICKY_YAML]:
+        try:
+            expected = list(yaml.load_all(text, Loader=yaml.CSafeLoader))
+        except yaml.YAMLError:
+            continue
+        documents, duplicates = load_documents(text)
+        assert repr(documents) == repr(expected), text[:200]
+        try:
+            _event_load(text)
+            built += 1
+        except _NotPlain:
+            assert text in TRICKY_YAML[3:], text[:200]
+    assert built >= len(texts) + 3
+    _, duplicates = load_documents(TRICKY_YAML[1])
+    assert [(mark.line, key) for mark, key in duplicates] == [(0, "a"), (5, "1")]
+
+
+def test_a_cached_plan_loads_neither_yaml_nor_other_kinds(project: Callable[[Files], Path],
+                                                          cli: Callable[..., Result]) -> None:
+    """Imports are most of a small plan's time: with every file in the parse cache a plan
+    of compute loads no YAML parser and none of the training or serving code."""
+    root = project({"a.yaml": "kind: Compute\nname: c\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    code = ("import sys; from mlinfra.cli import main\n"
+            "code = main(['plan', '-C', sys.argv[1]])\n"
+            "print(code, sorted(m for m in sys.modules if m == 'yaml' or m.startswith("
+            "('mlinfra.providers.local.', 'mlinfra.runs', 'mlinfra.registry', "
+            "'mlinfra.serving', 'mlinfra.data'))))")
+    done = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split()[-2:] == ["0", "['mlinfra.providers.local.infra']"], done.stdout
+
+
+@pytest.mark.parametrize(("argv", "word"), [
+    (["plan"], "plan"), (["-C", "plan", "validate", "--json"], "validate"),
+    (["--dir", "apply", "plan"], "plan"), (["--stack=dev", "apply"], "apply"),
+    (["-s", "dev", "state", "list"], "state"), (["--version"], None), (["nope"], None),
+])
+def test_only_the_named_command_is_built(argv: list[str], word: str | None) -> None:
+    """main() builds the parser of the command it runs; parsing must not change."""
+    from mlinfra.cli import COMMANDS, build_parser, command_word
+
+    assert command_word(argv) == word
+    if word is not None:
+        assert build_parser(word).parse_args(argv) == build_parser().parse_args(argv)
+    full = build_parser().format_help()
+    assert all(name in full for name in COMMANDS)
+
+
+def test_schema_verdicts_are_cached_with_the_schemas_they_came_from(
+        project: Callable[[Files], Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unchanged file that passed the schema checks is not checked again, unless
+    mlinfra's schemas changed; a file that failed is checked every time."""
+    from mlinfra.spec import project as project_module
+
+    checked: list[str] = []
+    real = project_module.check_schema
+
+    def counting(file: str, *args: object) -> list[object]:
+        checked.append(file)
+        return real(file, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(project_module, "check_schema", counting)
+    root = project({"a.yaml": "kind: Compute\nname: c\n---\nkind: Compute\nname: d\n",
+                    "v.yaml": "kind: Compute\nname: v\nmax_concurrency: ${var.n}\n",
+                    "mlinfra.yaml": "kind: Project\nname: p\nvariables: {n: {default: 2}}\n"})
+    load(root)
+    assert checked.count("a.yaml") == 2
+    checked.clear()
+    load(root)
+    assert "a.yaml" not in checked and "v.yaml" in checked  # ${var} files: every time
+    monkeypatch.setattr(project_module, "checks_fingerprint", lambda: "other schemas")
+    checked.clear()
+    load(root)
+    assert checked.count("a.yaml") == 2
+    (root / "a.yaml").write_text("kind: Compute\nname: c\nmax_concurrency: 0\n")
+    for _ in range(2):
+        with pytest.raises(ConfigurationError) as failed:
+            load(root)
+        assert "max_concurrency" in failed.value.render()

@@ -271,9 +271,11 @@ def test_data_edited_during_a_run_records_what_it_read(trainable: Path) -> None:
     (trainable / "train" / "train.py").write_text(TRAIN.replace(
         'rows = open(a.data)',
         'import time; print("started", flush=True); time.sleep(1.5)\nrows = open(a.data)'))
+    # A test run started in the background inherits SIGINT ignored; a terminal's is not.
     proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=trainable,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("job.train: started"):
@@ -294,9 +296,11 @@ def test_data_edited_during_a_run_records_what_it_read(trainable: Path) -> None:
 def test_ctrl_c_cancels_the_run(trainable: Path) -> None:
     (trainable / "train" / "train.py").write_text("import time\nprint('started')\n"
                                                   "time.sleep(60)\n")
+    # A test run started in the background inherits SIGINT ignored; a terminal's is not.
     proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=trainable,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     for line in proc.stdout:
         if "started" in line:

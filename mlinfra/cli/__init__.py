@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 from mlinfra import __version__
@@ -69,35 +70,21 @@ def _common() -> argparse.ArgumentParser:
     return common
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common()
-    parser = argparse.ArgumentParser(
-        prog="mlinfra", parents=[common],
-        description="Terraform-style declarative MLOps: validate, plan and apply an ML "
-                    "estate declared in YAML.")
-    parser.add_argument("--version", action="version", version=f"mlinfra {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    def command(name: str, handler: str, help_: str) -> argparse.ArgumentParser:
-        """`handler` is "module:function" in mlinfra.cli, imported only when run: a
-        plan should not pay for importing what serving or training need."""
-        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
-        p.set_defaults(handler=handler)
-        return p
-
-    p = command("validate", "project:cmd_validate",
-                "check the project's YAML: schemas and references")
+def _validate(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    p = command("schema", "project:cmd_schema", "print or export the JSON Schemas of every kind")
+
+def _schema(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("kind", nargs="?", help="one kind only (e.g. Job)")
     p.add_argument("--out", metavar="DIR", help="write one file per kind into DIR")
 
-    p = command("init", "project:cmd_init", "create a new project that validates")
+
+def _init(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("dir", nargs="?", default=".", help="folder (default: the current one)")
     p.add_argument("--name", help="project name (default: the folder's name)")
 
-    p = command("plan", "stack:cmd_plan", "show what apply would change, and why")
+
+def _plan(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     _plan_options(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--out", metavar="FILE", help="save the plan for mlinfra apply FILE")
@@ -105,16 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0: no changes, 2: changes, 1: errors")
     p.add_argument("--destroy", action="store_true", help="plan to destroy everything")
 
-    p = command("apply", "stack:cmd_apply", "make the stack match the configuration")
+
+def _apply(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("planfile", nargs="?", help="a plan saved by mlinfra plan --out")
     _plan_options(p)
     _apply_options(p)
 
-    p = command("destroy", "stack:cmd_destroy", "destroy what the stack's state holds")
+
+def _destroy(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     _plan_options(p)
     _apply_options(p)
 
-    p = command("state", "stack:cmd_state", "read or edit the state")
+
+def _state(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     state = p.add_subparsers(dest="state_command", metavar="SUBCOMMAND", required=True)
     state.add_parser("list", parents=[common], help="list the resources in the state")
     show = state.add_parser("show", parents=[common], help="show one resource")
@@ -126,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
     unlock.add_argument("lock_id", metavar="ID")
 
-    p = command("runs", "training:cmd_runs", "list, show, follow, compare and cancel runs")
+
+def _runs(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     runs = p.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
     listing = runs.add_parser("list", parents=[common], help="recent runs")
     listing.add_argument("--experiment", help="only this experiment's runs")
@@ -141,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--follow", "-f", action="store_true",
                             help="keep printing until the run ends")
 
-    p = command("models", "training:cmd_models", "the model registry: versions, aliases, tags")
+
+def _models(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     models = p.add_subparsers(dest="models_command", metavar="SUBCOMMAND", required=True)
     listing = models.add_parser("list", parents=[common], help="models and versions")
     listing.add_argument("name", nargs="?")
@@ -157,14 +149,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="hide a version (refused while an endpoint serves it)")
     archive.add_argument("ref")
 
-    p = command("data", "training:cmd_data", "data assets")
+
+def _data(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     data = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     check = data.add_parser("validate", parents=[common],
                             help="run a Data asset's expectations now")
     check.add_argument("name")
 
-    p = command("endpoints", "endpoints:cmd_endpoints",
-                "online endpoints: list, show, invoke, keys, rollout")
+
+def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     eps = p.add_subparsers(dest="endpoints_command", metavar="SUBCOMMAND", required=True)
     eps.add_parser("list", parents=[common], help="endpoints, their URLs and what they serve")
     show = eps.add_parser("show", parents=[common], help="one endpoint")
@@ -191,14 +184,70 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("name")
     keys.add_argument("--regenerate", choices=["primary", "secondary"])
 
-    p = command("output", "stack:cmd_output", "show what the resources produced (paths, versions)")
+
+def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+Options = Callable[[argparse.ArgumentParser, argparse.ArgumentParser], None]
+
+# name: (handler as "module:function" in mlinfra.cli, imported only when run, so a plan
+# does not pay for what serving or training import; help; its options)
+COMMANDS: dict[str, tuple[str, str, Options]] = {
+    "validate": ("project:cmd_validate", "check the project's YAML: schemas and references",
+                 _validate),
+    "schema": ("project:cmd_schema", "print or export the JSON Schemas of every kind", _schema),
+    "init": ("project:cmd_init", "create a new project that validates", _init),
+    "plan": ("stack:cmd_plan", "show what apply would change, and why", _plan),
+    "apply": ("stack:cmd_apply", "make the stack match the configuration", _apply),
+    "destroy": ("stack:cmd_destroy", "destroy what the stack's state holds", _destroy),
+    "state": ("stack:cmd_state", "read or edit the state", _state),
+    "runs": ("training:cmd_runs", "list, show, follow, compare and cancel runs", _runs),
+    "models": ("training:cmd_models", "the model registry: versions, aliases, tags", _models),
+    "data": ("training:cmd_data", "data assets", _data),
+    "endpoints": ("endpoints:cmd_endpoints",
+                  "online endpoints: list, show, invoke, keys, rollout", _endpoints),
+    "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
+               _output),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` just that command's part: each parser
+    costs argparse a gettext lookup, and a command needs only its own."""
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="mlinfra", parents=[common],
+        description="Terraform-style declarative MLOps: validate, plan and apply an ML "
+                    "estate declared in YAML.")
+    parser.add_argument("--version", action="version", version=f"mlinfra {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (handler, help_, options) in COMMANDS.items():
+        if only is None or name == only:
+            p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+            p.set_defaults(handler=handler)
+            options(p, common)
     return parser
 
 
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command named in `argv`: its first word that is not an option or the value of
+    -C/--directory or -s/--stack (or a prefix argparse accepts for them)."""
+    words = iter(argv)
+    for word in words:
+        if word in ("-C", "-s") or (len(word) > 2 and ("--directory".startswith(word)
+                                                       or "--stack".startswith(word))):
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(command_word(argv))
     args = parser.parse_args(argv)
     target: str | None = getattr(args, "handler", None)
     if target is None:

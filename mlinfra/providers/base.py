@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import Change, Observed
@@ -136,18 +137,30 @@ class BaseHandler:
 
 
 class Provider:
-    """A named set of handlers by kind."""
+    """A named set of handlers by kind.
+
+    `handler_classes` names each kind's handler as "module:Class"; a module is imported
+    the first time its kind is used, so planning compute never loads the serving code.
+    """
 
     name = "base"
+    handler_classes: ClassVar[dict[str, str]] = {}
 
-    def __init__(self, handlers: dict[str, Handler]) -> None:
-        self.handlers = handlers
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
 
     def cancel(self) -> None:
         """Stop long operations under way (Ctrl-C during apply)."""
 
-    def handler(self, kind: str, address: str) -> Handler:
+    def find(self, kind: str) -> Handler | None:
         found = self.handlers.get(kind)
+        if found is None and kind in self.handler_classes:
+            module, _, name = self.handler_classes[kind].partition(":")
+            found = self.handlers[kind] = getattr(import_module(module), name)()
+        return found
+
+    def handler(self, kind: str, address: str) -> Handler:
+        found = self.find(kind)
         if found is None:
             raise ProviderError(address, f"provider '{self.name}' cannot manage {kind} "
                                 "resources")

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mlinfra import __version__
 from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, ProjectNotFound
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
 from mlinfra.spec.schemas import KINDS
@@ -70,6 +71,14 @@ def yaml_files(root: Path) -> Iterator[Path]:
                     yield Path(folder) / name
 
 
+def checks_fingerprint() -> str:
+    """What a document's schema verdict depends on besides its text: this mlinfra's
+    schemas and the code that checks them."""
+    here = Path(__file__).parent
+    return ",".join([__version__, *(str(os.stat(here / name).st_mtime_ns)
+                                    for name in ("schemas.py", "fastcheck.py", "validate.py"))])
+
+
 class Loader:
     """Collects problems across every file, then renders them with positions at once."""
 
@@ -78,7 +87,7 @@ class Loader:
         self.files: dict[str, YamlFile] = {}
         self.problems: list[Problem] = []
         self.cache = None if os.environ.get("MLINFRA_NO_CACHE") else ParseCache(
-            root / ".mlinfra" / "cache" / "documents.marshal")
+            root / ".mlinfra" / "cache" / "documents.marshal", checks_fingerprint())
 
     def rel(self, path: Path) -> str:
         try:
@@ -213,6 +222,7 @@ def load(start: Path, stack: str | None = None) -> Config:
         yf = loader.read(path)
         files.append(yf.rel)
         has_interpolation = "${" in yf.text
+        passed = True
         for index, doc in enumerate(yf.documents):
             if doc is None:
                 continue
@@ -222,8 +232,11 @@ def load(start: Path, stack: str | None = None) -> Config:
             if has_interpolation:
                 resource.spec = _substitute(loader, yf.rel, index, doc, (), variables,
                                             resource.label)
-            loader.problems.extend(check_schema(yf.rel, index, resource.spec, resource.kind,
-                                                resource.label))
+            if not yf.checked:
+                found = check_schema(yf.rel, index, resource.spec, resource.kind,
+                                     resource.label)
+                loader.problems.extend(found)
+                passed = passed and not found
             first = resources[resource.kind].get(resource.name)
             if first is not None:
                 loader.problems.append(Problem(
@@ -231,6 +244,8 @@ def load(start: Path, stack: str | None = None) -> Config:
                     f"{first.file}", index, ("name",), resource.label))
                 continue
             resources[resource.kind][resource.name] = resource
+        if passed and not has_interpolation and loader.cache is not None:
+            loader.cache.mark_checked(yf.key)  # its documents are checked once
     if loader.cache is not None:
         loader.cache.save()
     config = Config(root=root, name=str(project.get("name", root.name)), stack=stack_cfg,

@@ -3,6 +3,9 @@
 Loading uses PyYAML's C parser and keeps no positions, because positions cost more
 than the parse itself. A `Problem` names a place by document index and path; only
 when a file has problems is it composed again to turn those paths into lines.
+
+PyYAML is imported only when a file must be parsed: a plan whose files are all in the
+parse cache never loads it.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 MAX_FILE_BYTES = 5 * 1024 * 1024
 # Nodes one document may expand to through aliases; far above any real resource.
@@ -55,34 +59,159 @@ def field_name(path: Path_) -> str:
     return out
 
 
-class _Loader(yaml.CSafeLoader):
-    """The C loader, plus a record of duplicate keys (PyYAML keeps the last silently)."""
+def _full_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
+    """Documents and duplicate keys, by PyYAML's C loader: every YAML feature."""
+    import yaml
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[yaml.Mark, str]] = []
+    duplicates: list[tuple[yaml.Mark, str]] = []
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
-                if key_node.value in seen:
-                    self.duplicates.append((key_node.start_mark, key_node.value))
-                seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+    class Loader(yaml.CSafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode,
+                              deep: bool = False) -> dict[Any, Any]:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    if key_node.value in seen:
+                        duplicates.append((key_node.start_mark, key_node.value))
+                    seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
+
+    loader = Loader(text)
+    try:
+        documents = []
+        while loader.check_data():  # type: ignore[no-untyped-call]
+            documents.append(loader.get_data())
+    finally:
+        loader.dispose()
+    return documents, duplicates
+
+
+class _NotPlain(Exception):
+    """The file uses a feature the event builder leaves to the full loader."""
+
+
+def _event_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
+    """Documents and duplicate keys, built straight from the C parser's events.
+
+    Configuration is plain YAML: mappings, sequences and scalars. For that, building
+    values from events costs half of PyYAML's constructor, with the same resolver and
+    scalar constructors, so the values are identical (a test compares both on every
+    YAML file of the repository). Anchors, aliases, tags, merge keys and complex keys
+    raise _NotPlain; errors raise YAMLError: the caller then uses the full loader.
+    """
+    import yaml
+    from yaml._yaml import CParser
+    from yaml.constructor import SafeConstructor
+    from yaml.resolver import Resolver
+
+    scalar_event, mapping_start, sequence_start = (
+        yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent)
+    end_events = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
+    resolvers = Resolver.yaml_implicit_resolvers
+    constructor = SafeConstructor()
+    plain: dict[str, Any] = {}  # a plain scalar's text -> its value (all immutable)
+
+    def plain_value(text: str) -> Any:
+        for tag, regexp in resolvers.get(text[:1], ()):
+            if regexp.match(text):
+                construct = constructor.yaml_constructors.get(tag)
+                if construct is None:  # merge keys, '=' values
+                    raise _NotPlain
+                return construct(constructor, yaml.ScalarNode(tag, text))
+        return text
+
+    documents: list[Any] = []
+    duplicates: list[tuple[yaml.Mark, str]] = []
+    # What is being filled: the container, and for a mapping its pending key (or
+    # _NotPlain, a marker no value can be) and the raw texts of the keys seen.
+    container: Any = documents
+    key: Any = None
+    seen: set[str] = set()
+    stack: list[tuple[Any, Any, set[str]]] = []
+    parser = CParser(text)
+    try:
+        while True:
+            event: Any = parser.get_event()
+            kind = type(event)
+            if kind is scalar_event:
+                if event.anchor is not None or event.tag is not None:
+                    raise _NotPlain
+                raw = event.value
+                if not event.implicit[0]:  # quoted
+                    value: Any = raw
+                else:
+                    value = plain.get(raw, _NotPlain)
+                    if value is _NotPlain:
+                        value = plain[raw] = plain_value(raw)
+                if key is _NotPlain:  # the scalar is a key
+                    if raw in seen:
+                        duplicates.append((event.start_mark, raw))
+                    seen.add(raw)
+                    key = value
+                    continue
+            elif kind is mapping_start or kind is sequence_start:
+                if event.anchor is not None or event.tag is not None:
+                    raise _NotPlain
+                if key is _NotPlain:  # a mapping or sequence as a key
+                    raise _NotPlain
+                value = {} if kind is mapping_start else []
+                if type(container) is list:
+                    container.append(value)
+                else:
+                    container[key] = value
+                stack.append((container, key, seen))
+                container, key, seen = value, (_NotPlain if kind is mapping_start
+                                               else None), set()
+                continue
+            elif kind in end_events:
+                container, key, seen = stack.pop()
+                if type(container) is dict:
+                    key = _NotPlain
+                continue
+            elif kind is yaml.StreamEndEvent:
+                return documents, duplicates
+            elif kind is yaml.AliasEvent:
+                raise _NotPlain
+            else:  # stream start, document start and end
+                continue
+            if type(container) is list:
+                container.append(value)
+            else:
+                container[key] = value
+                key = _NotPlain
+    finally:
+        parser.dispose()
+
+
+def load_documents(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
+    """Every document of `text` and its duplicate keys in file order; raises
+    yaml.YAMLError."""
+    import yaml
+
+    try:
+        documents, duplicates = _event_load(text)
+    except (_NotPlain, yaml.YAMLError):
+        documents, duplicates = _full_load(text)
+    duplicates.sort(key=lambda found: (found[0].line, found[0].column))
+    return documents, duplicates
 
 
 @dataclass
 class YamlFile:
-    """A file's documents (None for empty ones) and the problems found reading it."""
+    """A file's documents (None for empty ones) and the problems found reading it.
+    `checked`: the parse cache knows every document passes the schema checks."""
 
     rel: str
     documents: list[Any]
     problems: list[Problem]
     text: str = ""
+    key: str = ""
+    checked: bool = False
 
 
 def _syntax_problem(rel: str, err: yaml.YAMLError) -> Problem:
+    import yaml
+
     if not isinstance(err, yaml.MarkedYAMLError):
         return Problem(rel, f"invalid YAML: {err}", line=1, column=1)
     problem = err.problem or "invalid YAML"
@@ -124,6 +253,8 @@ def _expanded_size(obj: Any, memo: dict[int, int], active: set[int]) -> int:
 
 
 def _first_alias_line(text: str) -> tuple[int, int]:
+    import yaml
+
     for event in yaml.parse(text, Loader=yaml.CSafeLoader):
         if isinstance(event, yaml.AliasEvent):
             mark = event.start_mark
@@ -136,43 +267,51 @@ class ParseCache:
 
     Parsing is most of a plan's time and most files do not change between commands, so
     the documents are kept (marshal, exact for YAML's plain types) in the project's
-    .mlinfra/cache. A hit needs identical bytes, so it is never stale. Entries unused
+    .mlinfra/cache. A hit needs identical bytes, so it is never stale. An entry also
+    says whether every document passed the schema checks; `checks` names the schemas
+    that verdict was made with, and a cache made with others is not read. Entries unused
     by a run are dropped when it saves.
     """
 
-    _HEADER = f"mlinfra-documents-1-py{sys.version_info[0]}.{sys.version_info[1]}"
+    _HEADER = f"mlinfra-documents-2-py{sys.version_info[0]}.{sys.version_info[1]}"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, checks: str = "") -> None:
         self.path = path
-        self._old: dict[str, Any] = {}
-        self._new: dict[str, Any] = {}
+        self.header = f"{self._HEADER}-{checks}"
+        self._old: dict[str, tuple[list[Any], bool]] = {}
+        self._new: dict[str, tuple[list[Any], bool]] = {}
         try:
             header, entries = marshal.loads(path.read_bytes())
-            if header == self._HEADER and isinstance(entries, dict):
+            if header == self.header and isinstance(entries, dict):
                 self._old = entries
         except (OSError, ValueError, EOFError, TypeError):
             pass
 
-    def get(self, key: str) -> list[Any] | None:
-        documents = self._old.get(key)
-        if documents is not None:
-            self._new[key] = documents
-        return documents
+    def get(self, key: str) -> tuple[list[Any], bool] | None:
+        entry = self._old.get(key)
+        if entry is not None:
+            self._new[key] = entry
+        return entry
 
     def put(self, key: str, documents: list[Any]) -> None:
         try:
             marshal.dumps(documents)  # timestamps or binary values: not cached
         except ValueError:
             return
-        self._new[key] = documents
+        self._new[key] = (documents, False)
+
+    def mark_checked(self, key: str) -> None:
+        """Every document of this entry passed the schema checks."""
+        if key in self._new:
+            self._new[key] = (self._new[key][0], True)
 
     def save(self) -> None:
-        if self._new.keys() == self._old.keys():
+        if self._new == self._old:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(marshal.dumps((self._HEADER, self._new)))
+            tmp.write_bytes(marshal.dumps((self.header, self._new)))
             os.replace(tmp, self.path)
         except OSError:
             pass  # a cache that cannot be written only costs time
@@ -201,18 +340,15 @@ def read_yaml(path: Path, rel: str, cache: ParseCache | None = None) -> YamlFile
     key = hashlib.blake2b(raw, digest_size=20).hexdigest()
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
-        return YamlFile(rel, cached, [], text)
-    loader = _Loader(text)
+        return YamlFile(rel, cached[0], [], text, key, checked=cached[1])
+    import yaml
+
     try:
-        documents = []
-        while loader.check_data():  # type: ignore[no-untyped-call]
-            documents.append(loader.get_data())
+        documents, duplicates = load_documents(text)
     except yaml.YAMLError as err:
         return YamlFile(rel, [], [_syntax_problem(rel, err)], text)
-    finally:
-        loader.dispose()
     problems = [Problem(rel, f"duplicate key '{key}'", line=mark.line + 1,
-                        column=mark.column + 1) for mark, key in loader.duplicates]
+                        column=mark.column + 1) for mark, key in duplicates]
     if "*" in text:  # no alias can exist without one
         for index, doc in enumerate(documents):
             try:
@@ -231,7 +367,7 @@ def read_yaml(path: Path, rel: str, cache: ParseCache | None = None) -> YamlFile
                                 column=1))
     if cache is not None and not problems:
         cache.put(key, documents)
-    return YamlFile(rel, documents, problems, text)
+    return YamlFile(rel, documents, problems, text, key)
 
 
 class Locator:
@@ -242,6 +378,8 @@ class Locator:
         self._docs: list[yaml.Node] | None = None
 
     def _documents(self) -> list[yaml.Node]:
+        import yaml
+
         if self._docs is None:
             try:
                 self._docs = list(yaml.compose_all(self._text, Loader=yaml.CSafeLoader))
@@ -266,6 +404,8 @@ class Locator:
 
     @staticmethod
     def _child(node: yaml.Node, part: str | int) -> tuple[Any, yaml.Node] | None:
+        import yaml
+
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(part):

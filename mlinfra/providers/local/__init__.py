@@ -5,36 +5,27 @@ datastores are folders, data versions are content hashes, environments are uv
 virtual environments cached by the hash of their spec.
 """
 
+from typing import ClassVar
+
 from mlinfra.providers.base import Provider
-from mlinfra.providers.local.endpoints import EndpointHandler
-from mlinfra.providers.local.environment import EnvironmentHandler
-from mlinfra.providers.local.infra import (
-    ComputeHandler,
-    DataHandler,
-    DatastoreHandler,
-    WorkspaceHandler,
-)
-from mlinfra.providers.local.jobs import JobHandler, PipelineHandler
-from mlinfra.providers.local.models import ModelHandler
-from mlinfra.providers.local.promotion import PromotionHandler
+
+_LOCAL = "mlinfra.providers.local."
 
 
 class LocalProvider(Provider):
     name = "local"
-
-    def __init__(self) -> None:
-        super().__init__({
-            "Workspace": WorkspaceHandler(),
-            "Compute": ComputeHandler(),
-            "Datastore": DatastoreHandler(),
-            "Data": DataHandler(),
-            "Environment": EnvironmentHandler(),
-            "Job": JobHandler(),
-            "Pipeline": PipelineHandler(),
-            "Model": ModelHandler(),
-            "Promotion": PromotionHandler(),
-            "Endpoint": EndpointHandler(),
-        })
+    handler_classes: ClassVar[dict[str, str]] = {
+        "Workspace": _LOCAL + "infra:WorkspaceHandler",
+        "Compute": _LOCAL + "infra:ComputeHandler",
+        "Datastore": _LOCAL + "infra:DatastoreHandler",
+        "Data": _LOCAL + "data:DataHandler",
+        "Environment": _LOCAL + "environment:EnvironmentHandler",
+        "Job": _LOCAL + "jobs:JobHandler",
+        "Pipeline": _LOCAL + "jobs:PipelineHandler",
+        "Model": _LOCAL + "models:ModelHandler",
+        "Promotion": _LOCAL + "promotion:PromotionHandler",
+        "Endpoint": _LOCAL + "endpoints:EndpointHandler",
+    }
 
     def cancel(self) -> None:
         from mlinfra.runs.execute import cancel_all

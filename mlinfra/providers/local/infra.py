@@ -1,4 +1,4 @@
-"""Workspace, Compute, Datastore and Data on the local machine."""
+"""Workspace, Compute and Datastore on the local machine."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mlinfra.data.versions import DataVersions, describe
-from mlinfra.graph import default_datastore
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.spec.model import Resource
@@ -79,49 +77,6 @@ class DatastoreHandler(BaseHandler):
         path = Path(state.outputs.get("path", ""))
         if not path.is_dir():
             return Observed(False, f"its folder {path} no longer exists")
-        return Observed()
-
-
-class DataHandler(BaseHandler):
-    """A version is the sha256 of the file or folder; new content, next number."""
-
-    def path(self, res: Resource, ctx: Context) -> Path:
-        store_name = res.spec.get("datastore") or default_datastore(ctx.config)
-        store = ctx.config.get("Datastore", str(store_name))
-        if store is None:
-            raise ProviderError(res.address, "no datastore to read it from")
-        return datastore_path(ctx, store.spec) / str(res.spec["path"])
-
-    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
-        path = self.path(res, ctx)
-        if not path.exists():
-            raise ProviderError(res.address, f"{res.spec['path']} not found in its datastore "
-                                f"({path})")
-        versions = DataVersions(ctx.store)
-        sha = versions.content_sha256(path)
-        version = versions.find(res.name, sha) or versions.next_version(res.name)
-        return {"sha256": sha, "version": version}
-
-    def create(self, change: Change, ctx: Context) -> Applied:
-        after = change.after or {}
-        res = ctx.config.get("Data", change.name)
-        if res is None:
-            raise ProviderError(change.address, "not in the configuration")
-        path = self.path(res, ctx)
-        versions = DataVersions(ctx.store)
-        sha = versions.content_sha256(path)
-        if sha != after.get("sha256"):
-            raise ProviderError(change.address, f"{path} changed since the plan was made: "
-                                "plan again")
-        metadata = describe(path, str(after.get("format", "csv")))
-        version = versions.register(change.name, sha, {**metadata, "path": str(path)})
-        return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},
-                       provider_id=f"{change.name}:{version}")
-
-    def read(self, state: ResourceState, ctx: Context) -> Observed:
-        version = state.outputs.get("version")
-        if version is not None and DataVersions(ctx.store).get(state.name, version) is None:
-            return Observed(False, f"version {version} is missing from the registry")
         return Observed()
 
 

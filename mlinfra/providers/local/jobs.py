@@ -22,8 +22,9 @@ from mlinfra.data import checks
 from mlinfra.data.versions import DataVersions
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
+from mlinfra.providers.local.data import DataHandler
 from mlinfra.providers.local.environment import env_dir
-from mlinfra.providers.local.infra import DataHandler, workspace_dir
+from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
 from mlinfra.runs.snapshot import code_digest
