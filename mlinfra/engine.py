@@ -14,7 +14,6 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,14 +41,12 @@ class Interrupted(MlinfraError):
     exit_code = 130
 
 
-@dataclass
 class Session:
     """A loaded project, its stack's store and provider: what every command works on."""
 
-    config: Config
-    store: SqliteStore
-    provider: Provider
-    ctx: Context
+    def __init__(self, config: Config, store: SqliteStore, provider: Provider,
+                 ctx: Context) -> None:
+        self.config, self.store, self.provider, self.ctx = config, store, provider, ctx
 
     @property
     def stack(self) -> str:
@@ -217,12 +214,12 @@ def check_fresh(session: Session, saved: Plan) -> None:
 
 # --- apply ------------------------------------------------------------------------------
 
-@dataclass
 class ApplyResult:
-    applied: list[Change] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-    interrupted: list[JournalEntry] = field(default_factory=list)
+    def __init__(self) -> None:
+        self.applied: list[Change] = []
+        self.failed: dict[str, str] = {}
+        self.skipped: dict[str, str] = {}
+        self.interrupted: list[JournalEntry] = []
 
     @property
     def ok(self) -> bool:

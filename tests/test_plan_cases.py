@@ -57,11 +57,11 @@ def test_plan_case(case: Path) -> None:
         expected_item = next((e for e in data["expected"] if e["address"] == change.address),
                              {})
         if "fields" in expected_item:
-            item["fields"] = [{k: v for k, v in vars(f).items()
+            item["fields"] = [{k: v for k, v in f._asdict().items()
                                if k != "sensitive" or v} for f in change.fields]
         got.append(item)
     assert got == data["expected"]
-    assert [vars(d) for d in plan.drift] == data.get("drift", [])
+    assert [d._asdict() for d in plan.drift] == data.get("drift", [])
     assert (plan.lineage, plan.serial) == ("lineage", 7)
 
 

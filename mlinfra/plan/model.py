@@ -7,8 +7,9 @@ only and never decides what apply does.
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from mlinfra.errors import Record
 
 FORMAT_VERSION = "1.0"
 SENSITIVE = "(sensitive)"
@@ -29,8 +30,7 @@ class Action(enum.Enum):
                 "DELETE": "destroyed", "NOOP": "left unchanged"}[self.name]
 
 
-@dataclass(frozen=True)
-class FieldChange:
+class FieldChange(NamedTuple):
     """One attribute that differs. `path` is dotted (`request.timeout_ms`)."""
 
     path: str
@@ -40,8 +40,7 @@ class FieldChange:
     sensitive: bool = False
 
 
-@dataclass
-class Desired:
+class Desired(Record):
     """A resource as the configuration wants it.
 
     `attributes` are its fields plus the facts a provider derives from the world
@@ -49,17 +48,19 @@ class Desired:
     `inputs_hash` is their digest.
     """
 
-    address: str
-    kind: str
-    name: str
-    attributes: dict[str, Any]
-    inputs_hash: str
-    dependencies: list[str] = field(default_factory=list)
-    replace_fields: frozenset[str] = frozenset()
+    __slots__ = ("address", "kind", "name", "attributes", "inputs_hash", "dependencies",
+                 "replace_fields")
+
+    def __init__(self, address: str, kind: str, name: str, attributes: dict[str, Any],
+                 inputs_hash: str, dependencies: list[str] | None = None,
+                 replace_fields: frozenset[str] = frozenset()) -> None:
+        self.address, self.kind, self.name = address, kind, name
+        self.attributes, self.inputs_hash = attributes, inputs_hash
+        self.dependencies = dependencies if dependencies is not None else []
+        self.replace_fields = replace_fields
 
 
-@dataclass(frozen=True)
-class Observed:
+class Observed(NamedTuple):
     """What refresh found of a resource the state holds.
 
     `exists` False: gone outside mlinfra. `problem`: present but not as applied
@@ -72,25 +73,28 @@ class Observed:
     update: bool = False
 
 
-@dataclass
-class Change:
+class Change(Record):
     """One resource's planned change. Invariant: `before` is None for CREATE,
     `after` is None for DELETE."""
 
-    address: str
-    kind: str
-    name: str
-    action: Action
-    reason: str
-    before: dict[str, Any] | None = None
-    after: dict[str, Any] | None = None
-    fields: list[FieldChange] = field(default_factory=list)
-    dependencies: list[str] = field(default_factory=list)
-    inputs_hash: str = ""
+    __slots__ = ("address", "kind", "name", "action", "reason", "before", "after",
+                 "fields", "dependencies", "inputs_hash")
+
+    def __init__(self, address: str, kind: str, name: str, action: Action, reason: str,
+                 before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
+                 fields: list[FieldChange] | None = None,
+                 dependencies: list[str] | None = None, inputs_hash: str = "") -> None:
+        self.address, self.kind, self.name = address, kind, name
+        self.action, self.reason = action, reason
+        self.before, self.after = before, after
+        self.fields = fields if fields is not None else []
+        self.dependencies = dependencies if dependencies is not None else []
+        self.inputs_hash = inputs_hash
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        data = {k: getattr(self, k) for k in self.__slots__}
         data["action"] = self.action.name.lower()
+        data["fields"] = [f._asdict() for f in data["fields"]]
         return data
 
     @classmethod
@@ -101,26 +105,26 @@ class Change:
         return cls(**data)
 
 
-@dataclass(frozen=True)
-class Drift:
+class Drift(NamedTuple):
     """A resource changed outside mlinfra, found by refresh."""
 
     address: str
     message: str
 
 
-@dataclass
-class Plan:
+class Plan(Record):
     """Changes in dependency order (deletions in reverse order), the drift refresh
     found, and the state version the plan was made against."""
 
-    changes: list[Change]
-    drift: list[Drift] = field(default_factory=list)
-    lineage: str = ""
-    serial: int = 0
-    config_hash: str = ""
-    stack: str = ""
-    destroy: bool = False
+    __slots__ = ("changes", "drift", "lineage", "serial", "config_hash", "stack", "destroy")
+
+    def __init__(self, changes: list[Change], drift: list[Drift] | None = None,
+                 lineage: str = "", serial: int = 0, config_hash: str = "", stack: str = "",
+                 destroy: bool = False) -> None:
+        self.changes = changes
+        self.drift = drift if drift is not None else []
+        self.lineage, self.serial, self.config_hash = lineage, serial, config_hash
+        self.stack, self.destroy = stack, destroy
 
     @property
     def actionable(self) -> list[Change]:
@@ -147,7 +151,7 @@ class Plan:
             "destroy": self.destroy,
             "summary": self.counts(),
             "changes": [c.to_json() for c in self.actionable],
-            "drift": [asdict(d) for d in self.drift],
+            "drift": [d._asdict() for d in self.drift],
         }
 
     @classmethod

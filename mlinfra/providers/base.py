@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from mlinfra.errors import MlinfraError
+from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
 from mlinfra.spec.model import INTERPOLATION, Config, Resource
 from mlinfra.state.model import ResourceState
@@ -40,12 +39,14 @@ class ProviderErrors(MlinfraError):
                          + f"\n{n} resource{'s' if n != 1 else ''} cannot be planned")
 
 
-@dataclass
-class Applied:
+class Applied(Record):
     """What a create or update returns: outputs kept in state (paths, versions...)."""
 
-    outputs: dict[str, Any] = field(default_factory=dict)
-    provider_id: str = ""
+    __slots__ = ("outputs", "provider_id")
+
+    def __init__(self, outputs: dict[str, Any] | None = None, provider_id: str = "") -> None:
+        self.outputs = outputs if outputs is not None else {}
+        self.provider_id = provider_id
 
 
 def cache_dir() -> Path:
@@ -55,16 +56,15 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-@dataclass
 class Context:
     """Everything a handler may use: the project, its stack's folder, the store."""
 
-    config: Config
-    store: SqliteStore
-    state_dir: Path
-    log: Callable[[str], None] = lambda _: None
-    provider: Provider | None = None
-    _facts: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    def __init__(self, config: Config, store: SqliteStore, state_dir: Path,
+                 log: Callable[[str], None] = lambda _: None,
+                 provider: Provider | None = None) -> None:
+        self.config, self.store, self.state_dir = config, store, state_dir
+        self.log, self.provider = log, provider
+        self._facts: dict[str, dict[str, Any]] = {}
 
     def facts(self, res: Resource) -> dict[str, Any]:
         """A resource's facts, computed once per plan: handlers build on each other's

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+from mlinfra.errors import Record
 
 # Interpolations: ${var.X}, ${secret.X}, ${inputs.X}, ${steps.S.outputs.O}, ...
 INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
@@ -16,8 +17,7 @@ VERSIONED_REF = re.compile(
     r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
 
 
-@dataclass(frozen=True)
-class Ref:
+class Ref(NamedTuple):
     """A reference to a versioned resource: `fraud`, `fraud:3` or `fraud@champion`.
 
     At most one of `version` and `alias` is set; neither means the latest version.
@@ -27,8 +27,8 @@ class Ref:
     version: int | None = None
     alias: str | None = None
 
-    @classmethod
-    def parse(cls, text: str) -> Ref | None:
+    @staticmethod
+    def parse(text: str) -> Ref | None:
         match = VERSIONED_REF.match(text)
         if match is None:
             return None
@@ -36,7 +36,7 @@ class Ref:
         alias = match["alias"]
         if alias == "latest":
             alias = None
-        return cls(match["name"], int(version) if version else None, alias)
+        return Ref(match["name"], int(version) if version else None, alias)
 
     def __str__(self) -> str:
         if self.version is not None:
@@ -46,19 +46,18 @@ class Ref:
         return self.name
 
 
-@dataclass
-class Resource:
+class Resource(Record):
     """One document of the project: a kind, a unique name within it, and its fields.
 
     `spec` holds the document after variables are filled in; `${secret.X}` stays
     as written until apply time.
     """
 
-    kind: str
-    name: str
-    spec: dict[str, Any]
-    file: str
-    doc: int
+    __slots__ = ("kind", "name", "spec", "file", "doc")
+
+    def __init__(self, kind: str, name: str, spec: dict[str, Any], file: str,
+                 doc: int) -> None:
+        self.kind, self.name, self.spec, self.file, self.doc = kind, name, spec, file, doc
 
     @property
     def address(self) -> str:
@@ -70,27 +69,29 @@ class Resource:
         return f"{self.kind.lower()}/{self.name}"
 
 
-@dataclass
-class Stack:
-    """A binding of the project to a provider, a state location and variables."""
+class Stack(Record):
+    """A binding of the project to a provider, a state location and variables.
+    `file` None: the implicit local stack."""
 
-    name: str
-    provider: str = "local"
-    state: str | None = None
-    variables: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
-    file: str | None = None  # None: the implicit local stack (no file)
+    __slots__ = ("name", "provider", "state", "variables", "settings", "file")
+
+    def __init__(self, name: str, provider: str = "local", state: str | None = None,
+                 variables: dict[str, Any] | None = None,
+                 settings: dict[str, Any] | None = None, file: str | None = None) -> None:
+        self.name, self.provider, self.state, self.file = name, provider, state, file
+        self.variables = variables if variables is not None else {}
+        self.settings = settings if settings is not None else {}
 
 
-@dataclass
-class Config:
+class Config(Record):
     """A loaded and valid project: every resource, by kind then name."""
 
-    root: Path
-    name: str
-    stack: Stack
-    resources: dict[str, dict[str, Resource]]
-    files: list[str]
+    __slots__ = ("root", "name", "stack", "resources", "files")
+
+    def __init__(self, root: Path, name: str, stack: Stack,
+                 resources: dict[str, dict[str, Resource]], files: list[str]) -> None:
+        self.root, self.name, self.stack = root, name, stack
+        self.resources, self.files = resources, files
 
     def all(self) -> list[Resource]:
         return [r for by_name in self.resources.values() for r in by_name.values()]

@@ -15,9 +15,8 @@ import marshal
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import yaml
@@ -29,8 +28,7 @@ MAX_EXPANDED_NODES = 100_000
 Path_ = tuple[str | int, ...]
 
 
-@dataclass(frozen=True)
-class Problem:
+class Problem(NamedTuple):
     """A configuration problem before it is given a line: where (document, path) and what.
 
     `line`/`column` are set (1-based) when the place is already known, as for syntax
@@ -196,8 +194,7 @@ def load_documents(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
     return documents, duplicates
 
 
-@dataclass
-class YamlFile:
+class YamlFile(NamedTuple):
     """A file's documents (None for empty ones) and the problems found reading it.
     `checked`: the parse cache knows every document passes the schema checks."""
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from mlinfra.errors import Record
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
@@ -24,8 +24,7 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-@dataclass
-class ResourceState:
+class ResourceState(Record):
     """One resource as last applied.
 
     `attributes` are the desired attributes that were applied (secrets masked);
@@ -33,27 +32,29 @@ class ResourceState:
     diff. `outputs` are what the provider computed (paths, versions, ports).
     """
 
-    address: str
-    kind: str
-    name: str
-    attributes: dict[str, Any]
-    inputs_hash: str
-    outputs: dict[str, Any] = field(default_factory=dict)
-    provider_id: str = ""
-    dependencies: list[str] = field(default_factory=list)
-    updated_at: float = 0.0
+    __slots__ = ("address", "kind", "name", "attributes", "inputs_hash", "outputs",
+                 "provider_id", "dependencies", "updated_at")
+
+    def __init__(self, address: str, kind: str, name: str, attributes: dict[str, Any],
+                 inputs_hash: str, outputs: dict[str, Any] | None = None,
+                 provider_id: str = "", dependencies: list[str] | None = None,
+                 updated_at: float = 0.0) -> None:
+        self.address, self.kind, self.name = address, kind, name
+        self.attributes, self.inputs_hash = attributes, inputs_hash
+        self.outputs = outputs if outputs is not None else {}
+        self.provider_id = provider_id
+        self.dependencies = dependencies if dependencies is not None else []
+        self.updated_at = updated_at
 
 
-@dataclass(frozen=True)
-class StateVersion:
+class StateVersion(NamedTuple):
     """Identifies a state. `lineage` never changes; `serial` grows on every change."""
 
     lineage: str
     serial: int
 
 
-@dataclass(frozen=True)
-class LockInfo:
+class LockInfo(NamedTuple):
     """Who holds a stack's lock."""
 
     id: str
@@ -71,8 +72,7 @@ class LockInfo:
                 f"since {when}, running '{self.command}'")
 
 
-@dataclass(frozen=True)
-class JournalEntry:
+class JournalEntry(NamedTuple):
     """An operation started on a resource. `status` is pending until it is committed
     (done) or fails; a pending entry whose process is gone was interrupted."""
 
