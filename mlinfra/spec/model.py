@@ -53,15 +53,12 @@ class Resource(Record):
     as written until apply time.
     """
 
-    __slots__ = ("kind", "name", "spec", "file", "doc")
+    __slots__ = ("kind", "name", "spec", "file", "doc", "address")
 
     def __init__(self, kind: str, name: str, spec: dict[str, Any], file: str,
                  doc: int) -> None:
         self.kind, self.name, self.spec, self.file, self.doc = kind, name, spec, file, doc
-
-    @property
-    def address(self) -> str:
-        return f"{self.kind.lower()}.{self.name}"
+        self.address = f"{kind.lower()}.{name}"  # how plans and state name it
 
     @property
     def label(self) -> str:

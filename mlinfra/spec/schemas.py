@@ -355,6 +355,7 @@ RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project",
 
 
 @cache
+@cache
 def replace_fields(kind: str) -> frozenset[str]:
     """Top-level fields of `kind` whose change forces replacement."""
     props = SCHEMAS[kind]["properties"]

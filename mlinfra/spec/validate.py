@@ -8,7 +8,6 @@ from __future__ import annotations
 import graphlib
 import os
 from collections.abc import Iterator
-from difflib import get_close_matches
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +29,8 @@ _PATTERN_HINTS = {
 
 
 def did_you_mean(word: str, candidates: Any) -> str:
+    from difflib import get_close_matches  # only when something is wrong
+
     match = get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
