@@ -3,7 +3,9 @@
 Each resource is a mlinfra Compute with tags, and a Terraform `terraform_data` with the
 same attributes as its `input` (built in: no provider download). For each N it times,
 as a user would run them (whole processes): the first apply, a no-change plan, and a
-plan after one resource changed.
+plan after one resource changed. Each plan row is the median of --repeat runs (the
+first apply runs once; each one-change run changes another resource). mlinfra's
+bytecode is compiled first, as pip and uv do when they install a package.
 
     .venv/bin/python benchmarks/plan.py                 # N = 1000, 3000 (both), 10000 (mlinfra)
     .venv/bin/python benchmarks/plan.py --sizes 1000    # quicker
@@ -15,12 +17,15 @@ than Terraform on every row.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TERRAFORM = shutil.which("terraform") or "/usr/local/bin/terraform"
@@ -64,40 +69,56 @@ def write_terraform(root: Path, n: int, changed: int | None = None) -> None:
 
 
 def timed(argv: list[str], cwd: Path, env: dict[str, str] | None = None,
-          ok: tuple[int, ...] = (0,)) -> float:
-    start = time.perf_counter()
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if done.returncode not in ok:
-        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
-    return elapsed
+          ok: tuple[int, ...] = (0,), repeat: int = 1) -> float:
+    """Median wall time of `repeat` runs of a whole command."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
+                              check=False)
+        times.append(time.perf_counter() - start)
+        if done.returncode not in ok:
+            raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n"
+                             f"{done.stderr[-2000:]}")
+    return statistics.median(times)
 
 
-def bench_mlinfra(tmp: Path, n: int) -> dict[str, float]:
+def one_change(write: Callable[[int], None], n: int, repeat: int, argv: list[str],
+               cwd: Path, env: dict[str, str]) -> float:
+    """Median of plans each made just after one resource changed: each time another
+    resource, so the changed file's bytes are new and no cache has seen them."""
+    times = []
+    for rep in range(repeat):
+        write(n // 2 + rep)
+        times.append(timed(argv, cwd, env, ok=(2,)))
+    return statistics.median(times)
+
+
+def bench_mlinfra(tmp: Path, n: int, repeat: int) -> dict[str, float]:
     root = tmp / f"mlinfra-{n}"
     write_mlinfra(root, n)
-    timed([MLINFRA, "--version"], root, ENV)  # bytecode cached, as after any first run
     out = {"first apply": timed([MLINFRA, "apply", "--auto-approve"], root, ENV)}
-    out["no-change plan"] = timed([MLINFRA, "plan", "--detailed-exitcode"], root, ENV)
+    out["no-change plan"] = timed([MLINFRA, "plan", "--detailed-exitcode"], root, ENV,
+                                  repeat=repeat)
     out["no-change, cold"] = timed([MLINFRA, "plan", "--detailed-exitcode"], root,
-                                   {**ENV, "MLINFRA_NO_CACHE": "1"})
-    write_mlinfra(root, n, changed=n // 2)
-    out["one-change plan"] = timed([MLINFRA, "plan", "--detailed-exitcode"], root, ENV,
-                                   ok=(2,))
+                                   {**ENV, "MLINFRA_NO_CACHE": "1"}, repeat=repeat)
+    out["one-change plan"] = one_change(
+        lambda changed: write_mlinfra(root, n, changed=changed), n, repeat,
+        [MLINFRA, "plan", "--detailed-exitcode"], root, ENV)
     return out
 
 
-def bench_terraform(tmp: Path, n: int) -> dict[str, float]:
+def bench_terraform(tmp: Path, n: int, repeat: int) -> dict[str, float]:
     root = tmp / f"terraform-{n}"
     write_terraform(root, n)
     timed([TERRAFORM, "init", "-input=false"], root, TF_ENV)
     out = {"first apply": timed([TERRAFORM, "apply", "-auto-approve", "-input=false"], root,
                                 TF_ENV)}
     out["no-change plan"] = timed([TERRAFORM, "plan", "-detailed-exitcode", "-input=false"],
-                                  root, TF_ENV, ok=(0,))
-    write_terraform(root, n, changed=n // 2)
-    out["one-change plan"] = timed([TERRAFORM, "plan", "-detailed-exitcode", "-input=false"],
-                                   root, TF_ENV, ok=(2,))
+                                  root, TF_ENV, ok=(0,), repeat=repeat)
+    out["one-change plan"] = one_change(
+        lambda changed: write_terraform(root, n, changed=changed), n, repeat,
+        [TERRAFORM, "plan", "-detailed-exitcode", "-input=false"], root, TF_ENV)
     return out
 
 
@@ -106,18 +127,22 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,3000", help="N for both tools")
     parser.add_argument("--mlinfra-only", default="10000", help="N for mlinfra alone")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per plan row")
     args = parser.parse_args()
+    package = Path(__file__).resolve().parent.parent / "mlinfra"
+    compileall.compile_dir(package, quiet=1)  # as an install does
     both = [int(x) for x in args.sizes.split(",") if x]
     alone = [int(x) for x in args.mlinfra_only.split(",") if x]
     version = subprocess.run([TERRAFORM, "version"], capture_output=True, text=True,
                              env=TF_ENV, check=False).stdout.splitlines()[0]
-    print(f"mlinfra ({MLINFRA}) vs {version}, terraform_data, wall time of whole commands\n")
+    print(f"mlinfra ({MLINFRA}) vs {version}, terraform_data, wall time of whole commands "
+          f"(plans: median of {args.repeat})\n")
     print(f"{'N':>6}  {'step':<16} {'mlinfra':>10} {'terraform':>11} {'ratio':>8}")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for n in both + alone:
-            mine = bench_mlinfra(tmp, n)
-            theirs = bench_terraform(tmp, n) if n in both else {}
+            mine = bench_mlinfra(tmp, n, args.repeat)
+            theirs = bench_terraform(tmp, n, args.repeat) if n in both else {}
             for step, seconds in mine.items():
                 peer = theirs.get("no-change plan" if step == "no-change, cold" else step)
                 peer_text = f"{peer:10.2f}s" if peer is not None else f"{'-':>11}"
