@@ -252,10 +252,14 @@ class EndpointApp:
             feeds = (decode_invocations(data, model.inputs) if invocations
                      else decode_v2(data))
             feeds = check_inputs(feeds, model.inputs)
-            if deployment.batcher.in_flight >= _MAX_PENDING:
+            batcher = deployment.batcher
+            if batcher.in_flight >= _MAX_PENDING:
                 raise ClientError(503, "overloaded: retry shortly")
-            async with asyncio.timeout(deployment.timeout_s):
-                outputs = await deployment.batcher.infer(feeds)
+            if batcher.inline:  # scored on this loop's next turn: nothing could stop it
+                outputs = await batcher.infer(feeds)
+            else:
+                async with asyncio.timeout(deployment.timeout_s):
+                    outputs = await batcher.infer(feeds)
         except ClientError as err:
             err.deployment = deployment.name
             raise

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mlinfra.serving.protocol import ONNX_TO_V2, V2_TYPES
+from mlinfra.serving.protocol import input_dtype
 
 
 class ModelLoadError(Exception):
@@ -39,7 +39,7 @@ def load_session(path: Path, sha256: str | None = None) -> Any:
 
 
 def _describe(items: Any) -> list[dict[str, Any]]:
-    return [{"name": i.name, "type": i.type,
+    return [{"name": i.name, "type": i.type, "dtype": input_dtype(i.type),
              "shape": [d if isinstance(d, int) else None for d in i.shape]} for i in items]
 
 
@@ -72,8 +72,7 @@ class LoadedModel:
         feeds: dict[str, np.ndarray] = {}
         for item in self.inputs:
             shape = [d if d is not None else 1 for d in item["shape"]]
-            dtype = V2_TYPES[ONNX_TO_V2.get(item["type"], "FP32")]
-            feeds[item["name"]] = np.zeros(shape, dtype=dtype)
+            feeds[item["name"]] = np.zeros(shape, dtype=item["dtype"])
         self.run(feeds)
         timings = []
         for _ in range(5):
@@ -168,10 +167,12 @@ class Batcher:
         names = list(requests[0])
         joined = {n: np.concatenate([r[n] for r in requests]) for n in names}
         outputs = self.model.run(joined)
-        sizes = [len(r[names[0]]) for r in requests]
-        bounds = np.cumsum(sizes)[:-1]
-        split = [np.split(o, bounds) for o in outputs]
-        return [[parts[i] for parts in split] for i in range(len(requests))]
+        answers, start = [], 0
+        for request in requests:
+            end = start + len(request[names[0]])
+            answers.append([o[start:end] for o in outputs])
+            start = end
+        return answers
 
     def _deliver(self, batch: list[tuple[Any, asyncio.Future[list[np.ndarray]]]],
                  done: asyncio.Future[list[list[np.ndarray]]]) -> None:

@@ -35,28 +35,37 @@ def parse_json(body: bytes) -> Any:
         raise ClientError(400, f"malformed JSON: {err}") from None
 
 
+def input_dtype(onnx_type: str) -> np.dtype[Any]:
+    return np.dtype(V2_TYPES[ONNX_TO_V2.get(onnx_type, "FP32")])
+
+
 def check_inputs(feeds: dict[str, np.ndarray], signature: list[dict[str, Any]]
                  ) -> dict[str, np.ndarray]:
-    """Names, dtypes and shapes must match the ONNX signature (422 otherwise)."""
-    expected = {item["name"]: item for item in signature}
-    missing = sorted(set(expected) - set(feeds))
-    extra = sorted(set(feeds) - set(expected))
-    if missing or extra:
-        raise ClientError(422, f"inputs must be {sorted(expected)}; missing {missing}, "
+    """Names, dtypes and shapes must match the ONNX signature (422 otherwise); numbers
+    of another dtype are converted. Runs on every request: plain loops, no sets."""
+    if len(feeds) != len(signature) or any(i["name"] not in feeds for i in signature):
+        expected = sorted(i["name"] for i in signature)
+        missing = sorted(set(expected) - set(feeds))
+        extra = sorted(set(feeds) - set(expected))
+        raise ClientError(422, f"inputs must be {expected}; missing {missing}, "
                           f"unexpected {extra}")
     out = {}
-    for name, array in feeds.items():
-        spec = expected[name]
-        want = V2_TYPES[ONNX_TO_V2.get(spec["type"], "FP32")]
+    for item in signature:
+        name, want, shape = item["name"], item["dtype"], item["shape"]
+        array = feeds[name]
         if array.dtype != want:
-            if array.dtype.kind in "fiub" and np.dtype(want).kind in "fiub":
+            if array.dtype.kind in "fiub" and want.kind in "fiub":
                 array = array.astype(want)
             else:
-                raise ClientError(422, f"input {name}: expected {ONNX_TO_V2.get(spec['type'])}, "
+                raise ClientError(422, f"input {name}: expected {ONNX_TO_V2.get(item['type'])}, "
                                   f"got {V2_NAMES.get(array.dtype, str(array.dtype))}")
-        shape = spec["shape"]
-        if len(shape) != array.ndim or any(d is not None and d != n
-                                           for d, n in zip(shape, array.shape, strict=True)):
+        fits = len(shape) == array.ndim
+        if fits:
+            for d, n in zip(shape, array.shape, strict=True):
+                if d is not None and d != n:
+                    fits = False
+                    break
+        if not fits:
             pretty = ["-1" if d is None else str(d) for d in shape]
             raise ClientError(422, f"input {name}: expected shape [{', '.join(pretty)}], got "
                               f"{list(array.shape)}")
