@@ -187,7 +187,13 @@ def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
     assert result.code == 0 and "HTTP 200 in" in result.err and "from fraud:1" in result.err
     pinned = cli("endpoints", "invoke", "api", "--data", str(request), "--deployment", "green")
     assert "from other:1" in pinned.err
-    captures = list((root / "data" / "captures" / "api").glob("requests.*.jsonl"))
+    deadline = time.monotonic() + 5  # each worker writes its captures out every 0.25 s
+    while time.monotonic() < deadline:
+        captures = [p for p in (root / "data" / "captures" / "api").glob("requests.*.jsonl")
+                    if p.stat().st_size]
+        if captures:
+            break
+        time.sleep(0.1)
     assert captures, "collect: sample 1.0 writes every request to the datastore"
     record = json.loads(captures[0].read_text().splitlines()[0])
     assert record["inputs"] == {"features": [[1.0, 2.0]]} and record["model"] == "fraud:1"

@@ -53,6 +53,7 @@ class EndpointApp:
         self.config_path = config_path
         self.table: Table | None = None
         self.metrics = Metrics()
+        self.captures = Captures()
         self.error = ""
         self._mtime = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -114,6 +115,7 @@ class EndpointApp:
             self._write_status()
 
     def _write_status(self) -> None:
+        self.captures.flush()
         table = self.table
         if table is not None:
             for deployment in table.deployments.values():
@@ -160,10 +162,10 @@ class EndpointApp:
         if label != "-":
             self.metrics.observe(label, status, elapsed)
         if self.access_log:
-            sys.stdout.buffer.write(orjson.dumps(
-                {"ts": round(time.time(), 3), "method": scope["method"], "path": scope["path"],
-                 "status": status, "deployment": label, "ms": round(elapsed * 1000, 3)},
-                option=orjson.OPT_APPEND_NEWLINE))
+            sys.stdout.buffer.write(orjson.dumps(  # round() costs more than the rest
+                {"ts": int(time.time() * 1000) / 1000, "method": scope["method"],
+                 "path": scope["path"], "status": status, "deployment": label,
+                 "ms": int(elapsed * 1_000_000) / 1000}, option=orjson.OPT_APPEND_NEWLINE))
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -178,6 +180,7 @@ class EndpointApp:
             elif message["type"] == "lifespan.shutdown":
                 for task in self._tasks:
                     task.cancel()
+                self.captures.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -273,7 +276,7 @@ class EndpointApp:
             if shadow is not None and shadow is not deployment and random.random() * 100 < share:
                 self._spawn(self._shadow(shadow, feeds, outputs))
         if table.collect_path and random.random() < table.collect_sample:
-            _capture(table.collect_path, deployment, feeds, outputs)
+            self.captures.write(table.collect_path, deployment, feeds, outputs)
         names = model.output_names
         if invocations:
             payload = encode_invocations(names, outputs)
@@ -326,17 +329,41 @@ def _metadata(table: Table, deployment: Deployment) -> dict[str, Any]:
             "outputs": tensors(deployment.model.outputs)}
 
 
-def _capture(path: str, deployment: Deployment, feeds: dict[str, np.ndarray],
-             outputs: list[np.ndarray]) -> None:
-    record = {"ts": time.time(), "deployment": deployment.name, "model": deployment.label,
-              "inputs": {k: v.tolist() for k, v in feeds.items()},
-              "outputs": {n: o.tolist() for n, o in zip(deployment.model.output_names,
-                                                        outputs, strict=True)}}
-    target = Path(path)
-    with contextlib.suppress(OSError):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target.with_suffix(f".{os.getpid()}.jsonl"), "ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
+class Captures:
+    """Sampled requests and answers, as JSON lines in this worker's file next to `path`.
+    The file stays open and is flushed with each status report (every 0.25 s) and at
+    shutdown, rather than opened for each request."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Any] = {}
+
+    def write(self, path: str, deployment: Deployment, feeds: dict[str, np.ndarray],
+              outputs: list[np.ndarray]) -> None:
+        record = {"ts": time.time(), "deployment": deployment.name,
+                  "model": deployment.label,
+                  "inputs": {k: v.tolist() for k, v in feeds.items()},
+                  "outputs": {n: o.tolist() for n, o in zip(deployment.model.output_names,
+                                                            outputs, strict=True)}}
+        with contextlib.suppress(OSError):
+            file = self._files.get(path)
+            if file is None:
+                target = Path(path)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                name = target.with_suffix(f".{os.getpid()}.jsonl")
+                file = self._files[path] = open(name, "ab")  # noqa: SIM115 (kept open)
+            file.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def flush(self) -> None:
+        for file in self._files.values():
+            with contextlib.suppress(OSError):
+                file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        for file in self._files.values():
+            with contextlib.suppress(OSError):
+                file.close()
+        self._files.clear()
 
 
 def create_app() -> EndpointApp:

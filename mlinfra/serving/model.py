@@ -66,7 +66,11 @@ class LoadedModel:
 
     @property
     def output_names(self) -> list[str]:
-        return [o["name"] for o in self.outputs]
+        return self._output_names
+
+    def __post_init__(self) -> None:
+        self._output_names = [o["name"] for o in self.outputs]
+        self._binding = getattr(self.session, "_sess", None)
 
     def warm_up(self) -> None:
         feeds: dict[str, np.ndarray] = {}
@@ -84,7 +88,12 @@ class LoadedModel:
         self.latency_s = sorted(timings)[len(timings) // 2]
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return list(self.session.run(None, feeds))
+        """Score `feeds`, already checked against the signature. onnxruntime's run()
+        checks them again in Python, a third of a tiny model's call (10 µs against 7
+        measured here), so the binding underneath is called when there is one."""
+        if self._binding is None:
+            return list(self.session.run(self._output_names, feeds))
+        return list(self._binding.run(self._output_names, feeds, None))
 
     def batchable(self) -> bool:
         """Concatenating along the first axis is sound when every input and output is
