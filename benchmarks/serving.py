@@ -6,9 +6,12 @@ validation and the access log on, 2 workers); the same ONNX file is saved as an
 MLflow model and served by MLflow 3 (`--env-manager local`, from its own virtual
 environment, which this script creates with uv the first time); the ceiling is a
 constant answer on the same uvicorn + httptools + uvloop stack, 2 workers. wrk sends
-the same /invocations body to each, at 8 and 64 connections, 10 s each.
+the same /invocations body to each, at 8 and 64 connections, 10 s a round. The three
+take turns for --rounds rounds and each figure is the median of its rounds: with 8
+connections on 2 workers, how wrk's connections fall between the workers moves a
+single run by up to 20%.
 
-    .venv/bin/python benchmarks/serving.py [--duration 10] [--connections 8,64]
+    .venv/bin/python benchmarks/serving.py [--duration 10] [--rounds 3] [--connections 8,64]
 
 Needs wrk (apt-get install wrk). Goals (issue 5): at least 10x MLflow's requests/s
 with p99 at most a tenth of MLflow's, and at least 50% of the ceiling's requests/s.
@@ -24,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -119,6 +123,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="8,64")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -165,14 +170,22 @@ def main() -> int:
         ]
         results: dict[tuple[str, int], dict[str, float]] = {}
         print(f"{'server':<22}{'conns':>6}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
-              f"{'non-2xx':>9}", flush=True)
+              f"{'non-2xx':>9}   req/s of each round", flush=True)
         for connections in [int(c) for c in args.connections.split(",")]:
-            for name, url, headers in targets:
+            rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
+            for _, url, headers in targets:
                 wrk(url, connections, 2, headers)  # warm-up
-                r = wrk(url, connections, args.duration, headers)
+            for _ in range(args.rounds):
+                for name, url, headers in targets:
+                    rounds[name].append(wrk(url, connections, args.duration, headers))
+            for name, _, _ in targets:
+                runs = rounds[name]
+                r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+                r["non2xx"] = sum(run["non2xx"] for run in runs)
                 results[(name, connections)] = r
+                each = " ".join(f"{run['rps']:.0f}" for run in runs)
                 print(f"{name:<22}{connections:>6}{r['rps']:>11.0f}{r['p50']:>9.2f}"
-                      f"{r['p99']:>9.2f}{int(r['non2xx']):>9}", flush=True)
+                      f"{r['p99']:>9.2f}{int(r['non2xx']):>9}   {each}", flush=True)
         print()
         for connections in [int(c) for c in args.connections.split(",")]:
             mine, peer = results[("mlinfra", connections)], results[
