@@ -145,6 +145,13 @@ def test_client_mistakes_are_4xx(served: Any) -> None:
     for body, path, status, fragment in cases:
         got, answer, _ = client.request("POST", path, body)
         assert (got, fragment in answer["error"]) == (status, True), (path, answer)
+    for parts, status in (([b'{"inputs": [[1.0,', b' 2.0]]}'], 200), ([b"x" * 1500] * 3, 413)):
+        # a body streamed in chunks, with no content-length: joined, and still limited
+        client.conn.request("POST", "/invocations", body=iter(parts), encode_chunked=True,
+                            headers={"authorization": f"Bearer {key}"})
+        response = client.conn.getresponse()
+        response.read()
+        assert response.status == status
     got, answer, _ = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]),
                                     {"mlinfra-deployment": "purple"})
     assert got == 404 and "deployments: blue, green" in answer["error"]

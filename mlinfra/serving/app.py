@@ -156,7 +156,7 @@ class EndpointApp:
             label = err.deployment
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", ctype),
-                                (b"content-length", str(len(body)).encode()), *extra]})
+                                (b"content-length", b"%d" % len(body)), *extra]})
         await send({"type": "http.response.body", "body": body})
         elapsed = time.perf_counter() - started
         if label != "-":
@@ -196,8 +196,8 @@ class EndpointApp:
         if table is None:
             raise ClientError(503, "the endpoint is starting")
         headers = dict(scope["headers"])
-        auth = headers.get(b"authorization", b"").decode("latin-1")
-        token = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+        auth = headers.get(b"authorization", b"")
+        token = auth[7:].strip() if auth[:7].lower() == b"bearer " else None
         if not table.authorized(token):
             raise ClientError(401, "a valid key is required: Authorization: Bearer KEY")
         pinned_raw = headers.get(b"mlinfra-deployment")
@@ -307,16 +307,17 @@ async def _read_body(receive: Any, headers: dict[bytes, bytes], limit: int) -> b
     declared = headers.get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ClientError(413, f"the body is larger than {limit} bytes")
-    chunks, size = [], 0
-    while True:
+    message = await receive()
+    body: bytes = message.get("body", b"")
+    chunks, size = [body], len(body)
+    while message.get("more_body") and size <= limit:
         message = await receive()
         chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ClientError(413, f"the body is larger than {limit} bytes")
         chunks.append(chunk)
-        if not message.get("more_body"):
-            return b"".join(chunks)
+        size += len(chunk)
+    if size > limit:
+        raise ClientError(413, f"the body is larger than {limit} bytes")
+    return body if len(chunks) == 1 else b"".join(chunks)
 
 
 def _metadata(table: Table, deployment: Deployment) -> dict[str, Any]:

@@ -56,13 +56,13 @@ class Table:
                 return self.deployments[name]
         return self.deployments[self.weights[-1][0]] if self.weights else None
 
-    def authorized(self, token: str | None) -> bool:
+    def authorized(self, token: bytes | None) -> bool:
         """Constant-time comparison against the hashes of the endpoint's keys."""
         if not self.key_hashes:
             return True
         if not token:
             return False
-        digest = hashlib.sha256(token.encode()).digest()
+        digest = hashlib.sha256(token).digest()
         ok = False
         for stored in self.key_hashes:
             ok |= hmac.compare_digest(digest, stored)
