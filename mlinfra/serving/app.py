@@ -284,9 +284,7 @@ class EndpointApp:
             request_id = data.get("id") if isinstance(data, dict) else None
             payload = encode_v2(table.endpoint, str(model.version), names, outputs,
                                 str(request_id) if request_id is not None else None)
-        return 200, deployment.name, payload, JSON, [
-            (b"mlinfra-deployment", deployment.name.encode()),
-            (b"mlinfra-model", deployment.label.encode())]
+        return 200, deployment.name, payload, JSON, deployment.headers
 
     async def _shadow(self, shadow: Deployment, feeds: dict[str, np.ndarray],
                       answer: list[np.ndarray]) -> None:

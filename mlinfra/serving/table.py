@@ -20,17 +20,21 @@ from mlinfra.serving.model import Batcher, LoadedModel
 
 @dataclass
 class Deployment:
-    """`spec` is its entry in the config: an unchanged entry keeps this deployment."""
+    """`spec` is its entry in the config: an unchanged entry keeps this deployment.
+    `label` names its model version; `headers` say who answered, on every response."""
 
     name: str
     model: LoadedModel
     batcher: Batcher
     timeout_s: float
     spec: dict[str, Any] = field(default_factory=dict)
+    label: str = field(init=False)
+    headers: list[tuple[bytes, bytes]] = field(init=False)
 
-    @property
-    def label(self) -> str:
-        return f"{self.model.name}:{self.model.version}"
+    def __post_init__(self) -> None:
+        self.label = f"{self.model.name}:{self.model.version}"
+        self.headers = [(b"mlinfra-deployment", self.name.encode()),
+                        (b"mlinfra-model", self.label.encode())]
 
 
 @dataclass
