@@ -59,3 +59,20 @@ def _stdlib(name: str) -> bool:
     import sys
 
     return name in sys.stdlib_module_names
+
+
+def test_every_kind_has_a_local_handler_that_imports() -> None:
+    """Handlers are named as "module:Class" and imported on first use: a typo would only
+    show when a project first uses that kind."""
+    from mlinfra.providers.local import LocalProvider
+    from mlinfra.spec.schemas import KINDS
+
+    provider = LocalProvider()
+    kinds = [k for k in KINDS if k not in ("Project", "Stack")]
+    assert sorted(LocalProvider.handler_classes) == sorted(kinds)
+    for kind in kinds:
+        handler = provider.find(kind)
+        assert handler is not None and provider.find(kind) is handler, kind
+        for method in ("facts", "read", "create", "update", "delete"):
+            assert callable(getattr(handler, method)), (kind, method)
+    assert provider.find("Nope") is None
