@@ -463,3 +463,36 @@ def test_changed_request_settings_take_effect_and_unchanged_ones_are_kept(
                      "deployments": {"d": {**spec, "max_batch_size": 4}}}, same)
     assert smaller.deployments["d"] is not first.deployments["d"]
     assert smaller.deployments["d"].batcher.max_batch == 4
+
+
+def test_a_batch_fills_while_requests_keep_coming(tmp_path: Path) -> None:
+    """In-process: requests arriving on consecutive turns of the loop share a batch up to
+    max_batch_size; a lone request is scored after one quiet turn, not after the delay."""
+    import asyncio
+    import hashlib
+
+    from mlinfra.serving.model import Batcher, LoadedModel
+
+    data = onnx_model()
+    (tmp_path / "m.onnx").write_bytes(data)
+    model = LoadedModel.load("m", 1, tmp_path / "m.onnx", hashlib.sha256(data).hexdigest())
+    batcher = Batcher(model, max_batch=4, max_delay_s=30.0)
+    assert batcher.inline
+    rows = [np.array([[float(i), 1.0]], dtype=np.float32) for i in range(6)]
+
+    async def one_per_turn() -> list[list[np.ndarray]]:
+        tasks = []
+        for row in rows:
+            tasks.append(asyncio.ensure_future(batcher.infer({"features": row})))
+            await asyncio.sleep(0)
+        return await asyncio.gather(*tasks)
+
+    answers = asyncio.run(one_per_turn())
+    assert batcher.batch_sizes == [4, 2]
+    for row, (label, probabilities) in zip(rows, answers, strict=True):
+        expected = model.run({"features": row})
+        assert np.array_equal(label, expected[0]) and np.allclose(probabilities, expected[1])
+    started = time.monotonic()
+    asyncio.run(batcher.infer({"features": rows[0]}))
+    assert time.monotonic() - started < 1.0 and batcher.batch_sizes[-1] == 1
+    batcher.close()

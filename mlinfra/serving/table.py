@@ -89,8 +89,10 @@ def build(config: dict[str, Any], previous: Table | None = None) -> Table:
             continue
         model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
                                  spec["sha256"])
-        deployments[name] = Deployment(name, model, Batcher(model, int(spec["max_batch_size"])),
-                                       float(spec["timeout_ms"]) / 1000, dict(spec))
+        batcher = Batcher(model, int(spec["max_batch_size"]),
+                          float(spec.get("max_batch_delay_ms", 2)) / 1000)
+        deployments[name] = Deployment(name, model, batcher, float(spec["timeout_ms"]) / 1000,
+                                       dict(spec))
     weights, total = [], 0.0
     for name, share in config.get("traffic", {}).items():
         if share > 0:

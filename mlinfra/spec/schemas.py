@@ -273,9 +273,9 @@ def _endpoint() -> Schema:
             "max_batch_size": _s("Most requests scored in one call.", type="integer",
                                  minimum=1, default=32),
             "max_batch_delay_ms": _s("Longest a request may wait for a batch to fill. "
-                                     "mlinfra batches the requests that arrive together "
-                                     "and those that arrive while a batch runs, so it "
-                                     "never waits on a timer.",
+                                     "A batch is scored as soon as a turn of the server's "
+                                     "event loop brings no new request, so it rarely "
+                                     "waits this long, and never on a timer.",
                                      type="number", minimum=0, default=2),
         }),
     }, ["name", "model"])
