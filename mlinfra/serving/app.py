@@ -258,8 +258,8 @@ class EndpointApp:
             batcher = deployment.batcher
             if batcher.in_flight >= _MAX_PENDING:
                 raise ClientError(503, "overloaded: retry shortly")
-            if batcher.inline:  # scored on this loop's next turn: nothing could stop it
-                outputs = await batcher.infer(feeds)
+            if batcher.inline:  # scored on the loop within max_batch_delay_ms; no timeout
+                outputs = await batcher.infer(feeds)  # could interrupt it there anyway
             else:
                 async with asyncio.timeout(deployment.timeout_s):
                     outputs = await batcher.infer(feeds)

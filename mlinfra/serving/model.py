@@ -1,9 +1,9 @@
 """A deployment's loaded model, and the dynamic batcher in front of it.
 
-Inference runs on one thread per deployment, never on the event loop, so health
-checks and other deployments keep answering while a slow model computes. Requests
-that arrive together are concatenated and scored in one onnxruntime call, which
-also pays the thread hand-off once per batch rather than once per request.
+A model slower than half a millisecond runs on its deployment's own thread, so health
+checks and other deployments keep answering while it computes; a faster one runs on
+the event loop, where a thread hand-off would cost more than its inference. Requests
+that arrive together are concatenated and scored in one onnxruntime call.
 """
 
 from __future__ import annotations

@@ -268,8 +268,10 @@ def _endpoint() -> Schema:
         "instances": _s("Worker processes serving it.", type="integer", minimum=1,
                         default=1),
         "request": _obj("Request handling.", {
-            "timeout_ms": _s("Longest a request may take (504 after).", type="integer",
-                             minimum=1, default=5000),
+            "timeout_ms": _s("Longest a request may take (504 after). A model that "
+                             "answers in under 0.5 ms is scored on the server's event "
+                             "loop within max_batch_delay_ms and is not timed out.",
+                             type="integer", minimum=1, default=5000),
             "max_batch_size": _s("Most requests scored in one call.", type="integer",
                                  minimum=1, default=32),
             "max_batch_delay_ms": _s("Longest a request may wait for a batch to fill. "
