@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from mlinfra import __version__
 from mlinfra.cli.console import echo_err
@@ -61,8 +62,37 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    help="read the actual state first (default true)")
 
 
-def _common() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _terminal_columns() -> int:
+    """What shutil.get_terminal_size() gives, without importing shutil (and the
+    compression modules it imports) on every run."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_columns() - 2 if width is None else width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse checks each option by formatting it, and its formatter imports shutil to
+    read the terminal's width: a tenth of a plan's imports. Subparsers take this class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def _common() -> _Parser:
+    common = _Parser(add_help=False)
     common.add_argument("-C", "--directory", metavar="DIR", default=argparse.SUPPRESS,
                         help="project folder (default: the current one or a parent)")
     common.add_argument("-s", "--stack", metavar="STACK", default=argparse.SUPPRESS,
@@ -217,7 +247,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with `only` just that command's part: each parser
     costs argparse a gettext lookup, and a command needs only its own."""
     common = _common()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlinfra", parents=[common],
         description="Terraform-style declarative MLOps: validate, plan and apply an ML "
                     "estate declared in YAML.")

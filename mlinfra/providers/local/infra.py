@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,8 @@ class WorkspaceHandler(BaseHandler):
         return Observed()
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
+        import shutil  # only to delete: a plan does not pay for it
+
         shutil.rmtree(state.outputs.get("path", workspace_dir(ctx, state.name)),
                       ignore_errors=True)
 
