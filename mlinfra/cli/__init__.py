@@ -66,7 +66,8 @@ def _terminal_columns() -> int:
     """What shutil.get_terminal_size() gives, without importing shutil (and the
     compression modules it imports) on every run."""
     try:
-        return int(os.environ["COLUMNS"])
+        if int(os.environ["COLUMNS"]) > 0:
+            return int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
         pass
     try:
