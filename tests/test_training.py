@@ -267,15 +267,20 @@ def test_pipeline_reuses_unchanged_steps(project: Callable[..., Path],
     assert third["parent"] == pipeline["run_id"]
 
 
+def start_apply(cwd: Path) -> subprocess.Popen[str]:
+    """`mlinfra apply --auto-approve` with its output streamed line by line. SIGINT is
+    restored: a test run started in the background inherits it ignored."""
+    return subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 def test_data_edited_during_a_run_records_what_it_read(trainable: Path) -> None:
     (trainable / "train" / "train.py").write_text(TRAIN.replace(
         'rows = open(a.data)',
         'import time; print("started", flush=True); time.sleep(1.5)\nrows = open(a.data)'))
-    # A test run started in the background inherits SIGINT ignored; a terminal's is not.
-    proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=trainable,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_apply(trainable)
     assert proc.stdout is not None
     for line in proc.stdout:
         if line.startswith("job.train: started"):
@@ -296,11 +301,7 @@ def test_data_edited_during_a_run_records_what_it_read(trainable: Path) -> None:
 def test_ctrl_c_cancels_the_run(trainable: Path) -> None:
     (trainable / "train" / "train.py").write_text("import time\nprint('started')\n"
                                                   "time.sleep(60)\n")
-    # A test run started in the background inherits SIGINT ignored; a terminal's is not.
-    proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=trainable,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = start_apply(trainable)
     assert proc.stdout is not None
     for line in proc.stdout:
         if "started" in line:
