@@ -42,6 +42,7 @@ def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
 def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
                verb: str) -> int:
     from mlinfra.engine import execute
+    from mlinfra.plan.model import tally
 
     if not args.auto_approve and not confirm(ask):
         echo_err(f"{verb.capitalize()} cancelled.")
@@ -50,17 +51,14 @@ def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
     for entry in result.interrupted:
         echo_err(f"Note: an earlier run (pid {entry.pid}) was interrupted during "
              f"{entry.action} of {entry.address}; this run reconciled it.")
-    counts = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
-    keys = {"CREATE": "add", "UPDATE": "change", "REPLACE": "replace", "DELETE": "destroy"}
-    for change in result.applied:
-        counts[keys[change.action.name]] += 1
-    tally = (f"{counts['add']} added, {counts['change']} changed, {counts['replace']} "
-             f"replaced, {counts['destroy']} destroyed")
+    counts = tally(result.applied)
+    summary = (f"{counts['add']} added, {counts['change']} changed, {counts['replace']} "
+               f"replaced, {counts['destroy']} destroyed")
     if result.ok:
         echo()
-        emit(f"{verb.capitalize()} complete! Resources: {tally}.", "bold green")
+        emit(f"{verb.capitalize()} complete! Resources: {summary}.", "bold green")
         return 0
-    echo_err(f"\n{verb.capitalize()} failed. Resources: {tally}.")
+    echo_err(f"\n{verb.capitalize()} failed. Resources: {summary}.")
     for address, message in result.failed.items():
         echo_err(f"  failed: {address}: {message}")
     for address, message in result.skipped.items():

@@ -112,6 +112,17 @@ class Drift(NamedTuple):
     message: str
 
 
+def tally(changes: list[Change]) -> dict[str, int]:
+    """How many changes add, change, replace and destroy (no-ops are not counted)."""
+    found = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
+    key = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace",
+           Action.DELETE: "destroy"}
+    for change in changes:
+        if change.action in key:
+            found[key[change.action]] += 1
+    return found
+
+
 class Plan(Record):
     """Changes in dependency order (deletions in reverse order), the drift refresh
     found, and the state version the plan was made against."""
@@ -134,12 +145,7 @@ class Plan(Record):
         return bool(self.actionable)
 
     def counts(self) -> dict[str, int]:
-        counts = {"add": 0, "change": 0, "replace": 0, "destroy": 0}
-        key = {Action.CREATE: "add", Action.UPDATE: "change", Action.REPLACE: "replace",
-               Action.DELETE: "destroy"}
-        for change in self.actionable:
-            counts[key[change.action]] += 1
-        return counts
+        return tally(self.actionable)
 
     def to_json(self) -> dict[str, Any]:
         return {
