@@ -136,9 +136,10 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
     implicit = _implicit_workspace(config)
     if implicit is not None:
         resources.insert(0, implicit)
+    deps = {r.address: references(r, config, workspace) if r is not implicit else []
+            for r in resources}
     targets = set(targets)
     if targets:
-        deps = {r.address: references(r, config, workspace) for r in resources}
         unknown = targets - set(deps)
         keep = closure(targets & set(deps), deps) | unknown
         resources = [r for r in resources if r.address in keep]
@@ -163,7 +164,7 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         out[res.address] = Desired(
             address=res.address, kind=res.kind, name=res.name, attributes=attributes,
             inputs_hash=digest(attributes),
-            dependencies=references(res, config, workspace) if res is not implicit else [],
+            dependencies=deps[res.address],
             replace_fields=replace_fields(res.kind))
     if errors:
         raise ProviderErrors(errors)
