@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -265,3 +266,22 @@ def test_schema_verdicts_are_cached_with_the_schemas_they_came_from(
         with pytest.raises(ConfigurationError) as failed:
             load(root)
         assert "max_concurrency" in failed.value.render()
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (90, 90.0), (1.5, 1.5), ("90", 90.0), ("500ms", 0.5), ("30s", 30.0), ("2m", 120.0),
+    ("1.5h", 5400.0), ("1d", 86400.0), ("soon", None), ("5 minutes", None), (None, None),
+    (True, None),
+])
+def test_one_duration_parser_for_yaml_and_command_line(value: object,
+                                                       seconds: float | None) -> None:
+    from mlinfra.cli import _duration
+    from mlinfra.spec.model import duration_s
+
+    assert duration_s(value) == seconds
+    if isinstance(value, str):
+        if seconds is None:
+            with pytest.raises(argparse.ArgumentTypeError):
+                _duration(value)
+        else:
+            assert _duration(value) == seconds

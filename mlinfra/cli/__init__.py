@@ -28,13 +28,12 @@ def _bool(text: str) -> bool:
 
 
 def _duration(text: str) -> float:
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for unit in ("ms", "s", "m", "h"):
-        if text.endswith(unit) and text[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(text[: -len(unit)]) * units[unit]
-    if text.replace(".", "", 1).isdigit():
-        return float(text)
-    raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 5m, got '{text}'")
+    from mlinfra.spec.model import duration_s
+
+    seconds = duration_s(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 30s or 5m, got '{text}'")
+    return seconds
 
 
 def _positive(text: str) -> int:

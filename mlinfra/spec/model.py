@@ -13,8 +13,21 @@ INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+
 # Another job's or step's output used as an input: ${jobs.NAME.outputs.OUT}.
 OUTPUT_REF = re.compile(
     r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
+DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 VERSIONED_REF = re.compile(
     r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
+
+
+def duration_s(value: Any) -> float | None:
+    """Seconds in a duration as the YAML and the command line write it: a number of
+    seconds, or '500ms', '90s', '30m', '2h', '1d'; None when it is not one."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    match = DURATION.fullmatch(str(value).strip()) if value is not None else None
+    if match is None:
+        return None
+    return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
 
 
 class Ref(NamedTuple):

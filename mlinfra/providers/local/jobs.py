@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import graphlib
 import os
-import re
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
 from mlinfra.runs.snapshot import code_digest
 from mlinfra.runs.store import Run, RunStore
-from mlinfra.spec.model import OUTPUT_REF, Ref, Resource
+from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
 
 _SLOTS: dict[str, threading.Semaphore] = {}
@@ -54,18 +53,6 @@ def _slots(ctx: Context, compute: str | None) -> threading.Semaphore:
     limit = int(res.spec.get("max_concurrency", 2)) if res else 2
     with _SLOTS_LOCK:
         return _SLOTS.setdefault(f"{ctx.root}:{compute}", threading.Semaphore(limit))
-
-
-def duration_s(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, int | float):
-        return float(value)
-    match = re.fullmatch(r"(\d+)(ms|s|m|h|d)?", str(value))
-    if match is None:
-        return None
-    factor = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2) or "s"]
-    return int(match.group(1)) * factor
 
 
 @dataclass
