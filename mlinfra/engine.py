@@ -90,8 +90,7 @@ def _implicit_workspace(config: Config) -> Resource | None:
 
 
 def workspace_address(config: Config) -> str:
-    declared = list(config.of("Workspace"))
-    return make_address("Workspace", declared[0] if declared else config.name)
+    return make_address("Workspace", config.workspace)
 
 
 def _secret_key(store: SqliteStore) -> bytes:

@@ -112,5 +112,10 @@ class Config(Record):
     def get(self, kind: str, name: str) -> Resource | None:
         return self.resources.get(kind, {}).get(name)
 
+    @property
+    def workspace(self) -> str:
+        """The workspace's name: the one declared, or the project's (implicit)."""
+        return next(iter(self.of("Workspace")), self.name)
+
     def counts(self) -> dict[str, int]:
         return {kind: len(by_name) for kind, by_name in self.resources.items() if by_name}

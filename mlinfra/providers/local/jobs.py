@@ -35,17 +35,12 @@ _SLOTS: dict[str, threading.Semaphore] = {}
 _SLOTS_LOCK = threading.Lock()
 
 
-def workspace_name(ctx: Context) -> str:
-    declared = list(ctx.config.of("Workspace"))
-    return declared[0] if declared else ctx.config.name
-
-
 def artifact_store(ctx: Context) -> ArtifactStore:
-    return ArtifactStore(workspace_dir(ctx, workspace_name(ctx)) / "artifacts")
+    return ArtifactStore(workspace_dir(ctx, ctx.config.workspace) / "artifacts")
 
 
 def runs_root(ctx: Context) -> Path:
-    return workspace_dir(ctx, workspace_name(ctx)) / "runs"
+    return workspace_dir(ctx, ctx.config.workspace) / "runs"
 
 
 def _slots(ctx: Context, compute: str | None) -> threading.Semaphore:
