@@ -153,14 +153,6 @@ class EndpointHandler(BaseHandler):
                   "status_dir": str(folder / "status")}
         return config, served
 
-    @staticmethod
-    def _write(folder: Path, config: dict[str, Any]) -> Path:
-        path = folder / "config.json"
-        tmp = folder / "config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, path)
-        return path
-
     def _key_hashes(self, ctx: Context, res: Resource, previous: dict[str, Any]
                     ) -> tuple[list[str], dict[str, str]]:
         """(hashes the server accepts, user key hashes by name) for `auth`."""
@@ -188,7 +180,7 @@ class EndpointHandler(BaseHandler):
         port = int(res.spec.get("port") or free_port())
         hashes, user = self._key_hashes(ctx, res, {})
         config, served = self._config(ctx, res, 1, port, hashes)
-        path = self._write(folder, config)
+        path = write_config(folder, config)
         workers = int(res.spec.get("workers", 2))
         pid = launch([sys.executable, "-m", "mlinfra.serving", "--config", str(path),
                       "--port", str(port), "--workers", str(workers)],
@@ -197,7 +189,7 @@ class EndpointHandler(BaseHandler):
                    "workers": workers, "generation": 1, "served": served,
                    "traffic": config["traffic"],
                    "key_hashes": user, "log": str(folder / "server.log")}
-        self._wait(ctx, res.name, folder, 1, workers, pid, change.address)
+        wait_generation(folder, 1, workers, pid, change.address)
         return Applied(outputs, provider_id=f"pid:{pid}")
 
     def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
@@ -209,38 +201,10 @@ class EndpointHandler(BaseHandler):
         generation = int(state.outputs.get("generation", 1)) + 1
         hashes, user = self._key_hashes(ctx, res, state.outputs)
         config, served = self._config(ctx, res, generation, int(state.outputs["port"]), hashes)
-        self._write(folder, config)
-        self._wait(ctx, res.name, folder, generation, int(state.outputs["workers"]),
-                   int(state.outputs["pid"]), change.address)
+        publish(folder, config, state, change.address)
         return Applied({**state.outputs, "generation": generation, "served": served,
                         "key_hashes": user, "traffic": config["traffic"]},
                        provider_id=state.provider_id)
-
-    @staticmethod
-    def _wait(ctx: Context, name: str, folder: Path, generation: int, workers: int, pid: int,
-              address: str) -> None:
-        """Until every worker serves `generation` (a worker that failed to load it
-        keeps the previous one and says why)."""
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if not pid_alive(pid):
-                raise ProviderError(address, "the server exited:\n" + _tail(folder /
-                                                                            "server.log"))
-            statuses = []
-            for path in (folder / "status").glob("*.json"):
-                with contextlib.suppress(OSError, ValueError):
-                    status = json.loads(path.read_text())
-                    if pid_alive(int(status["pid"])):
-                        statuses.append(status)
-            errors = [s["error"] for s in statuses if s.get("error")]
-            if errors:
-                raise ProviderError(address, f"the server could not load generation "
-                                    f"{generation}: {errors[0]}")
-            if sum(s.get("generation") == generation for s in statuses) >= workers:
-                return
-            time.sleep(0.05)
-        raise ProviderError(address, f"the server did not serve generation {generation} "
-                            f"within {READY_TIMEOUT_S:g}s:\n" + _tail(folder / "server.log"))
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         pid = int(state.outputs.get("pid", 0))
@@ -328,10 +292,7 @@ def regenerate(session: Any, state: ResourceState, which: str) -> str:
     generation = int(state.outputs.get("generation", 1)) + 1
     config.update(generation=generation, key_hashes=[
         *user.values(), key_hash(operator_key(ctx, state.name))])
-    EndpointHandler._write(folder, config)
-    EndpointHandler._wait(ctx, state.name, folder, generation,
-                          int(state.outputs["workers"]), int(state.outputs["pid"]),
-                          state.address)
+    publish(folder, config, state, state.address)
     state.outputs = {**state.outputs, "generation": generation, "key_hashes": user}
     ctx.store.commit_change(None, state.address, "regenerate-key", state, f"{which} key")
     return key
@@ -347,19 +308,60 @@ def take_new_keys(ctx: Context, name: str) -> dict[str, str]:
     return keys
 
 
+def write_config(folder: Path, config: dict[str, Any]) -> Path:
+    path = folder / "config.json"
+    tmp = folder / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def wait_generation(folder: Path, generation: int, workers: int, pid: int, address: str) -> None:
+    """Until every worker serves `generation` (a worker that failed to load it
+    keeps the previous one and says why)."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if not pid_alive(pid):
+            raise ProviderError(address, "the server exited:\n" + _tail(folder / "server.log"))
+        statuses = live_statuses(folder)
+        errors = [s["error"] for s in statuses if s.get("error")]
+        if errors:
+            raise ProviderError(address, f"the server could not load generation "
+                                f"{generation}: {errors[0]}")
+        if sum(s.get("generation") == generation for s in statuses) >= workers:
+            return
+        time.sleep(0.05)
+    raise ProviderError(address, f"the server did not serve generation {generation} "
+                        f"within {READY_TIMEOUT_S:g}s:\n" + _tail(folder / "server.log"))
+
+
+def live_statuses(folder: Path) -> list[dict[str, Any]]:
+    """The last status report of each worker still running (written every 0.25 s)."""
+    statuses = []
+    for path in (folder / "status").glob("*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            status = json.loads(path.read_text())
+            if pid_alive(int(status["pid"])):
+                statuses.append(status)
+    return statuses
+
+
+def publish(folder: Path, config: dict[str, Any], state: ResourceState, address: str) -> None:
+    """Write the endpoint's new config and wait until every worker serves its generation."""
+    write_config(folder, config)
+    wait_generation(folder, int(config["generation"]), int(state.outputs["workers"]),
+                    int(state.outputs["pid"]), address)
+
+
 def worker_stats(folder: Path) -> dict[str, dict[str, float]]:
     """Per deployment, summed over live workers: requests, errors, worst p99."""
     total: dict[str, dict[str, float]] = {}
-    for path in (folder / "status").glob("*.json"):
-        with contextlib.suppress(OSError, ValueError):
-            status = json.loads(path.read_text())
-            if not pid_alive(int(status["pid"])):
-                continue
-            for name, stats in (status.get("stats") or {}).items():
-                entry = total.setdefault(name, {"requests": 0, "errors": 0, "p99_ms": 0.0})
-                entry["requests"] += stats["requests"]
-                entry["errors"] += stats["errors"]
-                entry["p99_ms"] = max(entry["p99_ms"], stats["p99_ms"])
+    for status in live_statuses(folder):
+        for name, stats in (status.get("stats") or {}).items():
+            entry = total.setdefault(name, {"requests": 0, "errors": 0, "p99_ms": 0.0})
+            entry["requests"] += stats["requests"]
+            entry["errors"] += stats["errors"]
+            entry["p99_ms"] = max(entry["p99_ms"], stats["p99_ms"])
     return total
 
 
@@ -393,15 +395,12 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
     start = {k: int(v) for k, v in config["traffic"].items()}
     start.update({k: start.get(k, 0) for k in config["deployments"]})
     generation = int(state.outputs.get("generation", 1))
-    workers, pid = int(state.outputs["workers"]), int(state.outputs["pid"])
 
     def serve(traffic: dict[str, int]) -> None:
         nonlocal generation
         generation += 1
         config.update(generation=generation, traffic=traffic)
-        EndpointHandler._write(folder, config)
-        EndpointHandler._wait(ctx, state.name, folder, generation, workers, pid,
-                              state.address)
+        publish(folder, config, state, state.address)
 
     reason, current = "", start
     for share in steps:
