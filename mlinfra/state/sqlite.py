@@ -44,6 +44,10 @@ CREATE TABLE IF NOT EXISTS locks (
 """
 
 
+_SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
+                     "provider_id, dependencies, updated_at FROM resources")
+
+
 class StateCorrupted(MlinfraError):
     """The state file cannot be read as a database."""
 
@@ -166,17 +170,14 @@ class SqliteStore:
         return StateVersion(lineage=rows["lineage"], serial=int(rows["serial"]))
 
     def resources(self) -> dict[str, ResourceState]:
-        rows = self.query("SELECT address, kind, name, attributes, inputs_hash, outputs, "
-                          "provider_id, dependencies, updated_at FROM resources")
+        rows = self.query(_SELECT_RESOURCES)
         # The JSON columns of every row in one parse: a third of the time of one each.
         values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
         return {r[0]: ResourceState(r[0], r[1], r[2], v[0], r[4], v[1], r[6], v[2], r[8])
                 for r, v in zip(rows, values, strict=True)}
 
     def get(self, address: str) -> ResourceState | None:
-        rows = self.query("SELECT address, kind, name, attributes, inputs_hash, outputs, "
-                          "provider_id, dependencies, updated_at FROM resources "
-                          "WHERE address=?", (address,))
+        rows = self.query(_SELECT_RESOURCES + " WHERE address=?", (address,))
         return _resource(rows[0]) if rows else None
 
     # --- journal and changes -------------------------------------------------------
