@@ -26,6 +26,8 @@ from mlinfra.state.model import ResourceState, digest
 
 MARKER = "mlinfra-env.json"
 UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
+# The Python an Environment gets when it names none: the one running mlinfra.
+CURRENT_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def uv_bin() -> str:
@@ -61,7 +63,7 @@ def find_python(version: str) -> str | None:
         known = {}
     if version in known and os.access(known[version], os.X_OK):
         return known[version]
-    if version == f"{sys.version_info.major}.{sys.version_info.minor}":
+    if version == CURRENT_PYTHON:
         found: str | None = sys.executable
     else:
         done = _run_uv(["python", "find", version])
@@ -87,7 +89,7 @@ def env_dir(spec_hash: str) -> Path:
 class EnvironmentHandler(BaseHandler):
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         spec = res.spec
-        python = str(spec.get("python") or f"{sys.version_info.major}.{sys.version_info.minor}")
+        python = str(spec.get("python") or CURRENT_PYTHON)
         if find_python(python) is None:
             available = ", ".join(installed_pythons()) or "none"
             raise ProviderError(res.address, f"Python {python} is not installed, and uv cannot "
@@ -115,8 +117,7 @@ class EnvironmentHandler(BaseHandler):
 
     def _build(self, change: Change, ctx: Context, folder: Path, spec_hash: str) -> None:
         after = change.after or {}
-        python = str(after.get("python") or f"{sys.version_info.major}."
-                     f"{sys.version_info.minor}")
+        python = str(after.get("python") or CURRENT_PYTHON)
         interpreter = find_python(python)
         if interpreter is None:
             raise ProviderError(change.address, f"Python {python} is not installed")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import graphlib
 import os
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from mlinfra.data.versions import DataVersions
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.data import DataHandler
-from mlinfra.providers.local.environment import env_dir
+from mlinfra.providers.local.environment import CURRENT_PYTHON, env_dir
 from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
@@ -95,7 +94,7 @@ class Resolver:
         name = job.spec.get("environment")
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
-            return f"python{sys.version_info.major}.{sys.version_info.minor}", None, {}
+            return f"python{CURRENT_PYTHON}", None, {}
         spec_hash = str(self.ctx.facts(env)["spec_hash"])
         variables = {k: str(v) for k, v in
                      self.ctx.resolve_secrets(env.spec.get("env") or {}).items()}
