@@ -69,10 +69,13 @@ def state_path(config: Config) -> Path:
     return state_dir(config) / "state.db"
 
 
-def open_session(directory: Path, stack: str | None, command: str,
+def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
                  log: Callable[[str], None] = lambda _: None) -> Session:
+    """Load the project and open its stack's state: for writing (apply, destroy, the
+    commands that move aliases or edit state) or only for reading (plan, output, the
+    listing commands), which never creates nor changes the state file."""
     config = load(directory, stack)
-    store = SqliteStore(state_path(config), command=command)
+    store = SqliteStore(state_path(config), command=command, readonly=not write)
     provider = get_provider(config.stack.provider)
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
@@ -97,6 +100,8 @@ def _secret_key(store: SqliteStore) -> bytes:
     rows = store.query("SELECT value FROM meta WHERE key='secret_key'")
     if rows:
         return bytes.fromhex(rows[0][0])
+    if store.readonly:
+        return os.urandom(32)
     with store.transaction() as cur:
         cur.execute("INSERT OR IGNORE INTO meta VALUES ('secret_key', ?)",
                     (os.urandom(32).hex(),))
@@ -142,7 +147,6 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         unknown = targets - set(deps)
         keep = closure(targets & set(deps), deps) | unknown
         resources = [r for r in resources if r.address in keep]
-    key = _secret_key(session.store)
     session.ctx.forget_facts()
     errors: list[ProviderError] = []
     out: dict[str, Desired] = {}
@@ -155,7 +159,7 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         missing: set[str] = set()
         attributes = {k: v for k, v in res.spec.items() if k not in ("kind", "name")}
         if "${secret." in repr(attributes):
-            attributes = _mask(attributes, key, res.address, missing)
+            attributes = _mask(attributes, _secret_key(session.store), res.address, missing)
         for name in sorted(missing):
             errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
                                         f"{name}=... before planning"))
@@ -170,8 +174,29 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
     return out
 
 
-def config_hash(stack: str, desired: dict[str, Desired]) -> str:
-    return digest({"stack": stack, "resources": {a: d.inputs_hash for a, d in desired.items()}})
+def resolved_references(session: Session) -> dict[str, int | None]:
+    """What each model reference of the endpoints names now (`fraud@champion` -> 3,
+    `fraud` -> the latest version; None: nothing yet). A saved plan keeps them: an
+    alias moved since is a stale plan."""
+    refs = sorted({str(d.get("model")) for e in session.config.of("Endpoint").values()
+                   for d in e.spec.get("deployments") or []})
+    if not refs:
+        return {}
+    from mlinfra.registry.models import ModelRegistry
+    from mlinfra.spec.model import Ref
+
+    registry = ModelRegistry(session.store)
+    out: dict[str, int | None] = {}
+    for text in refs:
+        ref = Ref.parse(text)
+        if ref is None:
+            continue
+        if ref.alias is not None:
+            out[text] = registry.aliases(ref.name).get(ref.alias)
+        elif ref.version is None:
+            latest = registry.latest(ref.name)
+            out[text] = latest.version if latest else None
+    return out
 
 
 # --- refresh and plan -------------------------------------------------------------------
@@ -191,25 +216,54 @@ def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
-                     destroy=destroy, config_hash=config_hash(session.stack, desired),
-                     stack=session.stack)
+                     destroy=destroy, stack=session.stack,
+                     resolved=resolved_references(session))
+
+
+def _comparable(the_plan: Plan) -> str:
+    """The changes as apply would make them; masked secrets compare equal (their
+    values are read again at apply time)."""
+    def mask(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [mask(v) for v in value]
+        if isinstance(value, str) and value.startswith(SECRET_PREFIX):
+            return SECRET_PREFIX
+        return value
+
+    return digest(mask([c.to_json() for c in the_plan.actionable]))
 
 
 def check_fresh(session: Session, saved: Plan) -> None:
-    """Refuse a saved plan once the state or the configuration moved on."""
+    """Refuse a saved plan once the state, the model references or the changes it
+    would make moved on: it is planned again, with its targets, and compared."""
     version = session.store.version()
     if saved.stack != session.stack:
         raise StalePlan(f"the plan was made for stack '{saved.stack}', not '{session.stack}'")
-    if (saved.lineage, saved.serial) != (version.lineage, version.serial):
-        what = ("belongs to another state" if saved.lineage != version.lineage else
-                f"was made at state serial {saved.serial}; the state is now at "
-                f"{version.serial}")
+    planned_fresh = saved.lineage == "" and version.serial == 0
+    if not planned_fresh and (saved.lineage, saved.serial) != (version.lineage,
+                                                                version.serial):
+        if saved.lineage == "":
+            what = ("was made before the state existed; the state is now at serial "
+                    f"{version.serial}")
+        elif saved.lineage != version.lineage:
+            what = "belongs to another state"
+        else:
+            what = (f"was made at state serial {saved.serial}; the state is now at "
+                    f"{version.serial}")
         raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
-    if not saved.destroy:
-        current = config_hash(session.stack, desired_state(session))
-        if current != saved.config_hash:
-            raise StalePlan("the configuration (or the data it reads) changed since the plan "
-                            "was saved. Run mlinfra plan again.")
+    current = plan(session, targets=saved.targets, destroy=saved.destroy)
+    moved = sorted(ref for ref in set(saved.resolved) | set(current.resolved)
+                   if saved.resolved.get(ref) != current.resolved.get(ref))
+    if moved:
+        raise StalePlan("the saved plan is stale: model references changed since it was "
+                        "saved (" + ", ".join(f"{ref}: {saved.resolved.get(ref)} -> "
+                                              f"{current.resolved.get(ref)}" for ref in moved)
+                        + "). Run mlinfra plan again.")
+    if _comparable(current) != _comparable(saved):
+        raise StalePlan("the configuration, the data it reads or the objects it manages "
+                        "changed since the plan was saved. Run mlinfra plan again.")
 
 
 # --- apply ------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_failure_stops_dependants_not_siblings(project: Callable[[Files], Path])
                        "kind: Data\nname: on-broken\ndatastore: broken\npath: x.csv\n---\n"
                        "kind: Data\nname: on-main\ndatastore: main\npath: y.csv\n",
         "a/x.csv": "a\n1\n", "data/y.csv": "a\n2\n"})
-    session = open_session(root, None, "apply")
+    session = open_session(root, None, "apply", write=True)
     session.provider.handlers["Datastore"] = FailingDatastore()
     events: list[tuple[str, str]] = []
     result = execute(session, plan(session), parallelism=2,

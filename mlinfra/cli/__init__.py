@@ -178,6 +178,8 @@ def _models(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None
     archive = models.add_parser("archive", parents=[common],
                                 help="hide a version (refused while an endpoint serves it)")
     archive.add_argument("ref")
+    for changes in (alias, tag, archive):
+        _lock_option(changes)
 
 
 def _data(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -301,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # a bug in mlinfra: say so, without a wall of traceback
         if os.environ.get("MLINFRA_DEBUG"):
             raise
+        if type(err).__module__ == "sqlite3":  # the state file failed under us
+            echo_err(f"Error: the state database failed: {err}. If its file is damaged, "
+                     "restore the copy next to it (state.db.backup).")
+            return 1
         echo_err(f"mlinfra: internal error: {type(err).__name__}: {err}\n"
              "This is a bug in mlinfra; run again with MLINFRA_DEBUG=1 for the traceback.")
         return EXIT_INTERNAL

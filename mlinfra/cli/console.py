@@ -52,10 +52,11 @@ def print_lines(lines: list[tuple[str, str]]) -> None:
         emit(text, style)
 
 
-def session_for(args: argparse.Namespace, command: str) -> Session:
+def session_for(args: argparse.Namespace, command: str, *, write: bool) -> Session:
+    """The project and its state, opened for writing or only for reading."""
     from mlinfra.engine import open_session
 
-    return open_session(directory(args), stack_name(args), command,
+    return open_session(directory(args), stack_name(args), command, write=write,
                         log=lambda line: emit(line, "dim"))
 
 

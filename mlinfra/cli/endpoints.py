@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 def cmd_endpoints(args: argparse.Namespace) -> int:
     from mlinfra.providers.local import endpoints
 
-    session = session_for(args, f"endpoints {args.endpoints_command}")
+    session = session_for(args, f"endpoints {args.endpoints_command}",
+                          write=args.endpoints_command in ("keys", "rollout"))
     try:
         states = {s.name: s for s in session.store.resources().values()
                   if s.kind == "Endpoint"}

@@ -70,7 +70,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from mlinfra.engine import plan
     from mlinfra.plan import planfile
 
-    session = session_for(args, "plan")
+    session = session_for(args, "plan", write=False)
     try:
         the_plan = plan(session, targets=args.target, destroy=args.destroy,
                         do_refresh=args.refresh)
@@ -101,7 +101,7 @@ def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
     from mlinfra.state.lock import locked
 
     verb = "destroy" if destroy else "apply"
-    session = session_for(args, verb)
+    session = session_for(args, verb, write=True)
     try:
         with locked(session.store, session.stack, verb, args.lock_timeout):
             if getattr(args, "planfile", None):
@@ -132,7 +132,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 def cmd_state(args: argparse.Namespace) -> int:
     from mlinfra.state.lock import force_unlock, locked
 
-    session = session_for(args, f"state {args.state_command}")
+    session = session_for(args, f"state {args.state_command}",
+                          write=args.state_command in ("rm", "unlock"))
     store = session.store
     try:
         if args.state_command == "list":
@@ -165,7 +166,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_output(args: argparse.Namespace) -> int:
-    session = session_for(args, "output")
+    session = session_for(args, "output", write=False)
     try:
         resources = session.store.resources()
     finally:

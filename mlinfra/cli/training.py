@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 def cmd_runs(args: argparse.Namespace) -> int:
     from mlinfra.runs.store import RunStore
 
-    session = session_for(args, f"runs {args.runs_command}")
+    session = session_for(args, f"runs {args.runs_command}",
+                          write=args.runs_command == "cancel")
     try:
         runs = RunStore(session.store)
         if args.runs_command == "list":
@@ -113,7 +114,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     from mlinfra.registry.models import ModelRegistry
     from mlinfra.spec.model import Ref
 
-    session = session_for(args, f"models {args.models_command}")
+    session = session_for(args, f"models {args.models_command}",
+                          write=args.models_command in ("alias", "tag", "archive"))
     try:
         registry = ModelRegistry(session.store)
         if args.models_command == "list":
@@ -135,31 +137,43 @@ def cmd_models(args: argparse.Namespace) -> int:
             found = registry.resolve(ref.name, ref.version, ref.alias)
             echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
                             indent=2, default=str))
-        elif args.models_command == "alias":
-            if ref.alias is None:
-                raise MlinfraError("give NAME@ALIAS, e.g. fraud@champion")
-            registry.set_alias(ref.name, ref.alias, args.version, "set by mlinfra models alias")
-            echo(f"{ref.name}@{ref.alias} -> {ref.name}:{args.version}")
-        elif args.models_command == "tag":
-            found = registry.resolve(ref.name, ref.version, ref.alias)
-            tags = dict(item.split("=", 1) for item in args.tags if "=" in item)
-            registry.set_tags(found.name, found.version, tags)
-            echo(f"tagged {found.ref}: {tags}")
-        elif args.models_command == "archive":
-            found = registry.resolve(ref.name, ref.version, ref.alias)
-            registry.archive(found.name, found.version,
-                             serving_endpoints(session.config, registry, found))
-            echo(f"archived {found.ref}")
+            return 0
+        from mlinfra.state.lock import locked
+
+        # These move what a plan resolves: one writer at a time, as apply.
+        with locked(session.store, session.stack, f"models {args.models_command}",
+                    args.lock_timeout):
+            echo(_change_registry(session, registry, ref, args))
         return 0
     finally:
         session.close()
+
+
+def _change_registry(session: Any, registry: Any, ref: Any, args: argparse.Namespace) -> str:
+    """models alias, tag or archive; returns what to print."""
+    if args.models_command == "alias":
+        if ref.alias is None:
+            raise MlinfraError("give NAME@ALIAS, e.g. fraud@champion")
+        registry.set_alias(ref.name, ref.alias, args.version, "set by mlinfra models alias")
+        return f"{ref.name}@{ref.alias} -> {ref.name}:{args.version}"
+    found = registry.resolve(ref.name, ref.version, ref.alias)
+    if args.models_command == "tag":
+        malformed = [item for item in args.tags if "=" not in item or item.startswith("=")]
+        if malformed:
+            raise MlinfraError(f"tags are KEY=VALUE; got {', '.join(malformed)}")
+        tags = dict(item.split("=", 1) for item in args.tags)
+        registry.set_tags(found.name, found.version, tags)
+        return f"tagged {found.ref}: {tags}"
+    registry.archive(found.name, found.version,
+                     serving_endpoints(session.config, registry, found))
+    return f"archived {found.ref}"
 
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mlinfra.data import checks
     from mlinfra.providers.local.jobs import Resolver
 
-    session = session_for(args, "data validate")
+    session = session_for(args, "data validate", write=False)
     try:
         res = session.config.get("Data", args.name)
         if res is None:

@@ -10,17 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.state.sqlite import SqliteStore
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS data_versions (
-  name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
-  created_at REAL NOT NULL, metadata TEXT NOT NULL,
-  PRIMARY KEY (name, version), UNIQUE (name, sha256));
-CREATE TABLE IF NOT EXISTS file_hashes (
-  path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-  sha256 TEXT NOT NULL);
-"""
+from mlinfra.state.sqlite import SqliteStore, row_json
 
 _CHUNK = 1 << 20
 
@@ -47,7 +37,6 @@ class DataVersions:
 
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
-        store.ensure_schema(_SCHEMA)
 
     def _cached_sha256(self, path: Path) -> str:
         """sha256 of a file, reusing the last one while size and mtime are unchanged."""
@@ -58,6 +47,8 @@ class DataVersions:
         if rows and rows[0][0] == stat.st_size and rows[0][1] == stat.st_mtime_ns:
             return str(rows[0][2])
         sha = file_sha256(path)
+        if self.store.readonly:  # a plan reads; the next apply keeps the hash
+            return sha
         with self.store.transaction() as cur:
             cur.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
                         (key, stat.st_size, stat.st_mtime_ns, sha))
@@ -102,7 +93,8 @@ class DataVersions:
     def list(self, name: str) -> list[DataVersion]:
         rows = self.store.query("SELECT name, version, sha256, created_at, metadata FROM "
                                 "data_versions WHERE name=? ORDER BY version", (name,))
-        return [DataVersion(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+        return [DataVersion(r[0], r[1], r[2], r[3], row_json(r[4], f"data version {r[0]}:{r[1]}"))
+                for r in rows]
 
     def get(self, name: str, version: int | None = None) -> DataVersion | None:
         versions = self.list(name)

@@ -27,8 +27,9 @@ class PlanError(MlinfraError):
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted paths; lists stay whole values."""
-    if isinstance(value, dict) and value:
+    """Nested mappings to dotted paths; lists stay whole values (an empty mapping at the
+    top has no paths)."""
+    if isinstance(value, dict) and (value or not prefix):
         out: dict[str, Any] = {}
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
@@ -99,8 +100,8 @@ def _plan_desired(want: Desired, have: ResourceState | None,
 
 def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
               observed: dict[str, Observed], version: StateVersion, *,
-              targets: Iterable[str] = (), destroy: bool = False, config_hash: str = "",
-              stack: str = "") -> Plan:
+              targets: Iterable[str] = (), destroy: bool = False, stack: str = "",
+              resolved: dict[str, int | None] | None = None) -> Plan:
     """Compare what the configuration wants with what the state holds and refresh saw.
 
     With `targets`, only those addresses and what they depend on are planned (for
@@ -144,7 +145,7 @@ def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
                               field_changes(have.attributes, {}, frozenset()),
                               list(have.dependencies), have.inputs_hash))
     return Plan(changes=changes, drift=drift, lineage=version.lineage, serial=version.serial,
-                config_hash=config_hash, stack=stack, destroy=destroy)
+                stack=stack, destroy=destroy, targets=sorted(targets), resolved=resolved)
 
 
 def _refuse_used(gone: set[str], state: dict[str, ResourceState]) -> None:

@@ -125,17 +125,23 @@ def tally(changes: list[Change]) -> dict[str, int]:
 
 class Plan(Record):
     """Changes in dependency order (deletions in reverse order), the drift refresh
-    found, and the state version the plan was made against."""
+    found, and what the plan was made against: the state's version (lineage "" for a
+    stack with no state yet), the `--target`s, and `resolved`, what each model
+    reference of the configuration (`fraud@champion`, `fraud`) named at that time."""
 
-    __slots__ = ("changes", "drift", "lineage", "serial", "config_hash", "stack", "destroy")
+    __slots__ = ("changes", "drift", "lineage", "serial", "stack", "destroy", "targets",
+                 "resolved")
 
     def __init__(self, changes: list[Change], drift: list[Drift] | None = None,
-                 lineage: str = "", serial: int = 0, config_hash: str = "", stack: str = "",
-                 destroy: bool = False) -> None:
+                 lineage: str = "", serial: int = 0, stack: str = "", destroy: bool = False,
+                 targets: list[str] | None = None,
+                 resolved: dict[str, int | None] | None = None) -> None:
         self.changes = changes
         self.drift = drift if drift is not None else []
-        self.lineage, self.serial, self.config_hash = lineage, serial, config_hash
+        self.lineage, self.serial = lineage, serial
         self.stack, self.destroy = stack, destroy
+        self.targets = targets if targets is not None else []
+        self.resolved = resolved if resolved is not None else {}
 
     @property
     def actionable(self) -> list[Change]:
@@ -153,8 +159,9 @@ class Plan(Record):
             "stack": self.stack,
             "lineage": self.lineage,
             "serial": self.serial,
-            "config_hash": self.config_hash,
             "destroy": self.destroy,
+            "targets": self.targets,
+            "resolved": self.resolved,
             "summary": self.counts(),
             "changes": [c.to_json() for c in self.actionable],
             "drift": [d._asdict() for d in self.drift],
@@ -164,6 +171,6 @@ class Plan(Record):
     def from_json(cls, data: dict[str, Any]) -> Plan:
         return cls(changes=[Change.from_json(c) for c in data["changes"]],
                    drift=[Drift(**d) for d in data.get("drift", [])],
-                   lineage=data["lineage"], serial=data["serial"],
-                   config_hash=data["config_hash"], stack=data["stack"],
-                   destroy=data.get("destroy", False))
+                   lineage=data["lineage"], serial=data["serial"], stack=data["stack"],
+                   destroy=bool(data["destroy"]), targets=list(data["targets"]),
+                   resolved=dict(data["resolved"]))

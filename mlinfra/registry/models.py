@@ -8,22 +8,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.state.sqlite import SqliteStore, row_json
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-  name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL, format TEXT NOT NULL,
-  signature TEXT NOT NULL, run_id TEXT, lineage TEXT NOT NULL, metrics TEXT NOT NULL,
-  tags TEXT NOT NULL, created_at REAL NOT NULL, archived INTEGER NOT NULL DEFAULT 0,
-  PRIMARY KEY (name, version), UNIQUE (name, sha256));
-CREATE TABLE IF NOT EXISTS aliases (
-  name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
-  updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
-  PRIMARY KEY (name, alias));
-"""
 _COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
             "metrics", "tags", "created_at", "archived")
 _JSON = ("signature", "lineage", "metrics", "tags")
+
+
+# A version whose promotion gates failed is tagged so; it is never `latest`.
+GATES_TAG = "mlinfra.gates"
 
 
 class RegistryError(MlinfraError):
@@ -54,7 +47,6 @@ class ModelVersion:
 class ModelRegistry:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
-        store.ensure_schema(_SCHEMA)
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[ModelVersion]:
         rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM models WHERE {where} "
@@ -63,7 +55,7 @@ class ModelRegistry:
         for row in rows:
             values = dict(zip(_COLUMNS, row, strict=True))
             for key in _JSON:
-                values[key] = json.loads(values[key])
+                values[key] = row_json(values[key], f"model {row[0]}:{row[1]}")
             out.append(ModelVersion(**values))
         return out
 
@@ -103,7 +95,9 @@ class ModelRegistry:
         return found[0] if found else None
 
     def latest(self, name: str) -> ModelVersion | None:
-        found = [v for v in self.versions(name) if not v.archived]
+        """The newest version that is neither archived nor failed its gates."""
+        found = [v for v in self.versions(name)
+                 if not v.archived and v.tags.get(GATES_TAG) != "failed"]
         return found[-1] if found else None
 
     def aliases(self, name: str) -> dict[str, int]:
@@ -132,6 +126,8 @@ class ModelRegistry:
         with self.store.transaction() as cur:
             cur.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
                         (name, alias, version, time.time(), reason))
+            self.store.advance(cur, f"model.{name}", "alias",
+                               f"{name}@{alias} -> {version}: {reason}")
 
     def set_tags(self, name: str, version: int, tags: dict[str, Any]) -> None:
         found = self.get(name, version)
@@ -140,6 +136,8 @@ class ModelRegistry:
         with self.store.transaction() as cur:
             cur.execute("UPDATE models SET tags=? WHERE name=? AND version=?",
                         (json.dumps({**found.tags, **tags}), name, version))
+            self.store.advance(cur, f"model.{name}", "tag",
+                               f"{found.ref}: " + json.dumps(tags, sort_keys=True))
 
     def archive(self, name: str, version: int, used_by: list[str]) -> None:
         """Hide a version from `latest`; refused while an endpoint serves it."""
@@ -151,3 +149,4 @@ class ModelRegistry:
         with self.store.transaction() as cur:
             cur.execute("UPDATE models SET archived=1 WHERE name=? AND version=?",
                         (name, version))
+            self.store.advance(cur, f"model.{name}", "archive", f"{name}:{version}")

@@ -7,27 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlinfra.state.sqlite import SqliteStore
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-  id TEXT PRIMARY KEY, job TEXT NOT NULL, experiment TEXT NOT NULL,
-  pipeline TEXT, step TEXT, parent TEXT, run_hash TEXT NOT NULL, status TEXT NOT NULL,
-  created_at REAL NOT NULL, started_at REAL, ended_at REAL, exit_code INTEGER,
-  pid INTEGER, host TEXT, command TEXT NOT NULL DEFAULT '', params TEXT NOT NULL DEFAULT '{}',
-  inputs TEXT NOT NULL DEFAULT '{}', outputs TEXT NOT NULL DEFAULT '{}',
-  git TEXT NOT NULL DEFAULT '{}', environment TEXT NOT NULL DEFAULT '{}',
-  run_dir TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
-  reused_from TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
-CREATE INDEX IF NOT EXISTS runs_hash ON runs(job, run_hash, status);
-CREATE TABLE IF NOT EXISTS metrics (
-  run_id TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, step INTEGER,
-  at REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id);
-CREATE TABLE IF NOT EXISTS run_params (
-  run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
-  PRIMARY KEY (run_id, key));
-"""
+from mlinfra.state.sqlite import SqliteStore, row_json
 
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
@@ -76,7 +56,6 @@ class Run:
 class RunStore:
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
-        store.ensure_schema(_SCHEMA)
 
     def save(self, run: Run) -> None:
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
@@ -138,5 +117,5 @@ class RunStore:
 def _run(row: tuple[Any, ...]) -> Run:
     values = dict(zip(_COLUMNS, row, strict=True))
     for key in _JSON:
-        values[key] = json.loads(values[key] or "{}")
+        values[key] = row_json(values[key] or "{}", f"run {values['id']}")
     return Run(**values)

@@ -20,36 +20,20 @@ from typing import Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.state.model import JournalEntry, ResourceState, StateVersion
-
-FORMAT_VERSION = 1
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-  address TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,
-  attributes TEXT NOT NULL, inputs_hash TEXT NOT NULL, outputs TEXT NOT NULL,
-  provider_id TEXT NOT NULL, dependencies TEXT NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS journal (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, action TEXT NOT NULL,
-  pid INTEGER NOT NULL, host TEXT NOT NULL, started_at REAL NOT NULL,
-  finished_at REAL, status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
-CREATE INDEX IF NOT EXISTS journal_status ON journal(status);
-CREATE TABLE IF NOT EXISTS audit (
-  id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, user TEXT NOT NULL,
-  host TEXT NOT NULL, command TEXT NOT NULL, address TEXT NOT NULL, action TEXT NOT NULL,
-  serial INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS locks (
-  stack TEXT PRIMARY KEY, id TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
-  pid INTEGER NOT NULL, command TEXT NOT NULL, created_at REAL NOT NULL);
-"""
-
+from mlinfra.state.schema import (
+    FORMAT_VERSION,
+    TABLES,
+    WORKSPACE_TABLES,
+    create_tables,
+    missing_tables,
+)
 
 _SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
                      "provider_id, dependencies, updated_at FROM resources")
 
 
 class StateCorrupted(MlinfraError):
-    """The state file cannot be read as a database."""
+    """The state file cannot be read as an mlinfra state."""
 
 
 HOST = os.uname().nodename
@@ -62,34 +46,78 @@ def current_user() -> str:
         return str(os.getuid())
 
 
+def row_json(text: str, where: str) -> Any:
+    """A JSON column of a state row; a damaged one is a damaged state, not a crash."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
+                             "Restore the backup copy (state.db.backup) or remove the row "
+                             "with mlinfra state rm.") from None
+
+
 class SqliteStore:
     """The state of one stack. Thread-safe: writers are serialised by one lock.
 
     Invariants: `lineage` is fixed when the file is created; `serial` grows by one
     with every committed change; a journal entry is `pending` from just before a
     provider call until the change is committed (`done`) or has `failed`.
+    A read-only store (`readonly=True`, for plan and the read commands) never creates
+    nor changes the file: a stack with no state file reads as an empty state with no
+    lineage yet. A file mlinfra did not write (empty, not SQLite, no lineage) is
+    refused as damaged, never taken for a new stack.
     """
 
-    def __init__(self, path: Path, command: str = "") -> None:
+    def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
         self.path = path
         self.command = command
+        self.readonly = readonly
         self._lock = threading.RLock()
-        self._schemas: set[str] = set()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.exists() and path.stat().st_size > 0
+        self.exists = path.exists()
         try:
-            self.conn = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                        check_same_thread=False)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            if existed:
-                row = self.conn.execute("PRAGMA quick_check").fetchone()
-                if row is None or row[0] != "ok":
-                    raise sqlite3.DatabaseError(str(row[0] if row else "no answer"))
-            self.conn.executescript(_SCHEMA)
-            self._init_meta()
+            if not self.exists and readonly:
+                self.conn = sqlite3.connect(":memory:", isolation_level=None,
+                                            check_same_thread=False)
+                create_tables(self.conn, list(TABLES), temporary=False)
+                _write_meta(self.conn, lineage="")
+                return
+            if not self.exists:
+                _create(path)
+            elif path.stat().st_size == 0:
+                raise sqlite3.DatabaseError("the file is empty")
+            self.conn = self._open()
+            self._check()
+            missing = missing_tables(self.conn)
+            if missing:
+                with self._lock:
+                    create_tables(self.conn, missing, temporary=readonly)
         except sqlite3.DatabaseError as err:
             raise StateCorrupted(self._corrupted_message(err)) from None
+
+    def _open(self) -> sqlite3.Connection:
+        if self.readonly:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                   timeout=30, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _check(self) -> None:
+        row = self.conn.execute("PRAGMA quick_check").fetchone()
+        if row is None or row[0] != "ok":
+            raise sqlite3.DatabaseError(str(row[0] if row else "no answer"))
+        meta = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN "
+                                      "('lineage', 'serial', 'format_version')").fetchall()
+                    ) if "meta" not in missing_tables(self.conn) else {}
+        if len(meta) != 3 or not meta["lineage"]:
+            raise sqlite3.DatabaseError("it is not an mlinfra state: it has no lineage, "
+                                        "serial or format version")
+        if int(meta["format_version"]) > FORMAT_VERSION:
+            raise MlinfraError(f"the state file {self.path} was written by a newer mlinfra "
+                               f"(format {meta['format_version']}); upgrade mlinfra to use it")
 
     def _corrupted_message(self, err: Exception) -> str:
         backup = self.backup_path
@@ -105,29 +133,21 @@ class SqliteStore:
     def backup_path(self) -> Path:
         return self.path.with_name(self.path.name + ".backup")
 
-    def _init_meta(self) -> None:
-        rows = self.query("SELECT value FROM meta WHERE key='format_version'")
-        if not rows:
-            self._create_meta()
-            rows = self.query("SELECT value FROM meta WHERE key='format_version'")
-        if int(rows[0][0]) > FORMAT_VERSION:
-            raise MlinfraError(f"the state file {self.path} was written by a newer mlinfra "
-                               f"(format {rows[0][0]}); upgrade mlinfra to use it")
-
-    def _create_meta(self) -> None:
-        with self.transaction() as cur:
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('lineage', ?)", (_new_lineage(),))
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('serial', '0')")
-            cur.execute("INSERT OR IGNORE INTO meta VALUES ('format_version', ?)",
-                        (str(FORMAT_VERSION),))
-
     def close(self) -> None:
         with self._lock:
             self.conn.close()
 
     def backup(self) -> None:
-        """Copy the (checked) state aside before a session that writes to it."""
+        """Copy the (checked) state aside before a session that writes to it. A backup
+        of another lineage or of a later serial is never overwritten by this state: it
+        is kept aside as `state.db.backup.LINEAGE-SERIAL`."""
         with self._lock:
+            previous = _version_of(self.backup_path)
+            mine = self.version()
+            if previous is not None and (previous.lineage != mine.lineage
+                                         or previous.serial > mine.serial):
+                os.replace(self.backup_path, self.backup_path.with_name(
+                    f"{self.backup_path.name}.{previous.lineage[:8]}-{previous.serial}"))
             tmp = self.backup_path.with_name(self.backup_path.name + ".tmp")
             dest = sqlite3.connect(tmp)
             try:
@@ -155,14 +175,6 @@ class SqliteStore:
         with self._lock:
             return self.conn.execute(sql, args).fetchall()
 
-    def ensure_schema(self, ddl: str) -> None:
-        """Create tables another module keeps in the same store (registry, data); once
-        per connection, however often the module is used."""
-        with self._lock:
-            if ddl not in self._schemas:
-                self.conn.executescript(ddl)
-                self._schemas.add(ddl)
-
     # --- state ---------------------------------------------------------------------
 
     def version(self) -> StateVersion:
@@ -172,7 +184,12 @@ class SqliteStore:
     def resources(self) -> dict[str, ResourceState]:
         rows = self.query(_SELECT_RESOURCES)
         # The JSON columns of every row in one parse: a third of the time of one each.
-        values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
+        try:
+            values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
+        except ValueError:
+            for row in rows:  # name the damaged row
+                _resource(row)
+            raise
         return {r[0]: ResourceState(r[0], r[1], r[2], v[0], r[4], v[1], r[6], v[2], r[8])
                 for r, v in zip(rows, values, strict=True)}
 
@@ -207,16 +224,29 @@ class SqliteStore:
                     (new.address, new.kind, new.name, json.dumps(new.attributes),
                      new.inputs_hash, json.dumps(new.outputs), new.provider_id,
                      json.dumps(new.dependencies), time.time()))
-            cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='serial'")
-            serial = int(cur.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0])
             if journal_id is not None:
                 cur.execute("UPDATE journal SET status='done', finished_at=? WHERE id=?",
                             (time.time(), journal_id))
-            cur.execute("INSERT INTO audit (at, user, host, command, address, action, serial, "
-                        "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (time.time(), current_user(), HOST, self.command, address, action,
-                         serial, detail[:2000]))
+            serial = self.advance(cur, address, action, detail)
         return serial
+
+    def advance(self, cur: sqlite3.Cursor, address: str, action: str, detail: str) -> int:
+        """Within a transaction: the state changed (a resource, an alias, a tag), so its
+        serial grows and the audit log says who did what; returns the new serial."""
+        cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='serial'")
+        serial = int(cur.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0])
+        cur.execute("INSERT INTO audit (at, user, host, command, address, action, serial, "
+                    "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (time.time(), current_user(), HOST, self.command, address, action,
+                     serial, detail[:2000]))
+        return serial
+
+    def empty_workspace(self) -> None:
+        """Forget what the workspace held: runs, metrics, model versions, aliases and
+        data versions (the workspace is being destroyed)."""
+        with self.transaction() as cur:
+            for table in WORKSPACE_TABLES:
+                cur.execute(f"DELETE FROM {table}")
 
     def interrupted_operations(self) -> list[JournalEntry]:
         """Pending entries whose process is gone: the operation was cut short."""
@@ -262,7 +292,49 @@ def _zombie(pid: int) -> bool:
 
 
 def _resource(row: tuple[Any, ...]) -> ResourceState:
+    where = f"resource {row[0]}"
     return ResourceState(address=row[0], kind=row[1], name=row[2],
-                         attributes=json.loads(row[3]), inputs_hash=row[4],
-                         outputs=json.loads(row[5]), provider_id=row[6],
-                         dependencies=json.loads(row[7]), updated_at=row[8])
+                         attributes=row_json(row[3], where), inputs_hash=row[4],
+                         outputs=row_json(row[5], where), provider_id=row[6],
+                         dependencies=row_json(row[7], where), updated_at=row[8])
+
+
+def _write_meta(conn: sqlite3.Connection, lineage: str) -> None:
+    conn.executemany("INSERT INTO meta VALUES (?, ?)", [
+        ("lineage", lineage), ("serial", "0"), ("format_version", str(FORMAT_VERSION))])
+
+
+def _create(path: Path) -> None:
+    """A new state with every table and its lineage, put in place whole: a process
+    killed meanwhile leaves no state file, never an empty one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    conn = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        create_tables(conn, list(TABLES), temporary=False)
+        _write_meta(conn, _new_lineage())
+    finally:
+        conn.close()
+    try:
+        os.link(tmp, path)  # never replaces a state another process created meanwhile
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
+def _version_of(path: Path) -> StateVersion | None:
+    """The lineage and serial of a state file, or None if it cannot be read."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
+                                     "('lineage', 'serial')").fetchall())
+        finally:
+            conn.close()
+        return StateVersion(str(rows["lineage"]), int(rows["serial"]))
+    except (sqlite3.DatabaseError, KeyError, ValueError):
+        return None

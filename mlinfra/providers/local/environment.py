@@ -109,7 +109,7 @@ class EnvironmentHandler(BaseHandler):
         folder.parent.mkdir(parents=True, exist_ok=True)
         with open(folder.parent / f"{folder.name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build per spec, across processes
-            if _marker(folder) != spec_hash:
+            if _marker(folder) != spec_hash or not _runs(folder):
                 ctx.log(f"{change.address}: building virtual environment {folder}")
                 self._build(change, ctx, folder, spec_hash)
         return Applied({"venv": str(folder), "python": str(folder / "bin" / "python"),
@@ -143,14 +143,20 @@ class EnvironmentHandler(BaseHandler):
         folder = Path(state.outputs.get("venv", ""))
         if not folder.exists():
             return Observed(False, f"virtual environment {folder} was deleted")
-        if _marker(folder) != state.outputs.get("spec_hash") or not os.access(
-                folder / "bin" / "python", os.X_OK):
+        if _marker(folder) != state.outputs.get("spec_hash") or not _runs(folder):
             return Observed(True, f"virtual environment {folder} is incomplete or broken")
         return Observed()
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
         # NOTE: the venv stays in the cache: other resources and projects may share it.
         return None
+
+
+def _runs(folder: Path) -> bool:
+    """The venv's interpreter is there and can be started (its link may point at a
+    Python that was removed)."""
+    python = folder / "bin" / "python"
+    return os.access(python, os.X_OK) and python.resolve().exists()
 
 
 def _marker(folder: Path) -> str | None:

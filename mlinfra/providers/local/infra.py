@@ -17,8 +17,10 @@ def workspace_dir(ctx: Context, name: str) -> Path:
 
 
 class WorkspaceHandler(BaseHandler):
-    """A folder under .mlinfra/<stack>/ holding the artifact store; the registry's
-    tables are in the state store."""
+    """A folder under .mlinfra/<stack>/ holding the artifact store; the registry's,
+    runs' and data versions' tables are in the state store. Destroying the workspace
+    destroys all it holds, files and rows alike, so an apply after it rebuilds
+    everything, as on a new stack (the audit log keeps the history)."""
 
     def create(self, change: Change, ctx: Context) -> Applied:
         folder = workspace_dir(ctx, change.name)
@@ -34,6 +36,7 @@ class WorkspaceHandler(BaseHandler):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         import shutil  # only to delete: a plan does not pay for it
 
+        ctx.store.empty_workspace()
         shutil.rmtree(state.outputs.get("path", workspace_dir(ctx, state.name)),
                       ignore_errors=True)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from mlinfra.data import checks
+from mlinfra.graph import address
 from mlinfra.plan.model import Change
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import Resolver
-from mlinfra.registry.models import ModelRegistry, ModelVersion
+from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
 
 
@@ -67,6 +68,19 @@ def decide(res: Resource, ctx: Context, candidate: ModelVersion,
 
 
 class PromotionHandler(BaseHandler):
+    @staticmethod
+    def _candidate(change: Change, ctx: Context, registry: ModelRegistry,
+                   model: str) -> ModelVersion:
+        """The version this apply resolved for the model (the one its plan announced),
+        not the highest number: reverting a change brings back an older version."""
+        state = ctx.store.get(address("Model", model))
+        version = state.outputs.get("version") if state else None
+        found = registry.get(model, int(version)) if version is not None else None
+        if found is None:
+            raise ProviderError(change.address, f"model.{model} has no version in this "
+                                "state to promote: apply the model first")
+        return found
+
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         model = ctx.config.get("Model", str(res.spec["model"]))
         return {"candidate_source": ctx.facts(model) if model else {}}
@@ -76,12 +90,14 @@ class PromotionHandler(BaseHandler):
         assert res is not None
         registry = ModelRegistry(ctx.store)
         model, alias = str(res.spec["model"]), str(res.spec.get("alias", "champion"))
-        candidate = registry.latest(model)
-        if candidate is None:
-            raise ProviderError(change.address, f"model {model} has no version to promote")
+        candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
         promoted, reason = decide(res, ctx, candidate, champion)
+        if reason.startswith("gates failed"):
+            # NOTE: kept registered for the record, but never served as `latest`.
+            registry.set_tags(model, candidate.version, {GATES_TAG: "failed",
+                                                         "mlinfra.rejected": reason})
         if promoted:
             registry.set_alias(model, alias, candidate.version,
                                f"promoted by promotion.{res.name}: {reason}")
