@@ -1,4 +1,4 @@
-"""Faults: a provider failing mid-graph, and apply killed with SIGKILL at random points."""
+"""Faults: a provider failing mid-graph, and apply killed with SIGKILL at exact points."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def test_failure_stops_dependants_not_siblings(project: Callable[[Files], Path])
 
 
 def test_failed_apply_exit_code_and_report(project: Callable[[Files], Path],
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     from mlinfra.cli import main
     from mlinfra.providers.local import LocalProvider
 
@@ -66,8 +67,16 @@ def test_failed_apply_exit_code_and_report(project: Callable[[Files], Path],
         self.handlers["Datastore"] = FailingDatastore()
 
     monkeypatch.setattr(LocalProvider, "__init__", patched)
-    project({"s.yaml": "kind: Datastore\nname: broken\npath: ./data\n"})
+    project({"s.yaml": "kind: Datastore\nname: broken\npath: ./data\n---\n"
+                       "kind: Data\nname: on-broken\ndatastore: broken\npath: x.csv\n",
+             "data/x.csv": "a\n1\n"})
     assert main(["apply", "--auto-approve"]) == 1
+    out, err = capsys.readouterr()
+    assert "datastore.broken: failed after" in out and "the disk said no" in out
+    report = err.splitlines()
+    assert report[1].startswith("Apply failed. Resources: 3 added,"), err
+    assert "  failed: datastore.broken: the disk said no" in report
+    assert "  not applied: data.on-broken (datastore.broken was not applied)" in report
 
 
 N_DATA = 250
@@ -123,35 +132,51 @@ def _start_apply(root: Path) -> subprocess.Popen[str]:
     return proc
 
 
-def test_kill_9_at_random_points_then_converge(tmp_path: Path) -> None:
+def _wait_for_serial(db: Path, serial: int, proc: subprocess.Popen[str]) -> None:
+    """Return as soon as the apply has committed `serial` changes."""
+    deadline = time.monotonic() + 60
+    conn = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if conn is None and db.exists():
+                conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+            if conn is not None:
+                try:
+                    row = conn.execute("SELECT value FROM meta WHERE key='serial'").fetchone()
+                except sqlite3.OperationalError:  # the file is being put in place
+                    row = None
+                if row is not None and int(row[0]) >= serial:
+                    return
+            time.sleep(0.002)
+    finally:
+        if conn is not None:
+            conn.close()
+    raise AssertionError(f"apply ended or stalled before serial {serial}")
+
+
+def test_kill_9_at_exact_points_then_converge(tmp_path: Path) -> None:
+    """kill -9 right after the k-th change is committed, for 20 values of k across the
+    apply: the next apply converges, nothing is registered twice."""
     template = _template(tmp_path)
     total = N_DATA + 3
-    timing = tmp_path / "timing"
-    shutil.copytree(template, timing)
-    proc = _start_apply(timing)
-    started = time.monotonic()
-    assert proc.wait(timeout=120) == 0
-    proc.stdout.close()  # type: ignore[union-attr]
-    window = time.monotonic() - started  # from the first change to the end
     rng = random.Random(20261122)
-    landed = 0
-    for point in range(20):
-        root = tmp_path / f"kill-{point}"
+    points = sorted(rng.sample(range(1, total - 30), 20))
+    for k in points:
+        root = tmp_path / f"kill-{k}"
         shutil.copytree(template, root)
         proc = _start_apply(root)
-        time.sleep(rng.uniform(0, window))
+        _wait_for_serial(root / ".mlinfra" / "dev" / "state.db", k, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
         partial, _, pending = _state(root)
-        landed += 0 < partial < total or pending > 0
+        assert k <= partial < total, (k, partial)  # the kill landed during the apply
         done = _run(root, "apply", "--auto-approve")
-        assert done.returncode == 0, (point, done.stdout, done.stderr)
+        assert done.returncode == 0, (k, done.stdout, done.stderr)
         converged = _run(root, "plan", "--detailed-exitcode")
-        assert converged.returncode == 0, (point, converged.stdout, converged.stderr)
+        assert converged.returncode == 0, (k, converged.stdout, converged.stderr)
         resources, versions, pending = _state(root)
-        assert resources == total, point
-        assert pending == 0, point
+        assert resources == total, k
+        assert pending == 0, k
         # nothing registered twice: one version per data asset, numbered 1
-        assert versions == {f"d{i}": [1] for i in range(N_DATA)}, point
-    assert landed >= 10, f"only {landed} of 20 kills landed during the apply"
+        assert versions == {f"d{i}": [1] for i in range(N_DATA)}, k

@@ -61,7 +61,8 @@ def _mutate(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
 def test_compiled_check_agrees_with_jsonschema(seed: int) -> None:
     rng = random.Random(seed)
     docs = _documents()
-    checked = disagreements = invalid = 0
+    disagreements: list[str] = []
+    invalid = 0
     for _ in range(1500):
         original = rng.choice(docs)
         kind = original["kind"]
@@ -69,11 +70,9 @@ def test_compiled_check_agrees_with_jsonschema(seed: int) -> None:
         expected = jsonschema.Draft202012Validator(SCHEMAS[kind]).is_valid(doc)
         invalid += not expected
         if compile_schema(SCHEMAS[kind])(doc) != expected:
-            disagreements += 1
-            pytest.fail(f"{kind}: compiled={not expected} jsonschema={expected}: {doc}")
-        checked += 1
-    assert checked == 1500 and disagreements == 0
-    assert 300 < invalid < 1500  # the mutations exercise both answers
+            disagreements.append(f"{kind}: jsonschema says valid={expected}: {doc}")
+    assert not disagreements, disagreements[:3]
+    assert 300 < invalid < 1400, invalid  # the mutations exercise both answers
 
 
 def test_unknown_keyword_is_refused() -> None:
