@@ -34,5 +34,7 @@ lint: setup
 test: lint
 	$(BIN)/pytest -q
 
+# Destroys what the quickstart started (its endpoint server) before its state goes.
 clean:
+	-test -x $(BIN)/mlinfra && $(BIN)/mlinfra destroy -C $(QUICKSTART) --auto-approve
 	rm -rf $(VENV) $(QUICKSTART)/.mlinfra

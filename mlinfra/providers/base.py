@@ -33,9 +33,11 @@ class ProviderErrors(MlinfraError):
     """Several resources failed while planning; every one is reported."""
 
     def __init__(self, errors: list[ProviderError]) -> None:
-        self.errors = errors
-        n = len(errors)
-        super().__init__("\n".join(e.message for e in errors)
+        # A resource whose facts build on another's fails with that one's error: each
+        # error is told once.
+        self.errors = list({e.message: e for e in errors}.values())
+        n = len({e.address for e in self.errors})
+        super().__init__("\n".join(e.message for e in self.errors)
                          + f"\n{n} resource{'s' if n != 1 else ''} cannot be planned")
 
 
@@ -64,7 +66,7 @@ class Context:
                  provider: Provider | None = None) -> None:
         self.config, self.store, self.state_dir = config, store, state_dir
         self.log, self.provider = log, provider
-        self._facts: dict[str, dict[str, Any]] = {}
+        self._facts: dict[str, dict[str, Any] | ProviderError] = {}
 
     def facts(self, res: Resource) -> dict[str, Any]:
         """A resource's facts, computed once per plan: handlers build on each other's
@@ -72,8 +74,14 @@ class Context:
         if res.address not in self._facts:
             assert self.provider is not None
             handler = self.provider.handler(res.kind, res.address)
-            self._facts[res.address] = handler.facts(res, self)
-        return self._facts[res.address]
+            try:
+                self._facts[res.address] = handler.facts(res, self)
+            except ProviderError as err:  # asked again by each resource built on it
+                self._facts[res.address] = err
+        found = self._facts[res.address]
+        if isinstance(found, ProviderError):
+            raise found
+        return found
 
     def forget_facts(self) -> None:
         """Facts describe the world at one moment: a new plan reads it again."""

@@ -104,11 +104,11 @@ def _project() -> Schema:
 
 def _stack() -> Schema:
     return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
-        "provider": _replace(_string("Where resources are created.",
+        "provider": _replace(_string("Where resources are created. Only `local` is "
+                                     "available yet; docker and kubernetes are planned.",
                                      enum=["local", "docker", "kubernetes"], default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
-                         "project), or a postgresql:// URL for a team. Default: "
-                         ".mlinfra/<stack>/state.db."),
+                         "project). Default: .mlinfra/<stack>/state.db."),
         "variables": _variables(),
         "docker": _obj("Settings of the docker provider.", {
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),

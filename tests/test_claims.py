@@ -1,0 +1,74 @@
+"""What the README and the shipped files say is true (issue 9, item 13)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import QUICKSTART, REPO, Result, onnx_model
+
+STACK_FILES = [*sorted((REPO / "mlinfra" / "templates" / "stacks").glob("*.yaml")),
+               *sorted((QUICKSTART / "stacks").glob("*.yaml"))]
+
+
+def test_the_state_path_a_stack_names_is_its_default() -> None:
+    for path in STACK_FILES:
+        text = path.read_text()
+        name = re.search(r"^name: (\S+)$", text, re.M)
+        comment = re.search(r"^# state: (\S+)$", text, re.M)
+        assert name is not None
+        if "provider: local" in text:
+            assert comment is not None and comment.group(1) == (
+                f".mlinfra/{name.group(1)}/state.db"), path
+
+
+def test_planned_providers_say_so_and_touch_nothing(quickstart: Path,
+                                                    cli: Callable[..., Result]) -> None:
+    for stack in ("docker", "kubernetes"):
+        text = (quickstart / "stacks" / f"{stack}.yaml").read_text()
+        assert "PLANNED, not available yet" in text
+        assert cli("validate", "-C", str(quickstart), "-s", stack).code == 0
+        planned = cli("plan", "-C", str(quickstart), "-s", stack)
+        assert planned.code == 1 and "not available yet" in planned.err, planned.err
+    assert not (quickstart / ".mlinfra" / "docker").exists()
+    readme = (REPO / "README.md").read_text()
+    assert "postgresql://" not in readme  # not advertised until it works
+
+
+def test_an_error_shared_by_dependants_is_told_once(quickstart: Path,
+                                                    cli: Callable[..., Result]) -> None:
+    (quickstart / "data" / "transactions.csv").unlink()
+    result = cli("plan", "-C", str(quickstart))
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == len(set(lines)), result.err
+    assert lines[-1] == "2 resources cannot be planned", result.err
+
+
+def test_make_clean_stops_the_endpoint_before_deleting_state(
+        project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = project({"models/m.onnx": onnx_model(),
+                    "serving.yaml": "kind: Model\nname: m\nfrom: {path: models/m.onnx}\n---\n"
+                                    "kind: Endpoint\nname: api\nauth: none\n"
+                                    "deployments: [{name: blue, model: m}]\n"
+                                    "traffic: {blue: 100}\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    pid = int(json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["pid"])
+    os.kill(pid, 0)  # serving
+    bin_dir = Path(sys.executable).parent
+    done = subprocess.run(["make", "-s", "-C", str(REPO), "clean", f"VENV={tmp_path / 'novenv'}",
+                           f"BIN={bin_dir}", f"QUICKSTART={root}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert not (root / ".mlinfra").exists()
+    try:
+        os.kill(pid, 0)
+        alive = not Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except ProcessLookupError:
+        alive = False
+    assert not alive, "the endpoint server outlived make clean"
