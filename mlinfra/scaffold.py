@@ -66,7 +66,8 @@ def init_project(folder: Path, name: str | None = None) -> list[Path]:
                              ("kubernetes", "kubernetes")):
         text = (templates / f"{template}.yaml").read_text()
         files[folder / "stacks" / f"{target}.yaml"] = text.replace(
-            f"\nname: {template}\n", f"\nname: {target}\n")
+            f"\nname: {template}\n", f"\nname: {target}\n").replace(
+            f".mlinfra/{template}/", f".mlinfra/{target}/")
     gitignore = folder / ".gitignore"
     if not gitignore.exists():
         files[gitignore] = _GITIGNORE

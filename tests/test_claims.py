@@ -16,8 +16,10 @@ STACK_FILES = [*sorted((REPO / "mlinfra" / "templates" / "stacks").glob("*.yaml"
                *sorted((QUICKSTART / "stacks").glob("*.yaml"))]
 
 
-def test_the_state_path_a_stack_names_is_its_default() -> None:
-    for path in STACK_FILES:
+def test_the_state_path_a_stack_names_is_its_default(tmp_path: Path,
+                                                     cli: Callable[..., Result]) -> None:
+    assert cli("init", str(tmp_path / "new")).code == 0
+    for path in [*STACK_FILES, *sorted((tmp_path / "new" / "stacks").glob("*.yaml"))]:
         text = path.read_text()
         name = re.search(r"^name: (\S+)$", text, re.M)
         comment = re.search(r"^# state: (\S+)$", text, re.M)
