@@ -8,9 +8,6 @@ reconciles. A failed resource stops its dependants, not its siblings.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -20,12 +17,11 @@ from typing import Any
 from mlinfra.errors import MlinfraError
 from mlinfra.graph import address as make_address
 from mlinfra.graph import closure, references
-from mlinfra.plan.diff import SECRET_PREFIX, make_plan
+from mlinfra.plan.diff import make_plan
 from mlinfra.plan.model import Action, Change, Desired, Observed, Plan
 from mlinfra.providers import get_provider
 from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErrors
-from mlinfra.spec import Config, Resource, load
-from mlinfra.spec.model import INTERPOLATION
+from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
 from mlinfra.state.model import JournalEntry, ResourceState, digest
 from mlinfra.state.sqlite import SqliteStore
@@ -93,42 +89,39 @@ def workspace_address(config: Config) -> str:
     return make_address("Workspace", config.workspace)
 
 
-def _secret_key(store: SqliteStore) -> bytes:
-    rows = store.query("SELECT value FROM meta WHERE key='secret_key'")
-    if rows:
-        return bytes.fromhex(rows[0][0])
-    with store.transaction() as cur:
-        cur.execute("INSERT OR IGNORE INTO meta VALUES ('secret_key', ?)",
-                    (os.urandom(32).hex(),))
-    return bytes.fromhex(store.query("SELECT value FROM meta WHERE key='secret_key'")[0][0])
-
-
-def _mask(value: Any, key: bytes, address: str, missing: set[str]) -> Any:
-    """Replace strings holding ${secret.X} by a keyed hash of their resolved value: the
-    change is detected, the secret never stored or shown."""
+def _mask(value: Any, prior: Any, config: Config, missing: set[str], reveal: bool) -> Any:
+    """Replace strings holding a sensitive reference by a salted scrypt hash of their
+    value, with the salt `prior` (what the state holds there) used: an unchanged value
+    gives the same string, a changed one another, and neither shows it. Without
+    `reveal` (destroy) nothing is read."""
     if isinstance(value, dict):
-        return {k: _mask(v, key, address, missing) for k, v in value.items()}
+        fields = prior if isinstance(prior, dict) else {}
+        return {k: _mask(v, fields.get(k), config, missing, reveal) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(v, key, address, missing) for v in value]
-    if not isinstance(value, str) or "${secret." not in value:
+        items = prior if isinstance(prior, list) else []
+        return [_mask(v, items[i] if i < len(items) else None, config, missing, reveal)
+                for i, v in enumerate(value)]
+    if not isinstance(value, str) or not sensitive.holds(value):
         return value
-
-    def resolve(match: Any) -> str:
-        if match.group(1) != "secret":
-            return str(match.group(0))
-        name = match.group(2)[1:]
-        if name not in os.environ:
-            missing.add(name)
-        return os.environ.get(name, "")
-
-    resolved = INTERPOLATION.sub(resolve, value)
-    return SECRET_PREFIX + hmac.new(key, resolved.encode(), hashlib.sha256).hexdigest()[:16]
+    if not reveal:
+        return sensitive.SECRET_PREFIX + "unread"
+    try:
+        resolved = sensitive.resolve(value, config.sensitive)
+    except sensitive.MissingSecret as err:
+        missing.add(err.name)
+        return sensitive.SECRET_PREFIX + "missing"
+    return sensitive.fingerprint(resolved, sensitive.salt_of(prior))
 
 
-def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, Desired]:
+def desired_state(session: Session, targets: Iterable[str] = (), *,
+                  saved: Plan | None = None, reveal: bool = True) -> dict[str, Desired]:
     """Every resource as the configuration wants it, with the provider's facts (with
     `targets`, only those and what they depend on). Raises ProviderErrors naming every
-    resource that cannot be planned."""
+    resource that cannot be planned.
+
+    Sensitive values are hashed with the salts the state holds, or for a resource that
+    `saved` (a saved plan) changes, the salts it holds. Without `reveal` (destroy, which
+    uses no secret) they are not read at all."""
     config = session.config
     workspace = workspace_address(config)
     resources = config.all()
@@ -142,7 +135,7 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         unknown = targets - set(deps)
         keep = closure(targets & set(deps), deps) | unknown
         resources = [r for r in resources if r.address in keep]
-    key = _secret_key(session.store)
+    salts_from = {c.address: c.after for c in saved.changes} if saved is not None else {}
     session.ctx.forget_facts()
     errors: list[ProviderError] = []
     out: dict[str, Desired] = {}
@@ -154,8 +147,12 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
             continue
         missing: set[str] = set()
         attributes = {k: v for k, v in res.spec.items() if k not in ("kind", "name")}
-        if "${secret." in repr(attributes):
-            attributes = _mask(attributes, key, res.address, missing)
+        if sensitive.holds(attributes):
+            prior = salts_from.get(res.address)
+            if prior is None:
+                have = session.store.get(res.address)
+                prior = have.attributes if have is not None else None
+            attributes = _mask(attributes, prior, config, missing, reveal)
         for name in sorted(missing):
             errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
                                         f"{name}=... before planning"))
@@ -187,7 +184,7 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
          do_refresh: bool = True) -> Plan:
-    desired = desired_state(session, targets)
+    desired = desired_state(session, targets, reveal=not destroy)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
@@ -206,7 +203,7 @@ def check_fresh(session: Session, saved: Plan) -> None:
                 f"{version.serial}")
         raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
     if not saved.destroy:
-        current = config_hash(session.stack, desired_state(session))
+        current = config_hash(session.stack, desired_state(session, saved=saved))
         if current != saved.config_hash:
             raise StalePlan("the configuration (or the data it reads) changed since the plan "
                             "was saved. Run mlinfra plan again.")
@@ -301,6 +298,10 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     if result.interrupted:
         store.close_interrupted(result.interrupted)
     store.backup()
+    # NOTE: earlier versions kept an HMAC key for secrets here, beside the hashes it
+    # made; a plan shows those fields changed (they have no salt), and this apply stores
+    # scrypt hashes for them.
+    store.query("DELETE FROM meta WHERE key='secret_key'")
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)
