@@ -16,7 +16,6 @@ import os
 import re
 import shlex
 from collections.abc import Iterator, Mapping
-from functools import lru_cache
 from typing import Any
 
 from mlinfra.errors import MlinfraError
@@ -154,7 +153,8 @@ def shell_word(text: str) -> str:
 
 
 def redact(text: str, values: Mapping[str, str]) -> str:
-    """`text` without any of `values` (a tool's message may quote what it was given)."""
+    """`text` without any of `values` (a tool's message may quote what it was given).
+    Values under 4 characters are left: replacing them would blank unrelated text."""
     for value in sorted(values.values(), key=len, reverse=True):
         if len(value) >= 4:
             text = text.replace(value, "(sensitive)")
@@ -170,10 +170,5 @@ def salt_of(hashed: Any) -> bytes | None:
 def fingerprint(value: str, salt: bytes | None = None) -> str:
     """`sensitive:scrypt$SALT$HASH` of a value: a new random salt unless given."""
     salt = salt if salt is not None else os.urandom(_SALT_BYTES)
-    return f"{SECRET_PREFIX}scrypt${salt.hex()}${_scrypt(value, salt)}"
-
-
-@lru_cache(maxsize=256)
-def _scrypt(value: str, salt: bytes) -> str:
-    # A saved plan is checked by planning again in the same process: hash once.
-    return hashlib.scrypt(value.encode(), salt=salt, **SCRYPT).hex()
+    hashed = hashlib.scrypt(value.encode(), salt=salt, **SCRYPT).hex()
+    return f"{SECRET_PREFIX}scrypt${salt.hex()}${hashed}"
