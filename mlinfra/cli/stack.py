@@ -78,7 +78,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     finally:
         session.close()
     if args.json:
-        echo(json.dumps(the_plan.to_json(), indent=2))
+        from mlinfra.plan.diff import masked
+
+        echo(json.dumps(masked(the_plan.to_json()), indent=2))
     else:
         for entry in interrupted:
             echo_err(f"Note: an apply (pid {entry.pid}) was interrupted during {entry.action} of "
@@ -144,8 +146,10 @@ def cmd_state(args: argparse.Namespace) -> int:
             if found is None:
                 raise MlinfraError(f"{args.address} is not in the state; "
                                    "mlinfra state list shows what is")
+            from mlinfra.plan.diff import masked
+
             echo(json.dumps({"address": found.address, "kind": found.kind,
-                             "attributes": found.attributes, "outputs": found.outputs,
+                             "attributes": masked(found.attributes), "outputs": found.outputs,
                              "provider_id": found.provider_id,
                              "dependencies": found.dependencies}, indent=2, default=str))
         elif args.state_command == "rm":

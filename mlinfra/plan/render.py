@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlinfra.plan.diff import SECRET_PREFIX, flatten
+from mlinfra.plan.diff import flatten, masked
 from mlinfra.plan.model import SENSITIVE, Action, Change, Plan
 
 # (line, style) pairs: the CLI colours them; tests read the text.
@@ -16,8 +16,7 @@ STYLES = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.REPLACE: "mage
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
-        return SENSITIVE
+    value = masked(value)
     if value == SENSITIVE:
         return SENSITIVE
     if value is None:

@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
-from mlinfra.spec.model import INTERPOLATION, Config, Resource
+from mlinfra.spec import sensitive
+from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.sqlite import SqliteStore
 
@@ -92,16 +93,14 @@ class Context:
         return self.config.root
 
     def resolve_secrets(self, value: Any) -> Any:
-        """Replace ${secret.X} with the environment's value (only at apply time)."""
-        if isinstance(value, dict):
-            return {k: self.resolve_secrets(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve_secrets(v) for v in value]
-        if isinstance(value, str) and "${secret." in value:
-            return INTERPOLATION.sub(
-                lambda m: os.environ.get(m.group(2)[1:], "") if m.group(1) == "secret"
-                else m.group(0), value)
-        return value
+        """`value` with ${secret.X} and sensitive ${var.X} filled in: only for what is
+        handed to a process at apply time, never for what is kept."""
+        return sensitive.resolve(value, self.config.sensitive)
+
+    def secret_environment(self, value: Any) -> dict[str, str]:
+        """The environment variables (MLINFRA_SECRET_X...) through which a process
+        expands the sensitive references in `value` itself."""
+        return sensitive.environment(value, self.config.sensitive)
 
 
 class Handler(Protocol):

@@ -21,6 +21,7 @@ from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.snapshot import git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
+from mlinfra.spec.sensitive import shell_word
 from mlinfra.state.sqlite import HOST
 
 HELPER_DIR = Path(__file__).parent / "helper"
@@ -65,7 +66,9 @@ def new_run_id(job: str) -> str:
 
 
 def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
-    """Fill ${inputs.X}, ${outputs.X} and ${params.X}, quoted for the shell."""
+    """Fill ${inputs.X}, ${outputs.X} and ${params.X}, quoted for the shell. A secret
+    (in the command or a param) becomes `"${MLINFRA_SECRET_X}"`: the shell expands it
+    from the run's environment, and the command recorded holds no value."""
 
     def fill(match: Any) -> str:
         namespace, key = match.group(1), match.group(2)[1:]
@@ -74,7 +77,9 @@ def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
         if namespace == "outputs" and key in spec.outputs:
             return shlex.quote(str(out_dir / spec.outputs[key]))
         if namespace == "params" and key in spec.params:
-            return shlex.quote(str(spec.params[key]))
+            return shell_word(str(spec.params[key]))
+        if namespace in ("secret", "var"):
+            return shell_word(str(match.group(0)))
         return str(match.group(0))
 
     return INTERPOLATION.sub(fill, command)

@@ -90,7 +90,10 @@ def _project() -> Schema:
     declared = _obj("A variable's declaration.", {
         "description": _string("What the variable means."),
         "default": _s("Value used when the stack does not set one."),
-        "sensitive": _s("Mask the value in plans and output.", type="boolean", default=False),
+        "sensitive": _s("Treat the value like a ${secret.X}: usable only in a job's command, "
+                        "params and env and an environment's requirements and env, shown "
+                        "as (sensitive), stored only as a salted hash.", type="boolean",
+                        default=False),
     })
     return _kind("Project", "The root of an mlinfra project: the folder holding mlinfra.yaml.", {
         "default_stack": _string("Stack used when -s/--stack is not given: "
@@ -200,7 +203,8 @@ def _job() -> Schema:
         "code": _string("Folder holding the code, relative to the project; "
                         "snapshotted for every run.", default="."),
         "command": _string("Command line; ${inputs.X}, ${outputs.X} and ${params.X} "
-                           "are filled in.", minLength=1),
+                           "are filled in; a ${secret.X} is expanded by the shell from "
+                           "the run's environment.", minLength=1),
         "environment": _name_ref("Environment the command runs in"),
         "compute": _name_ref("Compute the job runs on"),
         "experiment": _string("Experiment the runs are grouped under (default: the job's "

@@ -90,15 +90,14 @@ class Resolver:
             return DataInput(ref.name, ref.version, pinned.sha256, store.path(pinned.sha256))
         return DataInput(ref.name, current, sha, path)
 
-    def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, str]]:
+    def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, Any]]:
+        """The environment's spec hash, venv and `env` (secrets still references)."""
         name = job.spec.get("environment")
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
             return f"python{CURRENT_PYTHON}", None, {}
         spec_hash = str(self.ctx.facts(env)["spec_hash"])
-        variables = {k: str(v) for k, v in
-                     self.ctx.resolve_secrets(env.spec.get("env") or {}).items()}
-        return spec_hash, env_dir(spec_hash), variables
+        return spec_hash, env_dir(spec_hash), dict(env.spec.get("env") or {})
 
     def code(self, job: Resource) -> str:
         code = self.ctx.root / str(job.spec.get("code", "."))
@@ -223,13 +222,16 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
         versions[key] = copy.label
     _, venv, env = resolver.environment(res)
     params = {**(spec.get("params") or {}), **overrides.get("params", {})}
+    # Secrets in the command and params reach the job as MLINFRA_SECRET_* variables that
+    # its shell expands, so the run records references only; its env gets the values.
+    secrets = ctx.secret_environment([spec["command"], params])
+    env = {**env, **(spec.get("env") or {})}
     job = JobSpec(job=job_name, experiment=str(spec.get("experiment") or
                                                (parent.job if parent else job_name)),
                   command=str(spec["command"]), code=ctx.root / str(spec.get("code", ".")),
                   root=ctx.root, run_hash=run_hash, inputs=inputs, input_versions=versions,
                   params=params, outputs=dict(spec.get("outputs") or {}),
-                  env={**env, **{k: str(v) for k, v in
-                                 ctx.resolve_secrets(spec.get("env") or {}).items()}},
+                  env={**secrets, **{k: str(v) for k, v in ctx.resolve_secrets(env).items()}},
                   venv=venv, timeout_s=duration_s(spec.get("timeout")),
                   pipeline=parent.job if parent else None, step=step,
                   parent=parent.id if parent else None)
