@@ -112,11 +112,45 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
 
 def check_schema(file: str, doc: int, spec: dict[str, Any], kind: str,
                  label: str = "") -> list[Problem]:
-    if _fast(kind)(spec):
-        return []
-    return [Problem(file, message, doc, path, label, at_key)
-            for err in _validator(kind).iter_errors(spec)
-            for path, message, at_key in _messages(err)]
+    """The document against its kind's schema, and a Data's expectations against Great
+    Expectations' registry (a file the parse cache knows passed is not checked again)."""
+    problems = [] if _fast(kind)(spec) else [
+        Problem(file, message, doc, path, label, at_key)
+        for err in _validator(kind).iter_errors(spec) for path, message, at_key in _messages(err)]
+    if kind == "Data" and isinstance(spec.get("expectations"), list) and spec["expectations"]:
+        problems.extend(Problem(file, message, doc, path, label, at_key)
+                        for path, message, at_key in _expectations(spec["expectations"]))
+    return problems
+
+
+def _expectations(items: list[Any]) -> Iterator[tuple[Path_, str, bool]]:
+    """Unknown expectations, unknown and missing arguments: (path, message, at_key).
+    Items that are not {name: {arguments}} are the schema's to report."""
+    from mlinfra.spec.expectations import known
+
+    table = known()
+    if table is None:  # Great Expectations is not installed: apply says so
+        return
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        (name, arguments), = item.items()
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            continue
+        found = table.get(name)
+        if found is None:
+            yield (("expectations", index, name), f"unknown expectation '{name}'"
+                   + did_you_mean(name, table), True)
+            continue
+        for argument in arguments:
+            if argument not in found.accepted:
+                yield (("expectations", index, name, argument), f"{name} has no argument "
+                       f"'{argument}'" + did_you_mean(str(argument), found.accepted), True)
+        missing = [a for a in found.required if a not in arguments]
+        if missing:
+            yield (("expectations", index, name), f"{name} needs argument"
+                   f"{'s' if len(missing) > 1 else ''} "
+                   + ", ".join(f"'{a}'" for a in missing), True)
 
 
 class _References:
