@@ -184,8 +184,11 @@ def _data() -> Schema:
                      "path": _string("File or folder inside the datastore.", minLength=1),
                      "format": _string("How the data is stored.",
                                        enum=["csv", "parquet", "jsonl"], default="csv"),
-                     "expectations": _s("Checks run before any job reads this data.",
-                                        type="array", items=expectation),
+                     "expectations": _s(
+                         "Great Expectations checks, run on new content before it takes a "
+                         "version (content that fails takes none); validate checks their "
+                         "names and arguments against GX's registry.",
+                         type="array", items=expectation),
                  }, ["path"])
 
 
