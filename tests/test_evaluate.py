@@ -188,6 +188,9 @@ def test_classifier_metrics_on_a_regressor_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelInvalid, match="metric auc is for classifiers; this model is a "
                                            "regressor: its metrics are rmse, mae, r2"):
         _score(tmp_path, model, x, y, ["auc"])
+    with pytest.raises(ModelInvalid, match=r"evaluation\.positive is for binary classifiers; "
+                       "this model is a regressor"):
+        _score(tmp_path, model, x, y, ["rmse"], positive=1)
 
 
 def test_a_class_missing_from_the_data(tmp_path: Path) -> None:
@@ -415,7 +418,10 @@ def test_evaluation_data_from_a_jobs_output(tmp_path: Path, project: Callable[..
     ("{data: {pipeline: flow, step: prepp, output: holdout}, label: y}",
      "evaluation.data.step: pipeline 'flow' has no step 'prepp' (did you mean 'prep'?)"),
     ("{data: {pipeline: flow, step: prep, output: out}, label: y}",
-     "evaluation.data.output: job 'prep' has no output 'out'"),
+     "evaluation.data.output: job 'step-job' has no output 'out'"),
+    ("{data: {job: step-job, output: holdout}, label: y}",
+     "evaluation.data.job: job 'step-job' runs only as a step of pipeline 'flow': name "
+     "{pipeline: flow, step: STEP, output: OUTPUT}"),
     ("{data: {job: prep}, label: y}",
      "evaluation.data: must be a Data reference (NAME or NAME:VERSION), {job: NAME, output: "
      "NAME} or {pipeline: NAME, step: NAME, output: NAME}"),
@@ -433,10 +439,15 @@ def test_validate_checks_evaluation_data(tmp_path: Path, project: Callable[..., 
         command: python prep.py ${outputs.holdout}
         outputs: {holdout: holdout.csv}
         ---
+        kind: Job
+        name: step-job
+        command: python prep.py ${outputs.holdout}
+        outputs: {holdout: holdout.csv}
+        ---
         kind: Pipeline
         name: flow
         steps:
-          prep: {job: prep}
+          prep: {job: step-job}
         """)
     project(files)
     checked = cli("validate")

@@ -220,6 +220,9 @@ def compute(outputs: dict[str, tuple[str, Any]], truth: list[Any],
         if not numbers:
             raise ModelInvalid("the model gives neither class labels, class probabilities "
                                f"nor one number per row for the {rows} rows")
+        if positive is not None:
+            raise ModelInvalid("evaluation.positive is for binary classifiers; this model is "
+                               "a regressor")
         return _regression(metrics or list(EVALUATION_METRICS["regression"]),
                            _numbers(truth), numbers[0].reshape(rows).astype(np.float64))
     prediction = _classify(labels[0].reshape(rows) if labels else None,

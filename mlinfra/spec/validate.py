@@ -342,6 +342,14 @@ class _References:
         """{job, output} or {pipeline, step, output}: each name must exist."""
         if "job" in source:
             job = self.name(res, (*path, "job"), "Job", source["job"])
+            pipelines = sorted(p.name for p in self.config.of("Pipeline").values()
+                               if any(isinstance(s, dict) and s.get("job") == source["job"]
+                                      for s in (p.spec.get("steps") or {}).values()))
+            if job is not None and pipelines:
+                # Such a job runs only as its pipeline's step: it has no run of its own.
+                self.add(res, (*path, "job"), f"job '{job.name}' runs only as a step of "
+                         f"pipeline '{pipelines[0]}': name {{pipeline: {pipelines[0]}, "
+                         "step: STEP, output: OUTPUT}")
         elif "pipeline" in source:
             pipeline = self.name(res, (*path, "pipeline"), "Pipeline", source["pipeline"])
             steps = pipeline.spec.get("steps") or {} if pipeline else {}
