@@ -79,7 +79,8 @@ def checks_fingerprint() -> str:
     here = Path(__file__).parent
     return ",".join([__version__, str(installed_version()),
                      *(str(os.stat(here / name).st_mtime_ns)
-                       for name in ("schemas.py", "fastcheck.py", "validate.py"))])
+                       for name in ("schemas.py", "fastcheck.py", "validate.py",
+                                    "expectations.py"))])
 
 
 class Loader:
