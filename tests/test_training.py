@@ -150,7 +150,7 @@ def test_data_gate_stops_the_run(trainable: Path, cli: Callable[..., Result]) ->
     result = cli("apply", "--auto-approve")
     assert result.code == 1
     assert "expect_column_values_to_not_be_null(column='a'): 1 of 2 rows fail" in result.err
-    assert "no run started" in result.err
+    assert "not applied: job.train (data.transactions was not applied)" in result.err
     assert len(cli("runs", "list").out.splitlines()) == 1  # the header only
     checked = cli("data", "validate", "transactions")
     assert checked.code == 1 and "0 passed, 1 failed" in checked.out

@@ -7,12 +7,12 @@ deletes. Handlers never touch the state: the engine records what they return.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from mlinfra import cache_dir as cache_dir  # re-exported: handlers import it from here
 from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
 from mlinfra.spec import sensitive
@@ -50,13 +50,6 @@ class Applied(Record):
     def __init__(self, outputs: dict[str, Any] | None = None, provider_id: str = "") -> None:
         self.outputs = outputs if outputs is not None else {}
         self.provider_id = provider_id
-
-
-def cache_dir() -> Path:
-    """Where content-addressed things shared between projects live (environments)."""
-    base = os.environ.get("MLINFRA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlinfra")
-    return Path(base)
 
 
 class Context:

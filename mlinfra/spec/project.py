@@ -11,6 +11,7 @@ from typing import Any
 from mlinfra import __version__
 from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, ProjectNotFound
 from mlinfra.spec import sensitive
+from mlinfra.spec.expectations import installed_version
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
@@ -74,10 +75,13 @@ def yaml_files(root: Path) -> Iterator[Path]:
 
 def checks_fingerprint() -> str:
     """What a document's schema verdict depends on besides its text: this mlinfra's
-    schemas and the code that checks them."""
+    schemas and the code that checks them, and the Great Expectations version whose
+    expectations a Data's are checked against."""
     here = Path(__file__).parent
-    return ",".join([__version__, *(str(os.stat(here / name).st_mtime_ns)
-                                    for name in ("schemas.py", "fastcheck.py", "validate.py"))])
+    return ",".join([__version__, str(installed_version()),
+                     *(str(os.stat(here / name).st_mtime_ns)
+                       for name in ("schemas.py", "fastcheck.py", "validate.py",
+                                    "expectations.py"))])
 
 
 class Loader:

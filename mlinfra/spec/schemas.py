@@ -25,6 +25,15 @@ VERSIONED_REF_PATTERN = r"^[a-z][a-z0-9-]{0,62}(:[1-9][0-9]*|@[a-z][a-z0-9_-]{0,
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)?$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
+_AVERAGED = ("f1_macro", "f1_weighted", "precision_macro", "precision_weighted",
+             "recall_macro", "recall_weighted")
+# A Model's evaluation metrics by task; the task is read from the model's outputs.
+EVALUATION_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "accuracy", "f1", "precision", "recall", "logloss", *_AVERAGED),
+    "multiclass": ("auc", "accuracy", "logloss", *_AVERAGED),
+    "regression": ("rmse", "mae", "r2"),
+}
+
 
 def _s(description: str, **kw: Any) -> Schema:
     return {"description": description, **kw}
@@ -178,8 +187,11 @@ def _data() -> Schema:
                      "path": _string("File or folder inside the datastore.", minLength=1),
                      "format": _string("How the data is stored.",
                                        enum=["csv", "parquet", "jsonl"], default="csv"),
-                     "expectations": _s("Checks run before any job reads this data.",
-                                        type="array", items=expectation),
+                     "expectations": _s(
+                         "Great Expectations checks, run on new content before it takes a "
+                         "version (content that fails takes none); validate checks their "
+                         "names and arguments against GX's registry.",
+                         type="array", items=expectation),
                  }, ["path"])
 
 
@@ -237,29 +249,55 @@ def _pipeline() -> Schema:
     }, ["steps"])
 
 
+def _run_output(what: str) -> list[Schema]:
+    """The ways to name a run's output: a job's, or a pipeline step's."""
+    return [_obj(f"A job's output{what}.", {"job": _name_ref("Job"),
+                                            "output": _string("Output name of the job.")},
+                 ["job", "output"]),
+            _obj(f"A pipeline step's output{what}.", {
+                "pipeline": _name_ref("Pipeline"),
+                "step": _string("Step name.", pattern=NAME_PATTERN),
+                "output": _string("Output name of the step's job.")},
+                ["pipeline", "step", "output"])]
+
+
 def _model() -> Schema:
     source = _s("Where versions come from: a job's output, a pipeline step's output, or a "
                 "file.", oneOf=[
-                    _obj("A job's output.", {"job": _name_ref("Job"),
-                                             "output": _string("Output name of the job.")},
-                         ["job", "output"]),
-                    _obj("A pipeline step's output.", {
-                        "pipeline": _name_ref("Pipeline"),
-                        "step": _string("Step name.", pattern=NAME_PATTERN),
-                        "output": _string("Output name of the step's job.")},
-                        ["pipeline", "step", "output"]),
+                    *_run_output(""),
                     _obj("A file in the project.", {"path": _string("Path of the file.")},
                          ["path"]),
                 ])
-    metrics = ["auc", "accuracy", "f1", "precision", "recall", "logloss", "rmse", "mae", "r2"]
+    metrics = list(dict.fromkeys(m for names in EVALUATION_METRICS.values() for m in names))
+    data = _s("Labelled data to score on: a Data reference (holdout, holdout:3), or the "
+              "output of the latest run of a job or pipeline step (a csv file unless its "
+              "name ends in .jsonl or .parquet).", oneOf=[
+                  _string("A Data reference.", pattern=VERSIONED_REF_PATTERN),
+                  *_run_output(", from the state of its latest run")])
     return _kind("Model", "A registered model: named, versioned, with aliases.", {
         "from": source,
         "format": _replace(_string("Model format.", enum=["onnx"], default="onnx")),
         "evaluation": _obj("How a new version is scored when it is registered.", {
-            "data": _string("Data reference to score on.", pattern=VERSIONED_REF_PATTERN),
-            "label": _string("Column holding the truth.", minLength=1),
-            "metrics": _s("Metrics to compute.", type="array", minItems=1, uniqueItems=True,
-                          items={"enum": metrics}),
+            "data": data,
+            "label": _string("Column holding the truth; its values, as they are in the "
+                             "data, are the classes of a classifier.", minLength=1),
+            "features": _s("Columns the model reads, in the order of its single 2-D "
+                           "input, or matched by name to its inputs. Default: every "
+                           "column but the label, in file order.", type="array",
+                           minItems=1, uniqueItems=True, items={"type": "string",
+                                                                "minLength": 1}),
+            "positive": _s("Binary classifiers: the positive class, for auc, f1, "
+                           "precision and recall. Default: the greater of the two "
+                           "classes (1 of 0/1).", type=["string", "number", "boolean"]),
+            "metrics": _s(
+                "Metrics to compute; the model's outputs decide its task. Binary "
+                "classifiers: auc, accuracy, f1, precision, recall (of the positive "
+                "class), logloss and the averages below. Multiclass: auc (one-vs-rest, "
+                "macro), accuracy, logloss, f1_macro, f1_weighted, precision_macro, "
+                "precision_weighted, recall_macro, recall_weighted. Regressors: rmse, "
+                "mae, r2. Default: auc and accuracy (accuracy alone without "
+                "probabilities); rmse, mae and r2.", type="array", minItems=1,
+                uniqueItems=True, items={"enum": metrics}),
         }, ["data", "label"]),
     }, ["from"])
 

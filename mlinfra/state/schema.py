@@ -59,6 +59,10 @@ TABLES: dict[str, str] = {
       name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
       created_at REAL NOT NULL, metadata TEXT NOT NULL,
       PRIMARY KEY (name, version), UNIQUE (name, sha256))""",
+    "data_checks": """CREATE TABLE {t} (
+      name TEXT NOT NULL, sha256 TEXT NOT NULL, expectations TEXT NOT NULL,
+      passed INTEGER NOT NULL, results TEXT NOT NULL, checked_at REAL NOT NULL,
+      PRIMARY KEY (name, sha256, expectations))""",
     "file_hashes": """CREATE TABLE {t} (
       path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
       sha256 TEXT NOT NULL)""",
@@ -72,7 +76,8 @@ INDEXES: tuple[tuple[str, str], ...] = (
 )
 
 # What a workspace holds besides its files: destroying the workspace empties them.
-WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions")
+WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
+                    "data_checks")
 
 
 def missing_tables(conn: sqlite3.Connection) -> list[str]:

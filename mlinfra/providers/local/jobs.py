@@ -188,7 +188,8 @@ def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
         return
     fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
     try:
-        checks.require(data.label, data.path, fmt, expectations)
+        checks.DataChecks(ctx.store).require(data.name, data.sha256, data.path, fmt,
+                                             expectations, data.label)
     except checks.DataCheckFailed as err:
         raise ProviderError(res.address, f"{err.message}\nno run started") from None
 
@@ -214,10 +215,10 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
         # The run reads a stored copy, checked by the gate: it records exactly the
         # version it read and was validated, whatever happens to the file meanwhile.
         sha = store.put(data.path)
+        path = materialize(ctx, store, sha, data.path.name)
+        _gate(ctx, res, DataInput(data.name, data.version, sha, path))  # before a number
         version = resolver.versions.register(data.name, sha, {"path": str(data.path)})
-        copy = DataInput(data.name, version, sha,
-                         materialize(ctx, store, sha, data.path.name))
-        _gate(ctx, res, copy)
+        copy = DataInput(data.name, version, sha, path)
         inputs[key] = copy.path
         versions[key] = copy.label
     _, venv, env = resolver.environment(res)
