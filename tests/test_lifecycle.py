@@ -322,3 +322,16 @@ def test_a_version_that_fails_its_gates_is_never_latest(scored: Path,
     failed = json.loads(cli("models", "show", "scorer:2").out)
     assert failed["tags"]["mlinfra.gates"] == "failed"
     assert "auc" in failed["tags"]["mlinfra.rejected"]
+
+
+def test_a_version_whose_evaluation_fails_is_never_registered(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve").code == 0  # fair: v1
+    set_variant(scored, "good")
+    (scored / "data" / "holdout.csv").write_text(DATA.replace(",y\n", ",label\n", 1))
+    failed = cli("apply", "--auto-approve")
+    assert failed.code == 1 and "evaluation failed" in failed.err, failed.err
+    assert "no version was registered" in failed.err
+    versions = [line.split()[0] for line in cli("models", "list").out.splitlines()[1:]]
+    assert versions == ["scorer:1"]
+    assert json.loads(cli("models", "show", "scorer").out)["version"] == 1

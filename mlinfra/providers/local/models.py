@@ -122,18 +122,10 @@ class ModelHandler(BaseHandler):
             session = load_session(path)
         except ModelInvalid as err:
             raise ProviderError(res.address, f"refused: {err.message}") from None
-        sha = artifact_store(ctx).put(path)
-        run = RunStore(ctx.store).get(run_id) if run_id else None
-        lineage = {"run_id": run_id, "job": run.job if run else None,
-                   "inputs": run.inputs if run else {},
-                   "git": run.git if run else {},
-                   "environment": run.environment if run else {}}
-        registry = ModelRegistry(ctx.store)
-        version, created = registry.register(
-            res.name, sha, str(res.spec.get("format", "onnx")), signature(session), run_id,
-            lineage, {}, dict(res.spec.get("tags") or {}))
+        # Evaluated before it is registered: a model whose evaluation fails takes no
+        # version, so it can never be served as `latest`.
         evaluation = res.spec.get("evaluation")
-        metrics = version.metrics
+        metrics: dict[str, Any] = {}
         if evaluation:
             try:
                 table = self._evaluation_data(res, ctx, evaluation["data"])
@@ -143,9 +135,23 @@ class ModelHandler(BaseHandler):
                                 list(features) if features is not None else None,
                                 evaluation.get("positive"))
             except ModelInvalid as err:
-                raise ProviderError(res.address, f"evaluation failed: {err.message}") from None
-            metrics = {**metrics, "evaluated_on": table.name}  # type: ignore[dict-item]
+                raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
+                                    "version was registered") from None
+            metrics = {**metrics, "evaluated_on": table.name}
+        sha = artifact_store(ctx).put(path)
+        run = RunStore(ctx.store).get(run_id) if run_id else None
+        lineage = {"run_id": run_id, "job": run.job if run else None,
+                   "inputs": run.inputs if run else {},
+                   "git": run.git if run else {},
+                   "environment": run.environment if run else {}}
+        registry = ModelRegistry(ctx.store)
+        version, created = registry.register(
+            res.name, sha, str(res.spec.get("format", "onnx")), signature(session), run_id,
+            lineage, metrics, dict(res.spec.get("tags") or {}))
+        if evaluation and not created:
             registry.set_metrics(res.name, version.version, metrics)
+        elif not evaluation:
+            metrics = version.metrics
         word = "registered" if created else "is already"
         ctx.log(f"{res.address}: {word} version {version.version}")
         return Applied({"version": version.version, "sha256": sha, "metrics": metrics,
