@@ -124,12 +124,6 @@ def _exception(outcome: Any) -> str:
     return "failed"
 
 
-def require(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]]) -> None:
-    failures = [r for r in check(name, path, fmt, expectations) if not r.success]
-    if failures:
-        raise DataCheckFailed(name, failures)
-
-
 @dataclass(frozen=True)
 class CheckRecord:
     """The verdict of one asset's expectations on one content."""

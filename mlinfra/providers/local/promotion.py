@@ -33,9 +33,11 @@ def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
         expectations = (asset.spec.get("expectations") or []) if asset else []
         if not expectations:
             continue
-        try:
-            checks.require(data.label, data.path, str(asset.spec.get("format", "csv"))
-                           if asset else "csv", expectations)
+        try:  # the verdict recorded for this content, or checked now
+            checks.DataChecks(ctx.store).require(
+                data.name, data.sha256, data.path,
+                str(asset.spec.get("format", "csv")) if asset else "csv", expectations,
+                data.label)
         except checks.DataCheckFailed as err:
             return err.message
     return None
