@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
-from mlinfra.runs.snapshot import git_info, snapshot
+from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
 from mlinfra.state.sqlite import HOST
@@ -142,7 +142,12 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
     out_dir.mkdir(parents=True)
     run.run_dir = str(run_dir)
     runs.save(run)
-    snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+    try:
+        snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+    except CodeRefused as err:
+        run.status, run.error, run.ended_at = "failed", err.message, time.time()
+        runs.save(run)
+        raise RunFailed(run, f"run {run.id} failed: {err.message}") from None
     run.git = git_info(spec.root)
     run.command = substitute(spec.command, spec, out_dir)
     env = {**os.environ, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),

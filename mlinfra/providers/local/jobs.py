@@ -25,7 +25,7 @@ from mlinfra.providers.local.environment import CURRENT_PYTHON, env_dir
 from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
-from mlinfra.runs.snapshot import code_digest
+from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
@@ -102,7 +102,10 @@ class Resolver:
 
     def code(self, job: Resource) -> str:
         code = self.ctx.root / str(job.spec.get("code", "."))
-        return code_digest(code, self.ctx.root, self.versions.content_sha256)
+        try:
+            return code_digest(code, self.ctx.root, self.versions.content_sha256)
+        except CodeRefused as err:
+            raise ProviderError(job.address, f"code: {err.message}") from None
 
     def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
                  ) -> tuple[str, dict[str, Any]]:
