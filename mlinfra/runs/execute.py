@@ -58,6 +58,7 @@ class JobSpec:
     pipeline: str | None = None
     step: str | None = None
     parent: str | None = None
+    code_digest: str | None = None  # what the run hash covers; the snapshot must match it
 
 
 def new_run_id(job: str) -> str:
@@ -142,12 +143,20 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
     out_dir.mkdir(parents=True)
     run.run_dir = str(run_dir)
     runs.save(run)
+    escaping = [f"{name} ({file})" for name, file in spec.outputs.items()
+                if not _inside(out_dir / file, out_dir)]
+    refused = f"output {', '.join(escaping)} is outside the run's folder" if escaping else ""
     try:
-        snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+        if not refused:
+            copied = snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+            if spec.code_digest is not None and copied != spec.code_digest:
+                refused = "its code changed since the plan: plan again"
     except CodeRefused as err:
-        run.status, run.error, run.ended_at = "failed", err.message, time.time()
+        refused = err.message
+    if refused:
+        run.status, run.error, run.ended_at = "failed", refused, time.time()
         runs.save(run)
-        raise RunFailed(run, f"run {run.id} failed: {err.message}") from None
+        raise RunFailed(run, f"run {run.id} failed: {refused}")
     run.git = git_info(spec.root)
     run.command = substitute(spec.command, spec, out_dir)
     env = {**os.environ, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
@@ -198,6 +207,12 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         raise RunFailed(run, f"run {run.id} {run.status}: {run.error}\n"
                         + log_tail(run_dir / "output.log"))
     return run
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` stays in `folder` once `..` and links are resolved."""
+    real, top = path.resolve(), folder.resolve()
+    return real != top and top in real.parents
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

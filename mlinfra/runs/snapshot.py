@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlinfra.data.versions import file_sha256
 from mlinfra.errors import MlinfraError
 from mlinfra.spec.ignore import IgnoreRules
 
@@ -85,16 +86,20 @@ def code_digest(code: Path, root: Path, file_hash: Callable[[Path], str]) -> str
     return digest.hexdigest()
 
 
-def snapshot(code: Path, root: Path, workdir: Path, archive: Path) -> None:
+def snapshot(code: Path, root: Path, workdir: Path, archive: Path) -> str:
     """Copy the code into `workdir` (the run's working folder) and zip that copy, so
-    the run neither sees nor records edits made while it runs."""
+    the run neither sees nor records edits made while it runs. Returns the copy's
+    digest (as code_digest computes it), from the bytes copied."""
     workdir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, path in code_files(code, root):
             target = workdir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             zf.write(target, rel)
+            digest.update(f"{rel}\0{file_sha256(target)}\n".encode())
+    return digest.hexdigest()
 
 
 def git_info(root: Path) -> dict[str, Any]:

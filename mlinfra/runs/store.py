@@ -96,12 +96,12 @@ class RunStore:
                                 "ORDER BY created_at DESC", (prefix.replace("%", "") + "%",))
         return _run(rows[0]) if len(rows) == 1 else (self.get(prefix) if rows else None)
 
-    def completed(self, job: str, run_hash: str) -> Run | None:
-        """The newest completed run of `job` with these inputs, if any."""
+    def completed(self, job: str, run_hash: str) -> list[Run]:
+        """The completed runs of `job` with these inputs, newest first."""
         rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE job=? AND "
-                                "run_hash=? AND status='completed' ORDER BY created_at DESC "
-                                "LIMIT 1", (job, run_hash))
-        return _run(rows[0]) if rows else None
+                                "run_hash=? AND status='completed' ORDER BY created_at DESC",
+                                (job, run_hash))
+        return [_run(row) for row in rows]
 
     def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
         where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())

@@ -1,0 +1,255 @@
+"""Runs keep their promises: a run is reused only while its outputs exist, it records
+what it read (stored, read-only, verified copies), its outputs stay in its folder, and
+a job whose process outlived a killed mlinfra is found and stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore
+from mlinfra.runs.execute import JobSpec, RunFailed, execute
+from mlinfra.runs.store import RunStore
+from mlinfra.state.sqlite import SqliteStore
+from tests.conftest import Files, Result
+from tests.test_training import DATA, MLINFRA, PIPELINE, STEP
+
+WORKSPACE = Path(".mlinfra") / "dev" / "workspaces" / "ws"
+
+
+def blobs(root: Path) -> list[Path]:
+    return sorted(p for p in (root / WORKSPACE / "artifacts" / "blobs").rglob("*")
+                  if p.is_file())
+
+
+def output_of(cli: Callable[..., Result], address: str) -> dict[str, object]:
+    return dict(json.loads(cli("output", address, "--json").out)[address])
+
+
+def ran(result: Result) -> list[str]:
+    return [line.split(": ")[1] for line in result.out.splitlines() if ": ran " in line]
+
+
+# --- item 1: a run whose outputs are gone is not reused -------------------------------
+
+def test_a_run_whose_output_blob_is_gone_runs_again(project: Callable[[Files], Path],
+                                                    cli: Callable[..., Result]) -> None:
+    root = project({"p.yaml": PIPELINE.split("---\nkind: Job\nname: b")[0],
+                    "steps/step.py": STEP})
+    assert ran(cli("apply", "--auto-approve")) == ["ran a"]
+    sha = output_of(cli, "job.a")["outputs"]["out"]  # type: ignore[index]
+    for blob in blobs(root):
+        if blob.name == sha:
+            blob.unlink()
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "missing from the artifact store" in plan.out
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert ran(again) == ["ran a"]  # the job ran again rather than adopting the old run
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_apply_converges_after_the_artifact_store_is_deleted(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"p.yaml": PIPELINE, "steps/step.py": STEP})
+    assert ran(cli("apply", "--auto-approve")) == ["ran a", "ran b", "ran cone"]
+    shutil.rmtree(root / WORKSPACE / "artifacts")
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    # every step runs again: nothing is adopted from runs whose outputs are gone
+    assert ran(again) == ["ran a", "ran b", "ran cone"]
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_a_damaged_output_is_not_reused_either(project: Callable[[Files], Path],
+                                              cli: Callable[..., Result]) -> None:
+    root = project({"p.yaml": PIPELINE, "steps/step.py": STEP})
+    assert cli("apply", "--auto-approve").code == 0
+    first = output_of(cli, "pipeline.abc")["steps"]["first"]["outputs"]["out"]  # type: ignore[index]
+    blob = next(b for b in blobs(root) if b.name == first)
+    blob.chmod(0o644)
+    blob.write_text("tampered\n")
+    (root / "p.yaml").write_text(PIPELINE.replace("params: {tag: one}", "params: {tag: two}"))
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert "pipeline.abc/first: reused" not in again.out
+    assert "ran a" in ran(again) and "ran ctwo" in ran(again)
+
+
+# --- item 6: a run records what it read ----------------------------------------------
+
+def test_a_standalone_job_reads_another_jobs_output(project: Callable[[Files], Path],
+                                                   cli: Callable[..., Result]) -> None:
+    jobs = PIPELINE.split("---\nkind: Pipeline")[0]
+    root = project({"p.yaml": jobs, "steps/step.py": STEP})
+    first = cli("apply", "--auto-approve")
+    assert first.code == 0, first.err
+    assert ran(first) == ["ran a", "ran b", "ran cone"]
+    c = json.loads(cli("runs", "show", str(output_of(cli, "job.c")["run_id"])).out)
+    assert Path(c["run_dir"], "outputs", "c.txt").read_text() == "a\nb\ncone\n"
+    b_run = output_of(cli, "job.b")["run_id"]
+    assert c["inputs"] == {"src": f"job b output out (run {b_run})"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+    (root / "steps" / "step.py").write_text(STEP + "# changed\n")
+    plan = cli("plan")
+    assert all(f"# job.{name} will run" in plan.out for name in "abc")
+    assert ran(cli("apply", "--auto-approve")) == ["ran a", "ran b", "ran cone"]
+    (root / "p.yaml").write_text(jobs.replace("params: {tag: one}", "params: {tag: two}"))
+    assert ran(cli("apply", "--auto-approve")) == ["ran ctwo"]  # a and b are reused
+
+
+TRAIN_ROWS = """\
+import sys
+rows = open(sys.argv[1]).read().strip().splitlines()[1:]
+open(sys.argv[2], "w").write(str(len(rows)))
+print(f"trained on {len(rows)} rows")
+"""
+TRAIN_JOB = """\
+kind: Data
+name: transactions
+path: transactions.csv
+---
+kind: Job
+name: train
+code: ./train
+command: python train.py ${inputs.data} ${outputs.n} ${params.C}
+inputs: {data: transactions}
+params: {C: 1}
+outputs: {n: n.txt}
+"""
+
+
+def test_input_copies_are_read_only_and_verified(project: Callable[[Files], Path],
+                                                 cli: Callable[..., Result]) -> None:
+    root = project({"t.yaml": TRAIN_JOB, "train/train.py": TRAIN_ROWS,
+                    "data/transactions.csv": DATA})
+    assert "trained on 4 rows" in cli("apply", "--auto-approve").out
+    copy = next((root / WORKSPACE / "runs" / "inputs").rglob("transactions.csv"))
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o444
+    copy.chmod(0o644)
+    with copy.open("a") as f:
+        f.write("9,9,1\n9,9,1\n")
+    (root / "t.yaml").write_text(TRAIN_JOB.replace("{C: 1}", "{C: 2}"))
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert "trained on 4 rows" in again.out  # the stored content, not the edited copy
+    assert "copied again from the store" in again.out
+    shown = json.loads(cli("runs", "show", str(output_of(cli, "job.train")["run_id"])).out)
+    assert shown["inputs"] == {"data": "transactions:1"}
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o444
+
+
+WAIT_THEN_TRAIN = TRAIN_JOB + """\
+---
+kind: Job
+name: wait
+code: ./train
+command: python wait.py ${outputs.done}
+outputs: {done: done.txt}
+---
+kind: Pipeline
+name: p
+steps:
+  wait: {job: wait}
+  train: {job: train, inputs: {data: transactions, after: "${steps.wait.outputs.done}"}}
+"""
+WAIT = """\
+import sys, time
+print("waiting", flush=True)
+time.sleep(2)
+open(sys.argv[1], "w").write("done")
+"""
+
+
+def test_data_changed_after_the_plan_is_never_run_under_the_plans_hash(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"t.yaml": WAIT_THEN_TRAIN, "train/train.py": TRAIN_ROWS,
+                    "train/wait.py": WAIT, "data/transactions.csv": DATA})
+    proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.endswith("/wait: waiting\n"):
+            break
+    # the data was checked and registered; the step that reads it has not started
+    (root / "data" / "transactions.csv").write_text(DATA + "7,7,0\n")
+    out = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait(timeout=60) == 1, out
+    assert "changed since the plan: plan again" in out
+    assert "trained on" not in out
+    listed = cli("runs", "list").out
+    assert not any(" train " in line and " completed " in line for line in listed.splitlines())
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert "trained on 5 rows" in again.out
+    run = json.loads(cli("runs", "show", str(
+        output_of(cli, "pipeline.p")["steps"]["train"]["run_id"])).out)  # type: ignore[index]
+    assert run["inputs"]["data"] == "transactions:2"
+
+
+@pytest.mark.parametrize("output", ["../../escaped.txt", "/tmp/mlinfra-escaped.txt", "."])
+def test_outputs_cannot_leave_the_run_folder(project: Callable[[Files], Path],
+                                             cli: Callable[..., Result], output: str) -> None:
+    project({"j.yaml": f"kind: Job\nname: j\ncommand: echo hi > ${{outputs.m}}\n"
+                       f"outputs: {{m: {json.dumps(output)}}}\n"})
+    result = cli("validate")
+    assert result.code == 1
+    assert (f"job/j: outputs.m: '{output}' must be a path inside the run's outputs folder"
+            in result.err)
+
+
+def test_a_run_refuses_outputs_outside_its_folder(tmp_path: Path) -> None:
+    """The same refusal at run time, for a spec that did not come through validate."""
+    store = SqliteStore(tmp_path / "state.db")
+    (tmp_path / "code").mkdir()
+    escaped = tmp_path / "escaped.txt"
+    spec = JobSpec(job="j", experiment="j", command="echo hi > ${outputs.m}",
+                   code=tmp_path / "code", root=tmp_path, run_hash="h", inputs={},
+                   input_versions={}, params={}, outputs={"m": "../../../escaped.txt"})
+    try:
+        with pytest.raises(RunFailed, match=r"output m \(../../../escaped.txt\) is outside "
+                                            "the run's folder"):
+            execute(spec, RunStore(store), ArtifactStore(tmp_path / "artifacts"),
+                    tmp_path / "runs")
+        assert not escaped.exists()
+        assert [r.status for r in RunStore(store).recent()] == ["failed"]
+    finally:
+        store.close()
+
+
+def _put_manifest(store: ArtifactStore, manifest: dict[str, str]) -> str:
+    data = json.dumps({"manifest": manifest}, sort_keys=True).encode()
+    sha = hashlib.sha256(data).hexdigest()
+    blob = store.root / "blobs" / sha[:2] / sha
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    return sha
+
+
+@pytest.mark.parametrize("rel", ["../../outside.txt", "{tmp}/outside.txt",
+                                 "a/../../outside.txt"])
+def test_a_crafted_manifest_cannot_write_outside_its_target(tmp_path: Path, rel: str) -> None:
+    rel = rel.format(tmp=tmp_path)
+    store = ArtifactStore(tmp_path / "artifacts")
+    (tmp_path / "payload.txt").write_text("payload")
+    payload = store.put(tmp_path / "payload.txt")
+    sha = _put_manifest(store, {"ok.txt": payload, rel: payload})
+    target = tmp_path / "deep" / "er" / "copy"
+    with pytest.raises(ArtifactCorrupted, match="outside its folder"):
+        store.materialize(sha, target)
+    assert not (tmp_path / "outside.txt").exists()
+    assert not store.intact(sha)
+    good = _put_manifest(store, {"ok.txt": payload, "sub/ok.txt": payload})
+    assert store.materialize(good, tmp_path / "good") == tmp_path / "good"
+    assert (tmp_path / "good" / "sub" / "ok.txt").read_text() == "payload"
+    assert store.intact(good) and store.is_copy(good, tmp_path / "good")
