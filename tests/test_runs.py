@@ -8,17 +8,20 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 
 from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute
-from mlinfra.runs.store import RunStore
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.runs.store import Run, RunStore
+from mlinfra.state.sqlite import HOST, SqliteStore
 from tests.conftest import Files, Result
 from tests.test_training import DATA, MLINFRA, PIPELINE, STEP
 
@@ -253,3 +256,174 @@ def test_a_crafted_manifest_cannot_write_outside_its_target(tmp_path: Path, rel:
     assert store.materialize(good, tmp_path / "good") == tmp_path / "good"
     assert (tmp_path / "good" / "sub" / "ok.txt").read_text() == "payload"
     assert store.intact(good) and store.is_copy(good, tmp_path / "good")
+
+
+# --- item 3: orphans ------------------------------------------------------------------
+
+# The first run takes the hold file and waits (until it is stopped); a later run ends.
+SLEEPER = """\
+import os, sys, time
+print("started", flush=True)
+if os.path.exists(sys.argv[3]):
+    os.remove(sys.argv[3])
+    open(sys.argv[2], "w").write(str(os.getpid()))
+    time.sleep(120)
+open(sys.argv[1], "w").write("done")
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.fixture
+def orphaned(project: Callable[[Files], Path], tmp_path: Path
+             ) -> Callable[[], int]:
+    """A project (the current folder) whose `mlinfra apply` was killed -9 while its job
+    ran; returns the job's pid, still running."""
+    def make() -> int:
+        pid_file, hold = tmp_path / "job.pid", tmp_path / "hold"
+        root = project({"j.yaml": f"kind: Job\nname: slow\ncode: ./job\ncommand: python "
+                                  f"sleeper.py ${{outputs.out}} {pid_file} {hold}\n"
+                                  "outputs: {out: out.txt}\n",
+                        "job/sleeper.py": SLEEPER})
+        hold.write_text("")
+        proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("job.slow: started"):
+                break
+        while not pid_file.exists():
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        job = int(pid_file.read_text())
+        assert alive(job)  # a job runs in its own session: it outlives mlinfra
+        return job
+
+    return make
+
+
+def test_the_next_apply_stops_an_orphaned_job_and_runs_it_once(
+        orphaned: Callable[[], int], cli: Callable[..., Result]) -> None:
+    job = orphaned()
+    try:
+        listed = cli("runs", "list").out.splitlines()[1:]
+        assert len(listed) == 1 and " running " in listed[0]
+        orphan = listed[0].split()[0]
+        again = cli("apply", "--auto-approve")
+        assert again.code == 0, again.err
+        assert not alive(job)
+        assert f"run {orphan} of job slow: orphaned: mlinfra (pid" in again.out
+        assert again.out.count("job.slow: started") == 1
+        runs = cli("runs", "list").out.splitlines()[1:]
+        assert sorted(line.split()[2] for line in runs) == ["canceled", "completed"]
+        shown = json.loads(cli("runs", "show", orphan).out)
+        assert shown["status"] == "canceled"
+        assert shown["error"].startswith("orphaned: mlinfra (pid ")
+        assert shown["error"].endswith(") was killed")
+        assert cli("plan", "--detailed-exitcode").code == 0
+    finally:
+        if alive(job):
+            os.kill(job, 9)
+
+
+def test_runs_cancel_stops_an_orphaned_run(orphaned: Callable[[], int],
+                                           cli: Callable[..., Result]) -> None:
+    job = orphaned()
+    try:
+        orphan = cli("runs", "list").out.splitlines()[1].split()[0]
+        canceled = cli("runs", "cancel", orphan)
+        assert canceled.code == 0, canceled.err
+        assert "its process was stopped" in canceled.out
+        assert not alive(job)
+        assert json.loads(cli("runs", "show", orphan).out)["status"] == "canceled"
+        again = cli("runs", "cancel", orphan)
+        assert again.code == 1 and "is canceled; only a queued or running run" in again.err
+        applied = cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.err
+        assert applied.out.count("job.slow: started") == 1
+    finally:
+        if alive(job):
+            os.kill(job, 9)
+
+
+def test_a_reused_pid_is_never_signalled(project: Callable[[Files], Path],
+                                        cli: Callable[..., Result]) -> None:
+    """A run whose pid now names another process (pid reuse): cancel and the orphan sweep
+    leave that process alone, and cancel still ends the run."""
+    root = project({})
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
+        runs = RunStore(session)
+        started = psutil.Process(stranger.pid).create_time()
+        for run_id in ("old-1", "old-2"):
+            runs.save(Run(id=run_id, job="j", experiment="j", run_hash="h", status="running",
+                          pid=stranger.pid, pid_started=started - 100.0, host=HOST,
+                          owner_pid=stranger.pid, owner_started=started - 100.0))
+        session.close()
+        canceled = cli("runs", "cancel", "old-1")
+        assert canceled.code == 0, canceled.err
+        assert "its process had ended" in canceled.out
+        assert stranger.poll() is None
+        assert json.loads(cli("runs", "show", "old-1").out)["status"] == "canceled"
+        assert cli("apply", "--auto-approve").code == 0  # no job: nothing sweeps
+        session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
+        try:
+            from mlinfra.runs.processes import stop_orphans
+
+            assert [r.id for r in stop_orphans(RunStore(session))] == ["old-2"]
+        finally:
+            session.close()
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+OLD_RUNS_TABLE = """
+CREATE TABLE runs (
+  id TEXT PRIMARY KEY, job TEXT NOT NULL, experiment TEXT NOT NULL,
+  pipeline TEXT, step TEXT, parent TEXT, run_hash TEXT NOT NULL, status TEXT NOT NULL,
+  created_at REAL NOT NULL, started_at REAL, ended_at REAL, exit_code INTEGER,
+  pid INTEGER, host TEXT, command TEXT NOT NULL DEFAULT '', params TEXT NOT NULL DEFAULT '{}',
+  inputs TEXT NOT NULL DEFAULT '{}', outputs TEXT NOT NULL DEFAULT '{}',
+  git TEXT NOT NULL DEFAULT '{}', environment TEXT NOT NULL DEFAULT '{}',
+  run_dir TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
+  reused_from TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
+INSERT INTO runs (id, job, experiment, run_hash, status, created_at, pid)
+  VALUES ('before-1', 'j', 'j', 'h', 'completed', 1.0, 42);
+"""
+
+
+def test_a_state_made_before_the_process_columns_still_opens(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({})
+    path = root / ".mlinfra" / "dev" / "state.db"
+    SqliteStore(path).close()
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_RUNS_TABLE)
+    conn.close()
+    listed = cli("runs", "list")
+    assert listed.code == 0, listed.err
+    assert "before-1" in listed.out
+    store = SqliteStore(path)
+    try:
+        runs = RunStore(store)
+        old = runs.get("before-1")
+        assert old is not None and old.pid == 42 and old.pid_started is None
+        runs.save(Run(id="after-1", job="j", experiment="j", run_hash="h", pid=7,
+                      pid_started=12.5, owner_pid=8, owner_started=11.0))
+        columns = {row[1] for row in store.query("PRAGMA table_info(runs)")}
+        assert {"pid_started", "owner_pid", "owner_started"} <= columns
+        after = RunStore(store).get("after-1")
+        assert after is not None and (after.pid_started, after.owner_pid) == (12.5, 8)
+    finally:
+        store.close()

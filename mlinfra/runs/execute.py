@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
+from mlinfra.runs.processes import started_at, this_process
 from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
@@ -137,7 +138,8 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
     run = Run(id=new_run_id(spec.job), job=spec.job, experiment=spec.experiment,
               run_hash=spec.run_hash, pipeline=spec.pipeline, step=spec.step,
               parent=spec.parent, params=dict(spec.params), inputs=dict(spec.input_versions),
-              environment={"venv": str(spec.venv) if spec.venv else None})
+              environment={"venv": str(spec.venv) if spec.venv else None}, host=HOST)
+    run.owner_pid, run.owner_started = this_process()
     run_dir = runs_root / run.id
     work, out_dir = run_dir / "code", run_dir / "outputs"
     out_dir.mkdir(parents=True)
@@ -174,7 +176,7 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         with _RUNNING_LOCK:
             _RUNNING[run.id] = proc
-        run.status, run.pid, run.host = "running", proc.pid, HOST
+        run.status, run.pid, run.pid_started = "running", proc.pid, started_at(proc.pid)
         runs.save(run)
         assert proc.stdout is not None
         pump = threading.Thread(target=_pump, args=(proc.stdout, log, on_line), daemon=True)

@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS runs (
   inputs TEXT NOT NULL DEFAULT '{}', outputs TEXT NOT NULL DEFAULT '{}',
   git TEXT NOT NULL DEFAULT '{}', environment TEXT NOT NULL DEFAULT '{}',
   run_dir TEXT NOT NULL DEFAULT '', error TEXT NOT NULL DEFAULT '',
-  reused_from TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0);
+  reused_from TEXT, cancel_requested INTEGER NOT NULL DEFAULT 0, pid_started REAL,
+  owner_pid INTEGER, owner_started REAL);
 CREATE INDEX IF NOT EXISTS runs_hash ON runs(job, run_hash, status);
 CREATE TABLE IF NOT EXISTS metrics (
   run_id TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, step INTEGER,
@@ -33,7 +34,9 @@ _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
             "created_at", "started_at", "ended_at", "exit_code", "pid", "host", "command",
             "params", "inputs", "outputs", "git", "environment", "run_dir", "error",
-            "reused_from", "cancel_requested")
+            "reused_from", "cancel_requested", "pid_started", "owner_pid", "owner_started")
+# Columns added after the first release: a state made before has the table without them.
+_ADDED = {"pid_started": "REAL", "owner_pid": "INTEGER", "owner_started": "REAL"}
 
 
 @dataclass
@@ -65,6 +68,11 @@ class Run:
     error: str = ""
     reused_from: str | None = None
     cancel_requested: int = 0
+    # The process' start time beside its pid, and the mlinfra that runs it (pid, start
+    # time): a pid the system reused is never taken for the run's (runs.processes).
+    pid_started: float | None = None
+    owner_pid: int | None = None
+    owner_started: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -74,11 +82,32 @@ class Run:
 
 
 class RunStore:
+    """The runs table. Reading a state made before a column was added needs no write
+    (the column reads as NULL); the first save adds the missing columns."""
+
     def __init__(self, store: SqliteStore) -> None:
         self.store = store
         store.ensure_schema(_SCHEMA)
+        self._missing = self._missing_columns()
+        self._select = ", ".join(f"NULL AS {c}" if c in self._missing else c
+                                 for c in _COLUMNS)
+
+    def _missing_columns(self) -> set[str]:
+        have = {row[1] for row in self.store.query("PRAGMA table_info(runs)")}
+        return {c for c in _ADDED if c not in have}
+
+    def _add_missing_columns(self) -> None:
+        with self.store.transaction() as cur:
+            have = {row[1] for row in cur.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED.items():
+                if column not in have:
+                    cur.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        self._missing = set()
+        self._select = ", ".join(_COLUMNS)
 
     def save(self, run: Run) -> None:
+        if self._missing:
+            self._add_missing_columns()
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
                   for c in _COLUMNS]
         with self.store.transaction() as cur:
@@ -86,26 +115,39 @@ class RunStore:
                         f"({', '.join('?' * len(_COLUMNS))})", values)
 
     def get(self, run_id: str) -> Run | None:
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id=?",
-                                (run_id,))
+        rows = self.store.query(f"SELECT {self._select} FROM runs WHERE id=?", (run_id,))
         return _run(rows[0]) if rows else None
 
     def find(self, prefix: str) -> Run | None:
         """A run by its id or a unique prefix of it."""
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? "
+        rows = self.store.query(f"SELECT {self._select} FROM runs WHERE id LIKE ? "
                                 "ORDER BY created_at DESC", (prefix.replace("%", "") + "%",))
         return _run(rows[0]) if len(rows) == 1 else (self.get(prefix) if rows else None)
 
     def completed(self, job: str, run_hash: str) -> list[Run]:
         """The completed runs of `job` with these inputs, newest first."""
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE job=? AND "
+        rows = self.store.query(f"SELECT {self._select} FROM runs WHERE job=? AND "
                                 "run_hash=? AND status='completed' ORDER BY created_at DESC",
                                 (job, run_hash))
         return [_run(row) for row in rows]
 
+    def unfinished(self) -> list[Run]:
+        """Runs marked queued or running, oldest first."""
+        rows = self.store.query(f"SELECT {self._select} FROM runs WHERE status IN "
+                                "('queued', 'running') ORDER BY created_at")
+        return [_run(row) for row in rows]
+
+    def end_unfinished(self, run_id: str, status: str, error: str) -> bool:
+        """Mark a run that is still queued or running as ended; False when it had ended
+        meanwhile (its own mlinfra recorded it)."""
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=? AND "
+                        "status IN ('queued', 'running')", (status, error, time.time(), run_id))
+            return cur.rowcount == 1
+
     def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
         where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs {where} "
+        rows = self.store.query(f"SELECT {self._select} FROM runs {where} "
                                 "ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_run(r) for r in rows]
 

@@ -26,10 +26,12 @@ from mlinfra.providers.local.environment import CURRENT_PYTHON, env_dir
 from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
+from mlinfra.runs.processes import stop_orphans, this_process
 from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
+from mlinfra.state.sqlite import HOST
 
 _SLOTS: dict[str, threading.Semaphore] = {}
 _SLOTS_LOCK = threading.Lock()
@@ -229,6 +231,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
     copies of its inputs, and its hash is computed again from them: what changed since
     the plan is never run under the plan's hash."""
     runs = RunStore(ctx.store)
+    stop_orphans(runs, ctx.log)
     job_name = res.name
     existing = reusable_run(ctx, job_name, run_hash)
     if existing is not None:
@@ -377,8 +380,11 @@ class PipelineHandler(BaseHandler):
         assert res is not None
         planned = (change.after or {})["steps_resolved"]
         runs, store, resolver = RunStore(ctx.store), artifact_store(ctx), Resolver(ctx)
+        stop_orphans(runs, ctx.log)
+        owner_pid, owner_started = this_process()
         parent = Run(id=new_run_id(res.name), job=res.name, experiment=res.name,
-                     run_hash=digest(planned), status="running", started_at=time.time())
+                     run_hash=digest(planned), status="running", started_at=time.time(),
+                     host=HOST, owner_pid=owner_pid, owner_started=owner_started)
         runs.save(parent)
         results: dict[str, Any] = {}
         steps = res.spec["steps"]
