@@ -427,3 +427,68 @@ def test_a_state_made_before_the_process_columns_still_opens(
         assert after is not None and (after.pid_started, after.owner_pid) == (12.5, 8)
     finally:
         store.close()
+
+
+def test_runs_cancel_explains_a_process_it_may_not_signal(
+        project: Callable[[Files], Path], cli: Callable[..., Result],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cause of exit 70: os.killpg raised PermissionError (a process of another user,
+    as a reused pid is) and nothing caught it. Now that is a message and exit 1."""
+    root = project({})
+    job = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
+        started = psutil.Process(job.pid).create_time()
+        RunStore(session).save(Run(id="theirs-1", job="j", experiment="j", run_hash="h",
+                                   status="running", pid=job.pid, pid_started=started,
+                                   host=HOST, owner_pid=job.pid, owner_started=started - 1))
+        session.close()
+
+        def refuse(pid: int, sig: int) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "killpg", refuse)
+        result = cli("runs", "cancel", "theirs-1")
+        assert result.code == 1, result.err
+        assert f"process {job.pid} belongs to another user" in result.err
+        assert job.poll() is None
+    finally:
+        job.kill()
+        job.wait()
+
+
+FOLDER_JOBS = """\
+kind: Job
+name: make
+code: ./steps
+command: sh make.sh ${outputs.d}
+outputs: {d: folder}
+---
+kind: Job
+name: read
+code: ./steps
+command: cat ${inputs.d}/a.txt ${inputs.d}/sub/b.txt > ${outputs.out} && cat ${outputs.out}
+inputs: {d: "${jobs.make.outputs.d}"}
+outputs: {out: out.txt}
+"""
+
+
+def test_folder_outputs_are_copied_read_only_and_rebuilt_when_a_file_is_gone(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"f.yaml": FOLDER_JOBS, "steps/make.sh": "mkdir -p $1/sub\n"
+                    "echo one > $1/a.txt\necho two > $1/sub/b.txt\n"})
+    first = cli("apply", "--auto-approve")
+    assert first.code == 0, first.err
+    assert "job.read: one" in first.out and "job.read: two" in first.out
+    copy = next(p for p in (root / WORKSPACE / "runs" / "inputs").rglob("b.txt"))
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o444
+    manifest = str(output_of(cli, "job.make")["outputs"]["d"])  # type: ignore[index]
+    store = ArtifactStore(root / WORKSPACE / "artifacts")
+    listed = json.loads(store.path(manifest).read_bytes())["manifest"]
+    next(b for b in blobs(root) if b.name == listed["sub/b.txt"]).unlink()
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "outputs d of run" in plan.out
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert cli("plan", "--detailed-exitcode").code == 0
+    assert store.intact(manifest)

@@ -64,6 +64,18 @@ class ArtifactStore:
     def exists(self, sha: str) -> bool:
         return self._blob(sha).exists()
 
+    def present(self, sha: str) -> bool:
+        """Whether the blob, and for a folder every file it lists, exists: what refresh
+        checks on every plan, without hashing (`intact` hashes)."""
+        blob = self._blob(sha)
+        if not blob.is_file():
+            return False
+        try:
+            manifest = _manifest(blob, sha)
+        except ArtifactCorrupted:
+            return False
+        return manifest is None or all(self._blob(f).is_file() for f in manifest.values())
+
     def intact(self, sha: str) -> bool:
         """Whether the artifact can be read back whole: its blob, and for a folder every
         file its manifest lists, present with the right sha256. Reads them all."""
@@ -124,6 +136,7 @@ class ArtifactStore:
 
 
 _READ_ONLY = 0o444
+_MANIFEST_START = b'{"manifest": '  # how `put` writes every manifest
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -132,6 +145,9 @@ def _manifest(blob: Path, sha: str) -> dict[str, str] | None:
     leave the folder (absolute, `..`) or whose hashes are not sha256 is refused."""
     if blob.stat().st_size > 10_000_000:
         return None
+    with open(blob, "rb") as f:
+        if f.read(len(_MANIFEST_START)) != _MANIFEST_START:
+            return None  # a file (a model, data): not read further
     try:
         data = json.loads(blob.read_bytes())
     except (ValueError, UnicodeDecodeError):

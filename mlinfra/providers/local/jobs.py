@@ -182,7 +182,7 @@ def _read_run(outputs: dict[str, Any], ctx: Context) -> Observed:
     if run is None or run.status != "completed":
         return Observed(False, f"run {run_id} is missing or not completed")
     store = artifact_store(ctx)
-    missing = [name for name, sha in run.outputs.items() if not store.exists(sha)]
+    missing = [name for name, sha in run.outputs.items() if not store.present(str(sha))]
     if missing:
         return Observed(False, f"outputs {', '.join(missing)} of run {run_id} are missing "
                         "from the artifact store")
@@ -240,7 +240,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
     spec = res.spec
     store = artifact_store(ctx)
     upstream = dict(upstream or {})
-    staged: dict[str, tuple[DataInput, DataInput]] = {}
+    staged: dict[str, tuple[DataInput, str, Path]] = {}  # as resolved; as stored
     for key, value in {**(spec.get("inputs") or {}), **overrides.get("inputs", {})}.items():
         if key in upstream:
             continue
@@ -255,23 +255,23 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
         stored = materialize(ctx, store, sha, data.path.name)
         if stored.is_dir():  # a folder's version is its files' digest, as the plan's is
             sha = resolver.versions.content_sha256(stored)
-        staged[key] = data, DataInput(data.name, 0, sha, stored)
+        staged[key] = data, sha, stored
     params = {**(spec.get("params") or {}), **overrides.get("params", {})}
     identities = {**{k: v.identity for k, v in upstream.items()},
-                  **{k: copy.sha256 for k, (_, copy) in staged.items()}}
+                  **{k: sha for k, (_, sha, _) in staged.items()}}
     actual, parts = resolver.run_hash(res, identities, params)
     if actual != run_hash:
-        reading = ", ".join(f"{c.name} (sha256 {c.sha256[:12]})" for _, c in staged.values())
+        reading = ", ".join(f"{d.name} (sha256 {sha[:12]})" for d, sha, _ in staged.values())
         raise ProviderError(res.address, "its inputs, code or environment changed since the "
                             f"plan: plan again (it would read {reading or 'no data'}; run hash "
                             f"{actual[:12]}, planned {run_hash[:12]})")
     inputs: dict[str, Path] = {k: v.path for k, v in upstream.items()}
     versions: dict[str, str] = {k: v.label for k, v in upstream.items()}
-    for key, (data, read) in staged.items():
+    for key, (data, sha, stored) in staged.items():
         # The stored copy is checked by the gate: the run records exactly the version it
         # read and was validated, whatever happens to the file meanwhile.
-        version = resolver.versions.register(data.name, read.sha256, {"path": str(data.path)})
-        copy = DataInput(data.name, version, read.sha256, read.path)
+        version = resolver.versions.register(data.name, sha, {"path": str(data.path)})
+        copy = DataInput(data.name, version, sha, stored)
         _gate(ctx, res, copy)
         inputs[key] = copy.path
         versions[key] = copy.label
