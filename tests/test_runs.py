@@ -22,8 +22,8 @@ from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.state.sqlite import HOST, SqliteStore
-from tests.conftest import Files, Result
-from tests.test_training import DATA, MLINFRA, PIPELINE, STEP
+from tests.conftest import Files, Result, onnx_model
+from tests.test_training import DATA, MLINFRA, PIPELINE, PROJECT, STEP, TRAIN
 
 WORKSPACE = Path(".mlinfra") / "dev" / "workspaces" / "ws"
 
@@ -70,6 +70,23 @@ def test_apply_converges_after_the_artifact_store_is_deleted(
     # every step runs again: nothing is adopted from runs whose outputs are gone
     assert ran(again) == ["ran a", "ran b", "ran cone"]
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_destroying_the_artifact_store_of_a_trained_model_converges(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    """The job, the model registered from its output and the data all come back."""
+    root = project({"training.yaml": PROJECT, "train/train.py": TRAIN,
+                    "train/template.onnx": onnx_model(), "data/transactions.csv": DATA,
+                    "data/holdout.csv": DATA})
+    assert cli("apply", "--auto-approve").code == 0
+    shutil.rmtree(root / WORKSPACE / "artifacts")
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert "trained on 4 rows" in again.out
+    assert "model.fraud: is already version 1" in again.out
+    assert cli("plan", "--detailed-exitcode").code == 0
+    shown = json.loads(cli("models", "show", "fraud:1").out)
+    assert ArtifactStore(root / WORKSPACE / "artifacts").intact(shown["sha256"])
 
 
 def test_a_damaged_output_is_not_reused_either(project: Callable[[Files], Path],
