@@ -50,6 +50,11 @@ def test_a_file_in_an_ignored_folder_stays_ignored(tmp_path: Path) -> None:
     assert files_of(tmp_path) == [".gitignore", "main.py"]
 
 
+def test_lines_git_cannot_use_are_passed_over(tmp_path: Path) -> None:
+    write_files(tmp_path, {".gitignore": "!\n[z-a]\n\\\n*.log\n", "a.log": "", "a.py": ""})
+    assert files_of(tmp_path) == [".gitignore", "a.py"]
+
+
 def test_mlinfraignore_decides_which_yaml_files_are_read(project: Callable[[Files], Path]
                                                         ) -> None:
     root = project({

@@ -12,6 +12,7 @@ Only ignore files inside the project count, not those of folders above it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,8 @@ class IgnoreRules:
                 # every plan walks the project's folders.
                 import pathspec
 
-                spec = pathspec.GitIgnoreSpec.from_lines(lines)
+                spec = pathspec.GitIgnoreSpec.from_lines([
+                    line for line in lines if _valid(pathspec.GitIgnoreSpec, line)])
             self._specs[folder] = spec
         return self._specs[folder]
 
@@ -54,3 +56,13 @@ class IgnoreRules:
             if verdict is not None:
                 return bool(verdict)
         return False
+
+
+def _valid(spec: Any, line: str) -> bool:
+    """Whether pathspec can compile the line; Git passes over a line it cannot use (a
+    lone `!`, a bad range), and so does mlinfra."""
+    try:
+        spec.from_lines([line])
+    except (ValueError, re.error):
+        return False
+    return True
