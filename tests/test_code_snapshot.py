@@ -110,6 +110,9 @@ def test_links_out_of_the_project_are_refused(project: Callable[[Files], Path],
     os.symlink("../../outside.txt", root / "train" / "leak.txt")  # relative, still outside
     assert "train/leak.txt is a symbolic link to ../../outside.txt" in cli("plan").err
 
+    (root / "train" / ".mlinfraignore").write_text("leak.txt\n")
+    assert cli("plan").code == 0  # an ignored link is not part of the code
+
     (root / "train" / "leak.txt").unlink()
     os.symlink("..", root / "train" / "loop")
     assert "train/loop is a symbolic link to .., a folder that holds it" in cli("plan").err

@@ -55,6 +55,9 @@ def _walk(folder: Path, rel: str, base: str, top: Path, rules: IgnoreRules,
         child = f"{rel}/{entry.name}" if rel else entry.name
         in_root = child if base == "." else f"{base}/{child}"
         path = Path(entry.path)
+        is_dir = entry.is_dir()  # follows a link
+        if rules.ignored(in_root, is_dir):
+            continue
         real = path.resolve() if entry.is_symlink() else None
         if real is not None:
             target = os.readlink(path)
@@ -64,9 +67,6 @@ def _walk(folder: Path, rel: str, base: str, top: Path, rules: IgnoreRules,
                                   "list the link in .mlinfraignore")
             if not real.exists():
                 raise CodeRefused(f"{in_root} is a broken symbolic link (to {target})")
-        is_dir = entry.is_dir()  # follows a link
-        if rules.ignored(in_root, is_dir):
-            continue
         if is_dir:
             if real is not None and any(real == a or real in a.parents for a in above):
                 raise CodeRefused(f"{in_root} is a symbolic link to {os.readlink(path)}, a "
