@@ -27,7 +27,8 @@ STOP_GRACE_S = 5.0
 
 
 class ProcessNotStopped(MlinfraError):
-    """A run's process could not be signalled (it belongs to another user)."""
+    """A run's process could not be stopped (it belongs to another user, or outlived
+    SIGKILL)."""
 
 
 def started_at(pid: int) -> float | None:
@@ -78,6 +79,9 @@ def stop(pid: int | None, started: float | None, grace_s: float = STOP_GRACE_S) 
         deadline = time.monotonic() + grace_s
         while is_running(pid, started) and time.monotonic() < deadline:
             time.sleep(_POLL_S)
+        if is_running(pid, started):
+            raise ProcessNotStopped(f"process {pid} is still running after SIGKILL; mlinfra "
+                                    "starts nothing beside it")
     return True
 
 
@@ -132,8 +136,8 @@ def cancel(runs: RunStore, run: Run) -> str:
                 "stops it.")
     if owner_alive(run):
         runs.request_cancel(run.id)
-        if is_running(run.pid, run.pid_started):
-            _signal_group(int(run.pid or 0), signal.SIGTERM)
+        if run.pid is not None and is_running(run.pid, run.pid_started):
+            _signal_group(run.pid, signal.SIGTERM)
         return f"Canceling run {run.id}."
     was_running = stop(run.pid, run.pid_started)
     runs.end_unfinished(run.id, "canceled", f"{orphan_error(run)}; canceled by mlinfra runs "
