@@ -509,3 +509,29 @@ def test_folder_outputs_are_copied_read_only_and_rebuilt_when_a_file_is_gone(
     assert again.code == 0, again.err
     assert cli("plan", "--detailed-exitcode").code == 0
     assert store.intact(manifest)
+
+
+def test_runs_cancel_of_a_run_its_apply_still_watches(project: Callable[[Files], Path],
+                                                     cli: Callable[..., Result],
+                                                     tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    hold.write_text("")
+    root = project({"j.yaml": f"kind: Job\nname: slow\ncode: ./job\ncommand: python "
+                              f"sleeper.py ${{outputs.out}} {tmp_path / 'pid'} {hold}\n"
+                              "outputs: {out: out.txt}\n",
+                    "job/sleeper.py": SLEEPER})
+    proc = subprocess.Popen([MLINFRA, "apply", "--auto-approve"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("job.slow: started"):
+            break
+    run_id = cli("runs", "list").out.splitlines()[1].split()[0]
+    canceled = cli("runs", "cancel", run_id)
+    assert canceled.code == 0 and canceled.out == f"Canceling run {run_id}.\n"
+    out = proc.stdout.read()
+    proc.stdout.close()
+    assert proc.wait(timeout=30) == 1, out
+    assert f"run {run_id} canceled" in out
+    assert json.loads(cli("runs", "show", run_id).out)["status"] == "canceled"
