@@ -184,7 +184,8 @@ def test_the_job_gate_checks_before_a_version_is_registered(
         job = session.config.get("Job", "train")
         assert job is not None
         with pytest.raises(ProviderError, match="no run started") as failed:
-            run_job(session.ctx, job, "0" * 64, Resolver(session.ctx))
+            run_job(session.ctx, job, str(session.ctx.facts(job)["run_hash"]),
+                    Resolver(session.ctx))
         assert REPORT in failed.value.message
         assert DataVersions(session.store).list("transactions") == []
         sha = DataVersions(session.store).content_sha256(root / "data" / "transactions.csv")

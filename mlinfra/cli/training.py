@@ -93,21 +93,13 @@ def _compare(runs: Any, found: list[Any]) -> None:
 
 
 def _cancel(runs: Any, found: list[Any]) -> None:
-    import contextlib
-    import os
-    import signal
-
-    from mlinfra.state.sqlite import HOST
+    from mlinfra.runs.processes import cancel
 
     for run in found:
         if run.status not in ("queued", "running"):
-            raise MlinfraError(f"run {run.id} is {run.status}; only a running run can be "
-                               "canceled")
-        runs.request_cancel(run.id)
-        if run.pid and run.host == HOST:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGTERM)
-        echo(f"Canceling run {run.id}.")
+            raise MlinfraError(f"run {run.id} is {run.status}; only a queued or running run "
+                               "can be canceled")
+        echo(cancel(runs, run))
 
 
 def cmd_models(args: argparse.Namespace) -> int:

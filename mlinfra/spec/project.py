@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from mlinfra import __version__
 from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, ProjectNotFound
 from mlinfra.spec import sensitive
 from mlinfra.spec.expectations import installed_version
+from mlinfra.spec.ignore import IgnoreRules
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
@@ -43,34 +43,21 @@ def find_root(start: Path) -> Path:
         "create a project, or pass -C DIR")
 
 
-def _ignore_patterns(root: Path) -> list[str]:
-    path = root / IGNORE_FILE
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
-
-
-def ignored(rel: str, patterns: list[str]) -> bool:
-    """gitignore-like: a pattern matches the path or any of its parts."""
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts)
-               for p in patterns)
-
-
 def yaml_files(root: Path) -> Iterator[Path]:
-    """Every *.yaml / *.yml under root, but stacks/, .mlinfra/ and hidden folders."""
-    patterns = _ignore_patterns(root)
+    """Every *.yaml / *.yml under root, but stacks/, .mlinfra/, hidden folders and what
+    .mlinfraignore files list (read as Git reads .gitignore: mlinfra.spec.ignore)."""
+    rules = IgnoreRules(root, (IGNORE_FILE,))
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root)
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith(".")
-                         and not ignored(os.path.normpath(os.path.join(rel_folder, d)),
-                                         patterns))
+                         and not rules.ignored(_join(rel_folder, d), is_dir=True))
         for name in sorted(files):
-            if name.endswith((".yaml", ".yml")):
-                rel = os.path.normpath(os.path.join(rel_folder, name))
-                if not ignored(rel, patterns):
-                    yield Path(folder) / name
+            if name.endswith((".yaml", ".yml")) and not rules.ignored(_join(rel_folder, name)):
+                yield Path(folder) / name
+
+
+def _join(folder: str, name: str) -> str:
+    return name if folder == "." else f"{folder}/{name}"
 
 
 def checks_fingerprint() -> str:

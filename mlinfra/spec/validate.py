@@ -253,6 +253,11 @@ class _References:
             self.name(res, ("compute",), "Compute", spec["compute"])
         for key, value in (spec.get("inputs") or {}).items():
             self._input(res, ("inputs", key), value, "jobs")
+        for key, value in (spec.get("outputs") or {}).items():
+            if isinstance(value, str) and (os.path.isabs(value) or os.path.normpath(
+                    value).split(os.sep)[0] in ("..", ".")):
+                self.add(res, ("outputs", key), f"'{value}' must be a path inside the run's "
+                         "outputs folder: relative, not leaving it with '..'")
         command = spec.get("command")
         if isinstance(command, str):
             declared = {"inputs": spec.get("inputs") or {}, "outputs": spec.get("outputs") or {},

@@ -2,8 +2,8 @@
 and those the registry, runs and data versions keep beside them.
 
 A state is created with every table at once. A state written by an older mlinfra
-that lacks a table gets it on the first write session; a read-only session sees an
-empty temporary table in its place, so reading never writes the file.
+that lacks a table or a column gets it on the first write session; a read-only session
+reads a copy upgraded in memory, so reading never writes the file.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ TABLES: dict[str, str] = {
       outputs TEXT NOT NULL DEFAULT '{{}}', git TEXT NOT NULL DEFAULT '{{}}',
       environment TEXT NOT NULL DEFAULT '{{}}', run_dir TEXT NOT NULL DEFAULT '',
       error TEXT NOT NULL DEFAULT '', reused_from TEXT,
-      cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+      cancel_requested INTEGER NOT NULL DEFAULT 0, pid_started REAL, owner_pid INTEGER,
+      owner_started REAL)""",
     "metrics": """CREATE TABLE {t} (
       run_id TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, step INTEGER,
       at REAL NOT NULL)""",
@@ -68,11 +69,20 @@ TABLES: dict[str, str] = {
       sha256 TEXT NOT NULL)""",
 }
 
+# Columns added since a table was first shipped: (table, column, type). A state written
+# before gets them on its first write session; a read-only session reads an upgraded
+# copy in memory.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("runs", "pid_started", "REAL"),
+    ("runs", "owner_pid", "INTEGER"),
+    ("runs", "owner_started", "REAL"),
+)
+
 # (table, DDL) of each index.
 INDEXES: tuple[tuple[str, str], ...] = (
-    ("journal", "CREATE INDEX IF NOT EXISTS {s}journal_status ON journal(status)"),
-    ("runs", "CREATE INDEX IF NOT EXISTS {s}runs_hash ON runs(job, run_hash, status)"),
-    ("metrics", "CREATE INDEX IF NOT EXISTS {s}metrics_run ON metrics(run_id)"),
+    ("journal", "CREATE INDEX IF NOT EXISTS journal_status ON journal(status)"),
+    ("runs", "CREATE INDEX IF NOT EXISTS runs_hash ON runs(job, run_hash, status)"),
+    ("metrics", "CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id)"),
 )
 
 # What a workspace holds besides its files: destroying the workspace empties them.
@@ -86,10 +96,38 @@ def missing_tables(conn: sqlite3.Connection) -> list[str]:
     return [name for name in TABLES if name not in present]
 
 
-def create_tables(conn: sqlite3.Connection, names: list[str], temporary: bool) -> None:
-    """Create `names` (in the temp schema when the session only reads)."""
+def missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    present: dict[str, set[str]] = {}
+    for table, _, _ in ADDED_COLUMNS:
+        if table not in present:
+            present[table] = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    return [added for added in ADDED_COLUMNS
+            if present[added[0]] and added[1] not in present[added[0]]]
+
+
+def create_tables(conn: sqlite3.Connection, names: list[str]) -> None:
     for name in names:
-        conn.execute(TABLES[name].format(t=f"temp.{name}" if temporary else name))
+        conn.execute(TABLES[name].format(t=name))
     for table, ddl in INDEXES:
         if table in names:
-            conn.execute(ddl.format(s="temp." if temporary else ""))
+            conn.execute(ddl)
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a state written by an earlier mlinfra to this schema, in one transaction."""
+    tables, columns = missing_tables(conn), missing_columns(conn)
+    if not tables and not columns:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        create_tables(conn, tables)
+        for table, column, kind in columns:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def needs_upgrade(conn: sqlite3.Connection) -> bool:
+    return bool(missing_tables(conn) or missing_columns(conn))

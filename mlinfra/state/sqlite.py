@@ -26,6 +26,8 @@ from mlinfra.state.schema import (
     WORKSPACE_TABLES,
     create_tables,
     missing_tables,
+    needs_upgrade,
+    upgrade,
 )
 
 _SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
@@ -64,8 +66,9 @@ class SqliteStore:
     provider call until the change is committed (`done`) or has `failed`.
     A read-only store (`readonly=True`, for plan and the read commands) never creates
     nor changes the file: a stack with no state file reads as an empty state with no
-    lineage yet. A file mlinfra did not write (empty, not SQLite, no lineage) is
-    refused as damaged, never taken for a new stack.
+    lineage yet, and an older state is read through a copy upgraded in memory. A file
+    mlinfra did not write (empty, not SQLite, no lineage) is refused as damaged, never
+    taken for a new stack.
     """
 
     def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
@@ -76,9 +79,8 @@ class SqliteStore:
         self.exists = path.exists()
         try:
             if not self.exists and readonly:
-                self.conn = sqlite3.connect(":memory:", isolation_level=None,
-                                            check_same_thread=False)
-                create_tables(self.conn, list(TABLES), temporary=False)
+                self.conn = _memory()
+                create_tables(self.conn, list(TABLES))
                 _write_meta(self.conn, lineage="")
                 return
             if not self.exists:
@@ -87,10 +89,16 @@ class SqliteStore:
                 raise sqlite3.DatabaseError("the file is empty")
             self.conn = self._open()
             self._check()
-            missing = missing_tables(self.conn)
-            if missing:
-                with self._lock:
-                    create_tables(self.conn, missing, temporary=readonly)
+            if not readonly:
+                upgrade(self.conn)
+            elif needs_upgrade(self.conn):
+                # NOTE: an older state is read through an upgraded copy in memory: the
+                # file itself changes only in a write session.
+                copy = _memory()
+                self.conn.backup(copy)
+                self.conn.close()
+                self.conn = copy
+                upgrade(self.conn)
         except sqlite3.DatabaseError as err:
             raise StateCorrupted(self._corrupted_message(err)) from None
 
@@ -306,6 +314,10 @@ def _resource(row: tuple[Any, ...]) -> ResourceState:
                          dependencies=row_json(row[7], where), updated_at=row[8])
 
 
+def _memory() -> sqlite3.Connection:
+    return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+
+
 def _write_meta(conn: sqlite3.Connection, lineage: str) -> None:
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
         ("lineage", lineage), ("serial", "0"), ("format_version", str(FORMAT_VERSION))])
@@ -319,7 +331,7 @@ def _create(path: Path) -> None:
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        create_tables(conn, list(TABLES), temporary=False)
+        create_tables(conn, list(TABLES))
         _write_meta(conn, _new_lineage())
     finally:
         conn.close()
