@@ -81,6 +81,61 @@ def call(url: str, key: str | None, method: str, path: str, body: Any = None,
         client.close()
 
 
+class Load:
+    """Requests on `threads` keep-alive connections in the background, from `with` until
+    its end: at most `limit` requests and `seconds` seconds. A dropped connection is
+    reopened and counted in `dropped`."""
+
+    def __init__(self, url: str, key: str | None, threads: int = 4, limit: int = 50_000,
+                 seconds: float = 120.0, body: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url, self.key, self.limit, self.seconds = url, key, limit, seconds
+        self.body = body if body is not None else {"inputs": [[1, 2]]}
+        self.headers = headers
+        self.statuses: Counter[int] = Counter()
+        self.models: Counter[str] = Counter()
+        self.dropped = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        client = Client(self.url, self.key)
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if sum(self.statuses.values()) >= self.limit:
+                    break
+            try:
+                status, _, headers = client.request("POST", "/invocations", self.body,
+                                                    self.headers)
+            except (ConnectionError, http.client.HTTPException):
+                client.close()
+                client = Client(self.url, self.key)
+                with self._lock:
+                    self.dropped += 1
+                continue
+            with self._lock:
+                self.statuses[status] += 1
+                self.models[headers.get("mlinfra-model", "-")] += 1
+        client.close()
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.statuses.values())
+
+
 def v2(rows: list[list[float]]) -> dict[str, Any]:
     return {"inputs": [{"name": "features", "shape": [len(rows), 2], "datatype": "FP32",
                         "data": [x for row in rows for x in row]}]}
@@ -360,12 +415,19 @@ def test_rollout_of_a_failing_model_rolls_back_by_itself(
 
 def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
     _, cli, url, key = served
-    result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
-                 "--hold", "0.2s")
+    with Load(url, key) as load:
+        result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                     "--hold", "0.5s", "--min-requests", "20")
     assert result.code == 0, result.err
     assert "Rollout complete: green takes 100% of traffic" in result.out
+    assert set(load.statuses) == {200}
     assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
             for _ in range(20)} == {"other:1"}
+    listed = cli("endpoints", "list").out  # the live split, not the YAML's
+    assert '{"blue": 0, "green": 100}' in listed and "ready" in listed
+    shown = json.loads(cli("endpoints", "show", "api").out)
+    assert shown["traffic"] == {"blue": 0, "green": 100}
+    assert shown["configured_traffic"] == {"blue": 100}
     plan = cli("plan", "--detailed-exitcode")  # the YAML still says blue 100
     assert plan.code == 2
     assert 'traffic is {"blue": 0, "green": 100}; the configuration says {"blue": 100}' in (
@@ -373,6 +435,32 @@ def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
     assert cli("apply", "--auto-approve").code == 0
     assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
             for _ in range(20)} == {"fraud:1"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_a_rollout_with_no_traffic_says_so_and_stops(served: Any) -> None:
+    """Item 14: a hold with no request at all is not a success."""
+    _, cli, url, key = served
+    result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                 "--hold", "0.3s")
+    assert result.code == 1, result.out
+    assert "no request reached the endpoint in 0.3s at 50%" in result.err
+    assert 'traffic back to {"blue": 100, "green": 0}' in result.err
+    assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
+            for _ in range(20)} == {"fraud:1"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_a_hold_with_too_few_requests_is_inconclusive(served: Any) -> None:
+    """Item 14: traffic that never reaches the deployment (every request pinned to blue)
+    holds the step again, then stops as inconclusive."""
+    _, cli, url, key = served
+    with Load(url, key, threads=2, headers={"mlinfra-deployment": "blue"}):
+        result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                     "--hold", "0.3s", "--min-requests", "5")
+    assert result.code == 1, result.out
+    assert result.out.count("inconclusive (0 of 5 requests needed); holding again") == 9
+    assert "inconclusive: 0 requests reached green in 3s at 50%" in result.err
     assert cli("plan", "--detailed-exitcode").code == 0
 
 
