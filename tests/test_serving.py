@@ -298,13 +298,18 @@ def test_killed_server_is_drift_and_restarted(served: Any) -> None:
 
 
 def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
-    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200."""
+    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200.
+    The load runs until it has sent 20,000 requests and seen the last model (bounded in
+    time and count), so it cannot end before the last change."""
     root, cli, url, key = served
+    before = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
     (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic="{blue: 100}",
                                                        mirror="{}"))
     assert cli("apply", "--auto-approve").code == 0  # workers 2: a restart, before the load
-    url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
-    total, threads = 20_000, 8
+    after = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert after["pid"] != before["pid"] and after["url"] == url and after["workers"] == 2
+    assert json.loads(cli("endpoints", "show", "api").out)["workers"] == 2
+    total, cap, threads, last = 20_000, 200_000, 8, "other:3"
     statuses: Counter[int] = Counter()
     models: Counter[str] = Counter()
     lock = threading.Lock()
@@ -312,18 +317,16 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
 
     def load() -> None:
         client = Client(url, key)
-        local_status: Counter[int] = Counter()
-        local_models: Counter[str] = Counter()
-        for _ in range(total // threads):
-            if time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline:
+            with lock:
+                sent = sum(statuses.values())
+                if sent >= cap or (sent >= total and last in models):
+                    break
             status, _, headers = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]))
-            local_status[status] += 1
-            local_models[headers.get("mlinfra-model", "-")] += 1
+            with lock:
+                statuses[status] += 1
+                models[headers.get("mlinfra-model", "-")] += 1
         client.close()
-        with lock:
-            statuses.update(local_status)
-            models.update(local_models)
 
     workers = [threading.Thread(target=load) for _ in range(threads)]
     for worker in workers:
@@ -341,8 +344,9 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
         assert "endpoint.api: Modifications complete" in changed.out
     for worker in workers:
         worker.join()
-    assert sum(statuses.values()) == total
-    assert statuses == Counter({200: total})
+    sent = sum(statuses.values())
+    assert total <= sent < cap and last in models, (sent, models)
+    assert statuses == Counter({200: sent})
     assert {"fraud:1", "other:1", "other:2", "other:3"} <= set(models), models
 
 
@@ -462,6 +466,71 @@ def test_a_hold_with_too_few_requests_is_inconclusive(served: Any) -> None:
     assert result.out.count("inconclusive (0 of 5 requests needed); holding again") == 9
     assert "inconclusive: 0 requests reached green in 3s at 50%" in result.err
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def slow_when_asked(products: int = 100) -> bytes:
+    """Fast, except for a request whose largest feature is above 0.5: that one runs a
+    chain of 1000x1000 matrix products (an If on the input)."""
+    from onnx import TensorProto, helper
+
+    size = 1000
+    slow_nodes = [helper.make_node("Tile", ["features", "repeats"], ["x0"])]
+    for i in range(products):
+        slow_nodes.append(helper.make_node("MatMul", [f"x{i}", "w"], [f"x{i + 1}"]))
+    slow_nodes += [helper.make_node("ReduceMean", [f"x{products}"], ["m"], axes=[1],
+                                    keepdims=1),
+                   helper.make_node("Slice", ["m", "start", "end"], ["slow_y"])]
+    floats = TensorProto.FLOAT
+    slow = helper.make_graph(slow_nodes, "slow", [],
+                             [helper.make_tensor_value_info("slow_y", floats, [None, 1])])
+    fast = helper.make_graph(
+        [helper.make_node("Slice", ["features", "start", "end", "one"], ["fast_y"])], "fast",
+        [], [helper.make_tensor_value_info("fast_y", floats, [None, 1])])
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["features"], ["top"], keepdims=0),
+         helper.make_node("Greater", ["top", "half"], ["asked"]),
+         helper.make_node("If", ["asked"], ["y"], then_branch=slow, else_branch=fast)],
+        "slow-when-asked", [helper.make_tensor_value_info("features", floats, [None, 2])],
+        [helper.make_tensor_value_info("y", floats, [None, 1])],
+        [helper.make_tensor("repeats", TensorProto.INT64, [2], [size, size // 2]),
+         helper.make_tensor("w", floats, [size, size],
+                            (rng.standard_normal((size, size)) / size).astype(
+                                np.float32).ravel().tolist()),
+         helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("end", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("half", floats, [], [0.5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_rollout_judges_each_hold_on_its_own_requests(
+        project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """Item 14: green answered slowly before the rollout, fast during it. Its lifetime p99
+    is high; each hold window's is low, and the rollout completes."""
+    project({"models/fraud.onnx": onnx_model(), "models/other.onnx": slow_when_asked(),
+             "serving.yaml": ENDPOINT.format(workers=1, traffic="{blue: 100, green: 0}",
+                                             mirror="{}")})
+    assert cli("apply", "--auto-approve").code == 0
+    try:
+        root = Path.cwd()
+        url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+        key = (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
+        green = {"mlinfra-deployment": "green"}
+        for _ in range(5):
+            started = time.monotonic()
+            assert call(url, key, "POST", "/invocations", {"inputs": [[1, 1]]}, green)[0] == 200
+            assert time.monotonic() - started > 0.6  # slow: past the 500 ms threshold
+        with Load(url, key, body={"inputs": [[0.1, 0.2]]}) as load:
+            result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "20,100",
+                         "--hold", "0.5s", "--min-requests", "20", "--max-p99-ms", "500")
+        assert result.code == 0, result.out + result.err
+        assert "Rollout complete: green takes 100% of traffic" in result.out
+        assert set(load.statuses) == {200}
+    finally:
+        cli("destroy", "--auto-approve")
 
 
 def slow_model(products: int = 12) -> bytes:

@@ -19,6 +19,7 @@ from mlinfra.providers.local.endpoint.config import governed, server_config
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import (
     Serving,
+    config_difference,
     difference,
     health,
     worker_statuses,
@@ -26,6 +27,7 @@ from mlinfra.providers.local.endpoint.observe import (
 from mlinfra.providers.local.endpoint.publish import (
     next_generation,
     publish,
+    read_config,
     wait_generation,
     write_config,
 )
@@ -76,10 +78,7 @@ class EndpointHandler(BaseHandler):
         kept = previous.outputs if previous is not None else {}
         if kept:
             stop(folder, ServerInstance.from_outputs(kept))
-        stray = stop(folder)
-        if stray:
-            ctx.log(f"{change.address}: stopped a server that no state recorded "
-                    f"(pids {', '.join(map(str, stray))})")
+        self.abandoned(res.name, ctx)
         port = int(res.spec.get("port") or kept.get("port") or free_port())
         if port_taken(port):
             raise ProviderError(change.address, f"port {port} is taken by another program; "
@@ -161,7 +160,9 @@ class EndpointHandler(BaseHandler):
         if not ready:
             return Observed(True, problem)
         want = Serving.from_outputs(state.outputs, keys.accepted(state.outputs, folder))
-        served = difference(worker_statuses(folder, folder.instance(server.id)), want)
+        instance = folder.instance(server.id)
+        served = (config_difference(read_config(instance), want)
+                  or difference(worker_statuses(folder, instance), want))
         if served:
             return Observed(True, served, update=True)
         others = sorted(p.pid for instance, group in processes(folder).items()
@@ -180,7 +181,15 @@ class EndpointHandler(BaseHandler):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         folder = EndpointFolder.of(ctx, state.name)
         stop(folder, ServerInstance.from_outputs(state.outputs))
-        stop(folder)
+        self.abandoned(state.name, ctx)
+
+    def abandoned(self, name: str, ctx: Context) -> None:
+        """Every server of the endpoint, and their instances' files."""
+        folder = EndpointFolder.of(ctx, name)
+        stray = stop(folder)
+        if stray:
+            ctx.log(f"endpoint.{name}: stopped a server that no state recorded "
+                    f"(pids {', '.join(map(str, stray))})")
         for instance in folder.instances():
             instance.remove()
 

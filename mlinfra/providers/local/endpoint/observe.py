@@ -72,6 +72,24 @@ def difference(statuses: list[dict[str, Any]], want: Serving) -> str:
     return ""
 
 
+def config_difference(config: dict[str, Any] | None, want: Serving) -> str:
+    """How the config file the workers load differs from `want`, or "": a config written
+    by a run that was cut short, before its workers even loaded it."""
+    if config is None:
+        return "its config file is missing"
+    serves = {name: f"{entry.get('model')}:{entry.get('version')}"
+              for name, entry in (config.get("deployments") or {}).items()}
+    if serves != want.served:
+        return f"its config serves {_show(serves)}; the state says {_show(want.served)}"
+    traffic = shares(config.get("traffic") or {})
+    if traffic != want.traffic:
+        return (f"its config splits traffic {_show(traffic)}; the state says "
+                f"{_show(want.traffic)}")
+    if frozenset(config.get("key_hashes") or ()) != want.key_hashes:
+        return "its config accepts other keys than the state holds"
+    return ""
+
+
 def _show(mapping: dict[str, Any]) -> str:
     return json.dumps({k: int(v) if isinstance(v, float) and v.is_integer() else v
                        for k, v in sorted(mapping.items())})
