@@ -122,9 +122,12 @@ def test_a_recreated_server_keeps_its_port_and_keys(endpoint: Any) -> None:
     keys = make_keys(cli)
     first = outputs(cli)
     url = first["url"]
+    earlier = root / ".mlinfra/dev/endpoints/api/keys.new"  # an earlier mlinfra's
+    earlier.write_text('{"primary": "mlk_in_clear"}')
     os.killpg(first["pid"], signal.SIGKILL)  # killed, then repaired as drift
     assert eventually(lambda: gone(first["pid"]))
     assert cli("apply", "--auto-approve").code == 0
+    assert not earlier.exists()
     repaired = outputs(cli)
     assert (repaired["url"], repaired["key_hashes"]) == (url, first["key_hashes"])
     assert repaired["pid"] != first["pid"] and answers(url, keys["primary"]) == 200

@@ -54,6 +54,13 @@ class EndpointFolder:
     def instance(self, instance_id: str) -> InstanceFolder:
         return InstanceFolder(instance_id, self.path / "instances" / instance_id)
 
+    def forget_earlier_layout(self) -> None:
+        """Files of an earlier mlinfra: one config and status folder for every server,
+        and new keys in clear until shown (`keys.new`), which no file may hold now."""
+        for name in ("keys.new", "config.json", "config.json.tmp"):
+            (self.path / name).unlink(missing_ok=True)
+        shutil.rmtree(self.path / "status", ignore_errors=True)
+
     def instances(self) -> list[InstanceFolder]:
         root = self.path / "instances"
         if not root.is_dir():

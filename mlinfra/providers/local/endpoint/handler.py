@@ -192,6 +192,7 @@ class EndpointHandler(BaseHandler):
                     f"(pids {', '.join(map(str, stray))})")
         for instance in folder.instances():
             instance.remove()
+        folder.forget_earlier_layout()
 
 
 def _resource(ctx: Context, name: str) -> Resource:

@@ -13,6 +13,7 @@ says so and stops. Stopping or failing puts back the split the rollout started f
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -157,7 +158,8 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
                 return Outcome(status, reason, start)
     except BaseException:  # Ctrl-C or a failed publish: the split it started from
         if running(server):
-            serve(start)
+            with contextlib.suppress(ProviderError):
+                serve(start)
         raise
     current = shifted(start, to, steps[-1])
     record("rollout", current, f"{to} now takes {current[to]}%")

@@ -154,23 +154,29 @@ def stop(folder: EndpointFolder, server: ServerInstance | None = None,
     processes proven to be the endpoint's are signalled. Returns their pids."""
     import psutil
 
-    found = processes(folder)
-    if server is not None:
-        targets = list(found.get(server.id, []))
-        if running(server) and server.pid not in {p.pid for p in targets}:
-            targets.append(psutil.Process(server.pid))
-    else:
-        targets = [p for instance, group in found.items() if instance != keep for p in group]
-    for process in targets:
+    def targets() -> list[psutil.Process]:
+        found = processes(folder)
+        if server is None:
+            return [p for instance, group in found.items() if instance != keep for p in group]
+        group = list(found.get(server.id, []))
+        if running(server) and server.pid not in {p.pid for p in group}:
+            with contextlib.suppress(psutil.Error):
+                group.append(psutil.Process(server.pid))  # started before servers said so
+        return group
+
+    stopped = targets()
+    for process in stopped:
         with contextlib.suppress(psutil.Error):
             process.send_signal(signal.SIGTERM)
             process.send_signal(signal.SIGCONT)
-    _, alive = psutil.wait_procs(targets, timeout=grace_s)
+    _, alive = psutil.wait_procs(stopped, timeout=grace_s)
+    # A leader may have started a worker meanwhile, in place of one that stopped first.
+    alive += [p for p in targets() if p.pid not in {s.pid for s in stopped}]
     for process in alive:
         with contextlib.suppress(psutil.Error):
             process.kill()
     psutil.wait_procs(alive, timeout=5)
-    return sorted(p.pid for p in targets)
+    return sorted(p.pid for p in stopped)
 
 
 def free_port() -> int:
