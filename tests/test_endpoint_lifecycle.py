@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -199,19 +200,32 @@ def test_a_swap_cut_short_by_kill_9_is_drift_and_later_changes_take_effect(
 
 def test_kill_9_during_a_start_leaves_no_second_server(project: Callable[..., Path],
                                                        cli: Cli) -> None:
-    root = project(files())
+    """The second apply stops the first server, then starts its own on the same port:
+    it is judged ready on its own workers' reports, never on the first one's."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = project(files(BLUE_ONLY + f"port: {port}\n"))
     assert killed_after(root, LAUNCH, "apply", "--auto-approve") == -signal.SIGKILL
     orphans = servers(root)
     assert len(orphans) == 1  # started; no state records it
+    assert eventually(lambda: _answers_at(port))
     try:
         applied = cli("apply", "--auto-approve")
         assert applied.code == 0, applied.err
         assert "stopped a server that no state recorded" in applied.out
-        assert servers(root) == {outputs(cli)["pid"]}
+        assert servers(root) == {outputs(cli)["pid"]} and not orphans & servers(root)
         assert answers(outputs(cli)["url"], None) == 401
     finally:
         assert cli("destroy", "--auto-approve").code == 0
     assert servers(root) == set()
+
+
+def _answers_at(port: int) -> bool:
+    try:
+        return answers(f"http://127.0.0.1:{port}", None) == 401
+    except OSError:
+        return False
 
 
 def test_destroy_after_a_start_cut_short_stops_its_server(project: Callable[..., Path],

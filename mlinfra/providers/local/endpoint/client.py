@@ -16,6 +16,10 @@ from mlinfra.errors import MlinfraError
 class Unreachable(MlinfraError):
     """The endpoint did not answer: refused, timed out, or the connection dropped."""
 
+    def __init__(self, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
+
 
 class Response(NamedTuple):
     status: int
@@ -37,10 +41,10 @@ def request(url: str, key: str | None = None, body: bytes | None = None,
     except urllib.error.HTTPError as err:
         return Response(err.code, _parse(err.read()), dict(err.headers))
     except TimeoutError:
-        raise Unreachable(f"{url} did not answer within {timeout:g}s") from None
+        raise Unreachable(f"{url} did not answer within {timeout:g}s", True) from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError):
-            raise Unreachable(f"{url} did not answer within {timeout:g}s") from None
+            raise Unreachable(f"{url} did not answer within {timeout:g}s", True) from None
         raise Unreachable(f"{url} cannot be reached: {err.reason}") from None
     except (http.client.HTTPException, OSError) as err:
         raise Unreachable(f"{url} dropped the connection: {err}") from None

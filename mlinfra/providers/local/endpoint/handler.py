@@ -151,7 +151,7 @@ class EndpointHandler(BaseHandler):
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         server = ServerInstance.from_outputs(state.outputs)
         folder = EndpointFolder.of(ctx, state.name)
-        ready, problem = health(server)
+        ready, problem = health(folder, server)
         if not running(server):
             return Observed(False, problem)
         if not server.id:

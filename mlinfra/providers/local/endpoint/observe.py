@@ -9,15 +9,23 @@ that was killed before it recorded it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from mlinfra.providers.local.endpoint.client import Unreachable, request
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
-from mlinfra.providers.local.endpoint.supervisor import ServerInstance, member, running
+from mlinfra.providers.local.endpoint.supervisor import (
+    ServerInstance,
+    member,
+    processes,
+    running,
+)
 
 HEALTH_TIMEOUT_S = 2.0
+STALE_REPORT_S = 5.0  # a worker silent longer than this is hung
 
 
 def worker_statuses(folder: EndpointFolder, instance: InstanceFolder) -> list[dict[str, Any]]:
@@ -95,18 +103,37 @@ def _show(mapping: dict[str, Any]) -> str:
                        for k, v in sorted(mapping.items())})
 
 
-def health(server: ServerInstance, timeout: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
-    """(ready, what is wrong) from the instance's process and its readiness route."""
+def health(folder: EndpointFolder, server: ServerInstance,
+           timeout: float = HEALTH_TIMEOUT_S) -> tuple[bool, str]:
+    """(ready, what is wrong) from the instance's process and its readiness route. A
+    server slow to answer whose workers still report is busy, not hung."""
     if not running(server):
         return False, f"its server (pid {server.pid}) is not running"
     try:
         answer = request(f"http://127.0.0.1:{server.port}/v2/health/ready", timeout=timeout)
-    except Unreachable:
-        return False, (f"its server (pid {server.pid}) did not answer within {timeout:g}s "
-                       "(hung or overloaded)")
+    except Unreachable as err:
+        if err.timed_out and not _stuck(folder, server):
+            return True, ""
+        if err.timed_out:
+            return False, f"its server (pid {server.pid}) did not answer within {timeout:g}s"
+        return False, f"its server (pid {server.pid}) does not answer: {err.message}"
     if answer.status != 200:
         return False, f"its server (pid {server.pid}) is not ready (HTTP {answer.status})"
     return True, ""
+
+
+def _stuck(folder: EndpointFolder, server: ServerInstance) -> bool:
+    """A process of the instance is stopped (SIGSTOP), or no worker reported lately
+    (each reports every 0.25 s from its event loop)."""
+    import psutil
+
+    for process in processes(folder).get(server.id, []):
+        with contextlib.suppress(psutil.Error):
+            if process.status() == psutil.STATUS_STOPPED:
+                return True
+    reports = [float(s.get("at") or 0) for s in
+               worker_statuses(folder, folder.instance(server.id))]
+    return time.time() - max(reports, default=0.0) > STALE_REPORT_S
 
 
 def live_traffic(statuses: list[dict[str, Any]], outputs: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +152,7 @@ def live_traffic(statuses: list[dict[str, Any]], outputs: dict[str, Any]) -> dic
 def describe(folder: EndpointFolder, outputs: dict[str, Any]) -> dict[str, Any]:
     """What `endpoints list` and `show` print: health, models and the live split."""
     server = ServerInstance.from_outputs(outputs)
-    ready, problem = health(server)
+    ready, problem = health(folder, server)
     statuses = worker_statuses(folder, folder.instance(server.id)) if server.id else []
     serves = dict(outputs.get("served") or {})
     for status in statuses:
