@@ -165,8 +165,8 @@ class EndpointHandler(BaseHandler):
                   or difference(worker_statuses(folder, instance), want))
         if served:
             return Observed(True, served, update=True)
-        others = sorted(p.pid for instance, group in processes(folder).items()
-                        if instance != server.id for p in group)
+        others = sorted(p.pid for other, group in processes(folder).items()
+                        if other != server.id for p in group)
         if others:
             return Observed(True, f"another server of this endpoint runs, which no state "
                             f"records (pids {', '.join(map(str, others))})", update=True)
