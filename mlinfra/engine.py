@@ -333,6 +333,17 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _clean_abandoned(session: Session, entries: list[JournalEntry]) -> None:
+    """An interrupted change of a resource that the state does not hold (apply killed
+    during its create) may have left something running that no state will ever name:
+    its handler cleans it up."""
+    kinds = {kind.lower(): kind for kind in session.provider.handler_classes}
+    for entry in entries:
+        prefix, _, name = entry.address.partition(".")
+        if prefix in kinds and session.store.get(entry.address) is None:
+            session.provider.handler(kinds[prefix], entry.address).abandoned(name, session.ctx)
+
+
 def execute(session: Session, the_plan: Plan, parallelism: int = 4,
             on_event: Event = lambda *_: None) -> ApplyResult:
     """Apply the plan's changes. The caller holds the stack's lock."""
@@ -342,6 +353,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     store = session.store
     result.interrupted = store.interrupted_operations()
     if result.interrupted:
+        _clean_abandoned(session, result.interrupted)
         store.close_interrupted(result.interrupted)
     store.backup()
     store.forget_legacy_secret_key()

@@ -116,9 +116,15 @@ class Handler(Protocol):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         ...
 
+    def abandoned(self, name: str, ctx: Context) -> None:
+        """A create of resource `name` was interrupted before the state recorded it:
+        remove what it may have left running."""
+        ...
+
 
 class BaseHandler:
-    """Defaults: no facts, always present, update = create again, nothing to delete."""
+    """Defaults: no facts, always present, update = create again, nothing to delete or
+    clean up."""
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         return {}
@@ -133,6 +139,9 @@ class BaseHandler:
         return self.create(change, ctx)
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
+        return None
+
+    def abandoned(self, name: str, ctx: Context) -> None:
         return None
 
 

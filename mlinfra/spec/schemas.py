@@ -307,8 +307,6 @@ def _endpoint() -> Schema:
         "name": _string("Deployment name, used in traffic and mirror.", pattern=NAME_PATTERN),
         "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
                          pattern=VERSIONED_REF_PATTERN),
-        "instances": _s("Worker processes serving it.", type="integer", minimum=1,
-                        default=1),
         "request": _obj("Request handling.", {
             "timeout_ms": _s("Longest a request may take (504 after). A model that "
                              "answers in under 0.5 ms is scored on the server's event "
@@ -331,8 +329,10 @@ def _endpoint() -> Schema:
                                      enum=["key", "none"], default="key"),
                      "port": _replace(_s("Port to listen on (default: a free one).",
                                          type="integer", minimum=1, maximum=65535)),
-                     "workers": _s("Server worker processes.", type="integer", minimum=1,
-                                   default=2),
+                     "workers": _s("Server worker processes, each serving every "
+                                   "deployment. A change restarts the server on the same "
+                                   "port, the new one answering before the old one stops.",
+                                   type="integer", minimum=1, default=2),
                      "max_request_bytes": _s("Larger bodies get 413.", type="integer",
                                              minimum=1024, default=1048576),
                      "deployments": _s("Deployments.", type="array", minItems=1,
