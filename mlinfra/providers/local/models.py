@@ -111,9 +111,23 @@ class ModelHandler(BaseHandler):
         fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
         return read_table(found.path, fmt, found.label)
 
+    def evaluate(self, res: Resource, ctx: Context, path: Path) -> dict[str, Any]:
+        """The metrics of the model file at `path` on `res`'s evaluation data, with the
+        data they were computed on (`evaluated_on`); raises ModelInvalid."""
+        from mlinfra.registry.evaluate import score
+
+        evaluation = res.spec["evaluation"]
+        table = self._evaluation_data(res, ctx, evaluation["data"])
+        features = evaluation.get("features")
+        metrics: dict[str, Any] = score(path, table, str(evaluation["label"]),
+                                        evaluation.get("metrics"),
+                                        list(features) if features is not None else None,
+                                        evaluation.get("positive"))
+        return {**metrics, "evaluated_on": table.name}
+
     def create(self, change: Change, ctx: Context) -> Applied:
         # NOTE: imported here: NumPy and onnxruntime cost more than a plan takes.
-        from mlinfra.registry.evaluate import ModelInvalid, load_session, score, signature
+        from mlinfra.registry.evaluate import ModelInvalid, load_session, signature
 
         res = ctx.config.get("Model", change.name)
         assert res is not None
@@ -128,16 +142,10 @@ class ModelHandler(BaseHandler):
         metrics: dict[str, Any] = {}
         if evaluation:
             try:
-                table = self._evaluation_data(res, ctx, evaluation["data"])
-                features = evaluation.get("features")
-                metrics = score(path, table, str(evaluation["label"]),
-                                evaluation.get("metrics"),
-                                list(features) if features is not None else None,
-                                evaluation.get("positive"))
+                metrics = self.evaluate(res, ctx, path)
             except ModelInvalid as err:
                 raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
                                     "version was registered") from None
-            metrics = {**metrics, "evaluated_on": table.name}
         sha = artifact_store(ctx).put(path)
         run = RunStore(ctx.store).get(run_id) if run_id else None
         lineage = {"run_id": run_id, "job": run.job if run else None,
