@@ -252,6 +252,7 @@ def test_pipeline_reuses_unchanged_steps(project: Callable[..., Path],
     (root / "p.yaml").write_text(PIPELINE.replace("params: {tag: one}", "params: {tag: two}"))
     plan = cli("plan")
     assert "# pipeline.abc will run" in plan.out
+    assert "# job.c will be updated in-place" in plan.out  # it runs only as a step
     assert "steps_resolved.third.run_hash" in plan.out
     assert "steps_resolved.first.run_hash" not in plan.out
     second = cli("apply", "--auto-approve")

@@ -27,8 +27,9 @@ def _value(value: Any) -> str:
 def _change_lines(change: Change) -> list[Line]:
     style = STYLES[change.action]
     verb = f"be {change.action.verb}"
-    if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE):
-        verb = "run"  # creating or updating a job is running it
+    if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE) \
+            and {"run_hash", "steps_resolved"} & set(change.after or {}):
+        verb = "run"  # creating or updating it runs it (a job used as a step does not)
     header = f"  # {change.address} will {verb}"
     lines: list[Line] = [(header, "bold")]
     if change.action is not Action.CREATE or change.reason != "new resource":

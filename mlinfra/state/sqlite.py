@@ -160,6 +160,7 @@ class SqliteStore:
             dest = sqlite3.connect(tmp)
             try:
                 self.conn.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
             finally:
                 dest.close()
             os.replace(tmp, self.backup_path)
@@ -348,7 +349,7 @@ def _version_of(path: Path) -> StateVersion | None:
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
                                      "('lineage', 'serial')").fetchall())
