@@ -4,6 +4,7 @@ secrets that reach Pulumi only as secrets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from mlinfra.providers.manifests import RenderedObject, redact
 from mlinfra.providers.manifests.files import write_contexts
 from mlinfra.providers.pulumi_program import Program, docker_program, kubernetes_program
+from mlinfra.providers.pulumi_runner import in_own_loop
 from tests.conftest import onnx_model
 from tests.stacks import invalid_manifests, register_model, render
 
@@ -26,8 +28,12 @@ class Recorder(pulumi.runtime.Mocks):
 
     def __init__(self) -> None:
         self.resources: dict[str, tuple[str, dict[str, Any]]] = {}
+        # The mock monitor gives each of its worker threads an event loop it never
+        # closes; they are closed after the run (or they warn when collected).
+        self.loops: set[asyncio.AbstractEventLoop] = set()
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.loops.add(asyncio.get_event_loop_policy().get_event_loop())
         self.resources[args.name] = (args.typ, dict(args.inputs))
         outputs = dict(args.inputs)
         if args.typ == "kubernetes:core/v1:Service":
@@ -39,6 +45,16 @@ class Recorder(pulumi.runtime.Mocks):
 
 
 def run(program: Program, stack: str) -> Recorder:
+    """The program under Pulumi's mocks, as the provider runs it: in a thread with an
+    event loop of its own, closed after."""
+    recorder = in_own_loop(lambda: _run_mocked(program, stack))
+    for loop in recorder.loops:
+        if not loop.is_running():
+            loop.close()
+    return recorder
+
+
+def _run_mocked(program: Program, stack: str) -> Recorder:
     recorder = Recorder()
     pulumi.runtime.set_mocks(recorder, project="mlinfra-quickstart", stack=stack,
                              preview=False)
