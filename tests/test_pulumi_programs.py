@@ -14,7 +14,12 @@ import pytest
 
 from mlinfra.providers.manifests import RenderedObject, redact
 from mlinfra.providers.manifests.files import write_contexts
-from mlinfra.providers.pulumi_program import Program, docker_program, kubernetes_program
+from mlinfra.providers.pulumi_program import (
+    PULUMI_TYPES,
+    Program,
+    docker_program,
+    kubernetes_program,
+)
 from mlinfra.providers.pulumi_runner import in_own_loop
 from tests.conftest import onnx_model
 from tests.stacks import invalid_manifests, register_model, render
@@ -114,6 +119,7 @@ def test_kubernetes_program_makes_every_rendered_object(
         "Image": "docker:index/image:Image"}
     assert {k: t for k, (t, _) in made.items()} == {
         o.key: expected_types[o.kind] for o in objects}
+    assert {k: PULUMI_TYPES[k] for k in expected_types} == expected_types  # URNs of --target
     sent = []
     for obj in objects:
         if obj.kind == "Image":

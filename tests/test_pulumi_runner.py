@@ -84,6 +84,6 @@ def test_preview_events_name_the_rendered_objects(quickstart: Path) -> None:
     assert step is not None and (step.key, step.op, step.diffs) == (
         "httproute-fraud-api", "update", ["spec"])
     assert step_of(events.EngineEvent(sequence=2, timestamp=0)) is None
-    assert stack.urn("httproute-fraud-api").endswith("::*::httproute-fraud-api")
+    assert stack.urn("httproute-fraud-api", meta.type) == urn
     route = RenderedObject("httproute-fraud-api", "endpoint.fraud-api", "HTTPRoute", {})
     assert route.key == step.key

@@ -147,6 +147,20 @@ def _container(obj: RenderedObject, made: dict[str, Any], opts: Any) -> Any:
     return docker.Container(obj.key, opts=opts, **args)
 
 
+# The Pulumi type of each rendered kind: with the object's key it makes the resource's
+# URN, which `pulumi up --target` takes.
+PULUMI_TYPES = {
+    "Image": "docker:index/image:Image", "Network": "docker:index/network:Network",
+    "Container": "docker:index/container:Container",
+    "Namespace": "kubernetes:core/v1:Namespace",
+    "ResourceQuota": "kubernetes:core/v1:ResourceQuota",
+    "PersistentVolumeClaim": "kubernetes:core/v1:PersistentVolumeClaim",
+    "Secret": "kubernetes:core/v1:Secret", "ConfigMap": "kubernetes:core/v1:ConfigMap",
+    "Service": "kubernetes:core/v1:Service", "Deployment": "kubernetes:apps/v1:Deployment",
+    "HorizontalPodAutoscaler": "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
+    "Job": "kubernetes:batch/v1:Job",
+    "HTTPRoute": "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"}
+
 _KUBERNETES_CLASSES = {
     "Namespace": ("core.v1", "Namespace"),
     "ResourceQuota": ("core.v1", "ResourceQuota"),

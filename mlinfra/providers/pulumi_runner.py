@@ -174,14 +174,13 @@ class PulumiStack:
         return steps
 
     def up(self, program: Callable[[], None], targets: list[str]) -> dict[str, Any]:
-        """Apply the program to the resources named `targets` (and nothing else);
-        returns the stack's outputs (secrets stay secret)."""
+        """Apply the program to the resources whose URNs are `targets` (and nothing
+        else); returns the stack's outputs (secrets stay secret)."""
         steps: list[Step] = []
 
         def work() -> dict[str, Any]:
             stack = self._stack(program)
-            urns = [self.urn(key) for key in targets]
-            result = stack.up(target=urns or None, on_event=self._events(steps),
+            result = stack.up(target=targets or None, on_event=self._events(steps),
                               on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"),
                               color="never", show_secrets=False)
             return {k: v.value for k, v in result.outputs.items() if not v.secret}
@@ -199,6 +198,6 @@ class PulumiStack:
             on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"), color="never",
             show_secrets=False))
 
-    def urn(self, key: str) -> str:
-        """The URN of the resource named `key`; its type is matched by the engine."""
-        return f"urn:pulumi:{self.name}::mlinfra-{self.config.name}::*::{key}"
+    def urn(self, key: str, pulumi_type: str) -> str:
+        """The URN Pulumi gives the resource named `key` (a rendered object's key)."""
+        return f"urn:pulumi:{self.name}::mlinfra-{self.config.name}::{pulumi_type}::{key}"

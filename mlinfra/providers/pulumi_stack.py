@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, Handler, Provider
 from mlinfra.providers.manifests import RenderedObject, secrets_in
-from mlinfra.providers.pulumi_program import Program
+from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
 from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
@@ -103,6 +103,10 @@ class PulumiProvider(Provider):
                 config: Config) -> Program:
         raise NotImplementedError
 
+    def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
+        """URNs every targeted up includes besides the objects' (an explicit provider)."""
+        return []
+
     def applied_kinds(self, objects: list[RenderedObject]) -> list[RenderedObject]:
         """The objects Pulumi applies: not the job runs (jobs run on this machine)."""
         return [o for o in objects if not o.owner.startswith(("job.", "pipeline."))
@@ -161,7 +165,7 @@ class PulumiProvider(Provider):
         mine = {o.key: o.fingerprint() for o in owned(objects, address)}
         touched = {k for k in set(mine) | set(before) if mine.get(k) != before.get(k)}
         if not touched:
-            return {"objects": mine}
+            return {"objects": mine, "kinds": {o.key: o.kind for o in owned(objects, address)}}
         stack = self.stack(ctx)
         program = self.build(ctx, objects)
         generated = sorted({s.generated for o in owned(objects, address)
@@ -174,9 +178,13 @@ class PulumiProvider(Provider):
             for name in made:
                 ctx.log(f"{address}: new keys made and kept encrypted in Pulumi's config "
                         f"as mlinfra:{name}")
-        targets = with_dependencies(objects, touched & set(mine)) + sorted(touched - set(mine))
-        outputs = stack.up(program, targets)
-        return {"objects": mine, "pulumi": {k: v for k, v in outputs.items() if k in mine}}
+        kinds = {o.key: o.kind for o in objects}
+        kinds.update(dict(previous.outputs.get("kinds") or {}) if previous else {})
+        keys = with_dependencies(objects, touched & set(mine)) + sorted(touched - set(mine))
+        urns = [stack.urn(key, PULUMI_TYPES[kinds[key]]) for key in keys]
+        outputs = stack.up(program, urns + self.extra_targets(stack, ctx.config))
+        return {"objects": mine, "kinds": {o.key: o.kind for o in owned(objects, address)},
+                "pulumi": {k: v for k, v in outputs.items() if k in mine}}
 
 
 class PulumiHandler(BaseHandler):
