@@ -121,6 +121,16 @@ def test_a_traffic_change_touches_only_the_httproute(quickstart: Path) -> None:
     assert changes == {"endpoint.fraud-api": ["update HTTPRoute httproute-fraud-api"]}
 
 
+def test_a_mirror_is_a_request_mirror_filter_of_its_share(quickstart: Path) -> None:
+    _champion(quickstart, "kubernetes")
+    _two_deployments(quickstart, "{blue: 100, green: 0}\nmirror: {green: 20}")
+    objects = render(quickstart, "kubernetes")
+    split = _by_key(objects)["httproute-fraud-api"].body["spec"]["rules"][-1]
+    assert split["filters"][-1] == {"type": "RequestMirror", "requestMirror": {
+        "backendRef": {"name": "fraud-api-green", "port": 80}, "percent": 20}}
+    assert invalid_manifests(manifests(objects)) == []
+
+
 def test_the_quickstart_on_docker(quickstart: Path) -> None:
     _champion(quickstart, "docker")
     objects = _by_key(render(quickstart, "docker"))
