@@ -87,3 +87,11 @@ def test_preview_events_name_the_rendered_objects(quickstart: Path) -> None:
     assert stack.urn("httproute-fraud-api", meta.type) == urn
     route = RenderedObject("httproute-fraud-api", "endpoint.fraud-api", "HTTPRoute", {})
     assert route.key == step.key
+
+
+def test_a_published_port_becomes_the_endpoints_url() -> None:
+    from mlinfra.providers.pulumi_stack import published_url
+
+    ports = [{"internal": 8080, "external": 32768, "ip": "127.0.0.1", "protocol": "tcp"}]
+    assert published_url({"container-api": ports}) == "http://127.0.0.1:32768"
+    assert published_url({"service-api-blue": "10.0.0.7"}) is None

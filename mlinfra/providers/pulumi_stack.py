@@ -81,6 +81,16 @@ def object_changes(objects: list[RenderedObject], state: dict[str, ResourceState
     return {k: sorted(v) for k, v in sorted(out.items())}
 
 
+def published_url(outputs: dict[str, Any]) -> str | None:
+    """The URL of a container whose port Docker published (Pulumi's `ports` output of
+    the endpoint's container), e.g. http://127.0.0.1:32768."""
+    for value in outputs.values():
+        for port in value if isinstance(value, list) else []:
+            if isinstance(port, dict) and port.get("external"):
+                return f"http://{port.get('ip') or '127.0.0.1'}:{int(port['external'])}"
+    return None
+
+
 class PulumiProvider(Provider):
     """Shared by docker and kubernetes; a subclass says how its program is made."""
 
@@ -183,8 +193,14 @@ class PulumiProvider(Provider):
         keys = with_dependencies(objects, touched & set(mine)) + sorted(touched - set(mine))
         urns = [stack.urn(key, PULUMI_TYPES[kinds[key]]) for key in keys]
         outputs = stack.up(program, urns + self.extra_targets(stack, ctx.config))
-        return {"objects": mine, "kinds": {o.key: o.kind for o in owned(objects, address)},
-                "pulumi": {k: v for k, v in outputs.items() if k in mine}}
+        applied = {k: v for k, v in outputs.items() if k in mine}
+        result: dict[str, Any] = {"objects": mine,
+                                  "kinds": {o.key: o.kind for o in owned(objects, address)},
+                                  "pulumi": applied}
+        url = published_url(applied)
+        if url:
+            result["url"] = url
+        return result
 
 
 class PulumiHandler(BaseHandler):
