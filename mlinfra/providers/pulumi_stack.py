@@ -100,6 +100,12 @@ class PulumiProvider(Provider):
         super().__init__()
         self._rendered: tuple[int, list[RenderedObject]] | None = None
 
+    def cancel(self) -> None:
+        """Ctrl-C: the training runs under way on this machine stop, as on local."""
+        from mlinfra.runs.execute import cancel_all
+
+        cancel_all()
+
     def prepare(self, config: Config, command: str) -> None:
         if command in COMMANDS_NEEDING_PULUMI:
             check_ready(config, command)
