@@ -223,6 +223,35 @@ def test_no_secret_value_in_any_rendered_object_or_file(
     for path in (quickstart / ".mlinfra").rglob("*"):
         if path.is_file():
             assert SENTINEL.encode() not in path.read_bytes(), path
+    # The plan of that stack (mlinfra's part; Pulumi's preview needs the CLI), and the
+    # objects each change touches, as `mlinfra plan` shows them.
+    from mlinfra.engine import open_session, plan
+    from mlinfra.providers.pulumi_stack import object_changes
+
+    session = open_session(quickstart, stack, "render", write=False)
+    try:
+        planned = json.dumps(plan(session).to_json())
+        touched = object_changes(render(quickstart, stack), session.store.resources())
+    finally:
+        session.close()
+    assert "environment.sklearn" in planned and SENTINEL not in planned
+    assert "endpoint.fraud-api" in touched and SENTINEL not in json.dumps(touched)
     if stack == "kubernetes":
         assert '"${API_TOKEN:?set API_TOKEN}"' in (out / "secrets.sh").read_text()
         assert invalid_manifests(manifests(objects)) == []
+
+
+def test_a_compute_for_another_platform_is_refused(quickstart: Path) -> None:
+    from mlinfra.engine import open_session, plan
+    from mlinfra.providers.base import ProviderErrors
+
+    stack = quickstart / "stacks" / "docker.yaml"
+    stack.write_text(stack.read_text().replace("compute_type: docker",
+                                               "compute_type: kubernetes"))
+    session = open_session(quickstart, "docker", "render", write=False)
+    try:
+        with pytest.raises(ProviderErrors, match="type 'kubernetes' needs the kubernetes "
+                           "provider; this stack \\(docker\\) uses the docker provider"):
+            plan(session)
+    finally:
+        session.close()

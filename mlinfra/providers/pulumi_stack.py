@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, Handler, Provider
+from mlinfra.providers.base import (
+    Applied,
+    BaseHandler,
+    Context,
+    Handler,
+    Provider,
+    ProviderError,
+)
 from mlinfra.providers.manifests import RenderedObject, secrets_in
 from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
 from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
@@ -29,7 +36,7 @@ _LOCAL = "mlinfra.providers.local."
 # environment local jobs run in; for an endpoint only its facts: its server is
 # Pulumi's container or Deployment).
 _APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
-            "Compute": _LOCAL + "infra:ComputeHandler",
+            "Compute": "",
             "Datastore": _LOCAL + "infra:DatastoreHandler",
             "Environment": _LOCAL + "environment:EnvironmentHandler",
             "Endpoint": _LOCAL + "endpoints:EndpointHandler"}
@@ -222,6 +229,12 @@ class PulumiHandler(BaseHandler):
             self.local = getattr(import_module(module), name)()
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        if self.kind == "Compute":
+            kind = str(res.spec.get("type", "local"))
+            if kind not in ("local", self.provider.name):
+                raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
+                                    f"this stack ({ctx.config.stack.name}) uses the "
+                                    f"{self.provider.name} provider")
         return self.local.facts(res, ctx) if self.local is not None else {}
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
