@@ -49,22 +49,22 @@ class Recorder(pulumi.runtime.Mocks):
         return {}
 
 
-def run(program: Program, stack: str) -> Recorder:
+def run(program: Program, stack: str, keys: str | None = KEYS) -> Recorder:
     """The program under Pulumi's mocks, as the provider runs it: in a thread with an
     event loop of its own, closed after."""
-    recorder = in_own_loop(lambda: _run_mocked(program, stack))
+    recorder = in_own_loop(lambda: _run_mocked(program, stack, keys))
     for loop in recorder.loops:
         if not loop.is_running():
             loop.close()
     return recorder
 
 
-def _run_mocked(program: Program, stack: str) -> Recorder:
+def _run_mocked(program: Program, stack: str, keys: str | None) -> Recorder:
     recorder = Recorder()
     pulumi.runtime.set_mocks(recorder, project="mlinfra-quickstart", stack=stack,
                              preview=False)
-    pulumi.runtime.set_all_config({"mlinfra:fraud-api-keys": KEYS},
-                                  secret_keys=["mlinfra:fraud-api-keys"])
+    pulumi.runtime.set_all_config({"mlinfra:fraud-api-keys": keys} if keys else {},
+                                  secret_keys=["mlinfra:fraud-api-keys"] if keys else [])
 
     @pulumi.runtime.test
     def apply() -> Any:
@@ -202,3 +202,15 @@ def test_docker_program_makes_images_network_and_containers(
     for key, (_, inputs) in made.items():
         plain = json.dumps({k: v for k, v in inputs.items() if not _is_secret(v)})
         assert TOKEN not in plain and "mlk_" not in plain, key
+
+
+def test_a_preview_before_the_keys_exist_still_runs(
+        quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are made before every `up`; a preview of an endpoint never applied has none
+    yet, and its Secret stays a secret."""
+    objects = _prepared(quickstart, "kubernetes", monkeypatch)
+    contexts = write_contexts(objects, tmp_path / "render")
+    made = run(kubernetes_program(objects, contexts, push=False), "kubernetes",
+               keys=None).resources
+    data = made["secret-fraud-api-keys"][1]["stringData"]
+    assert _is_secret(data) and _unwrap(data) == {"keys": ""}

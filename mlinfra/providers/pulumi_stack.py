@@ -191,8 +191,10 @@ class PulumiProvider(Provider):
             return {"objects": mine, "kinds": {o.key: o.kind for o in owned(objects, address)}}
         stack = self.stack(ctx)
         program = self.build(ctx, objects)
-        generated = sorted({s.generated for o in owned(objects, address)
-                            for s in secrets_in(o.body) if s.generated})
+        # Every generated secret the program reads, not only this resource's: the
+        # program declares every object.
+        generated = sorted({s.generated for o in objects for s in secrets_in(o.body)
+                            if s.generated})
         if generated:
             from mlinfra.providers.local.endpoints import new_key
 
