@@ -71,8 +71,9 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
     commands that move aliases or edit state) or only for reading (plan, output, the
     listing commands), which never creates nor changes the state file."""
     config = load(directory, stack)
-    store = SqliteStore(state_path(config), command=command, readonly=not write)
     provider = get_provider(config.stack.provider)
+    provider.prepare(config, command)
+    store = SqliteStore(state_path(config), command=command, readonly=not write)
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)

@@ -224,6 +224,11 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     _lock_option(keys)
 
 
+def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the manifests, build contexts and scripts")
+
+
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -247,6 +252,8 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
     "data": ("training:cmd_data", "data assets", _data),
     "endpoints": ("endpoints:cmd_endpoints",
                   "online endpoints: list, show, invoke, keys, rollout", _endpoints),
+    "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "
+               "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
                _output),
 }

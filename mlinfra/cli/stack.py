@@ -75,6 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         the_plan = plan(session, targets=args.target, destroy=args.destroy,
                         do_refresh=args.refresh)
         interrupted = session.store.interrupted_operations()
+        notes = [] if args.json else session.provider.plan_notes(session.ctx)
     finally:
         session.close()
     if args.json:
@@ -86,6 +87,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
             echo_err(f"Note: an apply (pid {entry.pid}) was interrupted during {entry.action} of "
                  f"{entry.address}; the plan below reconciles it.")
         _print_plan(the_plan)
+        print_lines([(line, "") for line in notes])
     if args.out:
         planfile.save(the_plan, Path(args.out))
         if not args.json:

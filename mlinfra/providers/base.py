@@ -161,6 +161,14 @@ class Provider:
     def cancel(self) -> None:
         """Stop long operations under way (Ctrl-C during apply)."""
 
+    def prepare(self, config: Config, command: str) -> None:
+        """Refuse `command` before the state is opened when something the provider needs
+        is missing (the Pulumi CLI): an MlinfraError saying what and how to fix it."""
+
+    def plan_notes(self, ctx: Context) -> list[str]:
+        """Lines shown under a plan (what a Pulumi preview would change)."""
+        return []
+
     def find(self, kind: str) -> Handler | None:
         found = self.handlers.get(kind)
         if found is None and kind in self.handler_classes:

@@ -116,8 +116,9 @@ def _project() -> Schema:
 
 def _stack() -> Schema:
     return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
-        "provider": _replace(_string("Where resources are created. Only `local` is "
-                                     "available yet; docker and kubernetes are planned.",
+        "provider": _replace(_string("Where resources are created: `local` (this machine), "
+                                     "`docker` or `kubernetes` (applied through Pulumi; "
+                                     "plan and apply need the Pulumi CLI).",
                                      enum=["local", "docker", "kubernetes"], default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
                          "project). Default: .mlinfra/<stack>/state.db."),
@@ -126,15 +127,24 @@ def _stack() -> Schema:
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
             "network": _string("Network the containers join.", pattern=NAME_PATTERN),
             "registry": _string("Registry the built images are pushed to."),
+            "base_image": _string("Image every built image starts from, instead of each "
+                                  "Environment's `image` (e.g. a mirror, or an image "
+                                  "built locally)."),
         }),
         "kubernetes": _obj("Settings of the kubernetes provider.", {
             "context": _string("kubeconfig context to use."),
             "namespace": _replace(_string("Namespace for every object.", pattern=NAME_PATTERN)),
             "registry": _string("Registry the built images are pushed to."),
             "gateway": _string("Gateway API Gateway the endpoints' HTTPRoutes attach to."),
+            "base_image": _string("Image every built image starts from, instead of each "
+                                  "Environment's `image`."),
+            "storage_class": _string("StorageClass of the datastores' "
+                                     "PersistentVolumeClaims (default: the cluster's)."),
         }),
         "pulumi": _obj("Settings of the Pulumi Automation API used by docker and kubernetes.", {
-            "backend": _string("Pulumi state backend URL. Default: file:// in .mlinfra/pulumi."),
+            "backend": _string("Pulumi state backend URL; a relative file:// path is "
+                               "relative to the project. Default: "
+                               "file://.mlinfra/<stack>/pulumi."),
             "stack": _string("Pulumi stack name. Default: the mlinfra stack's name."),
         }),
     })
