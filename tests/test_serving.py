@@ -471,7 +471,8 @@ def test_a_batch_fills_while_requests_keep_coming(tmp_path: Path) -> None:
     import asyncio
     import hashlib
 
-    from mlinfra.serving.model import Batcher, LoadedModel
+    from mlinfra.serving.batcher import Batcher
+    from mlinfra.serving.model import LoadedModel
 
     data = onnx_model()
     (tmp_path / "m.onnx").write_bytes(data)

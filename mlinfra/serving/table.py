@@ -7,15 +7,14 @@ server swaps one reference. Requests under way keep the table they started with.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlinfra.serving.model import Batcher, LoadedModel
+from mlinfra.serving.batcher import Batcher
+from mlinfra.serving.model import LoadedModel
 
 
 @dataclass
@@ -59,18 +58,6 @@ class Table:
             if roll < cumulative:
                 return self.deployments[name]
         return self.deployments[self.weights[-1][0]] if self.weights else None
-
-    def authorized(self, token: bytes | None) -> bool:
-        """Constant-time comparison against the hashes of the endpoint's keys."""
-        if not self.key_hashes:
-            return True
-        if not token:
-            return False
-        digest = hashlib.sha256(token).digest()
-        ok = False
-        for stored in self.key_hashes:
-            ok |= hmac.compare_digest(digest, stored)
-        return ok
 
 
 def read_config(path: Path) -> dict[str, Any]:
