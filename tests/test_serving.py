@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import threading
@@ -17,6 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import Result, onnx_model
+from tests.endpoint_client import Client, call
 
 ENDPOINT = """\
 kind: Model
@@ -42,43 +42,6 @@ traffic: {traffic}
 mirror: {mirror}
 collect: {{sample: 1.0}}
 """
-
-
-class Client:
-    """Keep-alive HTTP client for one endpoint."""
-
-    def __init__(self, url: str, key: str | None) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        self.key = key
-
-    def request(self, method: str, path: str, body: Any = None,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        all_headers = {"content-type": "application/json", **(headers or {})}
-        if self.key:
-            all_headers["authorization"] = f"Bearer {self.key}"
-        self.conn.request(method, path, body=data, headers=all_headers)
-        response = self.conn.getresponse()
-        payload = response.read()
-        try:
-            parsed = json.loads(payload)
-        except ValueError:
-            parsed = payload.decode()
-        return response.status, parsed, dict(response.getheaders())
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def call(url: str, key: str | None, method: str, path: str, body: Any = None,
-         headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-    """One request on its own connection."""
-    client = Client(url, key)
-    try:
-        return client.request(method, path, body, headers)
-    finally:
-        client.close()
 
 
 def v2(rows: list[list[float]]) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class EndpointApp:
         deployment = pick(table, pinned)
         if found.route is Route.MODEL_READY:
             return Answer(200, orjson.dumps({"name": table.endpoint, "ready": True}))
-        return Answer(200, orjson.dumps(v2.metadata(table, deployment)))
+        return Answer(200, orjson.dumps(v2.metadata(table, deployment.model)))
 
 
 def create_app() -> EndpointApp:

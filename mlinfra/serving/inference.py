@@ -41,12 +41,15 @@ class Inference:
 
     async def answer(self, table: Table, pinned: str | None, body: bytes,
                      invocations: bool) -> Answer:
-        data = parse_json(body)
         deployment = pick(table, pinned)
         model = deployment.model
+        request_id = None
         try:
-            feeds = (mlflow.decode(data, model.inputs) if invocations else v2.decode(data))
-            feeds = check_inputs(feeds, model.inputs)
+            if invocations:
+                feeds = mlflow.decode(parse_json(body), model.inputs)
+            else:
+                feeds, request_id = v2.decode(body, model)
+            check_inputs(feeds, model.inputs)
             outputs = await score(deployment, feeds)
         except ClientError as err:
             err.deployment = deployment.name
@@ -59,9 +62,7 @@ class Inference:
         if invocations:
             payload = mlflow.encode(names, outputs)
         else:
-            request_id = data.get("id") if isinstance(data, dict) else None
-            payload = v2.encode(table.endpoint, str(model.version), names, outputs,
-                                str(request_id) if request_id is not None else None)
+            payload = v2.encode(table.endpoint, str(model.version), names, outputs, request_id)
         return Answer(200, payload, JSON, deployment.headers, deployment.name)
 
 

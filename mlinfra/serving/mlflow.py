@@ -8,14 +8,20 @@ import numpy as np
 import orjson
 
 from mlinfra.serving.errors import ClientError
+from mlinfra.serving.tensors import TensorSpec, from_json
 
 
-def decode(data: Any, signature: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+def decode(data: Any, signature: list[TensorSpec]) -> dict[str, np.ndarray]:
     """MLflow's formats: {"inputs": ...}, {"instances": ...}, {"dataframe_split": ...}."""
     if not isinstance(data, dict):
         raise ClientError(400, "expected a JSON object with inputs, instances or "
                           "dataframe_split")
-    names = [item["name"] for item in signature]
+    names = [spec.name for spec in signature]
+    dtypes = {spec.name: spec.dtype for spec in signature}
+
+    def _array(value: Any, name: str) -> np.ndarray:
+        return from_json(name, value, dtypes.get(name, np.dtype(np.float32)))
+
     if "dataframe_split" in data:
         frame = data["dataframe_split"]
         if not isinstance(frame, dict) or "data" not in frame:
@@ -34,17 +40,6 @@ def decode(data: Any, signature: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     if len(names) != 1:
         raise ClientError(422, f"the model has inputs {names}: send them by name")
     return {names[0]: _array(payload, names[0])}
-
-
-def _array(value: Any, name: str) -> np.ndarray:
-    try:
-        array = np.asarray(value)
-    except (ValueError, TypeError):
-        array = np.empty(0, dtype=object)  # ragged rows (NumPy 2 refuses them)
-    if array.dtype == object or array.dtype.kind not in "biuf":
-        raise ClientError(422, f"input {name}: rows must all have the same length and hold "
-                          "numbers")
-    return array
 
 
 def encode(names: list[str], outputs: list[np.ndarray]) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mlinfra.serving.tensors import input_dtype
+from mlinfra.serving.tensors import TensorSpec
 
 
 class ModelLoadError(Exception):
@@ -31,9 +31,9 @@ def load_session(path: Path, sha256: str | None = None) -> Any:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def _describe(items: Any) -> list[dict[str, Any]]:
-    return [{"name": i.name, "type": i.type, "dtype": input_dtype(i.type),
-             "shape": [d if isinstance(d, int) else None for d in i.shape]} for i in items]
+def _describe(items: Any) -> list[TensorSpec]:
+    return [TensorSpec.of(i.name, i.type, tuple(d if isinstance(d, int) else None
+                                                for d in i.shape)) for i in items]
 
 
 @dataclass
@@ -45,8 +45,8 @@ class LoadedModel:
     version: int
     sha256: str
     session: Any
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
     latency_s: float = 0.0  # one warm-up request, measured
 
     @classmethod
@@ -62,14 +62,15 @@ class LoadedModel:
         return self._output_names
 
     def __post_init__(self) -> None:
-        self._output_names = [o["name"] for o in self.outputs]
+        self._output_names = [o.name for o in self.outputs]
+        self.input_specs = {i.name: i for i in self.inputs}
         self._binding = getattr(self.session, "_sess", None)
 
     def warm_up(self) -> None:
         feeds: dict[str, np.ndarray] = {}
-        for item in self.inputs:
-            shape = [d if d is not None else 1 for d in item["shape"]]
-            feeds[item["name"]] = np.zeros(shape, dtype=item["dtype"])
+        for spec in self.inputs:
+            shape = [d if d is not None else 1 for d in spec.shape]
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
         self.run(feeds)
         timings = []
         for _ in range(5):
@@ -91,6 +92,6 @@ class LoadedModel:
     def batchable(self) -> bool:
         """Concatenating along the first axis is sound when every input and output is
         batch-major with fixed other dimensions."""
-        return all(len(i["shape"]) >= 1 and i["shape"][0] is None
-                   and all(d is not None for d in i["shape"][1:])
-                   for i in self.inputs + self.outputs)
+        return all(len(s.shape) >= 1 and s.shape[0] is None
+                   and all(d is not None for d in s.shape[1:])
+                   for s in self.inputs + self.outputs)

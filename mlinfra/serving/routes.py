@@ -22,11 +22,12 @@ class Route(Enum):
 
 # Routes a client may call without a key: health checks, for load balancers and probes.
 OPEN = frozenset({Route.LIVE, Route.READY})
-# The methods each route answers; None: any.
-METHODS: dict[Route, tuple[str, ...] | None] = {
-    Route.LIVE: None, Route.READY: None, Route.METRICS: None, Route.SERVER_METADATA: None,
-    Route.INVOCATIONS: ("POST",), Route.INFER: ("POST",), Route.MODEL_METADATA: None,
-    Route.MODEL_READY: None}
+# The methods each route answers (HEAD wherever GET: uvicorn leaves out the body).
+_READ = ("GET", "HEAD")
+METHODS: dict[Route, tuple[str, ...]] = {
+    Route.LIVE: _READ, Route.READY: _READ, Route.METRICS: _READ, Route.SERVER_METADATA: _READ,
+    Route.INVOCATIONS: ("POST",), Route.INFER: ("POST",), Route.MODEL_METADATA: _READ,
+    Route.MODEL_READY: _READ}
 
 _FIXED = {"/v2/health/live": Route.LIVE, "/v2/health/ready": Route.READY,
           "/metrics": Route.METRICS, "/v2": Route.SERVER_METADATA,
@@ -60,6 +61,6 @@ def match(path: str) -> Match:
 
 def check_method(route: Route, method: str) -> None:
     allowed = METHODS[route]
-    if allowed is not None and method not in allowed:
+    if method not in allowed:
         raise ClientError(405, f"use {' or '.join(allowed)}",
                           headers=[(b"allow", ", ".join(allowed).encode())])
