@@ -77,12 +77,15 @@ def test_answers_match_onnxruntime_in_process(served: Any) -> None:
     assert outputs["label"]["data"] == label.tolist() and outputs["label"]["datatype"] == "INT64"
     assert outputs["probabilities"]["shape"] == [3, 2]
     assert outputs["probabilities"]["data"] == probabilities.ravel().tolist()
-    for request in ({"inputs": rows}, {"instances": rows},
-                    {"dataframe_split": {"columns": ["a", "b"], "data": rows}}):
+    for request in ({"inputs": rows}, {"instances": rows}):
         status, body, _ = client.request("POST", "/invocations", request)
         assert status == 200, body
         assert body["predictions"] == {"label": label.tolist(),
                                        "probabilities": probabilities.tolist()}
+    status, body, _ = client.request("POST", "/invocations",
+                                     {"dataframe_split": {"columns": ["a", "b"], "data": rows}})
+    assert body["predictions"] == [{"label": int(a), "probabilities": p.tolist()}
+                                   for a, p in zip(label, probabilities, strict=True)]
     status, meta, _ = client.request("GET", "/v2/models/api")
     assert meta["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 2]}]
     client.close()

@@ -33,6 +33,18 @@ from mlinfra.serving.table import Table, read_config
 Scope = dict[str, Any]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlinfra")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+VERSION = _version().encode()
+
+
 class EndpointApp:
     def __init__(self, config_path: Path) -> None:
         config = read_config(config_path)
@@ -136,9 +148,13 @@ class EndpointApp:
         table = self.table
         if route is Route.LIVE:
             return Answer(200, b'{"live":true}')
-        if route is Route.READY:
+        if route is Route.READY or route is Route.PING:
             ready = table is not None and bool(table.deployments)
+            if route is Route.PING:  # MLflow's answer: a newline
+                return Answer(200 if ready else 503, b"\n")
             return Answer(200 if ready else 503, orjson.dumps({"ready": ready}))
+        if route is Route.VERSION:
+            return Answer(200, VERSION, b"text/plain")
         if table is None:
             raise ClientError(503, "the endpoint is starting")
         headers = dict(scope["headers"])
@@ -154,7 +170,8 @@ class EndpointApp:
             return Answer(200, orjson.dumps({"name": "mlinfra", "extensions": []}))
         if route is Route.INVOCATIONS:
             body = await read_body(receive, headers, table.max_request_bytes)
-            return await self.inference.answer(table, pinned, body, invocations=True)
+            return await self.inference.answer(table, pinned, body,
+                                               headers.get(b"content-type"), invocations=True)
         return await self._model_route(found, table, pinned, receive, headers)
 
     async def _model_route(self, found: Match, table: Table, pinned: str | None,
@@ -164,7 +181,7 @@ class EndpointApp:
                               f"'{table.endpoint}'")
         if found.route is Route.INFER:
             body = await read_body(receive, headers, table.max_request_bytes)
-            return await self.inference.answer(table, pinned, body, invocations=False)
+            return await self.inference.answer(table, pinned, body, None, invocations=False)
         deployment = pick(table, pinned)
         if found.route is Route.MODEL_READY:
             return Answer(200, orjson.dumps({"name": table.endpoint, "ready": True}))

@@ -12,7 +12,7 @@ import numpy as np
 from mlinfra.serving import mlflow, v2
 from mlinfra.serving.captures import Captures
 from mlinfra.serving.errors import ClientError, InferenceFailed
-from mlinfra.serving.http import JSON, Answer, parse_json
+from mlinfra.serving.http import JSON, Answer
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.mirror import mirror
 from mlinfra.serving.reload import Spawn
@@ -40,13 +40,13 @@ class Inference:
         self.spawn = spawn
 
     async def answer(self, table: Table, pinned: str | None, body: bytes,
-                     invocations: bool) -> Answer:
+                     content_type: bytes | None, invocations: bool) -> Answer:
         deployment = pick(table, pinned)
         model = deployment.model
-        request_id = None
+        request_id, records = None, False
         try:
             if invocations:
-                feeds = mlflow.decode(parse_json(body), model.inputs)
+                feeds, records = mlflow.decode(body, content_type, model)
             else:
                 feeds, request_id = v2.decode(body, model)
             check_inputs(feeds, model.inputs)
@@ -60,7 +60,7 @@ class Inference:
             self.captures.write(table.collect_path, deployment, feeds, outputs)
         names = model.output_names
         if invocations:
-            payload = mlflow.encode(names, outputs)
+            payload = mlflow.encode(names, outputs, records)
         else:
             payload = v2.encode(table.endpoint, str(model.version), names, outputs, request_id)
         return Answer(200, payload, JSON, deployment.headers, deployment.name)

@@ -4,6 +4,7 @@ before it takes traffic."""
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from typing import Any
 import numpy as np
 
 from mlinfra.serving.tensors import TensorSpec
+
+FEATURE_NAMES = "feature_names"
 
 
 class ModelLoadError(Exception):
@@ -36,6 +39,24 @@ def _describe(items: Any) -> list[TensorSpec]:
                                                 for d in i.shape)) for i in items]
 
 
+def _feature_names(text: str | None, inputs: list[TensorSpec]) -> list[str] | None:
+    """The model's `feature_names` metadata: a JSON list naming the columns of its single
+    2-D input, so that tables (MLflow's dataframes, CSV) are matched by column name."""
+    if text is None or len(inputs) != 1 or len(inputs[0].shape) != 2:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    width = inputs[0].shape[1]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(
+            set(names)) != len(names) or (width is not None and len(names) != width):
+        raise ModelLoadError(f"its metadata {FEATURE_NAMES} must be a JSON list of "
+                             f"{width or 'the'} distinct column names of input "
+                             f"{inputs[0].name}, got {text[:80]!r}")
+    return names
+
+
 @dataclass
 class LoadedModel:
     """An onnxruntime session with its signature. Invariant: warmed up (answered one
@@ -48,12 +69,15 @@ class LoadedModel:
     inputs: list[TensorSpec] = field(default_factory=list)
     outputs: list[TensorSpec] = field(default_factory=list)
     latency_s: float = 0.0  # one warm-up request, measured
+    features: list[str] | None = None  # the columns of a single 2-D input, in order
 
     @classmethod
     def load(cls, name: str, version: int, path: Path, sha256: str) -> LoadedModel:
         session = load_session(path, sha256)
-        model = cls(name, version, sha256, session, _describe(session.get_inputs()),
-                    _describe(session.get_outputs()))
+        inputs = _describe(session.get_inputs())
+        metadata = session.get_modelmeta().custom_metadata_map
+        model = cls(name, version, sha256, session, inputs, _describe(session.get_outputs()),
+                    features=_feature_names(metadata.get(FEATURE_NAMES), inputs))
         model.warm_up()
         return model
 

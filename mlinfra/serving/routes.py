@@ -18,20 +18,24 @@ class Route(Enum):
     INFER = "infer"
     MODEL_METADATA = "model metadata"
     MODEL_READY = "model ready"
+    PING = "ping"  # MLflow's /ping and /health
+    VERSION = "version"  # MLflow's /version
 
 
-# Routes a client may call without a key: health checks, for load balancers and probes.
-OPEN = frozenset({Route.LIVE, Route.READY})
+# Routes a client may call without a key: health checks, for load balancers and probes,
+# and the server's version, as `mlflow models serve` has it.
+OPEN = frozenset({Route.LIVE, Route.READY, Route.PING, Route.VERSION})
 # The methods each route answers (HEAD wherever GET: uvicorn leaves out the body).
 _READ = ("GET", "HEAD")
 METHODS: dict[Route, tuple[str, ...]] = {
     Route.LIVE: _READ, Route.READY: _READ, Route.METRICS: _READ, Route.SERVER_METADATA: _READ,
     Route.INVOCATIONS: ("POST",), Route.INFER: ("POST",), Route.MODEL_METADATA: _READ,
-    Route.MODEL_READY: _READ}
+    Route.MODEL_READY: _READ, Route.PING: _READ, Route.VERSION: _READ}
 
 _FIXED = {"/v2/health/live": Route.LIVE, "/v2/health/ready": Route.READY,
           "/metrics": Route.METRICS, "/v2": Route.SERVER_METADATA,
-          "/invocations": Route.INVOCATIONS}
+          "/invocations": Route.INVOCATIONS, "/ping": Route.PING, "/health": Route.PING,
+          "/version": Route.VERSION}
 
 
 class Match(NamedTuple):
