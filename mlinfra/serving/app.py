@@ -26,7 +26,7 @@ from mlinfra.serving.http import JSON, Answer, error_answer, read_body
 from mlinfra.serving.inference import Inference, pick
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.reload import ConfigReloader
-from mlinfra.serving.routes import OPEN, Match, Route, check_method, match
+from mlinfra.serving.routes import OPEN, Route, check_method, match
 from mlinfra.serving.status import STATUS_S, write_status
 from mlinfra.serving.table import Table, read_config
 
@@ -167,23 +167,22 @@ class EndpointApp:
             return Answer(200, self.metrics.render(table.endpoint).encode(),
                           b"text/plain; version=0.0.4")
         if route is Route.SERVER_METADATA:
-            return Answer(200, orjson.dumps({"name": "mlinfra", "extensions": []}))
+            return Answer(200, orjson.dumps({"name": "mlinfra", "version": VERSION.decode(),
+                                             "extensions": ["binary_tensor_data"]}))
         if route is Route.INVOCATIONS:
+            deployment = pick(table, pinned)
             body = await read_body(receive, headers, table.max_request_bytes)
-            return await self.inference.answer(table, pinned, body,
-                                               headers.get(b"content-type"), invocations=True)
-        return await self._model_route(found, table, pinned, receive, headers)
-
-    async def _model_route(self, found: Match, table: Table, pinned: str | None,
-                           receive: Any, headers: dict[bytes, bytes]) -> Answer:
+            return await self.inference.answer(table, deployment, body, headers,
+                                               invocations=True)
         if found.model != table.endpoint:
             raise ClientError(404, f"no model '{found.model}': this endpoint serves "
                               f"'{table.endpoint}'")
-        if found.route is Route.INFER:
+        deployment = pick(table, pinned, found.version)
+        if route is Route.INFER:
             body = await read_body(receive, headers, table.max_request_bytes)
-            return await self.inference.answer(table, pinned, body, None, invocations=False)
-        deployment = pick(table, pinned)
-        if found.route is Route.MODEL_READY:
+            return await self.inference.answer(table, deployment, body, headers,
+                                               invocations=False)
+        if route is Route.MODEL_READY:
             return Answer(200, orjson.dumps({"name": table.endpoint, "ready": True}))
         return Answer(200, orjson.dumps(v2.metadata(table, deployment.model)))
 

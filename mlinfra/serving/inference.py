@@ -22,14 +22,24 @@ from mlinfra.serving.tensors import check_inputs
 MAX_PENDING = 1024  # requests waiting per deployment before 503
 
 
-def pick(table: Table, pinned: str | None) -> Deployment:
-    """The deployment that answers: the pinned one, or the traffic split's choice."""
+def pick(table: Table, pinned: str | None, version: str | None = None) -> Deployment:
+    """The deployment that answers: the pinned one, or the traffic split's choice among
+    those serving `version` (any version when None)."""
+    if pinned is None and version is not None:
+        chosen = table.pick_version(version)
+        if chosen is None:
+            raise ClientError(404, f"version {version} is not served; versions: "
+                              f"{', '.join(table.versions()) or 'none'}")
+        return chosen
     deployment = table.pick(pinned)
     if deployment is None:
         if pinned is not None:
             raise ClientError(404, f"no deployment '{pinned}'; deployments: "
                               f"{', '.join(table.deployments)}")
         raise ClientError(503, "no deployment takes traffic")
+    if version is not None and str(deployment.model.version) != version:
+        raise ClientError(404, f"deployment {pinned} serves version "
+                          f"{deployment.model.version}, not {version}")
     return deployment
 
 
@@ -39,16 +49,15 @@ class Inference:
         self.captures = captures
         self.spawn = spawn
 
-    async def answer(self, table: Table, pinned: str | None, body: bytes,
-                     content_type: bytes | None, invocations: bool) -> Answer:
-        deployment = pick(table, pinned)
+    async def answer(self, table: Table, deployment: Deployment, body: bytes,
+                     headers: dict[bytes, bytes], invocations: bool) -> Answer:
         model = deployment.model
-        request_id, records = None, False
         try:
             if invocations:
-                feeds, records = mlflow.decode(body, content_type, model)
+                feeds, records = mlflow.decode(body, headers.get(b"content-type"), model)
             else:
-                feeds, request_id = v2.decode(body, model)
+                request = v2.decode(body, headers.get(v2.HEADER_LENGTH), model)
+                feeds = request.feeds
             check_inputs(feeds, model.inputs)
             outputs = await score(deployment, feeds)
         except ClientError as err:
@@ -58,12 +67,14 @@ class Inference:
             mirror(table, deployment, feeds, outputs, self.metrics, self.spawn)
         if table.collect_path and random.random() < table.collect_sample:
             self.captures.write(table.collect_path, deployment, feeds, outputs)
-        names = model.output_names
         if invocations:
-            payload = mlflow.encode(names, outputs, records)
-        else:
-            payload = v2.encode(table.endpoint, str(model.version), names, outputs, request_id)
-        return Answer(200, payload, JSON, deployment.headers, deployment.name)
+            return Answer(200, mlflow.encode(model.output_names, outputs, records), JSON,
+                          deployment.headers, deployment.name)
+        payload, content_type, extra = v2.encode(table.endpoint, str(model.version),
+                                                 model.output_names, outputs, request)
+        return Answer(200, payload, content_type,
+                      deployment.headers + extra if extra else deployment.headers,
+                      deployment.name)
 
 
 async def score(deployment: Deployment, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -59,6 +59,32 @@ class Table:
                 return self.deployments[name]
         return self.deployments[self.weights[-1][0]] if self.weights else None
 
+    def serving(self) -> list[Deployment]:
+        """The deployments that take traffic (a share above 0), in the split's order."""
+        return [self.deployments[name] for name, _ in self.weights]
+
+    def versions(self) -> list[str]:
+        """The model versions answering requests: those of the deployments taking
+        traffic, as V2 model metadata lists them."""
+        return list(dict.fromkeys(str(d.model.version) for d in self.serving()))
+
+    def pick_version(self, version: str) -> Deployment | None:
+        """A deployment taking traffic that serves `version`, chosen by the split among
+        those that do."""
+        shares, previous = [], 0.0
+        for name, cumulative in self.weights:
+            if str(self.deployments[name].model.version) == version:
+                shares.append((name, cumulative - previous))
+            previous = cumulative
+        if not shares:
+            return None
+        roll = random.random() * sum(share for _, share in shares)
+        for name, share in shares:
+            roll -= share
+            if roll < 0:
+                return self.deployments[name]
+        return self.deployments[shares[-1][0]]
+
 
 def read_config(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
