@@ -1,11 +1,19 @@
-"""python -m mlinfra.serving --config FILE --port N [--workers N]: run an endpoint."""
+"""python -m mlinfra.serving --config FILE --port N [--workers N]: run an endpoint.
+
+This process supervises the workers (uvicorn's); it gives them a metrics folder of
+their own server instance, next to the config file, and removes it when it stops."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+from pathlib import Path
 
 import uvicorn
+
+from mlinfra.serving.shared import METRICS_DIR
 
 
 def main() -> None:
@@ -15,10 +23,39 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    os.environ["MLINFRA_ENDPOINT_CONFIG"] = os.path.abspath(args.config)
-    uvicorn.run("mlinfra.serving.app:create_app", factory=True, host=args.host,
-                port=args.port, workers=args.workers, loop="uvloop", http="httptools",
-                log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    config = Path(args.config).resolve()
+    os.environ["MLINFRA_ENDPOINT_CONFIG"] = str(config)
+    metrics = _metrics_folder(config.parent / "metrics")
+    os.environ[METRICS_DIR] = str(metrics)
+    try:
+        uvicorn.run("mlinfra.serving.app:create_app", factory=True, host=args.host,
+                    port=args.port, workers=args.workers, loop="uvloop", http="httptools",
+                    log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _metrics_folder(parent: Path) -> Path:
+    """This server's metrics folder, named after its pid; those of servers that are no
+    longer running (killed before they could remove theirs) go."""
+    with contextlib.suppress(OSError):
+        for folder in parent.iterdir():
+            if folder.name.isdigit() and not _running(int(folder.name)):
+                shutil.rmtree(folder, ignore_errors=True)
+    folder = parent / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)  # an older server's, with the same pid
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":

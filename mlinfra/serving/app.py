@@ -27,6 +27,7 @@ from mlinfra.serving.inference import Inference, pick
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.reload import ConfigReloader
 from mlinfra.serving.routes import OPEN, Route, check_method, match
+from mlinfra.serving.shared import SharedMetrics
 from mlinfra.serving.status import STATUS_S, write_status
 from mlinfra.serving.table import Table, read_config
 
@@ -51,6 +52,7 @@ class EndpointApp:
         self.status_dir = Path(config["status_dir"])
         self.access_log = bool(config.get("access_log", True))
         self.metrics = Metrics()
+        self.shared = SharedMetrics.from_environment(self.metrics)
         self.captures = Captures()
         self.reloader = ConfigReloader(config_path, self._report)
         self.inference = Inference(self.metrics, self.captures, self._spawn)
@@ -92,6 +94,7 @@ class EndpointApp:
                 if sizes:
                     self.metrics.observe_batches(deployment.name, sizes)
         write_status(self.status_dir, table, self.reloader.error, self.metrics)
+        self.shared.publish()
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -164,7 +167,7 @@ class EndpointApp:
         pinned_raw = headers.get(b"mlinfra-deployment")
         pinned = pinned_raw.decode("latin-1") if pinned_raw else None
         if route is Route.METRICS:
-            return Answer(200, self.metrics.render(table.endpoint).encode(),
+            return Answer(200, self.shared.view().render(table.endpoint).encode(),
                           b"text/plain; version=0.0.4")
         if route is Route.SERVER_METADATA:
             return Answer(200, orjson.dumps({"name": "mlinfra", "version": VERSION.decode(),
