@@ -162,7 +162,7 @@ def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
     assert "from other:1" in pinned.err
     deadline = time.monotonic() + 5  # each worker writes its captures out every 0.25 s
     while time.monotonic() < deadline:
-        captures = [p for p in (root / "data" / "captures" / "api").glob("requests.*.jsonl")
+        captures = [p for p in (root / "data" / "captures" / "api").glob("requests*.jsonl")
                     if p.stat().st_size]
         if captures:
             break

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import uvicorn
 
+from mlinfra.serving.connections import BoundedHttpProtocol
+from mlinfra.serving.limits import Limits
 from mlinfra.serving.shared import METRICS_DIR
 
 
@@ -22,14 +24,27 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    defaults = Limits()
+    parser.add_argument("--idle-timeout", type=int, default=defaults.idle_timeout_s,
+                        help="seconds a connection may send nothing (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                        help="seconds a request may take to arrive (default: %(default)s)")
+    parser.add_argument("--access-log-bytes", type=int, default=defaults.access_log_bytes)
+    parser.add_argument("--captures-bytes", type=int, default=defaults.captures_bytes)
+    parser.add_argument("--backups", type=int, default=defaults.backups,
+                        help="older files kept of the access log and the captures")
     args = parser.parse_args()
+    limits = Limits(args.idle_timeout, args.request_timeout, args.access_log_bytes,
+                    args.captures_bytes, args.backups)
+    limits.export()
     config = Path(args.config).resolve()
     os.environ["MLINFRA_ENDPOINT_CONFIG"] = str(config)
     metrics = _metrics_folder(config.parent / "metrics")
     os.environ[METRICS_DIR] = str(metrics)
     try:
         uvicorn.run("mlinfra.serving.app:create_app", factory=True, host=args.host,
-                    port=args.port, workers=args.workers, loop="uvloop", http="httptools",
+                    port=args.port, workers=args.workers, loop="uvloop",
+                    http=BoundedHttpProtocol, timeout_keep_alive=limits.idle_timeout_s,
                     log_level="warning", access_log=False, timeout_graceful_shutdown=5)
     finally:
         shutil.rmtree(metrics, ignore_errors=True)

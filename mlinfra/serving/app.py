@@ -9,8 +9,8 @@ metrics, captures and the access log.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
-import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -19,11 +19,14 @@ from typing import Any
 import orjson
 
 from mlinfra.serving import v2
+from mlinfra.serving.access_log import AccessLog
 from mlinfra.serving.auth import authorized, bearer
 from mlinfra.serving.captures import Captures
+from mlinfra.serving.connections import ClientNoise
 from mlinfra.serving.errors import ClientError, InferenceFailed
 from mlinfra.serving.http import JSON, Answer, error_answer, read_body
 from mlinfra.serving.inference import Inference, pick
+from mlinfra.serving.limits import Limits
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.reload import ConfigReloader
 from mlinfra.serving.routes import OPEN, Route, check_method, match
@@ -49,11 +52,13 @@ VERSION = _version().encode()
 class EndpointApp:
     def __init__(self, config_path: Path) -> None:
         config = read_config(config_path)
+        limits = Limits.from_environment()
         self.status_dir = Path(config["status_dir"])
-        self.access_log = bool(config.get("access_log", True))
+        self.access_log = AccessLog(config_path.parent / "access.log", limits.access_log_bytes,
+                                    limits.backups) if config.get("access_log", True) else None
         self.metrics = Metrics()
         self.shared = SharedMetrics.from_environment(self.metrics)
-        self.captures = Captures()
+        self.captures = Captures(limits.captures_bytes, limits.backups)
         self.reloader = ConfigReloader(config_path, self._report)
         self.inference = Inference(self.metrics, self.captures, self._spawn)
         self._tasks: list[asyncio.Task[None]] = []
@@ -87,6 +92,8 @@ class EndpointApp:
         """Every STATUS_S and after each reload: flush what is buffered, then say what
         this worker serves."""
         self.captures.flush()
+        if self.access_log is not None:
+            self.access_log.flush()
         table = self.table
         if table is not None:
             for deployment in table.deployments.values():
@@ -110,6 +117,8 @@ class EndpointApp:
                 for task in self._tasks:
                     task.cancel()
                 self.captures.close()
+                if self.access_log is not None:
+                    self.access_log.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -137,12 +146,9 @@ class EndpointApp:
         elapsed = time.perf_counter() - started
         if answer.deployment != "-":
             self.metrics.observe(answer.deployment, answer.status, elapsed)
-        if self.access_log:
-            sys.stdout.buffer.write(orjson.dumps(  # round() costs more than the rest
-                {"ts": int(time.time() * 1000) / 1000, "method": scope["method"],
-                 "path": scope["path"], "status": answer.status,
-                 "deployment": answer.deployment, "ms": int(elapsed * 1_000_000) / 1000},
-                option=orjson.OPT_APPEND_NEWLINE))
+        if self.access_log is not None:
+            self.access_log.record(scope["method"], scope["path"], answer.status,
+                                   answer.deployment, elapsed)
 
     async def _answer(self, scope: Scope, receive: Any) -> Answer:
         found = match(scope["path"])
@@ -191,5 +197,7 @@ class EndpointApp:
 
 
 def create_app() -> EndpointApp:
-    """uvicorn's factory: the config file comes from MLINFRA_ENDPOINT_CONFIG."""
+    """uvicorn's factory, in each worker: the config file comes from
+    MLINFRA_ENDPOINT_CONFIG."""
+    logging.getLogger("uvicorn.error").addFilter(ClientNoise())
     return EndpointApp(Path(os.environ["MLINFRA_ENDPOINT_CONFIG"]))
