@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from mlinfra.serving.onnx_files import UnsafeModel, check_external_data
 from mlinfra.serving.tensors import TensorSpec
 
 FEATURE_NAMES = "feature_names"
@@ -27,11 +28,19 @@ def load_session(path: Path, sha256: str | None = None) -> Any:
     data = path.read_bytes()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ModelLoadError(f"{path} does not match its sha256 {sha256[:12]}")
+    try:
+        external = check_external_data(data, path.parent)
+    except UnsafeModel as err:
+        raise ModelLoadError(f"{path.name}: {err}") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    # NOTE: onnxruntime reads the external data of a model given as bytes from the
+    # working directory (the endpoint's folder, keys included); given its path, from
+    # the model's folder, which the check above confined it to.
+    source = str(path) if external else data
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def _describe(items: Any) -> list[TensorSpec]:
