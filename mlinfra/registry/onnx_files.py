@@ -118,10 +118,12 @@ def _outside(location: str, root: Path) -> str:
 
 
 def _rewrite_model(data: bytes, load: Load) -> bytes | None:
+    """None as well for a file that is not a protobuf: onnxruntime refuses it next, with
+    its own reason (the server refuses any model it cannot read)."""
     try:
         return _rewrite(memoryview(data), "model", load)
     except (ValueError, IndexError, UnicodeDecodeError, RecursionError):
-        raise ModelInvalid("it is not an ONNX model (its protobuf cannot be read)") from None
+        return None
 
 
 def _rewrite(data: memoryview, kind: str, load: Load) -> bytes | None:
@@ -191,11 +193,40 @@ def _fields(data: memoryview) -> Iterator[tuple[int, memoryview | int, int, int]
             value, i = i, i + 8  # fixed64: skipped
         elif wire == 5:
             value, i = i, i + 4  # fixed32: skipped
+        elif wire == 3:
+            value, i = i, _skip_group(data, i, number)  # deprecated groups: skipped
         else:
             raise ValueError(f"wire type {wire}")
         if i > end:
             raise ValueError("truncated")
         yield number, value, start, i
+
+
+def _skip_group(data: memoryview, i: int, group: int) -> int:
+    """The index past the end of the group `group` that starts at `i`, skipped as
+    protobuf skips unknown fields (onnxruntime would, so nothing may hide in one)."""
+    while True:
+        key, i = _varint(data, i)
+        number, wire = key >> 3, key & 7
+        if wire == 4:
+            if number != group:
+                raise ValueError("unbalanced group")
+            return i
+        if wire == 0:
+            _, i = _varint(data, i)
+        elif wire == 2:
+            size, i = _varint(data, i)
+            i += size
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        elif wire == 3:
+            i = _skip_group(data, i, number)
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(data):
+            raise ValueError("truncated")
 
 
 def _varint(data: memoryview, i: int) -> tuple[int, int]:
