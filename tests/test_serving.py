@@ -209,29 +209,30 @@ def test_killed_server_is_drift_and_restarted(served: Any) -> None:
 
 
 def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
-    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200."""
+    """Two model changes and traffic 0 -> 50 -> 100, under load that lasts until all of
+    them are applied (and at least 20,000 requests): every answer is 200."""
     root, cli, url, key = served
     (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic="{blue: 100}",
                                                        mirror="{}"))
     assert cli("apply", "--auto-approve").code == 0  # workers 2: a restart, before the load
     url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
-    total, threads = 20_000, 8
+    minimum, threads = 20_000, 8
     statuses: Counter[int] = Counter()
     models: Counter[str] = Counter()
     lock = threading.Lock()
+    changed = threading.Event()  # every change applied: the load may stop past minimum
     deadline = time.monotonic() + 240
 
     def load() -> None:
-        client = Client(url, key)
         local_status: Counter[int] = Counter()
         local_models: Counter[str] = Counter()
-        for _ in range(total // threads):
-            if time.monotonic() > deadline:
-                break
-            status, _, headers = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]))
-            local_status[status] += 1
-            local_models[headers.get("mlinfra-model", "-")] += 1
-        client.close()
+        with Client(url, key) as client:
+            while time.monotonic() < deadline and not (
+                    changed.is_set() and local_status.total() >= minimum // threads):
+                status, _, headers = client.request("POST", "/v2/models/api/infer",
+                                                    v2([[1, 2]]))
+                local_status[status] += 1
+                local_models[headers.get("mlinfra-model", "-")] += 1
         with lock:
             statuses.update(local_status)
             models.update(local_models)
@@ -241,19 +242,23 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
         worker.start()
     steps = [("{blue: 50, green: 50}", None), ("{blue: 50, green: 50}", (2.0, 1.0)),
              ("{blue: 0, green: 100}", None), ("{blue: 0, green: 100}", (0.1, 0.1))]
-    for traffic, weights in steps:
-        time.sleep(0.3)
-        if weights is not None:
-            (root / "models" / "other.onnx").write_bytes(onnx_model(weights))
-        (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic=traffic,
-                                                           mirror="{}"))
-        changed = cli("apply", "--auto-approve")
-        assert changed.code == 0, changed.err
-        assert "endpoint.api: Modifications complete" in changed.out
-    for worker in workers:
-        worker.join()
-    assert sum(statuses.values()) == total
-    assert statuses == Counter({200: total})
+    try:
+        for traffic, weights in steps:
+            time.sleep(0.3)
+            if weights is not None:
+                (root / "models" / "other.onnx").write_bytes(onnx_model(weights))
+            (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic=traffic,
+                                                               mirror="{}"))
+            applied = cli("apply", "--auto-approve")
+            assert applied.code == 0, applied.err
+            assert "endpoint.api: Modifications complete" in applied.out
+        time.sleep(0.3)  # requests answered by the last change too
+    finally:
+        changed.set()
+        for worker in workers:
+            worker.join()
+    total = sum(statuses.values())
+    assert total >= minimum and statuses == Counter({200: total}), statuses
     assert {"fraud:1", "other:1", "other:2", "other:3"} <= set(models), models
 
 
