@@ -11,6 +11,7 @@ without parsing a number. Outputs are returned the same way when the request ask
 from __future__ import annotations
 
 import struct
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from mlinfra.serving.tensors import V2_NAMES, V2_TYPES, TensorSpec, from_json, n
 
 HEADER_LENGTH = b"inference-header-content-length"
 _BINARY = b"application/octet-stream"
+_LITTLE = sys.byteorder == "little"  # the wire's order: arrays as they are, no conversion
 
 
 class Request(NamedTuple):
@@ -119,9 +121,10 @@ def _from_binary(spec: TensorSpec, body: bytes, offset: int, size: Any, count: i
                           f"{size} bytes of binary data")
     if count == 0:
         return np.empty(shape, dtype=spec.dtype)
-    array = np.frombuffer(body, dtype=spec.dtype.newbyteorder("<"), count=count,
-                          offset=offset).reshape(shape)
-    return array if array.dtype.isnative else array.astype(spec.dtype)
+    if _LITTLE:
+        return np.frombuffer(body, dtype=spec.dtype, count=count, offset=offset).reshape(shape)
+    return np.frombuffer(body, dtype=spec.dtype.newbyteorder("<"), count=count,
+                         offset=offset).reshape(shape).astype(spec.dtype)
 
 
 def _requested(data: dict[str, Any], model: LoadedModel) -> tuple[list[str] | None,
@@ -185,7 +188,8 @@ def _raw(value: np.ndarray, datatype: str) -> bytes:
     """An output's binary data: little-endian values in row-major order; BYTES elements
     each after their 4-byte length."""
     if datatype != "BYTES":
-        return np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("<")).tobytes()
+        return value.tobytes() if _LITTLE else value.astype(value.dtype.newbyteorder(
+            "<")).tobytes()
     parts = []
     for item in value.ravel().tolist():
         data = item if isinstance(item, bytes) else str(item).encode()
