@@ -89,6 +89,8 @@ def test_bad_tensors_are_422_with_the_reason_and_wrong_methods_405(
             (request(shape="[-1]"), "input a: shape must be a list of non-negative integers"),
             (request(extra=', {"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}'),
              "input x is given twice"),
+            (request(datatype_x='["FP32"]').replace(b'"["FP32"]"', b'["FP32"]'),
+             "input x: datatype ['FP32'] is not one of"),
         ]
         for body_bytes, fragment in cases:
             status, answer, _ = client.request("POST", "/v2/models/api/infer", body_bytes)

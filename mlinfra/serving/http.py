@@ -46,6 +46,8 @@ async def read_body(receive: Any, headers: dict[bytes, bytes], limit: int) -> by
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
+    if message["type"] == "http.disconnect":  # gone before its body arrived in full
+        raise ClientError(400, "the client closed the connection before its body ended")
     if size > limit:
         raise ClientError(413, f"the body is larger than {limit} bytes")
     return body if len(chunks) == 1 else b"".join(chunks)

@@ -92,7 +92,7 @@ def decode(body: bytes, header_length: bytes | None, model: LoadedModel) -> Requ
 def _count(spec: TensorSpec, shape: Any, datatype: Any) -> int:
     """The number of values `shape` holds, once it and `datatype` are known to fit."""
     if datatype != spec.datatype:
-        if datatype not in V2_TYPES:
+        if not isinstance(datatype, str) or datatype not in V2_TYPES:
             raise ClientError(422, f"input {spec.name}: datatype {datatype} is not one of "
                               f"{', '.join(V2_TYPES)}")
         raise ClientError(422, f"input {spec.name}: datatype {datatype} is not the model's "
@@ -133,7 +133,7 @@ def _requested(data: dict[str, Any], model: LoadedModel) -> tuple[list[str] | No
     parameters = data.get("parameters")
     binary_all = isinstance(parameters, dict) and parameters.get("binary_data_output") is True
     asked = data.get("outputs")
-    if asked is None:
+    if asked is None or asked == []:  # none named: all of them
         return None, frozenset(model.output_names) if binary_all else frozenset()
     if not isinstance(asked, list) or not all(
             isinstance(o, dict) and isinstance(o.get("name"), str) for o in asked):
