@@ -57,6 +57,14 @@ def call(url: str, key: str | None, method: str, path: str, body: Any = None,
         client.close()
 
 
+def endpoint_files(pattern: str, endpoint: str = "api") -> list[Path]:
+    """Files under the endpoint's folder of the project in the current folder, newest
+    first (a server instance may keep its files in a folder of its own)."""
+    folder = Path.cwd() / ".mlinfra" / "dev" / "endpoints" / endpoint
+    return sorted(folder.glob(f"**/{pattern}"), key=lambda p: p.stat().st_mtime,
+                  reverse=True)
+
+
 @contextlib.contextmanager
 def applied(cli: Callable[..., Result], endpoint: str = "api") -> Iterator[tuple[str, str]]:
     """Apply the project in the current folder; (url, operator key) of `endpoint` until

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.conftest import Result
-from tests.endpoint_client import applied, call
+from tests.endpoint_client import applied, call, endpoint_files
 
 ENDPOINT = """\
 kind: Model
@@ -141,7 +141,7 @@ def test_a_model_with_its_data_beside_it_is_registered_with_it_and_served(
         assert status == 200, answer
         assert answer["predictions"] == {"label": label.tolist(),
                                          "probabilities": probabilities.tolist()}
-        config = json.loads((root / ".mlinfra/dev/endpoints/api/config.json").read_text())
+        config = json.loads(endpoint_files("config.json")[0].read_text())
         registered = Path(config["deployments"]["blue"]["path"]).read_bytes()
         assert b"weights.bin" not in registered  # one file: it serves from the store alone
         session = ort.InferenceSession(registered)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tests.conftest import Result, onnx_model
-from tests.endpoint_client import Client, applied, call
+from tests.endpoint_client import Client, applied, call, endpoint_files
 
 ENDPOINT = """\
 kind: Model
@@ -45,7 +45,7 @@ def free_port() -> int:
 def server(folder: Path, *flags: str, workers: int = 2) -> Iterator[str]:
     """A server of the applied endpoint's config, copied to `folder` (its access log
     and captures go there), with `flags`; its url until the block ends."""
-    config = json.loads((Path.cwd() / ".mlinfra/dev/endpoints/api/config.json").read_text())
+    config = json.loads(endpoint_files("config.json")[0].read_text())
     config["collect"]["path"] = str(folder / "captures" / "requests.jsonl")
     config["status_dir"] = str(folder / "status")
     folder.mkdir(parents=True, exist_ok=True)

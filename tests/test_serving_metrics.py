@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import Result, onnx_model
-from tests.endpoint_client import Client, applied, call
+from tests.endpoint_client import Client, applied, call, endpoint_files
 
 ENDPOINT = """\
 kind: Model
@@ -34,10 +34,10 @@ def scraped(url: str, key: str) -> int:
     return int(lines[0].split()[-1]) if lines else 0
 
 
-def per_worker(folder: Path) -> dict[str, int]:
+def per_worker() -> dict[str, int]:
     """Requests answered by each worker, from the snapshots in its metrics folder."""
     counts = {}
-    for path in folder.glob("*/*.json"):
+    for path in endpoint_files("metrics/*/*.json"):
         snapshot = json.loads(path.read_text())
         counts[path.stem] = sum(n for _, _, n in snapshot["requests"])
     return counts
@@ -45,7 +45,7 @@ def per_worker(folder: Path) -> dict[str, int]:
 
 def test_every_scrape_counts_every_worker(project: Callable[..., Path],
                                           cli: Callable[..., Result]) -> None:
-    root = project({"models/fraud.onnx": onnx_model(), "serving.yaml": ENDPOINT})
+    project({"models/fraud.onnx": onnx_model(), "serving.yaml": ENDPOINT})
     with applied(cli) as (url, key):
         total = 0
         for _ in range(40):  # a connection each: the kernel spreads them over the workers
@@ -55,13 +55,12 @@ def test_every_scrape_counts_every_worker(project: Callable[..., Path],
                     total += 1
         time.sleep(0.6)  # every worker has written its snapshot since
         assert [scraped(url, key) for _ in range(10)] == [total] * 10
-        folder = root / ".mlinfra" / "dev" / "endpoints" / "api" / "metrics"
-        workers = per_worker(folder)
+        workers = per_worker()
         assert len([n for n in workers.values() if n]) == 2, workers  # both answered some
         victim = int(max(workers, key=lambda pid: workers[pid]))
         os.kill(victim, signal.SIGKILL)  # uvicorn starts another worker in its place
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and len(per_worker(folder)) < 3:
+        while time.monotonic() < deadline and len(per_worker()) < 3:
             time.sleep(0.1)
-        assert len(per_worker(folder)) == 3
+        assert len(per_worker()) == 3
         assert [scraped(url, key) for _ in range(10)] == [total] * 10
