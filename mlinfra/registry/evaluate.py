@@ -32,6 +32,10 @@ class ModelInvalid(MlinfraError):
 def load_session(path: Path) -> Any:
     import onnxruntime as ort
 
+    from mlinfra.registry.onnx_files import check_external_data
+
+    check_external_data(path)  # before onnxruntime reads any file it names
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3

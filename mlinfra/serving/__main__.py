@@ -1,5 +1,8 @@
 """python -m mlinfra.serving --config FILE --port N [--workers N]: run an endpoint.
 
+This process supervises the workers (uvicorn's); it gives them a metrics folder of
+their own server instance, next to the config file, and removes it when it stops.
+
 The listening socket is bound here with SO_REUSEPORT, so that a server replacing this
 one (with another worker count) can listen on the same port before this one stops:
 clients keep the endpoint's address and are answered throughout. mlinfra checks that
@@ -9,11 +12,18 @@ no other program listens on a port before it starts a server there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import socket
+from pathlib import Path
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from mlinfra.serving.connections import BoundedHttpProtocol
+from mlinfra.serving.limits import Limits
+from mlinfra.serving.shared import METRICS_DIR
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -31,20 +41,62 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=2)
+    defaults = Limits()
+    parser.add_argument("--idle-timeout", type=int, default=defaults.idle_timeout_s,
+                        help="seconds a connection may send nothing (default: %(default)s)")
+    parser.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                        help="seconds a request may take to arrive (default: %(default)s)")
+    parser.add_argument("--access-log-bytes", type=int, default=defaults.access_log_bytes)
+    parser.add_argument("--captures-bytes", type=int, default=defaults.captures_bytes)
+    parser.add_argument("--backups", type=int, default=defaults.backups,
+                        help="older files kept of the access log and the captures")
     args = parser.parse_args()
-    os.environ["MLINFRA_ENDPOINT_CONFIG"] = os.path.abspath(args.config)
+    limits = Limits(args.idle_timeout, args.request_timeout, args.access_log_bytes,
+                    args.captures_bytes, args.backups)
+    limits.export()
+    config_path = Path(args.config).resolve()
+    os.environ["MLINFRA_ENDPOINT_CONFIG"] = str(config_path)
+    metrics = _metrics_folder(config_path.parent / "metrics")
+    os.environ[METRICS_DIR] = str(metrics)
     config = uvicorn.Config("mlinfra.serving.app:create_app", factory=True, host=args.host,
                             port=args.port, workers=args.workers, loop="uvloop",
-                            http="httptools", log_level="warning", access_log=False,
+                            http=BoundedHttpProtocol, timeout_keep_alive=limits.idle_timeout_s,
+                            log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5)
     sock = listen(args.host, args.port)
-    if args.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
-        return
-    server = uvicorn.Server(config)
-    server.run(sockets=[sock])
-    if not server.started:
-        raise SystemExit(3)  # as uvicorn.run: the app failed to start
+    try:
+        if args.workers > 1:
+            Multiprocess(config, sockets=[sock]).run()
+            return
+        server = uvicorn.Server(config)
+        server.run(sockets=[sock])
+        if not server.started:
+            raise SystemExit(3)  # as uvicorn.run: the app failed to start
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)
+
+
+def _metrics_folder(parent: Path) -> Path:
+    """This server's metrics folder, named after its pid; those of servers that are no
+    longer running (killed before they could remove theirs) go."""
+    with contextlib.suppress(OSError):
+        for folder in parent.iterdir():
+            if folder.name.isdigit() and not _running(int(folder.name)):
+                shutil.rmtree(folder, ignore_errors=True)
+    folder = parent / str(os.getpid())
+    shutil.rmtree(folder, ignore_errors=True)  # an older server's, with the same pid
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Counters and latency histograms per deployment, in Prometheus' text format."""
+"""Counters and latency histograms per deployment, in Prometheus' text format, and
+their snapshots, which add up across the workers of a server (see `shared`)."""
 
 from __future__ import annotations
 
 import bisect
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -38,7 +40,7 @@ class Histogram:
 
 
 class Metrics:
-    """This worker's counts since it started."""
+    """Counts since a worker started, or the sum of several workers' (`add`)."""
 
     def __init__(self) -> None:
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
@@ -59,6 +61,32 @@ class Metrics:
             hist = self.batches[deployment] = Histogram(tuple(float(b) for b in BATCH_BUCKETS))
         for size in sizes:
             hist.observe(size)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every count, as JSON."""
+        return {"requests": [[d, s, n] for (d, s), n in self.requests.items()],
+                "latency": {d: [h.counts, h.total] for d, h in self.latency.items()},
+                "batches": {d: [h.counts, h.total] for d, h in self.batches.items()},
+                "mirror": [[d, o, n] for (d, o), n in self.mirror.items()]}
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        """Add another worker's `snapshot` to these counts."""
+        for deployment, status, count in snapshot.get("requests", []):
+            self.requests[(deployment, int(status))] += int(count)
+        for deployment, outcome, count in snapshot.get("mirror", []):
+            self.mirror[(deployment, outcome)] += int(count)
+        for key, hists, buckets in (("latency", self.latency, BUCKETS_S),
+                                    ("batches", self.batches,
+                                     tuple(float(b) for b in BATCH_BUCKETS))):
+            for deployment, (counts, total) in snapshot.get(key, {}).items():
+                hist = hists.get(deployment)
+                if hist is None:
+                    hist = hists[deployment] = Histogram(buckets)
+                if len(counts) != len(hist.counts):
+                    continue  # written with other buckets: not comparable
+                hist.counts = [a + int(b) for a, b in zip(hist.counts, counts, strict=True)]
+                hist.total += float(total)
+                hist.n += sum(int(c) for c in counts)
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Per deployment: requests, errors (5xx), p99 upper bound in ms."""

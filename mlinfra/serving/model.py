@@ -1,24 +1,21 @@
-"""A deployment's loaded model, and the dynamic batcher in front of it.
-
-A model slower than half a millisecond runs on its deployment's own thread, so health
-checks and other deployments keep answering while it computes; a faster one runs on
-the event loop, where a thread hand-off would cost more than its inference. Requests
-that arrive together are concatenated and scored in one onnxruntime call.
-"""
+"""A deployment's model: an onnxruntime session with its signature, warmed up and timed
+before it takes traffic."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
+import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlinfra.serving.protocol import input_dtype
+from mlinfra.serving.onnx_files import UnsafeModel, check_external_data
+from mlinfra.serving.tensors import TensorSpec
+
+FEATURE_NAMES = "feature_names"
 
 
 class ModelLoadError(Exception):
@@ -31,16 +28,42 @@ def load_session(path: Path, sha256: str | None = None) -> Any:
     data = path.read_bytes()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
         raise ModelLoadError(f"{path} does not match its sha256 {sha256[:12]}")
+    try:
+        external = check_external_data(data, path.parent)
+    except UnsafeModel as err:
+        raise ModelLoadError(f"{path.name}: {err}") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    # NOTE: onnxruntime reads the external data of a model given as bytes from the
+    # working directory (the endpoint's folder, keys included); given its path, from
+    # the model's folder, which the check above confined it to.
+    source = str(path) if external else data
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def _describe(items: Any) -> list[dict[str, Any]]:
-    return [{"name": i.name, "type": i.type, "dtype": input_dtype(i.type),
-             "shape": [d if isinstance(d, int) else None for d in i.shape]} for i in items]
+def _describe(items: Any) -> list[TensorSpec]:
+    return [TensorSpec.of(i.name, i.type, tuple(d if isinstance(d, int) else None
+                                                for d in i.shape)) for i in items]
+
+
+def _feature_names(text: str | None, inputs: list[TensorSpec]) -> list[str] | None:
+    """The model's `feature_names` metadata: a JSON list naming the columns of its single
+    2-D input, so that tables (MLflow's dataframes, CSV) are matched by column name."""
+    if text is None or len(inputs) != 1 or len(inputs[0].shape) != 2:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        names = None
+    width = inputs[0].shape[1]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(
+            set(names)) != len(names) or (width is not None and len(names) != width):
+        raise ModelLoadError(f"its metadata {FEATURE_NAMES} must be a JSON list of "
+                             f"{width or 'the'} distinct column names of input "
+                             f"{inputs[0].name}, got {text[:80]!r}")
+    return names
 
 
 @dataclass
@@ -52,15 +75,18 @@ class LoadedModel:
     version: int
     sha256: str
     session: Any
-    inputs: list[dict[str, Any]] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
     latency_s: float = 0.0  # one warm-up request, measured
+    features: list[str] | None = None  # the columns of a single 2-D input, in order
 
     @classmethod
     def load(cls, name: str, version: int, path: Path, sha256: str) -> LoadedModel:
         session = load_session(path, sha256)
-        model = cls(name, version, sha256, session, _describe(session.get_inputs()),
-                    _describe(session.get_outputs()))
+        inputs = _describe(session.get_inputs())
+        metadata = session.get_modelmeta().custom_metadata_map
+        model = cls(name, version, sha256, session, inputs, _describe(session.get_outputs()),
+                    features=_feature_names(metadata.get(FEATURE_NAMES), inputs))
         model.warm_up()
         return model
 
@@ -69,14 +95,15 @@ class LoadedModel:
         return self._output_names
 
     def __post_init__(self) -> None:
-        self._output_names = [o["name"] for o in self.outputs]
+        self._output_names = [o.name for o in self.outputs]
+        self.input_specs = {i.name: i for i in self.inputs}
         self._binding = getattr(self.session, "_sess", None)
 
     def warm_up(self) -> None:
         feeds: dict[str, np.ndarray] = {}
-        for item in self.inputs:
-            shape = [d if d is not None else 1 for d in item["shape"]]
-            feeds[item["name"]] = np.zeros(shape, dtype=item["dtype"])
+        for spec in self.inputs:
+            shape = [d if d is not None else 1 for d in spec.shape]
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
         self.run(feeds)
         timings = []
         for _ in range(5):
@@ -98,122 +125,6 @@ class LoadedModel:
     def batchable(self) -> bool:
         """Concatenating along the first axis is sound when every input and output is
         batch-major with fixed other dimensions."""
-        return all(len(i["shape"]) >= 1 and i["shape"][0] is None
-                   and all(d is not None for d in i["shape"][1:])
-                   for i in self.inputs + self.outputs)
-
-
-class Batcher:
-    """Scores the requests that arrived together in one call.
-
-    No request waits on a timer. A batch keeps filling for as long as requests join
-    it, one turn of the event loop at a time: it is scored after the first turn in
-    which none joined, when it holds `max_batch` requests, or once its first request
-    has waited `max_delay_s`. While a batch runs on the deployment's own thread the next
-    one fills, and health checks and other deployments keep answering.
-
-    A model faster than `INLINE_S` (measured at warm-up) is scored on the event loop:
-    a thread hand-off costs more than its inference. Measured here with the quickstart's
-    model (server CPU per request at 8 and 64 connections): scoring each request alone
-    cost about 45% and 100% more than this, and scoring each batch on the turn after
-    its first request, without waiting for a turn with no newcomers, 20% and 10% more.
-    """
-
-    INLINE_S = 0.0005
-
-    def __init__(self, model: LoadedModel, max_batch: int, max_delay_s: float = 0.002) -> None:
-        self.model = model
-        self.max_batch = max(1, max_batch) if model.batchable() else 1
-        self.max_delay_s = max_delay_s
-        self.inline = model.latency_s < self.INLINE_S
-        self.executor = ThreadPoolExecutor(max_workers=1,
-                                           thread_name_prefix=f"infer-{model.name}")
-        self.pending: list[tuple[dict[str, np.ndarray], asyncio.Future[list[np.ndarray]]]] = []
-        self.in_flight = 0
-        self.batch_sizes: list[int] = []
-        self._scheduled = False
-        self._busy = False
-        self._first_at = 0.0  # when the oldest pending request came
-        self._joined = 0  # pending requests at the last look
-
-    async def infer(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
-        if not self.pending:
-            self._first_at = time.monotonic()
-        self.pending.append((feeds, future))
-        self.in_flight += 1
-        if len(self.pending) >= self.max_batch and not self._busy:
-            self._flush()
-        elif not self._scheduled and not self._busy:
-            self._scheduled = True
-            loop.call_soon(self._flush)
-        try:
-            return await future
-        finally:
-            self.in_flight -= 1
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        if self._busy or not self.pending:
-            return
-        waiting = len(self.pending)
-        if (self._joined < waiting < self.max_batch
-                and time.monotonic() - self._first_at < self.max_delay_s):
-            self._joined = waiting  # some joined in the last turn: more may be coming
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-            return
-        self._joined = 0
-        batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
-        self.batch_sizes.append(len(batch))
-        requests = [f for f, _ in batch]
-        if self.inline:
-            try:
-                results = self._run_batch(requests)
-            except Exception as err:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-            if self.pending:
-                self._scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
-            return
-        self._busy = True
-        loop = asyncio.get_running_loop()
-        task = loop.run_in_executor(self.executor, self._run_batch, requests)
-        task.add_done_callback(lambda done: self._deliver(batch, done))
-
-    def _run_batch(self, requests: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
-        if len(requests) == 1:
-            return [self.model.run(requests[0])]
-        names = list(requests[0])
-        joined = {n: np.concatenate([r[n] for r in requests]) for n in names}
-        outputs = self.model.run(joined)
-        answers, start = [], 0
-        for request in requests:
-            end = start + len(request[names[0]])
-            answers.append([o[start:end] for o in outputs])
-            start = end
-        return answers
-
-    def _deliver(self, batch: list[tuple[Any, asyncio.Future[list[np.ndarray]]]],
-                 done: asyncio.Future[list[list[np.ndarray]]]) -> None:
-        self._busy = False
-        error = done.exception()
-        for index, (_, future) in enumerate(batch):
-            if future.done():
-                continue  # its caller timed out
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(done.result()[index])
-        if self.pending:
-            self._flush()  # the requests that arrived meanwhile
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True)
+        return all(len(s.shape) >= 1 and s.shape[0] is None
+                   and all(d is not None for d in s.shape[1:])
+                   for s in self.inputs + self.outputs)

@@ -31,6 +31,8 @@ import orjson
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.table import Table
 
+STATUS_S = 0.25  # how often each worker writes its report
+
 
 def report(table: Table | None, error: str, error_generation: int | None,
            metrics: Metrics) -> dict[str, Any]:

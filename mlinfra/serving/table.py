@@ -7,15 +7,14 @@ server swaps one reference. Requests under way keep the table they started with.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlinfra.serving.model import Batcher, LoadedModel
+from mlinfra.serving.batcher import Batcher
+from mlinfra.serving.model import LoadedModel
 
 
 @dataclass
@@ -60,17 +59,31 @@ class Table:
                 return self.deployments[name]
         return self.deployments[self.weights[-1][0]] if self.weights else None
 
-    def authorized(self, token: bytes | None) -> bool:
-        """Constant-time comparison against the hashes of the endpoint's keys."""
-        if not self.key_hashes:
-            return True
-        if not token:
-            return False
-        digest = hashlib.sha256(token).digest()
-        ok = False
-        for stored in self.key_hashes:
-            ok |= hmac.compare_digest(digest, stored)
-        return ok
+    def serving(self) -> list[Deployment]:
+        """The deployments that take traffic (a share above 0), in the split's order."""
+        return [self.deployments[name] for name, _ in self.weights]
+
+    def versions(self) -> list[str]:
+        """The model versions answering requests: those of the deployments taking
+        traffic, as V2 model metadata lists them."""
+        return list(dict.fromkeys(str(d.model.version) for d in self.serving()))
+
+    def pick_version(self, version: str) -> Deployment | None:
+        """A deployment taking traffic that serves `version`, chosen by the split among
+        those that do."""
+        shares, previous = [], 0.0
+        for name, cumulative in self.weights:
+            if str(self.deployments[name].model.version) == version:
+                shares.append((name, cumulative - previous))
+            previous = cumulative
+        if not shares:
+            return None
+        roll = random.random() * sum(share for _, share in shares)
+        for name, share in shares:
+            roll -= share
+            if roll < 0:
+                return self.deployments[name]
+        return self.deployments[shares[-1][0]]
 
 
 def read_config(path: Path) -> dict[str, Any]:

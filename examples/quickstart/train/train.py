@@ -2,9 +2,11 @@
 
 import argparse
 import csv
+import json
 
 import numpy as np
 from mlinfra_run import log_metric, log_param
+from onnx.helper import set_model_props
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.linear_model import LogisticRegression
@@ -40,6 +42,8 @@ for step, fraction in enumerate((0.25, 0.5, 1.0), start=1):
 onnx_model = convert_sklearn(
     model, initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
     options={LogisticRegression: {"zipmap": False}}, target_opset=17)
+# The columns' names: MLflow-style tables (dataframe_split, CSV) are matched by name.
+set_model_props(onnx_model, {"feature_names": json.dumps(FEATURES)})
 with open(args.model, "wb") as f:
     f.write(onnx_model.SerializeToString())
 print(f"wrote {args.model}")

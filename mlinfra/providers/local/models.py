@@ -128,11 +128,13 @@ class ModelHandler(BaseHandler):
     def create(self, change: Change, ctx: Context) -> Applied:
         # NOTE: imported here: NumPy and onnxruntime cost more than a plan takes.
         from mlinfra.registry.evaluate import ModelInvalid, load_session, signature
+        from mlinfra.registry.onnx_files import self_contained
 
         res = ctx.config.get("Model", change.name)
         assert res is not None
         path, run_id = self._artifact(res, ctx)
         try:
+            path = self_contained(path, artifact_store(ctx))  # its external data written in
             session = load_session(path)
         except ModelInvalid as err:
             raise ProviderError(res.address, f"refused: {err.message}") from None
