@@ -97,7 +97,7 @@ def _cancel(runs: Any, found: list[Any]) -> None:
     import os
     import signal
 
-    from mlinfra.state.sqlite import HOST
+    from mlinfra.state.store import HOST
 
     for run in found:
         if run.status not in ("queued", "running"):

@@ -17,7 +17,7 @@ from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
 from mlinfra.spec.model import INTERPOLATION, Config, Resource
 from mlinfra.state.model import ResourceState
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.state.store import StateStore
 
 
 class ProviderError(MlinfraError):
@@ -61,7 +61,7 @@ def cache_dir() -> Path:
 class Context:
     """Everything a handler may use: the project, its stack's folder, the store."""
 
-    def __init__(self, config: Config, store: SqliteStore, state_dir: Path,
+    def __init__(self, config: Config, store: StateStore, state_dir: Path,
                  log: Callable[[str], None] = lambda _: None,
                  provider: Provider | None = None) -> None:
         self.config, self.store, self.state_dir = config, store, state_dir

@@ -21,7 +21,7 @@ from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.snapshot import git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
-from mlinfra.state.sqlite import HOST
+from mlinfra.state.store import HOST
 
 HELPER_DIR = Path(__file__).parent / "helper"
 _KILL_GRACE_S = 5.0

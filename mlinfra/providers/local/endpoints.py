@@ -30,7 +30,7 @@ from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.models import ModelRegistry, RegistryError
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
-from mlinfra.state.sqlite import pid_alive
+from mlinfra.state.store import pid_alive
 
 READY_TIMEOUT_S = 60.0
 KEY_NAMES = ("primary", "secondary")
