@@ -16,6 +16,7 @@ of `locks`, so a second apply names the holder.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -287,18 +288,19 @@ class PostgresStore(StateStore):
     def release_lock(self, stack: str, lock_id: str) -> None:
         with self._lock:
             lock_conn, self._lock_conn = self._lock_conn, None
-            try:
-                with self._errors(), self.transaction() as cur:
+            # A session that is gone (`state unlock` ended it, or the server went away)
+            # took the lock with it, and a row names no holder once no session holds
+            # the lock: nothing is left to undo then.
+            with contextlib.suppress(MlinfraError, self._psycopg.Error):
+                with self.transaction() as cur:
                     cur.execute("DELETE FROM locks WHERE stack=? AND id=?", (stack, lock_id))
                 self.conn.execute("SELECT set_config('application_name', 'mlinfra state', "
                                   "false)")
-            except (MlinfraError, self._psycopg.Error):
-                # The session is gone (`state unlock` ended it, or the server went
-                # away): the server released the lock with it; its row names no
-                # holder once no session holds the lock.
-                pass
             if lock_conn is not None:
-                lock_conn.close()  # ends the session: the advisory lock goes with it
+                with contextlib.suppress(self._psycopg.Error):  # at once, not when the
+                    lock_conn.execute("SELECT pg_advisory_unlock(%s)",  # server notices
+                                      (self._lock_key(stack),))
+                lock_conn.close()
 
     def _holder(self, stack: str, key: int) -> LockInfo | None:
         """The session holding the advisory lock now, as its row names it; a session
