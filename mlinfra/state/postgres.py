@@ -297,9 +297,9 @@ class PostgresStore(StateStore):
                 self.conn.execute("SELECT set_config('application_name', 'mlinfra state', "
                                   "false)")
             if lock_conn is not None:
-                with contextlib.suppress(self._psycopg.Error):  # at once, not when the
-                    lock_conn.execute("SELECT pg_advisory_unlock(%s)",  # server notices
-                                      (self._lock_key(stack),))
+                # Unlocked now, not once the server notices that the session closed.
+                with contextlib.suppress(self._psycopg.Error):
+                    lock_conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key(stack),))
                 lock_conn.close()
 
     def _holder(self, stack: str, key: int) -> LockInfo | None:
