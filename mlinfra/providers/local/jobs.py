@@ -246,9 +246,17 @@ def materialize(ctx: Context, store: ArtifactStore, sha: str, filename: str) -> 
     """A read-only copy of a stored artifact under its own file name, once per content."""
     dest = runs_root(ctx) / "inputs" / sha[:16] / filename
     if not dest.exists():
-        tmp = dest.with_name(f".{filename}.{os.getpid()}.{threading.get_ident()}")
+        # A name no other writer (process or machine sharing the folder) picks.
+        tmp = dest.with_name(f".{filename}.{os.urandom(8).hex()}")
         store.materialize(sha, tmp)
-        os.replace(tmp, dest)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another writer's folder got there first: the same content
+            if not dest.is_dir():
+                raise
+            import shutil
+
+            shutil.rmtree(tmp)
     return dest
 
 
