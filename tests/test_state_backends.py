@@ -21,7 +21,7 @@ from mlinfra.data.versions import DataVersions
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.models import GATES_TAG, ModelRegistry
 from mlinfra.runs.store import Run, RunStore
-from mlinfra.state import StateCorrupted, StateStore, open_store
+from mlinfra.state import StateCorrupted, StateStore, StateUnavailable, open_store
 from mlinfra.state import schema as state_schema
 from mlinfra.state.lock import LockHeld, force_unlock, locked
 from mlinfra.state.model import ResourceState
@@ -291,6 +291,22 @@ def test_a_holder_killed_with_9_frees_the_lock_at_once(backend: Backend) -> None
             waited = time.monotonic() - killed
         assert waited < 1.0, waited
     finally:
+        other.close()
+
+
+def test_unlock_on_postgresql_ends_the_holders_sessions(postgres: PostgresServer,
+                                                       tmp_path: Path) -> None:
+    side = Backend("postgresql", tmp_path, postgres)
+    holder, other = side.open(command="apply"), side.open(command="state unlock")
+    try:
+        with locked(holder, STACK, "apply") as lock_id:
+            force_unlock(other, STACK, lock_id)
+            with pytest.raises(StateUnavailable, match="ended this session"):
+                holder.begin_operation("compute.a", "create")  # it may not write now
+            with locked(other, STACK, "apply"):
+                assert other.lock_holder(STACK) is not None
+    finally:
+        holder.close()
         other.close()
 
 

@@ -182,14 +182,14 @@ class PostgresStore(StateStore):
 
     def inspect(self) -> tuple[dict[str, str] | None, int]:
         """(meta of the state, or None if there is none yet; how many tables the
-        schema holds)."""
+        schema holds, when there is none)."""
         with self._lock, self._errors():
-            row = self.conn.execute(
-                "SELECT to_regclass(%s) IS NOT NULL, (SELECT count(*) FROM pg_tables "
-                "WHERE schemaname = %s)", (f"{self.schema}.meta", self.schema)).fetchone()
-            assert row is not None
-            has_meta, tables = bool(row[0]), int(row[1])
-        return (self.meta() if has_meta else None), tables
+            try:  # one round trip for a state that exists, as most do
+                return self.meta(), 0
+            except self._psycopg.errors.UndefinedTable:
+                row = self.conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
+                                        (self.schema,)).fetchone()
+                return None, int(row[0]) if row else 0
 
     def create(self) -> dict[str, str]:
         """Create the schema (unless it exists) and every table, with a new lineage;
@@ -352,8 +352,6 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
     tables on first use and upgrades an older schema; a read-only one of a state that
     does not exist yet reads an empty state, and one of an older schema reads an
     upgraded copy in memory, so neither changes the database."""
-    from mlinfra.state.sqlite import SqliteStore
-
     where = PostgresLocation(url, project, stack)
     store = PostgresStore(where, command, readonly)
     try:
@@ -363,6 +361,8 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
                                  f"{tables} tables but no mlinfra state: name another "
                                  "schema with ?schema=NAME in the stack's state URL")
         if meta is None and readonly:
+            from mlinfra.state.sqlite import SqliteStore
+
             store.close()
             return SqliteStore.in_memory(where.display, command)
         if meta is None:
