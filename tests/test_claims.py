@@ -39,7 +39,7 @@ def test_planned_providers_say_so_and_touch_nothing(quickstart: Path,
         assert planned.code == 1 and "not available yet" in planned.err, planned.err
     assert not (quickstart / ".mlinfra" / "docker").exists()
     readme = (REPO / "README.md").read_text()
-    assert "postgresql://" not in readme  # not advertised until it works
+    assert "postgresql://" in readme  # it works: tests/test_postgres_state.py
 
 
 def test_an_error_shared_by_dependants_is_told_once(quickstart: Path,
