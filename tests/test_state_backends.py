@@ -310,6 +310,42 @@ def test_unlock_on_postgresql_ends_the_holders_sessions(postgres: PostgresServer
         other.close()
 
 
+def test_a_holder_without_its_row_is_named_by_its_session(postgres: PostgresServer,
+                                                         tmp_path: Path) -> None:
+    side = Backend("postgresql", tmp_path, postgres)
+    holder, other = side.open(command="apply"), side.open(command="apply")
+    try:
+        with locked(holder, STACK, "apply"):
+            side.raw("DELETE FROM locks")  # as if it had not written its row yet
+            with pytest.raises(LockHeld) as held, locked(other, STACK, "apply"):
+                pass
+            info = other.lock_holder(STACK)
+            assert info is not None and info.backend_pid is not None
+            assert f"ID session-{info.backend_pid}" in held.value.message
+            force_unlock(other, STACK, f"session-{info.backend_pid}")
+            assert other.lock_holder(STACK) is None
+    finally:
+        holder.close()
+        other.close()
+
+
+def test_postgresql_urls() -> None:
+    from mlinfra.state.postgres import PostgresLocation
+
+    where = PostgresLocation("postgresql://ml:p%40ss@db:5433/ml?sslmode=require", "fraud-team",
+                             "prod")
+    assert where.schema == "mlinfra_fraud_team_prod"
+    assert where.display == ("postgresql://ml:***@db:5433/ml?sslmode=require"
+                             "&schema=mlinfra_fraud_team_prod")
+    assert "p%40ss" in where.conninfo and "schema" not in where.conninfo
+    named = PostgresLocation("postgres://db/ml?schema=team_state&password=hunter2", "p", "s")
+    assert named.schema == "team_state" and "hunter2" not in named.display
+    long = PostgresLocation("postgresql://db/ml", "p" * 60, "stack")
+    assert len(long.schema) == 63 and long.schema.startswith("mlinfra_ppp")
+    with pytest.raises(MlinfraError, match="not a plain PostgreSQL name"):
+        PostgresLocation("postgresql://db/ml?schema=Bad-Name", "p", "s")
+
+
 def test_a_lock_taken_and_released_leaves_no_holder(store: StateStore) -> None:
     with locked(store, STACK, "apply"):
         info = store.lock_holder(STACK)

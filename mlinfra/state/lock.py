@@ -20,10 +20,6 @@ class LockHeld(MlinfraError):
     """Another process holds the stack's lock."""
 
 
-def holder(store: StateStore, stack: str) -> LockInfo | None:
-    return store.lock_holder(stack)
-
-
 @contextmanager
 def locked(store: StateStore, stack: str, command: str, timeout: float = 0) -> Iterator[str]:
     """Hold the stack's lock for the block; wait up to `timeout` seconds for it."""

@@ -83,7 +83,8 @@ class PostgresLocation:
         if parts.password is not None:
             netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
         self.display = urlunsplit(parts._replace(netloc=netloc, query=urlencode(
-            [(k, v) for k, v in query if k != "options"])))
+            [(k, "***" if k == "password" else v) for k, v in query if k != "options"],
+            safe="*")))
         if not named:
             self.display += ("&" if parts.query else "?") + f"schema={self.schema}"
 
@@ -268,7 +269,7 @@ class PostgresStore(StateStore):
                 deadline = time.monotonic() + _HOLDER_ROW_WAIT_S
                 while True:
                     info = self._holder(stack, key)
-                    if info is None or info.id or time.monotonic() > deadline:
+                    if info is None or info.pid or time.monotonic() > deadline:
                         break
                     time.sleep(0.05)
                 if info is None:  # released meanwhile: try again
@@ -317,8 +318,8 @@ class PostgresStore(StateStore):
                           "AND backend_pid=?", (stack, backend))
         if rows:
             return LockInfo(*rows[0])
-        return LockInfo("", "(not known yet)", "(unknown host)", 0, "(taking the lock)",
-                        time.time(), backend)
+        return LockInfo(f"session-{backend}", "(not known)", "(unknown host)", 0,
+                        "(unknown)", time.time(), backend)
 
     def lock_holder(self, stack: str) -> LockInfo | None:
         return self._holder(stack, self._lock_key(stack))

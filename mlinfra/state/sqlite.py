@@ -40,6 +40,8 @@ from mlinfra.state.store import (
 )
 
 _LOCK_COLUMNS = "id, owner, host, pid, command, created_at, backend_pid"
+# ON CONFLICT ... DO UPDATE (3.24) and RENAME COLUMN (3.25, the format 1 upgrade).
+_OLDEST = (3, 25)
 
 
 class SqliteStore(StateStore):
@@ -54,6 +56,9 @@ class SqliteStore(StateStore):
 
     def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
         super().__init__(str(path), command, readonly)
+        if sqlite3.sqlite_version_info < _OLDEST:
+            raise MlinfraError(f"mlinfra needs SQLite {'.'.join(map(str, _OLDEST))} or newer; "
+                               f"this Python uses SQLite {sqlite3.sqlite_version}")
         self.path = path
         self._lock = threading.RLock()
         try:
