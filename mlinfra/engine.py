@@ -133,7 +133,7 @@ def _secret_key(store: StateStore) -> bytes:
     if store.readonly:
         return os.urandom(32)
     with store.transaction() as cur:
-        cur.execute("INSERT OR IGNORE INTO meta VALUES ('secret_key', ?)",
+        cur.execute("INSERT INTO meta VALUES ('secret_key', ?) ON CONFLICT (key) DO NOTHING",
                     (os.urandom(32).hex(),))
     return bytes.fromhex(store.query("SELECT value FROM meta WHERE key='secret_key'")[0][0])
 

@@ -81,6 +81,23 @@ def test_a_stack_on_postgresql(postgres: PostgresServer, project: Callable[..., 
     assert cli("destroy", "--auto-approve").code == 0
 
 
+def test_a_resource_with_a_secret_on_postgresql(postgres: PostgresServer,
+                                                project: Callable[..., Path],
+                                                cli: Callable[..., Result],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    project({"stacks/dev.yaml": _stack(postgres, postgres.new_schema()),
+             "env.yaml": 'kind: Environment\nname: e\npython: "3.11"\n'
+                         'env: {TOKEN: "${secret.TOKEN}"}\n'})
+    monkeypatch.setenv(SECRET, PASSWORD)
+    monkeypatch.setenv("TOKEN", "first")
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    assert cli("plan", "--detailed-exitcode").code == 0
+    monkeypatch.setenv("TOKEN", "second")  # a changed secret is a change, never shown
+    changed = cli("plan", "--detailed-exitcode")
+    assert changed.code == 2 and "second" not in changed.out
+
+
 def test_the_password_from_libpq_variables(postgres: PostgresServer,
                                            project: Callable[..., Path],
                                            cli: Callable[..., Result],
