@@ -142,9 +142,8 @@ def main() -> int:
                                             text=True).stdout)
         endpoint = outputs["endpoint.fraud-api"]
         key = (q / ".mlinfra/dev/endpoints/fraud-api/operator.key").read_text().strip()
-        model_file = json.loads(
-            (q / ".mlinfra/dev/endpoints/fraud-api/config.json").read_text()
-        )["deployments"]["blue"]["path"]
+        model_file = json.loads(Path(endpoint["config"]).read_text()
+                                )["deployments"]["blue"]["path"]
 
         subprocess.run([str(mlflow / "bin" / "python"), "-c", SAVE_MLFLOW, model_file,
                         str(project / "mlflow-model")], check=True)

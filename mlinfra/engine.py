@@ -8,9 +8,6 @@ reconciles. A failed resource stops its dependants, not its siblings.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -20,12 +17,11 @@ from typing import Any
 from mlinfra.errors import MlinfraError
 from mlinfra.graph import address as make_address
 from mlinfra.graph import closure, references
-from mlinfra.plan.diff import SECRET_PREFIX, make_plan
+from mlinfra.plan.diff import make_plan
 from mlinfra.plan.model import Action, Change, Desired, Observed, Plan
 from mlinfra.providers import get_provider
 from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErrors
-from mlinfra.spec import Config, Resource, load
-from mlinfra.spec.model import INTERPOLATION
+from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
 from mlinfra.state.model import JournalEntry, ResourceState, digest
 from mlinfra.state.store import StateStore
@@ -73,22 +69,20 @@ def state_location(config: Config, location: str | None = None) -> str:
         return str(config.root / text)
     from urllib.parse import quote
 
-    missing: list[str] = []
+    from mlinfra.spec.model import INTERPOLATION
+
+    where = f"{config.stack.file or 'the stack'}: state"
 
     def resolve(match: Any) -> str:
         if match.group(1) != "secret":
-            raise MlinfraError(f"{config.stack.file or 'the stack'}: state: only ${{secret.X}} "
-                               f"can be used in a state URL, not {match.group(0)}")
-        name = match.group(2)[1:]
-        if name not in os.environ:
-            missing.append(name)
-        return quote(os.environ.get(name, ""), safe="")
+            raise MlinfraError(f"{where}: only ${{secret.X}} can be used in a state URL, "
+                               f"not {match.group(0)}")
+        try:
+            return quote(sensitive.value_of("secret", match.group(2)[1:], {}), safe="")
+        except sensitive.MissingSecret as err:
+            raise MlinfraError(f"{where}: {err.message}") from None
 
-    resolved = INTERPOLATION.sub(resolve, text)
-    if missing:
-        raise MlinfraError(f"{config.stack.file or 'the stack'}: state: secret "
-                           f"'{missing[0]}' is not set: export {missing[0]}=... first")
-    return resolved
+    return INTERPOLATION.sub(resolve, text)
 
 
 def open_store_at(config: Config, location: str, command: str, *, write: bool) -> StateStore:
@@ -105,8 +99,9 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
     commands that move aliases or edit state) or only for reading (plan, output, the
     listing commands), which never creates nor changes the state."""
     config = load(directory, stack)
-    store = open_store_at(config, state_location(config), command, write=write)
     provider = get_provider(config.stack.provider)
+    provider.prepare(config, command)
+    store = open_store_at(config, state_location(config), command, write=write)
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)
@@ -126,44 +121,39 @@ def workspace_address(config: Config) -> str:
     return make_address("Workspace", config.workspace)
 
 
-def _secret_key(store: StateStore) -> bytes:
-    rows = store.query("SELECT value FROM meta WHERE key='secret_key'")
-    if rows:
-        return bytes.fromhex(rows[0][0])
-    if store.readonly:
-        return os.urandom(32)
-    with store.transaction() as cur:
-        cur.execute("INSERT INTO meta VALUES ('secret_key', ?) ON CONFLICT (key) DO NOTHING",
-                    (os.urandom(32).hex(),))
-    return bytes.fromhex(store.query("SELECT value FROM meta WHERE key='secret_key'")[0][0])
-
-
-def _mask(value: Any, key: bytes, address: str, missing: set[str]) -> Any:
-    """Replace strings holding ${secret.X} by a keyed hash of their resolved value: the
-    change is detected, the secret never stored or shown."""
+def _mask(value: Any, prior: Any, config: Config, missing: set[str], reveal: bool) -> Any:
+    """Replace strings holding a sensitive reference by a salted scrypt hash of their
+    value, with the salt `prior` (what the state holds there) used: an unchanged value
+    gives the same string, a changed one another, and neither shows it. Without
+    `reveal` (destroy) nothing is read."""
     if isinstance(value, dict):
-        return {k: _mask(v, key, address, missing) for k, v in value.items()}
+        fields = prior if isinstance(prior, dict) else {}
+        return {k: _mask(v, fields.get(k), config, missing, reveal) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mask(v, key, address, missing) for v in value]
-    if not isinstance(value, str) or "${secret." not in value:
+        items = prior if isinstance(prior, list) else []
+        return [_mask(v, items[i] if i < len(items) else None, config, missing, reveal)
+                for i, v in enumerate(value)]
+    if not isinstance(value, str) or not sensitive.holds(value):
         return value
-
-    def resolve(match: Any) -> str:
-        if match.group(1) != "secret":
-            return str(match.group(0))
-        name = match.group(2)[1:]
-        if name not in os.environ:
-            missing.add(name)
-        return os.environ.get(name, "")
-
-    resolved = INTERPOLATION.sub(resolve, value)
-    return SECRET_PREFIX + hmac.new(key, resolved.encode(), hashlib.sha256).hexdigest()[:16]
+    if not reveal:
+        return sensitive.SECRET_PREFIX + "unread"
+    try:
+        resolved = sensitive.resolve(value, config.sensitive)
+    except sensitive.MissingSecret as err:
+        missing.add(err.name)
+        return sensitive.SECRET_PREFIX + "missing"
+    return sensitive.fingerprint(resolved, sensitive.salt_of(prior))
 
 
-def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, Desired]:
+def desired_state(session: Session, targets: Iterable[str] = (), *,
+                  saved: Plan | None = None, reveal: bool = True) -> dict[str, Desired]:
     """Every resource as the configuration wants it, with the provider's facts (with
     `targets`, only those and what they depend on). Raises ProviderErrors naming every
-    resource that cannot be planned."""
+    resource that cannot be planned.
+
+    Sensitive values are hashed with the salts the state holds, or for a resource that
+    `saved` (a saved plan) changes, the salts it holds. Without `reveal` (destroy, which
+    uses no secret) they are not read at all."""
     config = session.config
     workspace = workspace_address(config)
     resources = config.all()
@@ -177,6 +167,7 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
         unknown = targets - set(deps)
         keep = closure(targets & set(deps), deps) | unknown
         resources = [r for r in resources if r.address in keep]
+    salts_from = {c.address: c.after for c in saved.changes} if saved is not None else {}
     session.ctx.forget_facts()
     errors: list[ProviderError] = []
     out: dict[str, Desired] = {}
@@ -188,8 +179,12 @@ def desired_state(session: Session, targets: Iterable[str] = ()) -> dict[str, De
             continue
         missing: set[str] = set()
         attributes = {k: v for k, v in res.spec.items() if k not in ("kind", "name")}
-        if "${secret." in repr(attributes):
-            attributes = _mask(attributes, _secret_key(session.store), res.address, missing)
+        if sensitive.holds(attributes):
+            prior = salts_from.get(res.address)
+            if prior is None:
+                have = session.store.get(res.address)
+                prior = have.attributes if have is not None else None
+            attributes = _mask(attributes, prior, config, missing, reveal)
         for name in sorted(missing):
             errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
                                         f"{name}=... before planning"))
@@ -241,8 +236,10 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 
 
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
-         do_refresh: bool = True) -> Plan:
-    desired = desired_state(session, targets)
+         do_refresh: bool = True, saved: Plan | None = None) -> Plan:
+    """Refresh and diff. `saved`: a saved plan being checked, whose secrets' salts are
+    reused so an unchanged secret hashes the same."""
+    desired = desired_state(session, targets, saved=saved, reveal=not destroy)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
@@ -251,18 +248,9 @@ def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False
 
 
 def _comparable(the_plan: Plan) -> str:
-    """The changes as apply would make them; masked secrets compare equal (their
-    values are read again at apply time)."""
-    def mask(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: mask(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [mask(v) for v in value]
-        if isinstance(value, str) and value.startswith(SECRET_PREFIX):
-            return SECRET_PREFIX
-        return value
-
-    return digest(mask([c.to_json() for c in the_plan.actionable]))
+    """The changes as apply would make them (a secret's hash included: its salt is the
+    saved plan's, so only a changed secret differs)."""
+    return digest([c.to_json() for c in the_plan.actionable])
 
 
 def check_fresh(session: Session, saved: Plan) -> None:
@@ -283,7 +271,7 @@ def check_fresh(session: Session, saved: Plan) -> None:
             what = (f"was made at state serial {saved.serial}; the state is now at "
                     f"{version.serial}")
         raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
-    current = plan(session, targets=saved.targets, destroy=saved.destroy)
+    current = plan(session, targets=saved.targets, destroy=saved.destroy, saved=saved)
     moved = sorted(ref for ref in set(saved.resolved) | set(current.resolved)
                    if saved.resolved.get(ref) != current.resolved.get(ref))
     if moved:
@@ -374,6 +362,17 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def _clean_abandoned(session: Session, entries: list[JournalEntry]) -> None:
+    """An interrupted change of a resource that the state does not hold (apply killed
+    during its create) may have left something running that no state will ever name:
+    its handler cleans it up."""
+    kinds = {kind.lower(): kind for kind in session.provider.handler_classes}
+    for entry in entries:
+        prefix, _, name = entry.address.partition(".")
+        if prefix in kinds and session.store.get(entry.address) is None:
+            session.provider.handler(kinds[prefix], entry.address).abandoned(name, session.ctx)
+
+
 def execute(session: Session, the_plan: Plan, parallelism: int = 4,
             on_event: Event = lambda *_: None) -> ApplyResult:
     """Apply the plan's changes. The caller holds the stack's lock."""
@@ -383,8 +382,10 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     store = session.store
     result.interrupted = store.interrupted_operations()
     if result.interrupted:
+        _clean_abandoned(session, result.interrupted)
         store.close_interrupted(result.interrupted)
     store.backup()
+    store.forget_legacy_secret_key()
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)

@@ -57,7 +57,12 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
         source = spec.get("from") or {}
         add("Job", source.get("job"))
         add("Pipeline", source.get("pipeline"))
-        add("Data", _data_name((spec.get("evaluation") or {}).get("data")))
+        data = (spec.get("evaluation") or {}).get("data")
+        if isinstance(data, dict):  # a run's output: after the job or pipeline ran
+            add("Job", data.get("job"))
+            add("Pipeline", data.get("pipeline"))
+        else:
+            add("Data", _data_name(data))
     elif res.kind == "Endpoint":
         add("Compute", spec.get("compute"))
         for deployment in spec.get("deployments") or []:

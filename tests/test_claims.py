@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import QUICKSTART, REPO, Result, onnx_model
 
 STACK_FILES = [*sorted((REPO / "mlinfra" / "templates" / "stacks").glob("*.yaml")),
@@ -29,15 +31,37 @@ def test_the_state_path_a_stack_names_is_its_default(tmp_path: Path,
                 f".mlinfra/{name.group(1)}/state.db"), path
 
 
-def test_planned_providers_say_so_and_touch_nothing(quickstart: Path,
-                                                    cli: Callable[..., Result]) -> None:
+def test_pulumi_stacks_without_the_cli_say_what_is_missing_and_touch_nothing(
+        quickstart: Path, cli: Callable[..., Result], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13, item 5: plan and apply on docker and kubernetes stop before anything,
+    with one message naming what is missing and how to install it; validate works."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no `pulumi` on it
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE", raising=False)
+    monkeypatch.delenv("PULUMI_CONFIG_PASSPHRASE_FILE", raising=False)
     for stack in ("docker", "kubernetes"):
         text = (quickstart / "stacks" / f"{stack}.yaml").read_text()
-        assert "PLANNED, not available yet" in text
+        assert "PLANNED" not in text and "needs the Pulumi CLI" in text
         assert cli("validate", "-C", str(quickstart), "-s", stack).code == 0
-        planned = cli("plan", "-C", str(quickstart), "-s", stack)
-        assert planned.code == 1 and "not available yet" in planned.err, planned.err
-    assert not (quickstart / ".mlinfra" / "docker").exists()
+        for command in (["plan"], ["apply", "--auto-approve"], ["destroy", "--auto-approve"]):
+            result = cli(*command, "-C", str(quickstart), "-s", stack)
+            assert result.code == 1, result
+            assert result.err.count("Error:") == 1 and result.out == "", result.err
+            assert "the Pulumi CLI is not installed" in result.err, result.err
+            assert "https://www.pulumi.com/docs/install/" in result.err, result.err
+            assert "PULUMI_CONFIG_PASSPHRASE is not set" in result.err, result.err
+            assert "Nothing was changed" in result.err, result.err
+        assert not (quickstart / ".mlinfra" / stack).exists()
+    # With the CLI on PATH, only the passphrase is missing: never assumed empty.
+    fake = empty / "pulumi"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    result = cli("plan", "-C", str(quickstart), "-s", "kubernetes")
+    assert result.code == 1 and "CLI" not in result.err, result.err
+    assert "PULUMI_CONFIG_PASSPHRASE is not set" in result.err, result.err
+    assert not (quickstart / ".mlinfra" / "kubernetes").exists()
     readme = (REPO / "README.md").read_text()
     assert "postgresql://" in readme  # it works: tests/test_postgres_state.py
 

@@ -210,6 +210,8 @@ def test_a_backup_is_never_replaced_by_an_unrelated_state(scored: Path,
     assert cli("apply", "--auto-approve").code == 0  # a new lineage
     kept = [p for p in db.parent.glob("state.db.backup.*")]
     assert len(kept) == 1 and kept[0].read_bytes() == old
+    assert not [p for p in db.parent.glob("state.db.backup*") if p.name.endswith(
+        ("-wal", "-shm"))]  # a backup is one file, and reading it leaves nothing beside
 
 
 # --- item 4: commands that change the registry take the lock -------------------------
@@ -322,3 +324,51 @@ def test_a_version_that_fails_its_gates_is_never_latest(scored: Path,
     failed = json.loads(cli("models", "show", "scorer:2").out)
     assert failed["tags"]["mlinfra.gates"] == "failed"
     assert "auc" in failed["tags"]["mlinfra.rejected"]
+
+
+def test_a_version_whose_evaluation_fails_is_never_registered(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve").code == 0  # fair: v1
+    set_variant(scored, "good")
+    (scored / "data" / "holdout.csv").write_text(DATA.replace(",y\n", ",label\n", 1))
+    failed = cli("apply", "--auto-approve")
+    assert failed.code == 1 and "evaluation failed" in failed.err, failed.err
+    assert "no version was registered" in failed.err
+    versions = [line.split()[0] for line in cli("models", "list").out.splitlines()[1:]]
+    assert versions == ["scorer:1"]
+    assert json.loads(cli("models", "show", "scorer").out)["version"] == 1
+
+
+def test_a_tie_never_moves_the_alias(scored: Path, cli: Callable[..., Result]) -> None:
+    (scored / "train" / "model-fair2.onnx").write_bytes(
+        onnx_model(WEIGHTS["fair"], bias=0.3))  # other content, the same ranking: same auc
+    assert cli("apply", "--auto-approve").code == 0  # fair: v1
+    (scored / "training.yaml").write_text(
+        PROJECT.format(variant="fair2").replace("min_delta: 0.01", "min_delta: 0"))
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    assert "kept scorer@champion -> scorer:1" in applied.out, applied.out
+    assert aliases(cli) == {"champion": "scorer:1"}
+
+
+def test_the_champion_is_judged_on_the_candidates_data(scored: Path,
+                                                       cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve").code == 0  # fair: v1, judged on holdout:1
+    # A harder holdout: fair (weights on b too) ranks worse on it than on the first.
+    harder = [(a, -3 * a if y else 3 * abs(a), y) for a, b, y in ROWS]
+    (scored / "data" / "holdout.csv").write_text(
+        "a,b,y\n" + "".join(f"{a},{b},{y}\n" for a, b, y in harder))
+    set_variant(scored, "poor")
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    decision = json.loads(cli("output", "promotion.scorer", "--json").out)["promotion.scorer"]
+    assert "champion evaluated again on holdout:2" in decision["reason"], decision
+    fair_before = json.loads(cli("models", "show", "scorer:1").out)["metrics"]["auc"]
+    assert f"{fair_before:.4g}" not in decision["reason"], decision  # not the old data's
+
+    def on_harder(variant: str) -> float:
+        w = np.array(WEIGHTS[variant])
+        x = np.array([[a, b] for a, b, _ in harder])
+        return auc(np.array([y for *_, y in harder]), 1 / (1 + np.exp(-(x @ w + 0.1))))
+
+    assert f"{on_harder('fair'):.4g}" in decision["reason"], decision

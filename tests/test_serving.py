@@ -81,6 +81,61 @@ def call(url: str, key: str | None, method: str, path: str, body: Any = None,
         client.close()
 
 
+class Load:
+    """Requests on `threads` keep-alive connections in the background, from `with` until
+    its end: at most `limit` requests and `seconds` seconds. A dropped connection is
+    reopened and counted in `dropped`."""
+
+    def __init__(self, url: str, key: str | None, threads: int = 4, limit: int = 50_000,
+                 seconds: float = 120.0, body: Any = None,
+                 headers: dict[str, str] | None = None) -> None:
+        self.url, self.key, self.limit, self.seconds = url, key, limit, seconds
+        self.body = body if body is not None else {"inputs": [[1, 2]]}
+        self.headers = headers
+        self.statuses: Counter[int] = Counter()
+        self.models: Counter[str] = Counter()
+        self.dropped = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        client = Client(self.url, self.key)
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                if sum(self.statuses.values()) >= self.limit:
+                    break
+            try:
+                status, _, headers = client.request("POST", "/invocations", self.body,
+                                                    self.headers)
+            except (ConnectionError, http.client.HTTPException):
+                client.close()
+                client = Client(self.url, self.key)
+                with self._lock:
+                    self.dropped += 1
+                continue
+            with self._lock:
+                self.statuses[status] += 1
+                self.models[headers.get("mlinfra-model", "-")] += 1
+        client.close()
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.statuses.values())
+
+
 def v2(rows: list[list[float]]) -> dict[str, Any]:
     return {"inputs": [{"name": "features", "shape": [len(rows), 2], "datatype": "FP32",
                         "data": [x for row in rows for x in row]}]}
@@ -243,13 +298,18 @@ def test_killed_server_is_drift_and_restarted(served: Any) -> None:
 
 
 def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
-    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200."""
+    """Two model changes and traffic 0 -> 50 -> 100, under load: every answer is 200.
+    The load runs until it has sent 20,000 requests and seen the last model (bounded in
+    time and count), so it cannot end before the last change."""
     root, cli, url, key = served
+    before = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
     (root / "serving.yaml").write_text(ENDPOINT.format(workers=2, traffic="{blue: 100}",
                                                        mirror="{}"))
     assert cli("apply", "--auto-approve").code == 0  # workers 2: a restart, before the load
-    url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
-    total, threads = 20_000, 8
+    after = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert after["pid"] != before["pid"] and after["url"] == url and after["workers"] == 2
+    assert json.loads(cli("endpoints", "show", "api").out)["workers"] == 2
+    total, cap, threads, last = 20_000, 200_000, 8, "other:3"
     statuses: Counter[int] = Counter()
     models: Counter[str] = Counter()
     lock = threading.Lock()
@@ -257,18 +317,16 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
 
     def load() -> None:
         client = Client(url, key)
-        local_status: Counter[int] = Counter()
-        local_models: Counter[str] = Counter()
-        for _ in range(total // threads):
-            if time.monotonic() > deadline:
-                break
+        while time.monotonic() < deadline:
+            with lock:
+                sent = sum(statuses.values())
+                if sent >= cap or (sent >= total and last in models):
+                    break
             status, _, headers = client.request("POST", "/v2/models/api/infer", v2([[1, 2]]))
-            local_status[status] += 1
-            local_models[headers.get("mlinfra-model", "-")] += 1
+            with lock:
+                statuses[status] += 1
+                models[headers.get("mlinfra-model", "-")] += 1
         client.close()
-        with lock:
-            statuses.update(local_status)
-            models.update(local_models)
 
     workers = [threading.Thread(target=load) for _ in range(threads)]
     for worker in workers:
@@ -286,8 +344,9 @@ def test_20000_requests_while_models_and_traffic_change(served: Any) -> None:
         assert "endpoint.api: Modifications complete" in changed.out
     for worker in workers:
         worker.join()
-    assert sum(statuses.values()) == total
-    assert statuses == Counter({200: total})
+    sent = sum(statuses.values())
+    assert total <= sent < cap and last in models, (sent, models)
+    assert statuses == Counter({200: sent})
     assert {"fraud:1", "other:1", "other:2", "other:3"} <= set(models), models
 
 
@@ -360,12 +419,19 @@ def test_rollout_of_a_failing_model_rolls_back_by_itself(
 
 def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
     _, cli, url, key = served
-    result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
-                 "--hold", "0.2s")
+    with Load(url, key) as load:
+        result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                     "--hold", "0.5s", "--min-requests", "20")
     assert result.code == 0, result.err
     assert "Rollout complete: green takes 100% of traffic" in result.out
+    assert set(load.statuses) == {200}
     assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
             for _ in range(20)} == {"other:1"}
+    listed = cli("endpoints", "list").out  # the live split, not the YAML's
+    assert '{"blue": 0, "green": 100}' in listed and "ready" in listed
+    shown = json.loads(cli("endpoints", "show", "api").out)
+    assert shown["traffic"] == {"blue": 0, "green": 100}
+    assert shown["configured_traffic"] == {"blue": 100}
     plan = cli("plan", "--detailed-exitcode")  # the YAML still says blue 100
     assert plan.code == 2
     assert 'traffic is {"blue": 0, "green": 100}; the configuration says {"blue": 100}' in (
@@ -374,6 +440,97 @@ def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
     assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
             for _ in range(20)} == {"fraud:1"}
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_a_rollout_with_no_traffic_says_so_and_stops(served: Any) -> None:
+    """Item 14: a hold with no request at all is not a success."""
+    _, cli, url, key = served
+    result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                 "--hold", "0.3s")
+    assert result.code == 1, result.out
+    assert "no request reached the endpoint in 0.3s at 50%" in result.err
+    assert 'traffic back to {"blue": 100, "green": 0}' in result.err
+    assert {call(url, key, "POST", "/invocations", {"inputs": [[1, 2]]})[2]["mlinfra-model"]
+            for _ in range(20)} == {"fraud:1"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_a_hold_with_too_few_requests_is_inconclusive(served: Any) -> None:
+    """Item 14: traffic that never reaches the deployment (every request pinned to blue)
+    holds the step again, then stops as inconclusive."""
+    _, cli, url, key = served
+    with Load(url, key, threads=2, headers={"mlinfra-deployment": "blue"}):
+        result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
+                     "--hold", "0.3s", "--min-requests", "5")
+    assert result.code == 1, result.out
+    assert result.out.count("inconclusive (0 of 5 requests needed); holding again") == 9
+    assert "inconclusive: 0 requests reached green in 3s at 50%" in result.err
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def slow_when_asked(products: int = 100) -> bytes:
+    """Fast, except for a request whose largest feature is above 0.5: that one runs a
+    chain of 1000x1000 matrix products (an If on the input)."""
+    from onnx import TensorProto, helper
+
+    size = 1000
+    slow_nodes = [helper.make_node("Tile", ["features", "repeats"], ["x0"])]
+    for i in range(products):
+        slow_nodes.append(helper.make_node("MatMul", [f"x{i}", "w"], [f"x{i + 1}"]))
+    slow_nodes += [helper.make_node("ReduceMean", [f"x{products}"], ["m"], axes=[1],
+                                    keepdims=1),
+                   helper.make_node("Slice", ["m", "start", "end"], ["slow_y"])]
+    floats = TensorProto.FLOAT
+    slow = helper.make_graph(slow_nodes, "slow", [],
+                             [helper.make_tensor_value_info("slow_y", floats, [None, 1])])
+    fast = helper.make_graph(
+        [helper.make_node("Slice", ["features", "start", "end", "one"], ["fast_y"])], "fast",
+        [], [helper.make_tensor_value_info("fast_y", floats, [None, 1])])
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMax", ["features"], ["top"], keepdims=0),
+         helper.make_node("Greater", ["top", "half"], ["asked"]),
+         helper.make_node("If", ["asked"], ["y"], then_branch=slow, else_branch=fast)],
+        "slow-when-asked", [helper.make_tensor_value_info("features", floats, [None, 2])],
+        [helper.make_tensor_value_info("y", floats, [None, 1])],
+        [helper.make_tensor("repeats", TensorProto.INT64, [2], [size, size // 2]),
+         helper.make_tensor("w", floats, [size, size],
+                            (rng.standard_normal((size, size)) / size).astype(
+                                np.float32).ravel().tolist()),
+         helper.make_tensor("start", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("end", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("half", floats, [], [0.5])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_rollout_judges_each_hold_on_its_own_requests(
+        project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """Item 14: green answered slowly before the rollout, fast during it. Its lifetime p99
+    is high; each hold window's is low, and the rollout completes."""
+    project({"models/fraud.onnx": onnx_model(), "models/other.onnx": slow_when_asked(),
+             "serving.yaml": ENDPOINT.format(workers=1, traffic="{blue: 100, green: 0}",
+                                             mirror="{}")})
+    assert cli("apply", "--auto-approve").code == 0
+    try:
+        root = Path.cwd()
+        url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+        key = (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
+        green = {"mlinfra-deployment": "green"}
+        for _ in range(5):
+            started = time.monotonic()
+            assert call(url, key, "POST", "/invocations", {"inputs": [[1, 1]]}, green)[0] == 200
+            assert time.monotonic() - started > 0.6  # slow: past the 500 ms threshold
+        with Load(url, key, body={"inputs": [[0.1, 0.2]]}) as load:
+            result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "20,100",
+                         "--hold", "0.5s", "--min-requests", "20", "--max-p99-ms", "500")
+        assert result.code == 0, result.out + result.err
+        assert "Rollout complete: green takes 100% of traffic" in result.out
+        assert set(load.statuses) == {200}
+    finally:
+        cli("destroy", "--auto-approve")
 
 
 def slow_model(products: int = 12) -> bytes:

@@ -370,7 +370,7 @@ def test_runs_metrics_and_params(store: StateStore) -> None:
     assert got is not None and got.status == "completed" and got.outputs == {"model": "ff" * 32}
     assert got.params == {"C": 0.5} and got.git == {"commit": "abc"}
     assert runs.find("train-aaaa") == got and runs.find("train-") is None
-    assert runs.completed("train", "h1") == got and runs.completed("train", "h2") is None
+    assert runs.completed("train", "h1") == [got] and runs.completed("train", "h2") == []
     assert [r.id for r in runs.recent("exp")] == ["train-bbbb2222", run.id]
     curve = [{"type": "metric", "key": "loss", "value": v, "step": i}
              for i, v in enumerate([3.0, 1.0, 2.0, 0.5])]

@@ -150,7 +150,7 @@ def test_data_gate_stops_the_run(trainable: Path, cli: Callable[..., Result]) ->
     result = cli("apply", "--auto-approve")
     assert result.code == 1
     assert "expect_column_values_to_not_be_null(column='a'): 1 of 2 rows fail" in result.err
-    assert "no run started" in result.err
+    assert "not applied: job.train (data.transactions was not applied)" in result.err
     assert len(cli("runs", "list").out.splitlines()) == 1  # the header only
     checked = cli("data", "validate", "transactions")
     assert checked.code == 1 and "0 passed, 1 failed" in checked.out
@@ -252,6 +252,7 @@ def test_pipeline_reuses_unchanged_steps(project: Callable[..., Path],
     (root / "p.yaml").write_text(PIPELINE.replace("params: {tag: one}", "params: {tag: two}"))
     plan = cli("plan")
     assert "# pipeline.abc will run" in plan.out
+    assert "# job.c will be updated in-place" in plan.out  # it runs only as a step
     assert "steps_resolved.third.run_hash" in plan.out
     assert "steps_resolved.first.run_hash" not in plan.out
     second = cli("apply", "--auto-approve")

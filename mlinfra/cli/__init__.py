@@ -205,6 +205,8 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
     invoke.add_argument("--deployment", help="pin a deployment")
     invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
+    invoke.add_argument("--timeout", type=_duration, default=30.0, metavar="DURATION",
+                        help="longest wait for the answer (default 30s)")
     roll = eps.add_parser("rollout", parents=[common],
                           help="move traffic to a deployment step by step, with rollback")
     roll.add_argument("name")
@@ -216,10 +218,20 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
                       help="roll back above this error share (default 0.02)")
     roll.add_argument("--max-p99-ms", type=float, default=None, metavar="MS",
                       help="roll back above this p99 latency")
+    roll.add_argument("--min-requests", type=_positive, default=100, metavar="N",
+                      help="fewest requests to the deployment that a hold is judged on; "
+                           "fewer is inconclusive and the step holds again (default 100)")
+    _lock_option(roll)
     keys = eps.add_parser("keys", parents=[common],
-                          help="show the keys once, or make a new one")
+                          help="make the keys and show them once, or make a new one")
     keys.add_argument("name")
     keys.add_argument("--regenerate", choices=["primary", "secondary"])
+    _lock_option(keys)
+
+
+def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the manifests, build contexts and scripts")
 
 
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -245,6 +257,8 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
     "data": ("training:cmd_data", "data assets", _data),
     "endpoints": ("endpoints:cmd_endpoints",
                   "online endpoints: list, show, invoke, keys, rollout", _endpoints),
+    "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "
+               "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
                _output),
 }

@@ -5,87 +5,137 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mlinfra.cli.console import echo, echo_err, emit, print_table, session_for
 from mlinfra.errors import MlinfraError
 
 if TYPE_CHECKING:
     from mlinfra.engine import Session
+    from mlinfra.state.model import ResourceState
 
 
 def cmd_endpoints(args: argparse.Namespace) -> int:
-    from mlinfra.providers.local import endpoints
-
     session = session_for(args, f"endpoints {args.endpoints_command}",
                           write=args.endpoints_command in ("keys", "rollout"))
     try:
         states = {s.name: s for s in session.store.resources().values()
                   if s.kind == "Endpoint"}
         if args.endpoints_command == "list":
-            rows = [[s.name, s.outputs.get("url", "-"), str(s.outputs.get("pid", "-")),
-                     ", ".join(f"{d}={v}" for d, v in (s.outputs.get("served") or {}).items()),
-                     json.dumps(s.attributes.get("traffic", {}))]
-                    for s in sorted(states.values(), key=lambda s: s.name)]
-            print_table(["ENDPOINT", "URL", "PID", "SERVES", "TRAFFIC"], rows)
-            return 0
+            return _list(session, states)
         state = states.get(args.name)
         if state is None:
             raise MlinfraError(f"endpoint {args.name} is not in the state: apply it first")
         if args.endpoints_command == "show":
-            echo(json.dumps({"name": state.name, **{k: v for k, v in state.outputs.items()
-                                                    if k != "key_hashes"},
-                             "traffic": state.attributes.get("traffic"),
-                             "auth": state.attributes.get("auth", "key")}, indent=2))
-        elif args.endpoints_command == "keys":
-            keys = endpoints.take_new_keys(session.ctx, args.name)
-            if args.regenerate:
-                keys = {args.regenerate: endpoints.regenerate(session, state, args.regenerate)}
-            if not keys:
-                raise MlinfraError("the keys were shown once already; make new ones with "
-                                   "--regenerate primary (or secondary)")
-            for name, key in keys.items():
-                echo(f"{name}: {key}")
-            echo_err("Keep them now: mlinfra stores only their hashes.")
-        elif args.endpoints_command == "invoke":
+            return _show(session, state)
+        if args.endpoints_command == "invoke":
             return _invoke(session, state, args)
-        elif args.endpoints_command == "rollout":
-            steps = [int(s) for s in args.steps.split(",") if s.strip()]
-            if not steps or steps[-1] != 100 or steps != sorted(set(steps)) or steps[0] < 1:
-                raise MlinfraError("--steps must rise and end at 100, e.g. 10,50,100")
-            done, why, traffic = endpoints.rollout(
-                session.ctx, state, args.to, steps, args.hold, args.max_error_rate,
-                args.max_p99_ms, log=lambda line: emit(line, "dim"))
-            if not done:
-                echo_err(f"Rolled back to {json.dumps(traffic)}: {why}.")
-                return 1
-            echo(f"Rollout complete: {why}. The YAML's traffic is unchanged: set it to "
-                 f"{json.dumps(traffic)} to keep this split, or the next apply restores it.")
-        return 0
+        if args.endpoints_command == "keys":
+            return _keys(session, state, args)
+        return _rollout(session, state, args)
     finally:
         session.close()
 
 
-def _invoke(session: Session, state: Any, args: argparse.Namespace) -> int:
-    import time
+def _list(session: Session, states: dict[str, ResourceState]) -> int:
+    from mlinfra.providers.local.endpoint.folders import EndpointFolder
+    from mlinfra.providers.local.endpoint.observe import describe
 
-    from mlinfra.providers.local import endpoints
+    rows = []
+    for state in sorted(states.values(), key=lambda s: s.name):
+        live = describe(EndpointFolder.of(session.ctx, state.name), state.outputs)
+        rows.append([state.name, state.outputs.get("url", "-"), str(state.outputs.get("pid", "-")),
+                     live["health"], ", ".join(f"{d}={v}" for d, v in live["serves"].items()),
+                     json.dumps(live["traffic"])])
+    print_table(["ENDPOINT", "URL", "PID", "HEALTH", "SERVES", "TRAFFIC"], rows)
+    return 0
 
-    body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+
+def _show(session: Session, state: ResourceState) -> int:
+    from mlinfra.providers.local.endpoint.folders import EndpointFolder
+    from mlinfra.providers.local.endpoint.observe import describe
+
+    live = describe(EndpointFolder.of(session.ctx, state.name), state.outputs)
+    echo(json.dumps({"name": state.name,
+                     **{k: v for k, v in state.outputs.items() if k != "key_hashes"},
+                     **live, "configured_traffic": state.attributes.get("traffic"),
+                     "auth": state.attributes.get("auth", "key")}, indent=2))
+    return 0
+
+
+def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.providers.local.endpoint.keys import KEY_NAMES, issue
+    from mlinfra.state.lock import locked
+
+    with locked(session.store, session.stack, "endpoints keys", args.lock_timeout):
+        current = session.store.get(state.address) or state  # as it is under the lock
+        if args.regenerate:
+            names = [args.regenerate]
+        else:
+            names = [n for n in KEY_NAMES if n not in (current.outputs.get("key_hashes") or {})]
+            if not names:
+                raise MlinfraError("the keys were shown when they were made, and mlinfra keeps "
+                                   "only their hashes; make a new one with --regenerate "
+                                   "primary (or secondary)")
+        made = issue(session.ctx, current, names)
+    for name, key in made.items():
+        echo(f"{name}: {key}")
+    echo_err("Keep them now: mlinfra stores only their hashes.")
+    return 0
+
+
+def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.providers.local.endpoint.rollout import rollout
+    from mlinfra.state.lock import locked
+
+    steps = [int(s) for s in args.steps.split(",") if s.strip().isdigit()]
+    if not steps or steps[-1] != 100 or steps != sorted(set(steps)) or steps[0] < 1:
+        raise MlinfraError("--steps must rise and end at 100, e.g. 10,50,100")
+    with locked(session.store, session.stack, "endpoints rollout", args.lock_timeout):
+        current = session.store.get(state.address) or state
+        outcome = rollout(session.ctx, current, args.to, steps, args.hold, args.max_error_rate,
+                          args.max_p99_ms, args.min_requests,
+                          log=lambda line: emit(f"{state.address}: {line}", "dim"))
+    if outcome.status == "rolled back":
+        echo_err(f"Rolled back to {json.dumps(outcome.traffic)}: {outcome.why}.")
+        return 1
+    if outcome.status == "stopped":
+        echo_err(f"Stopped, traffic back to {json.dumps(outcome.traffic)}: {outcome.why}.")
+        return 1
+    echo(f"Rollout complete: {outcome.why}. The YAML's traffic is unchanged: set it to "
+         f"{json.dumps(outcome.traffic)} to keep this split, or the next apply restores it.")
+    return 0
+
+
+def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.providers.local.endpoint.client import Unreachable, request
+    from mlinfra.providers.local.endpoint.folders import EndpointFolder
+    from mlinfra.providers.local.endpoint.keys import operator_key
+
     try:
-        request = json.loads(body)
+        body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+    except OSError as err:
+        raise MlinfraError(f"cannot read the request body {args.data}: "
+                           f"{err.strerror or err}") from None
+    try:
+        sent = json.loads(body)
     except ValueError:
         raise MlinfraError(f"{args.data} is not JSON") from None
-    v2 = isinstance(request, dict) and isinstance(request.get("inputs"), list) and all(
-        isinstance(i, dict) and "datatype" in i for i in request["inputs"])
+    v2 = isinstance(sent, dict) and isinstance(sent.get("inputs"), list) and all(
+        isinstance(i, dict) and "datatype" in i for i in sent["inputs"])
     url = state.outputs["url"] + (f"/v2/models/{state.name}/infer" if v2 else "/invocations")
-    key = args.key or endpoints.operator_key(session.ctx, state.name)
+    key = args.key or operator_key(EndpointFolder.of(session.ctx, state.name))
     headers = {"mlinfra-deployment": args.deployment} if args.deployment else {}
     started = time.perf_counter()
-    status, answer, response_headers = endpoints.http_json(url, key, body, headers, timeout=30)
+    try:
+        answer = request(url, key, body, headers, timeout=args.timeout)
+    except Unreachable as err:
+        raise MlinfraError(f"endpoint {state.name}: {err.message}; mlinfra plan shows "
+                           "whether its server needs repair") from None
     elapsed = (time.perf_counter() - started) * 1000
-    echo(json.dumps(answer, indent=2))
-    served = response_headers.get("mlinfra-model", "")
-    echo_err(f"HTTP {status} in {elapsed:.1f} ms" + (f" from {served}" if served else ""))
-    return 0 if status == 200 else 1
+    echo(json.dumps(answer.body, indent=2))
+    served = answer.headers.get("mlinfra-model", "")
+    echo_err(f"HTTP {answer.status} in {elapsed:.1f} ms" + (f" from {served}" if served else ""))
+    return 0 if answer.status == 200 else 1

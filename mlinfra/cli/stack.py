@@ -75,15 +75,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
         the_plan = plan(session, targets=args.target, destroy=args.destroy,
                         do_refresh=args.refresh)
         interrupted = session.store.interrupted_operations()
+        notes = [] if args.json else session.provider.plan_notes(session.ctx)
     finally:
         session.close()
     if args.json:
-        echo(json.dumps(the_plan.to_json(), indent=2))
+        from mlinfra.plan.diff import masked
+
+        echo(json.dumps(masked(the_plan.to_json()), indent=2))
     else:
         for entry in interrupted:
             echo_err(f"Note: an apply (pid {entry.pid}) was interrupted during {entry.action} of "
                  f"{entry.address}; the plan below reconciles it.")
         _print_plan(the_plan)
+        print_lines([(line, "") for line in notes])
     if args.out:
         planfile.save(the_plan, Path(args.out))
         if not args.json:
@@ -144,8 +148,10 @@ def cmd_state(args: argparse.Namespace) -> int:
             if found is None:
                 raise MlinfraError(f"{args.address} is not in the state; "
                                    "mlinfra state list shows what is")
+            from mlinfra.plan.diff import masked
+
             echo(json.dumps({"address": found.address, "kind": found.kind,
-                             "attributes": found.attributes, "outputs": found.outputs,
+                             "attributes": masked(found.attributes), "outputs": found.outputs,
                              "provider_id": found.provider_id,
                              "dependencies": found.dependencies}, indent=2, default=str))
         elif args.state_command == "rm":

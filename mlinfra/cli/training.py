@@ -93,21 +93,13 @@ def _compare(runs: Any, found: list[Any]) -> None:
 
 
 def _cancel(runs: Any, found: list[Any]) -> None:
-    import contextlib
-    import os
-    import signal
-
-    from mlinfra.state.store import HOST
+    from mlinfra.runs.processes import cancel
 
     for run in found:
         if run.status not in ("queued", "running"):
-            raise MlinfraError(f"run {run.id} is {run.status}; only a running run can be "
-                               "canceled")
-        runs.request_cancel(run.id)
-        if run.pid and run.host == HOST:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGTERM)
-        echo(f"Canceling run {run.id}.")
+            raise MlinfraError(f"run {run.id} is {run.status}; only a queued or running run "
+                               "can be canceled")
+        echo(cancel(runs, run))
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -170,7 +162,7 @@ def _change_registry(session: Any, registry: Any, ref: Any, args: argparse.Names
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from mlinfra.data import checks
+    from mlinfra.data.checks import DataChecks
     from mlinfra.providers.local.jobs import Resolver
 
     session = session_for(args, "data validate", write=False)
@@ -181,18 +173,24 @@ def cmd_data(args: argparse.Namespace) -> int:
 
             raise MlinfraError(f"no Data named '{args.name}'"
                                + did_you_mean(args.name, session.config.of("Data")))
-        data = Resolver(session.ctx).data(res, args.name)
+        resolver = Resolver(session.ctx)
+        data = resolver.data(res, args.name)
         expectations = res.spec.get("expectations") or []
         if not expectations:
             echo(f"data {args.name} declares no expectations")
             return 0
-        results = checks.check(data.label, data.path, str(res.spec.get("format", "csv")),
-                               expectations)
+        # What apply found for this content is shown, not checked again.
+        label = (data.label if resolver.versions.find(data.name, data.sha256) is not None
+                 else f"{data.name} (sha256 {data.sha256[:12]}, no version)")
+        record = DataChecks(session.store).check(
+            data.name, data.sha256, data.path, str(res.spec.get("format", "csv")),
+            expectations, label)
     finally:
         session.close()
-    for result in results:
+    for result in record.results:
         emit(f"{'ok  ' if result.success else 'FAIL'} {result.describe()}",
-              "green" if result.success else "bold red")
-    failed = sum(not r.success for r in results)
-    echo(f"\n{data.label}: {len(results) - failed} passed, {failed} failed")
+             "green" if result.success else "bold red")
+    failed = len(record.failures)
+    checked = f"checked {when(record.checked_at)}" + (", recorded" if record.reused else "")
+    echo(f"\n{label}: {len(record.results) - failed} passed, {failed} failed ({checked})")
     return 1 if failed else 0

@@ -1,13 +1,24 @@
-"""A Data asset's expectations, checked with Great Expectations (ephemeral, offline)."""
+"""A Data asset's expectations, checked with Great Expectations (ephemeral, offline).
+
+Every verdict is recorded in the state store by (asset, content sha256, expectations
+digest): the same content is never checked twice against the same expectations, and
+`mlinfra data validate` shows what apply found. Content that fails takes no version.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.state.model import digest
+from mlinfra.state.store import StateStore, upsert
 
 
 @dataclass(frozen=True)
@@ -34,28 +45,44 @@ class DataCheckFailed(MlinfraError):
         self.failures = failures
 
 
-def _read(path: Path, fmt: str) -> Any:
+class DataChanged(MlinfraError):
+    """The file's bytes are not the content the caller meant to check."""
+
+
+def _read(path: Path, fmt: str, sha256: str | None) -> Any:
+    """The data as a DataFrame; a file is read once, from the bytes whose sha256 is
+    checked, so the verdict is about exactly that content."""
     import pandas as pd
 
-    if fmt == "csv":
-        return pd.read_csv(path)
-    if fmt == "jsonl":
-        return pd.read_json(path, lines=True)
-    return pd.read_parquet(path)
+    source: Any = path
+    if path.is_file():
+        raw = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+            raise DataChanged(f"{path} changed while it was being checked: apply again")
+        source = io.BytesIO(raw)
+    try:
+        if fmt == "csv":
+            return pd.read_csv(source)
+        if fmt == "jsonl":
+            return pd.read_json(source, lines=True)
+        return pd.read_parquet(source)
+    except Exception as err:  # pandas and its engines raise many types for bad files
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else repr(err)
+        raise MlinfraError(f"cannot read {path} as {fmt} to check its expectations: "
+                           f"{first}") from None
 
 
-def _class_name(snake: str) -> str:
-    return "".join(part.capitalize() for part in snake.split("_"))
-
-
-def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]]
-          ) -> list[CheckResult]:
-    """Run every expectation on the data; returns one result per expectation."""
+def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]],
+          sha256: str | None = None) -> list[CheckResult]:
+    """Run every expectation on the data; returns one result per expectation. With
+    `sha256`, a file whose bytes are not that content raises DataChanged."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")  # offline: no usage statistics
     import great_expectations as gx
-    import great_expectations.expectations as gxe
+    import great_expectations.expectations
+    from great_expectations.exceptions.exceptions import ExpectationNotFoundError
+    from great_expectations.expectations.registry import get_expectation_impl
 
-    frame = _read(path, fmt)
+    frame = _read(path, fmt, sha256)
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -67,15 +94,17 @@ def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]]
     results = []
     for item in expectations:
         (snake, kwargs), = item.items()
-        cls = getattr(gxe, _class_name(snake), None)
-        if cls is None:
+        try:
+            cls = get_expectation_impl(snake)
+        except ExpectationNotFoundError:
             results.append(CheckResult(snake, kwargs, False, None, None,
                                        ": Great Expectations has no such expectation"))
             continue
         try:
             outcome = batch.validate(cls(**kwargs))
         except Exception as err:  # bad arguments: reported as a failed expectation
-            results.append(CheckResult(snake, kwargs, False, None, None, f": {err}"))
+            results.append(CheckResult(snake, kwargs, False, None, None,
+                                       f": {str(err).strip()[:300]}"))
             continue
         detail = outcome.result or {}
         results.append(CheckResult(snake, kwargs, bool(outcome.success),
@@ -95,7 +124,73 @@ def _exception(outcome: Any) -> str:
     return "failed"
 
 
-def require(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]]) -> None:
-    failures = [r for r in check(name, path, fmt, expectations) if not r.success]
-    if failures:
-        raise DataCheckFailed(name, failures)
+@dataclass(frozen=True)
+class CheckRecord:
+    """The verdict of one asset's expectations on one content."""
+
+    name: str
+    sha256: str
+    passed: bool
+    results: list[CheckResult]
+    checked_at: float
+    reused: bool = False  # read from the record, not checked now
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [r for r in self.results if not r.success]
+
+
+class DataChecks:
+    """Recorded verdicts, in the state store: (asset, content sha256, digest of the
+    expectations and format) -> passed or failed, with every expectation's result."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    @staticmethod
+    def _key(fmt: str, expectations: list[dict[str, Any]]) -> str:
+        return digest({"format": fmt, "expectations": expectations})
+
+    def get(self, name: str, sha256: str, fmt: str, expectations: list[dict[str, Any]]
+            ) -> CheckRecord | None:
+        rows = self.store.query(
+            "SELECT passed, results, checked_at FROM data_checks WHERE name=? AND sha256=? "
+            "AND expectations=?", (name, sha256, self._key(fmt, expectations)))
+        if not rows:
+            return None
+        try:
+            results = [CheckResult(**r) for r in json.loads(rows[0][1])]
+        except (ValueError, TypeError):
+            return None  # a damaged record: checked again
+        return CheckRecord(name, sha256, bool(rows[0][0]), results, float(rows[0][2]),
+                           reused=True)
+
+    def check(self, name: str, sha256: str, path: Path, fmt: str,
+              expectations: list[dict[str, Any]], label: str | None = None) -> CheckRecord:
+        """The recorded verdict for this content, or the expectations run now on `path`
+        (whose bytes must be that content) and recorded."""
+        found = self.get(name, sha256, fmt, expectations)
+        if found is not None:
+            return found
+        results = check(label or name, path, fmt, expectations,
+                        sha256 if path.is_file() else None)
+        record = CheckRecord(name, sha256, all(r.success for r in results), results,
+                             time.time())
+        if self.store.readonly:  # `data validate` reads; the next apply records it
+            return record
+        with self.store.transaction() as cur:
+            cur.execute(upsert("data_checks", ("name", "sha256", "expectations", "passed",
+                                               "results", "checked_at"),
+                               ("name", "sha256", "expectations")),
+                        (name, sha256, self._key(fmt, expectations), int(record.passed),
+                         json.dumps([asdict(r) for r in results], default=str),
+                         record.checked_at))
+        return record
+
+    def require(self, name: str, sha256: str, path: Path, fmt: str,
+                expectations: list[dict[str, Any]], label: str | None = None) -> CheckRecord:
+        """As `check`; raises DataCheckFailed (naming `label`) when an expectation fails."""
+        record = self.check(name, sha256, path, fmt, expectations, label)
+        if not record.passed:
+            raise DataCheckFailed(label or name, record.failures)
+        return record

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -104,19 +105,23 @@ class DataVersions:
 
 
 def describe(path: Path, fmt: str) -> dict[str, Any]:
-    """Size, and for csv / jsonl files the rows and columns, without loading them."""
+    """Size, and for csv / jsonl files the rows and columns, without loading them. A csv
+    file is read as csv (a quoted field may hold a comma or a line break)."""
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.is_file()]
         return {"bytes": sum(p.stat().st_size for p in files), "files": len(files)}
     meta: dict[str, Any] = {"bytes": path.stat().st_size}
-    if fmt in ("csv", "jsonl"):
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            records = (row for row in csv.reader(f) if any(cell.strip() for cell in row))
+            try:
+                header = next(records, None)
+                meta["columns"] = [c.strip() for c in header] if header else []
+                meta["rows"] = sum(1 for _ in records)
+            except csv.Error as err:  # describing is a courtesy: the checks judge the data
+                meta.pop("columns", None)
+                meta["unreadable"] = f"not read as csv: {err}"
+    elif fmt == "jsonl":
         with open(path, "rb") as f:
-            first = f.readline()
-            lines = (1 if first.strip() else 0) + sum(1 for line in f if line.strip())
-        if fmt == "csv":
-            meta["columns"] = [c.strip() for c in first.decode("utf-8", "replace")
-                               .strip().split(",")] if first.strip() else []
-            meta["rows"] = max(lines - 1, 0)
-        else:
-            meta["rows"] = lines
+            meta["rows"] = sum(1 for line in f if line.strip())
     return meta

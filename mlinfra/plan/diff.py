@@ -17,9 +17,8 @@ from mlinfra.plan.model import (
     Observed,
     Plan,
 )
+from mlinfra.spec.sensitive import SECRET_PREFIX
 from mlinfra.state.model import ResourceState, StateVersion
-
-SECRET_PREFIX = "sensitive:"
 
 
 class PlanError(MlinfraError):
@@ -37,6 +36,19 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
+def masked(value: Any) -> Any:
+    """`value` with each sensitive hash (a string, or an item of a list or mapping) shown
+    as (sensitive): what people and CI logs see of a plan or a state. A saved plan keeps
+    the hashes, which apply stores."""
+    if isinstance(value, dict):
+        return {k: masked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked(v) for v in value]
+    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
+        return SENSITIVE
+    return value
+
+
 def field_changes(before: dict[str, Any], after: dict[str, Any],
                   replace_fields: frozenset[str]) -> list[FieldChange]:
     flat_before, flat_after = flatten(before), flatten(after)
@@ -46,10 +58,10 @@ def field_changes(before: dict[str, Any], after: dict[str, Any],
         if old == new:
             continue
         top = path.split(".", 1)[0]
-        sensitive = any(isinstance(v, str) and v.startswith(SECRET_PREFIX) for v in (old, new))
-        changes.append(FieldChange(path, SENSITIVE if sensitive and old is not None else old,
-                                   SENSITIVE if sensitive and new is not None else new,
-                                   top in replace_fields, sensitive))
+        shown_old, shown_new = masked(old), masked(new)
+        sensitive = (shown_old, shown_new) != (old, new)
+        changes.append(FieldChange(path, shown_old, shown_new, top in replace_fields,
+                                   sensitive))
     return changes
 
 

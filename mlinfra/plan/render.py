@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mlinfra.plan.diff import SECRET_PREFIX, flatten
+from mlinfra.plan.diff import flatten, masked
 from mlinfra.plan.model import SENSITIVE, Action, Change, Plan
 
 # (line, style) pairs: the CLI colours them; tests read the text.
@@ -16,8 +16,7 @@ STYLES = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.REPLACE: "mage
 
 
 def _value(value: Any) -> str:
-    if isinstance(value, str) and value.startswith(SECRET_PREFIX):
-        return SENSITIVE
+    value = masked(value)
     if value == SENSITIVE:
         return SENSITIVE
     if value is None:
@@ -28,8 +27,9 @@ def _value(value: Any) -> str:
 def _change_lines(change: Change) -> list[Line]:
     style = STYLES[change.action]
     verb = f"be {change.action.verb}"
-    if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE):
-        verb = "run"  # creating or updating a job is running it
+    if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE) \
+            and {"run_hash", "steps_resolved"} & set(change.after or {}):
+        verb = "run"  # creating or updating it runs it (a job used as a step does not)
     header = f"  # {change.address} will {verb}"
     lines: list[Line] = [(header, "bold")]
     if change.action is not Action.CREATE or change.reason != "new resource":

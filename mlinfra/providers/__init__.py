@@ -10,5 +10,12 @@ def get_provider(name: str) -> Provider:
         from mlinfra.providers.local import LocalProvider
 
         return LocalProvider()
-    raise MlinfraError(f"provider '{name}' is not available yet; use a stack with "
-                       "provider: local")
+    if name == "docker":
+        from mlinfra.providers.pulumi_docker import DockerProvider
+
+        return DockerProvider()
+    if name == "kubernetes":
+        from mlinfra.providers.pulumi_kubernetes import KubernetesProvider
+
+        return KubernetesProvider()
+    raise MlinfraError(f"provider '{name}' is not available; use local, docker or kubernetes")

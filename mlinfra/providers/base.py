@@ -7,15 +7,16 @@ deletes. Handlers never touch the state: the engine records what they return.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from mlinfra import cache_dir as cache_dir  # re-exported: handlers import it from here
 from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
-from mlinfra.spec.model import INTERPOLATION, Config, Resource
+from mlinfra.spec import sensitive
+from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import StateStore
 
@@ -49,13 +50,6 @@ class Applied(Record):
     def __init__(self, outputs: dict[str, Any] | None = None, provider_id: str = "") -> None:
         self.outputs = outputs if outputs is not None else {}
         self.provider_id = provider_id
-
-
-def cache_dir() -> Path:
-    """Where content-addressed things shared between projects live (environments)."""
-    base = os.environ.get("MLINFRA_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "mlinfra")
-    return Path(base)
 
 
 class Context:
@@ -92,16 +86,14 @@ class Context:
         return self.config.root
 
     def resolve_secrets(self, value: Any) -> Any:
-        """Replace ${secret.X} with the environment's value (only at apply time)."""
-        if isinstance(value, dict):
-            return {k: self.resolve_secrets(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve_secrets(v) for v in value]
-        if isinstance(value, str) and "${secret." in value:
-            return INTERPOLATION.sub(
-                lambda m: os.environ.get(m.group(2)[1:], "") if m.group(1) == "secret"
-                else m.group(0), value)
-        return value
+        """`value` with ${secret.X} and sensitive ${var.X} filled in: only for what is
+        handed to a process at apply time, never for what is kept."""
+        return sensitive.resolve(value, self.config.sensitive)
+
+    def secret_environment(self, value: Any) -> dict[str, str]:
+        """The environment variables (MLINFRA_SECRET_X...) through which a process
+        expands the sensitive references in `value` itself."""
+        return sensitive.environment(value, self.config.sensitive)
 
 
 class Handler(Protocol):
@@ -124,9 +116,15 @@ class Handler(Protocol):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         ...
 
+    def abandoned(self, name: str, ctx: Context) -> None:
+        """A create of resource `name` was interrupted before the state recorded it:
+        remove what it may have left running."""
+        ...
+
 
 class BaseHandler:
-    """Defaults: no facts, always present, update = create again, nothing to delete."""
+    """Defaults: no facts, always present, update = create again, nothing to delete or
+    clean up."""
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         return {}
@@ -141,6 +139,9 @@ class BaseHandler:
         return self.create(change, ctx)
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
+        return None
+
+    def abandoned(self, name: str, ctx: Context) -> None:
         return None
 
 
@@ -159,6 +160,14 @@ class Provider:
 
     def cancel(self) -> None:
         """Stop long operations under way (Ctrl-C during apply)."""
+
+    def prepare(self, config: Config, command: str) -> None:
+        """Refuse `command` before the state is opened when something the provider needs
+        is missing (the Pulumi CLI): an MlinfraError saying what and how to fix it."""
+
+    def plan_notes(self, ctx: Context) -> list[str]:
+        """Lines shown under a plan (what a Pulumi preview would change)."""
+        return []
 
     def find(self, kind: str) -> Handler | None:
         found = self.handlers.get(kind)

@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from mlinfra.data.versions import file_sha256
 from mlinfra.errors import MlinfraError
@@ -80,6 +81,30 @@ class ArtifactStore:
     def exists(self, sha: str) -> bool:
         return self._blob(sha).exists()
 
+    def present(self, sha: str) -> bool:
+        """Whether the blob, and for a folder every file it lists, exists: what refresh
+        checks on every plan, without hashing (`intact` hashes)."""
+        blob = self._blob(sha)
+        if not blob.is_file():
+            return False
+        try:
+            manifest = _manifest(blob, sha)
+        except ArtifactCorrupted:
+            return False
+        return manifest is None or all(self._blob(f).is_file() for f in manifest.values())
+
+    def intact(self, sha: str) -> bool:
+        """Whether the artifact can be read back whole: its blob, and for a folder every
+        file its manifest lists, present with the right sha256. Reads them all."""
+        blob = self._blob(sha)
+        if not blob.is_file() or file_sha256(blob) != sha:
+            return False
+        try:
+            manifest = _manifest(blob, sha)
+        except ArtifactCorrupted:
+            return False
+        return manifest is None or all(self.intact(file_sha) for file_sha in manifest.values())
+
     def path(self, sha: str, verify: bool = True) -> Path:
         """The stored file of `sha`, checked against its hash."""
         blob = self._blob(sha)
@@ -91,27 +116,69 @@ class ArtifactStore:
         return blob
 
     def materialize(self, sha: str, dest: Path) -> Path:
-        """Copy the artifact (file or folder) to `dest`, verified."""
+        """Copy the artifact (file or folder) to `dest`, verified; the copied files are
+        read-only (0444): a copy is a record of what a run read, not a scratch file."""
         blob = self.path(sha)
-        manifest = _manifest(blob)
+        manifest = _manifest(blob, sha)
         if manifest is None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(blob, dest)
+            dest.chmod(_READ_ONLY)
             return dest
         for rel, file_sha in manifest.items():
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.path(file_sha), target)
+            target.chmod(_READ_ONLY)
         return dest
 
+    def is_copy(self, sha: str, path: Path) -> bool:
+        """Whether `path` holds exactly the artifact `sha` (every file hashed), as
+        `materialize` wrote it."""
+        blob = self.path(sha, verify=False)
+        manifest = _manifest(blob, sha)
+        if manifest is None:
+            return path.is_file() and not path.is_symlink() and file_sha256(path) == sha
+        if not path.is_dir() or path.is_symlink():
+            return False
+        found = {}
+        for folder, _, files in os.walk(path):
+            for name in files:
+                file = Path(folder) / name
+                if file.is_symlink():
+                    return False
+                found[file.relative_to(path).as_posix()] = file
+        return found.keys() == manifest.keys() and all(
+            file_sha256(found[rel]) == file_sha for rel, file_sha in manifest.items())
 
-def _manifest(blob: Path) -> dict[str, str] | None:
+
+_READ_ONLY = 0o444
+_MANIFEST_START = b'{"manifest": '  # how `put` writes every manifest
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _manifest(blob: Path, sha: str) -> dict[str, str] | None:
+    """A folder artifact's manifest, or None for a file. A manifest whose paths would
+    leave the folder (absolute, `..`) or whose hashes are not sha256 is refused."""
     if blob.stat().st_size > 10_000_000:
         return None
+    with open(blob, "rb") as f:
+        if f.read(len(_MANIFEST_START)) != _MANIFEST_START:
+            return None  # a file (a model, data): not read further
     try:
         data = json.loads(blob.read_bytes())
     except (ValueError, UnicodeDecodeError):
         return None
-    if isinstance(data, dict) and set(data) == {"manifest"}:
-        return dict(data["manifest"])
-    return None
+    if not (isinstance(data, dict) and set(data) == {"manifest"}):
+        return None
+    manifest = data["manifest"]
+    if not isinstance(manifest, dict):
+        raise ArtifactCorrupted(f"artifact {sha[:12]} is a folder manifest that is not a map")
+    for rel, file_sha in manifest.items():
+        parts = PurePosixPath(rel).parts
+        if not parts or rel.startswith("/") or ".." in parts or (
+                not isinstance(file_sha, str) or not _SHA256.fullmatch(file_sha)):
+            raise ArtifactCorrupted(f"artifact {sha[:12]} is a folder manifest naming "
+                                    f"{rel!r}, outside its folder or not a stored file: "
+                                    "refused")
+    return dict(manifest)

@@ -18,9 +18,11 @@ from typing import IO, Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
-from mlinfra.runs.snapshot import git_info, snapshot
+from mlinfra.runs.processes import started_at, this_process
+from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
+from mlinfra.spec.sensitive import shell_word
 from mlinfra.state.store import HOST
 
 HELPER_DIR = Path(__file__).parent / "helper"
@@ -58,6 +60,7 @@ class JobSpec:
     pipeline: str | None = None
     step: str | None = None
     parent: str | None = None
+    code_digest: str | None = None  # what the run hash covers; the snapshot must match it
 
 
 def new_run_id(job: str) -> str:
@@ -65,7 +68,9 @@ def new_run_id(job: str) -> str:
 
 
 def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
-    """Fill ${inputs.X}, ${outputs.X} and ${params.X}, quoted for the shell."""
+    """Fill ${inputs.X}, ${outputs.X} and ${params.X}, quoted for the shell. A secret
+    (in the command or a param) becomes `"${MLINFRA_SECRET_X}"`: the shell expands it
+    from the run's environment, and the command recorded holds no value."""
 
     def fill(match: Any) -> str:
         namespace, key = match.group(1), match.group(2)[1:]
@@ -74,7 +79,9 @@ def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
         if namespace == "outputs" and key in spec.outputs:
             return shlex.quote(str(out_dir / spec.outputs[key]))
         if namespace == "params" and key in spec.params:
-            return shlex.quote(str(spec.params[key]))
+            return shell_word(str(spec.params[key]))
+        if namespace in ("secret", "var"):
+            return shell_word(str(match.group(0)))
         return str(match.group(0))
 
     return INTERPOLATION.sub(fill, command)
@@ -136,13 +143,27 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
     run = Run(id=new_run_id(spec.job), job=spec.job, experiment=spec.experiment,
               run_hash=spec.run_hash, pipeline=spec.pipeline, step=spec.step,
               parent=spec.parent, params=dict(spec.params), inputs=dict(spec.input_versions),
-              environment={"venv": str(spec.venv) if spec.venv else None})
+              environment={"venv": str(spec.venv) if spec.venv else None}, host=HOST)
+    run.owner_pid, run.owner_started = this_process()
     run_dir = runs_root / run.id
     work, out_dir = run_dir / "code", run_dir / "outputs"
     out_dir.mkdir(parents=True)
     run.run_dir = str(run_dir)
     runs.save(run)
-    snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+    escaping = [f"{name} ({file})" for name, file in spec.outputs.items()
+                if not _inside(out_dir / file, out_dir)]
+    refused = f"output {', '.join(escaping)} is outside the run's folder" if escaping else ""
+    try:
+        if not refused:
+            copied = snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
+            if spec.code_digest is not None and copied != spec.code_digest:
+                refused = "its code changed since the plan: plan again"
+    except CodeRefused as err:
+        refused = err.message
+    if refused:
+        run.status, run.error, run.ended_at = "failed", refused, time.time()
+        runs.save(run)
+        raise RunFailed(run, f"run {run.id} failed: {refused}")
     run.git = git_info(spec.root)
     run.command = substitute(spec.command, spec, out_dir)
     env = {**os.environ, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
@@ -160,7 +181,7 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         with _RUNNING_LOCK:
             _RUNNING[run.id] = proc
-        run.status, run.pid, run.host = "running", proc.pid, HOST
+        run.status, run.pid, run.pid_started = "running", proc.pid, started_at(proc.pid)
         runs.save(run)
         assert proc.stdout is not None
         pump = threading.Thread(target=_pump, args=(proc.stdout, log, on_line), daemon=True)
@@ -193,6 +214,12 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         raise RunFailed(run, f"run {run.id} {run.status}: {run.error}\n"
                         + log_tail(run_dir / "output.log"))
     return run
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` stays in `folder` once `..` and links are resolved."""
+    real, top = path.resolve(), folder.resolve()
+    return real != top and top in real.parents
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:

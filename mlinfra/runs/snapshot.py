@@ -3,7 +3,6 @@ digest (part of the job's input hash), a zip snapshot per run, and the Git state
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import shutil
@@ -12,40 +11,72 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from mlinfra.data.versions import file_sha256
+from mlinfra.errors import MlinfraError
+from mlinfra.spec.ignore import IgnoreRules
+
 ALWAYS_SKIPPED = {".git", ".mlinfra", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache",
                   "node_modules"}
+IGNORE_FILES = (".gitignore", ".mlinfraignore")
 
 
-def _patterns(*folders: Path) -> list[str]:
-    patterns: list[str] = []
-    for folder in folders:
-        for name in (".gitignore", ".mlinfraignore"):
-            path = folder / name
-            if path.is_file():
-                for line in path.read_text(errors="replace").splitlines():
-                    line = line.strip()
-                    if line and not line.startswith(("#", "!")):
-                        patterns.append(line.strip("/"))
-    return patterns
-
-
-def _ignored(rel: str, patterns: list[str]) -> bool:
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts)
-               for p in patterns)
+class CodeRefused(MlinfraError):
+    """A job's code holds what cannot go into its snapshot (a link out of the project)."""
 
 
 def code_files(code: Path, root: Path) -> Iterator[tuple[str, Path]]:
-    """(relative path, file) for every file of the job's code, in a stable order."""
-    patterns = _patterns(root, code) if code != root else _patterns(root)
-    for folder, dirs, files in os.walk(code):
-        rel_folder = os.path.relpath(folder, code)
-        dirs[:] = sorted(d for d in dirs if d not in ALWAYS_SKIPPED and not _ignored(
-            os.path.normpath(os.path.join(rel_folder, d)), patterns))
-        for name in sorted(files):
-            rel = os.path.normpath(os.path.join(rel_folder, name))
-            if not _ignored(rel, patterns):
-                yield rel, Path(folder) / name
+    """(relative path, file) for every file of the job's code, in a stable order: a
+    folder's files by name, then its subfolders by name.
+
+    Ignore files are read as Git reads them (see mlinfra.spec.ignore). A symbolic link
+    that stays inside the project is followed: the snapshot holds the content it points
+    at, so the run's copy stands alone. A link that leads out of the project, that is
+    broken, or that loops back to a folder above it is refused (CodeRefused)."""
+    top = root.resolve()
+    rules = IgnoreRules(root, IGNORE_FILES)
+    base = Path(os.path.relpath(code, root)).as_posix()
+    if not _inside(code.resolve(), top):
+        raise CodeRefused(f"code {base} leads outside the project ({code.resolve()})")
+    yield from _walk(code, "", base, top, rules, (code.resolve(),))
+
+
+def _inside(path: Path, top: Path) -> bool:
+    return path == top or top in path.parents
+
+
+def _walk(folder: Path, rel: str, base: str, top: Path, rules: IgnoreRules,
+          above: tuple[Path, ...]) -> Iterator[tuple[str, Path]]:
+    entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    files: list[tuple[str, Path]] = []
+    folders: list[tuple[str, Path, Path]] = []
+    for entry in entries:
+        if entry.name in ALWAYS_SKIPPED:
+            continue
+        child = f"{rel}/{entry.name}" if rel else entry.name
+        in_root = child if base == "." else f"{base}/{child}"
+        path = Path(entry.path)
+        is_dir = entry.is_dir()  # follows a link
+        if rules.ignored(in_root, is_dir):
+            continue
+        real = path.resolve() if entry.is_symlink() else None
+        if real is not None:
+            target = os.readlink(path)
+            if not _inside(real, top):
+                raise CodeRefused(f"{in_root} is a symbolic link to {target}, outside the "
+                                  "project: copy what it points at into the project, or "
+                                  "list the link in .mlinfraignore")
+            if not real.exists():
+                raise CodeRefused(f"{in_root} is a broken symbolic link (to {target})")
+        if is_dir:
+            if real is not None and any(real == a or real in a.parents for a in above):
+                raise CodeRefused(f"{in_root} is a symbolic link to {os.readlink(path)}, a "
+                                  "folder that holds it: the code would never end")
+            folders.append((child, path, real or path.resolve()))
+        elif entry.is_file():
+            files.append((child, path))
+    yield from files
+    for child, path, real in folders:
+        yield from _walk(path, child, base, top, rules, (*above, real))
 
 
 def code_digest(code: Path, root: Path, file_hash: Callable[[Path], str]) -> str:
@@ -55,16 +86,20 @@ def code_digest(code: Path, root: Path, file_hash: Callable[[Path], str]) -> str
     return digest.hexdigest()
 
 
-def snapshot(code: Path, root: Path, workdir: Path, archive: Path) -> None:
+def snapshot(code: Path, root: Path, workdir: Path, archive: Path) -> str:
     """Copy the code into `workdir` (the run's working folder) and zip that copy, so
-    the run neither sees nor records edits made while it runs."""
+    the run neither sees nor records edits made while it runs. Returns the copy's
+    digest (as code_digest computes it), from the bytes copied."""
     workdir.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for rel, path in code_files(code, root):
             target = workdir / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
             zf.write(target, rel)
+            digest.update(f"{rel}\0{file_sha256(target)}\n".encode())
+    return digest.hexdigest()
 
 
 def git_info(root: Path) -> dict[str, Any]:

@@ -13,7 +13,9 @@ _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
             "created_at", "started_at", "ended_at", "exit_code", "pid", "host", "command",
             "params", "inputs", "outputs", "git", "environment", "run_dir", "error",
-            "reused_from", "cancel_requested")
+            "reused_from", "cancel_requested", "pid_started", "owner_pid", "owner_started")
+_SELECT = ", ".join(_COLUMNS)
+# Columns added after the first release: a state made before has the table without them.
 
 
 @dataclass
@@ -45,6 +47,11 @@ class Run:
     error: str = ""
     reused_from: str | None = None
     cancel_requested: int = 0
+    # The process' start time beside its pid, and the mlinfra that runs it (pid, start
+    # time): a pid the system reused is never taken for the run's (runs.processes).
+    pid_started: float | None = None
+    owner_pid: int | None = None
+    owner_started: float | None = None
 
     @property
     def duration(self) -> float | None:
@@ -54,6 +61,8 @@ class Run:
 
 
 class RunStore:
+    """The runs table and its metrics and logged params."""
+
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
@@ -64,26 +73,39 @@ class RunStore:
             cur.execute(upsert("runs", _COLUMNS, ("id",)), values)
 
     def get(self, run_id: str) -> Run | None:
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id=?",
-                                (run_id,))
+        rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id=?", (run_id,))
         return _run(rows[0]) if rows else None
 
     def find(self, prefix: str) -> Run | None:
         """A run by its id or a unique prefix of it."""
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE id LIKE ? "
+        rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id LIKE ? "
                                 "ORDER BY created_at DESC", (prefix.replace("%", "") + "%",))
         return _run(rows[0]) if len(rows) == 1 else (self.get(prefix) if rows else None)
 
-    def completed(self, job: str, run_hash: str) -> Run | None:
-        """The newest completed run of `job` with these inputs, if any."""
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs WHERE job=? AND "
-                                "run_hash=? AND status='completed' ORDER BY created_at DESC "
-                                "LIMIT 1", (job, run_hash))
-        return _run(rows[0]) if rows else None
+    def completed(self, job: str, run_hash: str) -> list[Run]:
+        """The completed runs of `job` with these inputs, newest first."""
+        rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE job=? AND "
+                                "run_hash=? AND status='completed' ORDER BY created_at DESC",
+                                (job, run_hash))
+        return [_run(row) for row in rows]
+
+    def unfinished(self) -> list[Run]:
+        """Runs marked queued or running, oldest first."""
+        rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE status IN "
+                                "('queued', 'running') ORDER BY created_at")
+        return [_run(row) for row in rows]
+
+    def end_unfinished(self, run_id: str, status: str, error: str) -> bool:
+        """Mark a run that is still queued or running as ended; False when it had ended
+        meanwhile (its own mlinfra recorded it)."""
+        with self.store.transaction() as cur:
+            cur.execute("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=? AND "
+                        "status IN ('queued', 'running')", (status, error, time.time(), run_id))
+            return cur.rowcount == 1
 
     def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
         where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())
-        rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM runs {where} "
+        rows = self.store.query(f"SELECT {_SELECT} FROM runs {where} "
                                 "ORDER BY created_at DESC LIMIT ?", (*args, limit))
         return [_run(r) for r in rows]
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlinfra.serving import status
 from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.protocol import (
     ONNX_TO_V2,
@@ -55,7 +56,8 @@ class EndpointApp:
         self.metrics = Metrics()
         self.captures = Captures()
         self.error = ""
-        self._mtime = 0
+        self.error_generation: int | None = None
+        self._version = (0, 0)  # (inode, mtime) of the config file this worker last read
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         config = read_config(config_path)
@@ -65,9 +67,16 @@ class EndpointApp:
     # --- lifecycle ------------------------------------------------------------------
 
     async def _startup(self) -> None:
-        self._mtime = self.config_path.stat().st_mtime_ns
-        self.table = await asyncio.to_thread(build, read_config(self.config_path))
+        self._version = _file_version(self.config_path)
         self.status_dir.mkdir(parents=True, exist_ok=True)
+        config = read_config(self.config_path)
+        try:
+            self.table = await asyncio.to_thread(build, config)
+        except Exception as err:  # reported for the generation that caused it, then fatal
+            self.error, self.error_generation = f"{type(err).__name__}: {err}", \
+                config.get("generation")
+            self._write_status()
+            raise
         self._write_status()
         self._tasks = [asyncio.create_task(self._watch()), asyncio.create_task(self._report())]
 
@@ -75,12 +84,13 @@ class EndpointApp:
         while True:
             await asyncio.sleep(_RELOAD_S)
             try:
-                mtime = self.config_path.stat().st_mtime_ns
+                version = _file_version(self.config_path)
             except OSError:
                 continue
-            if mtime == self._mtime:
+            if version == self._version:
                 continue
-            self._mtime = mtime
+            self._version = version
+            config: dict[str, Any] = {}
             try:
                 config = read_config(self.config_path)
                 if self.table is not None and config["generation"] == self.table.generation:
@@ -88,9 +98,10 @@ class EndpointApp:
                 new = await asyncio.to_thread(build, config, self.table)
             except Exception as err:  # a bad new config keeps the current table serving
                 self.error = f"{type(err).__name__}: {err}"
+                self.error_generation = config.get("generation")
                 self._write_status()
                 continue
-            old, self.table, self.error = self.table, new, ""
+            old, self.table, self.error, self.error_generation = self.table, new, "", None
             self._write_status()
             if old is not None:
                 for deployment in retired(old, new):
@@ -122,13 +133,8 @@ class EndpointApp:
                 sizes, deployment.batcher.batch_sizes = deployment.batcher.batch_sizes, []
                 if sizes:
                     self.metrics.observe_batches(deployment.name, sizes)
-        status = {"pid": os.getpid(), "generation": table.generation if table else None,
-                  "error": self.error, "at": time.time(), "stats": self.metrics.summary()}
-        path = self.status_dir / f"{os.getpid()}.json"
-        tmp = path.with_suffix(".tmp")
-        with contextlib.suppress(OSError):
-            tmp.write_bytes(orjson.dumps(status))
-            os.replace(tmp, path)
+        status.write(self.status_dir, status.report(table, self.error, self.error_generation,
+                                                    self.metrics))
 
     # --- ASGI -----------------------------------------------------------------------
 
@@ -299,6 +305,12 @@ class EndpointApp:
         except Exception:
             outcome = "error"
         self.metrics.mirror[(shadow.name, outcome)] += 1
+
+
+def _file_version(path: Path) -> tuple[int, int]:
+    """A new config replaces the file (a new inode), even within one mtime tick."""
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
 
 
 async def _read_body(receive: Any, headers: dict[bytes, bytes], limit: int) -> bytes:

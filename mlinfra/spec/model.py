@@ -62,8 +62,8 @@ class Ref(NamedTuple):
 class Resource(Record):
     """One document of the project: a kind, a unique name within it, and its fields.
 
-    `spec` holds the document after variables are filled in; `${secret.X}` stays
-    as written until apply time.
+    `spec` holds the document after variables are filled in; `${secret.X}` and a
+    sensitive `${var.X}` stay as written (see spec.sensitive).
     """
 
     __slots__ = ("kind", "name", "spec", "file", "doc", "address")
@@ -96,14 +96,20 @@ class Stack(Record):
 
 
 class Config(Record):
-    """A loaded and valid project: every resource, by kind then name."""
+    """A loaded and valid project: every resource, by kind then name.
 
-    __slots__ = ("root", "name", "stack", "resources", "files")
+    `sensitive` holds the values of the variables declared `sensitive: true`; specs keep
+    `${var.NAME}` for them, as for secrets, and only a process that needs one gets it.
+    """
+
+    __slots__ = ("root", "name", "stack", "resources", "files", "sensitive")
 
     def __init__(self, root: Path, name: str, stack: Stack,
-                 resources: dict[str, dict[str, Resource]], files: list[str]) -> None:
+                 resources: dict[str, dict[str, Resource]], files: list[str],
+                 sensitive: dict[str, Any] | None = None) -> None:
         self.root, self.name, self.stack = root, name, stack
         self.resources, self.files = resources, files
+        self.sensitive = sensitive if sensitive is not None else {}
 
     def all(self) -> list[Resource]:
         return [r for by_name in self.resources.values() for r in by_name.values()]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,9 @@ from typing import Any
 
 from mlinfra import __version__
 from mlinfra.errors import ConfigurationError, Diagnostic, MlinfraError, ProjectNotFound
+from mlinfra.spec import sensitive
+from mlinfra.spec.expectations import installed_version
+from mlinfra.spec.ignore import IgnoreRules
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
@@ -41,42 +43,32 @@ def find_root(start: Path) -> Path:
         "create a project, or pass -C DIR")
 
 
-def _ignore_patterns(root: Path) -> list[str]:
-    path = root / IGNORE_FILE
-    if not path.is_file():
-        return []
-    lines = (line.strip() for line in path.read_text().splitlines())
-    return [line.rstrip("/") for line in lines if line and not line.startswith("#")]
-
-
-def ignored(rel: str, patterns: list[str]) -> bool:
-    """gitignore-like: a pattern matches the path or any of its parts."""
-    parts = rel.split("/")
-    return any(fnmatch.fnmatch(rel, p) or any(fnmatch.fnmatch(part, p) for part in parts)
-               for p in patterns)
-
-
 def yaml_files(root: Path) -> Iterator[Path]:
-    """Every *.yaml / *.yml under root, but stacks/, .mlinfra/ and hidden folders."""
-    patterns = _ignore_patterns(root)
+    """Every *.yaml / *.yml under root, but stacks/, .mlinfra/, hidden folders and what
+    .mlinfraignore files list (read as Git reads .gitignore: mlinfra.spec.ignore)."""
+    rules = IgnoreRules(root, (IGNORE_FILE,))
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root)
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.startswith(".")
-                         and not ignored(os.path.normpath(os.path.join(rel_folder, d)),
-                                         patterns))
+                         and not rules.ignored(_join(rel_folder, d), is_dir=True))
         for name in sorted(files):
-            if name.endswith((".yaml", ".yml")):
-                rel = os.path.normpath(os.path.join(rel_folder, name))
-                if not ignored(rel, patterns):
-                    yield Path(folder) / name
+            if name.endswith((".yaml", ".yml")) and not rules.ignored(_join(rel_folder, name)):
+                yield Path(folder) / name
+
+
+def _join(folder: str, name: str) -> str:
+    return name if folder == "." else f"{folder}/{name}"
 
 
 def checks_fingerprint() -> str:
     """What a document's schema verdict depends on besides its text: this mlinfra's
-    schemas and the code that checks them."""
+    schemas and the code that checks them, and the Great Expectations version whose
+    expectations a Data's are checked against."""
     here = Path(__file__).parent
-    return ",".join([__version__, *(str(os.stat(here / name).st_mtime_ns)
-                                    for name in ("schemas.py", "fastcheck.py", "validate.py"))])
+    return ",".join([__version__, str(installed_version()),
+                     *(str(os.stat(here / name).st_mtime_ns)
+                       for name in ("schemas.py", "fastcheck.py", "validate.py",
+                                    "expectations.py"))])
 
 
 class Loader:
@@ -164,35 +156,54 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
                  settings=settings, file=yf.rel, artifacts=doc.get("artifacts"))
 
 
-def _substitute(loader: Loader, res_file: str, doc: int, obj: Any, path: Path_,
-                variables: dict[str, Any], label: str) -> Any:
-    """Fill ${var.X} in every string of obj; report unknown variables and namespaces."""
+class _Substitution:
+    """What filling in one document needs: its place, the variables, and which of them
+    are sensitive (those stay references, like secrets)."""
+
+    def __init__(self, loader: Loader, res: Resource, variables: dict[str, Any],
+                 sensitive: set[str]) -> None:
+        self.loader, self.res = loader, res
+        self.variables, self.sensitive = variables, sensitive
+
+    def problem(self, message: str, path: Path_) -> None:
+        self.loader.problems.append(Problem(self.res.file, message, self.res.doc, path,
+                                            self.res.label))
+
+
+def _substitute(sub: _Substitution, obj: Any, path: Path_) -> Any:
+    """Fill ${var.X} in every string of obj; report unknown variables and namespaces,
+    and sensitive values used where they would be recorded."""
     if isinstance(obj, dict):
-        return {k: _substitute(loader, res_file, doc, v, (*path, k), variables, label)
-                for k, v in obj.items()}
+        return {k: _substitute(sub, v, (*path, k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_substitute(loader, res_file, doc, v, (*path, i), variables, label)
-                for i, v in enumerate(obj)]
+        return [_substitute(sub, v, (*path, i)) for i, v in enumerate(obj)]
     if not isinstance(obj, str) or "${" not in obj:
         return obj
+    variables = sub.variables
     for match in INTERPOLATION.finditer(obj):
         namespace, rest = match.group(1), match.group(2)
         if namespace not in NAMESPACES:
-            loader.problems.append(Problem(
-                res_file, f"unknown interpolation '${{{namespace}{rest}}}': use one of "
-                + ", ".join(f"${{{n}.…}}" for n in sorted(NAMESPACES))
-                + did_you_mean(namespace, NAMESPACES), doc, path, label))
+            sub.problem(f"unknown interpolation '${{{namespace}{rest}}}': use one of "
+                        + ", ".join(f"${{{n}.…}}" for n in sorted(NAMESPACES))
+                        + did_you_mean(namespace, NAMESPACES), path)
         elif namespace == "var" and rest[1:] not in variables:
-            loader.problems.append(Problem(
-                res_file, f"variable '{rest[1:]}' is not set by the stack nor declared with "
-                "a default" + did_you_mean(rest[1:], variables), doc, path, label))
+            sub.problem(f"variable '{rest[1:]}' is not set by the stack nor declared with "
+                        "a default" + did_you_mean(rest[1:], variables), path)
+        elif ((namespace == "secret" or (namespace == "var" and rest[1:] in sub.sensitive))
+              and not sensitive.allowed(sub.res.kind, path)):
+            what = (f"secret '{rest[1:]}'" if namespace == "secret" else
+                    f"variable '{rest[1:]}' is sensitive: it")
+            sub.problem(f"{what} can be used only in {sensitive.ALLOWED_TEXT} (whose values "
+                        "go to a process, never into state, plans or runs)", path)
     whole = INTERPOLATION.fullmatch(obj)
-    if whole and whole.group(1) == "var" and whole.group(2)[1:] in variables:
+    if (whole and whole.group(1) == "var" and whole.group(2)[1:] in variables
+            and whole.group(2)[1:] not in sub.sensitive):
         return variables[whole.group(2)[1:]]  # keeps the variable's type
 
     def fill(match: Any) -> str:
-        if match.group(1) == "var" and match.group(2)[1:] in variables:
-            return str(variables[match.group(2)[1:]])
+        name = match.group(2)[1:]
+        if match.group(1) == "var" and name in variables and name not in sub.sensitive:
+            return str(variables[name])
         return str(match.group(0))
 
     return INTERPOLATION.sub(fill, obj)
@@ -209,9 +220,12 @@ def load(start: Path, stack: str | None = None) -> Config:
     default_stack = str(project.get("default_stack") or "dev")
     stack_cfg = _load_stack(loader, root, stack, default_stack)
     variables: dict[str, Any] = {}
+    sensitive_names: set[str] = set()
     for var_name, decl in (project.get("variables") or {}).items():
         if isinstance(decl, dict) and "default" in decl:
             variables[var_name] = decl["default"]
+        if isinstance(decl, dict) and decl.get("sensitive") is True:
+            sensitive_names.add(var_name)
     variables.update(stack_cfg.variables)
 
     resources: dict[str, dict[str, Resource]] = {k: {} for k in KINDS}
@@ -230,8 +244,8 @@ def load(start: Path, stack: str | None = None) -> Config:
             if resource is None:
                 continue
             if has_interpolation:
-                resource.spec = _substitute(loader, yf.rel, index, doc, (), variables,
-                                            resource.label)
+                resource.spec = _substitute(
+                    _Substitution(loader, resource, variables, sensitive_names), doc, ())
             if not yf.checked:
                 found = check_schema(yf.rel, index, resource.spec, resource.kind,
                                      resource.label)
@@ -247,9 +261,14 @@ def load(start: Path, stack: str | None = None) -> Config:
         if passed and not has_interpolation and loader.cache is not None:
             loader.cache.mark_checked(yf.key)  # its documents are checked once
     if loader.cache is not None:
+        if sensitive_names:  # their values are in the project or the stack file
+            for rel in (project_yf.rel, stack_cfg.file):
+                if rel in loader.files:
+                    loader.cache.forget(loader.files[rel].key)
         loader.cache.save()
     config = Config(root=root, name=str(project.get("name", root.name)), stack=stack_cfg,
-                    resources=resources, files=files)
+                    resources=resources, files=files,
+                    sensitive={n: variables[n] for n in sensitive_names if n in variables})
     loader.problems.extend(check_references(config))
     loader.fail_if_problems()
     return config

@@ -25,6 +25,15 @@ VERSIONED_REF_PATTERN = r"^[a-z][a-z0-9-]{0,62}(:[1-9][0-9]*|@[a-z][a-z0-9_-]{0,
 DURATION_PATTERN = r"^[0-9]+(ms|s|m|h|d)?$"
 QUANTITY_PATTERN = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
 
+_AVERAGED = ("f1_macro", "f1_weighted", "precision_macro", "precision_weighted",
+             "recall_macro", "recall_weighted")
+# A Model's evaluation metrics by task; the task is read from the model's outputs.
+EVALUATION_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "accuracy", "f1", "precision", "recall", "logloss", *_AVERAGED),
+    "multiclass": ("auc", "accuracy", "logloss", *_AVERAGED),
+    "regression": ("rmse", "mae", "r2"),
+}
+
 
 def _s(description: str, **kw: Any) -> Schema:
     return {"description": description, **kw}
@@ -90,7 +99,10 @@ def _project() -> Schema:
     declared = _obj("A variable's declaration.", {
         "description": _string("What the variable means."),
         "default": _s("Value used when the stack does not set one."),
-        "sensitive": _s("Mask the value in plans and output.", type="boolean", default=False),
+        "sensitive": _s("Treat the value like a ${secret.X}: usable only in a job's command, "
+                        "params and env and an environment's requirements and env, shown "
+                        "as (sensitive), stored only as a salted hash.", type="boolean",
+                        default=False),
     })
     return _kind("Project", "The root of an mlinfra project: the folder holding mlinfra.yaml.", {
         "default_stack": _string("Stack used when -s/--stack is not given: "
@@ -104,8 +116,9 @@ def _project() -> Schema:
 
 def _stack() -> Schema:
     return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
-        "provider": _replace(_string("Where resources are created. Only `local` is "
-                                     "available yet; docker and kubernetes are planned.",
+        "provider": _replace(_string("Where resources are created: `local` (this machine), "
+                                     "`docker` or `kubernetes` (applied through Pulumi; "
+                                     "plan and apply need the Pulumi CLI).",
                                      enum=["local", "docker", "kubernetes"], default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
@@ -120,15 +133,24 @@ def _stack() -> Schema:
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
             "network": _string("Network the containers join.", pattern=NAME_PATTERN),
             "registry": _string("Registry the built images are pushed to."),
+            "base_image": _string("Image every built image starts from, instead of each "
+                                  "Environment's `image` (e.g. a mirror, or an image "
+                                  "built locally)."),
         }),
         "kubernetes": _obj("Settings of the kubernetes provider.", {
             "context": _string("kubeconfig context to use."),
             "namespace": _replace(_string("Namespace for every object.", pattern=NAME_PATTERN)),
             "registry": _string("Registry the built images are pushed to."),
             "gateway": _string("Gateway API Gateway the endpoints' HTTPRoutes attach to."),
+            "base_image": _string("Image every built image starts from, instead of each "
+                                  "Environment's `image`."),
+            "storage_class": _string("StorageClass of the datastores' "
+                                     "PersistentVolumeClaims (default: the cluster's)."),
         }),
         "pulumi": _obj("Settings of the Pulumi Automation API used by docker and kubernetes.", {
-            "backend": _string("Pulumi state backend URL. Default: file:// in .mlinfra/pulumi."),
+            "backend": _string("Pulumi state backend URL; a relative file:// path is "
+                               "relative to the project. Default: "
+                               "file://.mlinfra/<stack>/pulumi."),
             "stack": _string("Pulumi stack name. Default: the mlinfra stack's name."),
         }),
     })
@@ -181,8 +203,11 @@ def _data() -> Schema:
                      "path": _string("File or folder inside the datastore.", minLength=1),
                      "format": _string("How the data is stored.",
                                        enum=["csv", "parquet", "jsonl"], default="csv"),
-                     "expectations": _s("Checks run before any job reads this data.",
-                                        type="array", items=expectation),
+                     "expectations": _s(
+                         "Great Expectations checks, run on new content before it takes a "
+                         "version (content that fails takes none); validate checks their "
+                         "names and arguments against GX's registry.",
+                         type="array", items=expectation),
                  }, ["path"])
 
 
@@ -206,7 +231,8 @@ def _job() -> Schema:
         "code": _string("Folder holding the code, relative to the project; "
                         "snapshotted for every run.", default="."),
         "command": _string("Command line; ${inputs.X}, ${outputs.X} and ${params.X} "
-                           "are filled in.", minLength=1),
+                           "are filled in; a ${secret.X} is expanded by the shell from "
+                           "the run's environment.", minLength=1),
         "environment": _name_ref("Environment the command runs in"),
         "compute": _name_ref("Compute the job runs on"),
         "experiment": _string("Experiment the runs are grouped under (default: the job's "
@@ -239,29 +265,55 @@ def _pipeline() -> Schema:
     }, ["steps"])
 
 
+def _run_output(what: str) -> list[Schema]:
+    """The ways to name a run's output: a job's, or a pipeline step's."""
+    return [_obj(f"A job's output{what}.", {"job": _name_ref("Job"),
+                                            "output": _string("Output name of the job.")},
+                 ["job", "output"]),
+            _obj(f"A pipeline step's output{what}.", {
+                "pipeline": _name_ref("Pipeline"),
+                "step": _string("Step name.", pattern=NAME_PATTERN),
+                "output": _string("Output name of the step's job.")},
+                ["pipeline", "step", "output"])]
+
+
 def _model() -> Schema:
     source = _s("Where versions come from: a job's output, a pipeline step's output, or a "
                 "file.", oneOf=[
-                    _obj("A job's output.", {"job": _name_ref("Job"),
-                                             "output": _string("Output name of the job.")},
-                         ["job", "output"]),
-                    _obj("A pipeline step's output.", {
-                        "pipeline": _name_ref("Pipeline"),
-                        "step": _string("Step name.", pattern=NAME_PATTERN),
-                        "output": _string("Output name of the step's job.")},
-                        ["pipeline", "step", "output"]),
+                    *_run_output(""),
                     _obj("A file in the project.", {"path": _string("Path of the file.")},
                          ["path"]),
                 ])
-    metrics = ["auc", "accuracy", "f1", "precision", "recall", "logloss", "rmse", "mae", "r2"]
+    metrics = list(dict.fromkeys(m for names in EVALUATION_METRICS.values() for m in names))
+    data = _s("Labelled data to score on: a Data reference (holdout, holdout:3), or the "
+              "output of the latest run of a job or pipeline step (a csv file unless its "
+              "name ends in .jsonl or .parquet).", oneOf=[
+                  _string("A Data reference.", pattern=VERSIONED_REF_PATTERN),
+                  *_run_output(", from the state of its latest run")])
     return _kind("Model", "A registered model: named, versioned, with aliases.", {
         "from": source,
         "format": _replace(_string("Model format.", enum=["onnx"], default="onnx")),
         "evaluation": _obj("How a new version is scored when it is registered.", {
-            "data": _string("Data reference to score on.", pattern=VERSIONED_REF_PATTERN),
-            "label": _string("Column holding the truth.", minLength=1),
-            "metrics": _s("Metrics to compute.", type="array", minItems=1, uniqueItems=True,
-                          items={"enum": metrics}),
+            "data": data,
+            "label": _string("Column holding the truth; its values, as they are in the "
+                             "data, are the classes of a classifier.", minLength=1),
+            "features": _s("Columns the model reads, in the order of its single 2-D "
+                           "input, or matched by name to its inputs. Default: every "
+                           "column but the label, in file order.", type="array",
+                           minItems=1, uniqueItems=True, items={"type": "string",
+                                                                "minLength": 1}),
+            "positive": _s("Binary classifiers: the positive class, for auc, f1, "
+                           "precision and recall. Default: the greater of the two "
+                           "classes (1 of 0/1).", type=["string", "number", "boolean"]),
+            "metrics": _s(
+                "Metrics to compute; the model's outputs decide its task. Binary "
+                "classifiers: auc, accuracy, f1, precision, recall (of the positive "
+                "class), logloss and the averages below. Multiclass: auc (one-vs-rest, "
+                "macro), accuracy, logloss, f1_macro, f1_weighted, precision_macro, "
+                "precision_weighted, recall_macro, recall_weighted. Regressors: rmse, "
+                "mae, r2. Default: auc and accuracy (accuracy alone without "
+                "probabilities); rmse, mae and r2.", type="array", minItems=1,
+                uniqueItems=True, items={"enum": metrics}),
         }, ["data", "label"]),
     }, ["from"])
 
@@ -271,8 +323,6 @@ def _endpoint() -> Schema:
         "name": _string("Deployment name, used in traffic and mirror.", pattern=NAME_PATTERN),
         "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
                          pattern=VERSIONED_REF_PATTERN),
-        "instances": _s("Worker processes serving it.", type="integer", minimum=1,
-                        default=1),
         "request": _obj("Request handling.", {
             "timeout_ms": _s("Longest a request may take (504 after). A model that "
                              "answers in under 0.5 ms is scored on the server's event "
@@ -295,8 +345,10 @@ def _endpoint() -> Schema:
                                      enum=["key", "none"], default="key"),
                      "port": _replace(_s("Port to listen on (default: a free one).",
                                          type="integer", minimum=1, maximum=65535)),
-                     "workers": _s("Server worker processes.", type="integer", minimum=1,
-                                   default=2),
+                     "workers": _s("Server worker processes, each serving every "
+                                   "deployment. A change restarts the server on the same "
+                                   "port, the new one answering before the old one stops.",
+                                   type="integer", minimum=1, default=2),
                      "max_request_bytes": _s("Larger bodies get 413.", type="integer",
                                              minimum=1024, default=1048576),
                      "deployments": _s("Deployments.", type="array", minItems=1,

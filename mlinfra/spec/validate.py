@@ -98,6 +98,9 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
     elif kind == "oneOf" and path[-1:] == ("from",):
         yield path, ("must be one of {job: NAME, output: NAME}, {pipeline: NAME, step: "
                      "NAME, output: NAME} or {path: FILE}"), False
+    elif kind == "oneOf" and path[-2:] == ("evaluation", "data"):
+        yield path, ("must be a Data reference (NAME or NAME:VERSION), {job: NAME, output: "
+                     "NAME} or {pipeline: NAME, step: NAME, output: NAME}"), False
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         word = "at least" if "inimum" in kind else "at most"
         yield path, f"must be {word} {err.validator_value} (got {instance})", False
@@ -109,11 +112,45 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
 
 def check_schema(file: str, doc: int, spec: dict[str, Any], kind: str,
                  label: str = "") -> list[Problem]:
-    if _fast(kind)(spec):
-        return []
-    return [Problem(file, message, doc, path, label, at_key)
-            for err in _validator(kind).iter_errors(spec)
-            for path, message, at_key in _messages(err)]
+    """The document against its kind's schema, and a Data's expectations against Great
+    Expectations' registry (a file the parse cache knows passed is not checked again)."""
+    problems = [] if _fast(kind)(spec) else [
+        Problem(file, message, doc, path, label, at_key)
+        for err in _validator(kind).iter_errors(spec) for path, message, at_key in _messages(err)]
+    if kind == "Data" and isinstance(spec.get("expectations"), list) and spec["expectations"]:
+        problems.extend(Problem(file, message, doc, path, label, at_key)
+                        for path, message, at_key in _expectations(spec["expectations"]))
+    return problems
+
+
+def _expectations(items: list[Any]) -> Iterator[tuple[Path_, str, bool]]:
+    """Unknown expectations, unknown and missing arguments: (path, message, at_key).
+    Items that are not {name: {arguments}} are the schema's to report."""
+    from mlinfra.spec.expectations import known
+
+    table = known()
+    if table is None:  # Great Expectations is not installed: apply says so
+        return
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        (name, arguments), = item.items()
+        if not isinstance(name, str) or not isinstance(arguments, dict):
+            continue
+        found = table.get(name)
+        if found is None:
+            yield (("expectations", index, name), f"unknown expectation '{name}'"
+                   + did_you_mean(name, table), True)
+            continue
+        for argument in arguments:
+            if argument not in found.accepted:
+                yield (("expectations", index, name, argument), f"{name} has no argument "
+                       f"'{argument}'" + did_you_mean(str(argument), found.accepted), True)
+        missing = [a for a in found.required if a not in arguments]
+        if missing:
+            yield (("expectations", index, name), f"{name} needs argument"
+                   f"{'s' if len(missing) > 1 else ''} "
+                   + ", ".join(f"'{a}'" for a in missing), True)
 
 
 class _References:
@@ -216,6 +253,11 @@ class _References:
             self.name(res, ("compute",), "Compute", spec["compute"])
         for key, value in (spec.get("inputs") or {}).items():
             self._input(res, ("inputs", key), value, "jobs")
+        for key, value in (spec.get("outputs") or {}).items():
+            if isinstance(value, str) and (os.path.isabs(value) or os.path.normpath(
+                    value).split(os.sep)[0] in ("..", ".")):
+                self.add(res, ("outputs", key), f"'{value}' must be a path inside the run's "
+                         "outputs folder: relative, not leaving it with '..'")
         command = spec.get("command")
         if isinstance(command, str):
             declared = {"inputs": spec.get("inputs") or {}, "outputs": spec.get("outputs") or {},
@@ -291,23 +333,45 @@ class _References:
         if isinstance(source, dict):
             if "path" in source:
                 self.inside(res, ("from", "path"), source["path"], must_exist=True)
-            elif "job" in source:
-                job = self.name(res, ("from", "job"), "Job", source["job"])
-                output = source.get("output")
-                if job is not None and output not in (job.spec.get("outputs") or {}):
-                    self.add(res, ("from", "output"), f"job '{job.name}' has no output "
-                             f"'{output}'" + did_you_mean(str(output), job.spec.get(
-                                 "outputs") or {}))
-            elif "pipeline" in source:
-                pipeline = self.name(res, ("from", "pipeline"), "Pipeline", source["pipeline"])
-                steps = pipeline.spec.get("steps") or {} if pipeline else {}
-                if pipeline is not None and source.get("step") not in steps:
-                    self.add(res, ("from", "step"), f"pipeline '{pipeline.name}' has no step "
-                             f"'{source.get('step')}'" + did_you_mean(str(source.get("step")),
-                                                                      steps))
+            else:
+                self._run_output(res, ("from",), source)
         evaluation = spec.get("evaluation")
         if isinstance(evaluation, dict):
-            self.ref(res, ("evaluation", "data"), "Data", evaluation.get("data"))
+            data = evaluation.get("data")
+            if isinstance(data, dict):
+                self._run_output(res, ("evaluation", "data"), data)
+            else:
+                self.ref(res, ("evaluation", "data"), "Data", data)
+
+    def _run_output(self, res: Resource, path: Path_, source: dict[str, Any]) -> None:
+        """{job, output} or {pipeline, step, output}: each name must exist."""
+        if "job" in source:
+            job = self.name(res, (*path, "job"), "Job", source["job"])
+            pipelines = sorted(p.name for p in self.config.of("Pipeline").values()
+                               if any(isinstance(s, dict) and s.get("job") == source["job"]
+                                      for s in (p.spec.get("steps") or {}).values()))
+            if job is not None and pipelines:
+                # Such a job runs only as its pipeline's step: it has no run of its own.
+                self.add(res, (*path, "job"), f"job '{job.name}' runs only as a step of "
+                         f"pipeline '{pipelines[0]}': name {{pipeline: {pipelines[0]}, "
+                         "step: STEP, output: OUTPUT}")
+        elif "pipeline" in source:
+            pipeline = self.name(res, (*path, "pipeline"), "Pipeline", source["pipeline"])
+            steps = pipeline.spec.get("steps") or {} if pipeline else {}
+            step = source.get("step")
+            found = steps.get(step) if isinstance(step, str) else None
+            if pipeline is not None and found is None:
+                self.add(res, (*path, "step"), f"pipeline '{pipeline.name}' has no step "
+                         f"'{step}'" + did_you_mean(str(step), steps))
+            job = (self.config.get("Job", str(found.get("job")))
+                   if isinstance(found, dict) else None)
+        else:
+            return
+        output = source.get("output")
+        outputs = (job.spec.get("outputs") or {}) if job is not None else {}
+        if job is not None and output not in outputs:
+            self.add(res, (*path, "output"), f"job '{job.name}' has no output '{output}'"
+                     + did_you_mean(str(output), outputs))
 
     def _endpoint(self, res: Resource, spec: dict[str, Any]) -> None:
         if "compute" in spec:

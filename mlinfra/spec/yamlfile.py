@@ -297,6 +297,10 @@ class ParseCache:
             return
         self._new[key] = (documents, False)
 
+    def forget(self, key: str) -> None:
+        """Keep this entry out of the cache file (it holds a sensitive value)."""
+        self._new.pop(key, None)
+
     def mark_checked(self, key: str) -> None:
         """Every document of this entry passed the schema checks."""
         if key in self._new:

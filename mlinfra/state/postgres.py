@@ -121,6 +121,10 @@ class _PgCursor:
         self._cur.executemany(_translate(sql, True), rows)
         return self
 
+    @property
+    def rowcount(self) -> int:
+        return self._cur.rowcount
+
     def fetchone(self) -> Any:
         return self._cur.fetchone()
 

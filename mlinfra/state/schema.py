@@ -21,6 +21,13 @@ from typing import NamedTuple, Protocol
 
 # The SQLite format written before versioned migrations.
 FORMAT_1 = 1
+# Columns that format-1 states written by a later mlinfra than the first have, and
+# earlier ones lack: (table, column, type). The upgrade to version 2 adds the missing.
+FORMAT_1_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("runs", "pid_started", "REAL"),
+    ("runs", "owner_pid", "INTEGER"),
+    ("runs", "owner_started", "REAL"),
+)
 # The version `TABLES` describes: the first with migrations, and PostgreSQL's first.
 BASE_VERSION = 2
 
@@ -51,7 +58,8 @@ TABLES: dict[str, str] = {
       outputs TEXT NOT NULL DEFAULT '{}', git TEXT NOT NULL DEFAULT '{}',
       environment TEXT NOT NULL DEFAULT '{}', run_dir TEXT NOT NULL DEFAULT '',
       error TEXT NOT NULL DEFAULT '', reused_from TEXT,
-      cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+      cancel_requested INTEGER NOT NULL DEFAULT 0, pid_started REAL, owner_pid INTEGER,
+      owner_started REAL)""",
     "metrics": """CREATE TABLE metrics (
       id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, key TEXT NOT NULL,
       value REAL NOT NULL, step INTEGER, at REAL NOT NULL)""",
@@ -72,6 +80,10 @@ TABLES: dict[str, str] = {
       name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
       created_at REAL NOT NULL, metadata TEXT NOT NULL,
       PRIMARY KEY (name, version), UNIQUE (name, sha256))""",
+    "data_checks": """CREATE TABLE data_checks (
+      name TEXT NOT NULL, sha256 TEXT NOT NULL, expectations TEXT NOT NULL,
+      passed INTEGER NOT NULL, results TEXT NOT NULL, checked_at REAL NOT NULL,
+      PRIMARY KEY (name, sha256, expectations))""",
     "file_hashes": """CREATE TABLE file_hashes (
       path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
       sha256 TEXT NOT NULL)""",
@@ -84,7 +96,8 @@ INDEXES: tuple[str, ...] = (
 )
 
 # What a workspace holds besides its files: destroying the workspace empties them.
-WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions")
+WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
+                    "data_checks")
 # What `state migrate` copies: everything but who holds the lock now.
 COPIED_TABLES = tuple(name for name in TABLES if name != "locks")
 # Tables whose `id` the database numbers (the next one follows the largest).

@@ -23,6 +23,7 @@ from mlinfra.state.model import LockInfo, StateVersion
 from mlinfra.state.schema import (
     BASE_VERSION,
     FORMAT_1,
+    FORMAT_1_ADDED_COLUMNS,
     INDEXES,
     TABLES,
     create_tables,
@@ -176,6 +177,7 @@ class SqliteStore(StateStore):
             dest = sqlite3.connect(tmp)
             try:
                 self.conn.backup(dest)
+                dest.execute("PRAGMA journal_mode=DELETE")  # one file, no -wal beside it
             finally:
                 dest.close()
             os.replace(tmp, self.backup_path)
@@ -277,7 +279,7 @@ def _format_1_to_2(cur: Cursor) -> None:
     """Format 1, the SQLite schema before migrations, to version 2: audit's `user`
     (reserved in PostgreSQL) becomes `username`; metrics gets an `id`, the order they
     were logged in (SQLite's rowid, which PostgreSQL lacks); locks gets `backend_pid`;
-    and a table that an older mlinfra did not create yet is created."""
+    and a table or column that an older mlinfra did not create yet is created."""
     def columns(table: str) -> list[str]:
         return [row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()]
 
@@ -297,6 +299,9 @@ def _format_1_to_2(cur: Cursor) -> None:
         created.append("metrics")
     if "backend_pid" not in columns("locks"):
         cur.execute("ALTER TABLE locks ADD COLUMN backend_pid INTEGER")
+    for table, column, kind in FORMAT_1_ADDED_COLUMNS:
+        if table not in created and column not in columns(table):
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     for statement in INDEXES:
         match = re.search(r" ON (\w+)\(", statement)
         if match and match.group(1) in created:
@@ -309,7 +314,7 @@ def _version_of(path: Path) -> StateVersion | None:
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             rows = dict(conn.execute("SELECT key, value FROM meta WHERE key IN "
                                      "('lineage', 'serial')").fetchall())

@@ -89,6 +89,10 @@ def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
 class Cursor(Protocol):
     """What a transaction gives: sqlite3's cursor, or PostgreSQL's behind `?`."""
 
+    @property
+    def rowcount(self) -> int:
+        """The rows the last statement changed."""
+
     def execute(self, sql: str, args: Sequence[Any] = ..., /) -> Cursor: ...
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]], /) -> Cursor: ...
@@ -222,6 +226,13 @@ class StateStore(ABC):
                     (time.time(), current_user(), HOST, self.command, address, action,
                      serial, detail[:2000]))
         return serial
+
+    def forget_legacy_secret_key(self) -> None:
+        """Earlier versions kept an HMAC key for secrets beside the hashes it made; a
+        plan shows those fields changed (they have no salt) and the apply that stores
+        their scrypt hashes drops the key."""
+        with self.transaction() as cur:
+            cur.execute("DELETE FROM meta WHERE key='secret_key'")
 
     def empty_workspace(self) -> None:
         """Forget what the workspace held: runs, metrics, model versions, aliases and

@@ -24,7 +24,7 @@ class LocalProvider(Provider):
         "Pipeline": _LOCAL + "jobs:PipelineHandler",
         "Model": _LOCAL + "models:ModelHandler",
         "Promotion": _LOCAL + "promotion:PromotionHandler",
-        "Endpoint": _LOCAL + "endpoints:EndpointHandler",
+        "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
     }
 
     def cancel(self) -> None:

@@ -1,12 +1,14 @@
 """Data on the local machine: a version is the content hash of a file or folder in a
-datastore."""
+datastore; content that fails the asset's expectations takes no version."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from mlinfra.data.checks import DataCheckFailed, DataChecks
 from mlinfra.data.versions import DataVersions, describe
+from mlinfra.errors import MlinfraError
 from mlinfra.graph import default_datastore
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
@@ -16,7 +18,8 @@ from mlinfra.state.model import ResourceState
 
 
 class DataHandler(BaseHandler):
-    """A version is the sha256 of the file or folder; new content, next number."""
+    """A version is the sha256 of the file or folder; new content that passes its
+    expectations takes the next number."""
 
     def path(self, res: Resource, ctx: Context) -> Path:
         store_name = res.spec.get("datastore") or default_datastore(ctx.config)
@@ -46,7 +49,21 @@ class DataHandler(BaseHandler):
         if sha != after.get("sha256"):
             raise ProviderError(change.address, f"{path} changed since the plan was made: "
                                 "plan again")
-        metadata = describe(path, str(after.get("format", "csv")))
+        fmt = str(res.spec.get("format", "csv"))
+        expectations = res.spec.get("expectations") or []
+        if expectations:
+            # Checked before a number is taken: content that fails is recorded as failed
+            # (and not checked again), never as the next version.
+            try:
+                DataChecks(ctx.store).require(change.name, sha, path, fmt, expectations,
+                                              f"{change.name} (sha256 {sha[:12]})")
+            except DataCheckFailed as err:
+                raise ProviderError(change.address, f"{err.message}\nno version registered"
+                                    ": fix the data or its expectations, then apply again"
+                                    ) from None
+            except MlinfraError as err:
+                raise ProviderError(change.address, err.message) from None
+        metadata = describe(path, fmt)
         version = versions.register(change.name, sha, {**metadata, "path": str(path)})
         return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},
                        provider_id=f"{change.name}:{version}")

@@ -21,6 +21,7 @@ from typing import Any
 
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError, cache_dir
+from mlinfra.spec import sensitive
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState, digest
 
@@ -42,9 +43,10 @@ def uv_bin() -> str:
         return found
 
 
-def _run_uv(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def _run_uv(args: list[str], timeout: float = 900,
+            secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([uv_bin(), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **UV_ENV}, check=False)
+                          env={**os.environ, **UV_ENV, **(secrets or {})}, check=False)
 
 
 def installed_pythons() -> list[str]:
@@ -126,15 +128,27 @@ class EnvironmentHandler(BaseHandler):
         if done.returncode != 0:
             raise ProviderError(change.address, "uv venv failed:\n" + shorten(done.stderr))
         args = ["pip", "install", "--quiet", "--python", str(folder / "bin" / "python")]
-        requirements = list(after.get("requirements") or [])
+        res = ctx.config.get("Environment", change.name)
+        requirements = [str(r) for r in ((res.spec if res else after).get("requirements")
+                                         or [])]
         if after.get("requirements_file"):
             args += ["-r", str(ctx.root / str(after["requirements_file"]))]
+        # A requirement with a secret (a private index's token) goes in a file that names
+        # it as ${MLINFRA_SECRET_X}: uv expands it from its environment, so the value is
+        # in neither its command line nor any file.
+        secrets = ctx.secret_environment(requirements)
+        hidden = [r for r in requirements if sensitive.holds(r)]
+        if hidden:
+            listing = folder / "mlinfra-requirements.txt"
+            listing.write_text("".join(sensitive.as_env_references(r) + "\n" for r in hidden))
+            args += ["-r", str(listing)]
+        plain = [r for r in requirements if not sensitive.holds(r)]
         if requirements or after.get("requirements_file"):
-            done = _run_uv(args + requirements)
+            done = _run_uv(args + plain, secrets=secrets)
             if done.returncode != 0:
                 shutil.rmtree(folder, ignore_errors=True)
                 raise ProviderError(change.address, "cannot install the requirements:\n"
-                                    + shorten(done.stderr))
+                                    + sensitive.redact(shorten(done.stderr), secrets))
         (folder / MARKER).write_text(json.dumps({"spec_hash": spec_hash,
                                                  "python": python,
                                                  "requirements": requirements}))

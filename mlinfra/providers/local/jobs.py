@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import graphlib
 import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -25,10 +26,12 @@ from mlinfra.providers.local.environment import CURRENT_PYTHON, env_dir
 from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
-from mlinfra.runs.snapshot import code_digest
+from mlinfra.runs.processes import stop_orphans, this_process
+from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
+from mlinfra.state.store import HOST
 
 _SLOTS: dict[str, threading.Semaphore] = {}
 _SLOTS_LOCK = threading.Lock()
@@ -67,6 +70,7 @@ class Resolver:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.versions = DataVersions(ctx.store)
+        self._jobs: dict[str, tuple[str, dict[str, str]]] = {}
 
     def data(self, res: Resource, text: str) -> DataInput:
         ref = Ref.parse(text)
@@ -90,19 +94,21 @@ class Resolver:
             return DataInput(ref.name, ref.version, pinned.sha256, store.path(pinned.sha256))
         return DataInput(ref.name, current, sha, path)
 
-    def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, str]]:
+    def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, Any]]:
+        """The environment's spec hash, venv and `env` (secrets still references)."""
         name = job.spec.get("environment")
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
             return f"python{CURRENT_PYTHON}", None, {}
         spec_hash = str(self.ctx.facts(env)["spec_hash"])
-        variables = {k: str(v) for k, v in
-                     self.ctx.resolve_secrets(env.spec.get("env") or {}).items()}
-        return spec_hash, env_dir(spec_hash), variables
+        return spec_hash, env_dir(spec_hash), dict(env.spec.get("env") or {})
 
     def code(self, job: Resource) -> str:
         code = self.ctx.root / str(job.spec.get("code", "."))
-        return code_digest(code, self.ctx.root, self.versions.content_sha256)
+        try:
+            return code_digest(code, self.ctx.root, self.versions.content_sha256)
+        except CodeRefused as err:
+            raise ProviderError(job.address, f"code: {err.message}") from None
 
     def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
                  ) -> tuple[str, dict[str, Any]]:
@@ -113,6 +119,27 @@ class Resolver:
                  "outputs": job.spec.get("outputs") or {}, "code": self.code(job),
                  "environment": env_hash, "inputs": inputs}
         return digest(parts), parts
+
+    def job(self, res: Resource) -> tuple[str, dict[str, str]]:
+        """A standalone job's run hash and its inputs' labels. An input that is another
+        job's output is identified by that job's run hash and the output's name."""
+        if res.name in self._jobs:
+            return self._jobs[res.name]
+        identities, labels = {}, {}
+        for key, value in (res.spec.get("inputs") or {}).items():
+            match = OUTPUT_REF.match(str(value))
+            if match:
+                upstream = self.ctx.config.get("Job", match.group(2))
+                assert upstream is not None  # validated
+                upstream_hash, _ = self.job(upstream)
+                identities[key] = f"{upstream_hash}:{match.group(3)}"
+                labels[key] = f"job {upstream.name} output {match.group(3)}"
+            else:
+                data = self.data(res, str(value))
+                identities[key], labels[key] = data.sha256, data.label
+        run_hash, _ = self.run_hash(res, identities, res.spec.get("params") or {})
+        self._jobs[res.name] = (run_hash, labels)
+        return run_hash, labels
 
 
 def pipelines_using(ctx: Context, job: str) -> list[str]:
@@ -125,31 +152,11 @@ class JobHandler(BaseHandler):
     """A job runs when its run hash has no completed run; a job used as a pipeline step
     runs only as that step."""
 
-    def _facts(self, res: Resource, ctx: Context, resolver: Resolver,
-               memo: dict[str, tuple[str, dict[str, str]]]) -> tuple[str, dict[str, str]]:
-        if res.name in memo:
-            return memo[res.name]
-        identities, labels = {}, {}
-        for key, value in (res.spec.get("inputs") or {}).items():
-            match = OUTPUT_REF.match(str(value))
-            if match:
-                upstream = ctx.config.get("Job", match.group(2))
-                assert upstream is not None  # validated
-                upstream_hash, _ = self._facts(upstream, ctx, resolver, memo)
-                identities[key] = f"{upstream_hash}:{match.group(3)}"
-                labels[key] = f"job {upstream.name} output {match.group(3)}"
-            else:
-                data = resolver.data(res, str(value))
-                identities[key], labels[key] = data.sha256, data.label
-        run_hash, _ = resolver.run_hash(res, identities, res.spec.get("params") or {})
-        memo[res.name] = (run_hash, labels)
-        return run_hash, labels
-
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         used_by = pipelines_using(ctx, res.name)
         if used_by:
             return {"runs_as_step_of": used_by}
-        run_hash, labels = self._facts(res, ctx, Resolver(ctx), {})
+        run_hash, labels = Resolver(ctx).job(res)
         return {"inputs_resolved": labels, "run_hash": run_hash}
 
     def create(self, change: Change, ctx: Context) -> Applied:
@@ -174,7 +181,7 @@ def _read_run(outputs: dict[str, Any], ctx: Context) -> Observed:
     if run is None or run.status != "completed":
         return Observed(False, f"run {run_id} is missing or not completed")
     store = artifact_store(ctx)
-    missing = [name for name, sha in run.outputs.items() if not store.exists(sha)]
+    missing = [name for name, sha in run.outputs.items() if not store.present(str(sha))]
     if missing:
         return Observed(False, f"outputs {', '.join(missing)} of run {run_id} are missing "
                         "from the artifact store")
@@ -189,50 +196,99 @@ def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
         return
     fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
     try:
-        checks.require(data.label, data.path, fmt, expectations)
+        checks.DataChecks(ctx.store).require(data.name, data.sha256, data.path, fmt,
+                                             expectations, data.label)
     except checks.DataCheckFailed as err:
         raise ProviderError(res.address, f"{err.message}\nno run started") from None
 
 
+@dataclass
+class UpstreamOutput:
+    """Another run's output that a run reads: the stored copy, its identity in the run
+    hash (the producer's run hash and the output's name) and what lineage records."""
+
+    path: Path
+    identity: str
+    label: str
+
+
+def reusable_run(ctx: Context, job: str, run_hash: str) -> Run | None:
+    """The newest completed run of `job` with this hash whose outputs are all still in
+    the artifact store, whole. A run whose outputs were deleted or damaged is not reused:
+    the job runs again."""
+    store = artifact_store(ctx)
+    for run in RunStore(ctx.store).completed(job, run_hash):
+        if all(store.intact(str(sha)) for sha in run.outputs.values()):
+            return run
+    return None
+
+
 def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
-            upstream: dict[str, Path] | None = None, overrides: dict[str, Any] | None = None,
-            parent: Run | None = None, step: str | None = None) -> Run:
-    """Adopt the completed run with this hash, or run the job now."""
+            upstream: dict[str, UpstreamOutput] | None = None,
+            overrides: dict[str, Any] | None = None, parent: Run | None = None,
+            step: str | None = None) -> Run:
+    """Adopt the completed run with this hash, or run the job now. The run reads stored
+    copies of its inputs, and its hash is computed again from them: what changed since
+    the plan is never run under the plan's hash."""
     runs = RunStore(ctx.store)
+    stop_orphans(runs, ctx.log)
     job_name = res.name
-    existing = runs.completed(job_name, run_hash)
+    existing = reusable_run(ctx, job_name, run_hash)
     if existing is not None:
         return existing
     overrides = overrides or {}
     spec = res.spec
     store = artifact_store(ctx)
-    inputs: dict[str, Path] = dict(upstream or {})
-    versions: dict[str, str] = {k: f"upstream:{v.name}" for k, v in inputs.items()}
+    upstream = dict(upstream or {})
+    staged: dict[str, tuple[DataInput, str, Path]] = {}  # as resolved; as stored
     for key, value in {**(spec.get("inputs") or {}), **overrides.get("inputs", {})}.items():
-        if key in inputs or OUTPUT_REF.match(str(value)):
+        if key in upstream:
             continue
+        match = OUTPUT_REF.match(str(value))
+        if match:
+            upstream[key] = job_output(ctx, resolver, res, match.group(2), match.group(3))
+            continue
+        # The run reads a stored copy: its content, not the file's at plan time, is what
+        # the run hash covers and what lineage records.
         data = resolver.data(res, str(value))
-        # The run reads a stored copy, checked by the gate: it records exactly the
-        # version it read and was validated, whatever happens to the file meanwhile.
         sha = store.put(data.path)
+        stored = materialize(ctx, store, sha, data.path.name)
+        if stored.is_dir():  # a folder's version is its files' digest, as the plan's is
+            sha = resolver.versions.content_sha256(stored)
+        staged[key] = data, sha, stored
+    params = {**(spec.get("params") or {}), **overrides.get("params", {})}
+    identities = {**{k: v.identity for k, v in upstream.items()},
+                  **{k: sha for k, (_, sha, _) in staged.items()}}
+    actual, parts = resolver.run_hash(res, identities, params)
+    if actual != run_hash:
+        reading = ", ".join(f"{d.name} (sha256 {sha[:12]})" for d, sha, _ in staged.values())
+        raise ProviderError(res.address, "its inputs, code or environment changed since the "
+                            f"plan: plan again (it would read {reading or 'no data'}; run hash "
+                            f"{actual[:12]}, planned {run_hash[:12]})")
+    inputs: dict[str, Path] = {k: v.path for k, v in upstream.items()}
+    versions: dict[str, str] = {k: v.label for k, v in upstream.items()}
+    for key, (data, sha, stored) in staged.items():
+        # The stored copy is checked by the gate, before its content takes a version
+        # number: the run records exactly the version it read and was validated.
+        _gate(ctx, res, DataInput(data.name, data.version, sha, stored))
         version = resolver.versions.register(data.name, sha, {"path": str(data.path)})
-        copy = DataInput(data.name, version, sha,
-                         materialize(ctx, store, sha, data.path.name))
-        _gate(ctx, res, copy)
+        copy = DataInput(data.name, version, sha, stored)
         inputs[key] = copy.path
         versions[key] = copy.label
     _, venv, env = resolver.environment(res)
-    params = {**(spec.get("params") or {}), **overrides.get("params", {})}
+    # Secrets in the command and params reach the job as MLINFRA_SECRET_* variables that
+    # its shell expands, so the run records references only; its env gets the values.
+    secrets = ctx.secret_environment([spec["command"], params])
+    env = {**env, **(spec.get("env") or {})}
     job = JobSpec(job=job_name, experiment=str(spec.get("experiment") or
                                                (parent.job if parent else job_name)),
                   command=str(spec["command"]), code=ctx.root / str(spec.get("code", ".")),
                   root=ctx.root, run_hash=run_hash, inputs=inputs, input_versions=versions,
                   params=params, outputs=dict(spec.get("outputs") or {}),
-                  env={**env, **{k: str(v) for k, v in
-                                 ctx.resolve_secrets(spec.get("env") or {}).items()}},
+                  env={**secrets, **{k: str(v) for k, v in ctx.resolve_secrets(env).items()}},
                   venv=venv, timeout_s=duration_s(spec.get("timeout")),
                   pipeline=parent.job if parent else None, step=step,
-                  parent=parent.id if parent else None)
+                  parent=parent.id if parent else None, code_digest=str(parts["code"]))
     prefix = f"{res.address}{'/' + step if step else ''}"
     with _slots(ctx, spec.get("compute")):
         try:
@@ -242,21 +298,50 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
             raise ProviderError(res.address, err.message) from None
 
 
-def materialize(ctx: Context, store: ArtifactStore, sha: str, filename: str) -> Path:
-    """A read-only copy of a stored artifact under its own file name, once per content."""
-    dest = runs_root(ctx) / "inputs" / sha[:16] / filename
-    if not dest.exists():
-        # A name no other writer (process or machine sharing the folder) picks.
-        tmp = dest.with_name(f".{filename}.{os.urandom(8).hex()}")
-        store.materialize(sha, tmp)
-        try:
-            os.replace(tmp, dest)
-        except OSError:  # another writer's folder got there first: the same content
-            if not dest.is_dir():
-                raise
-            import shutil
+def job_output(ctx: Context, resolver: Resolver, res: Resource, producer_name: str,
+               output: str) -> UpstreamOutput:
+    """Output `output` of job `producer_name`'s completed run with its current inputs
+    (the graph applies that job first), copied for `res` to read."""
+    producer = ctx.config.get("Job", producer_name)
+    assert producer is not None  # validated
+    producer_hash, _ = resolver.job(producer)
+    run = reusable_run(ctx, producer.name, producer_hash)
+    if run is None or output not in run.outputs:
+        used_by = pipelines_using(ctx, producer.name)
+        where = (f"; it runs only as a step of pipeline {', '.join(used_by)}, which may give "
+                 "it other inputs" if used_by else "")
+        raise ProviderError(res.address, f"job {producer.name} has no completed run with "
+                            f"output '{output}' for its current inputs (run hash "
+                            f"{producer_hash[:12]}){where}: apply job.{producer.name} first")
+    filename = Path(str((producer.spec.get("outputs") or {}).get(output, output))).name
+    return UpstreamOutput(materialize(ctx, artifact_store(ctx), str(run.outputs[output]),
+                                      filename),
+                          f"{producer_hash}:{output}",
+                          f"job {producer.name} output {output} (run {run.id})")
 
-            shutil.rmtree(tmp)
+
+def materialize(ctx: Context, store: ArtifactStore, sha: str, filename: str) -> Path:
+    """A read-only copy of a stored artifact under its own file name, once per content.
+    It is checked against its sha256 each time a run is to read it: a copy that was
+    changed is replaced from the artifact store."""
+    dest = runs_root(ctx) / "inputs" / sha[:16] / filename
+    if dest.exists() or dest.is_symlink():
+        if store.is_copy(sha, dest):
+            return dest
+        ctx.log(f"{dest} does not hold artifact {sha[:12]}: copied again from the store")
+        if dest.is_dir() and not dest.is_symlink():
+            shutil.rmtree(dest)
+        else:
+            dest.unlink()
+    # A name no other writer (process or machine sharing the folder) picks.
+    tmp = dest.with_name(f".{filename}.{os.urandom(8).hex()}")
+    store.materialize(sha, tmp)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another writer's folder got there first: the same content
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp)
     return dest
 
 
@@ -304,8 +389,11 @@ class PipelineHandler(BaseHandler):
         assert res is not None
         planned = (change.after or {})["steps_resolved"]
         runs, store, resolver = RunStore(ctx.store), artifact_store(ctx), Resolver(ctx)
+        stop_orphans(runs, ctx.log)
+        owner_pid, owner_started = this_process()
         parent = Run(id=new_run_id(res.name), job=res.name, experiment=res.name,
-                     run_hash=digest(planned), status="running", started_at=time.time())
+                     run_hash=digest(planned), status="running", started_at=time.time(),
+                     host=HOST, owner_pid=owner_pid, owner_started=owner_started)
         runs.save(parent)
         results: dict[str, Any] = {}
         steps = res.spec["steps"]
@@ -314,22 +402,25 @@ class PipelineHandler(BaseHandler):
                 step = steps[name]
                 job = ctx.config.get("Job", step["job"])
                 assert job is not None
-                upstream: dict[str, Path] = {}
+                upstream: dict[str, UpstreamOutput] = {}
                 for key, value in (step.get("inputs") or {}).items():
                     match = OUTPUT_REF.match(str(value))
                     if match and match.group(1) == "steps":
-                        sha = results[match.group(2)]["outputs"][match.group(3)]
-                        producer = ctx.config.get("Job", steps[match.group(2)]["job"])
-                        filename = ((producer.spec.get("outputs") or {}).get(match.group(3))
-                                    if producer else None) or match.group(3)
-                        upstream[key] = materialize(ctx, store, sha, Path(filename).name)
-                run_hash = planned[name]["run_hash"]
-                reused = runs.completed(job.name, run_hash) is not None
-                if reused:
-                    ctx.log(f"{change.address}/{name}: reused (inputs unchanged)")
-                run = run_job(ctx, job, run_hash, resolver, upstream,
+                        source, output = match.group(2), match.group(3)
+                        sha = results[source]["outputs"][output]
+                        producer = ctx.config.get("Job", steps[source]["job"])
+                        filename = ((producer.spec.get("outputs") or {}).get(output)
+                                    if producer else None) or output
+                        upstream[key] = UpstreamOutput(
+                            materialize(ctx, store, sha, Path(filename).name),
+                            f"{planned[source]['run_hash']}:{output}",
+                            f"step {source} output {output} (run {results[source]['run_id']})")
+                run = run_job(ctx, job, planned[name]["run_hash"], resolver, upstream,
                               {"inputs": step.get("inputs") or {},
                                "params": step.get("params") or {}}, parent, name)
+                reused = run.parent != parent.id
+                if reused:
+                    ctx.log(f"{change.address}/{name}: reused (inputs unchanged)")
                 results[name] = {"run_id": run.id, "outputs": run.outputs, "reused": reused}
         except BaseException as err:
             parent.status, parent.error = "failed", str(err)[:500]

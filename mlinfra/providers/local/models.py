@@ -4,7 +4,7 @@ version, refuse what onnxruntime cannot load, and evaluate it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlinfra.data.versions import file_sha256
 from mlinfra.graph import address
@@ -12,11 +12,63 @@ from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.models import ModelRegistry
-from mlinfra.runs.store import RunStore
+from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 
-DEFAULT_METRICS = ["auc", "accuracy"]
+if TYPE_CHECKING:
+    from mlinfra.registry.evaluate import Table
+
+
+def _run_hash(ctx: Context, source: dict[str, Any]) -> str | None:
+    """The run hash of the job or pipeline step whose output `source` names, as planned."""
+    if "job" in source:
+        job = ctx.config.get("Job", source["job"])
+        assert job is not None
+        run_hash = ctx.facts(job).get("run_hash")
+        return str(run_hash) if run_hash is not None else None
+    pipeline = ctx.config.get("Pipeline", source["pipeline"])
+    assert pipeline is not None
+    return str(ctx.facts(pipeline)["steps_resolved"][source["step"]]["run_hash"])
+
+
+def _describe(source: dict[str, Any]) -> str:
+    if "job" in source:
+        return f"job {source['job']} output {source['output']}"
+    return f"pipeline {source['pipeline']} step {source['step']} output {source['output']}"
+
+
+def run_output(ctx: Context, res: Resource, source: dict[str, Any]) -> tuple[Path, Run]:
+    """The file a job's or pipeline step's latest run stored as `source['output']`, and
+    that run, from the state of the job or pipeline."""
+    if "job" in source:
+        state = ctx.store.get(address("Job", source["job"]))
+        run_id = (state.outputs.get("run_id") if state else None)
+    else:
+        state = ctx.store.get(address("Pipeline", source["pipeline"]))
+        steps = (state.outputs.get("steps") or {}) if state else {}
+        run_id = (steps.get(source["step"]) or {}).get("run_id")
+    run = RunStore(ctx.store).get(str(run_id)) if run_id else None
+    if run is None or run.status != "completed":
+        raise ProviderError(res.address, f"the run of {_describe(source)} has not completed")
+    sha = run.outputs.get(source["output"])
+    if sha is None:
+        raise ProviderError(res.address, f"run {run.id} has no output "
+                            f"'{source['output']}'")
+    return artifact_store(ctx).path(sha), run
+
+
+def _output_format(ctx: Context, source: dict[str, Any]) -> str:
+    """csv, unless the output's declared file name ends in .jsonl or .parquet."""
+    job_name = source.get("job")
+    if job_name is None:
+        pipeline = ctx.config.get("Pipeline", source["pipeline"])
+        job_name = ((pipeline.spec.get("steps") or {}).get(source["step"]) or {}).get(
+            "job") if pipeline else None
+    job = ctx.config.get("Job", str(job_name))
+    filename = str(((job.spec.get("outputs") or {}) if job else {}).get(source["output"], ""))
+    suffix = Path(filename).suffix.lstrip(".")
+    return suffix if suffix in ("jsonl", "parquet") else "csv"
 
 
 class ModelHandler(BaseHandler):
@@ -25,18 +77,17 @@ class ModelHandler(BaseHandler):
         facts: dict[str, Any] = {}
         if "path" in source:
             facts["source_sha256"] = file_sha256(ctx.root / str(source["path"]))
-        elif "job" in source:
-            job = ctx.config.get("Job", source["job"])
-            assert job is not None
-            facts["source_run_hash"] = ctx.facts(job).get("run_hash")
         else:
-            pipeline = ctx.config.get("Pipeline", source["pipeline"])
-            assert pipeline is not None
-            steps = ctx.facts(pipeline)["steps_resolved"]
-            facts["source_run_hash"] = steps[source["step"]]["run_hash"]
+            facts["source_run_hash"] = _run_hash(ctx, source)
         evaluation = res.spec.get("evaluation")
         if evaluation:
-            facts["evaluation_data"] = Resolver(ctx).data(res, str(evaluation["data"])).label
+            data = evaluation["data"]
+            if isinstance(data, dict):
+                run_hash = _run_hash(ctx, data)
+                facts["evaluation_data"] = (f"{_describe(data)} of run hash "
+                                            f"{(run_hash or 'unknown')[:12]}")
+            else:
+                facts["evaluation_data"] = Resolver(ctx).data(res, str(data)).label
         return facts
 
     def _artifact(self, res: Resource, ctx: Context) -> tuple[Path, str | None]:
@@ -44,25 +95,39 @@ class ModelHandler(BaseHandler):
         source = res.spec["from"]
         if "path" in source:
             return ctx.root / str(source["path"]), None
-        if "job" in source:
-            state = ctx.store.get(address("Job", source["job"]))
-            run_id = (state.outputs.get("run_id") if state else None)
-        else:
-            state = ctx.store.get(address("Pipeline", source["pipeline"]))
-            steps = (state.outputs.get("steps") or {}) if state else {}
-            run_id = (steps.get(source["step"]) or {}).get("run_id")
-        run = RunStore(ctx.store).get(str(run_id)) if run_id else None
-        if run is None or run.status != "completed":
-            raise ProviderError(res.address, "the run that produces it has not completed")
-        sha = run.outputs.get(source["output"])
-        if sha is None:
-            raise ProviderError(res.address, f"run {run.id} has no output "
-                                f"'{source['output']}'")
-        return artifact_store(ctx).path(sha), run.id
+        path, run = run_output(ctx, res, source)
+        return path, run.id
+
+    def _evaluation_data(self, res: Resource, ctx: Context, data: Any) -> Table:
+        # NOTE: imported here: NumPy costs more than a plan takes.
+        from mlinfra.registry.evaluate import read_table
+
+        if isinstance(data, dict):
+            path, run = run_output(ctx, res, data)
+            return read_table(path, _output_format(ctx, data), f"{_describe(data)} of run "
+                              f"{run.id}")
+        found = Resolver(ctx).data(res, str(data))
+        asset = ctx.config.get("Data", found.name)
+        fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
+        return read_table(found.path, fmt, found.label)
+
+    def evaluate(self, res: Resource, ctx: Context, path: Path) -> dict[str, Any]:
+        """The metrics of the model file at `path` on `res`'s evaluation data, with the
+        data they were computed on (`evaluated_on`); raises ModelInvalid."""
+        from mlinfra.registry.evaluate import score
+
+        evaluation = res.spec["evaluation"]
+        table = self._evaluation_data(res, ctx, evaluation["data"])
+        features = evaluation.get("features")
+        metrics: dict[str, Any] = score(path, table, str(evaluation["label"]),
+                                        evaluation.get("metrics"),
+                                        list(features) if features is not None else None,
+                                        evaluation.get("positive"))
+        return {**metrics, "evaluated_on": table.name}
 
     def create(self, change: Change, ctx: Context) -> Applied:
         # NOTE: imported here: NumPy and onnxruntime cost more than a plan takes.
-        from mlinfra.registry.evaluate import ModelInvalid, load_session, score, signature
+        from mlinfra.registry.evaluate import ModelInvalid, load_session, signature
 
         res = ctx.config.get("Model", change.name)
         assert res is not None
@@ -71,6 +136,16 @@ class ModelHandler(BaseHandler):
             session = load_session(path)
         except ModelInvalid as err:
             raise ProviderError(res.address, f"refused: {err.message}") from None
+        # Evaluated before it is registered: a model whose evaluation fails takes no
+        # version, so it can never be served as `latest`.
+        evaluation = res.spec.get("evaluation")
+        metrics: dict[str, Any] = {}
+        if evaluation:
+            try:
+                metrics = self.evaluate(res, ctx, path)
+            except ModelInvalid as err:
+                raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
+                                    "version was registered") from None
         sha = artifact_store(ctx).put(path)
         run = RunStore(ctx.store).get(run_id) if run_id else None
         lineage = {"run_id": run_id, "job": run.job if run else None,
@@ -80,18 +155,11 @@ class ModelHandler(BaseHandler):
         registry = ModelRegistry(ctx.store)
         version, created = registry.register(
             res.name, sha, str(res.spec.get("format", "onnx")), signature(session), run_id,
-            lineage, {}, dict(res.spec.get("tags") or {}))
-        evaluation = res.spec.get("evaluation")
-        metrics = version.metrics
-        if evaluation:
-            data = Resolver(ctx).data(res, str(evaluation["data"]))
-            try:
-                metrics = score(path, data.path, str(evaluation["label"]),
-                                list(evaluation.get("metrics") or DEFAULT_METRICS))
-            except ModelInvalid as err:
-                raise ProviderError(res.address, f"evaluation failed: {err.message}") from None
-            metrics = {**metrics, "evaluated_on": data.label}  # type: ignore[dict-item]
+            lineage, metrics, dict(res.spec.get("tags") or {}))
+        if evaluation and not created:
             registry.set_metrics(res.name, version.version, metrics)
+        elif not evaluation:
+            metrics = version.metrics
         word = "registered" if created else "is already"
         ctx.log(f"{res.address}: {word} version {version.version}")
         return Applied({"version": version.version, "sha256": sha, "metrics": metrics,

@@ -33,9 +33,11 @@ def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
         expectations = (asset.spec.get("expectations") or []) if asset else []
         if not expectations:
             continue
-        try:
-            checks.require(data.label, data.path, str(asset.spec.get("format", "csv"))
-                           if asset else "csv", expectations)
+        try:  # the verdict recorded for this content, or checked now
+            checks.DataChecks(ctx.store).require(
+                data.name, data.sha256, data.path,
+                str(asset.spec.get("format", "csv")) if asset else "csv", expectations,
+                data.label)
         except checks.DataCheckFailed as err:
             return err.message
     return None
@@ -58,13 +60,36 @@ def decide(res: Resource, ctx: Context, candidate: ModelVersion,
     if not isinstance(new, int | float) or not isinstance(old, int | float):
         return False, f"{metric} is missing on {candidate.ref} or {champion.ref}"
     delta = float(compare.get("min_delta", 0))
-    better = (new >= old + delta) if compare.get("direction", "max") == "max" else (
-        new <= old - delta)
-    sign = ">=" if compare.get("direction", "max") == "max" else "<="
-    if better:
-        return True, f"{metric} {new:.4g} {sign} {old:.4g} of {champion.ref} by {delta:g}"
+    maximize = compare.get("direction", "max") == "max"
+    gain = new - old if maximize else old - new
+    # Better means a gain, and at least min_delta of it: a tie never moves the alias.
+    sign = ">" if maximize else "<"
+    if gain > 0 and gain >= delta:
+        return True, f"{metric} {new:.4g} {sign} {old:.4g} of {champion.ref} by {gain:.4g}"
     return False, (f"{metric} {new:.4g} is not better than {old:.4g} of {champion.ref} "
                    f"by {delta:g}")
+
+
+def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
+                      champion: ModelVersion | None) -> tuple[ModelVersion | None, str]:
+    """The champion as it scores on the data the candidate was evaluated on: metrics
+    from other data would compare apples with oranges."""
+    where = candidate.metrics.get("evaluated_on")
+    if champion is None or where is None or champion.metrics.get("evaluated_on") == where:
+        return champion, ""
+    from mlinfra.providers.local.jobs import artifact_store
+    from mlinfra.providers.local.models import ModelHandler
+    from mlinfra.registry.evaluate import ModelInvalid
+
+    model = ctx.config.get("Model", str(res.spec["model"]))
+    assert model is not None  # validated
+    try:
+        metrics = ModelHandler().evaluate(model, ctx, artifact_store(ctx).path(champion.sha256))
+    except ModelInvalid as err:
+        raise ProviderError(f"promotion.{res.name}", f"cannot evaluate the champion "
+                            f"{champion.ref} on {where}: {err.message}") from None
+    rescored = ModelVersion(**{**vars(champion), "metrics": metrics})
+    return rescored, f" (champion evaluated again on {where})"
 
 
 class PromotionHandler(BaseHandler):
@@ -93,7 +118,9 @@ class PromotionHandler(BaseHandler):
         candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
-        promoted, reason = decide(res, ctx, candidate, champion)
+        judged, note = _on_the_same_data(res, ctx, candidate, champion)
+        promoted, reason = decide(res, ctx, candidate, judged)
+        reason += note
         if reason.startswith("gates failed"):
             # NOTE: kept registered for the record, but never served as `latest`.
             registry.set_tags(model, candidate.version, {GATES_TAG: "failed",

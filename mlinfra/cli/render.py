@@ -1,0 +1,41 @@
+"""mlinfra render: a docker or kubernetes stack's objects as files, without Pulumi."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from mlinfra.cli.console import echo, echo_err, session_for
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from mlinfra.providers.manifests.render import (
+        platform,
+        render_stack,
+        stack_inputs,
+        write_stack,
+    )
+
+    session = session_for(args, "render", write=False)
+    try:
+        platform(session.config)
+        inputs = stack_inputs(session.ctx)
+        objects = render_stack(session.config, inputs)
+    finally:
+        session.close()
+    out = Path(args.out)
+    written = write_stack(session.config, objects, out)
+    for address, why in sorted(inputs.unresolved.items()):
+        echo_err(f"Note: {address} is left out: {why}.")
+    kinds: dict[str, int] = {}
+    for obj in objects:
+        kinds[obj.kind] = kinds.get(obj.kind, 0) + 1
+    summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    echo(f"Rendered stack {session.stack} ({session.config.stack.provider}): {summary}; "
+         f"{len(written)} files in {out}.")
+    if session.config.stack.provider == "kubernetes":
+        echo(f"Apply without Pulumi: build and push the images in {out}/images.json, run "
+             f"{out}/secrets.sh, then kubectl apply -f {out}/manifests/")
+    else:
+        echo(f"Run without Pulumi: sh {out}/run.sh")
+    return 0

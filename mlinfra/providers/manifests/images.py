@@ -1,0 +1,147 @@
+"""Docker build contexts: an Environment's image, the endpoint server's image, and on
+kubernetes a job's image (its environment plus its code).
+
+Every image installs its packages into a virtual environment (Debian's Python refuses
+`pip install` into the system one). A context has a `wheels/` folder: when it holds
+wheels the image installs from them only, with no index and no network (for hosts whose
+containers cannot reach a package index); empty, pip installs from the index as usual.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlinfra.providers.manifests import ContextFile, content_tag
+from mlinfra.providers.manifests.inputs import DEFAULT_BASE_IMAGE, StackInputs
+from mlinfra.spec.model import Config, Resource
+
+SERVER_PORT = 8080
+VENV = "/opt/mlinfra/venv"
+
+_INSTALL = f"""\
+COPY requirements.txt /opt/mlinfra/requirements.txt
+COPY wheels/ /opt/mlinfra/wheels/
+RUN python3 -m venv {VENV} \\
+ && if ls /opt/mlinfra/wheels/*.whl >/dev/null 2>&1; then \\
+      set -- --no-index --find-links /opt/mlinfra/wheels; fi \\
+ && {VENV}/bin/pip install --no-cache-dir --disable-pip-version-check "$@" \\
+      -r /opt/mlinfra/requirements.txt \\
+ && rm -rf /opt/mlinfra/wheels
+ENV PATH={VENV}/bin:$PATH PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+"""
+
+# The server's entry point in the image: it completes the endpoint's config with the
+# hashes of the keys it receives in MLINFRA_ENDPOINT_KEYS (from a Kubernetes Secret or
+# the container's environment, at apply time), so no key is written in any object.
+ENTRYPOINT = f'''\
+"""Start the mlinfra endpoint server with the config rendered by mlinfra."""
+import hashlib
+import json
+import os
+import socket
+import sys
+
+MOUNTED = "/etc/mlinfra/endpoint.json"
+if os.path.exists(MOUNTED):
+    with open(MOUNTED) as f:
+        config = json.load(f)
+else:
+    config = json.loads(os.environ["MLINFRA_ENDPOINT"])
+keys = [k for k in os.environ.pop("MLINFRA_ENDPOINT_KEYS", "").split(",") if k.strip()]
+if config.get("auth") == "key" and not keys:
+    sys.exit("mlinfra: auth is key but MLINFRA_ENDPOINT_KEYS is empty: refusing to serve "
+             "without keys")
+config["key_hashes"] = [hashlib.sha256(k.strip().encode()).hexdigest() for k in keys]
+collect = config.get("collect") or {{}}
+if collect.get("path"):
+    collect["path"] = collect["path"].replace("{{host}}", socket.gethostname())
+    os.makedirs(os.path.dirname(collect["path"]), exist_ok=True)
+os.makedirs(config["status_dir"], exist_ok=True)
+path = "/tmp/mlinfra/config.json"
+with open(path, "w") as f:
+    json.dump(config, f)
+os.execv(sys.executable, [sys.executable, "-m", "mlinfra.serving", "--config", path,
+                          "--host", "0.0.0.0", "--port", "{SERVER_PORT}",
+                          "--workers", str(config.get("workers", 2))])
+'''
+
+WHEELS_README = """\
+Put wheels here (for the image's Python and platform) to build this image without a
+package index, e.g.:
+  pip download --only-binary=:all: --python-version 3.11 \\
+      --platform manylinux2014_x86_64 -d wheels -r requirements.txt
+Left empty, the image installs its requirements from the index while it builds.
+"""
+
+
+def base_image(config: Config, env: Resource | None = None) -> str:
+    """The stack's `base_image` wins over an Environment's `image`: a stack can build
+    on an image of its own (a registry mirror, or one built without a registry)."""
+    settings = config.stack.settings.get(config.stack.provider) or {}
+    if settings.get("base_image"):
+        return str(settings["base_image"])
+    if env is not None and env.spec.get("image"):
+        return str(env.spec["image"])
+    return DEFAULT_BASE_IMAGE
+
+
+def image_prefix(config: Config) -> str:
+    settings = config.stack.settings.get(config.stack.provider) or {}
+    registry = str(settings.get("registry") or "").rstrip("/")
+    return f"{registry}/" if registry else ""
+
+
+def _requirements(config: Config, env: Resource) -> str:
+    lines = [str(r) for r in env.spec.get("requirements") or []]
+    if env.spec.get("requirements_file"):
+        path = config.root / str(env.spec["requirements_file"])
+        lines += [line for line in path.read_text().splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")]
+    return "\n".join(lines) + "\n"
+
+
+def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...]:
+    dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
+                  + _INSTALL + "WORKDIR /code\n")
+    return (ContextFile("Dockerfile", dockerfile),
+            ContextFile("requirements.txt", _requirements(config, env)),
+            ContextFile("wheels/README", WHEELS_README))
+
+
+def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, ...]:
+    dockerfile = (f"# the mlinfra endpoint server (ONNX Runtime)\nFROM {base_image(config)}\n"
+                  + _INSTALL
+                  + "COPY src/ /opt/mlinfra/src/\n"
+                  + "COPY entrypoint.py /opt/mlinfra/entrypoint.py\n"
+                  + "ENV PYTHONPATH=/opt/mlinfra/src\n"
+                  + f"EXPOSE {SERVER_PORT}\n"
+                  + "USER 65534:65534\n"
+                  + 'ENTRYPOINT ["python", "/opt/mlinfra/entrypoint.py"]\n')
+    files = [ContextFile("Dockerfile", dockerfile),
+             ContextFile("requirements.txt", "\n".join(inputs.serving_requirements) + "\n"),
+             ContextFile("entrypoint.py", ENTRYPOINT),
+             ContextFile("wheels/README", WHEELS_README)]
+    files += [ContextFile(f"src/{rel}", source=path) for rel, path in inputs.serving_sources]
+    return tuple(files)
+
+
+def job_code_context(config: Config, job: Resource, env_image: str) -> tuple[ContextFile, ...]:
+    """A job's image on kubernetes: its environment's image with the job's code, so a
+    pod needs nothing from this machine."""
+    code = (config.root / str(job.spec.get("code", "."))).resolve()
+    files = [ContextFile("Dockerfile", f"# mlinfra job {job.name}: its code on its "
+                         f"environment\nFROM {env_image}\nCOPY code/ /code/\nWORKDIR /code\n")]
+    for path in sorted(code.rglob("*")):
+        rel = path.relative_to(code)
+        if path.is_file() and not any(p.startswith(".") or p == "__pycache__"
+                                      for p in rel.parts):
+            files.append(ContextFile(f"code/{rel.as_posix()}", source=path))
+    return tuple(files)
+
+
+def image_name(config: Config, what: str, files: tuple[ContextFile, ...]) -> str:
+    return f"{image_prefix(config)}mlinfra-{what}:{content_tag(files)}"
+
+
+def context_dir(out: Path, key: str) -> Path:
+    return out / "images" / key

@@ -1,0 +1,106 @@
+"""What rendering needs to know beyond the YAML: each endpoint deployment's model file,
+each datastore's folder, the serving code and its pinned requirements. Resolving reads
+the registry and the artifact store; rendering itself reads nothing."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from mlinfra.errors import Record
+from mlinfra.spec.model import Config, Ref
+
+# What the endpoint server imports (mlinfra.serving stands apart from the rest of
+# mlinfra), pinned to the versions this machine runs, so an image serves as `local` does.
+SERVING_DISTRIBUTIONS = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "orjson")
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+
+
+class ModelFile(Record):
+    """The version a deployment serves and the stored file holding it."""
+
+    __slots__ = ("name", "version", "sha256", "path")
+
+    def __init__(self, name: str, version: int, sha256: str, path: Path) -> None:
+        self.name, self.version, self.sha256, self.path = name, version, sha256, path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class StackInputs(Record):
+    """Everything rendering reads besides the configuration. `models` maps an endpoint's
+    name to its deployments' files; an endpoint in `unresolved` (address -> why) is left
+    out until its models resolve."""
+
+    __slots__ = ("models", "unresolved", "datastores", "serving_requirements",
+                 "serving_sources")
+
+    def __init__(self, models: dict[str, dict[str, ModelFile]] | None = None,
+                 unresolved: dict[str, str] | None = None,
+                 datastores: dict[str, Path] | None = None,
+                 serving_requirements: list[str] | None = None,
+                 serving_sources: list[tuple[str, Path]] | None = None) -> None:
+        self.models = models if models is not None else {}
+        self.unresolved = unresolved if unresolved is not None else {}
+        self.datastores = datastores if datastores is not None else {}
+        self.serving_requirements = (serving_requirements if serving_requirements is not None
+                                     else serving_requirements_pinned())
+        self.serving_sources = (serving_sources if serving_sources is not None
+                                else serving_source_files())
+
+
+def serving_requirements_pinned() -> list[str]:
+    out = []
+    for name in SERVING_DISTRIBUTIONS:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def serving_source_files() -> list[tuple[str, Path]]:
+    """(path in the image's source folder, file here) of the endpoint server's code."""
+    package = Path(__file__).resolve().parent.parent.parent
+    files = [("mlinfra/__init__.py", package / "__init__.py")]
+    files += [(f"mlinfra/serving/{p.name}", p)
+              for p in sorted((package / "serving").glob("*.py"))]
+    return files
+
+
+def resolve(config: Config, store: Any, artifacts: Any, datastore_root: Any
+            ) -> StackInputs:
+    """Resolve every endpoint's model references now (after the promotions apply has
+    made, when called during apply). `store` is the stack's state store, `artifacts`
+    its ArtifactStore, `datastore_root(spec)` a datastore's folder."""
+    from mlinfra.registry.models import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(store)
+    models: dict[str, dict[str, ModelFile]] = {}
+    unresolved: dict[str, str] = {}
+    for endpoint in config.of("Endpoint").values():
+        files: dict[str, ModelFile] = {}
+        for deployment in endpoint.spec.get("deployments") or []:
+            ref = Ref.parse(str(deployment["model"]))
+            assert ref is not None  # validated
+            try:
+                version = registry.resolve(ref.name, ref.version, ref.alias)
+            except RegistryError as err:
+                unresolved[endpoint.address] = (f"deployment {deployment['name']}: "
+                                                f"{err.message}")
+                break
+            if not artifacts.exists(version.sha256):
+                unresolved[endpoint.address] = (f"deployment {deployment['name']}: the file "
+                                                f"of {version.ref} is not in the artifact "
+                                                "store")
+                break
+            files[deployment["name"]] = ModelFile(version.name, version.version,
+                                                  version.sha256,
+                                                  artifacts.path(version.sha256, verify=False))
+        else:
+            models[endpoint.name] = files
+    datastores = {d.name: datastore_root(d.spec) for d in config.of("Datastore").values()}
+    return StackInputs(models=models, unresolved=unresolved, datastores=datastores)

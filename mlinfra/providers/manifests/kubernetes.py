@@ -1,0 +1,380 @@
+"""The Kubernetes objects of a stack, as manifests.
+
+Workspace -> Namespace and a ResourceQuota per Compute; Datastore -> PersistentVolumeClaim;
+the `${secret.X}` values -> one Secret; Environment -> an image; Job (or pipeline step)
+-> batch/v1 Job; Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with
+its model, a Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with
+its keys and one Gateway API HTTPRoute whose backend weights carry `traffic`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+from mlinfra.providers.manifests import (
+    RenderedObject,
+    RenderError,
+    SecretValue,
+    labels,
+)
+from mlinfra.providers.manifests.images import (
+    SERVER_PORT,
+    environment_context,
+    image_name,
+    job_code_context,
+    serving_context,
+)
+from mlinfra.providers.manifests.inputs import StackInputs
+from mlinfra.providers.manifests.workloads import (
+    collect_datastore,
+    compute_resources,
+    datastore_mount,
+    endpoint_config,
+    job_runs,
+    keys_secret,
+)
+from mlinfra.spec.model import Config, Resource
+
+GATEWAY_API = "gateway.networking.k8s.io/v1"
+# A ConfigMap holds at most 1 MiB; base64 makes a model a third larger.
+MAX_MODEL_BYTES = 700_000
+DATASTORE_SIZE = "10Gi"
+SECRETS = "mlinfra-secrets"
+
+
+def namespace(config: Config) -> str:
+    settings = config.stack.settings.get("kubernetes") or {}
+    return str(settings.get("namespace") or config.workspace)
+
+
+def _meta(config: Config, name: str, address: str, namespaced: bool = True,
+          **extra: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name,
+                            "labels": labels(config.name, config.stack.name, address, **extra)}
+    if namespaced:
+        meta["namespace"] = namespace(config)
+    return meta
+
+
+def _quantity_times(quantity: Any, n: int) -> str:
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([A-Za-z]*)", str(quantity))
+    if match is None:
+        raise RenderError(f"cannot read the quantity '{quantity}'")
+    value = Decimal(match.group(1)) * n
+    return f"{value.normalize():f}{match.group(2)}"
+
+
+def _resources(config: Config, compute: str | None) -> dict[str, Any]:
+    wanted = compute_resources(config, compute)
+    amounts: dict[str, str] = {}
+    if "cpu" in wanted:
+        amounts["cpu"] = str(wanted["cpu"])
+    if "memory" in wanted:
+        amounts["memory"] = str(wanted["memory"])
+    out: dict[str, Any] = {}
+    if amounts:
+        out = {"requests": dict(amounts), "limits": dict(amounts)}
+    if wanted.get("gpu"):
+        out.setdefault("limits", {})["nvidia.com/gpu"] = str(wanted["gpu"])
+    return out
+
+
+def _env(variables: dict[str, str | SecretValue]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for name, value in variables.items():
+        if isinstance(value, SecretValue):
+            out.append({"name": name, "valueFrom": {"secretKeyRef": {
+                "name": SECRETS, "key": value.env}}})
+        else:
+            out.append({"name": name, "value": value})
+    return out
+
+
+def _claim(name: str) -> str:
+    return f"datastore-{name}"
+
+
+def _datastore_volumes(config: Config, names: list[str]) -> tuple[list[Any], list[Any]]:
+    volumes, mounts = [], []
+    for name in names:
+        volumes.append({"name": _claim(name),
+                        "persistentVolumeClaim": {"claimName": _claim(name)}})
+        mounts.append({"name": _claim(name), "mountPath": datastore_mount(name)})
+    return volumes, mounts
+
+
+def _workspace(config: Config, objects: list[RenderedObject]) -> None:
+    ws = f"workspace.{config.workspace}"
+    ns = namespace(config)
+    objects.append(RenderedObject(f"namespace-{ns}", ws, "Namespace", {
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": _meta(config, ns, ws, namespaced=False)}))
+    for compute in config.of("Compute").values():
+        wanted = compute_resources(config, compute.name)
+        most = int(compute.spec.get("max_instances", 4))
+        hard = {}
+        for field, key in (("cpu", "cpu"), ("memory", "memory")):
+            if field in wanted:
+                total = _quantity_times(wanted[field], most)
+                hard[f"requests.{key}"] = total
+                hard[f"limits.{key}"] = total
+        if wanted.get("gpu"):
+            hard["requests.nvidia.com/gpu"] = str(int(wanted["gpu"]) * most)
+        if not hard:
+            continue
+        objects.append(RenderedObject(f"quota-{compute.name}", compute.address,
+                                      "ResourceQuota", {
+            "apiVersion": "v1", "kind": "ResourceQuota",
+            "metadata": _meta(config, f"compute-{compute.name}", compute.address),
+            "spec": {"hard": hard}}, depends_on=(f"namespace-{ns}",)))
+
+
+def _datastores(config: Config, objects: list[RenderedObject]) -> None:
+    settings = config.stack.settings.get("kubernetes") or {}
+    for store in config.of("Datastore").values():
+        spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                                "resources": {"requests": {"storage": DATASTORE_SIZE}}}
+        if settings.get("storage_class"):
+            spec["storageClassName"] = str(settings["storage_class"])
+        objects.append(RenderedObject(f"pvc-{store.name}", store.address,
+                                      "PersistentVolumeClaim", {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(config, _claim(store.name), store.address), "spec": spec},
+            depends_on=(f"namespace-{namespace(config)}",)))
+
+
+def _secrets(config: Config, objects: list[RenderedObject],
+             variables: list[SecretValue]) -> None:
+    names = sorted({v.env for v in variables})
+    if not names:
+        return
+    objects.append(RenderedObject(f"secret-{SECRETS}", "", "Secret", {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": _meta(config, SECRETS, ""),
+        "stringData": {name: SecretValue(env=name) for name in names}},
+        depends_on=(f"namespace-{namespace(config)}",)))
+
+
+def _images(config: Config, objects: list[RenderedObject]) -> dict[str, str]:
+    """Environment name -> its image; one Image object each."""
+    out = {}
+    for env in config.of("Environment").values():
+        files = environment_context(config, env)
+        out[env.name] = image_name(config, f"{config.name}-{env.name}", files)
+        objects.append(RenderedObject(f"image-{env.name}", env.address, "Image",
+                                      {"name": out[env.name]}, context=files))
+    return out
+
+
+def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, str],
+          secrets: list[SecretValue]) -> None:
+    ns_key = f"namespace-{namespace(config)}"
+    stores = sorted(config.of("Datastore"))
+    for run in job_runs(config):
+        job = run.job
+        env_name = str(job.spec.get("environment") or "")
+        if env_name not in env_images:
+            raise RenderError(f"{run.owner}: jobs on kubernetes need an environment (its "
+                              "image runs the job)")
+        files = job_code_context(config, job, env_images[env_name])
+        image = image_name(config, f"{config.name}-job-{job.name}", files)
+        image_key = f"image-job-{job.name}"
+        if not any(o.key == image_key for o in objects):
+            objects.append(RenderedObject(image_key, job.address, "Image", {"name": image},
+                                          depends_on=(f"image-{env_name}",), context=files))
+        secrets += [v for v in run.env.values() if isinstance(v, SecretValue)]
+        volumes, mounts = _datastore_volumes(config, stores)
+        container: dict[str, Any] = {"name": "run", "image": image,
+                                     "command": ["sh", "-c", run.command],
+                                     "workingDir": "/code", "env": _env(run.env),
+                                     "volumeMounts": mounts}
+        resources = _resources(config, job.spec.get("compute"))
+        if resources:
+            container["resources"] = resources
+        spec: dict[str, Any] = {"backoffLimit": 0, "template": {
+            "metadata": {"labels": labels(config.name, config.stack.name, run.owner,
+                                          run=run.key)},
+            "spec": {"restartPolicy": "Never", "containers": [container],
+                     "volumes": volumes}}}
+        if run.timeout_s:
+            spec["activeDeadlineSeconds"] = max(1, int(run.timeout_s))
+        depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores),
+                   *(f"job-{a}" for a in run.after)]
+        if any(isinstance(v, SecretValue) for v in run.env.values()):
+            depends.append(f"secret-{SECRETS}")
+        objects.append(RenderedObject(f"job-{run.key}", run.owner, "Job", {
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": _meta(config, f"run-{run.key}", run.owner, run=run.key),
+            "spec": spec}, depends_on=tuple(depends)))
+
+
+def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_image: str,
+              objects: list[RenderedObject]) -> None:
+    address, ns_key = endpoint.address, f"namespace-{namespace(config)}"
+    models = inputs.models[endpoint.name]
+    compute = config.get("Compute", str(endpoint.spec.get("compute") or ""))
+    fewest = int(compute.spec.get("min_instances", 0)) if compute else 0
+    most = int(compute.spec.get("max_instances", 4)) if compute else 4
+    keys = keys_secret(endpoint)
+    common = [ns_key, "image-serving"]
+    if keys is not None:
+        keys_name = f"{endpoint.name}-keys"
+        objects.append(RenderedObject(f"secret-{keys_name}", address, "Secret", {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(config, keys_name, address),
+            "stringData": {"keys": keys}}, depends_on=(ns_key,)))
+        common.append(f"secret-{keys_name}")
+    capture_store = collect_datastore(config, endpoint)
+    backends = []
+    for deployment in endpoint.spec["deployments"]:
+        name = deployment["name"]
+        model = models[name]
+        size = model.path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise RenderError(f"{address}: deployment {name}: model {model.ref} is {size} "
+                              f"bytes; on kubernetes a model travels in a ConfigMap, which "
+                              f"holds at most {MAX_MODEL_BYTES} bytes of model")
+        full = f"{endpoint.name}-{name}"
+        extra = {"deployment": name}
+        config_json = endpoint_config(config, endpoint, models,
+                                      {name: f"/models/{name}/model.onnx"}, only=name)
+        objects.append(RenderedObject(f"configmap-{full}", address, "ConfigMap", {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(config, f"{full}-config", address, **extra),
+            "data": {"endpoint.json": json.dumps(config_json, indent=2, sort_keys=True)}},
+            depends_on=(ns_key,)))
+        objects.append(RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(config, f"{full}-model", address, model=model.ref.replace(
+                ":", "-"), **extra),
+            "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()}},
+            depends_on=(ns_key,)))
+        selector = labels(config.name, config.stack.name, address, **extra)
+        env: list[dict[str, Any]] = []
+        if keys is not None:
+            env.append({"name": "MLINFRA_ENDPOINT_KEYS", "valueFrom": {"secretKeyRef": {
+                "name": f"{endpoint.name}-keys", "key": "keys"}}})
+        volumes: list[dict[str, Any]] = [
+            {"name": "config", "configMap": {"name": f"{full}-config"}},
+            {"name": "model", "configMap": {"name": f"{full}-model"}},
+            {"name": "tmp", "emptyDir": {}}]
+        mounts: list[dict[str, Any]] = [
+            {"name": "config", "mountPath": "/etc/mlinfra", "readOnly": True},
+            {"name": "model", "mountPath": f"/models/{name}", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"}]
+        depends = [*common, f"configmap-{full}", f"configmap-{full}-model"]
+        if capture_store:
+            more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
+            volumes += more_volumes
+            mounts += more_mounts
+            depends.append(f"pvc-{capture_store}")
+        probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"},
+                 "periodSeconds": 5, "failureThreshold": 3}
+        container: dict[str, Any] = {
+            "name": "server", "image": serving_image,
+            "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+            "env": env, "volumeMounts": mounts,
+            "readinessProbe": probe,
+            "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"},
+                              "periodSeconds": 10, "failureThreshold": 3,
+                              "initialDelaySeconds": 5},
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
+                                "allowPrivilegeEscalation": False}}
+        resources = _resources(config, endpoint.spec.get("compute"))
+        if resources:
+            container["resources"] = resources
+        instances = int(deployment.get("instances", 1))
+        # The pod template changes with its config, so a new config rolls the pods.
+        annotations = {"mlinfra.dev/config-sha256": _sha(config_json)}
+        objects.append(RenderedObject(f"deployment-{full}", address, "Deployment", {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": _meta(config, full, address, **extra),
+            "spec": {"replicas": instances, "selector": {"matchLabels": selector},
+                     "template": {"metadata": {"labels": selector,
+                                               "annotations": annotations},
+                                  "spec": {"containers": [container], "volumes": volumes}}}},
+            depends_on=tuple(depends)))
+        objects.append(RenderedObject(f"service-{full}", address, "Service", {
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(config, full, address, **extra),
+            "spec": {"selector": selector, "ports": [{"name": "http", "port": 80,
+                                                      "targetPort": "http"}]}},
+            depends_on=(ns_key,)))
+        objects.append(RenderedObject(f"hpa-{full}", address, "HorizontalPodAutoscaler", {
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": _meta(config, full, address, **extra),
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": full},
+                     "minReplicas": max(1, fewest, min(instances, most)),
+                     "maxReplicas": max(1, fewest, most),
+                     "metrics": [{"type": "Resource", "resource": {
+                         "name": "cpu", "target": {"type": "Utilization",
+                                                   "averageUtilization": 70}}}]}},
+            depends_on=(f"deployment-{full}",)))
+        backends.append((name, full))
+    objects.append(_route(config, endpoint, backends))
+
+
+def _route(config: Config, endpoint: Resource, backends: list[tuple[str, str]]
+           ) -> RenderedObject:
+    """Requests to /endpoints/NAME/... reach the server as /...: split by `traffic`,
+    or to one deployment when the `mlinfra-deployment` header names it."""
+    settings = config.stack.settings.get("kubernetes") or {}
+    prefix = f"/endpoints/{endpoint.name}"
+    rewrite = [{"type": "URLRewrite", "urlRewrite": {
+        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]
+    traffic = endpoint.spec.get("traffic") or {}
+    rules: list[dict[str, Any]] = []
+    for name, service in backends:
+        rules.append({"matches": [{"path": {"type": "PathPrefix", "value": prefix},
+                                   "headers": [{"type": "Exact", "name": "mlinfra-deployment",
+                                                "value": name}]}],
+                      "filters": rewrite,
+                      "backendRefs": [{"name": service, "port": 80}]})
+    filters: list[dict[str, Any]] = list(rewrite)
+    for name, share in sorted((endpoint.spec.get("mirror") or {}).items()):
+        if share:
+            service = dict(backends)[name]
+            filters.append({"type": "RequestMirror", "requestMirror": {
+                "backendRef": {"name": service, "port": 80}, "percent": int(share)}})
+    rules.append({"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+                  "filters": filters,
+                  "backendRefs": [{"name": service, "port": 80,
+                                   "weight": int(traffic.get(name, 0))}
+                                  for name, service in backends]})
+    return RenderedObject(f"httproute-{endpoint.name}", endpoint.address, "HTTPRoute", {
+        "apiVersion": GATEWAY_API, "kind": "HTTPRoute",
+        "metadata": _meta(config, endpoint.name, endpoint.address),
+        "spec": {"parentRefs": [{"name": str(settings.get("gateway") or "mlinfra-gateway")}],
+                 "rules": rules}},
+        depends_on=tuple(f"service-{service}" for _, service in backends))
+
+
+def _sha(value: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
+    """Every object of the stack, dependencies first within each resource."""
+    objects: list[RenderedObject] = []
+    _workspace(config, objects)
+    _datastores(config, objects)
+    env_images = _images(config, objects)
+    secrets: list[SecretValue] = []
+    _jobs(config, objects, env_images, secrets)
+    _secrets(config, objects, secrets)
+    endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
+    if endpoints:
+        files = serving_context(config, inputs)
+        objects.append(RenderedObject("image-serving", "", "Image", {
+            "name": image_name(config, "serving", files)}, context=files))
+        serving = objects[-1].body["name"]
+        for endpoint in endpoints:
+            _endpoint(config, endpoint, inputs, serving, objects)
+    return objects

@@ -1,0 +1,260 @@
+"""The docker and kubernetes providers: the stack's objects applied by Pulumi.
+
+Each mlinfra resource owns the rendered objects it gives rise to (an endpoint its
+Deployments, Services, HTTPRoute...). Applying a resource's change runs `pulumi up`
+on exactly the objects it owns whose rendering changed (and what they need), so the
+engine's journal stays one change per resource, and a traffic change touches the
+HTTPRoute alone. Training stays with mlinfra on this machine, as on `local`: data
+versions, jobs and pipelines (run by the local handlers), the model registry and
+promotions; their containers and Kubernetes Jobs are rendered (`mlinfra render`) but
+not applied by Pulumi yet. Endpoints are served only by Pulumi's objects.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+from mlinfra.plan.model import Change, Observed
+from mlinfra.providers.base import (
+    Applied,
+    BaseHandler,
+    Context,
+    Handler,
+    Provider,
+    ProviderError,
+)
+from mlinfra.providers.manifests import RenderedObject, secrets_in
+from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
+from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
+from mlinfra.spec.model import Config, Resource
+from mlinfra.state.model import ResourceState
+
+_LOCAL = "mlinfra.providers.local."
+# Kinds whose objects Pulumi applies, with the local handler that does mlinfra's own
+# part first (the workspace's artifact store, a datastore's folder check, the virtual
+# environment local jobs run in; for an endpoint only its facts: its server is
+# Pulumi's container or Deployment).
+_APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
+            "Compute": "",
+            "Datastore": _LOCAL + "infra:DatastoreHandler",
+            "Environment": _LOCAL + "environment:EnvironmentHandler",
+            "Endpoint": _LOCAL + "endpoints:EndpointHandler"}
+# Kinds mlinfra handles on this machine, as the local provider does.
+_LOCAL_KINDS = {"Data": _LOCAL + "data:DataHandler", "Job": _LOCAL + "jobs:JobHandler",
+                "Pipeline": _LOCAL + "jobs:PipelineHandler",
+                "Model": _LOCAL + "models:ModelHandler",
+                "Promotion": _LOCAL + "promotion:PromotionHandler"}
+COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
+
+
+def owned(objects: list[RenderedObject], address: str) -> list[RenderedObject]:
+    return [o for o in objects if o.owner == address]
+
+
+def with_dependencies(objects: list[RenderedObject], keys: set[str]) -> list[str]:
+    """`keys` and every object they depend on, transitively: Pulumi refuses to create
+    a targeted resource whose untargeted dependency does not exist yet."""
+    by_key = {o.key: o for o in objects}
+    todo, seen = list(keys), set()
+    while todo:
+        key = todo.pop()
+        if key in seen or key not in by_key:
+            continue
+        seen.add(key)
+        todo.extend(by_key[key].depends_on)
+    return sorted(seen)
+
+
+def object_changes(objects: list[RenderedObject], state: dict[str, ResourceState]
+                   ) -> dict[str, list[str]]:
+    """Per mlinfra resource, the objects applying it would create, update or delete
+    (from the fingerprints its state keeps): "update HTTPRoute httproute-fraud-api"."""
+    before = {key: (address, fingerprint) for address, res in state.items()
+              for key, fingerprint in (res.outputs.get("objects") or {}).items()}
+    kinds = {o.key: o.kind for o in objects}
+    out: dict[str, list[str]] = {}
+    for obj in objects:
+        if not obj.owner:
+            continue
+        old = before.get(obj.key)
+        if old is None:
+            out.setdefault(obj.owner, []).append(f"create {obj.kind} {obj.key}")
+        elif old[1] != obj.fingerprint():
+            out.setdefault(obj.owner, []).append(f"update {obj.kind} {obj.key}")
+    for key, (address, _) in before.items():
+        if key not in kinds:
+            out.setdefault(address, []).append(f"delete {key}")
+    return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def published_url(outputs: dict[str, Any]) -> str | None:
+    """The URL of a container whose port Docker published (Pulumi's `ports` output of
+    the endpoint's container), e.g. http://127.0.0.1:32768."""
+    for value in outputs.values():
+        for port in value if isinstance(value, list) else []:
+            if isinstance(port, dict) and port.get("external"):
+                return f"http://{port.get('ip') or '127.0.0.1'}:{int(port['external'])}"
+    return None
+
+
+class PulumiProvider(Provider):
+    """Shared by docker and kubernetes; a subclass says how its program is made."""
+
+    handler_classes: ClassVar[dict[str, str]] = {**_LOCAL_KINDS}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._rendered: tuple[int, list[RenderedObject]] | None = None
+
+    def cancel(self) -> None:
+        """Ctrl-C: the training runs under way on this machine stop, as on local."""
+        from mlinfra.runs.execute import cancel_all
+
+        cancel_all()
+
+    def prepare(self, config: Config, command: str) -> None:
+        if command in COMMANDS_NEEDING_PULUMI:
+            check_ready(config, command)
+
+    def find(self, kind: str) -> Handler | None:
+        if kind in _APPLIED and kind not in self.handlers:
+            self.handlers[kind] = PulumiHandler(self, kind, _APPLIED[kind])
+        return super().find(kind)
+
+    def program(self, objects: list[RenderedObject], contexts: dict[str, Path],
+                config: Config) -> Program:
+        raise NotImplementedError
+
+    def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
+        """URNs every targeted up includes besides the objects' (an explicit provider)."""
+        return []
+
+    def applied_kinds(self, objects: list[RenderedObject]) -> list[RenderedObject]:
+        """The objects Pulumi applies: not the job runs (jobs run on this machine)."""
+        return [o for o in objects if not o.owner.startswith(("job.", "pipeline."))
+                and not o.key.startswith("image-job-")]
+
+    def render(self, ctx: Context) -> list[RenderedObject]:
+        from mlinfra.providers.manifests.render import render_stack, stack_inputs
+
+        return self.applied_kinds(render_stack(ctx.config, stack_inputs(ctx)))
+
+    def stack(self, ctx: Context) -> PulumiStack:
+        return PulumiStack(ctx.config, ctx.state_dir, ctx.log)
+
+    def build(self, ctx: Context, objects: list[RenderedObject]) -> Program:
+        from mlinfra.providers.manifests.files import write_contexts
+
+        contexts = write_contexts(objects, ctx.state_dir / "render")
+        return self.program(objects, contexts, ctx.config)
+
+    def plan_notes(self, ctx: Context) -> list[str]:
+        """Under the plan: the objects each resource's change touches, then what
+        Pulumi's preview says it would do (every object at once)."""
+        objects = self.render(ctx)
+        lines = ["", f"Objects on {self.name} (applied by Pulumi):"]
+        changes = object_changes(objects, ctx.store.resources())
+        for address, items in changes.items():
+            lines += [f"  {address}:"] + [f"    {item}" for item in items]
+        if not changes:
+            lines.append("  no object changes")
+        steps = self.stack(ctx).preview(self.build(ctx, objects))
+        owners = {o.key: o.owner or "(shared)" for o in objects}
+        lines.append("Pulumi preview:")
+        for step in steps:
+            if step.type.startswith("pulumi:pulumi:"):
+                continue
+            diffs = f" ({', '.join(step.diffs)})" if step.diffs else ""
+            lines.append(f"  {owners.get(step.key, '(removed)')}: {step.op} {step.type} "
+                         f"{step.key}{diffs}")
+        if len(lines) and lines[-1] == "Pulumi preview:":
+            lines.append("  no changes")
+        return lines
+
+    def preview(self, ctx: Context) -> list[Step]:
+        """What Pulumi would change to reach the configuration, every object at once."""
+        objects = self.render(ctx)
+        return self.stack(ctx).preview(self.build(ctx, objects))
+
+    def apply_objects(self, ctx: Context, address: str, keep_owned: bool) -> dict[str, Any]:
+        """`pulumi up` on the objects `address` owns (all of them gone when not
+        `keep_owned`); returns their fingerprints and Pulumi's outputs for the state."""
+        objects = self.render(ctx)
+        previous = ctx.store.get(address)
+        before = dict((previous.outputs.get("objects") or {}) if previous else {})
+        if not keep_owned:
+            objects = [o for o in objects if o.owner != address]
+        mine = {o.key: o.fingerprint() for o in owned(objects, address)}
+        touched = {k for k in set(mine) | set(before) if mine.get(k) != before.get(k)}
+        if not touched:
+            return {"objects": mine, "kinds": {o.key: o.kind for o in owned(objects, address)}}
+        stack = self.stack(ctx)
+        program = self.build(ctx, objects)
+        # Every generated secret the program reads, not only this resource's: the
+        # program declares every object.
+        generated = sorted({s.generated for o in objects for s in secrets_in(o.body)
+                            if s.generated})
+        if generated:
+            from mlinfra.providers.local.endpoint.keys import new_key
+
+            made = stack.ensure_secret_config(program, generated,
+                                              lambda _: f"{new_key()},{new_key()}")
+            for name in made:
+                ctx.log(f"{address}: new keys made and kept encrypted in Pulumi's config "
+                        f"as mlinfra:{name}")
+        kinds = {o.key: o.kind for o in objects}
+        kinds.update(dict(previous.outputs.get("kinds") or {}) if previous else {})
+        keys = with_dependencies(objects, touched & set(mine)) + sorted(touched - set(mine))
+        urns = [stack.urn(key, PULUMI_TYPES[kinds[key]]) for key in keys]
+        outputs = stack.up(program, urns + self.extra_targets(stack, ctx.config))
+        applied = {k: v for k, v in outputs.items() if k in mine}
+        result: dict[str, Any] = {"objects": mine,
+                                  "kinds": {o.key: o.kind for o in owned(objects, address)},
+                                  "pulumi": applied}
+        url = published_url(applied)
+        if url:
+            result["url"] = url
+        return result
+
+
+class PulumiHandler(BaseHandler):
+    """A kind whose objects Pulumi applies, after mlinfra's own part (if any)."""
+
+    def __init__(self, provider: PulumiProvider, kind: str, local: str) -> None:
+        self.provider, self.kind = provider, kind
+        self.local: Handler | None = None
+        if local:
+            from importlib import import_module
+
+            module, _, name = local.partition(":")
+            self.local = getattr(import_module(module), name)()
+
+    def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        if self.kind == "Compute":
+            kind = str(res.spec.get("type", "local"))
+            if kind not in ("local", self.provider.name):
+                raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
+                                    f"this stack ({ctx.config.stack.name}) uses the "
+                                    f"{self.provider.name} provider")
+        return self.local.facts(res, ctx) if self.local is not None else {}
+
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        if self.local is not None and self.kind != "Endpoint":
+            return self.local.read(state, ctx)
+        return Observed()
+
+    def create(self, change: Change, ctx: Context) -> Applied:
+        outputs: dict[str, Any] = {}
+        if self.local is not None and self.kind != "Endpoint":
+            outputs.update(self.local.create(change, ctx).outputs)
+        outputs.update(self.provider.apply_objects(ctx, change.address, keep_owned=True))
+        return Applied(outputs, provider_id=f"pulumi:{change.address}")
+
+    def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
+        return self.create(change, ctx)
+
+    def delete(self, state: ResourceState, ctx: Context) -> None:
+        self.provider.apply_objects(ctx, state.address, keep_owned=False)
+        if self.local is not None and self.kind != "Endpoint":
+            self.local.delete(state, ctx)

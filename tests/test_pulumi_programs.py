@@ -1,0 +1,216 @@
+"""The Pulumi programs with Pulumi's mocks, no CLI (issue 13, items 1 to 4): the
+resources each kind produces and their key fields, exactly the rendered objects, and
+secrets that reach Pulumi only as secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+
+from mlinfra.providers.manifests import RenderedObject, redact
+from mlinfra.providers.manifests.files import write_contexts
+from mlinfra.providers.pulumi_program import (
+    PULUMI_TYPES,
+    Program,
+    docker_program,
+    kubernetes_program,
+)
+from mlinfra.providers.pulumi_runner import in_own_loop
+from tests.conftest import onnx_model
+from tests.stacks import invalid_manifests, register_model, render
+
+KEYS = "mlk_primary-key-value,mlk_secondary-key-value"
+TOKEN = "api-token-value-from-the-environment"
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Every resource the program registers: name -> (type, inputs as sent)."""
+
+    def __init__(self) -> None:
+        self.resources: dict[str, tuple[str, dict[str, Any]]] = {}
+        # The mock monitor gives each of its worker threads an event loop it never
+        # closes; they are closed after the run (or they warn when collected).
+        self.loops: set[asyncio.AbstractEventLoop] = set()
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        self.loops.add(asyncio.get_event_loop_policy().get_event_loop())
+        self.resources[args.name] = (args.typ, dict(args.inputs))
+        outputs = dict(args.inputs)
+        if args.typ == "kubernetes:core/v1:Service":
+            outputs["spec"] = {**outputs.get("spec", {}), "clusterIP": "10.0.0.7"}
+        return f"{args.name}-id", outputs
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> dict[str, Any]:
+        return {}
+
+
+def run(program: Program, stack: str, keys: str | None = KEYS) -> Recorder:
+    """The program under Pulumi's mocks, as the provider runs it: in a thread with an
+    event loop of its own, closed after."""
+    recorder = in_own_loop(lambda: _run_mocked(program, stack, keys))
+    for loop in recorder.loops:
+        if not loop.is_running():
+            loop.close()
+    return recorder
+
+
+def _run_mocked(program: Program, stack: str, keys: str | None) -> Recorder:
+    recorder = Recorder()
+    pulumi.runtime.set_mocks(recorder, project="mlinfra-quickstart", stack=stack,
+                             preview=False)
+    pulumi.runtime.set_all_config({"mlinfra:fraud-api-keys": keys} if keys else {},
+                                  secret_keys=["mlinfra:fraud-api-keys"] if keys else [])
+
+    @pulumi.runtime.test
+    def apply() -> Any:
+        program()
+        return None
+
+    apply()
+    return recorder
+
+
+def _prepared(quickstart: Path, stack: str, monkeypatch: pytest.MonkeyPatch
+              ) -> list[RenderedObject]:
+    monkeypatch.setenv("API_TOKEN", TOKEN)
+    training = quickstart / "training.yaml"
+    training.write_text(training.read_text().replace(
+        'env: {OMP_NUM_THREADS: "1"}', 'env: {OMP_NUM_THREADS: "1", API_TOKEN: '
+        '"${secret.API_TOKEN}"}'))
+    register_model(quickstart, stack, "fraud-team", "fraud", onnx_model(), alias="champion")
+    return render(quickstart, stack)
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(
+        "4dabf18193072939515e22adb298388d") == "1b47061264138c4ac30d75fd1eb44270"
+
+
+def _unwrap(value: Any) -> Any:
+    """Inputs as the program sent them, with Pulumi's secret wrappers opened."""
+    if _is_secret(value):
+        return _unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+def test_kubernetes_program_makes_every_rendered_object(
+        quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = _prepared(quickstart, "kubernetes", monkeypatch)
+    contexts = write_contexts(objects, tmp_path / "render")
+    made = run(kubernetes_program(objects, contexts, push=False), "kubernetes").resources
+    expected_types = {
+        "Namespace": "kubernetes:core/v1:Namespace",
+        "ResourceQuota": "kubernetes:core/v1:ResourceQuota",
+        "PersistentVolumeClaim": "kubernetes:core/v1:PersistentVolumeClaim",
+        "Secret": "kubernetes:core/v1:Secret", "ConfigMap": "kubernetes:core/v1:ConfigMap",
+        "Service": "kubernetes:core/v1:Service", "Deployment": "kubernetes:apps/v1:Deployment",
+        "HorizontalPodAutoscaler": "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
+        "Job": "kubernetes:batch/v1:Job",
+        "HTTPRoute": "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute",
+        "Image": "docker:index/image:Image"}
+    assert {k: t for k, (t, _) in made.items()} == {
+        o.key: expected_types[o.kind] for o in objects}
+    assert {k: PULUMI_TYPES[k] for k in expected_types} == expected_types  # URNs of --target
+    sent = []
+    for obj in objects:
+        if obj.kind == "Image":
+            image = made[obj.key][1]
+            assert image["imageName"] == obj.body["name"] and image["skipPush"] is True
+            assert Path(image["build"]["context"]) == contexts[obj.key]
+            continue
+        inputs = _unwrap(made[obj.key][1])
+        # What Pulumi receives is the rendered manifest, field for field.
+        manifest = {k: v for k, v in inputs.items() if k != "__meta"}
+        rendered = json.loads(json.dumps(redact(obj.body)))
+        if obj.kind == "Secret":
+            assert set(manifest["stringData"]) == set(rendered["stringData"])
+            manifest["stringData"] = rendered["stringData"]
+        assert _numbers(manifest) == _numbers(rendered), obj.key
+        sent.append(manifest)
+    assert invalid_manifests(sent) == []
+    deployment = made["deployment-fraud-api-blue"][1]
+    assert deployment["spec"]["replicas"] == 1
+    server = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert server["resources"]["limits"] == {"cpu": "1", "memory": "2Gi"}
+    route = made["httproute-fraud-api"][1]["spec"]["rules"][-1]["backendRefs"]
+    assert route == [{"name": "fraud-api-blue", "port": 80, "weight": 100}]
+    hpa = made["hpa-fraud-api-blue"][1]["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1, 4)
+    job = made["job-fraud-train"][1]["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (0, 1800)
+    for name in ("secret-fraud-api-keys", "secret-mlinfra-secrets"):
+        data = made[name][1]["stringData"]
+        assert _is_secret(data), name  # a Pulumi secret: encrypted in its state
+    assert _unwrap(made["secret-fraud-api-keys"][1]["stringData"]) == {"keys": KEYS}
+    assert _unwrap(made["secret-mlinfra-secrets"][1]["stringData"]) == {"API_TOKEN": TOKEN}
+    for key, (_, inputs) in made.items():
+        if not key.startswith("secret-"):
+            assert TOKEN not in json.dumps(inputs) and "mlk_" not in json.dumps(inputs), key
+
+
+def _numbers(value: Any) -> Any:
+    """Pulumi sends every number as a float: compare them as floats."""
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def test_docker_program_makes_images_network_and_containers(
+        quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    objects = _prepared(quickstart, "docker", monkeypatch)
+    contexts = write_contexts(objects, tmp_path / "render")
+    made = run(docker_program(objects, contexts), "docker").resources
+    types = {"Image": "docker:index/image:Image", "Network": "docker:index/network:Network",
+             "Container": "docker:index/container:Container"}
+    assert {k: t for k, (t, _) in made.items()} == {o.key: types[o.kind] for o in objects}
+    server = made["container-fraud-api"][1]
+    body = next(o for o in objects if o.key == "container-fraud-api").body
+    assert server["image"] == body["image"] and server["restart"] == "unless-stopped"
+    assert server["networksAdvanced"] == [{"name": "mlinfra"}]
+    assert server["ports"] == [{"internal": 8080, "ip": "127.0.0.1"}]
+    model = next(m for m in server["mounts"] if m["target"] == "/models/blue.onnx")
+    assert model["readOnly"] is True and model["type"] == "bind"
+    assert "/v2/health/ready" in " ".join(server["healthcheck"]["tests"])
+    assert server["wait"] is True and server["memory"] == 2048 and server["cpus"] == "1"
+    labels = {x["label"]: x["value"] for x in server["labels"]}
+    assert labels["mlinfra.dev/project"] == "quickstart"
+    # A secret among the variables makes Pulumi keep the whole list as a secret.
+    assert _is_secret(server["envs"])
+    envs = _unwrap(server["envs"])
+    assert f"MLINFRA_ENDPOINT_KEYS={KEYS}" in envs
+    config = next(e for e in envs if e.startswith("MLINFRA_ENDPOINT="))
+    assert json.loads(config.split("=", 1)[1])["deployments"]["blue"]["path"] == (
+        "/models/blue.onnx")
+    job = made["container-run-fraud-train"][1]
+    assert job["mustRun"] is False and job["attach"] is True
+    assert _is_secret(job["envs"]) and f"API_TOKEN={TOKEN}" in _unwrap(job["envs"])
+    for key, (_, inputs) in made.items():
+        plain = json.dumps({k: v for k, v in inputs.items() if not _is_secret(v)})
+        assert TOKEN not in plain and "mlk_" not in plain, key
+
+
+def test_a_preview_before_the_keys_exist_still_runs(
+        quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys are made before every `up`; a preview of an endpoint never applied has none
+    yet, and its Secret stays a secret."""
+    objects = _prepared(quickstart, "kubernetes", monkeypatch)
+    contexts = write_contexts(objects, tmp_path / "render")
+    made = run(kubernetes_program(objects, contexts, push=False), "kubernetes",
+               keys=None).resources
+    data = made["secret-fraud-api-keys"][1]["stringData"]
+    assert _is_secret(data) and _unwrap(data) == {"keys": ""}
