@@ -53,12 +53,14 @@ def test_the_quickstart_on_kubernetes_is_every_object_and_all_are_valid(
 
 def test_kubernetes_objects_carry_what_the_yaml_says(quickstart: Path) -> None:
     _champion(quickstart, "kubernetes")
-    text = (quickstart / "serving.yaml").read_text().replace(
-        "    instances: 1\n", "    instances: 2\n")
-    (quickstart / "serving.yaml").write_text(text)
+    text = (quickstart / "workspace.yaml").read_text().replace(
+        "min_instances: 0", "min_instances: 2")
+    (quickstart / "workspace.yaml").write_text(text)
     objects = _by_key(render(quickstart, "kubernetes"))
     deployment = objects["deployment-fraud-api-blue"].body
     assert deployment["spec"]["replicas"] == 2
+    hpa = objects["hpa-fraud-api-blue"].body["spec"]
+    assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
     pod = deployment["spec"]["template"]["spec"]
     server = pod["containers"][0]
     assert server["image"] == objects["image-serving"].body["name"]

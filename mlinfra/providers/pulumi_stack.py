@@ -39,7 +39,7 @@ _APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
             "Compute": "",
             "Datastore": _LOCAL + "infra:DatastoreHandler",
             "Environment": _LOCAL + "environment:EnvironmentHandler",
-            "Endpoint": _LOCAL + "endpoints:EndpointHandler"}
+            "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler"}
 # Kinds mlinfra handles on this machine, as the local provider does.
 _LOCAL_KINDS = {"Data": _LOCAL + "data:DataHandler", "Job": _LOCAL + "jobs:JobHandler",
                 "Pipeline": _LOCAL + "jobs:PipelineHandler",

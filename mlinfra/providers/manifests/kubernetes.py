@@ -287,13 +287,15 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
         resources = _resources(config, endpoint.spec.get("compute"))
         if resources:
             container["resources"] = resources
-        instances = int(deployment.get("instances", 1))
+        # Replicas start at the Compute's fewest (one at least); the HPA moves them
+        # between its fewest and most.
+        replicas = max(1, fewest)
         # The pod template changes with its config, so a new config rolls the pods.
         annotations = {"mlinfra.dev/config-sha256": _sha(config_json)}
         objects.append(RenderedObject(f"deployment-{full}", address, "Deployment", {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": _meta(config, full, address, **extra),
-            "spec": {"replicas": instances, "selector": {"matchLabels": selector},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": selector},
                      "template": {"metadata": {"labels": selector,
                                                "annotations": annotations},
                                   "spec": {"containers": [container], "volumes": volumes}}}},
@@ -309,7 +311,7 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             "metadata": _meta(config, full, address, **extra),
             "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
                                         "name": full},
-                     "minReplicas": max(1, fewest, min(instances, most)),
+                     "minReplicas": replicas,
                      "maxReplicas": max(1, fewest, most),
                      "metrics": [{"type": "Resource", "resource": {
                          "name": "cpu", "target": {"type": "Utilization",
