@@ -380,6 +380,11 @@ def test_runs_metrics_and_params(store: StateStore) -> None:
     assert runs.metrics(run.id) == {"loss": [(0, 3.0), (1, 1.0), (2, 2.0), (3, 0.5)],
                                     "auc": [(None, 0.9)]}  # in the order logged
     assert runs.logged_params(run.id) == {"lr": 0.2}
+    runs.save(Run(id="train-cccc3333", job="train", experiment="exp", run_hash="h3",
+                  status="running"))
+    assert [r.id for r in runs.unfinished()] == ["train-cccc3333"]
+    assert runs.end_unfinished("train-cccc3333", "failed", "its mlinfra is gone")
+    assert not runs.end_unfinished("train-cccc3333", "failed", "again")  # ended already
     runs.request_cancel("train-bbbb2222")
     canceled = runs.get("train-bbbb2222")
     assert canceled is not None and canceled.cancel_requested == 1
