@@ -210,6 +210,13 @@ def test_writers_in_two_processes_never_lose_a_change(backend: Backend) -> None:
         store.close()
 
 
+def test_sql_with_question_marks_and_percent_signs_in_strings(store: StateStore) -> None:
+    store.commit_change(None, "compute.a", "create", _resource("a"), "100% done?")
+    rows = store.query("SELECT detail, '50%?' FROM audit WHERE detail LIKE ? AND "
+                       "action = 'create'", ("100%",))
+    assert rows == [("100% done?", "50%?")]
+
+
 def test_damaged_json_in_a_row_is_a_damaged_state(backend: Backend) -> None:
     writer = backend.open()
     writer.commit_change(None, "compute.a", "create", _resource("a"))

@@ -96,12 +96,13 @@ def _key(text: str) -> int:
 
 @lru_cache(maxsize=512)
 def _translate(sql: str, with_args: bool) -> str:
-    """`?` placeholders as psycopg's `%s` (and a literal % doubled), outside quotes."""
+    """`?` placeholders (outside quoted strings) as psycopg's `%s`; psycopg reads every
+    other % as one too, even in a quoted string, so each is doubled."""
     if not with_args:
         return sql
-    parts = sql.split("'")
+    parts = sql.replace("%", "%%").split("'")
     for i in range(0, len(parts), 2):
-        parts[i] = parts[i].replace("%", "%%").replace("?", "%s")
+        parts[i] = parts[i].replace("?", "%s")
     return "'".join(parts)
 
 
