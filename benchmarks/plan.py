@@ -11,7 +11,10 @@ bytecode is compiled first, as pip and uv do when they install a package.
     .venv/bin/python benchmarks/plan.py --sizes 1000    # quicker
 
 Goals (issue 3): a no-change plan of 10,000 resources under 2 s; at least 10x faster
-than Terraform on every row.
+than Terraform on every row. With the state on PostgreSQL (issue 11), rows marked
+"postgres" (for the sizes in --postgres-sizes): a no-change plan within 2x of SQLite's.
+They use a throwaway local server (tests/postgres.py: PostgreSQL's initdb and pg_ctl),
+or --postgres URL (the password from PGPASSWORD).
 """
 
 from __future__ import annotations
@@ -94,6 +97,36 @@ def one_change(write: Callable[[int], None], n: int, repeat: int, argv: list[str
     return statistics.median(times)
 
 
+def bench_postgres(tmp: Path, n: int, repeat: int, url: str, env: dict[str, str]
+                   ) -> dict[str, float]:
+    """The same project with its state on PostgreSQL, in a schema of its own."""
+    root = tmp / f"mlinfra-pg-{n}"
+    write_mlinfra(root, n)
+    (root / "stacks").mkdir()
+    separator = "&" if "?" in url else "?"
+    (root / "stacks" / "dev.yaml").write_text(
+        f"kind: Stack\nname: dev\nstate: {url}{separator}schema=bench_{n}_{os.getpid()}\n")
+    out = {"first apply, postgres": timed([MLINFRA, "apply", "--auto-approve"], root, env)}
+    out["no-change, postgres"] = timed([MLINFRA, "plan", "--detailed-exitcode"], root, env,
+                                       repeat=repeat)
+    return out
+
+
+def local_postgres() -> tuple[str, Callable[[], None]]:
+    """A throwaway server (as the tests start one): its URL, and how to stop it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.postgres import PASSWORD, PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL is not installed: give --postgres URL, or "
+                         "--postgres-sizes '' to leave it out")
+    server = PostgresServer(bindir)
+    server.start()
+    os.environ["PGPASSWORD"] = PASSWORD
+    return server.url(), server.stop
+
+
 def bench_mlinfra(tmp: Path, n: int, repeat: int) -> dict[str, float]:
     root = tmp / f"mlinfra-{n}"
     write_mlinfra(root, n)
@@ -128,6 +161,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,3000", help="N for both tools")
     parser.add_argument("--mlinfra-only", default="10000", help="N for mlinfra alone")
     parser.add_argument("--repeat", type=int, default=5, help="runs per plan row")
+    parser.add_argument("--postgres-sizes", default="1000",
+                        help="N with the state on PostgreSQL too")
+    parser.add_argument("--postgres", metavar="URL",
+                        help="a server for those rows (default: start a local one)")
     args = parser.parse_args()
     package = Path(__file__).resolve().parent.parent / "mlinfra"
     compileall.compile_dir(package, quiet=1)  # as an install does
@@ -137,21 +174,39 @@ def main() -> int:
                              env=TF_ENV, check=False).stdout.splitlines()[0]
     print(f"mlinfra ({MLINFRA}) vs {version}, terraform_data, wall time of whole commands "
           f"(plans: median of {args.repeat})\n")
-    print(f"{'N':>6}  {'step':<16} {'mlinfra':>10} {'terraform':>11} {'ratio':>8}")
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = Path(tmp_name)
-        for n in both + alone:
-            mine = bench_mlinfra(tmp, n, args.repeat)
-            theirs = bench_terraform(tmp, n, args.repeat) if n in both else {}
-            for step, seconds in mine.items():
-                peer = theirs.get("no-change plan" if step == "no-change, cold" else step)
-                peer_text = f"{peer:10.2f}s" if peer is not None else f"{'-':>11}"
-                ratio = f"{peer / seconds:7.1f}x" if peer is not None else f"{'-':>8}"
-                print(f"{n:>6}  {step:<16} {seconds:9.2f}s {peer_text} {ratio}", flush=True)
+    print(f"{'N':>6}  {'step':<21} {'mlinfra':>10} {'terraform':>11} {'ratio':>8}")
+    on_postgres = [int(x) for x in args.postgres_sizes.split(",") if x]
+    url, stop = (args.postgres, lambda: None) if args.postgres or not on_postgres else (
+        local_postgres())
+    pg_env = {**ENV, **{k: v for k, v in os.environ.items() if k.startswith("PG")}}
+    against_sqlite: list[str] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            for n in both + alone:
+                mine = bench_mlinfra(tmp, n, args.repeat)
+                if n in on_postgres:
+                    mine.update(bench_postgres(tmp, n, args.repeat, url, pg_env))
+                    against_sqlite.append(
+                        f"N={n}: {mine['no-change, postgres'] / mine['no-change plan']:.2f}x")
+                theirs = bench_terraform(tmp, n, args.repeat) if n in both else {}
+                for step, seconds in mine.items():
+                    peer = theirs.get(step.split(",")[0] if step.startswith("first apply")
+                                      else "no-change plan" if step.startswith("no-change")
+                                      else step)
+                    peer_text = f"{peer:10.2f}s" if peer is not None else f"{'-':>11}"
+                    ratio = f"{peer / seconds:7.1f}x" if peer is not None else f"{'-':>8}"
+                    print(f"{n:>6}  {step:<21} {seconds:9.2f}s {peer_text} {ratio}",
+                          flush=True)
+    finally:
+        stop()
     print("\nratio = terraform time / mlinfra time (goal: at least 10x); "
           "goal: no-change plan of 10,000 under 2 s.\n'cold' parses every YAML file again "
           "(MLINFRA_NO_CACHE=1), as Terraform does; the other plans reuse the documents of "
           "unchanged files.")
+    if against_sqlite:
+        print("'postgres': the state on a local PostgreSQL server. No-change plan, "
+              "PostgreSQL / SQLite (goal: within 2x): " + ", ".join(against_sqlite))
     return 0
 
 

@@ -24,7 +24,7 @@ from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErr
 from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
 from mlinfra.state.model import JournalEntry, ResourceState, digest
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.state.store import StateStore
 
 Event = Callable[[str, Change, float, str], None]
 
@@ -40,7 +40,7 @@ class Interrupted(MlinfraError):
 class Session:
     """A loaded project, its stack's store and provider: what every command works on."""
 
-    def __init__(self, config: Config, store: SqliteStore, provider: Provider,
+    def __init__(self, config: Config, store: StateStore, provider: Provider,
                  ctx: Context) -> None:
         self.config, self.store, self.provider, self.ctx = config, store, provider, ctx
 
@@ -56,24 +56,52 @@ def state_dir(config: Config) -> Path:
     return config.root / ".mlinfra" / config.stack.name
 
 
-def state_path(config: Config) -> Path:
-    if config.stack.state:
-        if "://" in config.stack.state:
-            raise MlinfraError(f"state backend '{config.stack.state.split('://')[0]}' is not "
-                               "supported yet; use a path to a SQLite file")
-        return config.root / config.stack.state
-    return state_dir(config) / "state.db"
+def state_location(config: Config, location: str | None = None) -> str:
+    """Where the stack's state is (or `location`, written as a stack's `state:` is): a
+    SQLite file's path (relative to the project) or a database URL, whose
+    ${secret.X} are read from the environment now and never stored."""
+    from mlinfra.state.backends import is_url
+
+    text = config.stack.state if location is None else location
+    if not text:
+        return str(state_dir(config) / "state.db")
+    if not is_url(text):
+        return str(config.root / text)
+    from urllib.parse import quote
+
+    from mlinfra.spec.model import INTERPOLATION
+
+    where = f"{config.stack.file or 'the stack'}: state"
+
+    def resolve(match: Any) -> str:
+        if match.group(1) != "secret":
+            raise MlinfraError(f"{where}: only ${{secret.X}} can be used in a state URL, "
+                               f"not {match.group(0)}")
+        try:
+            return quote(sensitive.value_of("secret", match.group(2)[1:], {}), safe="")
+        except sensitive.MissingSecret as err:
+            raise MlinfraError(f"{where}: {err.message}") from None
+
+    return INTERPOLATION.sub(resolve, text)
+
+
+def open_store_at(config: Config, location: str, command: str, *, write: bool) -> StateStore:
+    """The state at a resolved `state_location`, for this project and stack."""
+    from mlinfra.state.backends import open_store
+
+    return open_store(location, project=config.name, stack=config.stack.name,
+                      command=command, readonly=not write)
 
 
 def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
                  log: Callable[[str], None] = lambda _: None) -> Session:
     """Load the project and open its stack's state: for writing (apply, destroy, the
     commands that move aliases or edit state) or only for reading (plan, output, the
-    listing commands), which never creates nor changes the state file."""
+    listing commands), which never creates nor changes the state."""
     config = load(directory, stack)
     provider = get_provider(config.stack.provider)
     provider.prepare(config, command)
-    store = SqliteStore(state_path(config), command=command, readonly=not write)
+    store = open_store_at(config, state_location(config), command, write=write)
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from mlinfra.cli import main
+from tests.postgres import PostgresServer, find_bindir
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "examples" / "quickstart"
@@ -118,3 +120,23 @@ def onnx_model(weights: tuple[float, float] = (1.5, -0.5), bias: float = 0.1) ->
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return bytes(model.SerializeToString())
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session (see tests/postgres.py). Where none
+    is installed the tests that need it are skipped, saying why; in CI (CI=true) they
+    fail instead, so a missing server is never a silent pass."""
+    bindir = find_bindir()
+    if bindir is None:
+        reason = ("PostgreSQL is not installed: no initdb in $MLINFRA_PG_BIN, "
+                  "/usr/lib/postgresql/*/bin or PATH (.ci/run installs postgresql-15)")
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -63,7 +63,7 @@ def test_pulumi_stacks_without_the_cli_say_what_is_missing_and_touch_nothing(
     assert "PULUMI_CONFIG_PASSPHRASE is not set" in result.err, result.err
     assert not (quickstart / ".mlinfra" / "kubernetes").exists()
     readme = (REPO / "README.md").read_text()
-    assert "postgresql://" not in readme  # not advertised until it works
+    assert "postgresql://" in readme  # it works: tests/test_postgres_state.py
 
 
 def test_an_error_shared_by_dependants_is_told_once(quickstart: Path,

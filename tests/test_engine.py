@@ -200,12 +200,14 @@ def test_lock_held_then_waited_then_stale(infra: Path, cli: Callable[..., Result
         assert time.monotonic() - started >= 1.0
     # a lock left by a process that is gone is recognised as stale
     with store.transaction() as cur:
-        cur.execute("INSERT INTO locks VALUES ('dev', 'deadbeef0000', 'x', ?, 999999999, "
+        cur.execute("INSERT INTO locks (stack, id, owner, host, pid, command, created_at) "
+                    "VALUES ('dev', 'deadbeef0000', 'x', ?, 999999999, "
                     "'apply', 0)", (os.uname().nodename,))
     assert cli("apply", "--auto-approve").code == 0
     # a lock of a live process elsewhere is kept until unlocked by its ID
     with store.transaction() as cur:
-        cur.execute("INSERT INTO locks VALUES ('dev', 'cafe00000000', 'x', 'other-host', 1, "
+        cur.execute("INSERT INTO locks (stack, id, owner, host, pid, command, created_at) "
+                    "VALUES ('dev', 'cafe00000000', 'x', 'other-host', 1, "
                     "'apply', 0)")
     assert "other-host" in cli("apply", "--auto-approve").err
     assert cli("state", "unlock", "wrong").code == 1

@@ -426,7 +426,8 @@ def test_a_state_made_before_the_process_columns_still_opens(
     path = root / ".mlinfra" / "dev" / "state.db"
     SqliteStore(path).close()
     with sqlite3.connect(path) as conn:
-        conn.executescript("DROP TABLE runs;" + OLD_RUNS_TABLE)
+        conn.executescript("DROP TABLE runs;" + OLD_RUNS_TABLE  # and format 1's version
+                           + "UPDATE meta SET value='1' WHERE key='format_version';")
     conn.close()
     before = path.read_bytes()
     listed = cli("runs", "list")  # read through an upgraded copy: the file is untouched

@@ -145,6 +145,11 @@ def _state(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     _lock_option(rm)
     unlock = state.add_parser("unlock", parents=[common], help="remove a stuck lock")
     unlock.add_argument("lock_id", metavar="ID")
+    migrate = state.add_parser("migrate", parents=[common],
+                               help="copy the whole state to another backend and verify it")
+    migrate.add_argument("--to", required=True, metavar="STATE",
+                         help="a SQLite file's path or a postgresql:// URL, as in `state:`")
+    _lock_option(migrate)
 
 
 def _runs(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:

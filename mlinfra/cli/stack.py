@@ -137,7 +137,7 @@ def cmd_state(args: argparse.Namespace) -> int:
     from mlinfra.state.lock import force_unlock, locked
 
     session = session_for(args, f"state {args.state_command}",
-                          write=args.state_command in ("rm", "unlock"))
+                          write=args.state_command in ("rm", "unlock", "migrate"))
     store = session.store
     try:
         if args.state_command == "list":
@@ -166,9 +166,44 @@ def cmd_state(args: argparse.Namespace) -> int:
         elif args.state_command == "unlock":
             info = force_unlock(store, session.stack, args.lock_id)
             echo(f"Unlocked stack '{session.stack}' (was {info.describe()}).")
+        elif args.state_command == "migrate":
+            with locked(store, session.stack, "state migrate", args.lock_timeout):
+                return _migrate(session, args.to, args.lock_timeout)
         return 0
     finally:
         session.close()
+
+
+def _migrate(session: Session, to: str, lock_timeout: float) -> int:
+    """Copy the stack's state to `to` and verify it; the caller holds the lock."""
+    from mlinfra.engine import open_store_at, state_location
+    from mlinfra.state.lock import locked
+    from mlinfra.state.transfer import copy_state
+
+    config, source = session.config, session.store
+    location = state_location(config, to)
+    if location == state_location(config):
+        raise MlinfraError(f"--to {to} is where the stack's state is already")
+    target = open_store_at(config, location, "state migrate", write=True)
+    try:
+        with locked(target, session.stack, "state migrate", lock_timeout):
+            report = copy_state(source, target)
+    finally:
+        target.close()
+    echo(f"Copied the state of stack '{session.stack}' from {source.location} to "
+         f"{target.location}:")
+    print_lines([(f"  {t.table:<14} {t.rows:>7} rows  sha256 {t.digest[:16]}  "
+                  f"{'verified' if t.verified else 'DIFFERS'}", "" if t.verified else "bold red")
+                 for t in report])
+    differs = [t.table for t in report if not t.verified]
+    if differs:
+        raise MlinfraError(f"the copy differs from the state in {', '.join(differs)}: the "
+                           f"stack still uses {source.location}; do not point it at the copy")
+    stack_file = config.stack.file or f"stacks/{session.stack}.yaml"
+    echo(f"\nVerified: every table's rows and digest match. Now point the stack at it: in "
+         f"{stack_file} set\n  state: {to}\nThe state at {source.location} is left as it "
+         "was; remove it once the stack works from the new one.")
+    return 0
 
 
 def cmd_output(args: argparse.Namespace) -> int:

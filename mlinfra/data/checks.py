@@ -18,7 +18,7 @@ from typing import Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.state.model import digest
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.state.store import StateStore, upsert
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class DataChecks:
     """Recorded verdicts, in the state store: (asset, content sha256, digest of the
     expectations and format) -> passed or failed, with every expectation's result."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     @staticmethod
@@ -179,7 +179,9 @@ class DataChecks:
         if self.store.readonly:  # `data validate` reads; the next apply records it
             return record
         with self.store.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO data_checks VALUES (?, ?, ?, ?, ?, ?)",
+            cur.execute(upsert("data_checks", ("name", "sha256", "expectations", "passed",
+                                               "results", "checked_at"),
+                               ("name", "sha256", "expectations")),
                         (name, sha256, self._key(fmt, expectations), int(record.passed),
                          json.dumps([asdict(r) for r in results], default=str),
                          record.checked_at))

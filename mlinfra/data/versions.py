@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.state.sqlite import SqliteStore, row_json
+from mlinfra.state.store import StateStore, row_json, upsert
 
 _CHUNK = 1 << 20
 
@@ -36,7 +36,7 @@ def file_sha256(path: Path) -> str:
 class DataVersions:
     """The registry of data versions, in the state store."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     def _cached_sha256(self, path: Path) -> str:
@@ -51,7 +51,7 @@ class DataVersions:
         if self.store.readonly:  # a plan reads; the next apply keeps the hash
             return sha
         with self.store.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO file_hashes VALUES (?, ?, ?, ?)",
+            cur.execute(upsert("file_hashes", ("path", "size", "mtime_ns", "sha256"), ("path",)),
                         (key, stat.st_size, stat.st_mtime_ns, sha))
         return sha
 

@@ -18,7 +18,7 @@ from mlinfra.plan.model import Change, Observed
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
-from mlinfra.state.sqlite import SqliteStore
+from mlinfra.state.store import StateStore
 
 
 class ProviderError(MlinfraError):
@@ -55,7 +55,7 @@ class Applied(Record):
 class Context:
     """Everything a handler may use: the project, its stack's folder, the store."""
 
-    def __init__(self, config: Config, store: SqliteStore, state_dir: Path,
+    def __init__(self, config: Config, store: StateStore, state_dir: Path,
                  log: Callable[[str], None] = lambda _: None,
                  provider: Provider | None = None) -> None:
         self.config, self.store, self.state_dir = config, store, state_dir

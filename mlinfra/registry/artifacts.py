@@ -2,6 +2,11 @@
 
 A folder is kept as its files plus a manifest (relative path -> sha256); the folder's
 address is the manifest's sha256.
+
+The store may be a folder that several machines mount (a stack's `artifacts:`), with
+writers on each. Every blob is written to a temporary file of its own beside the blobs
+and renamed into place (atomic within one file system), so a reader sees a whole blob
+or none, and two writers of the same blob both put the same whole content there.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import threading
 from pathlib import Path, PurePosixPath
 
 from mlinfra.data.versions import file_sha256
@@ -31,17 +35,27 @@ class ArtifactStore:
     def _blob(self, sha: str) -> Path:
         return self.root / "blobs" / sha[:2] / sha
 
-    def put_file(self, path: Path) -> str:
-        """Copy first, then hash the copy: what is stored is exactly what is named,
-        even if the source changes meanwhile."""
+    def _incoming(self) -> Path:
+        """A new temporary file's path, unique across processes and machines."""
         incoming = self.root / "incoming"
         incoming.mkdir(parents=True, exist_ok=True)
-        tmp = incoming / f"{os.getpid()}-{threading.get_ident()}-{path.name}"
-        shutil.copyfile(path, tmp)
-        sha = file_sha256(tmp)
+        return incoming / f"{os.urandom(8).hex()}.tmp"
+
+    def _put_in_place(self, tmp: Path, sha: str) -> None:
         target = self._blob(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
+
+    def put_file(self, path: Path) -> str:
+        """Copy first, then hash the copy: what is stored is exactly what is named,
+        even if the source changes meanwhile."""
+        tmp = self._incoming()
+        try:
+            shutil.copyfile(path, tmp)
+            sha = file_sha256(tmp)
+            self._put_in_place(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
         return sha
 
     def put(self, path: Path) -> str:
@@ -56,9 +70,12 @@ class ArtifactStore:
                 manifest[file.relative_to(path).as_posix()] = self.put_file(file)
         data = json.dumps({"manifest": manifest}, sort_keys=True).encode()
         sha = hashlib.sha256(data).hexdigest()
-        target = self._blob(sha)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        tmp = self._incoming()
+        try:
+            tmp.write_bytes(data)
+            self._put_in_place(tmp, sha)
+        finally:
+            tmp.unlink(missing_ok=True)
         return sha
 
     def exists(self, sha: str) -> bool:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.sqlite import SqliteStore, row_json
+from mlinfra.state.store import StateStore, row_json, upsert
 
 _COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
             "metrics", "tags", "created_at", "archived")
@@ -45,7 +45,7 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[ModelVersion]:
@@ -124,7 +124,8 @@ class ModelRegistry:
             known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
             raise RegistryError(f"model {name} has no version {version} (versions: {known})")
         with self.store.transaction() as cur:
-            cur.execute("INSERT OR REPLACE INTO aliases VALUES (?, ?, ?, ?, ?)",
+            cur.execute(upsert("aliases", ("name", "alias", "version", "updated_at", "reason"),
+                               ("name", "alias")),
                         (name, alias, version, time.time(), reason))
             self.store.advance(cur, f"model.{name}", "alias",
                                f"{name}@{alias} -> {version}: {reason}")

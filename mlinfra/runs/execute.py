@@ -23,7 +23,7 @@ from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
 from mlinfra.spec.sensitive import shell_word
-from mlinfra.state.sqlite import HOST
+from mlinfra.state.store import HOST
 
 HELPER_DIR = Path(__file__).parent / "helper"
 _KILL_GRACE_S = 5.0

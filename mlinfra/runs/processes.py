@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from mlinfra.errors import MlinfraError
 from mlinfra.runs.store import Run, RunStore
-from mlinfra.state.sqlite import HOST
+from mlinfra.state.store import HOST
 
 # create_time is derived from the boot time and the start tick: equal for one process.
 _SAME_START_S = 0.01

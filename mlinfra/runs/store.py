@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlinfra.state.sqlite import SqliteStore, row_json
+from mlinfra.state.store import StateStore, row_json, upsert
 
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
@@ -63,15 +63,14 @@ class Run:
 class RunStore:
     """The runs table and its metrics and logged params."""
 
-    def __init__(self, store: SqliteStore) -> None:
+    def __init__(self, store: StateStore) -> None:
         self.store = store
 
     def save(self, run: Run) -> None:
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
                   for c in _COLUMNS]
         with self.store.transaction() as cur:
-            cur.execute(f"INSERT OR REPLACE INTO runs ({', '.join(_COLUMNS)}) VALUES "
-                        f"({', '.join('?' * len(_COLUMNS))})", values)
+            cur.execute(upsert("runs", _COLUMNS, ("id",)), values)
 
     def get(self, run_id: str) -> Run | None:
         rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id=?", (run_id,))
@@ -116,14 +115,16 @@ class RunStore:
         params = [(run_id, r["key"], json.dumps(r["value"])) for r in records
                   if r.get("type") == "param"]
         with self.store.transaction() as cur:
-            cur.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", metrics)
-            cur.executemany("INSERT OR REPLACE INTO run_params VALUES (?, ?, ?)", params)
+            cur.executemany("INSERT INTO metrics (run_id, key, value, step, at) "
+                            "VALUES (?, ?, ?, ?, ?)", metrics)
+            cur.executemany(upsert("run_params", ("run_id", "key", "value"),
+                                   ("run_id", "key")), params)
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int | None, float]]]:
         """Each metric's points (step, value), in the order logged."""
         out: dict[str, list[tuple[int | None, float]]] = {}
         for key, value, step in self.store.query(
-                "SELECT key, value, step FROM metrics WHERE run_id=? ORDER BY rowid", (run_id,)):
+                "SELECT key, value, step FROM metrics WHERE run_id=? ORDER BY id", (run_id,)):
             out.setdefault(key, []).append((step, value))
         return out
 

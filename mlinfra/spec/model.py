@@ -83,12 +83,14 @@ class Stack(Record):
     """A binding of the project to a provider, a state location and variables.
     `file` None: the implicit local stack."""
 
-    __slots__ = ("name", "provider", "state", "variables", "settings", "file")
+    __slots__ = ("name", "provider", "state", "variables", "settings", "file", "artifacts")
 
     def __init__(self, name: str, provider: str = "local", state: str | None = None,
                  variables: dict[str, Any] | None = None,
-                 settings: dict[str, Any] | None = None, file: str | None = None) -> None:
+                 settings: dict[str, Any] | None = None, file: str | None = None,
+                 artifacts: str | None = None) -> None:
         self.name, self.provider, self.state, self.file = name, provider, state, file
+        self.artifacts = artifacts
         self.variables = variables if variables is not None else {}
         self.settings = settings if settings is not None else {}
 

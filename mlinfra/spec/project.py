@@ -153,7 +153,7 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
                                 if k in doc}
     return Stack(name=str(doc.get("name", path.stem)), provider=str(doc.get("provider", "local")),
                  state=doc.get("state"), variables=dict(doc.get("variables") or {}),
-                 settings=settings, file=yf.rel)
+                 settings=settings, file=yf.rel, artifacts=doc.get("artifacts"))
 
 
 class _Substitution:

@@ -121,7 +121,13 @@ def _stack() -> Schema:
                                      "plan and apply need the Pulumi CLI).",
                                      enum=["local", "docker", "kubernetes"], default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
-                         "project). Default: .mlinfra/<stack>/state.db."),
+                         "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
+                         "team (the password from ${secret.X} or PGPASSWORD). Default: "
+                         ".mlinfra/<stack>/state.db."),
+        "artifacts": _string("Folder holding the workspace's artifacts and run folders "
+                             "(relative to the project, or absolute): with a shared state, "
+                             "a folder every machine that applies the stack mounts. "
+                             "Default: .mlinfra/<stack>.", minLength=1),
         "variables": _variables(),
         "docker": _obj("Settings of the docker provider.", {
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),

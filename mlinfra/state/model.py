@@ -1,7 +1,8 @@
 """What a state is: the resources mlinfra created, as it last saw them.
 
-Kept apart from how it is stored (`sqlite.py`) and how it is locked (`lock.py`),
-as Terraform keeps `states`, `statefile` and `statemgr` apart.
+Kept apart from how it is stored (`store.py` and its backends `sqlite.py`,
+`postgres.py`) and how it is locked (`lock.py`), as Terraform keeps `states`,
+`statefile` and `statemgr` apart.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class StateVersion(NamedTuple):
 
 
 class LockInfo(NamedTuple):
-    """Who holds a stack's lock."""
+    """Who holds a stack's lock. `backend_pid`: on PostgreSQL, the server process of
+    the session holding the advisory lock."""
 
     id: str
     owner: str
@@ -63,13 +65,16 @@ class LockInfo(NamedTuple):
     pid: int
     command: str
     created_at: float
+    backend_pid: int | None = None
 
     def describe(self) -> str:
         import time
 
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.created_at))
-        return (f"ID {self.id}, held by {self.owner} (pid {self.pid} on {self.host}) "
-                f"since {when}, running '{self.command}'")
+        session = (f", PostgreSQL session {self.backend_pid}"
+                   if self.backend_pid is not None else "")
+        return (f"ID {self.id}, held by {self.owner} (pid {self.pid} on {self.host}"
+                f"{session}) since {when}, running '{self.command}'")
 
 
 class JournalEntry(NamedTuple):

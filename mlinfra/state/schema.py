@@ -1,133 +1,174 @@
-"""The tables of a state, in one place: the engine's (resources, journal, audit, locks)
-and those the registry, runs and data versions keep beside them.
+"""The tables of a state, in one place, and the ordered steps that upgrade an older one.
 
-A state is created with every table at once. A state written by an older mlinfra
-that lacks a table or a column gets it on the first write session; a read-only session
-reads a copy upgraded in memory, so reading never writes the file.
+`TABLES` is the schema at `BASE_VERSION`, written once in SQL that both backends run:
+SQLite as it reads, PostgreSQL through `ddl()` (REAL is a 4-byte float there, so
+timestamps become DOUBLE PRECISION; INTEGER becomes BIGINT, as nanosecond mtimes need).
+Every later change is a `Migration` in `MIGRATIONS`, and a new state runs them too, so
+the tables and their upgrades never disagree. Adding a column is one line:
+
+    MIGRATIONS = (add_column(3, "runs", "process_started_at REAL"),)
+
+A state records its version in meta (`format_version`, the key mlinfra has always
+written, so an older mlinfra refuses a newer state). Version 1 is the SQLite format
+from before migrations; `sqlite.py` upgrades it to 2, the version PostgreSQL states
+begin at, so every step in `MIGRATIONS` must run on both.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import re
+from typing import NamedTuple, Protocol
 
-FORMAT_VERSION = 1
+# The SQLite format written before versioned migrations.
+FORMAT_1 = 1
+# Columns that format-1 states written by a later mlinfra than the first have, and
+# earlier ones lack: (table, column, type). The upgrade to version 2 adds the missing.
+FORMAT_1_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("runs", "pid_started", "REAL"),
+    ("runs", "owner_pid", "INTEGER"),
+    ("runs", "owner_started", "REAL"),
+)
+# The version `TABLES` describes: the first with migrations, and PostgreSQL's first.
+BASE_VERSION = 2
 
 TABLES: dict[str, str] = {
-    "meta": "CREATE TABLE {t} (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "resources": """CREATE TABLE {t} (
+    "meta": "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "resources": """CREATE TABLE resources (
       address TEXT PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL,
       attributes TEXT NOT NULL, inputs_hash TEXT NOT NULL, outputs TEXT NOT NULL,
       provider_id TEXT NOT NULL, dependencies TEXT NOT NULL, updated_at REAL NOT NULL)""",
-    "journal": """CREATE TABLE {t} (
+    "journal": """CREATE TABLE journal (
       id INTEGER PRIMARY KEY AUTOINCREMENT, address TEXT NOT NULL, action TEXT NOT NULL,
       pid INTEGER NOT NULL, host TEXT NOT NULL, started_at REAL NOT NULL,
       finished_at REAL, status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
-    "audit": """CREATE TABLE {t} (
-      id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, user TEXT NOT NULL,
+    "audit": """CREATE TABLE audit (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, username TEXT NOT NULL,
       host TEXT NOT NULL, command TEXT NOT NULL, address TEXT NOT NULL,
       action TEXT NOT NULL, serial INTEGER NOT NULL, detail TEXT NOT NULL DEFAULT '')""",
-    "locks": """CREATE TABLE {t} (
+    "locks": """CREATE TABLE locks (
       stack TEXT PRIMARY KEY, id TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL,
-      pid INTEGER NOT NULL, command TEXT NOT NULL, created_at REAL NOT NULL)""",
-    "runs": """CREATE TABLE {t} (
+      pid INTEGER NOT NULL, command TEXT NOT NULL, created_at REAL NOT NULL,
+      backend_pid INTEGER)""",
+    "runs": """CREATE TABLE runs (
       id TEXT PRIMARY KEY, job TEXT NOT NULL, experiment TEXT NOT NULL,
       pipeline TEXT, step TEXT, parent TEXT, run_hash TEXT NOT NULL, status TEXT NOT NULL,
       created_at REAL NOT NULL, started_at REAL, ended_at REAL, exit_code INTEGER,
       pid INTEGER, host TEXT, command TEXT NOT NULL DEFAULT '',
-      params TEXT NOT NULL DEFAULT '{{}}', inputs TEXT NOT NULL DEFAULT '{{}}',
-      outputs TEXT NOT NULL DEFAULT '{{}}', git TEXT NOT NULL DEFAULT '{{}}',
-      environment TEXT NOT NULL DEFAULT '{{}}', run_dir TEXT NOT NULL DEFAULT '',
+      params TEXT NOT NULL DEFAULT '{}', inputs TEXT NOT NULL DEFAULT '{}',
+      outputs TEXT NOT NULL DEFAULT '{}', git TEXT NOT NULL DEFAULT '{}',
+      environment TEXT NOT NULL DEFAULT '{}', run_dir TEXT NOT NULL DEFAULT '',
       error TEXT NOT NULL DEFAULT '', reused_from TEXT,
       cancel_requested INTEGER NOT NULL DEFAULT 0, pid_started REAL, owner_pid INTEGER,
       owner_started REAL)""",
-    "metrics": """CREATE TABLE {t} (
-      run_id TEXT NOT NULL, key TEXT NOT NULL, value REAL NOT NULL, step INTEGER,
-      at REAL NOT NULL)""",
-    "run_params": """CREATE TABLE {t} (
+    "metrics": """CREATE TABLE metrics (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, key TEXT NOT NULL,
+      value REAL NOT NULL, step INTEGER, at REAL NOT NULL)""",
+    "run_params": """CREATE TABLE run_params (
       run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
       PRIMARY KEY (run_id, key))""",
-    "models": """CREATE TABLE {t} (
+    "models": """CREATE TABLE models (
       name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
       format TEXT NOT NULL, signature TEXT NOT NULL, run_id TEXT, lineage TEXT NOT NULL,
       metrics TEXT NOT NULL, tags TEXT NOT NULL, created_at REAL NOT NULL,
       archived INTEGER NOT NULL DEFAULT 0,
       PRIMARY KEY (name, version), UNIQUE (name, sha256))""",
-    "aliases": """CREATE TABLE {t} (
+    "aliases": """CREATE TABLE aliases (
       name TEXT NOT NULL, alias TEXT NOT NULL, version INTEGER NOT NULL,
       updated_at REAL NOT NULL, reason TEXT NOT NULL DEFAULT '',
       PRIMARY KEY (name, alias))""",
-    "data_versions": """CREATE TABLE {t} (
+    "data_versions": """CREATE TABLE data_versions (
       name TEXT NOT NULL, version INTEGER NOT NULL, sha256 TEXT NOT NULL,
       created_at REAL NOT NULL, metadata TEXT NOT NULL,
       PRIMARY KEY (name, version), UNIQUE (name, sha256))""",
-    "data_checks": """CREATE TABLE {t} (
+    "data_checks": """CREATE TABLE data_checks (
       name TEXT NOT NULL, sha256 TEXT NOT NULL, expectations TEXT NOT NULL,
       passed INTEGER NOT NULL, results TEXT NOT NULL, checked_at REAL NOT NULL,
       PRIMARY KEY (name, sha256, expectations))""",
-    "file_hashes": """CREATE TABLE {t} (
+    "file_hashes": """CREATE TABLE file_hashes (
       path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
       sha256 TEXT NOT NULL)""",
 }
 
-# Columns added since a table was first shipped: (table, column, type). A state written
-# before gets them on its first write session; a read-only session reads an upgraded
-# copy in memory.
-ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("runs", "pid_started", "REAL"),
-    ("runs", "owner_pid", "INTEGER"),
-    ("runs", "owner_started", "REAL"),
-)
-
-# (table, DDL) of each index.
-INDEXES: tuple[tuple[str, str], ...] = (
-    ("journal", "CREATE INDEX IF NOT EXISTS journal_status ON journal(status)"),
-    ("runs", "CREATE INDEX IF NOT EXISTS runs_hash ON runs(job, run_hash, status)"),
-    ("metrics", "CREATE INDEX IF NOT EXISTS metrics_run ON metrics(run_id)"),
+INDEXES: tuple[str, ...] = (
+    "CREATE INDEX journal_status ON journal(status)",
+    "CREATE INDEX runs_hash ON runs(job, run_hash, status)",
+    "CREATE INDEX metrics_run ON metrics(run_id)",
 )
 
 # What a workspace holds besides its files: destroying the workspace empties them.
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks")
+# What `state migrate` copies: everything but who holds the lock now.
+COPIED_TABLES = tuple(name for name in TABLES if name != "locks")
+# Tables whose `id` the database numbers (the next one follows the largest).
+NUMBERED_TABLES = ("journal", "audit", "metrics")
 
 
-def missing_tables(conn: sqlite3.Connection) -> list[str]:
-    present = {row[0] for row in conn.execute(
-        "SELECT name FROM main.sqlite_master WHERE type='table'")}
-    return [name for name in TABLES if name not in present]
+class Migration(NamedTuple):
+    """One step from `version - 1` to `version`: portable DDL statements, run in order
+    in one transaction with the new version number."""
+
+    version: int
+    what: str
+    statements: tuple[str, ...]
 
 
-def missing_columns(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    present: dict[str, set[str]] = {}
-    for table, _, _ in ADDED_COLUMNS:
-        if table not in present:
-            present[table] = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-    return [added for added in ADDED_COLUMNS
-            if present[added[0]] and added[1] not in present[added[0]]]
+def add_column(version: int, table: str, column: str) -> Migration:
+    """A new column, e.g. add_column(3, "runs", "process_started_at REAL"). A NOT NULL
+    column needs a DEFAULT, for the rows already there."""
+    return Migration(version, f"{table}.{column.split()[0]}",
+                     (f"ALTER TABLE {table} ADD COLUMN {column}",))
 
 
-def create_tables(conn: sqlite3.Connection, names: list[str]) -> None:
-    for name in names:
-        conn.execute(TABLES[name].format(t=name))
-    for table, ddl in INDEXES:
-        if table in names:
-            conn.execute(ddl)
+# Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
+MIGRATIONS: tuple[Migration, ...] = ()
 
 
-def upgrade(conn: sqlite3.Connection) -> None:
-    """Bring a state written by an earlier mlinfra to this schema, in one transaction."""
-    tables, columns = missing_tables(conn), missing_columns(conn)
-    if not tables and not columns:
-        return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        create_tables(conn, tables)
-        for table, column, kind in columns:
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+def latest_version() -> int:
+    """The version this mlinfra writes."""
+    return MIGRATIONS[-1].version if MIGRATIONS else BASE_VERSION
 
 
-def needs_upgrade(conn: sqlite3.Connection) -> bool:
-    return bool(missing_tables(conn) or missing_columns(conn))
+def steps_after(version: int) -> list[Migration]:
+    return [m for m in MIGRATIONS if m.version > version]
+
+
+class Executes(Protocol):
+    def execute(self, sql: str, /) -> object: ...
+
+
+def ddl(statement: str, dialect: str) -> str:
+    """A portable statement as `dialect` ("sqlite" or "postgresql") runs it."""
+    if dialect == "sqlite":
+        return statement
+    statement = statement.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                                  "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+    statement = re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement)
+    return re.sub(r"\bINTEGER\b", "BIGINT", statement)
+
+
+def create_tables(cur: Executes, dialect: str, version: int | None = None) -> int:
+    """Every table and index at `version` (default: the latest); returns the version.
+    The caller writes meta's rows."""
+    for statement in (*TABLES.values(), *INDEXES):
+        cur.execute(ddl(statement, dialect))
+    target = latest_version() if version is None else version
+    for migration in steps_after(BASE_VERSION):
+        if migration.version > target:
+            break
+        for statement in migration.statements:
+            cur.execute(ddl(statement, dialect))
+    return target
+
+
+def upgrade(cur: Executes, dialect: str, version: int) -> list[Migration]:
+    """Run every step after `version` (at least BASE_VERSION) and record the latest
+    version in meta; returns the steps run. The caller holds the transaction."""
+    steps = steps_after(version)
+    for migration in steps:
+        for statement in migration.statements:
+            cur.execute(ddl(statement, dialect))
+    if steps:
+        cur.execute(f"UPDATE meta SET value = '{steps[-1].version}' "
+                    "WHERE key = 'format_version'")
+    return steps

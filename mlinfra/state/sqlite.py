@@ -1,106 +1,98 @@
-"""The state on disk: one SQLite file per stack, in WAL mode.
+"""The default backend: one SQLite file per stack, in WAL mode.
 
 Every change is one transaction (resource row, serial, journal, audit), so saving
 costs O(change), never O(state), and a process killed at any instant leaves either
-the state before the change or the state after it.
+the state before the change or the state after it. The lock is a row naming its
+holder; a lock of a process gone from this host is taken over.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.model import JournalEntry, ResourceState, StateVersion
+from mlinfra.state.model import LockInfo, StateVersion
 from mlinfra.state.schema import (
-    FORMAT_VERSION,
+    BASE_VERSION,
+    FORMAT_1,
+    FORMAT_1_ADDED_COLUMNS,
+    INDEXES,
     TABLES,
-    WORKSPACE_TABLES,
     create_tables,
-    missing_tables,
-    needs_upgrade,
+    latest_version,
     upgrade,
 )
+from mlinfra.state.store import (
+    HOST,
+    Cursor,
+    StateCorrupted,
+    StateStore,
+    current_user,
+    new_lineage,
+    pid_alive,
+)
 
-_SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
-                     "provider_id, dependencies, updated_at FROM resources")
-
-
-class StateCorrupted(MlinfraError):
-    """The state file cannot be read as an mlinfra state."""
-
-
-HOST = os.uname().nodename
-
-
-def current_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return str(os.getuid())
+_LOCK_COLUMNS = "id, owner, host, pid, command, created_at, backend_pid"
+# ON CONFLICT ... DO UPDATE (3.24) and RENAME COLUMN (3.25, the format 1 upgrade).
+_OLDEST = (3, 25)
 
 
-def row_json(text: str, where: str) -> Any:
-    """A JSON column of a state row; a damaged one is a damaged state, not a crash."""
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError) as err:
-        raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
-                             "Restore the backup copy (state.db.backup) or remove the row "
-                             "with mlinfra state rm.") from None
+class SqliteStore(StateStore):
+    """The state of one stack in a SQLite file. Writers are serialised by one lock.
 
-
-class SqliteStore:
-    """The state of one stack. Thread-safe: writers are serialised by one lock.
-
-    Invariants: `lineage` is fixed when the file is created; `serial` grows by one
-    with every committed change; a journal entry is `pending` from just before a
-    provider call until the change is committed (`done`) or has `failed`.
-    A read-only store (`readonly=True`, for plan and the read commands) never creates
-    nor changes the file: a stack with no state file reads as an empty state with no
-    lineage yet, and an older state is read through a copy upgraded in memory. A file
-    mlinfra did not write (empty, not SQLite, no lineage) is refused as damaged, never
-    taken for a new stack.
+    A read-only store never creates nor changes the file; one of an older schema reads
+    an upgraded copy in memory (sqlite3's backup API). A file mlinfra did not write
+    (empty, not SQLite, no lineage) is refused as damaged, never taken for a new stack.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
+        super().__init__(str(path), command, readonly)
+        if sqlite3.sqlite_version_info < _OLDEST:
+            raise MlinfraError(f"mlinfra needs SQLite {'.'.join(map(str, _OLDEST))} or newer; "
+                               f"this Python uses SQLite {sqlite3.sqlite_version}")
         self.path = path
-        self.command = command
-        self.readonly = readonly
         self._lock = threading.RLock()
-        self.exists = path.exists()
         try:
-            if not self.exists and readonly:
+            if not path.exists() and readonly:
                 self.conn = _memory()
-                create_tables(self.conn, list(TABLES))
-                _write_meta(self.conn, lineage="")
+                _initialise(self.conn, lineage="")
                 return
-            if not self.exists:
+            if not path.exists():
                 _create(path)
             elif path.stat().st_size == 0:
                 raise sqlite3.DatabaseError("the file is empty")
             self.conn = self._open()
-            self._check()
-            if not readonly:
-                upgrade(self.conn)
-            elif needs_upgrade(self.conn):
-                # NOTE: an older state is read through an upgraded copy in memory: the
-                # file itself changes only in a write session.
-                copy = _memory()
-                self.conn.backup(copy)
-                self.conn.close()
-                self.conn = copy
-                upgrade(self.conn)
+            version = self._check()
+            if not readonly:  # only once it is known to be a state this mlinfra reads
+                self.conn.execute("PRAGMA journal_mode=WAL")
+            if version < latest_version():
+                self._upgrade(version)
         except sqlite3.DatabaseError as err:
             raise StateCorrupted(self._corrupted_message(err)) from None
+
+    @classmethod
+    def in_memory(cls, location: str, command: str, version: int | None = None,
+                  lineage: str = "") -> SqliteStore:
+        """An empty state in memory (schema `version`, default the latest): what a
+        read-only session sees of a state that does not exist yet, or the copy of an
+        older one that is upgraded there."""
+        store = cls.__new__(cls)
+        StateStore.__init__(store, location, command, readonly=True)
+        store.path = Path(":memory:")
+        store._lock = threading.RLock()
+        store.conn = _memory()
+        _initialise(store.conn, lineage, version)
+        return store
 
     def _open(self) -> sqlite3.Connection:
         if self.readonly:
@@ -109,23 +101,48 @@ class SqliteStore:
         else:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return conn
 
-    def _check(self) -> None:
+    def _check(self) -> int:
+        """The file's schema version, once it is known to be an mlinfra state that
+        this mlinfra can read."""
         row = self.conn.execute("PRAGMA quick_check").fetchone()
         if row is None or row[0] != "ok":
             raise sqlite3.DatabaseError(str(row[0] if row else "no answer"))
+        has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND "
+                                     "name='meta'").fetchone()
         meta = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN "
                                       "('lineage', 'serial', 'format_version')").fetchall()
-                    ) if "meta" not in missing_tables(self.conn) else {}
+                    ) if has_meta else {}
         if len(meta) != 3 or not meta["lineage"]:
             raise sqlite3.DatabaseError("it is not an mlinfra state: it has no lineage, "
                                         "serial or format version")
-        if int(meta["format_version"]) > FORMAT_VERSION:
-            raise MlinfraError(f"the state file {self.path} was written by a newer mlinfra "
-                               f"(format {meta['format_version']}); upgrade mlinfra to use it")
+        version = int(meta["format_version"])
+        if version > latest_version():
+            raise MlinfraError(f"the state file {self.path} has schema version {version}; "
+                               f"this mlinfra reads up to version {latest_version()}: "
+                               f"upgrade mlinfra to use it")
+        return version
+
+    def _upgrade(self, version: int) -> None:
+        """Bring an older schema to the latest: in the file for a session that writes
+        (after a backup copy), in a copy in memory for one that only reads."""
+        if self.readonly:
+            memory = _memory()
+            self.conn.backup(memory)
+            self.conn.close()
+            self.conn = memory
+        else:
+            self.backup()
+        with self.transaction() as cur:
+            # Another process may have upgraded it since it was opened.
+            version = int(cur.execute("SELECT value FROM meta WHERE key='format_version'"
+                                      ).fetchone()[0])
+            if version == FORMAT_1:
+                _format_1_to_2(cur)
+                version = BASE_VERSION
+            upgrade(cur, self.dialect, version)
 
     def _corrupted_message(self, err: Exception) -> str:
         backup = self.backup_path
@@ -145,7 +162,7 @@ class SqliteStore:
         with self._lock:
             self.conn.close()
 
-    def backup(self) -> None:
+    def backup(self) -> str:
         """Copy the (checked) state aside before a session that writes to it. A backup
         of another lineage or of a later serial is never overwritten by this state: it
         is kept aside as `state.db.backup.LINEAGE-SERIAL`."""
@@ -164,9 +181,10 @@ class SqliteStore:
             finally:
                 dest.close()
             os.replace(tmp, self.backup_path)
+        return str(self.backup_path)
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Cursor]:
+    def transaction(self) -> Iterator[Cursor]:
         with self._lock:
             cur = self.conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -180,148 +198,62 @@ class SqliteStore:
             finally:
                 cur.close()
 
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self.conn.execute(sql, args).fetchall()
 
-    # --- state ---------------------------------------------------------------------
+    def _insert_id(self, cur: Cursor, sql: str, args: Sequence[Any]) -> int:
+        # lastrowid, not RETURNING: Python may be linked to a SQLite older than 3.35.
+        return int(cur.execute(sql, args).lastrowid or 0)  # type: ignore[attr-defined]
 
-    def version(self) -> StateVersion:
-        rows = dict(self.query("SELECT key, value FROM meta WHERE key IN ('lineage','serial')"))
-        return StateVersion(lineage=rows["lineage"], serial=int(rows["serial"]))
+    def _columns(self, table: str) -> Iterator[str]:
+        return (row[1] for row in self.query(f"PRAGMA table_info({table})"))
 
-    def resources(self) -> dict[str, ResourceState]:
-        rows = self.query(_SELECT_RESOURCES)
-        # The JSON columns of every row in one parse: a third of the time of one each.
-        try:
-            values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
-        except ValueError:
-            for row in rows:  # name the damaged row
-                _resource(row)
-            raise
-        return {r[0]: ResourceState(r[0], r[1], r[2], v[0], r[4], v[1], r[6], v[2], r[8])
-                for r, v in zip(rows, values, strict=True)}
+    # --- the lock ----------------------------------------------------------------
 
-    def get(self, address: str) -> ResourceState | None:
-        rows = self.query(_SELECT_RESOURCES + " WHERE address=?", (address,))
-        return _resource(rows[0]) if rows else None
-
-    # --- journal and changes -------------------------------------------------------
-
-    def begin_operation(self, address: str, action: str) -> int:
+    def try_lock(self, stack: str, command: str) -> tuple[str | None, LockInfo | None]:
         with self.transaction() as cur:
-            cur.execute("INSERT INTO journal (address, action, pid, host, started_at, status) "
-                        "VALUES (?, ?, ?, ?, ?, 'pending')",
-                        (address, action, os.getpid(), HOST, time.time()))
-            return int(cur.lastrowid or 0)
+            row = cur.execute(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE stack=?",
+                              (stack,)).fetchone()
+            if row is not None:
+                info = LockInfo(*row)
+                if not _is_stale(info):
+                    return None, info
+                cur.execute("DELETE FROM locks WHERE stack=?", (stack,))
+            lock_id = os.urandom(6).hex()
+            cur.execute("INSERT INTO locks (stack, id, owner, host, pid, command, created_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (stack, lock_id, current_user(), HOST, os.getpid(), command,
+                         time.time()))
+            return lock_id, None
 
-    def fail_operation(self, journal_id: int, detail: str) -> None:
+    def release_lock(self, stack: str, lock_id: str) -> None:
         with self.transaction() as cur:
-            cur.execute("UPDATE journal SET status='failed', finished_at=?, detail=? WHERE id=?",
-                        (time.time(), detail[:2000], journal_id))
+            cur.execute("DELETE FROM locks WHERE stack=? AND id=?", (stack, lock_id))
 
-    def commit_change(self, journal_id: int | None, address: str, action: str,
-                      new: ResourceState | None, detail: str = "") -> int:
-        """Record the outcome of one change in one transaction; returns the new serial.
-        `new` None removes the resource."""
-        with self.transaction() as cur:
-            if new is None:
-                cur.execute("DELETE FROM resources WHERE address=?", (address,))
-            else:
-                cur.execute(
-                    "INSERT OR REPLACE INTO resources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (new.address, new.kind, new.name, json.dumps(new.attributes),
-                     new.inputs_hash, json.dumps(new.outputs), new.provider_id,
-                     json.dumps(new.dependencies), time.time()))
-            if journal_id is not None:
-                cur.execute("UPDATE journal SET status='done', finished_at=? WHERE id=?",
-                            (time.time(), journal_id))
-            serial = self.advance(cur, address, action, detail)
-        return serial
+    def lock_holder(self, stack: str) -> LockInfo | None:
+        """The lock's row, also of a process that is gone (until it is taken over)."""
+        rows = self.query(f"SELECT {_LOCK_COLUMNS} FROM locks WHERE stack=?", (stack,))
+        return LockInfo(*rows[0]) if rows else None
 
-    def advance(self, cur: sqlite3.Cursor, address: str, action: str, detail: str) -> int:
-        """Within a transaction: the state changed (a resource, an alias, a tag), so its
-        serial grows and the audit log says who did what; returns the new serial."""
-        cur.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key='serial'")
-        serial = int(cur.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0])
-        cur.execute("INSERT INTO audit (at, user, host, command, address, action, serial, "
-                    "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (time.time(), current_user(), HOST, self.command, address, action,
-                     serial, detail[:2000]))
-        return serial
-
-    def forget_legacy_secret_key(self) -> None:
-        """Earlier versions kept an HMAC key for secrets beside the hashes it made; a
-        plan shows those fields changed (they have no salt) and the apply that stores
-        their scrypt hashes drops the key."""
-        with self.transaction() as cur:
-            cur.execute("DELETE FROM meta WHERE key='secret_key'")
-
-    def empty_workspace(self) -> None:
-        """Forget what the workspace held: runs, metrics, model versions, aliases and
-        data versions (the workspace is being destroyed)."""
-        with self.transaction() as cur:
-            for table in WORKSPACE_TABLES:
-                cur.execute(f"DELETE FROM {table}")
-
-    def interrupted_operations(self) -> list[JournalEntry]:
-        """Pending entries whose process is gone: the operation was cut short."""
-        rows = self.query("SELECT id, address, action, pid, host, started_at, status, detail "
-                          "FROM journal WHERE status='pending'")
-        entries = [JournalEntry(*row) for row in rows]
-        return [e for e in entries if not (e.host == HOST and pid_alive(e.pid))]
-
-    def close_interrupted(self, entries: list[JournalEntry]) -> None:
-        with self.transaction() as cur:
-            cur.executemany("UPDATE journal SET status='interrupted', finished_at=? WHERE id=?",
-                            [(time.time(), e.id) for e in entries])
-
-    def audit_log(self, limit: int = 50) -> list[tuple[Any, ...]]:
-        return self.query("SELECT at, user, host, command, address, action, serial, detail "
-                          "FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+    def break_lock(self, stack: str, info: LockInfo) -> None:
+        self.release_lock(stack, info.id)
 
 
-def _new_lineage() -> str:
-    import uuid
-
-    return str(uuid.uuid4())
-
-
-def pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _resource(row: tuple[Any, ...]) -> ResourceState:
-    where = f"resource {row[0]}"
-    return ResourceState(address=row[0], kind=row[1], name=row[2],
-                         attributes=row_json(row[3], where), inputs_hash=row[4],
-                         outputs=row_json(row[5], where), provider_id=row[6],
-                         dependencies=row_json(row[7], where), updated_at=row[8])
+def _is_stale(info: LockInfo) -> bool:
+    """A lock taken on this host by a process that no longer runs."""
+    return info.host == HOST and not pid_alive(info.pid)
 
 
 def _memory() -> sqlite3.Connection:
     return sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
 
 
-def _write_meta(conn: sqlite3.Connection, lineage: str) -> None:
+def _initialise(conn: sqlite3.Connection, lineage: str, version: int | None = None) -> None:
+    """Every table, and meta's rows: a state with `lineage` at serial 0."""
+    written = create_tables(conn, "sqlite", version)
     conn.executemany("INSERT INTO meta VALUES (?, ?)", [
-        ("lineage", lineage), ("serial", "0"), ("format_version", str(FORMAT_VERSION))])
+        ("lineage", lineage), ("serial", "0"), ("format_version", str(written))])
 
 
 def _create(path: Path) -> None:
@@ -332,8 +264,7 @@ def _create(path: Path) -> None:
     conn = sqlite3.connect(tmp, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
-        create_tables(conn, list(TABLES))
-        _write_meta(conn, _new_lineage())
+        _initialise(conn, new_lineage())
     finally:
         conn.close()
     try:
@@ -342,6 +273,40 @@ def _create(path: Path) -> None:
         pass
     finally:
         os.unlink(tmp)
+
+
+def _format_1_to_2(cur: Cursor) -> None:
+    """Format 1, the SQLite schema before migrations, to version 2: audit's `user`
+    (reserved in PostgreSQL) becomes `username`; metrics gets an `id`, the order they
+    were logged in (SQLite's rowid, which PostgreSQL lacks); locks gets `backend_pid`;
+    and a table or column that an older mlinfra did not create yet is created."""
+    def columns(table: str) -> list[str]:
+        return [row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()]
+
+    present = {row[0] for row in cur.execute(
+        "SELECT name FROM sqlite_master WHERE type='table'").fetchall()}
+    created = [name for name in TABLES if name not in present]
+    for name in created:
+        cur.execute(TABLES[name])
+    if "user" in columns("audit"):
+        cur.execute('ALTER TABLE audit RENAME COLUMN "user" TO username')
+    if "id" not in columns("metrics"):
+        cur.execute(TABLES["metrics"].replace("TABLE metrics", "TABLE metrics_2"))
+        cur.execute("INSERT INTO metrics_2 (id, run_id, key, value, step, at) "
+                    "SELECT rowid, run_id, key, value, step, at FROM metrics ORDER BY rowid")
+        cur.execute("DROP TABLE metrics")
+        cur.execute("ALTER TABLE metrics_2 RENAME TO metrics")
+        created.append("metrics")
+    if "backend_pid" not in columns("locks"):
+        cur.execute("ALTER TABLE locks ADD COLUMN backend_pid INTEGER")
+    for table, column, kind in FORMAT_1_ADDED_COLUMNS:
+        if table not in created and column not in columns(table):
+            cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for statement in INDEXES:
+        match = re.search(r" ON (\w+)\(", statement)
+        if match and match.group(1) in created:
+            cur.execute(statement)
+    cur.execute(f"UPDATE meta SET value='{BASE_VERSION}' WHERE key='format_version'")
 
 
 def _version_of(path: Path) -> StateVersion | None:

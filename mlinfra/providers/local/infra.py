@@ -13,13 +13,17 @@ from mlinfra.state.model import ResourceState
 
 
 def workspace_dir(ctx: Context, name: str) -> Path:
-    return ctx.state_dir / "workspaces" / name
+    """The workspace's artifact store and run folders: under the stack's `artifacts:`
+    folder (shared by the machines that apply the stack), or .mlinfra/<stack>/."""
+    shared = ctx.config.stack.artifacts
+    base = ctx.root / os.path.expanduser(shared) if shared else ctx.state_dir
+    return base / "workspaces" / name
 
 
 class WorkspaceHandler(BaseHandler):
-    """A folder under .mlinfra/<stack>/ holding the artifact store; the registry's,
-    runs' and data versions' tables are in the state store. Destroying the workspace
-    destroys all it holds, files and rows alike, so an apply after it rebuilds
+    """A folder holding the artifact store and run folders (see `workspace_dir`); the
+    registry's, runs' and data versions' tables are in the state store. Destroying the
+    workspace destroys all it holds, files and rows alike, so an apply after it rebuilds
     everything, as on a new stack (the audit log keeps the history)."""
 
     def create(self, change: Change, ctx: Context) -> Applied:
@@ -28,7 +32,7 @@ class WorkspaceHandler(BaseHandler):
         return Applied({"path": str(folder)}, provider_id=str(folder))
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
-        folder = Path(state.outputs.get("path", workspace_dir(ctx, state.name)))
+        folder = workspace_dir(ctx, state.name)
         if not (folder / "artifacts").is_dir():
             return Observed(False, f"its folder {_rel(folder)} was deleted")
         return Observed()
@@ -37,8 +41,7 @@ class WorkspaceHandler(BaseHandler):
         import shutil  # only to delete: a plan does not pay for it
 
         ctx.store.empty_workspace()
-        shutil.rmtree(state.outputs.get("path", workspace_dir(ctx, state.name)),
-                      ignore_errors=True)
+        shutil.rmtree(workspace_dir(ctx, state.name), ignore_errors=True)
 
 
 class ComputeHandler(BaseHandler):
@@ -78,7 +81,9 @@ class DatastoreHandler(BaseHandler):
         return Applied({"path": str(path)}, provider_id=str(path))
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
-        path = Path(state.outputs.get("path", ""))
+        # This machine's folder, not the path of the machine that applied it: a
+        # shared state is applied from clones in other places.
+        path = datastore_path(ctx, state.attributes)
         if not path.is_dir():
             return Observed(False, f"its folder {path} no longer exists")
         return Observed()

@@ -31,7 +31,7 @@ from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
-from mlinfra.state.sqlite import HOST
+from mlinfra.state.store import HOST
 
 _SLOTS: dict[str, threading.Semaphore] = {}
 _SLOTS_LOCK = threading.Lock()
@@ -333,9 +333,15 @@ def materialize(ctx: Context, store: ArtifactStore, sha: str, filename: str) -> 
             shutil.rmtree(dest)
         else:
             dest.unlink()
-    tmp = dest.with_name(f".{filename}.{os.getpid()}.{threading.get_ident()}")
+    # A name no other writer (process or machine sharing the folder) picks.
+    tmp = dest.with_name(f".{filename}.{os.urandom(8).hex()}")
     store.materialize(sha, tmp)
-    os.replace(tmp, dest)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another writer's folder got there first: the same content
+        if not dest.is_dir():
+            raise
+        shutil.rmtree(tmp)
     return dest
 
 
