@@ -180,6 +180,15 @@ def test_every_error_at_once_sorted(project: Callable[[Files], Path],
     assert lines[-1] == "3 errors in 2 files"
 
 
+def test_two_missing_fields_are_two_errors(project: Callable[[Files], Path],
+                                           cli: Callable[..., Result]) -> None:
+    project({"a.yaml": "kind: Datastore\n"})
+    assert cli("validate").err.splitlines() == [
+        "a.yaml:1:1: datastore: missing required field 'name'",
+        "a.yaml:1:1: datastore: missing required field 'path'",
+        "2 errors in 1 file"]
+
+
 def test_json_output(project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
     import json
 

@@ -114,9 +114,12 @@ def check_schema(file: str, doc: int, spec: dict[str, Any], kind: str,
                  label: str = "") -> list[Problem]:
     """The document against its kind's schema, and a Data's expectations against Great
     Expectations' registry (a file the parse cache knows passed is not checked again)."""
-    problems = [] if _fast(kind)(spec) else [
-        Problem(file, message, doc, path, label, at_key)
-        for err in _validator(kind).iter_errors(spec) for path, message, at_key in _messages(err)]
+    # NOTE: jsonschema reports each missing field of one `required` as its own error,
+    # and each names them all: a message is kept once.
+    found = {} if _fast(kind)(spec) else dict.fromkeys(
+        found for err in _validator(kind).iter_errors(spec) for found in _messages(err))
+    problems = [Problem(file, message, doc, path, label, at_key)
+                for path, message, at_key in found]
     if kind == "Data" and isinstance(spec.get("expectations"), list) and spec["expectations"]:
         problems.extend(Problem(file, message, doc, path, label, at_key)
                         for path, message, at_key in _expectations(spec["expectations"]))
