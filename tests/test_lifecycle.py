@@ -372,3 +372,15 @@ def test_the_champion_is_judged_on_the_candidates_data(scored: Path,
         return auc(np.array([y for *_, y in harder]), 1 / (1 + np.exp(-(x @ w + 0.1))))
 
     assert f"{on_harder('fair'):.4g}" in decision["reason"], decision
+
+
+def test_a_version_registered_without_its_promotion_is_judged_next(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve").code == 0  # fair: v1
+    set_variant(scored, "good")
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0  # v2 only
+    plan = cli("plan")
+    assert "model.scorer is now scorer:2; the promotion last judged scorer:1" in plan.out
+    assert cli("apply", "--auto-approve").code == 0
+    assert aliases(cli) == {"champion": "scorer:2"}
+    assert cli("plan", "--detailed-exitcode").code == 0

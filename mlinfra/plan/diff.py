@@ -20,6 +20,11 @@ from mlinfra.plan.model import (
 from mlinfra.spec.sensitive import SECRET_PREFIX
 from mlinfra.state.model import ResourceState, StateVersion
 
+# NOTE: kinds that act on what their dependencies produced (a model's new version), not
+# only on their configuration: when a dependency is applied again to repair drift (a
+# model retrained because its file was lost), they are applied again too.
+FOLLOWS_OUTPUTS = frozenset({"Promotion", "Endpoint"})
+
 
 class PlanError(MlinfraError):
     """The changes asked for cannot be made (e.g. destroying what others still use)."""
@@ -135,11 +140,22 @@ def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
     changes: list[Change] = []
     drift: list[Drift] = []
     order = topological({a: d.dependencies for a, d in wanted.items()})
+    repaired: set[str] = set()  # applied again because of drift, or after such a one
     for address in order:
-        change, found = _plan_desired(wanted[address], state.get(address), observed.get(address))
-        changes.append(change)
+        want = wanted[address]
+        change, found = _plan_desired(want, state.get(address), observed.get(address))
         if found is not None:
             drift.append(found)
+            repaired.add(address)
+        elif change.action is Action.NOOP and want.kind in FOLLOWS_OUTPUTS:
+            cause = next((d for d in want.dependencies if d in repaired), None)
+            if cause is not None:
+                change = Change(want.address, want.kind, want.name, Action.UPDATE,
+                                f"{cause} is applied again: what it produces may differ",
+                                change.before, want.attributes, [], list(want.dependencies),
+                                want.inputs_hash)
+                repaired.add(address)
+        changes.append(change)
     gone = [a for a in state if a not in desired or destroy]
     if targets:
         gone = [a for a in gone if a in targets]

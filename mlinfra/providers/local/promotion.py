@@ -8,11 +8,12 @@ from typing import Any
 
 from mlinfra.data import checks
 from mlinfra.graph import address
-from mlinfra.plan.model import Change
+from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import Resolver
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
+from mlinfra.state.model import ResourceState
 
 
 def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
@@ -93,6 +94,18 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
 
 
 class PromotionHandler(BaseHandler):
+    def read(self, state: ResourceState, ctx: Context) -> Observed:
+        """A model version registered since the last decision (an apply with --target
+        model.X) was never judged: drift, repaired by judging it."""
+        model = str(state.attributes.get("model"))
+        judged = state.outputs.get("candidate")
+        have = ctx.store.get(address("Model", model))
+        now = have.outputs.get("version") if have is not None else None
+        if judged and now is not None and judged != f"{model}:{now}":
+            return Observed(True, f"model.{model} is now {model}:{now}; the promotion last "
+                            f"judged {judged}", update=True)
+        return Observed()
+
     @staticmethod
     def _candidate(change: Change, ctx: Context, registry: ModelRegistry,
                    model: str) -> ModelVersion:
