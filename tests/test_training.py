@@ -336,6 +336,8 @@ def test_quickstart_main_job(quickstart: Path) -> None:
         model = json.loads(run("models", "show", "fraud@champion").stdout)
         assert model["metrics"]["auc"] > 0.75
         assert model["metrics"]["evaluated_on"] == "transactions-holdout:1"
+        # the train step read the prep step's output; lineage names the data behind it
+        assert model["lineage"]["data"] == ["transactions:1"], model["lineage"]
         invoked = run("endpoints", "invoke", "fraud-api", "--data",
                       str(quickstart / "sample-request.json"))
         assert invoked.returncode == 0, invoked.stderr

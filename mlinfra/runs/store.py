@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash",
             "params", "inputs", "outputs", "git", "environment", "run_dir", "error",
             "reused_from", "cancel_requested", "pid_started", "owner_pid", "owner_started")
 _SELECT = ", ".join(_COLUMNS)
+# How a run records an input that another run produced: "... (run ID)".
+_UPSTREAM = re.compile(r"\(run ([^)\s]+)\)$")
 # Columns added after the first release: a state made before has the table without them.
 
 
@@ -131,6 +134,25 @@ class RunStore:
     def logged_params(self, run_id: str) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.store.query(
             "SELECT key, value FROM run_params WHERE run_id=?", (run_id,))}
+
+    def data_read(self, run: Run) -> list[str]:
+        """The data versions (`name:version`) a run read: itself, or through the runs
+        whose outputs it read (`... (run ID)` inputs), to the first step."""
+        seen: set[str] = set()
+        found: set[str] = set()
+        todo = [run]
+        while todo:
+            current = todo.pop()
+            if current.id in seen:
+                continue
+            seen.add(current.id)
+            for label in current.inputs.values():
+                upstream = _UPSTREAM.search(str(label))
+                if upstream is None:
+                    found.add(str(label))
+                elif (producer := self.get(upstream.group(1))) is not None:
+                    todo.append(producer)
+        return sorted(found)
 
     def request_cancel(self, run_id: str) -> None:
         with self.store.transaction() as cur:

@@ -149,9 +149,11 @@ class ModelHandler(BaseHandler):
                 raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
                                     "version was registered") from None
         sha = artifact_store(ctx).put(path)
-        run = RunStore(ctx.store).get(run_id) if run_id else None
+        runs = RunStore(ctx.store)
+        run = runs.get(run_id) if run_id else None
         lineage = {"run_id": run_id, "job": run.job if run else None,
                    "inputs": run.inputs if run else {},
+                   "data": runs.data_read(run) if run else [],
                    "git": run.git if run else {},
                    "environment": run.environment if run else {}}
         registry = ModelRegistry(ctx.store)
