@@ -39,8 +39,9 @@ def test_nested_ignore_files_apply_to_their_own_folder(tmp_path: Path) -> None:
         "train/.mlinfraignore": "secret*\n!secret-ok.txt\n",
         "train/secret.txt": "", "train/secret-ok.txt": "", "train/model.py": "",
     })
-    assert files_of(tmp_path, "train") == [".gitignore", ".mlinfraignore", "keep.csv",
-                                           "model.py", "secret-ok.txt", "sub/scratch.py"]
+    # .mlinfraignore decides what is code and is not code itself
+    assert files_of(tmp_path, "train") == [".gitignore", "keep.csv", "model.py",
+                                           "secret-ok.txt", "sub/scratch.py"]
 
 
 def test_a_file_in_an_ignored_folder_stays_ignored(tmp_path: Path) -> None:
@@ -91,6 +92,16 @@ def test_ignored_files_do_not_change_the_run_hash(project: Callable[[Files], Pat
     (root / "train" / "keep.tmp").write_text("2")
     changed = cli("plan", "--detailed-exitcode")
     assert changed.code == 2 and "# job.train will run" in changed.out
+
+
+def test_an_ignore_file_beside_the_code_is_not_code(project: Callable[[Files], Path],
+                                                    cli: Callable[..., Result]) -> None:
+    root = project({"job.yaml": JOB, "train/train.py": SCRIPT})
+    assert cli("apply", "--auto-approve").code == 0
+    (root / "train" / "notes.md").write_text("hi\n")
+    assert cli("plan", "--detailed-exitcode").code == 2
+    (root / "train" / ".mlinfraignore").write_text("notes.md\n")
+    assert cli("plan", "--detailed-exitcode").code == 0
 
 
 def test_links_out_of_the_project_are_refused(project: Callable[[Files], Path],

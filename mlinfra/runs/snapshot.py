@@ -50,8 +50,8 @@ def _walk(folder: Path, rel: str, base: str, top: Path, rules: IgnoreRules,
     files: list[tuple[str, Path]] = []
     folders: list[tuple[str, Path, Path]] = []
     for entry in entries:
-        if entry.name in ALWAYS_SKIPPED:
-            continue
+        if entry.name in ALWAYS_SKIPPED or entry.name == ".mlinfraignore":
+            continue  # mlinfra's ignore file decides which files are code; it is not code
         child = f"{rel}/{entry.name}" if rel else entry.name
         in_root = child if base == "." else f"{base}/{child}"
         path = Path(entry.path)
