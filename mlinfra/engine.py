@@ -280,8 +280,12 @@ def check_fresh(session: Session, saved: Plan) -> None:
                                               f"{current.resolved.get(ref)}" for ref in moved)
                         + "). Run mlinfra plan again.")
     if _comparable(current) != _comparable(saved):
+        before = {c.address: digest(c.to_json()) for c in saved.actionable}
+        now = {c.address: digest(c.to_json()) for c in current.actionable}
+        moved = sorted(a for a in set(before) | set(now) if before.get(a) != now.get(a))
         raise StalePlan("the configuration, the data it reads or the objects it manages "
-                        "changed since the plan was saved. Run mlinfra plan again.")
+                        "changed since the plan was saved; the changes of "
+                        f"{', '.join(moved)} differ now. Run mlinfra plan again.")
 
 
 # --- apply ------------------------------------------------------------------------------
@@ -446,8 +450,9 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
             for change, _ in running.values():
                 on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
             wait(running)
-            raise Interrupted("Interrupted: the changes in progress finished and were saved; "
-                              "run apply again to finish the rest.") from None
+            raise Interrupted("Interrupted: the changes under way were stopped (a canceled "
+                              "run) or finished, and what finished was saved; run apply "
+                              "again to finish the rest.") from None
     stuck = sorted(set(waits) - settled)
     if stuck:
         raise MlinfraError(f"apply cannot proceed: changes wait on each other ({', '.join(stuck)})")

@@ -142,6 +142,7 @@ def test_saved_plan_refused_when_configuration_changed(infra: Path,
     (infra / "data" / "transactions.csv").write_text("amount,is_fraud\n7,0\n")
     result = cli("apply", "p.json")
     assert result.code == 1 and "changed since the plan was saved" in result.err
+    assert "the changes of data.transactions differ now" in result.err, result.err
     assert not state_db(infra).exists() or not SqliteStore(state_db(infra)).resources()
 
 

@@ -323,6 +323,8 @@ def test_a_version_that_fails_its_gates_is_never_latest(scored: Path,
     assert latest["version"] == 1
     failed = json.loads(cli("models", "show", "scorer:2").out)
     assert failed["tags"]["mlinfra.gates"] == "failed"
+    listed = cli("models", "list").out.splitlines()
+    assert listed[0].split()[-1] == "STATUS" and listed[2].endswith("gates failed"), listed
     assert "auc" in failed["tags"]["mlinfra.rejected"]
 
 
@@ -349,6 +351,7 @@ def test_a_tie_never_moves_the_alias(scored: Path, cli: Callable[..., Result]) -
     assert applied.code == 0, applied.err
     assert "kept scorer@champion -> scorer:1" in applied.out, applied.out
     assert aliases(cli) == {"champion": "scorer:1"}
+    assert "is not better than" in applied.out and "by at least" not in applied.out
 
 
 def test_the_champion_is_judged_on_the_candidates_data(scored: Path,

@@ -103,7 +103,7 @@ def _cancel(runs: Any, found: list[Any]) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from mlinfra.registry.models import ModelRegistry
+    from mlinfra.registry.models import GATES_TAG, ModelRegistry
     from mlinfra.spec.model import Ref
 
     session = session_for(args, f"models {args.models_command}",
@@ -117,10 +117,11 @@ def cmd_models(args: argparse.Namespace) -> int:
                            if v == version.version]
                 metrics = ", ".join(f"{k}={v:.4g}" for k, v in version.metrics.items()
                                     if isinstance(v, int | float))
+                status = ("archived" if version.archived else "gates failed" if
+                          version.tags.get(GATES_TAG) == "failed" else "")
                 rows.append([version.ref, ",".join(aliases), when(version.created_at),
-                             version.run_id or "-", metrics,
-                             "archived" if version.archived else ""])
-            print_table(["MODEL", "ALIASES", "CREATED", "RUN", "METRICS", ""], rows)
+                             version.run_id or "-", metrics, status])
+            print_table(["MODEL", "ALIASES", "CREATED", "RUN", "METRICS", "STATUS"], rows)
             return 0
         ref = Ref.parse(args.ref)
         if ref is None:

@@ -67,8 +67,8 @@ def decide(res: Resource, ctx: Context, candidate: ModelVersion,
     sign = ">" if maximize else "<"
     if gain > 0 and gain >= delta:
         return True, f"{metric} {new:.4g} {sign} {old:.4g} of {champion.ref} by {gain:.4g}"
-    return False, (f"{metric} {new:.4g} is not better than {old:.4g} of {champion.ref} "
-                   f"by {delta:g}")
+    by = f" by at least {delta:g}" if delta else ""
+    return False, f"{metric} {new:.4g} is not better than {old:.4g} of {champion.ref}{by}"
 
 
 def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
