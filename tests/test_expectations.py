@@ -148,6 +148,9 @@ def test_failing_content_takes_no_version(project: Callable[..., Path],
 
     with monkeypatch.context() as patched:
         patched.setattr(checks, "check", refuse)
+        planned = cli("plan")  # the plan says it now, not the next apply
+        assert planned.code == 1 and "checked before" in planned.err, planned.out
+        assert REPORT in planned.err and "fix the data" in planned.err
         again = cli("apply", "--auto-approve")
         assert again.code == 1 and REPORT in again.err
         shown = cli("data", "validate", "transactions")

@@ -35,6 +35,8 @@ class DataHandler(BaseHandler):
                                 f"({path})")
         versions = DataVersions(ctx.store)
         sha = versions.content_sha256(path)
+        if res.spec.get("expectations"):
+            _refuse_known_failure(res, ctx, sha)
         version = versions.find(res.name, sha) or versions.next_version(res.name)
         return {"sha256": sha, "version": version}
 
@@ -73,3 +75,16 @@ class DataHandler(BaseHandler):
         if version is not None and DataVersions(ctx.store).get(state.name, version) is None:
             return Observed(False, f"version {version} is missing from the registry")
         return Observed()
+
+
+def _refuse_known_failure(res: Resource, ctx: Context, sha: str) -> None:
+    """Content whose expectations already failed fails again: the plan says so now
+    rather than promise a version the apply will refuse."""
+    from mlinfra.data.checks import DataCheckFailed, DataChecks
+
+    found = DataChecks(ctx.store).get(res.name, sha, str(res.spec.get("format", "csv")),
+                                      list(res.spec["expectations"]))
+    if found is not None and not found.passed:
+        raise ProviderError(res.address, DataCheckFailed(
+            f"{res.name} (sha256 {sha[:12]}, checked before)", found.failures).message
+            + "\nfix the data, or its expectations")
