@@ -5,9 +5,8 @@ be a relative path, without "..", to a file inside the folder of the model's fil
 (symbolic links resolved), or the model is not loaded.
 
 The references are read from the protobuf wire format directly (serving imports
-neither onnx nor protobuf). mlinfra.registry.onnx_files does the same at registration,
-where the data is then written into the model: serving stands apart, so it keeps its
-own reading of the format.
+neither onnx nor protobuf). mlinfra.registry.onnx_files uses this reader at
+registration, where the data is then written into the model.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 # Where TensorProtos live in an ONNX model: message -> {field number: message it holds}.
-_HOLDS = {
+HOLDS = {
     "model": {7: "graph", 20: "training", 25: "function"},  # ModelProto
     "training": {1: "graph", 2: "graph"},  # TrainingInfoProto
     "function": {7: "node", 11: "attribute"},  # FunctionProto
@@ -27,7 +26,7 @@ _HOLDS = {
                   23: "sparse"},  # AttributeProto
     "sparse": {1: "tensor", 2: "tensor"},  # SparseTensorProto
 }
-_NAME, _EXTERNAL_DATA, _DATA_LOCATION, _EXTERNAL = 8, 13, 14, 1  # TensorProto
+NAME, EXTERNAL_DATA, DATA_LOCATION, EXTERNAL = 8, 13, 14, 1  # TensorProto
 
 
 class ExternalData(NamedTuple):
@@ -50,8 +49,8 @@ def external_data(model: bytes) -> list[ExternalData]:
                 if reference is not None:
                     found.append(reference)
                 continue
-            holds = _HOLDS[kind]
-            for number, _, value in _fields(data):
+            holds = HOLDS[kind]
+            for number, value, _, _ in fields(data):
                 if isinstance(value, memoryview) and number in holds:
                     stack.append((value, holds[number]))
     except (ValueError, IndexError, UnicodeDecodeError):
@@ -65,7 +64,7 @@ def check_external_data(model: bytes, folder: Path) -> bool:
     root = folder.resolve()
     references = external_data(model)
     for reference in references:
-        why = _outside(reference.location, root)
+        why = outside(reference.location, root)
         if why:
             raise UnsafeModel(f"tensor {reference.tensor!r} reads its data from "
                               f"{reference.location!r}, {why}: a model may read files "
@@ -73,7 +72,7 @@ def check_external_data(model: bytes, folder: Path) -> bool:
     return bool(references)
 
 
-def _outside(location: str, root: Path) -> str:
+def outside(location: str, root: Path) -> str:
     """Why `location` is not a file inside `root` ("" when it is)."""
     pure = PurePosixPath(location.replace("\\", "/"))
     if not location or pure.is_absolute() or ":" in pure.parts[0]:
@@ -90,13 +89,13 @@ def _outside(location: str, root: Path) -> str:
 
 def _reference(tensor: memoryview) -> ExternalData | None:
     name, location, external = "", None, False
-    for number, _, value in _fields(tensor):
-        if number == _NAME and isinstance(value, memoryview):
+    for number, value, _, _ in fields(tensor):
+        if number == NAME and isinstance(value, memoryview):
             name = bytes(value).decode()
-        elif number == _DATA_LOCATION and isinstance(value, int):
-            external = value == _EXTERNAL
-        elif number == _EXTERNAL_DATA and isinstance(value, memoryview):
-            key, text = _entry(value)
+        elif number == DATA_LOCATION and isinstance(value, int):
+            external = value == EXTERNAL
+        elif number == EXTERNAL_DATA and isinstance(value, memoryview):
+            key, text = entry(value)
             if key == "location":
                 location = text
     if location is None and not external:
@@ -104,10 +103,10 @@ def _reference(tensor: memoryview) -> ExternalData | None:
     return ExternalData(name, location or "")
 
 
-def _entry(data: memoryview) -> tuple[str, str]:
+def entry(data: memoryview) -> tuple[str, str]:
     """A StringStringEntryProto: (key, value)."""
     key = text = ""
-    for number, _, value in _fields(data):
+    for number, value, _, _ in fields(data):
         if isinstance(value, memoryview) and number == 1:
             key = bytes(value).decode()
         elif isinstance(value, memoryview) and number == 2:
@@ -115,18 +114,20 @@ def _entry(data: memoryview) -> tuple[str, str]:
     return key, text
 
 
-def _fields(data: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
-    """(field number, wire type, value) of each field of a protobuf message: a varint's
-    number, or a view of a length-delimited field's bytes (no copy)."""
+def fields(data: memoryview) -> Iterator[tuple[int, memoryview | int, int, int]]:
+    """(field number, value, start, end) of each field of a protobuf message: a varint's
+    number, or a view of a length-delimited field's bytes (no copy); [start, end) spans
+    the whole field, key included."""
     i, end = 0, len(data)
     while i < end:
-        key, i = _varint(data, i)
+        start = i
+        key, i = varint(data, i)
         number, wire = key >> 3, key & 7
         value: memoryview | int
         if wire == 0:
-            value, i = _varint(data, i)
+            value, i = varint(data, i)
         elif wire == 2:
-            size, i = _varint(data, i)
+            size, i = varint(data, i)
             value, i = data[i:i + size], i + size
         elif wire == 1:
             value, i = i, i + 8  # fixed64: its value is not needed, only skipped
@@ -138,23 +139,23 @@ def _fields(data: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:
             raise ValueError(f"wire type {wire}")
         if i > end:
             raise ValueError("truncated")
-        yield number, wire, value
+        yield number, value, start, i
 
 
 def _skip_group(data: memoryview, i: int, group: int) -> int:
     """The index past the end of the group `group` that starts at `i`, skipped as
     protobuf skips unknown fields (onnxruntime would, so nothing may hide in one)."""
     while True:
-        key, i = _varint(data, i)
+        key, i = varint(data, i)
         number, wire = key >> 3, key & 7
         if wire == 4:
             if number != group:
                 raise ValueError("unbalanced group")
             return i
         if wire == 0:
-            _, i = _varint(data, i)
+            _, i = varint(data, i)
         elif wire == 2:
-            size, i = _varint(data, i)
+            size, i = varint(data, i)
             i += size
         elif wire == 1:
             i += 8
@@ -168,7 +169,7 @@ def _skip_group(data: memoryview, i: int, group: int) -> int:
             raise ValueError("truncated")
 
 
-def _varint(data: memoryview, i: int) -> tuple[int, int]:
+def varint(data: memoryview, i: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         byte = data[i]
