@@ -170,7 +170,7 @@ def test_failed_runs(trainable: Path, cli: Callable[..., Result], script: str,
     assert message in result.err and "Traceback (most recent call last)" not in (
         result.err.split("  | ")[0])
     assert "not applied: model.fraud (job.train was not applied)" in result.err
-    assert cli("models", "list").out.strip() == "MODEL  ALIASES  CREATED  RUN  METRICS"
+    assert cli("models", "list").out.strip() == "MODEL  ALIASES  CREATED  RUN  METRICS  STATUS"
     assert " failed " in cli("runs", "list").out
 
 
