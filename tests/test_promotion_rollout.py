@@ -289,3 +289,26 @@ def test_a_quiet_endpoint_without_replay_stops_the_rollout(promoted: Path, cli: 
     assert "rollout stopped: no request reached the endpoint" in applied.err, applied.err
     assert champion(cli) == 1
     assert history(cli)[-1]["outcome"] == "stopped"
+
+
+# --- bad input: a metric the evaluation does not produce -------------------------------
+
+def test_a_promotion_on_a_metric_its_evaluation_does_not_produce_is_refused(
+        project: Callable[..., Path], cli: Cli) -> None:
+    text = PROJECT.format(rollout="").replace("metric: auc,", "metric: f1,")
+    text = text.replace("{auc: {min: 0.3}}", "{aucc: {min: 0.3}}")
+    root = project({"models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+                    "serving.yaml": text})
+    checked = cli("validate")
+    assert checked.code == 1
+    assert ("serving.yaml:26:19: promotion/fraud: compare.metric: the evaluation of model 'fraud' "
+            "does not produce 'f1' (it produces auc, accuracy)") in checked.err, checked.err
+    assert "gates.metrics.aucc:" in checked.err and "(did you mean 'auc'?)" in checked.err
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 1 and "does not produce 'f1'" in applied.err
+    assert not (root / ".mlinfra" / "dev" / "state.db").exists()  # nothing ran
+    no_evaluation = text.replace("evaluation: {data: holdout, label: y, metrics: [auc, "
+                                 "accuracy]}\n", "")
+    (root / "serving.yaml").write_text(no_evaluation)
+    checked = cli("validate")
+    assert "model 'fraud' has no evaluation, so it has no metric 'f1'" in checked.err
