@@ -105,19 +105,20 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
            lock_timeout: float = 0.0, parallelism: int = 4,
            on_event: Event = lambda *_: None,
            log: Callable[[str], None] = lambda _: None) -> Outcome:
+    from mlinfra.spec.project import find_root
     from mlinfra.state.lock import locked
 
     started = time.time()
-    session = open_session(directory, stack, "ci run", write=True, log=log)
+    repo = Repository(find_root(directory))
     try:
-        repo = Repository(session.config.root)
+        head = repo.head
+        dirty = repo.dirty()
+        if dirty and not allow_dirty:
+            listed = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
+            raise GitProblem(f"the working tree has uncommitted changes ({listed}): ci run "
+                             "applies commits; commit them, or pass --allow-dirty")
+        session = open_session(directory, stack, "ci run", write=True, log=log)
         try:
-            head = repo.head
-            dirty = repo.dirty()
-            if dirty and not allow_dirty:
-                listed = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
-                raise GitProblem(f"the working tree has uncommitted changes ({listed}): ci run"
-                                 " applies commits; commit them, or pass --allow-dirty")
             decisions = DecisionLog(session.store)
             record = None if dirty else processed(decisions, session.stack, head)
             if record is not None:
@@ -141,9 +142,9 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
                     "trigger": trigger("ci run")})
                 return outcome
         finally:
-            repo.close()
+            session.close()
     finally:
-        session.close()
+        repo.close()
 
 
 def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started: float,
