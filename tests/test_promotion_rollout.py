@@ -137,8 +137,9 @@ def endpoint_url(cli: Cli) -> str:
 class Requests:
     """One client sending single-row requests until stopped, counting the answers."""
 
-    def __init__(self, url: str, key: str) -> None:
+    def __init__(self, url: str, key: str, body: Any = None) -> None:
         self.url, self.key = url, key
+        self.body = body if body is not None else {"inputs": [[1.0, 2.0]]}
         self.statuses: Counter[int] = Counter()
         self.models: Counter[str] = Counter()
         self.stop = threading.Event()
@@ -148,7 +149,7 @@ class Requests:
         client = Client(self.url, self.key)
         deadline = time.monotonic() + 120
         while not self.stop.is_set() and time.monotonic() < deadline:
-            status, _, headers = client.request("POST", "/invocations", {"inputs": [[1.0, 2.0]]})
+            status, _, headers = client.request("POST", "/invocations", self.body)
             self.statuses[status] += 1
             self.models[headers.get("mlinfra-model", "-")] += 1
             time.sleep(0.004)
