@@ -313,3 +313,39 @@ def test_a_promotion_on_a_metric_its_evaluation_does_not_produce_is_refused(
     (root / "serving.yaml").write_text(no_evaluation)
     checked = cli("validate")
     assert "model 'fraud' has no evaluation, so it has no metric 'f1'" in checked.err
+
+
+def test_an_apply_killed_during_a_rollout_leaves_a_version_judged_again(
+        promoted: Path, cli: Cli) -> None:
+    """kill -9 in the middle of a rollout: the alias had moved, a canary takes traffic.
+    The next apply puts the alias back, removes the canary, and judges the version
+    again: it is never left promoted without being judged."""
+    from tests.test_endpoint_lifecycle import killed_after
+
+    url, key = endpoint_url(cli), operator_key(promoted)
+    for a in (0.5, -0.5, 1.5):
+        assert call(url, key, "POST", "/invocations", {"inputs": [[a, 0.2]]})[0] == 200
+    time.sleep(0.5)
+    (promoted / "serving.yaml").write_text(PROJECT.format(rollout=ROLLOUT % "true"))
+    (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["good"]))
+    code = killed_after(promoted, "mlinfra.providers.local.endpoint.rollout:_judge_step",
+                        "apply", "--auto-approve")
+    assert code == -9
+    assert champion(cli) == 2  # moved before the rollout, which was cut short
+    tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
+    assert tags["mlinfra.rollout"] == "in progress" and tags["mlinfra.rollout_from"] == 1
+    cut = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert "canary-fraud-2" in cut["served"], cut
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.out + applied.err
+    assert "the rollout of fraud:2 was cut short" in applied.out
+    assert "removing canary-fraud-2, left by a rollout cut short" in applied.out
+    assert champion(cli) == 2
+    served = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert served["served"] == {"blue": "fraud:2"} and served["traffic"] == {"blue": 100}
+    decision = history(cli)[-1]
+    assert (decision["from"], decision["to"], decision["outcome"]) == (1, 2, "promoted")
+    assert decision["rollout"]["status"] == "complete"
+    assert json.loads(cli("models", "show", "fraud:2").out)["tags"]["mlinfra.rollout"] == \
+        "complete"
+    assert "No changes" in cli("plan").out

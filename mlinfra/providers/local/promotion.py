@@ -23,7 +23,11 @@ from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
 
 REJECTED_TAG = "mlinfra.rejected"
-ROLLOUT_TAG = "mlinfra.rollout"  # "rolled back" or "stopped": apply never promotes it again
+# How a promoted version's rollout went: "in progress" (from the version in ROLLOUT_FROM),
+# "complete", "skipped", "interrupted"; "rolled back" or "stopped": apply never promotes
+# it again (mlinfra models alias does, by hand).
+ROLLOUT_TAG = "mlinfra.rollout"
+ROLLOUT_FROM = "mlinfra.rollout_from"
 
 
 class Verdict(NamedTuple):
@@ -173,6 +177,9 @@ class PromotionHandler(BaseHandler):
         candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
+        if champion is not None and champion.tags.get(ROLLOUT_TAG) == "in progress":
+            champion = self._cut_short(res, ctx, champion)
+            current = champion.version
         judged, note = _on_the_same_data(res, ctx, candidate, champion)
         verdict = judge(res, ctx, candidate, judged)
         reason = verdict.reason + note
@@ -200,6 +207,23 @@ class PromotionHandler(BaseHandler):
                         "candidate": candidate.ref, "alias": f"{model}@{alias}",
                         "version": candidate.version if verdict.promoted else current,
                         "rollout": detail.get("rollout", {}).get("status")})
+
+    @staticmethod
+    def _cut_short(res: Resource, ctx: Context, champion: ModelVersion) -> ModelVersion:
+        """The alias names a version whose rollout an apply killed midway never finished:
+        it goes back to the version it was rolled out from, and is judged again."""
+        registry = ModelRegistry(ctx.store)
+        earlier = registry.get(champion.name, int(champion.tags.get(ROLLOUT_FROM) or 0))
+        if earlier is None:
+            return champion
+        alias = str(res.spec.get("alias", "champion"))
+        registry.set_alias(champion.name, alias, earlier.version,
+                           f"the rollout of {champion.ref} was cut short: back to "
+                           f"{earlier.ref} (promotion.{res.name} judges it again)")
+        registry.set_tags(champion.name, champion.version, {ROLLOUT_TAG: "interrupted"})
+        ctx.log(f"promotion.{res.name}: the rollout of {champion.ref} was cut short; "
+                f"{champion.name}@{alias} is back on {earlier.ref}")
+        return earlier
 
     @staticmethod
     def _detail(res: Resource, ctx: Context, candidate: ModelVersion,
@@ -232,6 +256,10 @@ class PromotionHandler(BaseHandler):
         registry = ModelRegistry(ctx.store)
         model, alias = candidate.name, str(res.spec.get("alias", "champion"))
         settings = dict(res.spec["rollout"])
+        # NOTE: marked before it starts, so that an apply killed midway leaves a version
+        # the next apply recognises as not judged (see _cut_short).
+        registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "in progress",
+                                                     ROLLOUT_FROM: champion.version})
         try:
             record = roll_out(ctx, settings, alias, candidate, champion,
                               lambda line: ctx.log(f"{change.address}: {line}"))
@@ -239,9 +267,11 @@ class PromotionHandler(BaseHandler):
             registry.set_alias(model, alias, champion.version,
                                f"rollout of {candidate.ref} by promotion.{res.name} was "
                                f"interrupted ({type(err).__name__}): back to {champion.ref}")
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "interrupted"})
             raise
         detail["rollout"] = record
         if record["status"] in ("complete", "skipped"):
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: record["status"]})
             if record["status"] == "skipped":
                 ctx.log(f"{change.address}: no rollout: {record['why']}")
             return

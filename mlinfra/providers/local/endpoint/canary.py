@@ -57,10 +57,25 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
                 "why": f"endpoint {name} is not running: apply starts it with {candidate.ref}"}
     endpoint = ctx.config.get("Endpoint", name)
     wanted = Ref(candidate.name, None, alias)
-    declared = {str(d["name"]) for d in (endpoint.spec["deployments"] if endpoint else [])
-                if Ref.parse(str(d.get("model", ""))) == wanted}
+    specs = list(endpoint.spec["deployments"]) if endpoint else []
+    declared = {str(d["name"]) for d in specs if Ref.parse(str(d.get("model", ""))) == wanted}
     deployments: dict[str, Any] = dict(config["deployments"])
+    served = dict(state.outputs.get("served") or {})
     start = {d: int(config["traffic"].get(d, 0)) for d in deployments}
+    leftovers = sorted(set(deployments) - {str(d["name"]) for d in specs})
+    if leftovers:  # a canary of a rollout cut short: the endpoint as declared, first
+        split = dict((endpoint.spec.get("traffic") if endpoint else None) or {})
+        start = {d: int(split.get(d, 0)) for d in deployments if d not in leftovers}
+        for leftover in leftovers:
+            deployments.pop(leftover)
+            served.pop(leftover, None)
+        for deployment in declared & set(deployments):
+            deployments[deployment] = _entry(ctx, deployments[deployment], previous)
+            served[deployment] = previous.ref
+        log(f"removing {', '.join(leftovers)}, left by a rollout cut short")
+        change_live(ctx, state, "rollback", f"{', '.join(leftovers)} removed: left by a "
+                    "rollout cut short", {"deployments": deployments, "traffic": start},
+                    {"served": served, "traffic": start})
     serving = [d for d in sorted(declared) if d in deployments
                and deployments[d].get("model") == previous.name
                and deployments[d].get("version") == previous.version]
@@ -71,7 +86,6 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
     canary = f"canary-{candidate.name}-{candidate.version}"
     while canary in deployments:
         canary += "x"
-    served = dict(state.outputs.get("served") or {})
     change_live(ctx, state, "canary", f"{canary} serves {candidate.ref}, with no traffic yet",
                 {"deployments": {**deployments, canary: _entry(ctx, deployments[serving[0]],
                                                                candidate)},
