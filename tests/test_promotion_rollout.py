@@ -6,6 +6,7 @@ answers with errors; a quiet endpoint is judged on its replayed captures."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -231,14 +232,25 @@ def test_a_rollout_whose_version_fails_rolls_back_traffic_and_alias(
         promoted: Path, cli: Cli) -> None:
     """Done when: a rollout whose new version answers with errors rolls back traffic and
     alias by itself, with the reason in mlinfra history."""
+    from tests.test_ci import commit, git
+
+    (promoted / ".gitignore").write_text(".mlinfra/\ndata/captures/\n")
+    git(promoted, "init", "-q")
+    commit(promoted, "fraud:1 served")
     bad = failing_on_single_rows(WEIGHTS["good"])
     (promoted / "models" / "fraud.onnx").write_bytes(bad)
+    commit(promoted, "a model that fails on live requests")
+    report = promoted.parent / "report.md"
     with Requests(endpoint_url(cli), operator_key(promoted)) as load:
         time.sleep(0.3)
-        applied = cli("apply", "--auto-approve")
+        applied = cli("ci", "run", "--report", str(report))
         time.sleep(0.3)
     assert applied.code == 1, applied.out + applied.err
-    assert "rollout rolled back: error rate" in applied.err, applied.err
+    assert "rollout rolled back: error rate" in applied.out, applied.out
+    text = report.read_text()
+    assert "#### ❌ `promotion.fraud`: fraud:2 rolled back (fraud@champion stays 1)" in text
+    assert "Rollout on `api`: **rolled back**: error rate" in text
+    assert re.search(r"^\| 20% \| \d+ \| \d+ \| 1\.000 \| [^|]+ \| breach \|$", text, re.M), text
     assert champion(cli) == 1
     served = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
     assert served["served"] == {"blue": "fraud:1"} and served["traffic"] == {"blue": 100}
