@@ -167,6 +167,14 @@ def test_a_failed_training_run_names_the_run_and_shows_its_log(
     assert "1 failed" in failed.err
     again = cli("ci", "run")  # a failed commit is not "processed": it is tried again
     assert again.code == 1 and "was processed" not in again.out
+    # The next commit is compared with the last one applied without failure.
+    good = git(repo, "rev-parse", "HEAD~1")
+    set_variant(repo, "good")
+    commit(repo, "fixed")
+    fixed = cli("ci", "run", "--report", str(tmp_path / "run.md"))
+    assert fixed.code == 0, fixed.err
+    assert (f"compared with `{good[:12]}` (the last commit ci run applied without failure)"
+            in (tmp_path / "run.md").read_text())
 
 
 def test_data_that_fails_its_expectations_trains_nothing(repo: Path, cli: Cli,

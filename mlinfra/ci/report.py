@@ -260,7 +260,7 @@ def run_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, l
         out.append("")
     out += _changes_section(changes, direct, downstream)
     out += ["### Runs", ""]
-    out += [_run_rows(runs)] if runs else ["No run: no job or pipeline had new inputs."]
+    out += [_run_rows(runs)] if runs else ["No run started."]
     out.append("")
     for run in runs:
         if run.status != "completed":
@@ -272,7 +272,7 @@ def run_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, l
         for promotion in promotions:
             out += _promotion(promotion)
     else:
-        out += ["No promotion decision: no governed model has a new version.", ""]
+        out += ["No promotion decision was made.", ""]
     if plan_lines:
-        out += _plan_section(plan_lines, "What was applied")
+        out += _plan_section(plan_lines, "The plan it applied")
     return "\n".join(out).rstrip() + "\n"

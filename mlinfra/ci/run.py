@@ -128,11 +128,12 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
                 record = None if dirty else processed(decisions, session.stack, head)
                 if record is not None:
                     return _skipped(session.stack, head, record)
-                last = decisions.last(CI_RUN, f"stack.{session.stack}")
-                since = str(last.detail.get("commit") or "") if last else ""
+                done = [r for r in decisions.read(CI_RUN, address=f"stack.{session.stack}")
+                        if r.detail.get("ok")]
+                since = str(done[-1].detail.get("commit") or "") if done else ""
                 if since and repo.is_ancestor(since):
-                    changes = repo.changes(since, "the last commit ci run processed",
-                                           allow_dirty)
+                    changes = repo.changes(since, "the last commit ci run applied without "
+                                           "failure", allow_dirty)
                 else:
                     parent = repo.commit("HEAD^")
                     changes = repo.changes(parent, "HEAD^" if parent else "", allow_dirty)
