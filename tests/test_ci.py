@@ -124,9 +124,15 @@ def fenced_block(report: str, heading: str) -> list[str]:
 # --- ci run ---------------------------------------------------------------------------
 
 def test_ci_run_applies_records_the_commit_and_does_nothing_on_it_again(
-        repo: Path, cli: Cli, tmp_path: Path) -> None:
+        repo: Path, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GITHUB_EVENT_NAME", "push")
+    monkeypatch.setenv("GITHUB_ACTOR", "alice")
     first = cli("ci", "run", "--report", str(tmp_path / "run.md"))
     assert first.code == 0, first.out + first.err
+    decision = json.loads(cli("history", "--json").out)[0]
+    assert decision["trigger"] == {"command": "ci run",
+                                   "github": {"event": "push", "actor": "alice"}}
+    assert decision["commit"] == git(repo, "rev-parse", "HEAD") and not decision["dirty"]
     text = (tmp_path / "run.md").read_text()
     assert "stack `dev`: ✅ applied" in text and "scorer:1 promoted" in text
     assert "| `train-" in text  # the run, with its status
