@@ -490,3 +490,11 @@ def test_a_push_event_posts_no_comment(repo: Path, cli: Cli, github: type[FakeGi
     assert planned.code == 0
     assert "the push is not a pull request: no comment posted" in planned.err
     assert github.calls == []
+
+
+def test_outside_a_git_repository_ci_says_so(project: Callable[..., Path], cli: Cli) -> None:
+    project({})
+    for command in ("plan", "run"):
+        refused = cli("ci", command)
+        assert refused.code == 1
+        assert "is not in a Git repository: the ci commands compare commits" in refused.err

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mlinfra.ci import report
@@ -32,7 +32,6 @@ class Outcome:
     ok: bool
     message: str  # one line for the console
     stack: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
 
 
 def processed(log: DecisionLog, stack: str, commit: str) -> Decision | None:
@@ -108,7 +107,6 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
     from mlinfra.spec.project import find_root
     from mlinfra.state.lock import locked
 
-    started = time.time()
     repo = Repository(find_root(directory))
     try:
         head = repo.head
@@ -137,7 +135,10 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
                 else:
                     parent = repo.commit("HEAD^")
                     changes = repo.changes(parent, "HEAD^" if parent else "", allow_dirty)
-                outcome = _apply(session, changes, decisions, started, parallelism, on_event)
+                # Runs made from here on are this apply's (not those of a ci run that
+                # held the lock before).
+                outcome = _apply(session, changes, decisions, time.time(), parallelism,
+                                 on_event)
                 decisions.record(f"stack.{session.stack}", CI_RUN, {
                     "commit": head, "ok": outcome.ok, "dirty": bool(dirty),
                     "trigger": trigger("ci run")})
@@ -154,14 +155,12 @@ def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started
     direct, downstream = affected(session.config, changes.files,
                                   workspace_address(session.config))
     first_decision = decisions.newest_id()
-    timings: dict[str, float] = {}
     try:
         the_plan = plan(session)
     except MlinfraError as err:
         text = report.run_report(project, stack, changes, direct, downstream, False, "", [],
                                  {}, {}, [], [], err.message.splitlines())
         return Outcome(text, False, "the project cannot be planned", stack)
-    timings["plan_s"] = time.time() - started
     lines = plan_text(session, the_plan) if the_plan.has_changes() else []
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
@@ -169,7 +168,6 @@ def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started
     if the_plan.has_changes():
         result = execute(session, the_plan, parallelism, on_event)
         failed, skipped, applied = result.failed, result.skipped, result.applied
-    timings["apply_s"] = time.time() - started - timings["plan_s"]
     counts = tally(applied)
     summary = (f"Resources: {counts['add']} added, {counts['change']} changed, "
                f"{counts['replace']} replaced, {counts['destroy']} destroyed."
@@ -179,7 +177,6 @@ def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started
     promotions = _promotions(session, decisions.read(PROMOTION, first_decision))
     text = report.run_report(project, stack, changes, direct, downstream, ok, summary, lines,
                              failed, skipped, _runs(session, started), promotions, [])
-    timings["report_s"] = time.time() - started - timings["plan_s"] - timings["apply_s"]
     message = (f"ci run of {changes.head[:12]} on stack '{stack}': "
                + ("applied" if ok else f"{len(failed)} failed, {len(skipped)} not applied"))
-    return Outcome(text, ok, message, stack, timings)
+    return Outcome(text, ok, message, stack)
