@@ -498,3 +498,19 @@ def test_outside_a_git_repository_ci_says_so(project: Callable[..., Path], cli: 
         refused = cli("ci", command)
         assert refused.code == 1
         assert "is not in a Git repository: the ci commands compare commits" in refused.err
+
+
+def test_a_report_too_long_for_a_comment_is_cut_where_it_says_so() -> None:
+    from mlinfra.ci.github import MAX_COMMENT, fit
+    from mlinfra.ci.report import fenced
+
+    plan = fenced([f"  + line {n} with a ``` inside" for n in range(5000)])
+    assert plan.startswith("````\n") and plan.endswith("\n````")  # never closed early
+    body = fit("<!-- marker -->\n<details><summary>plan</summary>\n\n" + plan + "\n</details>")
+    assert len(body) <= MAX_COMMENT and body.startswith("<!-- marker -->")
+    head, note = body.rsplit("\n\n... (cut:", 1)
+    assert head.endswith("inside\n````\n\n</details>"), head[-80:]  # both closed
+    assert note.endswith("the whole report is in the job's summary and in the file "
+                         "--report names)\n")
+    short = "<!-- marker -->\nsmall"
+    assert fit(short) == short

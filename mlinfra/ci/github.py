@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -169,9 +170,20 @@ def fit(body: str) -> str:
         return body
     note = ("\n\n... (cut: the whole report is in the job's summary and in the file "
             "--report names)\n")
-    cut = body[:MAX_COMMENT - len(note)]
-    if cut.count("```") % 2:  # a fence left open would swallow the note
-        cut += "\n```"
+    cut = body[:MAX_COMMENT - len(note) - 200].rsplit("\n", 1)[0]
+    # A fence or a <details> left open would swallow the note: close them.
+    fence = None
+    for line in cut.split("\n"):
+        found = re.fullmatch(r"(`{3,})(.*)", line)
+        if found is None:
+            continue
+        if fence is None:
+            fence = found.group(1)
+        elif len(found.group(1)) >= len(fence) and not found.group(2).strip():
+            fence = None
+    if fence is not None:
+        cut += "\n" + fence
+    cut += "\n\n</details>" * (cut.count("<details>") - cut.count("</details>"))
     return cut + note
 
 
