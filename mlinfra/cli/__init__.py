@@ -234,6 +234,31 @@ def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None
                    help="folder for the manifests, build contexts and scripts")
 
 
+def _ci(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    ci = p.add_subparsers(dest="ci_command", metavar="SUBCOMMAND", required=True)
+    plan = ci.add_parser("plan", parents=[common],
+                         help="for a pull request: what changed since the base, the plan, "
+                              "the runs and promotions it means, as a Markdown report")
+    plan.add_argument("--base", metavar="REV",
+                      help="compare with this revision's merge base (default: the pull "
+                           "request's base branch, else origin/main or main)")
+    run = ci.add_parser("run", parents=[common],
+                        help="for a push: apply, promote, roll out, and report; a commit "
+                             "already processed is not processed again")
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run on a working tree with uncommitted changes")
+    run.add_argument("--parallelism", type=_positive, default=4, metavar="N",
+                     help="changes applied at once (default 4)")
+    _lock_option(run)
+    for sp in (plan, run):
+        sp.add_argument("--report", metavar="FILE", help="write the Markdown report here too")
+
+
+def _history(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="one model only")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -261,6 +286,10 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
                "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
                _output),
+    "ci": ("ci:cmd_ci", "the Git-triggered loop: ci plan for pull requests, ci run for "
+           "pushes", _ci),
+    "history": ("ci:cmd_history", "every promotion decision: when, commit, trigger, versions, "
+                "metrics, outcome, rollout", _history),
 }
 
 

@@ -25,7 +25,7 @@ _VERBS = {"CREATE": ("Creating", "Creation"), "UPDATE": ("Modifying", "Modificat
           "REPLACE": ("Replacing", "Replacement"), "DELETE": ("Destroying", "Destruction")}
 
 
-def _progress(event: str, change: Change, elapsed: float, message: str) -> None:
+def progress(event: str, change: Change, elapsed: float, message: str) -> None:
     doing, done = _VERBS.get(change.action.name, ("Applying", "Apply"))
     if event == "start":
         emit(f"{change.address}: {doing}...", "bold")
@@ -47,7 +47,7 @@ def _run_apply(session: Session, plan: Plan, args: argparse.Namespace, ask: str,
     if not args.auto_approve and not confirm(ask):
         echo_err(f"{verb.capitalize()} cancelled.")
         return 1
-    result = execute(session, plan, args.parallelism, _progress)
+    result = execute(session, plan, args.parallelism, progress)
     for entry in result.interrupted:
         echo_err(f"Note: an earlier run (pid {entry.pid}) was interrupted during "
              f"{entry.action} of {entry.address}; this run reconciled it.")

@@ -103,6 +103,13 @@ def score(model: Path, table: Table, label: str, metrics: list[str] | None = Non
     column but `label`, in file order): all of them as one 2-D input, or each input by
     its name. `metrics` default to auc and accuracy for a classifier, rmse, mae and r2
     for a regressor."""
+    return predictions(model, table, label, metrics, features, positive).score()
+
+
+def predictions(model: Path, table: Table, label: str, metrics: list[str] | None = None,
+                features: list[str] | None = None, positive: Any = None) -> Predictions:
+    """The model's predictions on `table`, checked and ready to be scored (see `score`),
+    on every row or on a resample of them."""
     session = load_session(model)
     if label not in table.columns:
         raise ModelInvalid(f"evaluation data {table.name} has no column '{label}' "
@@ -118,7 +125,9 @@ def score(model: Path, table: Table, label: str, metrics: list[str] | None = Non
                            f"{first[:300]}") from None
     outputs = {o.name: (o.type, value)
                for o, value in zip(session.get_outputs(), results, strict=True)}
-    return compute(outputs, table.column(label), metrics, positive)
+    found = prepare(outputs, table.column(label), metrics, positive)
+    found.data = table.name
+    return found
 
 
 def _feeds(session: Any, table: Table, label: str, named: list[str] | None
@@ -206,10 +215,50 @@ class _Prediction:
     probabilities: np.ndarray | None
 
 
+class Predictions:
+    """A model's predictions on labelled data, checked once, scored on every row or on
+    any selection of rows (a bootstrap resample picks rows with repeats)."""
+
+    def __init__(self, metrics: list[str], truth: np.ndarray,
+                 prediction: _Prediction | None = None, positive: Any = None,
+                 predicted: np.ndarray | None = None) -> None:
+        self.metrics, self.truth, self.prediction = metrics, truth, prediction
+        self.positive, self.predicted = positive, predicted
+        self.data = ""  # which data they were made on, when the caller knows
+
+    @property
+    def rows(self) -> int:
+        return len(self.truth)
+
+    def score(self, rows: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics on `rows` (indices, repeats allowed; default: every row)."""
+        if self.prediction is None:  # a regressor
+            assert self.predicted is not None
+            y, guess = (self.truth, self.predicted) if rows is None else (
+                self.truth[rows], self.predicted[rows])
+            return _regression(self.metrics, y, guess)
+        prediction = self.prediction
+        if rows is None:
+            y = list(self.truth)
+        else:
+            y = self.truth[rows].tolist()
+            prediction = _Prediction(
+                prediction.classes, np.asarray(prediction.predicted, dtype=object)[rows].tolist(),
+                None if prediction.probabilities is None else prediction.probabilities[rows])
+        return {metric: _classifier(metric, y, prediction, self.positive)
+                for metric in self.metrics}
+
+
 def compute(outputs: dict[str, tuple[str, Any]], truth: list[Any],
             metrics: list[str] | None = None, positive: Any = None) -> dict[str, float]:
     """Metrics from a model's outputs (name -> (ONNX type, value)) and the true labels
     as they are in the data."""
+    return prepare(outputs, truth, metrics, positive).score()
+
+
+def prepare(outputs: dict[str, tuple[str, Any]], truth: list[Any],
+            metrics: list[str] | None = None, positive: Any = None) -> Predictions:
+    """Check a model's outputs against the labels and the metrics asked, once."""
     rows = len(truth)
     labels = [v for t, v in outputs.values()
               if t.startswith("tensor(") and isinstance(v, np.ndarray) and v.size == rows
@@ -227,8 +276,12 @@ def compute(outputs: dict[str, tuple[str, Any]], truth: list[Any],
         if positive is not None:
             raise ModelInvalid("evaluation.positive is for binary classifiers; this model is "
                                "a regressor")
-        return _regression(metrics or list(EVALUATION_METRICS["regression"]),
-                           _numbers(truth), numbers[0].reshape(rows).astype(np.float64))
+        chosen = metrics or list(EVALUATION_METRICS["regression"])
+        for metric in chosen:
+            if metric not in EVALUATION_METRICS["regression"]:
+                raise ModelInvalid(_not_for(metric, "regression", []))
+        return Predictions(chosen, _numbers(truth),
+                           predicted=numbers[0].reshape(rows).astype(np.float64))
     prediction = _classify(labels[0].reshape(rows) if labels else None,
                            maps[0] if maps else None, tables[0] if tables else None, truth)
     y = _as_classes(truth, prediction.classes, "the label column")
@@ -251,7 +304,7 @@ def compute(outputs: dict[str, tuple[str, Any]], truth: list[Any],
         if pos not in prediction.classes:
             raise ModelInvalid(f"evaluation.positive {positive!r} is not a class of the "
                                f"model (classes: {_names(prediction.classes)})")
-    return {metric: _classifier(metric, y, prediction, pos) for metric in chosen}
+    return Predictions(list(chosen), np.array(y, dtype=object), prediction, pos)
 
 
 def _not_for(metric: str, task: str, classes: list[Any]) -> str:
@@ -432,16 +485,10 @@ def auc(y: np.ndarray, p: np.ndarray) -> float:
     positives, negatives = int(np.sum(y == 1)), int(np.sum(y == 0))
     if not positives or not negatives:
         raise ModelInvalid("auc needs both classes in the evaluation data")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p))
-    sorted_p = p[order]
-    i = 0
-    while i < len(p):  # average ranks over ties
-        j = i
-        while j + 1 < len(p) and sorted_p[j + 1] == sorted_p[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    # Rank of each score, tied scores sharing the average of their ranks (1-based).
+    _, group, counts = np.unique(p, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    ranks = (ends - (counts - 1) / 2.0)[group.reshape(-1)]
     u = ranks[y == 1].sum() - positives * (positives + 1) / 2
     return float(u / (positives * negatives))
 
@@ -450,8 +497,6 @@ def _regression(metrics: list[str], y: np.ndarray, predicted: np.ndarray
                 ) -> dict[str, float]:
     out = {}
     for metric in metrics:
-        if metric not in EVALUATION_METRICS["regression"]:
-            raise ModelInvalid(_not_for(metric, "regression", []))
         error = predicted - y
         if metric == "rmse":
             out[metric] = float(np.sqrt(np.mean(error ** 2)))

@@ -387,17 +387,25 @@ def _promotion() -> Schema:
             "data": _s("Data whose expectations must pass.", type="array",
                        items={"type": "string", "pattern": VERSIONED_REF_PATTERN}),
         }),
-        "rollout": _obj("Progressive rollout to an endpoint after promotion. Not applied "
-                        "automatically yet: the endpoint switches to the promoted version "
-                        "at once (warmed up, without a failed request); mlinfra endpoints "
-                        "rollout does progressive rollouts with these thresholds.", {
+        "rollout": _obj("Progressive rollout of a promoted version on an endpoint that "
+                        "serves model@alias: a canary deployment takes the steps' shares "
+                        "of the endpoint's traffic; each hold is judged on its own "
+                        "requests; a breach puts the traffic and the alias back.", {
             "endpoint": _name_ref("Endpoint"),
             "steps": _s("Traffic percentages, ending at 100.", type="array", minItems=1,
-                        items={"type": "integer", "minimum": 1, "maximum": 100}),
+                        items={"type": "integer", "minimum": 1, "maximum": 100},
+                        default=[10, 50, 100]),
             "hold_s": _s("Seconds each step is watched.", type="number", minimum=0,
                          default=5),
+            "min_requests": _s("Fewest requests to the new version a hold is judged on; "
+                               "fewer is inconclusive and the step holds again.",
+                               type="integer", minimum=1, default=100),
+            "replay": _s("When a hold sees no request at all, replay captured requests "
+                         "(the endpoint's collect:) to the new version as shadow traffic.",
+                         type="boolean", default=False),
             "rollback_on": _obj("Thresholds that roll back.", {
-                "error_rate": _s("Error share.", type="number", minimum=0, maximum=1),
+                "error_rate": _s("Error (5xx) share.", type="number", minimum=0, maximum=1,
+                                 default=0.02),
                 "p99_ms": _s("p99 latency.", type="number", minimum=0),
             }),
         }, ["endpoint"]),

@@ -408,8 +408,14 @@ class _References:
 
     def _promotion(self, res: Resource, spec: dict[str, Any]) -> None:
         model = spec.get("model")
-        self.name(res, ("model",), "Model", model)
+        found = self.name(res, ("model",), "Model", model)
         gates = spec.get("gates") or {}
+        if found is not None:
+            compared = [(("compare", "metric"), (spec.get("compare") or {}).get("metric"))]
+            bounded = [(("gates", "metrics", m), m) for m in gates.get("metrics") or {}]
+            for path, metric in compared + bounded:
+                if isinstance(metric, str):
+                    self._evaluated(res, path, found, metric)
         for index, data in enumerate(gates.get("data") or []):
             self.ref(res, ("gates", "data", index), "Data", data)
         rollout = spec.get("rollout")
@@ -426,6 +432,22 @@ class _References:
             if model not in {ref.name for ref in refs if ref is not None}:
                 self.add(res, ("rollout", "endpoint"), f"endpoint '{endpoint.name}' has no "
                          f"deployment of model '{model}'")
+
+
+    def _evaluated(self, res: Resource, path: Path_, model: Resource, metric: str) -> None:
+        """A promotion judges the metrics its model's evaluation produces: one it does not
+        would fail every candidate, so it is refused before anything runs."""
+        evaluation = model.spec.get("evaluation")
+        if not isinstance(evaluation, dict):
+            self.add(res, path, f"model '{model.name}' has no evaluation, so it has no metric "
+                     f"'{metric}': add evaluation: {{data, label, metrics}} to it")
+            return
+        # Without metrics:, a classifier gets auc and accuracy, a regressor rmse, mae, r2.
+        produced = list(evaluation.get("metrics") or ["auc", "accuracy", "rmse", "mae", "r2"])
+        if metric not in produced:
+            self.add(res, path, f"the evaluation of model '{model.name}' does not produce "
+                     f"'{metric}' (it produces {', '.join(produced)})"
+                     f"{did_you_mean(metric, produced)}: add it to its evaluation.metrics")
 
 
 def check_references(config: Config) -> list[Problem]:

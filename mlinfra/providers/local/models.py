@@ -17,7 +17,7 @@ from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 
 if TYPE_CHECKING:
-    from mlinfra.registry.evaluate import Table
+    from mlinfra.registry.evaluate import Predictions, Table
 
 
 def _run_hash(ctx: Context, source: dict[str, Any]) -> str | None:
@@ -111,19 +111,24 @@ class ModelHandler(BaseHandler):
         fmt = str(asset.spec.get("format", "csv")) if asset else "csv"
         return read_table(found.path, fmt, found.label)
 
-    def evaluate(self, res: Resource, ctx: Context, path: Path) -> dict[str, Any]:
-        """The metrics of the model file at `path` on `res`'s evaluation data, with the
-        data they were computed on (`evaluated_on`); raises ModelInvalid."""
-        from mlinfra.registry.evaluate import score
+    def predictions(self, res: Resource, ctx: Context, path: Path) -> Predictions:
+        """The predictions of the model file at `path` on `res`'s evaluation data, ready
+        to be scored (on every row, or a resample); raises ModelInvalid."""
+        from mlinfra.registry.evaluate import predictions
 
         evaluation = res.spec["evaluation"]
         table = self._evaluation_data(res, ctx, evaluation["data"])
         features = evaluation.get("features")
-        metrics: dict[str, Any] = score(path, table, str(evaluation["label"]),
-                                        evaluation.get("metrics"),
-                                        list(features) if features is not None else None,
-                                        evaluation.get("positive"))
-        return {**metrics, "evaluated_on": table.name}
+        return predictions(path, table, str(evaluation["label"]), evaluation.get("metrics"),
+                           list(features) if features is not None else None,
+                           evaluation.get("positive"))
+
+    def evaluate(self, res: Resource, ctx: Context, path: Path) -> dict[str, Any]:
+        """The metrics of the model file at `path` on `res`'s evaluation data, with the
+        data they were computed on (`evaluated_on`); raises ModelInvalid."""
+        found = self.predictions(res, ctx, path)
+        metrics: dict[str, Any] = found.score()
+        return {**metrics, "evaluated_on": found.data}
 
     def create(self, change: Change, ctx: Context) -> Applied:
         # NOTE: imported here: NumPy and onnxruntime cost more than a plan takes.

@@ -1,38 +1,76 @@
 """Promotion: when a governed model has a new version, run its gates, compare it with
 the alias' version, and move the alias when it wins. The first version that passes
-the gates takes an empty alias. A rejected candidate is a decision, not a failure."""
+the gates takes an empty alias. A rejected candidate is a decision, not a failure: it
+stays registered, tagged with why.
+
+With `rollout:`, a promoted version then goes live on the endpoint step by step (a
+canary judged on each hold window: `endpoint/canary.py`); a breach puts the traffic
+and the alias back, tags the version, and fails the apply. Every decision is recorded
+in the audit log (`registry/decisions.py`), which `mlinfra history` reads.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlinfra.data import checks
 from mlinfra.graph import address
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.jobs import Resolver
+from mlinfra.registry.decisions import PROMOTION, DecisionLog, trigger
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 
+REJECTED_TAG = "mlinfra.rejected"
+# How a promoted version's rollout went: "in progress" (from the version in ROLLOUT_FROM),
+# "complete", "skipped", "interrupted"; "rolled back" or "stopped": apply never promotes
+# it again (mlinfra models alias does, by hand).
+ROLLOUT_TAG = "mlinfra.rollout"
+ROLLOUT_FROM = "mlinfra.rollout_from"
 
-def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
-    """Why the candidate fails its gates, or None."""
+
+class Verdict(NamedTuple):
+    """`outcome`: promoted, kept (nothing to decide), rejected (lost the comparison) or
+    gates failed. `gates`: every gate with whether it passed."""
+
+    outcome: str
+    reason: str
+    gates: list[dict[str, Any]]
+
+    @property
+    def promoted(self) -> bool:
+        return self.outcome == "promoted"
+
+
+def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> list[dict[str, Any]]:
+    """Each gate of the promotion, judged on the candidate."""
     gates = res.spec.get("gates") or {}
+    out: list[dict[str, Any]] = []
     for metric, bounds in (gates.get("metrics") or {}).items():
         value = candidate.metrics.get(metric)
-        if not isinstance(value, int | float):
-            return f"{candidate.ref} has no metric {metric}"
-        if "min" in bounds and value < bounds["min"]:
-            return f"{metric} {value:.4g} < min {bounds['min']}"
-        if "max" in bounds and value > bounds["max"]:
-            return f"{metric} {value:.4g} > max {bounds['max']}"
+        for side, sign in (("min", ">="), ("max", "<=")):
+            if side not in bounds:
+                continue
+            gate = f"{metric} {sign} {bounds[side]}"
+            if not isinstance(value, int | float):
+                out.append({"gate": gate, "passed": False,
+                            "detail": f"{candidate.ref} has no metric {metric}"})
+                continue
+            passed = value >= bounds[side] if side == "min" else value <= bounds[side]
+            worse = "<" if side == "min" else ">"
+            detail = f"{metric} {value:.4g}" + (
+                "" if passed else f" {worse} {side} {bounds[side]}")
+            out.append({"gate": gate, "passed": passed, "detail": detail})
     resolver = Resolver(ctx)
     for text in gates.get("data") or []:
         data = resolver.data(res, str(text))
         asset = ctx.config.get("Data", data.name)
         expectations = (asset.spec.get("expectations") or []) if asset else []
+        gate = f"data {data.label} expectations"
         if not expectations:
+            out.append({"gate": gate, "passed": True, "detail": "no expectations declared"})
             continue
         try:  # the verdict recorded for this content, or checked now
             checks.DataChecks(ctx.store).require(
@@ -40,35 +78,51 @@ def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> str | None:
                 str(asset.spec.get("format", "csv")) if asset else "csv", expectations,
                 data.label)
         except checks.DataCheckFailed as err:
-            return err.message
-    return None
+            out.append({"gate": gate, "passed": False, "detail": err.message})
+            continue
+        out.append({"gate": gate, "passed": True,
+                    "detail": f"{len(expectations)} expectations passed"})
+    return out
 
 
-def decide(res: Resource, ctx: Context, candidate: ModelVersion,
-           champion: ModelVersion | None) -> tuple[bool, str]:
-    failed = _gates(res, ctx, candidate)
-    if failed is not None:
-        return False, f"gates failed: {failed}"
+def judge(res: Resource, ctx: Context, candidate: ModelVersion,
+          champion: ModelVersion | None) -> Verdict:
+    gates = _gates(res, ctx, candidate)
+    failed = [g for g in gates if not g["passed"]]
+    if failed:
+        return Verdict("gates failed", f"gates failed: {failed[0]['detail']}", gates)
+    earlier = candidate.tags.get(ROLLOUT_TAG)
+    if earlier in ("rolled back", "stopped"):
+        return Verdict("kept", f"{candidate.ref}'s rollout was {earlier} before "
+                       f"({candidate.tags.get(REJECTED_TAG, '')}); mlinfra models alias "
+                       "promotes it by hand", gates)
     if champion is None:
-        return True, f"{candidate.ref} passed the gates and the alias was empty"
+        return Verdict("promoted", f"{candidate.ref} passed the gates and the alias was "
+                       "empty", gates)
     if champion.version == candidate.version:
-        return False, f"{candidate.ref} is already the alias' version"
+        return Verdict("kept", f"{candidate.ref} is already the alias' version", gates)
     compare = res.spec.get("compare") or {}
     metric = compare.get("metric")
     if metric is None:
-        return True, f"{candidate.ref} passed the gates (no comparison asked)"
+        return Verdict("promoted", f"{candidate.ref} passed the gates (no comparison "
+                       "asked)", gates)
     new, old = candidate.metrics.get(metric), champion.metrics.get(metric)
     if not isinstance(new, int | float) or not isinstance(old, int | float):
-        return False, f"{metric} is missing on {candidate.ref} or {champion.ref}"
+        return Verdict("rejected", f"{metric} is missing on {candidate.ref} or "
+                       f"{champion.ref}", gates)
     delta = float(compare.get("min_delta", 0))
     maximize = compare.get("direction", "max") == "max"
     gain = new - old if maximize else old - new
     # Better means a gain, and at least min_delta of it: a tie never moves the alias.
-    sign = ">" if maximize else "<"
     if gain > 0 and gain >= delta:
-        return True, f"{metric} {new:.4g} {sign} {old:.4g} of {champion.ref} by {gain:.4g}"
-    by = f" by at least {delta:g}" if delta else ""
-    return False, f"{metric} {new:.4g} is not better than {old:.4g} of {champion.ref}{by}"
+        return Verdict("promoted", f"{metric} {new:.4g} beats champion {champion.ref}'s "
+                       f"{old:.4g} by {gain:.4g} (at least {delta:g} needed)", gates)
+    if gain == 0:
+        return Verdict("rejected", f"{metric} {new:.4g} = champion {old:.4g}: a tie never "
+                       "wins", gates)
+    worse, bound = ("<", f"+ {delta:g}") if maximize else (">", f"- {delta:g}")
+    return Verdict("rejected", f"{metric} {new:.4g} {worse} champion {old:.4g} {bound}",
+                   gates)
 
 
 def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
@@ -91,6 +145,11 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
                             f"{champion.ref} on {where}: {err.message}") from None
     rescored = ModelVersion(**{**vars(champion), "metrics": metrics})
     return rescored, f" (champion evaluated again on {where})"
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 class PromotionHandler(BaseHandler):
@@ -131,20 +190,110 @@ class PromotionHandler(BaseHandler):
         candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
+        if champion is not None and champion.tags.get(ROLLOUT_TAG) == "in progress":
+            champion = self._cut_short(res, ctx, champion)
+            current = champion.version
         judged, note = _on_the_same_data(res, ctx, candidate, champion)
-        promoted, reason = decide(res, ctx, candidate, judged)
-        reason += note
-        if reason.startswith("gates failed"):
+        verdict = judge(res, ctx, candidate, judged)
+        reason = verdict.reason + note
+        detail = self._detail(res, ctx, candidate, judged, current, verdict, reason)
+        if verdict.outcome == "gates failed":
             # NOTE: kept registered for the record, but never served as `latest`.
             registry.set_tags(model, candidate.version, {GATES_TAG: "failed",
-                                                         "mlinfra.rejected": reason})
-        if promoted:
+                                                         REJECTED_TAG: reason})
+        elif verdict.outcome == "rejected":
+            registry.set_tags(model, candidate.version, {REJECTED_TAG: reason})
+        if verdict.promoted:
             registry.set_alias(model, alias, candidate.version,
                                f"promoted by promotion.{res.name}: {reason}")
-        now = candidate.ref if promoted else (champion.ref if champion else "nothing")
-        ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} {model}@{alias} "
-                f"-> {now} ({reason})")
-        return Applied({"decision": "promoted" if promoted else "kept",
-                        "reason": reason, "candidate": candidate.ref,
-                        "alias": f"{model}@{alias}",
-                        "version": candidate.version if promoted else current})
+            detail["to"] = candidate.version
+            rollout = res.spec.get("rollout")
+            if rollout and champion is not None:
+                self._roll_out(change, ctx, res, candidate, champion, detail)
+        log = DecisionLog(ctx.store)
+        log.record(change.address, PROMOTION, detail)
+        now = candidate.ref if verdict.promoted else (champion.ref if champion else "nothing")
+        ctx.log(f"{change.address}: {'promoted' if verdict.promoted else 'kept'} "
+                f"{model}@{alias} -> {now} ({reason})")
+        return Applied({"decision": "promoted" if verdict.promoted else "kept",
+                        "outcome": verdict.outcome, "reason": reason,
+                        "candidate": candidate.ref, "alias": f"{model}@{alias}",
+                        "version": candidate.version if verdict.promoted else current,
+                        "rollout": detail.get("rollout", {}).get("status")})
+
+    @staticmethod
+    def _cut_short(res: Resource, ctx: Context, champion: ModelVersion) -> ModelVersion:
+        """The alias names a version whose rollout an apply killed midway never finished:
+        it goes back to the version it was rolled out from, and is judged again."""
+        registry = ModelRegistry(ctx.store)
+        earlier = registry.get(champion.name, int(champion.tags.get(ROLLOUT_FROM) or 0))
+        if earlier is None:
+            return champion
+        alias = str(res.spec.get("alias", "champion"))
+        registry.set_alias(champion.name, alias, earlier.version,
+                           f"the rollout of {champion.ref} was cut short: back to "
+                           f"{earlier.ref} (promotion.{res.name} judges it again)")
+        registry.set_tags(champion.name, champion.version, {ROLLOUT_TAG: "interrupted"})
+        ctx.log(f"promotion.{res.name}: the rollout of {champion.ref} was cut short; "
+                f"{champion.name}@{alias} is back on {earlier.ref}")
+        return earlier
+
+    @staticmethod
+    def _detail(res: Resource, ctx: Context, candidate: ModelVersion,
+                champion: ModelVersion | None, current: int | None, verdict: Verdict,
+                reason: str) -> dict[str, Any]:
+        """The decision as `mlinfra history` and the CI report show it."""
+        from mlinfra.runs.snapshot import git_info
+
+        git = git_info(ctx.root)
+        return {"promotion": res.name, "model": candidate.name,
+                "alias": str(res.spec.get("alias", "champion")),
+                "candidate": candidate.version, "from": current, "to": current,
+                "champion": champion.version if champion else None,
+                "outcome": verdict.outcome, "reason": reason,
+                "compare": res.spec.get("compare") or {},
+                "metrics": {"candidate": _numbers(candidate.metrics),
+                            "champion": _numbers(champion.metrics) if champion else {}},
+                "evaluated_on": candidate.metrics.get("evaluated_on"),
+                "gates": [{"gate": g["gate"], "passed": g["passed"]} for g in verdict.gates],
+                "commit": git.get("commit"), "dirty": git.get("dirty"),
+                "trigger": trigger(ctx.store.command)}
+
+    @staticmethod
+    def _roll_out(change: Change, ctx: Context, res: Resource, candidate: ModelVersion,
+                  champion: ModelVersion, detail: dict[str, Any]) -> None:
+        """Roll the promoted candidate out; on a breach (or when it cannot be judged, or
+        is interrupted) the alias goes back to the champion and the apply fails."""
+        from mlinfra.providers.local.endpoint.canary import roll_out
+
+        registry = ModelRegistry(ctx.store)
+        model, alias = candidate.name, str(res.spec.get("alias", "champion"))
+        settings = dict(res.spec["rollout"])
+        # NOTE: marked before it starts, so that an apply killed midway leaves a version
+        # the next apply recognises as not judged (see _cut_short).
+        registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "in progress",
+                                                     ROLLOUT_FROM: champion.version})
+        try:
+            record = roll_out(ctx, settings, alias, candidate, champion,
+                              lambda line: ctx.log(f"{change.address}: {line}"))
+        except BaseException as err:
+            registry.set_alias(model, alias, champion.version,
+                               f"rollout of {candidate.ref} by promotion.{res.name} was "
+                               f"interrupted ({type(err).__name__}): back to {champion.ref}")
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "interrupted"})
+            raise
+        detail["rollout"] = record
+        if record["status"] in ("complete", "skipped"):
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: record["status"]})
+            if record["status"] == "skipped":
+                ctx.log(f"{change.address}: no rollout: {record['why']}")
+            return
+        why = f"rollout {record['status']}: {record['why']}"
+        registry.set_alias(model, alias, champion.version,
+                           f"{why}; back to {champion.ref} (promotion.{res.name})")
+        registry.set_tags(model, candidate.version, {REJECTED_TAG: why,
+                                                     ROLLOUT_TAG: record["status"]})
+        detail.update(outcome=record["status"], to=champion.version, reason=why)
+        DecisionLog(ctx.store).record(change.address, PROMOTION, detail)
+        raise ProviderError(change.address, f"{why}; traffic and {model}@{alias} are back "
+                            f"on {champion.ref}")

@@ -6,8 +6,10 @@ A window is the difference between two snapshots of the workers' cumulative coun
 only, never the deployment's lifetime. A window with fewer than `min_requests` requests
 to the deployment is inconclusive, not a success (Argo Rollouts' "inconclusive"): the
 step holds again, up to `INCONCLUSIVE_HOLDS` times. With no request to the endpoint at
-all in a hold there is nothing to judge (Flagger's "not receiving traffic"): the rollout
-says so and stops. Stopping or failing puts back the split the rollout started from.
+all in a hold there is nothing to judge (Flagger's "not receiving traffic"): unless the
+caller can make shadow traffic (`quiet`: captured requests replayed to the deployment),
+the rollout says so and stops. Stopping or failing puts back the split the rollout started
+from. Every judged window is kept in the outcome's `steps`, for reports and the history.
 """
 
 from __future__ import annotations
@@ -50,6 +52,14 @@ class Outcome(NamedTuple):
     status: str  # "complete", "rolled back" or "stopped"
     why: str
     traffic: dict[str, int]
+    steps: tuple[dict[str, Any], ...] = ()  # one record per hold window judged, in order
+
+
+def _record(share: int, hold: int, seen: Window, verdict: str) -> dict[str, Any]:
+    return {"share": share, "hold": hold, "requests": seen.requests, "errors": seen.errors,
+            "error_rate": round(seen.error_rate, 4),
+            "p99_ms": round(seen.p99_ms, 3) if math.isfinite(seen.p99_ms) else None,
+            "verdict": verdict}
 
 
 def shifted(traffic: dict[str, int], to: str, share: int) -> dict[str, int]:
@@ -115,9 +125,12 @@ def _quantile(bounds: list[float], counts: list[int], q: float) -> float:
 def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_s: float,
             max_error_rate: float | None, max_p99_ms: float | None,
             min_requests: int = MIN_REQUESTS,
-            log: Callable[[str], None] = lambda _: None) -> Outcome:
+            log: Callable[[str], None] = lambda _: None,
+            quiet: Callable[[], bool] | None = None) -> Outcome:
     """Move traffic to deployment `to` step by step, judging each hold window; put the
-    starting split back past a threshold, or when there is too little traffic to judge."""
+    starting split back past a threshold, or when there is too little traffic to judge.
+    `quiet` is called when a hold saw no request at all: True when it started shadow
+    traffic to `to`, so the step holds again instead of stopping."""
     folder = EndpointFolder.of(ctx, state.name)
     server = ServerInstance.from_outputs(state.outputs)
     instance = folder.instance(server.id)
@@ -145,17 +158,18 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
         state.outputs = {**state.outputs, "generation": generation, "traffic": traffic}
         ctx.store.commit_change(None, state.address, action, state, detail)
 
+    windows: list[dict[str, Any]] = []
     try:
         for share in steps:
             serve(shifted(start, to, share))
             verdict = _judge_step(folder, server, to, share, hold_s, max_error_rate,
-                                  max_p99_ms, min_requests, log)
+                                  max_p99_ms, min_requests, log, quiet, windows)
             if verdict is not None:
                 status, reason = verdict
                 serve(start)
                 record("rollback" if status == "rolled back" else "rollout-stopped", start,
                        f"{status} {to}: {reason}")
-                return Outcome(status, reason, start)
+                return Outcome(status, reason, start, tuple(windows))
     except BaseException:  # Ctrl-C or a failed publish: the split it started from
         if running(server):
             with contextlib.suppress(ProviderError):
@@ -163,24 +177,37 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
         raise
     current = shifted(start, to, steps[-1])
     record("rollout", current, f"{to} now takes {current[to]}%")
-    return Outcome("complete", f"{to} takes {current[to]}% of traffic", current)
+    return Outcome("complete", f"{to} takes {current[to]}% of traffic", current, tuple(windows))
 
 
 def _judge_step(folder: EndpointFolder, server: ServerInstance, to: str, share: int,
                 hold_s: float, max_error_rate: float | None, max_p99_ms: float | None,
-                min_requests: int, log: Callable[[str], None]) -> tuple[str, str] | None:
-    """None when the step passes; else ("rolled back" | "stopped", why)."""
+                min_requests: int, log: Callable[[str], None],
+                quiet: Callable[[], bool] | None = None,
+                windows: list[dict[str, Any]] | None = None) -> tuple[str, str] | None:
+    """None when the step passes; else ("rolled back" | "stopped", why). Each window
+    judged is appended to `windows`."""
+    kept = windows if windows is not None else []
     begin = _snapshot_since(folder, server, time.time())
     for hold in range(1, INCONCLUSIVE_HOLDS + 1):
         time.sleep(hold_s)
-        seen = window(begin, _snapshot_since(folder, server, time.time()), to)
+        end = _snapshot_since(folder, server, time.time())
+        seen = window(begin, end, to)
         held = f"{hold * hold_s:g}s"
         log(f"{to} at {share}% for {held}: {seen.requests} requests, error rate "
             f"{seen.error_rate:.3f}, p99 <= {seen.p99_ms:g} ms")
         if seen.endpoint_requests == 0:
+            if quiet is not None and quiet():
+                # Shadow traffic from now on: the next window is judged on it alone.
+                kept.append(_record(share, hold, seen, "no traffic: replaying captures"))
+                log(f"{to} at {share}%: no live traffic; replaying captured requests to it")
+                begin = end
+                continue
+            kept.append(_record(share, hold, seen, "no traffic"))
             return "stopped", (f"no request reached the endpoint in {held} at {share}%: "
                                "a rollout judges live traffic, and there is none")
         if seen.requests < min_requests:
+            kept.append(_record(share, hold, seen, "inconclusive"))
             if hold == INCONCLUSIVE_HOLDS:
                 return "stopped", (f"inconclusive: {seen.requests} requests reached {to} in "
                                    f"{held} at {share}%, fewer than the {min_requests} "
@@ -189,10 +216,13 @@ def _judge_step(folder: EndpointFolder, server: ServerInstance, to: str, share: 
                 "requests needed); holding again")
             continue
         if max_error_rate is not None and seen.error_rate > max_error_rate:
+            kept.append(_record(share, hold, seen, "breach"))
             return "rolled back", (f"error rate {seen.error_rate:.3f} > {max_error_rate} "
                                    f"at {share}%")
         if max_p99_ms is not None and seen.p99_ms > max_p99_ms:
+            kept.append(_record(share, hold, seen, "breach"))
             return "rolled back", f"p99 {seen.p99_ms:g} ms > {max_p99_ms:g} ms at {share}%"
+        kept.append(_record(share, hold, seen, "passed"))
         return None
     return None
 

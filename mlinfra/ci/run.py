@@ -1,0 +1,182 @@
+"""`mlinfra ci run`: a push applied unattended, and reported.
+
+The working tree must be clean (the state records what a commit did, so a run of
+uncommitted files would be recorded against the wrong commit) unless allowed. A commit
+processed without failure is recorded per stack in the audit log; running again on it
+does nothing and says so, without planning. Otherwise, under the stack's lock: what
+changed since the last processed commit, the same plan and apply as `mlinfra apply`,
+then the report: runs and their metrics, failed runs with the end of their logs, each
+promotion decision with champion and candidate on every evaluated metric (differences
+with paired bootstrap intervals), gates and the rollout's steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlinfra.ci import report
+from mlinfra.ci.changes import ChangeSet, GitProblem, Repository, affected
+from mlinfra.ci.plan import plan_text
+from mlinfra.engine import Event, Session, execute, open_session, plan, workspace_address
+from mlinfra.errors import MlinfraError
+from mlinfra.plan.model import tally
+from mlinfra.registry.decisions import CI_RUN, PROMOTION, Decision, DecisionLog, trigger
+
+
+@dataclass
+class Outcome:
+    report: str  # "" when the commit had been processed
+    ok: bool
+    message: str  # one line for the console
+    stack: str = ""
+
+
+def processed(log: DecisionLog, stack: str, commit: str) -> Decision | None:
+    """The record of `commit` when the last ci run of `stack` processed it without
+    failure, else None."""
+    last = log.last(CI_RUN, f"stack.{stack}")
+    if last is not None and last.detail.get("commit") == commit and last.detail.get("ok"):
+        return last
+    return None
+
+
+def _skipped(stack: str, commit: str, record: Decision) -> Outcome:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.at))
+    return Outcome("", True, f"commit {commit[:12]} of stack '{stack}' was processed by "
+                   f"ci run at {when}: nothing to do", stack)
+
+
+def _runs(session: Session, since: float) -> list[report.RunSummary]:
+    from mlinfra.runs.store import RunStore
+
+    store = RunStore(session.store)
+    out = []
+    for run in reversed(store.recent(limit=500)):
+        if run.created_at < since or run.reused_from:
+            continue
+        metrics = {k: float(points[-1][1]) for k, points in store.metrics(run.id).items()}
+        tail: list[str] = []
+        if run.status != "completed" and run.run_dir:
+            log_path = Path(run.run_dir) / "output.log"
+            if log_path.exists():
+                lines = log_path.read_text(errors="replace").splitlines()
+                tail = lines[-report.LOG_TAIL_LINES:]
+        name = f"{run.pipeline}/{run.step}" if run.step else run.job
+        out.append(report.RunSummary(run.id, name, run.status, run.duration, metrics,
+                                     run.error.splitlines()[0] if run.error else "", tail))
+    return out
+
+
+def _promotions(session: Session, decisions: list[Decision]) -> list[report.PromotionSummary]:
+    from mlinfra.ci.bootstrap import compare
+    from mlinfra.registry.evaluate import ModelInvalid
+    from mlinfra.registry.models import ModelRegistry
+
+    registry = ModelRegistry(session.store)
+    out = []
+    for decision in decisions:
+        detail = decision.detail
+        summary = report.PromotionSummary(decision.address, detail)
+        model = session.config.get("Model", str(detail.get("model")))
+        candidate = registry.get(str(detail.get("model")), int(detail.get("candidate") or 0))
+        champion_version = detail.get("champion")
+        champion = registry.get(str(detail.get("model")), int(champion_version or 0))
+        if champion is None:
+            summary.note = "No champion to compare with: the alias was empty."
+        elif model is None or candidate is None or not model.spec.get("evaluation"):
+            summary.note = "No evaluation to compare the two on."
+        elif champion.version == candidate.version:
+            summary.note = f"{candidate.ref} is the champion already."
+        else:
+            try:
+                summary.data, summary.compared = compare(session.ctx, model, candidate,
+                                                         champion)
+            except ModelInvalid as err:
+                summary.note = f"The two versions cannot be compared here: {err.message}"
+        out.append(summary)
+    return out
+
+
+def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
+           lock_timeout: float = 0.0, parallelism: int = 4,
+           on_event: Event = lambda *_: None,
+           log: Callable[[str], None] = lambda _: None) -> Outcome:
+    from mlinfra.spec.project import find_root
+    from mlinfra.state.lock import locked
+
+    repo = Repository(find_root(directory))
+    try:
+        head = repo.head
+        dirty = repo.dirty()
+        if dirty and not allow_dirty:
+            listed = ", ".join(dirty[:10]) + (" ..." if len(dirty) > 10 else "")
+            raise GitProblem(f"the working tree has uncommitted changes ({listed}): ci run "
+                             "applies commits; commit them, or pass --allow-dirty")
+        session = open_session(directory, stack, "ci run", write=True, log=log)
+        try:
+            decisions = DecisionLog(session.store)
+            record = None if dirty else processed(decisions, session.stack, head)
+            if record is not None:
+                return _skipped(session.stack, head, record)
+            with locked(session.store, session.stack, "ci run", lock_timeout):
+                # Another ci run may have processed it while this one waited for the lock.
+                record = None if dirty else processed(decisions, session.stack, head)
+                if record is not None:
+                    return _skipped(session.stack, head, record)
+                done = [r for r in decisions.read(CI_RUN, address=f"stack.{session.stack}")
+                        if r.detail.get("ok")]
+                since = str(done[-1].detail.get("commit") or "") if done else ""
+                if since and repo.is_ancestor(since):
+                    changes = repo.changes(since, "the last commit ci run applied without "
+                                           "failure", allow_dirty)
+                else:
+                    parent = repo.commit("HEAD^")
+                    changes = repo.changes(parent, "HEAD^" if parent else "", allow_dirty)
+                # Runs made from here on are this apply's (not those of a ci run that
+                # held the lock before).
+                outcome = _apply(session, changes, decisions, time.time(), parallelism,
+                                 on_event)
+                decisions.record(f"stack.{session.stack}", CI_RUN, {
+                    "commit": head, "ok": outcome.ok, "dirty": bool(dirty),
+                    "trigger": trigger("ci run")})
+                return outcome
+        finally:
+            session.close()
+    finally:
+        repo.close()
+
+
+def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started: float,
+           parallelism: int, on_event: Event) -> Outcome:
+    project, stack = session.config.name, session.stack
+    direct, downstream = affected(session.config, changes.files,
+                                  workspace_address(session.config))
+    first_decision = decisions.newest_id()
+    try:
+        the_plan = plan(session)
+    except MlinfraError as err:
+        text = report.run_report(project, stack, changes, direct, downstream, False, "", [],
+                                 {}, {}, [], [], err.message.splitlines())
+        return Outcome(text, False, "the project cannot be planned", stack)
+    lines = plan_text(session, the_plan) if the_plan.has_changes() else []
+    failed: dict[str, str] = {}
+    skipped: dict[str, str] = {}
+    applied = []
+    if the_plan.has_changes():
+        result = execute(session, the_plan, parallelism, on_event)
+        failed, skipped, applied = result.failed, result.skipped, result.applied
+    counts = tally(applied)
+    summary = (f"Resources: {counts['add']} added, {counts['change']} changed, "
+               f"{counts['replace']} replaced, {counts['destroy']} destroyed."
+               if the_plan.has_changes() else
+               "No changes. The stack matches the configuration.")
+    ok = not failed and not skipped
+    promotions = _promotions(session, decisions.read(PROMOTION, first_decision))
+    text = report.run_report(project, stack, changes, direct, downstream, ok, summary, lines,
+                             failed, skipped, _runs(session, started), promotions, [])
+    message = (f"ci run of {changes.head[:12]} on stack '{stack}': "
+               + ("applied" if ok else f"{len(failed)} failed, {len(skipped)} not applied"))
+    return Outcome(text, ok, message, stack)

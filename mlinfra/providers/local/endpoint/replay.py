@@ -1,0 +1,113 @@
+"""Shadow traffic for a quiet endpoint: captured requests sent again to one deployment.
+
+An endpoint with `collect:` keeps a sample of its requests as JSON lines (one file per
+worker, beside the config's `collect.path`). When a rollout's hold sees no request at
+all, those requests are replayed, pinned to the deployment being rolled out, so that a
+quiet endpoint is judged on requests its clients really sent. The answers are read and
+dropped: the caller judges the deployment by the server's own counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SAMPLE = 500  # captured requests kept for a replay, chosen uniformly
+MAX_RATE = 400.0  # requests per second, at most
+
+
+def captured_requests(collect_path: str | None, limit: int = SAMPLE,
+                      seed: int = 0) -> list[bytes]:
+    """Up to `limit` captured requests as MLflow `/invocations` bodies, a uniform sample
+    (reservoir) of every worker's capture file."""
+    if not collect_path:
+        return []
+    target = Path(collect_path)
+    files = sorted(target.parent.glob(f"{target.stem}*{target.suffix}"))
+    rng = random.Random(seed)
+    kept: list[bytes] = []
+    seen = 0
+    for path in files:
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            for line in f:
+                try:
+                    inputs = json.loads(line).get("inputs")
+                except (ValueError, AttributeError):
+                    continue  # a line cut short while a worker was writing it
+                if not isinstance(inputs, dict) or not inputs:
+                    continue
+                seen += 1
+                body = json.dumps({"inputs": inputs}).encode()
+                if len(kept) < limit:
+                    kept.append(body)
+                else:
+                    slot = rng.randrange(seen)
+                    if slot < limit:
+                        kept[slot] = body
+    return kept
+
+
+class ShadowReplay:
+    """Sends `bodies` in a loop to `deployment` of the endpoint at `port`, `rate` a
+    second, from `start()` until `stop()`."""
+
+    def __init__(self, port: int, key: str | None, deployment: str, bodies: list[bytes],
+                 rate: float) -> None:
+        self.port, self.key, self.deployment = port, key, deployment
+        self.bodies = bodies
+        self.interval = 1.0 / min(max(rate, 1.0), MAX_RATE)
+        self.sent = 0
+        self.statuses: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> bool:
+        """Start replaying; False when there is nothing to replay."""
+        if not self.bodies:
+            return False
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shadow-replay",
+                                            daemon=True)
+            self._thread.start()
+        return True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"content-type": "application/json", "mlinfra-deployment": self.deployment}
+        if self.key:
+            headers["authorization"] = f"Bearer {self.key}"
+        return headers
+
+    def _run(self) -> None:
+        conn: Any = None
+        index = 0
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            if conn is None:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            body = self.bodies[index % len(self.bodies)]
+            index += 1
+            try:
+                conn.request("POST", "/invocations", body=body, headers=self._headers())
+                response = conn.getresponse()
+                response.read()
+                self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = None
+                self.statuses[0] = self.statuses.get(0, 0) + 1
+            self.sent += 1
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
+        if conn is not None:
+            conn.close()
