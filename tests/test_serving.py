@@ -504,7 +504,7 @@ def test_a_rollout_judges_each_hold_on_its_own_requests(
         cli("destroy", "--auto-approve")
 
 
-def slow_model(products: int = 12) -> bytes:
+def slow_model(products: int = 30) -> bytes:
     """A chain of 1000x1000 matrix products: long enough to notice (on one thread)."""
     from onnx import TensorProto, helper
 
