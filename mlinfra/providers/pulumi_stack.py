@@ -12,6 +12,7 @@ not applied by Pulumi yet. Endpoints are served only by Pulumi's objects.
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -98,7 +99,7 @@ def published_url(outputs: dict[str, Any]) -> str | None:
     return None
 
 
-class PulumiProvider(Provider):
+class PulumiProvider(Provider, abc.ABC):
     """Shared by docker and kubernetes; a subclass says how its program is made."""
 
     handler_classes: ClassVar[dict[str, str]] = {**_LOCAL_KINDS}
@@ -122,9 +123,10 @@ class PulumiProvider(Provider):
             self.handlers[kind] = PulumiHandler(self, kind, _APPLIED[kind])
         return super().find(kind)
 
+    @abc.abstractmethod
     def program(self, objects: list[RenderedObject], contexts: dict[str, Path],
                 config: Config) -> Program:
-        raise NotImplementedError
+        """The inline Pulumi program that creates exactly `objects`."""
 
     def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
         """URNs every targeted up includes besides the objects' (an explicit provider)."""
