@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlinfra.providers.base import ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
+from mlinfra.runs.processes import is_running, started_at
 
 if TYPE_CHECKING:
     import psutil
@@ -84,7 +85,6 @@ def launch(folder: EndpointFolder, instance: InstanceFolder, port: int, workers:
            address: str) -> ServerInstance:
     """Start a server in its own session through a launcher that exits at once, so the
     server belongs to init, not to this process (no zombie, nothing to wait for)."""
-    import psutil
 
     argv = [sys.executable, "-m", "mlinfra.serving", "--config", str(instance.config),
             "--port", str(port), "--workers", str(workers)]
@@ -94,26 +94,20 @@ def launch(folder: EndpointFolder, instance: InstanceFolder, port: int, workers:
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise ProviderError(address, f"cannot start the server: {done.stderr[-500:]}")
     pid = int(done.stdout.strip())
-    try:
-        started = psutil.Process(pid).create_time()
-    except psutil.Error:
-        started = 0.0  # already gone: waiting for it says why, from its log
-    return ServerInstance(instance.id, pid, started, port)
+    # already gone (0.0): waiting for it says why, from its log
+    return ServerInstance(instance.id, pid, started_at(pid) or 0.0, port)
 
 
 def running(server: ServerInstance) -> bool:
     """The instance's leader runs: its pid is alive and still the process it was."""
-    import psutil
+    if server.started:
+        return is_running(server.pid, server.started)
+    import psutil  # no start time recorded: the command line tells a server
 
-    if server.pid <= 0:
-        return False
     try:
         process = psutil.Process(server.pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return False
-        if server.started:
-            return abs(process.create_time() - server.started) < 0.01
-        return "mlinfra.serving" in " ".join(process.cmdline())
+        return (process.status() != psutil.STATUS_ZOMBIE
+                and "mlinfra.serving" in " ".join(process.cmdline()))
     except psutil.Error:
         return False
 
