@@ -389,7 +389,6 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
         _clean_abandoned(session, result.interrupted)
         store.close_interrupted(result.interrupted)
     store.backup()
-    store.forget_legacy_secret_key()
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)

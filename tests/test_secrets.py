@@ -305,7 +305,9 @@ def test_state_from_keyed_hashes_moves_to_scrypt(project: Callable[..., Path],
     old = json.loads(attributes)
     old["env"]["T"] = "sensitive:0123456789abcdef"  # an HMAC-SHA256 of an earlier version
     db.execute("UPDATE resources SET attributes=? WHERE address='job.one'", (json.dumps(old),))
+    # as a state of format 1, the only one that kept an HMAC key, would have it
     db.execute("INSERT INTO meta VALUES ('secret_key', ?)", ("ab" * 32,))
+    db.execute("UPDATE meta SET value='1' WHERE key='format_version'")
     changed = cli("plan")
     assert re.search(r"~ env\.T += \(sensitive\) -> \(sensitive\)", changed.out)
     assert cli("apply", "--auto-approve").code == 0

@@ -279,7 +279,9 @@ def _format_1_to_2(cur: Cursor) -> None:
     """Format 1, the SQLite schema before migrations, to version 2: audit's `user`
     (reserved in PostgreSQL) becomes `username`; metrics gets an `id`, the order they
     were logged in (SQLite's rowid, which PostgreSQL lacks); locks gets `backend_pid`;
-    and a table or column that an older mlinfra did not create yet is created."""
+    a table or column that an older mlinfra did not create yet is created; and the HMAC
+    key secrets were hashed with goes (a plan shows those fields changed: they have no
+    salt, and the next apply stores their scrypt hashes)."""
     def columns(table: str) -> list[str]:
         return [row[1] for row in cur.execute(f"PRAGMA table_info({table})").fetchall()]
 
@@ -306,6 +308,7 @@ def _format_1_to_2(cur: Cursor) -> None:
         match = re.search(r" ON (\w+)\(", statement)
         if match and match.group(1) in created:
             cur.execute(statement)
+    cur.execute("DELETE FROM meta WHERE key='secret_key'")
     cur.execute(f"UPDATE meta SET value='{BASE_VERSION}' WHERE key='format_version'")
 
 

@@ -227,13 +227,6 @@ class StateStore(ABC):
                      serial, detail[:2000]))
         return serial
 
-    def forget_legacy_secret_key(self) -> None:
-        """Earlier versions kept an HMAC key for secrets beside the hashes it made; a
-        plan shows those fields changed (they have no salt) and the apply that stores
-        their scrypt hashes drops the key."""
-        with self.transaction() as cur:
-            cur.execute("DELETE FROM meta WHERE key='secret_key'")
-
     def empty_workspace(self) -> None:
         """Forget what the workspace held: runs, metrics, model versions, aliases and
         data versions (the workspace is being destroyed)."""
