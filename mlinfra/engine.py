@@ -121,22 +121,19 @@ def workspace_address(config: Config) -> str:
     return make_address("Workspace", config.workspace)
 
 
-def _mask(value: Any, prior: Any, config: Config, missing: set[str], reveal: bool) -> Any:
+def _mask(value: Any, prior: Any, config: Config, missing: set[str]) -> Any:
     """Replace strings holding a sensitive reference by a salted scrypt hash of their
     value, with the salt `prior` (what the state holds there) used: an unchanged value
-    gives the same string, a changed one another, and neither shows it. Without
-    `reveal` (destroy) nothing is read."""
+    gives the same string, a changed one another, and neither shows it."""
     if isinstance(value, dict):
         fields = prior if isinstance(prior, dict) else {}
-        return {k: _mask(v, fields.get(k), config, missing, reveal) for k, v in value.items()}
+        return {k: _mask(v, fields.get(k), config, missing) for k, v in value.items()}
     if isinstance(value, list):
         items = prior if isinstance(prior, list) else []
-        return [_mask(v, items[i] if i < len(items) else None, config, missing, reveal)
+        return [_mask(v, items[i] if i < len(items) else None, config, missing)
                 for i, v in enumerate(value)]
     if not isinstance(value, str) or not sensitive.holds(value):
         return value
-    if not reveal:
-        return sensitive.SECRET_PREFIX + "unread"
     try:
         resolved = sensitive.resolve(value, config.sensitive)
     except sensitive.MissingSecret as err:
@@ -146,14 +143,13 @@ def _mask(value: Any, prior: Any, config: Config, missing: set[str], reveal: boo
 
 
 def desired_state(session: Session, targets: Iterable[str] = (), *,
-                  saved: Plan | None = None, reveal: bool = True) -> dict[str, Desired]:
+                  saved: Plan | None = None) -> dict[str, Desired]:
     """Every resource as the configuration wants it, with the provider's facts (with
     `targets`, only those and what they depend on). Raises ProviderErrors naming every
     resource that cannot be planned.
 
     Sensitive values are hashed with the salts the state holds, or for a resource that
-    `saved` (a saved plan) changes, the salts it holds. Without `reveal` (destroy, which
-    uses no secret) they are not read at all."""
+    `saved` (a saved plan) changes, the salts it holds."""
     config = session.config
     workspace = workspace_address(config)
     resources = config.all()
@@ -184,7 +180,7 @@ def desired_state(session: Session, targets: Iterable[str] = (), *,
             if prior is None:
                 have = session.store.get(res.address)
                 prior = have.attributes if have is not None else None
-            attributes = _mask(attributes, prior, config, missing, reveal)
+            attributes = _mask(attributes, prior, config, missing)
         for name in sorted(missing):
             errors.append(ProviderError(res.address, f"secret '{name}' is not set: export "
                                         f"{name}=... before planning"))
@@ -238,8 +234,10 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
          do_refresh: bool = True, saved: Plan | None = None) -> Plan:
     """Refresh and diff. `saved`: a saved plan being checked, whose secrets' salts are
-    reused so an unchanged secret hashes the same."""
-    desired = desired_state(session, targets, saved=saved, reveal=not destroy)
+    reused so an unchanged secret hashes the same. Destroying wants nothing: it reads
+    neither the configuration's facts nor its secrets, so a missing data file, a secret
+    not set or data that failed its checks never stops a destroy."""
+    desired = {} if destroy else desired_state(session, targets, saved=saved)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,

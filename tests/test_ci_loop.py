@@ -63,7 +63,8 @@ def test_the_loop_on_the_quickstart(quickstart: Path, cli: Cli, tmp_path: Path) 
     try:
         timings = _loop(root, cli, tmp_path / "report.md")
     finally:
-        cli("destroy", "--auto-approve", "-C", str(root))
+        destroyed = cli("destroy", "--auto-approve", "-C", str(root))
+    assert destroyed.code == 0, destroyed.err  # the endpoint is stopped, not left running
     (tmp_path / "timings.json").write_text(json.dumps(timings, indent=2))
     print("timings", json.dumps(timings))
 

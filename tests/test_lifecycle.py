@@ -387,3 +387,15 @@ def test_a_version_registered_without_its_promotion_is_judged_next(
     assert cli("apply", "--auto-approve").code == 0
     assert aliases(cli) == {"champion": "scorer:2"}
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_destroy_reads_nothing_the_configuration_needs(scored: Path,
+                                                      cli: Callable[..., Result]) -> None:
+    """Destroying wants nothing: a missing data file, or data whose checks failed, never
+    stops it (it once computed every resource's facts, and failed on them)."""
+    assert cli("apply", "--auto-approve").code == 0
+    (scored / "data" / "train.csv").unlink()
+    assert cli("plan").code == 1  # planning still needs the file
+    destroyed = cli("destroy", "--auto-approve")
+    assert destroyed.code == 0, destroyed.err
+    assert cli("state", "list").out == ""
