@@ -1,7 +1,9 @@
 """One conformance suite for every state backend (issue 11, item 6), as Terraform's
 backend.TestBackendStates and TestBackendStateLocks: each test runs against SQLite and
 against a real PostgreSQL server (tests/postgres.py), through the StateStore interface
-that the rest of mlinfra uses."""
+that the rest of mlinfra uses. On PostgreSQL, read-only sessions read through libpq
+directly (mlinfra/state/libpq.py); "postgresql-psycopg" runs the suite again with them on
+psycopg, as on a machine where no libpq loads."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from mlinfra.data.versions import DataVersions
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.models import GATES_TAG, ModelRegistry
 from mlinfra.runs.store import Run, RunStore
-from mlinfra.state import StateCorrupted, StateStore, StateUnavailable, open_store
+from mlinfra.state import StateCorrupted, StateStore, StateUnavailable, libpq, open_store
 from mlinfra.state import schema as state_schema
 from mlinfra.state.lock import LockHeld, force_unlock, locked
 from mlinfra.state.model import ResourceState
@@ -73,9 +76,12 @@ class Backend:
             return cur.fetchall() if cur.description else []
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    server = request.getfixturevalue("postgres") if request.param == "postgresql" else None
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql-psycopg"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Backend:
+    server = request.getfixturevalue("postgres") if request.param != "sqlite" else None
+    if request.param == "postgresql-psycopg":
+        monkeypatch.setattr(libpq, "load", lambda: None)
     return Backend(request.param, tmp_path, server)
 
 
@@ -265,7 +271,7 @@ def test_the_lock_names_its_holder_waits_and_unlocks(backend: Backend) -> None:
         assert "'apply from the holder'" in message and "mlinfra state unlock" in message
         info = other.lock_holder(STACK)
         assert info is not None and info.pid == holder.pid
-        assert (info.backend_pid is not None) == (backend.kind == "postgresql")
+        assert (info.backend_pid is not None) == (backend.kind != "sqlite")
         started = time.monotonic()
         with pytest.raises(LockHeld), locked(other, STACK, "apply", timeout=0.6):
             pass
@@ -576,3 +582,39 @@ def test_a_schema_that_is_not_a_state_is_refused(postgres: PostgresServer,
             side.open(readonly=readonly)
     assert postgres.sql(f"SELECT count(*) FROM pg_tables WHERE schemaname='{side.schema}'"
                         ) == [(1,)]
+
+
+def test_libpq_reads_every_table_as_psycopg_does(postgres: PostgresServer,
+                                                 tmp_path: Path) -> None:
+    """A read-only session on libpq sees the same values, of the same Python types, as
+    one on psycopg; and it sends parameters of every type the layers above use."""
+    from mlinfra.state.postgres import PostgresLocation, PostgresReader, PostgresStore
+
+    side = Backend("postgresql", tmp_path, postgres)
+    writer = side.open()
+    _everything(writer, tmp_path)
+    writer.close()
+    where = PostgresLocation(side.location, PROJECT, STACK)
+    reader = side.open(readonly=True)
+    assert isinstance(reader, PostgresReader)
+    other = PostgresStore(where, "test", readonly=True)
+    for table in state_schema.TABLES:
+        sql = f"SELECT * FROM {table} ORDER BY 1"
+        got, want = reader.query(sql), other.query(sql)
+        assert got == want, table
+        assert [[type(v) for v in row] for row in got] == \
+               [[type(v) for v in row] for row in want], table
+    args = (7, 2**62, -2**70, 0.1, float("inf"), True, None, "it's ? %s 'x' é")
+    sql = "SELECT " + ", ".join("?" for _ in args) + ", 'a ? in quotes'"
+    assert reader.query(sql, args) == other.query(sql, args) == [(*args, "a ? in quotes")]
+    sql = "SELECT sum(id), count(*) FROM journal WHERE status <> ?"  # numeric, bigint
+    assert reader.query(sql, ("none",)) == other.query(sql, ("none",)) == [(Decimal(10), 4)]
+    with pytest.raises(MlinfraError, match=r"refused: .*no_such_table"):
+        reader.query("SELECT * FROM no_such_table")
+    with pytest.raises(MlinfraError, match="opened only to read"):
+        reader.transaction()
+    for opened in (reader, other):
+        opened.close()
+    wrong = side.location.replace(f":{PASSWORD}@", ":wrong@")
+    with pytest.raises(StateUnavailable, match=r"cannot open the state at .*password"):
+        open_store(wrong, project=PROJECT, stack=STACK, command="plan", readonly=True)

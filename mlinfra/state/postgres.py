@@ -12,10 +12,14 @@ The stack's lock is a session-level `pg_try_advisory_lock` held on a connection 
 own: the server releases it the moment that session ends, so a holder killed with -9
 frees it at once. Who holds it (user, host, pid, command, since, backend pid) is a row
 of `locks`, so a second apply names the holder.
+
+A session that only reads (plan, output, the listings) goes through libpq directly
+(`libpq.py`): it needs no psycopg, whose import alone costs more than a whole plan.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import hashlib
 import os
@@ -23,12 +27,13 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mlinfra.errors import MlinfraError
+from mlinfra.state import libpq
 from mlinfra.state.model import LockInfo
 from mlinfra.state.schema import NUMBERED_TABLES, create_tables, latest_version, upgrade
 from mlinfra.state.store import (
@@ -106,6 +111,19 @@ def _translate(sql: str, with_args: bool) -> str:
     return "'".join(parts)
 
 
+@lru_cache(maxsize=512)
+def _numbered(sql: str) -> str:
+    """`?` placeholders (outside quoted strings) as libpq's `$1`, `$2`..."""
+    parts, count = sql.split("'"), 0
+    for i in range(0, len(parts), 2):
+        pieces = parts[i].split("?")
+        for j in range(1, len(pieces)):
+            count += 1
+            pieces[j] = f"${count}{pieces[j]}"
+        parts[i] = "".join(pieces)
+    return "'".join(parts)
+
+
 class _PgCursor:
     """A psycopg cursor that takes the `?` placeholders the layers above write."""
 
@@ -133,35 +151,145 @@ class _PgCursor:
         return self._cur.fetchall()
 
 
-class PostgresStore(StateStore):
-    """The state of one stack in its own schema of a PostgreSQL database.
-
-    Open it with `open_postgres`, which also decides what a read-only session of a
-    missing or older state reads instead."""
+class _PostgresSession(StateStore):
+    """What reading and writing sessions share: where the state is, and how the
+    lock's holder is found."""
 
     dialect = "postgresql"
 
     def __init__(self, where: PostgresLocation, command: str, readonly: bool) -> None:
         super().__init__(where.display, command, readonly)
-        import psycopg  # only for a stack whose state is on PostgreSQL
-
-        self._psycopg = psycopg
         self.where = where
         self.schema = where.schema
         self._lock = threading.RLock()
-        self._write_key = _key(f"mlinfra write {self.schema}")
-        self._lock_conn: psycopg.Connection[Any] | None = None
-        self.conn = self._connect("state")
 
-    def _connect(self, purpose: str) -> psycopg.Connection[Any]:
+    def _options(self) -> str:
         options = f"-c search_path={self.schema}"
         if self.readonly:
             options += " -c default_transaction_read_only=on"
         if self.where.options:
             options += " " + self.where.options
+        return options
+
+    @abc.abstractmethod
+    def inspect(self) -> tuple[dict[str, str] | None, int]:
+        """(meta of the state, or None if there is none yet; how many tables the
+        schema holds, when there is none)."""
+
+    def _count_tables(self) -> int:
+        row = self.query("SELECT count(*) FROM pg_tables WHERE schemaname = ?", (self.schema,))
+        return int(row[0][0]) if row else 0
+
+    def backup(self) -> None:
+        """None: on PostgreSQL the server's own backups (pg_dump -n SCHEMA, continuous
+        archiving) are the copy; a write session keeps none of its own."""
+        return None
+
+    def _insert_id(self, cur: Cursor, sql: str, args: Sequence[Any]) -> int:
+        return int(cur.execute(sql + " RETURNING id", args).fetchone()[0])
+
+    def _columns(self, table: str) -> Iterator[str]:
+        return (row[0] for row in self.query(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
+            "AND table_name = ? ORDER BY ordinal_position", (self.schema, table)))
+
+    def _lock_key(self, stack: str) -> int:
+        return _key(f"mlinfra lock {self.schema} {stack}")
+
+    def _holder(self, stack: str, key: int) -> LockInfo | None:
+        """The session holding the advisory lock now, as its row names it; a session
+        that has not written its row yet is named by its backend pid."""
+        sessions = self.query(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+            "database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = 1",
+            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+        if not sessions:
+            return None
+        backend = int(sessions[0][0])
+        rows = self.query(f"SELECT {', '.join(_LOCK_COLUMNS[1:])} FROM locks WHERE stack=? "
+                          "AND backend_pid=?", (stack, backend))
+        if rows:
+            return LockInfo(*rows[0])
+        return LockInfo(f"session-{backend}", "(not known)", "(unknown host)", 0,
+                        "(unknown)", time.time(), backend)
+
+    def lock_holder(self, stack: str) -> LockInfo | None:
+        return self._holder(stack, self._lock_key(stack))
+
+
+class _Refused(MlinfraError):
+    def __init__(self, message: str, sqlstate: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class PostgresReader(_PostgresSession):
+    """A read-only session, on libpq itself (see libpq.py)."""
+
+    def __init__(self, where: PostgresLocation, command: str) -> None:
+        super().__init__(where, command, readonly=True)
+        try:
+            self.conn = libpq.Connection(where.conninfo, options=self._options(),
+                                         application_name="mlinfra state")
+        except libpq.PgError as err:
+            raise StateUnavailable(f"cannot open the state at {self.location}: {err}") from None
+
+    def inspect(self) -> tuple[dict[str, str] | None, int]:
+        try:
+            return self.meta(), 0
+        except _Refused as err:
+            if err.sqlstate != "42P01":  # undefined_table: no state here yet
+                raise
+            return None, self._count_tables()
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self.conn.execute(_numbered(sql) if args else sql, args)
+            except libpq.PgError as err:
+                if err.sqlstate[:2] in ("", "08", "57"):  # connection lost, shutdown
+                    raise StateUnavailable(f"the PostgreSQL state {self.location} failed: "
+                                           f"{err}") from None
+                raise _Refused(f"the PostgreSQL state {self.location} refused: {err}",
+                               err.sqlstate) from None
+
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        raise MlinfraError(f"the state {self.location} was opened only to read")
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    def try_lock(self, stack: str, command: str) -> tuple[str | None, LockInfo | None]:
+        raise MlinfraError(f"the state {self.location} was opened only to read")
+
+    def release_lock(self, stack: str, lock_id: str) -> None:
+        return None  # a reader never holds the lock
+
+    def break_lock(self, stack: str, info: LockInfo) -> None:
+        raise MlinfraError(f"the state {self.location} was opened only to read")
+
+
+class PostgresStore(_PostgresSession):
+    """The state of one stack in its own schema of a PostgreSQL database, on psycopg.
+
+    Open it with `open_postgres`, which also decides what a read-only session of a
+    missing or older state reads instead."""
+
+    def __init__(self, where: PostgresLocation, command: str, readonly: bool) -> None:
+        super().__init__(where, command, readonly)
+        import psycopg  # only for a stack whose state is on PostgreSQL
+
+        self._psycopg = psycopg
+        self._write_key = _key(f"mlinfra write {self.schema}")
+        self._lock_conn: psycopg.Connection[Any] | None = None
+        self.conn = self._connect("state")
+
+    def _connect(self, purpose: str) -> psycopg.Connection[Any]:
         try:
             return self._psycopg.connect(self.where.conninfo, autocommit=True,
-                                         options=options,
+                                         options=self._options(),
                                          application_name=f"mlinfra {purpose}")
         except self._psycopg.Error as err:
             raise StateUnavailable(f"cannot open the state at {self.location}: "
@@ -187,15 +315,11 @@ class PostgresStore(StateStore):
     # --- opening -------------------------------------------------------------------
 
     def inspect(self) -> tuple[dict[str, str] | None, int]:
-        """(meta of the state, or None if there is none yet; how many tables the
-        schema holds, when there is none)."""
         with self._lock, self._errors():
             try:  # one round trip for a state that exists, as most do
                 return self.meta(), 0
             except self._psycopg.errors.UndefinedTable:
-                row = self.conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s",
-                                        (self.schema,)).fetchone()
-                return None, int(row[0]) if row else 0
+                return None, self._count_tables()
 
     def create(self) -> dict[str, str]:
         """Create the schema (unless it exists) and every table, with a new lineage;
@@ -239,19 +363,6 @@ class PostgresStore(StateStore):
                 self._lock_conn.close()
             self.conn.close()
 
-    def backup(self) -> None:
-        """None: on PostgreSQL the server's own backups (pg_dump -n SCHEMA, continuous
-        archiving) are the copy; a write session keeps none of its own."""
-        return None
-
-    def _insert_id(self, cur: Cursor, sql: str, args: Sequence[Any]) -> int:
-        return int(cur.execute(sql + " RETURNING id", args).fetchone()[0])
-
-    def _columns(self, table: str) -> Iterator[str]:
-        return (row[0] for row in self.query(
-            "SELECT column_name FROM information_schema.columns WHERE table_schema = ? "
-            "AND table_name = ? ORDER BY ordinal_position", (self.schema, table)))
-
     def load_rows(self, cur: Cursor, table: str, columns: Sequence[str],
                   rows: list[tuple[Any, ...]]) -> None:
         super().load_rows(cur, table, columns, rows)
@@ -260,9 +371,6 @@ class PostgresStore(StateStore):
                         f"COALESCE(MAX(id), 0) + 1, false) FROM {table}")
 
     # --- the lock ------------------------------------------------------------------
-
-    def _lock_key(self, stack: str) -> int:
-        return _key(f"mlinfra lock {self.schema} {stack}")
 
     def try_lock(self, stack: str, command: str) -> tuple[str | None, LockInfo | None]:
         key = self._lock_key(stack)
@@ -308,27 +416,6 @@ class PostgresStore(StateStore):
                     lock_conn.execute("SELECT pg_advisory_unlock(%s)", (self._lock_key(stack),))
                 lock_conn.close()
 
-    def _holder(self, stack: str, key: int) -> LockInfo | None:
-        """The session holding the advisory lock now, as its row names it; a session
-        that has not written its row yet is named by its backend pid."""
-        sessions = self.query(
-            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
-            "database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
-            "AND classid::bigint = ? AND objid::bigint = ? AND objsubid = 1",
-            ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
-        if not sessions:
-            return None
-        backend = int(sessions[0][0])
-        rows = self.query(f"SELECT {', '.join(_LOCK_COLUMNS[1:])} FROM locks WHERE stack=? "
-                          "AND backend_pid=?", (stack, backend))
-        if rows:
-            return LockInfo(*rows[0])
-        return LockInfo(f"session-{backend}", "(not known)", "(unknown host)", 0,
-                        "(unknown)", time.time(), backend)
-
-    def lock_holder(self, stack: str) -> LockInfo | None:
-        return self._holder(stack, self._lock_key(stack))
-
     def break_lock(self, stack: str, info: LockInfo) -> None:
         """End the holder's sessions (its lock's and its state's): the server releases
         the lock, and the holder can no longer write without it."""
@@ -359,7 +446,8 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
     does not exist yet reads an empty state, and one of an older schema reads an
     upgraded copy in memory, so neither changes the database."""
     where = PostgresLocation(url, project, stack)
-    store = PostgresStore(where, command, readonly)
+    store = (PostgresReader(where, command) if readonly and libpq.load()
+             else PostgresStore(where, command, readonly))
     try:
         meta, tables = store.inspect()
         if meta is None and tables:
@@ -371,25 +459,30 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
 
             store.close()
             return SqliteStore.in_memory(where.display, command)
-        if meta is None:
+        if meta is None and isinstance(store, PostgresStore):
             meta = store.create()
-        if not meta.get("lineage") or "format_version" not in meta:
-            raise StateCorrupted(f"the schema '{store.schema}' of {where.display} is not an "
-                                 "mlinfra state: it has no lineage or format version")
-        version = int(meta["format_version"])
-        if version > latest_version():
-            raise MlinfraError(f"the state {where.display} has schema version {version}; "
-                               f"this mlinfra reads up to version {latest_version()}: "
-                               "upgrade mlinfra to use it")
+        version = _format_version(meta or {}, store)
         if version < latest_version() and readonly:
             from mlinfra.state.transfer import upgraded_copy
 
             copy = upgraded_copy(store, version)
             store.close()
             return copy
-        if version < latest_version():
+        if version < latest_version() and isinstance(store, PostgresStore):
             store.upgrade()
         return store
     except BaseException:
         store.close()
         raise
+
+
+def _format_version(meta: dict[str, str], store: _PostgresSession) -> int:
+    if not meta.get("lineage") or "format_version" not in meta:
+        raise StateCorrupted(f"the schema '{store.schema}' of {store.location} is not an "
+                             "mlinfra state: it has no lineage or format version")
+    version = int(meta["format_version"])
+    if version > latest_version():
+        raise MlinfraError(f"the state {store.location} has schema version {version}; "
+                           f"this mlinfra reads up to version {latest_version()}: "
+                           "upgrade mlinfra to use it")
+    return version
