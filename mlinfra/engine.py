@@ -93,6 +93,10 @@ def open_store_at(config: Config, location: str, command: str, *, write: bool) -
                       command=command, readonly=not write)
 
 
+# What still runs on a state that `state migrate` moved elsewhere.
+READS_A_MOVED_STATE = ("state list", "state show")
+
+
 def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
                  log: Callable[[str], None] = lambda _: None) -> Session:
     """Load the project and open its stack's state: for writing (apply, destroy, the
@@ -102,6 +106,15 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
     provider = get_provider(config.stack.provider)
     provider.prepare(config, command)
     store = open_store_at(config, state_location(config), command, write=write)
+    moved = store.moved()
+    if moved and command not in READS_A_MOVED_STATE:
+        store.close()
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(moved["at"]))
+        raise MlinfraError(
+            f"the state of stack '{config.stack.name}' at {store.location} was moved to "
+            f"{moved['to']} on {when} by {moved['by']} (mlinfra state migrate): set state: "
+            f"in {config.stack.file or 'the stack file'} to it. The old state is kept as it "
+            "was (mlinfra state list and show read it); nothing else runs on it")
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)

@@ -64,12 +64,21 @@ def test_a_stack_on_postgresql(postgres: PostgresServer, project: Callable[..., 
     assert cli("models", "alias", "m@champion", "1").code == 0
     rows = postgres.sql(f"SELECT key, value FROM {schema}.meta WHERE key='serial'")
     assert rows == [("serial", "5")]  # 4 resources and an alias, in the database
-    # the state moves to a SQLite file and back, verified; the old one stays as it was
+    # the state moves to a SQLite file and back, verified; the old one is kept, marked
     moved = cli("state", "migrate", "--to", ".mlinfra/dev/state.db")
     assert moved.code == 0, moved.err
-    assert postgres.sql(f"SELECT value FROM {schema}.meta WHERE key='serial'") == [("5",)]
+    assert postgres.sql(f"SELECT count(*) FROM {schema}.resources") == [(4,)]
     assert moved.out.count("verified") == len(COPIED_TABLES)
     assert "set\n  state: .mlinfra/dev/state.db" in moved.out
+    # a teammate whose stack file still names the old state can neither plan, apply nor
+    # destroy from it; they are told where it went
+    for command in (("plan",), ("apply", "--auto-approve"), ("destroy", "--auto-approve"),
+                    ("models", "alias", "m@champion", "1")):
+        stale = cli(*command)
+        assert stale.code == 1 and "was moved to" in stale.err and \
+            ".mlinfra/dev/state.db" in stale.err and "stacks/dev.yaml" in stale.err, command
+    assert cli("state", "list").out.split()[0] == "compute.cpu"
+    assert postgres.sql(f"SELECT count(*) FROM {schema}.resources") == [(4,)]
     (root / "stacks" / "dev.yaml").write_text("kind: Stack\nname: dev\n")
     assert cli("plan", "--detailed-exitcode").code == 0
     assert "champion" in cli("models", "list").out
@@ -77,9 +86,15 @@ def test_a_stack_on_postgresql(postgres: PostgresServer, project: Callable[..., 
     url = postgres.url(schema=other).replace("mlinfra@", f"mlinfra:${{secret.{SECRET}}}@")
     back = cli("state", "migrate", "--to", url)
     assert back.code == 0 and PASSWORD not in back.out and f"state: {url}" in back.out
+    assert cli("plan").code == 1  # the SQLite copy was moved in its turn
     (root / "stacks" / "dev.yaml").write_text(_stack(postgres, other))
     assert cli("plan", "--detailed-exitcode").code == 0
     assert cli("destroy", "--auto-approve").code == 0
+    # a password typed in --to is never shown as what to write in the stack file
+    typed = cli("state", "migrate", "--to", postgres.url(schema=postgres.new_schema(),
+                                                         password=PASSWORD))
+    assert typed.code == 0, typed.err
+    assert PASSWORD not in typed.out and ":${secret.MLINFRA_DB_PASSWORD}@" in typed.out
 
 
 def test_a_resource_with_a_secret_on_postgresql(postgres: PostgresServer,

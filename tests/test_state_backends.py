@@ -359,6 +359,24 @@ def test_postgresql_urls() -> None:
         PostgresLocation("postgresql://db/ml?schema=Bad-Name", "p", "s")
 
 
+def test_a_url_without_a_host_takes_it_from_libpq_variables(
+        postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`postgresql:///db` (no host) and `postgresql://?schema=...` (nothing at all): the
+    PG* variables fill in the rest, for reading and writing sessions."""
+    from tests.postgres import DATABASE, USER
+
+    for name, value in (("PGHOST", "127.0.0.1"), ("PGPORT", str(postgres.port)),
+                        ("PGUSER", USER), ("PGDATABASE", DATABASE), ("PGPASSWORD", PASSWORD)):
+        monkeypatch.setenv(name, value)
+    schema = postgres.new_schema()
+    for url in (f"postgresql:///{DATABASE}?schema={schema}", f"postgresql://?schema={schema}"):
+        for readonly in (False, True):
+            opened = open_store(url, project=PROJECT, stack=STACK, command="test",
+                                readonly=readonly)
+            assert opened.location == url and opened.version().serial == 0
+            opened.close()
+
+
 def test_a_lock_taken_and_released_leaves_no_holder(store: StateStore) -> None:
     with locked(store, STACK, "apply"):
         info = store.lock_holder(STACK)

@@ -199,11 +199,27 @@ def _migrate(session: Session, to: str, lock_timeout: float) -> int:
     if differs:
         raise MlinfraError(f"the copy differs from the state in {', '.join(differs)}: the "
                            f"stack still uses {source.location}; do not point it at the copy")
+    source.mark_moved(target.location)
     stack_file = config.stack.file or f"stacks/{session.stack}.yaml"
     echo(f"\nVerified: every table's rows and digest match. Now point the stack at it: in "
-         f"{stack_file} set\n  state: {to}\nThe state at {source.location} is left as it "
-         "was; remove it once the stack works from the new one.")
+         f"{stack_file} set\n  state: {_without_password(to)}\nThe state at "
+         f"{source.location} is kept as it was and marked as moved: every command but "
+         "mlinfra state list and show stops on it and names the new one. Remove it once "
+         "the stack works from the new one.")
     return 0
+
+
+def _without_password(url: str) -> str:
+    """A URL to write in a stack file: a password typed in it becomes a `${secret.X}`
+    reference (the value is read from the environment, never kept in the file)."""
+    from urllib.parse import urlsplit
+
+    password = urlsplit(url).password if "://" in url else None
+    if not password or password.startswith("${"):
+        return url
+    return (url.replace(f":{password}@", ":${secret.MLINFRA_DB_PASSWORD}@", 1)
+            + "\n  (and export MLINFRA_DB_PASSWORD=... where mlinfra runs, rather than "
+            "keep the password in the file)")
 
 
 def cmd_output(args: argparse.Namespace) -> int:

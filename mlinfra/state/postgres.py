@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from mlinfra.errors import MlinfraError
 from mlinfra.state import libpq
@@ -83,15 +83,22 @@ class PostgresLocation:
         if not any(key == "connect_timeout" for key, _ in rest) and \
                 "PGCONNECT_TIMEOUT" not in os.environ:
             rest.append(("connect_timeout", "10"))
-        self.conninfo = urlunsplit(parts._replace(query=urlencode(rest)))
+        self.conninfo = _unsplit(parts._replace(query=urlencode(rest)))
         netloc = parts.netloc
         if parts.password is not None:
             netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-        self.display = urlunsplit(parts._replace(netloc=netloc, query=urlencode(
+        self.display = _unsplit(parts._replace(netloc=netloc, query=urlencode(
             [(k, "***" if k == "password" else v) for k, v in query if k != "options"],
             safe="*")))
         if not named:
             self.display += ("&" if parts.query else "?") + f"schema={self.schema}"
+
+
+def _unsplit(parts: SplitResult) -> str:
+    """The URL again, with its `//` even when it names no host (`postgresql:///db`:
+    libpq takes the host from PGHOST), which urlunsplit drops for unknown schemes."""
+    url = urlunsplit(parts._replace(scheme="http"))
+    return parts.scheme + url[len("http"):]
 
 
 def _key(text: str) -> int:

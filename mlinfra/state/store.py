@@ -252,6 +252,22 @@ class StateStore(ABC):
 
     # --- copying a whole state (mlinfra state migrate) ---------------------------
 
+    def moved(self) -> dict[str, Any] | None:
+        """Where, when and by whom this state was moved (`mark_moved`), if it was."""
+        rows = self.query("SELECT value FROM meta WHERE key='moved_to'")
+        return dict(row_json(str(rows[0][0]), f"{self.location}: meta moved_to")) \
+            if rows else None
+
+    def mark_moved(self, location: str) -> None:
+        """`state migrate` verified a copy at `location`: this state is kept as it was,
+        and every session but `state list`/`show` is refused from now on, so that no one
+        applies or destroys from a stack file that still names it."""
+        moved = {"to": location, "at": time.time(), "by": f"{current_user()}@{HOST}"}
+        with self.transaction() as cur:
+            cur.execute(upsert("meta", ("key", "value"), ("key",)),
+                        ("moved_to", json.dumps(moved)))
+            self.advance(cur, "(state)", "moved", f"to {location}")
+
     def columns(self, table: str) -> list[str]:
         """The table's columns, in their order."""
         return [str(name) for name in self._columns(table)]
