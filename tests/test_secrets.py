@@ -33,7 +33,10 @@ p.add_argument("--out")
 a = p.parse_args()
 got = {{"token": a.token, "pw": a.pw, "greeting": a.greeting,
         "env_token": os.environ.get("API_TOKEN_FOR_JOB"), "env_db": os.environ.get("DB"),
-        "env_from_environment": os.environ.get("FROM_ENVIRONMENT")}}
+        "env_from_environment": os.environ.get("FROM_ENVIRONMENT"),
+        # mlinfra's own environment holds these; the job inherits none of them
+        "inherited": sorted(k for k in ("API_TOKEN", "WHEEL_DIR", "PGPASSWORD",
+                                        "PULUMI_CONFIG_PASSPHRASE") if k in os.environ)}}
 wrong = [k for k, v in got.items()
          if hashlib.sha256(str(v).encode()).hexdigest() != want[k]]
 if wrong:
@@ -100,8 +103,10 @@ def secret_project(project: Callable[..., Path], tmp_path: Path,
     _wheel(wheels / WHEEL_DIR)
     digests = {"token": _sha(SECRET), "pw": _sha(PASSWORD), "greeting": _sha(f"hi {SECRET}!"),
                "env_token": _sha(SECRET), "env_db": _sha(PASSWORD),
-               "env_from_environment": _sha(SECRET)}
+               "env_from_environment": _sha(SECRET), "inherited": _sha("[]")}
     monkeypatch.setenv("API_TOKEN", SECRET)
+    monkeypatch.setenv("PGPASSWORD", "a-libpq-password")
+    monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "a-passphrase")
     monkeypatch.setenv("WHEEL_DIR", WHEEL_DIR)
     return project({"mlinfra.yaml": PROJECT.format(),
                     "stacks/dev.yaml": f"kind: Stack\nname: dev\nvariables:\n"
@@ -148,7 +153,7 @@ def test_secrets_reach_the_processes_and_nothing_records_them(
     assert _run(cli, printed, "plan", "--out", "plan.json").code == 0
     applied = _run(cli, printed, "apply", "plan.json")
     assert applied.code == 0, applied.err  # a saved plan with new secrets is not stale
-    assert "checked 6 values" in applied.out  # the job got every value, resolved
+    assert "checked 7 values" in applied.out  # the job got every value, resolved
     outputs = json.loads(_run(cli, printed, "output", "--json").out)
     assert outputs["job.use"]["status"] == "completed"
     _run(cli, printed, "output")
@@ -156,7 +161,7 @@ def test_secrets_reach_the_processes_and_nothing_records_them(
     run = json.loads(_run(cli, printed, "runs", "show", run_id).out)
     assert run["params"]["pw"] == "${var.db_password}"  # the record names, never holds
     assert "${secret.API_TOKEN}" in run["params"]["greeting"]
-    assert "checked 6 values" in _run(cli, printed, "runs", "logs", run_id).out
+    assert "checked 7 values" in _run(cli, printed, "runs", "logs", run_id).out
     _run(cli, printed, "runs", "list")
     for address in ("environment.tools", "job.use"):
         state = json.loads(_run(cli, printed, "state", "show", address).out)
@@ -179,7 +184,8 @@ def test_state_holds_salted_scrypt_hashes_and_no_key(project: Callable[..., Path
                                                      cli: Callable[..., Result],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("API_TOKEN", SECRET)
-    command = "python -c \"import os; assert os.environ['T'] == os.environ['API_TOKEN']\""
+    command = ("python -c \"import hashlib, os; assert 'API_TOKEN' not in os.environ; "
+               f"assert hashlib.sha256(os.environ['T'].encode()).hexdigest() == '{_sha(SECRET)}'\"")
     jobs = "".join(f"---\nkind: Job\nname: {name}\ncommand: >-\n  {command}\n"
                    "env: {T: \"${secret.API_TOKEN}\"}\n" for name in ("one", "two"))
     root = project({"jobs.yaml": jobs})
@@ -268,7 +274,7 @@ def test_pipeline_step_params_take_secrets(project: Callable[..., Path],
                        "command: python check.py ${params.p}\nparams: {p: none}\n---\n"
                        "kind: Pipeline\nname: flow\nsteps:\n"
                        "  only: {job: check, params: {p: \"x${secret.API_TOKEN}\"}}\n",
-             "job/check.py": "import os, sys\nwant = 'x' + os.environ['API_TOKEN']\n"
+             "job/check.py": f"import sys\nwant = 'x' + {SECRET!r}\n"
                              "sys.exit(0 if sys.argv[1] == want else 3)\n"})
     applied = cli("apply", "--auto-approve")
     assert applied.code == 0, applied.err

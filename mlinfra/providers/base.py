@@ -95,6 +95,15 @@ class Context:
         expands the sensitive references in `value` itself."""
         return sensitive.environment(value, self.config.sensitive)
 
+    def withheld_environment(self) -> frozenset[str]:
+        """The variables of mlinfra's own environment that a job must not inherit: every
+        secret the project or its stack names (a job gets those it uses as
+        MLINFRA_SECRET_X), libpq's password for the state, Pulumi's passphrase."""
+        stack = self.config.stack
+        named = sensitive.secret_names([[r.spec for r in self.config.all()], stack.state,
+                                        stack.settings])
+        return frozenset(named | {"PGPASSWORD", "PULUMI_CONFIG_PASSPHRASE"})
+
 
 class Handler(Protocol):
     """One kind on one provider."""

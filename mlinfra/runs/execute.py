@@ -61,6 +61,8 @@ class JobSpec:
     step: str | None = None
     parent: str | None = None
     code_digest: str | None = None  # what the run hash covers; the snapshot must match it
+    # mlinfra's own variables the job's process does not inherit (the project's secrets)
+    withheld: frozenset[str] = frozenset()
 
 
 def new_run_id(job: str) -> str:
@@ -166,7 +168,8 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         raise RunFailed(run, f"run {run.id} failed: {refused}")
     run.git = git_info(spec.root)
     run.command = substitute(spec.command, spec, out_dir)
-    env = {**os.environ, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
+    inherited = {k: v for k, v in os.environ.items() if k not in spec.withheld}
+    env = {**inherited, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
            "PYTHONPATH": os.pathsep.join(p for p in (str(HELPER_DIR),
                                                      os.environ.get("PYTHONPATH")) if p)}
     if spec.venv is not None:

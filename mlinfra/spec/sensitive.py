@@ -109,23 +109,28 @@ def resolve(value: Any, variables: Mapping[str, Any]) -> Any:
     return INTERPOLATION.sub(fill, value)
 
 
+def all_references(value: Any) -> Iterator[tuple[str, str]]:
+    """(namespace, name) of each sensitive reference anywhere in `value` (a string, or
+    any nesting of lists and mappings)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from all_references(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from all_references(item)
+    elif isinstance(value, str) and "${" in value:
+        yield from references(value)
+
+
 def environment(values: Any, variables: Mapping[str, Any]) -> dict[str, str]:
     """The variables a process needs to expand the references in `values`."""
-    found: dict[str, str] = {}
+    return {env_name(namespace, name): value_of(namespace, name, variables)
+            for namespace, name in all_references(values)}
 
-    def walk(value: Any) -> None:
-        if isinstance(value, dict):
-            for item in value.values():
-                walk(item)
-        elif isinstance(value, list):
-            for item in value:
-                walk(item)
-        elif isinstance(value, str):
-            for namespace, name in references(value):
-                found[env_name(namespace, name)] = value_of(namespace, name, variables)
 
-    walk(values)
-    return found
+def secret_names(values: Any) -> set[str]:
+    """The environment variables that `${secret.NAME}` references in `values` read."""
+    return {name for namespace, name in all_references(values) if namespace == "secret"}
 
 
 def as_env_references(text: str) -> str:

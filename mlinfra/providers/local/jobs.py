@@ -288,7 +288,8 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                   env={**secrets, **{k: str(v) for k, v in ctx.resolve_secrets(env).items()}},
                   venv=venv, timeout_s=duration_s(spec.get("timeout")),
                   pipeline=parent.job if parent else None, step=step,
-                  parent=parent.id if parent else None, code_digest=str(parts["code"]))
+                  parent=parent.id if parent else None, code_digest=str(parts["code"]),
+                  withheld=ctx.withheld_environment())
     prefix = f"{res.address}{'/' + step if step else ''}"
     with _slots(ctx, spec.get("compute")):
         try:
