@@ -10,16 +10,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mlinfra import cache_dir as cache_dir  # re-exported: handlers import it from here
 from mlinfra.errors import MlinfraError, Record
 from mlinfra.plan.model import Change, Observed
-from mlinfra.runs.containers import Launcher
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import StateStore
+
+if TYPE_CHECKING:  # a plan on the local provider never loads the runs package
+    from mlinfra.runs.containers import Launcher
 
 
 class ProviderError(MlinfraError):

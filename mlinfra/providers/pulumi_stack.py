@@ -28,6 +28,7 @@ from mlinfra.providers.base import (
 from mlinfra.providers.manifests import RenderedObject, secrets_in
 from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
 from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
+from mlinfra.runs.containers import ContainerRun, Finished, Launcher
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 
@@ -125,8 +126,59 @@ class PulumiProvider(Provider, abc.ABC):
 
     @abc.abstractmethod
     def program(self, objects: list[RenderedObject], contexts: dict[str, Path],
-                config: Config) -> Program:
-        """The inline Pulumi program that creates exactly `objects`."""
+                config: Config, held: dict[str, str] | None = None) -> Program:
+        """The inline Pulumi program that creates exactly `objects`; `held`: values of
+        the secrets a job run's objects name (mlinfra resolved them)."""
+
+    @abc.abstractmethod
+    def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
+                    ) -> list[RenderedObject]:
+        """The objects of one job run (its container, its Job)."""
+
+    @abc.abstractmethod
+    def run_ended(self, run: ContainerRun, objects: list[RenderedObject],
+                  outputs: dict[str, Any], error: str) -> Finished:
+        """How the run ended, from its stack's outputs or the error `up` raised."""
+
+    def check_jobs(self, ctx: Context, job: Resource) -> None:
+        """Raise ProviderError when `job`'s runs cannot be launched on this stack."""
+
+    def job_launcher(self, ctx: Context, job: Resource) -> Launcher:
+        """Each run is a Pulumi stack of its own (STACK-run-RUN) holding only the run's
+        objects: `up` starts them and waits for the run's end, then the stack is
+        destroyed and removed. The environment's image and the network are the main
+        stack's (applied with the Environment and the Workspace, before any job)."""
+        env = ctx.config.get("Environment", str(job.spec.get("environment") or ""))
+        if env is None:
+            raise ProviderError(job.address, f"jobs on {self.name} run in their "
+                                "environment's image: set `environment`")
+        self.check_jobs(ctx, job)
+
+        def launch(run: ContainerRun) -> Finished:
+            from pulumi.automation.errors import CommandError
+
+            from mlinfra.providers.manifests.images import environment_context, image_name
+
+            assert env is not None
+            image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
+                               environment_context(ctx.config, env))
+            objects = self.run_objects(ctx, job, run, image)
+            program = self.program(objects, {}, ctx.config,
+                                   held={name: run.env[name] for name in run.secret_env})
+            stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=run.run_id)
+            try:
+                ended = self.run_ended(run, objects, stack.up(program, []), "")
+            except CommandError as err:
+                ended = self.run_ended(run, objects, {}, _pulumi_error(err))
+            try:
+                stack.remove(program)
+            except CommandError as err:
+                ctx.log(f"{job.address}: the Pulumi stack {stack.name} of run {run.run_id} "
+                        f"was not removed ({_pulumi_error(err)}): `pulumi stack rm "
+                        f"{stack.name} --force` removes it")
+            return ended
+
+        return launch
 
     def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
         """URNs every targeted up includes besides the objects' (an explicit provider)."""
@@ -218,6 +270,12 @@ class PulumiProvider(Provider, abc.ABC):
         if url:
             result["url"] = url
         return result
+
+
+def _pulumi_error(err: Exception) -> str:
+    """The end of what Pulumi printed about a failed operation."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return "\n".join(lines[-12:])
 
 
 class PulumiHandler(BaseHandler):
