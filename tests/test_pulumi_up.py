@@ -135,8 +135,8 @@ def test_apply_on_docker_runs_a_job_in_its_own_container_and_collects_its_output
         assert json.loads((model / "outputs" / "model.json").read_text()) == {"n": 2}
         assert "trained on 2 rows" in cli("runs", "logs", "-s", "docker", out["run_id"]).out
         # The run's own Pulumi stack is gone once it ended, and so is its container.
-        backend = root / ".mlinfra" / "docker" / "pulumi"  # the file backend's stacks
-        assert [p.name for p in backend.rglob("*.json*") if "-run-" in p.name] == []
+        stacks = root / ".mlinfra" / "docker" / "pulumi" / ".pulumi" / "stacks"
+        assert [p.name for p in stacks.rglob("*.json") if "-run-" in p.name] == []
         gone = subprocess.run(["docker", "inspect", f"mlinfra-proj-docker-run-{out['run_id']}"],
                               capture_output=True, check=False)
         assert gone.returncode != 0
