@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, Result, onnx_model
-from tests.stacks import register_model
+from tests.stacks import record_endpoint, register_model
 
 BASE_IMAGE = os.environ.get("MLINFRA_TEST_BASE_IMAGE", "mlinfra-base:bookworm")
 KEYS = "mlk_integration-primary,mlk_integration-secondary"
@@ -141,6 +141,24 @@ def test_the_rendered_endpoint_container_builds_runs_and_scores(
         assert status == 200, answer
         outputs = {o["name"]: o for o in answer["outputs"]}  # type: ignore[index]
         assert outputs["label"]["data"] == [1, 0]
+        # `mlinfra endpoints` reaches the container at the URL apply maps back from
+        # Pulumi's outputs (the published port) into the state.
+        from mlinfra.providers.pulumi_stack import published_url
+
+        host, external = port.rsplit(":", 1)
+        url = published_url({"container-api": [{"internal": 8080, "external": int(external),
+                                                "ip": host}]})
+        record_endpoint(root, "docker", "api", {
+            "deployments": [{"name": "blue", "model": "m"}], "traffic": {"blue": 100},
+            "auth": "key"}, {"url": url})
+        listed = cli("endpoints", "list", "-s", "docker")
+        assert listed.code == 0 and f"{url}" in listed.out and "ready" in listed.out
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps(body))
+        invoked = cli("endpoints", "invoke", "api", "-s", "docker", "--data", str(request),
+                      "--key", KEYS.split(",")[0])
+        assert invoked.code == 0, invoked.err
+        assert json.loads(invoked.out)["outputs"][0]["data"] == [1, 0]
     finally:
         _docker("rm", "-f", name, check=False)
         _docker("network", "rm", network, check=False)

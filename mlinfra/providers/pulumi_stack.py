@@ -16,6 +16,7 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
     Applied,
@@ -98,6 +99,41 @@ def published_url(outputs: dict[str, Any]) -> str | None:
             if isinstance(port, dict) and port.get("external"):
                 return f"http://{port.get('ip') or '127.0.0.1'}:{int(port['external'])}"
     return None
+
+
+def endpoint_url(config: Config, state: ResourceState) -> str:
+    """Where this machine reaches an endpoint of a docker or kubernetes stack: the port
+    Docker published, as apply mapped it back from Pulumi's outputs. On kubernetes
+    mlinfra knows no such address (Services have in-cluster addresses, the Gateway's is
+    the cluster's): the error says how to make one."""
+    if state.outputs.get("url"):
+        return str(state.outputs["url"])
+    name = state.name
+    if config.stack.provider == "kubernetes":
+        from mlinfra.providers.manifests.kubernetes import namespace
+
+        settings = config.stack.settings.get("kubernetes") or {}
+        context = f" --context {settings['context']}" if settings.get("context") else ""
+        deployments = state.attributes.get("deployments") or [{}]
+        first = str(deployments[0].get("name") or "DEPLOYMENT")
+        raise MlinfraError(
+            f"endpoint {name} runs on kubernetes, where mlinfra knows no address this "
+            "machine reaches (its Services' addresses are the cluster's own): run "
+            f"`kubectl{context} -n {namespace(config)} port-forward svc/{name}-{first} "
+            "8080:80` and pass --url http://127.0.0.1:8080, or pass --url "
+            f"http://GATEWAY/endpoints/{name} (its HTTPRoute splits the traffic there)")
+    raise MlinfraError(f"endpoint {name} has no published address in the state: "
+                       "apply it again (mlinfra plan shows whether it needs repair)")
+
+
+def keys_hint(config: Config, state_dir: Path, endpoint: str) -> str:
+    """How a person reads an endpoint's keys, which Pulumi's config keeps encrypted."""
+    settings = config.stack.settings.get("pulumi") or {}
+    stack = str(settings.get("stack") or config.stack.name)
+    return (f"endpoint {endpoint}'s keys are kept encrypted in the Pulumi stack's config: "
+            f"pass --key (`pulumi config get mlinfra:{endpoint}-keys --stack {stack} --cwd "
+            f"{state_dir / 'pulumi-workspace'}`, with PULUMI_CONFIG_PASSPHRASE set, "
+            "shows them)")
 
 
 class PulumiProvider(Provider, abc.ABC):
