@@ -311,8 +311,8 @@ def test_a_job_run_on_kubernetes_is_a_batch_job_on_the_artifacts_claim(
                                "persistentVolumeClaim": {"claimName": "mlinfra-artifacts"}}]
     container = pod["containers"][0]
     assert container["image"] == "registry/mlinfra-quickstart-sklearn:abc"
-    assert container["command"][:2] == ["sh", "-c"]
-    assert container["command"][2].endswith("\n" + job_run.command)
+    assert container["command"] == ["sh", "-c", "exec >/mlinfra/run/output.log 2>&1\n"
+                                    + job_run.command]  # the log lands in the run's folder
     assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"},
                                       "limits": {"cpu": "1", "memory": "2Gi"}}
     mounts = {m["mountPath"]: (m["subPath"], m["readOnly"]) for m in container["volumeMounts"]}
@@ -348,5 +348,98 @@ def test_jobs_on_kubernetes_need_the_artifacts_folder_shared_with_the_cluster(
                            r"PersistentVolumeClaim in namespace mlinfra") as raised:
             plan(session)
         assert "job.prep-data" in str(raised.value)
+    finally:
+        session.close()
+
+
+def test_each_run_is_a_pulumi_stack_of_its_own_removed_once_it_ended(
+        quickstart: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The launcher's wiring, with Pulumi's engine replaced by its mocks: the run's stack
+    (STACK-run-RUN) gets exactly the run's container with its secret held, and is
+    destroyed and removed after, whether the run succeeded or Pulumi failed."""
+    from pulumi.automation.errors import CommandError
+
+    from mlinfra.engine import open_session
+    from mlinfra.providers.pulumi_runner import PulumiStack
+
+    calls: list[tuple[str, str]] = []
+    made: dict[str, tuple[str, dict[str, Any]]] = {}
+
+    def up(self: PulumiStack, program: Program, targets: list[str]) -> dict[str, Any]:
+        calls.append(("up", self.name))
+        if "fail" in self.name:
+            raise CommandError(_CommandResult("error: image not found"))
+        made.update(run(program, self.name).resources)
+        return {key: {"exit_code": 0, "logs": "trained\n"} for key in made}
+
+    monkeypatch.setattr(PulumiStack, "up", up)
+    monkeypatch.setattr(PulumiStack, "remove",
+                        lambda self, program: calls.append(("remove", self.name)))
+    session = open_session(quickstart, "docker", "render", write=False)
+    try:
+        job = session.config.get("Job", "train-fraud")
+        assert job is not None
+        launch = session.provider.job_launcher(session.ctx, job)
+        assert launch is not None
+        ended = launch(_a_run(tmp_path))
+        failed = launch(ContainerRun("fail-00000000", "train", "true", {}, (), [], "/", None,
+                                     tmp_path))
+    finally:
+        session.close()
+    assert calls == [("up", "docker-run-train-1a2b3c4d"), ("remove", "docker-run-train-1a2b3c4d"),
+                     ("up", "docker-run-fail-00000000"), ("remove", "docker-run-fail-00000000")]
+    assert list(made) == ["container-run-train-1a2b3c4d"]
+    assert _unwrap(made["container-run-train-1a2b3c4d"][1]["envs"])[0] == f"API_TOKEN={TOKEN}"
+    assert (ended.exit_code, ended.logs, ended.error) == (0, "trained\n", "")
+    assert ended.where.startswith("docker container mlinfra-quickstart-docker-run-train-1a2b3c4d"
+                                  " (mlinfra-quickstart-sklearn:")
+    assert failed.exit_code is None and "image not found" in failed.error
+
+
+class _CommandResult:
+    """What pulumi.automation's CommandError is made from."""
+
+    def __init__(self, stderr: str) -> None:
+        self.stdout, self.stderr, self.code = "", stderr, 1
+
+    def __str__(self) -> str:
+        return f"code: 1\n stdout: \n stderr: {self.stderr}\n"
+
+
+def test_a_failed_or_late_kubernetes_job_fails_its_run_with_pulumis_reason(
+        quickstart: Path, tmp_path: Path) -> None:
+    from mlinfra.providers.manifests.kubernetes import run_job
+    from mlinfra.providers.pulumi_kubernetes import KubernetesProvider
+    from mlinfra.spec import load
+
+    job_run = _a_run(tmp_path)
+    objects = run_job(load(quickstart, "kubernetes"), job_run, "img:1", None, "claim",
+                      tmp_path / "artifacts")
+    job_run.run_dir.mkdir(parents=True)
+    (job_run.run_dir / "output.log").write_text("epoch 1\n")  # written by the pod
+    provider = KubernetesProvider()
+    done = provider.run_ended(job_run, objects, {}, "")
+    assert (done.exit_code, done.logs, done.error) == (0, "epoch 1\n", "")
+    assert done.where == "kubernetes Job mlinfra/run-train-1a2b3c4d (img:1)"
+    failed = provider.run_ended(job_run, objects, {}, "Job has reached the specified backoff "
+                                "limit -- [BackoffLimitExceeded]")
+    assert failed.exit_code is None and not failed.timed_out
+    assert failed.error.startswith("the Job failed: ") and "BackoffLimitExceeded" in failed.error
+    late = provider.run_ended(job_run, objects, {}, "Job was active longer than specified "
+                              "deadline -- [DeadlineExceeded]")
+    assert late.timed_out and late.logs == "epoch 1\n"
+
+
+def test_a_job_without_an_environment_cannot_run_on_docker(quickstart: Path) -> None:
+    from mlinfra.engine import open_session, plan
+    from mlinfra.providers.base import ProviderErrors
+
+    training = quickstart / "training.yaml"
+    training.write_text(training.read_text().replace("environment: sklearn\n", "", 1))
+    session = open_session(quickstart, "docker", "render", write=False)
+    try:
+        with pytest.raises(ProviderErrors, match="jobs on docker run in their environment's "
+                           "image: set `environment`"):
+            plan(session)
     finally:
         session.close()

@@ -4,10 +4,21 @@ Each mlinfra resource owns the rendered objects it gives rise to (an endpoint it
 Deployments, Services, HTTPRoute...). Applying a resource's change runs `pulumi up`
 on exactly the objects it owns whose rendering changed (and what they need), so the
 engine's journal stays one change per resource, and a traffic change touches the
-HTTPRoute alone. Training stays with mlinfra on this machine, as on `local`: data
-versions, jobs and pipelines (run by the local handlers), the model registry and
-promotions; their containers and Kubernetes Jobs are rendered (`mlinfra render`) but
-not applied by Pulumi yet. Endpoints are served only by Pulumi's objects.
+HTTPRoute alone. Endpoints are served only by Pulumi's objects.
+
+Jobs and pipeline steps keep mlinfra's own run path (the run record and hash, reuse,
+input staging, output collection: `runs.execute`); only starting and awaiting a run
+differ (`job_launcher`). Each run is a Pulumi stack of its own (STACK-run-RUN) holding
+that run's container (docker: the environment's image run to completion, `up` waits for
+its exit code and output) or batch/v1 Job (kubernetes: Pulumi awaits its completion; the
+pod reaches the run's folder through `kubernetes.artifacts_claim`, which must hold the
+stack's `artifacts:` folder); the stack is destroyed and removed once the run ended, so
+a run never holds the main stack's lock while it trains. Data versions, the model
+registry and promotions stay with mlinfra on this machine, as on `local`. Not done:
+Ctrl-C and `mlinfra runs cancel` stop local processes only; a run in a container or Job
+goes on to its end or its timeout. The job containers and Jobs that `mlinfra render`
+writes are templates to run by hand (outputs in the default datastore), not the per-run
+objects apply makes.
 """
 
 from __future__ import annotations
