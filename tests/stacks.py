@@ -52,6 +52,21 @@ def register_model(root: Path, stack: str, workspace: str, name: str, content: b
         store.close()
 
 
+def record_endpoint(root: Path, stack: str, name: str, attributes: dict[str, Any],
+                    outputs: dict[str, Any]) -> None:
+    """An endpoint in the stack's state as an apply through Pulumi leaves it (its URL
+    mapped back from Pulumi's outputs on docker)."""
+    from mlinfra.state.model import ResourceState
+
+    store = SqliteStore(root / ".mlinfra" / stack / "state.db", command="test")
+    try:
+        store.commit_change(None, f"endpoint.{name}", "create", ResourceState(
+            f"endpoint.{name}", "Endpoint", name, attributes, "h", outputs,
+            provider_id=f"pulumi:endpoint.{name}"))
+    finally:
+        store.close()
+
+
 def render(root: Path, stack: str) -> list[RenderedObject]:
     from mlinfra.engine import open_session
     from mlinfra.providers.manifests.render import render_stack, stack_inputs

@@ -24,11 +24,12 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import REPO, Result, onnx_model
-from tests.stacks import register_model
+from tests.stacks import record_endpoint, register_model
 
 BASE_IMAGE = os.environ.get("MLINFRA_TEST_BASE_IMAGE", "mlinfra-base:bookworm")
 KEYS = "mlk_integration-primary,mlk_integration-secondary"
@@ -140,6 +141,172 @@ def test_the_rendered_endpoint_container_builds_runs_and_scores(
         assert status == 200, answer
         outputs = {o["name"]: o for o in answer["outputs"]}  # type: ignore[index]
         assert outputs["label"]["data"] == [1, 0]
+        # `mlinfra endpoints` reaches the container at the URL apply maps back from
+        # Pulumi's outputs (the published port) into the state.
+        from mlinfra.providers.pulumi_stack import published_url
+
+        host, external = port.rsplit(":", 1)
+        url = published_url({"container-api": [{"internal": 8080, "external": int(external),
+                                                "ip": host}]})
+        record_endpoint(root, "docker", "api", {
+            "deployments": [{"name": "blue", "model": "m"}], "traffic": {"blue": 100},
+            "auth": "key"}, {"url": url})
+        listed = cli("endpoints", "list", "-s", "docker")
+        assert listed.code == 0 and f"{url}" in listed.out and "ready" in listed.out
+        request = tmp_path / "request.json"
+        request.write_text(json.dumps(body))
+        invoked = cli("endpoints", "invoke", "api", "-s", "docker", "--data", str(request),
+                      "--key", KEYS.split(",")[0])
+        assert invoked.code == 0, invoked.err
+        assert json.loads(invoked.out)["outputs"][0]["data"] == [1, 0]
     finally:
         _docker("rm", "-f", name, check=False)
         _docker("network", "rm", network, check=False)
+
+
+TRAIN = '''\
+import json, os, sys
+from mlinfra_run import log_metric
+
+data, out = sys.argv[1], sys.argv[2]
+if not os.environ.get("TOKEN"):
+    sys.exit("no TOKEN")
+with open(data) as f:
+    amounts = [float(line.split(",")[1]) for line in f.read().splitlines()[1:]]
+log_metric("total", sum(amounts))
+with open(out, "w") as f:
+    json.dump({"mean": sum(amounts) / len(amounts), "n": len(amounts)}, f, sort_keys=True)
+print("trained on", len(amounts), "rows")
+'''
+JOBS = """\
+kind: Environment
+name: py
+requirements: []
+image: {base}
+---
+kind: Data
+name: tx
+path: tx.csv
+---
+kind: Job
+name: train
+code: ./train
+environment: py
+command: python train.py ${inputs.data} ${outputs.model}
+inputs: {data: tx}
+outputs: {model: model.json}
+env: {TOKEN: "${secret.JOB_TOKEN}"}
+"""
+
+
+def _environment_image(config: Any, tmp_path: Path) -> str:
+    """The Environment's image, built from its rendered context on the base image."""
+    from mlinfra.providers.manifests.images import environment_context, image_name
+
+    env = config.get("Environment", "py")
+    files = environment_context(config, env)
+    context = tmp_path / "image-py"
+    for item in files:
+        (context / item.path).parent.mkdir(parents=True, exist_ok=True)
+        (context / item.path).write_bytes(item.content())
+    image = image_name(config, f"{config.name}-py", files)
+    built = _docker("build", "--network", "none", "-t", image, str(context), check=False,
+                    timeout=900)
+    assert built.returncode == 0, built.stderr[-3000:]
+    return image
+
+
+def _run_in_docker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[list[str]]:
+    """Job runs go to a launcher that starts each run's rendered container spec
+    (`run_container`) on the real engine with `docker run`, and reads its end as the
+    docker provider reads the outputs its Pulumi program exports."""
+    from mlinfra.providers.local import LocalProvider
+    from mlinfra.providers.manifests.docker import docker_run_args, run_container
+    from mlinfra.providers.pulumi_docker import DockerProvider
+    from mlinfra.runs.containers import ContainerRun, Finished
+
+    started: list[list[str]] = []
+    images: dict[str, str] = {}
+
+    def launcher(self: LocalProvider, ctx: Any, job: Any) -> Any:
+        def launch(run: ContainerRun) -> Finished:
+            if "py" not in images:
+                images["py"] = _environment_image(ctx.config, tmp_path)
+            obj = run_container(ctx.config, run, images["py"], None)
+            args, secrets = docker_run_args(obj.body)
+            started.append(args)
+            done = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                                  check=False, env={**os.environ, **{
+                                      name: run.env[name] for name in secrets}})
+            return DockerProvider().run_ended(run, [obj], {obj.key: {
+                "exit_code": done.returncode, "logs": done.stdout + done.stderr}}, "")
+
+        return launch
+
+    monkeypatch.setattr(LocalProvider, "job_launcher", launcher)
+    return started
+
+
+@pytest.mark.slow
+def test_a_job_run_in_its_rendered_container_trains_from_mounted_inputs(
+        project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 1 of the docker stack: the run's container (environment image, code snapshot
+    and inputs mounted read-only, run folder read-write) trains, and mlinfra's own
+    output collection stores what it wrote: the same bytes as the same run on local."""
+    _engine_or_skip()
+    token = "job-token-value-0123456789"
+    monkeypatch.setenv("JOB_TOKEN", token)
+    root = project({"jobs.yaml": JOBS.replace("{base}", BASE_IMAGE), "train/train.py": TRAIN,
+                    "data/tx.csv": "id,amount\n1,10.0\n2,30.5\n3,4.5\n"})
+    # The same job on this machine first: what the container's run must reproduce.
+    local = cli("apply", "--auto-approve")
+    assert local.code == 0, local.err
+    local_out = json.loads(cli("output", "job.train", "--json").out)["job.train"]
+    shutil.rmtree(root / ".mlinfra")
+    started = _run_in_docker(monkeypatch, tmp_path)
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    (args,) = started
+    assert token not in " ".join(args)  # `--env TOKEN`: the value only in its environment
+    mounts = [a for a in args if a.startswith("type=bind")]
+    assert any(m.endswith(",target=/mlinfra/run/code,readonly") for m in mounts)
+    assert any(m.endswith(",target=/mlinfra/inputs/data/tx.csv,readonly") for m in mounts)
+    assert any(m.endswith(",target=/mlinfra/run") for m in mounts)  # read-write
+    out = json.loads(cli("output", "job.train", "--json").out)["job.train"]
+    assert out["outputs"]["model"] == local_out["outputs"]["model"]  # same sha256
+    run_id = out["run_id"]
+    shown = cli("runs", "show", run_id)
+    assert shown.code == 0, shown.err
+    run = json.loads(shown.out)
+    assert run["status"] == "completed" and run["exit_code"] == 0
+    assert run["command"] == ("python train.py /mlinfra/inputs/data/tx.csv "
+                              "/mlinfra/run/outputs/model.json")
+    assert run["environment"]["container"].startswith(
+        f"docker container mlinfra-proj-dev-run-{run_id} (mlinfra-proj-py:")
+    assert run["metrics"] == {"total": 45.0}  # logged in the container, read as it ran
+    assert token not in json.dumps(run)
+    log = cli("runs", "logs", run_id)
+    assert "trained on 3 rows" in log.out
+    # The container is gone (--rm); a new run is a new container.
+    assert _docker("inspect", f"mlinfra-proj-dev-run-{run_id}", check=False).returncode != 0
+
+
+@pytest.mark.slow
+def test_a_job_container_that_fails_or_runs_out_of_time_fails_the_run_with_its_logs(
+        project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _engine_or_skip()
+    monkeypatch.setenv("JOB_TOKEN", "x")
+    jobs = JOBS.replace("{base}", BASE_IMAGE)
+    project({"jobs.yaml": jobs.replace("python train.py", "echo cannot read >&2; exit 3; "
+                                       "python train.py"),
+             "train/train.py": TRAIN, "data/tx.csv": "id,amount\n1,10.0\n"})
+    _run_in_docker(monkeypatch, tmp_path)
+    failed = cli("apply", "--auto-approve")
+    assert failed.code == 1
+    assert "the command exited with code 3" in failed.err and "cannot read" in failed.err
+    Path("jobs.yaml").write_text(jobs.replace("python train.py", "sleep 60; python train.py")
+                                 + "timeout: 2s\n")
+    late = cli("apply", "--auto-approve")
+    assert late.code == 1 and "timed out after 2s" in late.err, late.err

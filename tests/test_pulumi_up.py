@@ -89,6 +89,63 @@ def test_apply_on_docker_serves_the_endpoint_and_destroy_removes_it(
     assert root.exists()
 
 
+TRAIN = """\
+import json, sys
+rows = open(sys.argv[1]).read().splitlines()[1:]
+json.dump({"n": len(rows)}, open(sys.argv[2], "w"))
+print("trained on", len(rows), "rows")
+"""
+JOB = """\
+kind: Environment
+name: py
+requirements: []
+---
+kind: Data
+name: tx
+path: tx.csv
+---
+kind: Job
+name: train
+code: ./train
+environment: py
+command: python train.py ${inputs.data} ${outputs.model}
+inputs: {data: tx}
+outputs: {model: model.json}
+"""
+
+
+def test_apply_on_docker_runs_a_job_in_its_own_container_and_collects_its_output(
+        project: Callable[..., Path], cli: Callable[..., Result], passphrase: None) -> None:
+    network = f"mlinfra-up-{uuid.uuid4().hex[:8]}"
+    base = os.environ.get("MLINFRA_TEST_BASE_IMAGE")
+    root = project({"job.yaml": JOB, "train/train.py": TRAIN,
+                    "data/tx.csv": "id,amount\n1,10\n2,20\n",
+                    "stacks/docker.yaml": "kind: Stack\nname: docker\nprovider: docker\n"
+                    f"docker: {{network: {network}"
+                    + (f", base_image: {base}" if base else "") + "}\n"})
+    try:
+        applied = cli("apply", "-s", "docker", "--auto-approve")
+        assert applied.code == 0, applied.err
+        out = json.loads(cli("output", "-s", "docker", "job.train", "--json").out)["job.train"]
+        run = json.loads(cli("runs", "show", "-s", "docker", out["run_id"]).out)
+        assert run["status"] == "completed" and run["exit_code"] == 0
+        assert run["environment"]["container"].startswith(
+            f"docker container mlinfra-proj-docker-run-{out['run_id']} ")
+        model = root / ".mlinfra" / "docker" / "workspaces" / "ws" / "runs" / out["run_id"]
+        assert json.loads((model / "outputs" / "model.json").read_text()) == {"n": 2}
+        assert "trained on 2 rows" in cli("runs", "logs", "-s", "docker", out["run_id"]).out
+        # The run's own Pulumi stack is gone once it ended, and so is its container.
+        stacks = root / ".mlinfra" / "docker" / "pulumi" / ".pulumi" / "stacks"
+        assert [p.name for p in stacks.rglob("*.json") if "-run-" in p.name] == []
+        gone = subprocess.run(["docker", "inspect", f"mlinfra-proj-docker-run-{out['run_id']}"],
+                              capture_output=True, check=False)
+        assert gone.returncode != 0
+        again = cli("plan", "-s", "docker", "--detailed-exitcode")
+        assert again.code == 0, again.out  # the run is reused, nothing to do
+    finally:
+        assert cli("destroy", "-s", "docker", "--auto-approve").code == 0
+
+
 def _kubectl(context: str, *args: str) -> str:
     return subprocess.run(["kubectl", "--context", context, *args], capture_output=True,
                           text=True, check=True, timeout=300).stdout

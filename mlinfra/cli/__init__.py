@@ -205,6 +205,8 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
     invoke.add_argument("--deployment", help="pin a deployment")
     invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
+    invoke.add_argument("--url", help="the endpoint's address (default: from the state; on "
+                        "kubernetes, a port-forward's or the Gateway's)")
     invoke.add_argument("--timeout", type=_duration, default=30.0, metavar="DURATION",
                         help="longest wait for the answer (default 30s)")
     roll = eps.add_parser("rollout", parents=[common],

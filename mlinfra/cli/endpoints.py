@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlinfra.cli.console import echo, echo_err, emit, print_table, session_for
 from mlinfra.errors import MlinfraError
@@ -23,15 +23,22 @@ def cmd_endpoints(args: argparse.Namespace) -> int:
     try:
         states = {s.name: s for s in session.store.resources().values()
                   if s.kind == "Endpoint"}
+        remote = session.config.stack.provider != "local"
         if args.endpoints_command == "list":
-            return _list(session, states)
+            return _list_remote(session, states) if remote else _list(session, states)
         state = states.get(args.name)
         if state is None:
             raise MlinfraError(f"endpoint {args.name} is not in the state: apply it first")
         if args.endpoints_command == "show":
-            return _show(session, state)
+            return _show_remote(session, state) if remote else _show(session, state)
         if args.endpoints_command == "invoke":
             return _invoke(session, state, args)
+        if remote:
+            raise MlinfraError(f"endpoints {args.endpoints_command} works on the local "
+                               f"provider; on {session.config.stack.provider}, "
+                               + ("the keys are made and kept by Pulumi's config" if
+                                  args.endpoints_command == "keys" else
+                                  "change `traffic` in the YAML and apply it"))
         if args.endpoints_command == "keys":
             return _keys(session, state, args)
         return _rollout(session, state, args)
@@ -50,6 +57,49 @@ def _list(session: Session, states: dict[str, ResourceState]) -> int:
                      live["health"], ", ".join(f"{d}={v}" for d, v in live["serves"].items()),
                      json.dumps(live["traffic"])])
     print_table(["ENDPOINT", "URL", "PID", "HEALTH", "SERVES", "TRAFFIC"], rows)
+    return 0
+
+
+def _remote_health(url: str) -> str:
+    from mlinfra.providers.local.endpoint.client import Unreachable, request
+
+    try:
+        answer = request(url + "/v2/health/ready", timeout=2.0)
+    except Unreachable as err:
+        return f"unreachable ({err.message})"
+    return "ready" if answer.status == 200 else f"not ready (HTTP {answer.status})"
+
+
+def _remote(session: Session, state: ResourceState) -> dict[str, Any]:
+    """An endpoint of a docker or kubernetes stack as its state knows it."""
+    from mlinfra.providers.pulumi_stack import endpoint_url
+
+    try:
+        url, health = endpoint_url(session.config, state), ""
+        health = _remote_health(url)
+    except MlinfraError as err:
+        url, health = "-", f"unknown: {err.message}"
+    deployments = state.attributes.get("deployments") or []
+    return {"name": state.name, "url": url, "health": health,
+            "serves": {str(d.get("name")): str(d.get("model")) for d in deployments},
+            "configured_traffic": state.attributes.get("traffic"),
+            "auth": state.attributes.get("auth", "key"),
+            "objects": sorted(state.outputs.get("objects") or {})}
+
+
+def _list_remote(session: Session, states: dict[str, ResourceState]) -> int:
+    rows = []
+    for state in sorted(states.values(), key=lambda s: s.name):
+        seen = _remote(session, state)
+        rows.append([seen["name"], seen["url"], "-", seen["health"],
+                     ", ".join(f"{d}={m}" for d, m in seen["serves"].items()),
+                     json.dumps(seen["configured_traffic"])])
+    print_table(["ENDPOINT", "URL", "PID", "HEALTH", "SERVES", "TRAFFIC"], rows)
+    return 0
+
+
+def _show_remote(session: Session, state: ResourceState) -> int:
+    echo(json.dumps(_remote(session, state), indent=2))
     return 0
 
 
@@ -125,8 +175,17 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         raise MlinfraError(f"{args.data} is not JSON") from None
     v2 = isinstance(sent, dict) and isinstance(sent.get("inputs"), list) and all(
         isinstance(i, dict) and "datatype" in i for i in sent["inputs"])
-    url = state.outputs["url"] + (f"/v2/models/{state.name}/infer" if v2 else "/invocations")
-    key = args.key or operator_key(EndpointFolder.of(session.ctx, state.name))
+    path = f"/v2/models/{state.name}/infer" if v2 else "/invocations"
+    if session.config.stack.provider == "local":
+        url = (args.url or state.outputs["url"]).rstrip("/") + path
+        key = args.key or operator_key(EndpointFolder.of(session.ctx, state.name))
+    else:
+        from mlinfra.providers.pulumi_stack import endpoint_url, keys_hint
+
+        url = (args.url or endpoint_url(session.config, state)).rstrip("/") + path
+        key = args.key
+        if not key and state.attributes.get("auth", "key") != "none":
+            raise MlinfraError(keys_hint(session.config, session.ctx.state_dir, state.name))
     headers = {"mlinfra-deployment": args.deployment} if args.deployment else {}
     started = time.perf_counter()
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from importlib import import_module
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mlinfra import cache_dir as cache_dir  # re-exported: handlers import it from here
 from mlinfra.errors import MlinfraError, Record
@@ -19,6 +19,9 @@ from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import StateStore
+
+if TYPE_CHECKING:  # a plan on the local provider never loads the runs package
+    from mlinfra.runs.containers import Launcher
 
 
 class ProviderError(MlinfraError):
@@ -177,6 +180,12 @@ class Provider:
     def plan_notes(self, ctx: Context) -> list[str]:
         """Lines shown under a plan (what a Pulumi preview would change)."""
         return []
+
+    def job_launcher(self, ctx: Context, job: Resource) -> Launcher | None:
+        """What starts `job`'s runs in a container and waits for them; None runs them
+        as processes on this machine. Raises ProviderError when they cannot run here
+        (asked when the job is planned, so the plan says so)."""
+        return None
 
     def find(self, kind: str) -> Handler | None:
         found = self.handlers.get(kind)

@@ -1,30 +1,78 @@
 """The kubernetes provider: the stack's manifests applied by pulumi-kubernetes to the
 cluster of `kubernetes.context`, after its images are built (and pushed to
-`kubernetes.registry` when one is named)."""
+`kubernetes.registry` when one is named), and each job run as a batch/v1 Job.
+
+A Job's pod reaches the run's folder, code and inputs through the stack's `artifacts:`
+folder, which the cluster must mount too: `kubernetes.artifacts_claim` names the
+PersistentVolumeClaim (in the stack's namespace) holding that same folder (NFS, or a
+hostPath on a one-node cluster). Without both, a job on kubernetes is a plan error."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
+from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.manifests import RenderedObject
+from mlinfra.providers.manifests.kubernetes import namespace, run_job
 from mlinfra.providers.pulumi_program import Program, kubernetes_program
 from mlinfra.providers.pulumi_runner import PulumiStack
 from mlinfra.providers.pulumi_stack import PulumiProvider
-from mlinfra.spec.model import Config
+from mlinfra.runs.containers import ContainerRun, Finished
+from mlinfra.spec.model import Config, Resource
+
+
+def artifacts_folder(ctx: Context) -> Path | None:
+    shared = ctx.config.stack.artifacts
+    return (ctx.root / os.path.expanduser(shared)).resolve() if shared else None
 
 
 class KubernetesProvider(PulumiProvider):
     name = "kubernetes"
 
     def program(self, objects: list[RenderedObject], contexts: dict[str, Path],
-                config: Config) -> Program:
+                config: Config, held: dict[str, str] | None = None) -> Program:
         settings = config.stack.settings.get("kubernetes") or {}
         context = str(settings["context"]) if settings.get("context") else None
         return kubernetes_program(objects, contexts, push=bool(settings.get("registry")),
-                                  kube_context=context)
+                                  kube_context=context, held=held)
 
     def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
         settings = config.stack.settings.get("kubernetes") or {}
         if not settings.get("context"):
             return []
         return [stack.urn("kubernetes", "pulumi:providers:kubernetes")]
+
+    def check_jobs(self, ctx: Context, job: Resource) -> None:
+        settings = ctx.config.stack.settings.get("kubernetes") or {}
+        if artifacts_folder(ctx) is None or not settings.get("artifacts_claim"):
+            raise ProviderError(job.address, "a Job reads its code and inputs and writes "
+                                "its outputs in the stack's artifacts folder, which the "
+                                "cluster must mount too: set `artifacts:` in the stack to "
+                                "a folder this machine and the cluster share (NFS...) and "
+                                "`kubernetes.artifacts_claim` to the PersistentVolumeClaim "
+                                f"in namespace {namespace(ctx.config)} that holds it")
+
+    def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
+                    ) -> list[RenderedObject]:
+        settings = ctx.config.stack.settings.get("kubernetes") or {}
+        folder = artifacts_folder(ctx)
+        assert folder is not None  # check_jobs
+        return run_job(ctx.config, run, image, job.spec.get("compute"),
+                       str(settings["artifacts_claim"]), folder)
+
+    def run_ended(self, run: ContainerRun, objects: list[RenderedObject],
+                  outputs: dict[str, Any], error: str) -> Finished:
+        job = objects[-1]
+        where = (f"kubernetes Job {job.body['metadata']['namespace']}/"
+                 f"{job.body['metadata']['name']} "
+                 f"({job.body['spec']['template']['spec']['containers'][0]['image']})")
+        try:  # the pod wrote it in the run's folder, which this machine shares
+            logs = (run.run_dir / "output.log").read_text(errors="replace")
+        except OSError:
+            logs = ""
+        if error:
+            return Finished(None, logs, f"the Job failed: {error}",
+                            timed_out="DeadlineExceeded" in error, where=where)
+        return Finished(0, logs, where=where)

@@ -3,14 +3,15 @@ key, with the object's dependencies as `depends_on`. They add nothing of their o
 Pulumi applies exactly what `mlinfra render` writes.
 
 A SecretValue becomes a Pulumi secret (`pulumi.Output.secret`) read at apply time from
-the environment or, for a generated key, from the stack's encrypted config: it is
-encrypted with the stack's passphrase in Pulumi's state, and nowhere in clear.
+the environment, from `held` (a run's sensitive variables, which mlinfra resolved) or,
+for a generated key, from the stack's encrypted config: it is encrypted with the stack's
+passphrase in Pulumi's state, and nowhere in clear.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ CONFIG_NAMESPACE = "mlinfra"
 Program = Callable[[], None]
 
 
-def secret_output(value: SecretValue) -> Any:
+def secret_output(value: SecretValue, held: Mapping[str, str] | None = None) -> Any:
     import pulumi
 
+    if held is not None and value.env in held:
+        return pulumi.Output.secret(held[value.env])
     if value.generated:
         # Made before every `up` (PulumiStack.ensure_secret_config); missing only in a
         # preview of an endpoint never applied, whose keys do not exist yet.
@@ -32,14 +35,14 @@ def secret_output(value: SecretValue) -> Any:
     return pulumi.Output.secret(os.environ.get(value.env, ""))
 
 
-def _with_secrets(value: Any) -> Any:
+def _with_secrets(value: Any, held: Mapping[str, str] | None) -> Any:
     """`value` with SecretValues as Pulumi secret outputs (nested dicts and lists)."""
     if isinstance(value, SecretValue):
-        return secret_output(value)
+        return secret_output(value, held)
     if isinstance(value, dict):
-        return {k: _with_secrets(v) for k, v in value.items()}
+        return {k: _with_secrets(v, held) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_with_secrets(v) for v in value]
+        return [_with_secrets(v, held) for v in value]
     return value
 
 
@@ -73,8 +76,10 @@ def _image(obj: RenderedObject, contexts: dict[str, Path], push: bool,
 
 
 def docker_program(objects: list[RenderedObject], contexts: dict[str, Path],
-                   push: bool = False) -> Program:
-    """Images (built from `contexts`), the network and the containers."""
+                   push: bool = False, held: Mapping[str, str] | None = None) -> Program:
+    """Images (built from `contexts`), the network and the containers. A container run
+    to completion exports its exit code and output (`{"exit_code", "logs"}`), the
+    others their published ports."""
 
     def program() -> None:
         import pulumi
@@ -92,8 +97,15 @@ def docker_program(objects: list[RenderedObject], contexts: dict[str, Path],
                     obj.key, name=body["name"], opts=opts,
                     labels=[docker.NetworkLabelArgs(label=k, value=v)
                             for k, v in sorted(body["labels"].items())])
+            elif obj.kind == "Container" and body.get("run_to_completion"):
+                made[obj.key] = _container(obj, opts, held)
+                # The exit code and output are the run's, not secrets, even though its
+                # variables are: mlinfra records them as it does a local run's.
+                pulumi.export(obj.key, {
+                    "exit_code": pulumi.Output.unsecret(made[obj.key].exit_code),
+                    "logs": pulumi.Output.unsecret(made[obj.key].container_logs)})
             elif obj.kind == "Container":
-                made[obj.key] = _container(obj, made, opts)
+                made[obj.key] = _container(obj, opts, held)
                 pulumi.export(obj.key, made[obj.key].ports)
             else:
                 raise ValueError(f"docker cannot make a {obj.kind}")
@@ -101,7 +113,7 @@ def docker_program(objects: list[RenderedObject], contexts: dict[str, Path],
     return program
 
 
-def _container(obj: RenderedObject, made: dict[str, Any], opts: Any) -> Any:
+def _container(obj: RenderedObject, opts: Any, held: Mapping[str, str] | None) -> Any:
     import pulumi
     import pulumi_docker as docker
 
@@ -109,7 +121,7 @@ def _container(obj: RenderedObject, made: dict[str, Any], opts: Any) -> Any:
     envs: list[Any] = []
     for name, value in sorted(body.get("env", {}).items()):
         if isinstance(value, SecretValue):
-            envs.append(pulumi.Output.concat(name, "=", secret_output(value)))
+            envs.append(pulumi.Output.concat(name, "=", secret_output(value, held)))
         else:
             envs.append(f"{name}={value}")
     args: dict[str, Any] = {
@@ -119,8 +131,9 @@ def _container(obj: RenderedObject, made: dict[str, Any], opts: Any) -> Any:
                    for m in body.get("mounts", [])],
         "labels": [docker.ContainerLabelArgs(label=k, value=v)
                    for k, v in sorted(body.get("labels", {}).items())],
-        "networks_advanced": [docker.ContainerNetworksAdvancedArgs(name=body["network"])],
     }
+    if body.get("network"):
+        args["networks_advanced"] = [docker.ContainerNetworksAdvancedArgs(name=body["network"])]
     if body.get("command"):
         args["command"] = body["command"]
     if body.get("working_dir"):
@@ -146,7 +159,13 @@ def _container(obj: RenderedObject, made: dict[str, Any], opts: Any) -> Any:
     if body.get("gpus"):
         args["gpus"] = body["gpus"]
     if body.get("run_to_completion"):
+        # `up` waits for the end (attach) and keeps the exit code and output (logs);
+        # a container that exited is what was asked for (must_run false). The create
+        # waits past the run's own timeout, not the provider's 20 minutes.
         args.update(must_run=False, attach=True, logs=True)
+        opts = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+            custom_timeouts=pulumi.CustomTimeouts(
+                create=f"{int(body.get('timeout_s') or 24 * 3600) + 60}s")))
     return docker.Container(obj.key, opts=opts, **args)
 
 
@@ -184,7 +203,8 @@ def _snake(name: str) -> str:
 
 
 def kubernetes_program(objects: list[RenderedObject], contexts: dict[str, Path],
-                       push: bool, kube_context: str | None = None) -> Program:
+                       push: bool, kube_context: str | None = None,
+                       held: Mapping[str, str] | None = None) -> Program:
     """Images (built, and pushed when the stack names a registry), then every manifest
     as its typed pulumi_kubernetes resource (the HTTPRoute as a CustomResource)."""
 
@@ -203,7 +223,7 @@ def kubernetes_program(objects: list[RenderedObject], contexts: dict[str, Path],
             if obj.kind == "Image":
                 made[obj.key] = _image(obj, contexts, push, opts)
                 continue
-            body = _with_secrets(obj.body)
+            body = _with_secrets(obj.body, held)
             fields = {_snake(k): v for k, v in body.items() if k not in ("apiVersion", "kind")}
             if obj.kind == "HTTPRoute":
                 made[obj.key] = k8s.apiextensions.CustomResource(

@@ -116,10 +116,14 @@ class PulumiStack:
     """One mlinfra stack's Pulumi stack: same name, program from the rendered objects."""
 
     def __init__(self, config: Config, state_dir: Path,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None, run: str = "") -> None:
+        """`run`: the Pulumi stack of that one job run (STACK-run-RUN), made and removed
+        around the run, so a run never holds the stack's own lock while it trains."""
         self.config, self.state_dir, self.log = config, state_dir, log
         settings = config.stack.settings.get("pulumi") or {}
         self.name = str(settings.get("stack") or config.stack.name)
+        if run:
+            self.name = f"{self.name}-run-{run}"
 
     def _stack(self, program: Callable[[], None]) -> Any:
         from pulumi import automation as auto
@@ -197,6 +201,17 @@ class PulumiStack:
         in_own_loop(lambda: self._stack(program).destroy(
             on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"), color="never",
             show_secrets=False))
+
+    def remove(self, program: Callable[[], None]) -> None:
+        """Destroy what the stack holds, then the stack itself (a run's, once it ended)."""
+
+        def work() -> None:
+            stack = self._stack(program)
+            stack.destroy(on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"),
+                          color="never", show_secrets=False)
+            stack.workspace.remove_stack(self.name)
+
+        in_own_loop(work)
 
     def urn(self, key: str, pulumi_type: str) -> str:
         """The URN Pulumi gives the resource named `key` (a rendered object's key)."""

@@ -4,10 +4,21 @@ Each mlinfra resource owns the rendered objects it gives rise to (an endpoint it
 Deployments, Services, HTTPRoute...). Applying a resource's change runs `pulumi up`
 on exactly the objects it owns whose rendering changed (and what they need), so the
 engine's journal stays one change per resource, and a traffic change touches the
-HTTPRoute alone. Training stays with mlinfra on this machine, as on `local`: data
-versions, jobs and pipelines (run by the local handlers), the model registry and
-promotions; their containers and Kubernetes Jobs are rendered (`mlinfra render`) but
-not applied by Pulumi yet. Endpoints are served only by Pulumi's objects.
+HTTPRoute alone. Endpoints are served only by Pulumi's objects.
+
+Jobs and pipeline steps keep mlinfra's own run path (the run record and hash, reuse,
+input staging, output collection: `runs.execute`); only starting and awaiting a run
+differ (`job_launcher`). Each run is a Pulumi stack of its own (STACK-run-RUN) holding
+that run's container (docker: the environment's image run to completion, `up` waits for
+its exit code and output) or batch/v1 Job (kubernetes: Pulumi awaits its completion; the
+pod reaches the run's folder through `kubernetes.artifacts_claim`, which must hold the
+stack's `artifacts:` folder); the stack is destroyed and removed once the run ended, so
+a run never holds the main stack's lock while it trains. Data versions, the model
+registry and promotions stay with mlinfra on this machine, as on `local`. Not done:
+Ctrl-C and `mlinfra runs cancel` stop local processes only; a run in a container or Job
+goes on to its end or its timeout. The job containers and Jobs that `mlinfra render`
+writes are templates to run by hand (outputs in the default datastore), not the per-run
+objects apply makes.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
     Applied,
@@ -28,6 +40,7 @@ from mlinfra.providers.base import (
 from mlinfra.providers.manifests import RenderedObject, secrets_in
 from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
 from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
+from mlinfra.runs.containers import ContainerRun, Finished, Launcher
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 
@@ -99,6 +112,41 @@ def published_url(outputs: dict[str, Any]) -> str | None:
     return None
 
 
+def endpoint_url(config: Config, state: ResourceState) -> str:
+    """Where this machine reaches an endpoint of a docker or kubernetes stack: the port
+    Docker published, as apply mapped it back from Pulumi's outputs. On kubernetes
+    mlinfra knows no such address (Services have in-cluster addresses, the Gateway's is
+    the cluster's): the error says how to make one."""
+    if state.outputs.get("url"):
+        return str(state.outputs["url"])
+    name = state.name
+    if config.stack.provider == "kubernetes":
+        from mlinfra.providers.manifests.kubernetes import namespace
+
+        settings = config.stack.settings.get("kubernetes") or {}
+        context = f" --context {settings['context']}" if settings.get("context") else ""
+        deployments = state.attributes.get("deployments") or [{}]
+        first = str(deployments[0].get("name") or "DEPLOYMENT")
+        raise MlinfraError(
+            f"endpoint {name} runs on kubernetes, where mlinfra knows no address this "
+            "machine reaches (its Services' addresses are the cluster's own): run "
+            f"`kubectl{context} -n {namespace(config)} port-forward svc/{name}-{first} "
+            "8080:80` and pass --url http://127.0.0.1:8080, or pass --url "
+            f"http://GATEWAY/endpoints/{name} (its HTTPRoute splits the traffic there)")
+    raise MlinfraError(f"endpoint {name} has no published address in the state: "
+                       "apply it again (mlinfra plan shows whether it needs repair)")
+
+
+def keys_hint(config: Config, state_dir: Path, endpoint: str) -> str:
+    """How a person reads an endpoint's keys, which Pulumi's config keeps encrypted."""
+    settings = config.stack.settings.get("pulumi") or {}
+    stack = str(settings.get("stack") or config.stack.name)
+    return (f"endpoint {endpoint}'s keys are kept encrypted in the Pulumi stack's config: "
+            f"pass --key (`pulumi config get mlinfra:{endpoint}-keys --stack {stack} --cwd "
+            f"{state_dir / 'pulumi-workspace'}`, with PULUMI_CONFIG_PASSPHRASE set, "
+            "shows them)")
+
+
 class PulumiProvider(Provider, abc.ABC):
     """Shared by docker and kubernetes; a subclass says how its program is made."""
 
@@ -125,8 +173,59 @@ class PulumiProvider(Provider, abc.ABC):
 
     @abc.abstractmethod
     def program(self, objects: list[RenderedObject], contexts: dict[str, Path],
-                config: Config) -> Program:
-        """The inline Pulumi program that creates exactly `objects`."""
+                config: Config, held: dict[str, str] | None = None) -> Program:
+        """The inline Pulumi program that creates exactly `objects`; `held`: values of
+        the secrets a job run's objects name (mlinfra resolved them)."""
+
+    @abc.abstractmethod
+    def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
+                    ) -> list[RenderedObject]:
+        """The objects of one job run (its container, its Job)."""
+
+    @abc.abstractmethod
+    def run_ended(self, run: ContainerRun, objects: list[RenderedObject],
+                  outputs: dict[str, Any], error: str) -> Finished:
+        """How the run ended, from its stack's outputs or the error `up` raised."""
+
+    def check_jobs(self, ctx: Context, job: Resource) -> None:
+        """Raise ProviderError when `job`'s runs cannot be launched on this stack."""
+
+    def job_launcher(self, ctx: Context, job: Resource) -> Launcher:
+        """Each run is a Pulumi stack of its own (STACK-run-RUN) holding only the run's
+        objects: `up` starts them and waits for the run's end, then the stack is
+        destroyed and removed. The environment's image and the network are the main
+        stack's (applied with the Environment and the Workspace, before any job)."""
+        env = ctx.config.get("Environment", str(job.spec.get("environment") or ""))
+        if env is None:
+            raise ProviderError(job.address, f"jobs on {self.name} run in their "
+                                "environment's image: set `environment`")
+        self.check_jobs(ctx, job)
+
+        def launch(run: ContainerRun) -> Finished:
+            from pulumi.automation.errors import CommandError
+
+            from mlinfra.providers.manifests.images import environment_context, image_name
+
+            assert env is not None
+            image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
+                               environment_context(ctx.config, env))
+            objects = self.run_objects(ctx, job, run, image)
+            program = self.program(objects, {}, ctx.config,
+                                   held={name: run.env[name] for name in run.secret_env})
+            stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=run.run_id)
+            try:
+                ended = self.run_ended(run, objects, stack.up(program, []), "")
+            except CommandError as err:
+                ended = self.run_ended(run, objects, {}, _pulumi_error(err))
+            try:
+                stack.remove(program)
+            except CommandError as err:
+                ctx.log(f"{job.address}: the Pulumi stack {stack.name} of run {run.run_id} "
+                        f"was not removed ({_pulumi_error(err)}): `pulumi stack rm "
+                        f"{stack.name} --force` removes it")
+            return ended
+
+        return launch
 
     def extra_targets(self, stack: PulumiStack, config: Config) -> list[str]:
         """URNs every targeted up includes besides the objects' (an explicit provider)."""
@@ -218,6 +317,12 @@ class PulumiProvider(Provider, abc.ABC):
         if url:
             result["url"] = url
         return result
+
+
+def _pulumi_error(err: Exception) -> str:
+    """The end of what Pulumi printed about a failed operation."""
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return "\n".join(lines[-12:])
 
 
 class PulumiHandler(BaseHandler):

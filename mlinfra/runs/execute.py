@@ -4,9 +4,11 @@ metrics read as they arrive, outputs collected into the artifact store."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -18,6 +20,7 @@ from typing import IO, Any
 
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
+from mlinfra.runs.containers import INPUTS_DIR, RUN_DIR, ContainerRun, Finished, Launcher, Mount
 from mlinfra.runs.processes import started_at, this_process
 from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
@@ -61,6 +64,7 @@ class JobSpec:
     step: str | None = None
     parent: str | None = None
     code_digest: str | None = None  # what the run hash covers; the snapshot must match it
+    secret_env: tuple[str, ...] = ()  # names in `env` whose values are sensitive
     # mlinfra's own variables the job's process does not inherit (the project's secrets)
     withheld: frozenset[str] = frozenset()
 
@@ -140,8 +144,11 @@ class MetricsReader:
 
 
 def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: Path,
-            on_line: Callable[[str], None] = lambda _: None) -> Run:
-    """Run the job to its end; returns the completed run or raises RunFailed."""
+            on_line: Callable[[str], None] = lambda _: None,
+            launcher: Launcher | None = None) -> Run:
+    """Run the job to its end: as a process here, or in the container `launcher`
+    starts; returns the completed run or raises RunFailed. Either way the run is
+    recorded, its code snapshotted and its outputs collected the same way."""
     run = Run(id=new_run_id(spec.job), job=spec.job, experiment=spec.experiment,
               run_hash=spec.run_hash, pipeline=spec.pipeline, step=spec.step,
               parent=spec.parent, params=dict(spec.params), inputs=dict(spec.input_versions),
@@ -167,7 +174,30 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         runs.save(run)
         raise RunFailed(run, f"run {run.id} failed: {refused}")
     run.git = git_info(spec.root)
-    run.command = substitute(spec.command, spec, out_dir)
+    reader = MetricsReader(run_dir / "metrics.jsonl")
+    timed_out, launch_error = False, ""
+    try:
+        if launcher is None:
+            timed_out = _in_process(run, spec, runs, reader, on_line)
+        else:
+            finished = _in_container(run, spec, runs, reader, on_line, launcher)
+            timed_out, launch_error = finished.timed_out, finished.error
+    finally:
+        run.ended_at = time.time()
+        runs.add_metrics(run.id, reader.read())
+        _finish(run, spec, runs, artifacts, out_dir, timed_out, reader, launch_error)
+    if run.status != "completed":
+        raise RunFailed(run, f"run {run.id} {run.status}: {run.error}\n"
+                        + log_tail(run_dir / "output.log"))
+    return run
+
+
+def _in_process(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
+                on_line: Callable[[str], None]) -> bool:
+    """The run as a process group on this machine, in its code snapshot; returns
+    whether it ran out of time."""
+    run_dir = Path(run.run_dir or "")
+    run.command = substitute(spec.command, spec, run_dir / "outputs")
     inherited = {k: v for k, v in os.environ.items() if k not in spec.withheld}
     env = {**inherited, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
            "PYTHONPATH": os.pathsep.join(p for p in (str(HELPER_DIR),
@@ -176,10 +206,9 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         env["VIRTUAL_ENV"] = str(spec.venv)
         env["PATH"] = f"{spec.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env.pop("PYTHONHOME", None)
-    reader = MetricsReader(run_dir / "metrics.jsonl")
     with open(run_dir / "output.log", "wb") as log:
         run.started_at = time.time()
-        proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=work, env=env,
+        proc = subprocess.Popen(["/bin/sh", "-c", run.command], cwd=run_dir / "code", env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         with _RUNNING_LOCK:
@@ -209,14 +238,59 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
                 _RUNNING.pop(run.id, None)
             pump.join(timeout=5)
             proc.stdout.close()
-            run.ended_at = time.time()
             run.exit_code = proc.returncode
-            runs.add_metrics(run.id, reader.read())
-            _finish(run, spec, runs, artifacts, out_dir, timed_out, reader)
-    if run.status != "completed":
-        raise RunFailed(run, f"run {run.id} {run.status}: {run.error}\n"
-                        + log_tail(run_dir / "output.log"))
-    return run
+    return timed_out
+
+
+def _in_container(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
+                  on_line: Callable[[str], None], launcher: Launcher) -> Finished:
+    """The run in a container that `launcher` starts and waits for: its folder, code
+    snapshot, helper and inputs mounted (see runs.containers), the command filled in
+    with the container's paths. Metrics are read as they arrive; the log once it ends."""
+    run_dir = Path(run.run_dir or "").resolve()
+    shutil.copytree(HELPER_DIR, run_dir / "helper",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    mounts = [Mount(run_dir, RUN_DIR, read_only=False),
+              Mount(run_dir / "code", f"{RUN_DIR}/code", read_only=True),
+              Mount(run_dir / "helper", f"{RUN_DIR}/helper", read_only=True)]
+    inputs: dict[str, Path] = {}
+    for name, path in spec.inputs.items():
+        inputs[name] = Path(INPUTS_DIR) / name / path.name
+        mounts.append(Mount(path.resolve(), str(inputs[name]), read_only=True))
+    run.command = substitute(spec.command, dataclasses.replace(spec, inputs=inputs),
+                             Path(RUN_DIR) / "outputs")
+    env = {**spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": RUN_DIR,
+           "PYTHONPATH": f"{RUN_DIR}/helper", "PYTHONUNBUFFERED": "1"}
+    container = ContainerRun(run.id, spec.job, run.command, env, spec.secret_env, mounts,
+                             f"{RUN_DIR}/code", spec.timeout_s, run_dir)
+    run.started_at, run.status = time.time(), "running"
+    runs.save(run)
+    ended: list[Finished] = []
+    failure: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            ended.append(launcher(container))
+        except BaseException as err:  # re-raised below, in the run's own thread
+            failure.append(err)
+
+    waiter = threading.Thread(target=wait, name=f"mlinfra-run-{run.id}", daemon=True)
+    waiter.start()
+    while waiter.is_alive():
+        records = reader.read()
+        if records:
+            runs.add_metrics(run.id, records)
+        waiter.join(timeout=_POLL_S)
+    if failure:
+        raise failure[0]
+    finished = ended[0]
+    (run_dir / "output.log").write_text(finished.logs)
+    for line in finished.logs.splitlines():
+        on_line(line)
+    run.exit_code = finished.exit_code
+    if finished.where:
+        run.environment = {**run.environment, "container": finished.where}
+    return finished
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -234,7 +308,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _finish(run: Run, spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, out_dir: Path,
-            timed_out: bool, reader: MetricsReader) -> None:
+            timed_out: bool, reader: MetricsReader, launch_error: str = "") -> None:
     stored = runs.get(run.id)
     canceled = stored is not None and stored.cancel_requested
     if timed_out:
@@ -242,6 +316,8 @@ def _finish(run: Run, spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, o
     elif canceled or (run.exit_code is not None and run.exit_code < 0 and
                       -run.exit_code in (signal.SIGINT, signal.SIGTERM)):
         run.status, run.error = "canceled", "canceled"
+    elif launch_error:
+        run.status, run.error = "failed", launch_error
     elif run.exit_code != 0:
         run.status, run.error = "failed", f"the command exited with code {run.exit_code}"
     else:

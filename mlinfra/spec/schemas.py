@@ -146,6 +146,11 @@ def _stack() -> Schema:
                                   "Environment's `image`."),
             "storage_class": _string("StorageClass of the datastores' "
                                      "PersistentVolumeClaims (default: the cluster's)."),
+            "artifacts_claim": _string("PersistentVolumeClaim, in the stack's namespace, "
+                                       "holding the stack's `artifacts:` folder: each job "
+                                       "run's Job reads its code and inputs and writes its "
+                                       "outputs there. Needed to run jobs.",
+                                       pattern=NAME_PATTERN),
         }),
         "pulumi": _obj("Settings of the Pulumi Automation API used by docker and kubernetes.", {
             "backend": _string("Pulumi state backend URL; a relative file:// path is "

@@ -29,6 +29,7 @@ from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
 from mlinfra.runs.processes import stop_orphans, this_process
 from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
+from mlinfra.spec import sensitive
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState, digest
 from mlinfra.state.store import HOST
@@ -142,6 +143,13 @@ class Resolver:
         return run_hash, labels
 
 
+def launchable(ctx: Context, job: Resource) -> None:
+    """A job whose runs the stack's provider cannot start is a plan error, not a
+    failure halfway through an apply."""
+    if ctx.provider is not None:
+        ctx.provider.job_launcher(ctx, job)
+
+
 def pipelines_using(ctx: Context, job: str) -> list[str]:
     return sorted(p.name for p in ctx.config.of("Pipeline").values()
                   if any(isinstance(s, dict) and s.get("job") == job
@@ -156,6 +164,7 @@ class JobHandler(BaseHandler):
         used_by = pipelines_using(ctx, res.name)
         if used_by:
             return {"runs_as_step_of": used_by}
+        launchable(ctx, res)
         run_hash, labels = Resolver(ctx).job(res)
         return {"inputs_resolved": labels, "run_hash": run_hash}
 
@@ -280,6 +289,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
     # its shell expands, so the run records references only; its env gets the values.
     secrets = ctx.secret_environment([spec["command"], params])
     env = {**env, **(spec.get("env") or {})}
+    secret_env = sorted(secrets) + sorted(k for k, v in env.items() if sensitive.holds(v))
     job = JobSpec(job=job_name, experiment=str(spec.get("experiment") or
                                                (parent.job if parent else job_name)),
                   command=str(spec["command"]), code=ctx.root / str(spec.get("code", ".")),
@@ -289,12 +299,14 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                   venv=venv, timeout_s=duration_s(spec.get("timeout")),
                   pipeline=parent.job if parent else None, step=step,
                   parent=parent.id if parent else None, code_digest=str(parts["code"]),
-                  withheld=ctx.withheld_environment())
+                  secret_env=tuple(secret_env), withheld=ctx.withheld_environment())
     prefix = f"{res.address}{'/' + step if step else ''}"
+    launcher = ctx.provider.job_launcher(ctx, res) if ctx.provider is not None else None
     with _slots(ctx, spec.get("compute")):
         try:
             return execute(job, runs, store, runs_root(ctx),
-                           on_line=lambda line: ctx.log(f"{prefix}: {line}"))
+                           on_line=lambda line: ctx.log(f"{prefix}: {line}"),
+                           launcher=launcher)
         except RunFailed as err:
             raise ProviderError(res.address, err.message) from None
 
@@ -370,6 +382,7 @@ class PipelineHandler(BaseHandler):
             step = steps[name]
             job = ctx.config.get("Job", step["job"])
             assert job is not None
+            launchable(ctx, job)
             identities, labels = {}, {}
             merged = {**(job.spec.get("inputs") or {}), **(step.get("inputs") or {})}
             for key, value in merged.items():

@@ -2,8 +2,10 @@
 containers.
 
 Workspace -> the network; Datastore -> a bind mount of its folder; Environment -> an
-image; Job (or pipeline step) -> a container run to completion with its code mounted
-read-only and the datastores mounted (outputs land in the default datastore); Endpoint
+image; Job (or pipeline step) -> as `render` writes it, a container run to completion
+with its code mounted read-only and the datastores mounted (outputs land in the default
+datastore), and as apply runs it, one container per run (`run_container`) with the
+run's folder, code snapshot and inputs mounted, whose outputs mlinfra collects; Endpoint
 -> the mlinfra ONNX server in one container hosting all its deployments (the server
 splits the traffic), each model mounted read-only, on the network, with a health
 check, a restart policy and its port published on 127.0.0.1.
@@ -16,6 +18,7 @@ pulumi_docker.Container, from the same fields.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from decimal import Decimal
@@ -37,6 +40,7 @@ from mlinfra.providers.manifests.workloads import (
     job_runs,
     keys_secret,
 )
+from mlinfra.runs.containers import ContainerRun
 from mlinfra.spec.model import Config, Resource
 
 _MEMORY_UNITS: dict[str, Decimal] = {
@@ -111,6 +115,31 @@ def _jobs(config: Config, inputs: StackInputs, objects: list[RenderedObject],
                                       body, depends_on=(
                                           f"image-{env_name}", "network",
                                           *(f"container-run-{a}" for a in run.after))))
+
+
+def run_container(config: Config, run: ContainerRun, image: str, compute: str | None
+                  ) -> RenderedObject:
+    """One run of a job as a container run to completion (its name carries the run's
+    id, so no run ever reuses another's): the environment's image, the mounts the run
+    was given, its sensitive variables as secrets. Past its timeout, `timeout` stops the
+    command (exit code 124), then kills it 10 s later."""
+    command = ["sh", "-c", run.command]
+    if run.timeout_s:
+        command = ["timeout", "-k", "10", str(max(1, math.ceil(run.timeout_s))), *command]
+    owner = f"job.{run.job}"
+    body: dict[str, Any] = {
+        "name": container_name(config, f"run-{run.run_id}"), "image": image,
+        "command": command, "working_dir": run.working_dir,
+        "env": {name: SecretValue(env=name) if name in run.secret_env else value
+                for name, value in sorted(run.env.items())},
+        "mounts": [{"source": str(m.source), "target": m.target, "read_only": m.read_only}
+                   for m in run.mounts],
+        "run_to_completion": True,
+        "labels": labels(config.name, config.stack.name, owner, run=run.run_id),
+        **_limits(config, compute)}
+    if run.timeout_s:
+        body["timeout_s"] = math.ceil(run.timeout_s)
+    return RenderedObject(f"container-run-{run.run_id}", owner, "Container", body)
 
 
 def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_image: str,

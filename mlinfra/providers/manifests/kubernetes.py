@@ -2,17 +2,22 @@
 
 Workspace -> Namespace and a ResourceQuota per Compute; Datastore -> PersistentVolumeClaim;
 the `${secret.X}` values -> one Secret; Environment -> an image; Job (or pipeline step)
--> batch/v1 Job; Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with
-its model, a Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with
-its keys and one Gateway API HTTPRoute whose backend weights carry `traffic`.
+-> batch/v1 Job (as `render` writes it: its code in an image of its own, outputs in the
+default datastore; as apply runs it: one Job per run, `run_job`, reading and writing
+the run's folder in the stack's artifacts folder through a PersistentVolumeClaim);
+Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with its model, a
+Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with its keys and one
+Gateway API HTTPRoute whose backend weights carry `traffic`.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 import re
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 from mlinfra.providers.manifests import (
@@ -37,6 +42,7 @@ from mlinfra.providers.manifests.workloads import (
     job_runs,
     keys_secret,
 )
+from mlinfra.runs.containers import RUN_DIR, ContainerRun
 from mlinfra.spec.model import Config, Resource
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
@@ -210,6 +216,68 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
             "apiVersion": "batch/v1", "kind": "Job",
             "metadata": _meta(config, f"run-{run.key}", run.owner, run=run.key),
             "spec": spec}, depends_on=tuple(depends)))
+
+
+def run_name(run_id: str) -> str:
+    """A run's Job name: at most 63 characters (a Job's pods carry it in a label), the
+    run id's random end kept."""
+    return ("run-" + run_id[-59:].lstrip("-"))[:63]
+
+
+def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
+            claim: str, artifacts: Path) -> list[RenderedObject]:
+    """One run of a job as a batch/v1 Job, and a Secret with its sensitive variables.
+    Its mounts are subPaths of `claim`, the PersistentVolumeClaim holding the stack's
+    artifacts folder (`artifacts` on this machine), so what the pod writes in the run's
+    folder is where mlinfra collects it. Its output goes to the run's output.log; Pulumi
+    waits for the Job to finish (pulumi.com/timeoutSeconds past activeDeadlineSeconds)."""
+    owner, name = f"job.{run.job}", run_name(run.run_id)
+    mounts = []
+    for mount in run.mounts:
+        try:
+            sub = mount.source.relative_to(artifacts)
+        except ValueError:
+            raise RenderError(f"{owner}: {mount.source} is outside the stack's artifacts "
+                              f"folder {artifacts}, the only folder a Job reaches (through "
+                              f"the claim {claim})") from None
+        mounts.append({"name": "artifacts", "mountPath": mount.target,
+                       "subPath": sub.as_posix(), "readOnly": mount.read_only})
+    env: list[dict[str, Any]] = []
+    for variable, value in sorted(run.env.items()):
+        if variable in run.secret_env:
+            env.append({"name": variable, "valueFrom": {"secretKeyRef": {
+                "name": name, "key": variable}}})
+        else:
+            env.append({"name": variable, "value": value})
+    container: dict[str, Any] = {
+        "name": "run", "image": image,
+        "command": ["sh", "-c", f"exec >{RUN_DIR}/output.log 2>&1\n{run.command}"],
+        "workingDir": run.working_dir, "env": env, "volumeMounts": mounts}
+    resources = _resources(config, compute)
+    if resources:
+        container["resources"] = resources
+    run_labels = labels(config.name, config.stack.name, owner, run=run.run_id)
+    spec: dict[str, Any] = {"backoffLimit": 0, "template": {
+        "metadata": {"labels": run_labels},
+        "spec": {"restartPolicy": "Never", "containers": [container],
+                 "volumes": [{"name": "artifacts",
+                              "persistentVolumeClaim": {"claimName": claim}}]}}}
+    wait_s = 24 * 3600
+    if run.timeout_s:
+        spec["activeDeadlineSeconds"] = max(1, math.ceil(run.timeout_s))
+        wait_s = spec["activeDeadlineSeconds"] + 300
+    meta = _meta(config, name, owner, run=run.run_id)
+    meta["annotations"] = {"pulumi.com/timeoutSeconds": str(wait_s)}
+    objects = []
+    if run.secret_env:
+        objects.append(RenderedObject(f"secret-{name}", owner, "Secret", {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(config, name, owner, run=run.run_id),
+            "stringData": {v: SecretValue(env=v) for v in sorted(run.secret_env)}}))
+    objects.append(RenderedObject(f"job-{name}", owner, "Job", {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec},
+        depends_on=tuple(o.key for o in objects)))
+    return objects
 
 
 def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_image: str,
