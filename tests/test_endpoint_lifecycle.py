@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +22,7 @@ from typing import Any
 import psutil
 import pytest
 
+from mlinfra.state.store import HOST
 from tests.conftest import Result, onnx_model
 from tests.test_serving import ENDPOINT, Load, call
 
@@ -438,3 +441,43 @@ def test_servers_do_not_inherit_the_apply_environment(
     finally:
         cli("destroy", "--auto-approve")
     assert servers(root) == set()
+
+
+def test_a_teammates_clone_sharing_the_state_sees_the_same_endpoint(
+        endpoint: Any, tmp_path: Path) -> None:
+    """A second clone of the project on this machine, on the same state and artifacts,
+    reads the server's own folder: no drift, and invoke works. A server another machine
+    started is taken as the state records it, and a change to it is refused there."""
+    root, cli, _ = endpoint
+    clone = tmp_path / "clone"
+    shutil.copytree(root, clone, ignore=shutil.ignore_patterns(".mlinfra"))
+    (clone / "stacks").mkdir(exist_ok=True)
+    state = root / ".mlinfra" / "dev" / "state.db"
+    (clone / "stacks" / "dev.yaml").write_text(
+        f"kind: Stack\nname: dev\nstate: {state}\nartifacts: {root / '.mlinfra' / 'dev'}\n")
+    planned = cli("plan", "--detailed-exitcode", "-C", str(clone))
+    assert planned.code == 0, planned.out + planned.err
+    (tmp_path / "request.json").write_text('{"inputs": [[1, 2]]}')
+    invoked = cli("endpoints", "invoke", "api", "-C", str(clone), "--data",
+                  str(tmp_path / "request.json"))
+    assert invoked.code == 0 and "HTTP 200" in invoked.err, invoked.err
+
+    def set_host(host: str) -> None:
+        db = sqlite3.connect(state)
+        (text,) = db.execute("SELECT outputs FROM resources WHERE address='endpoint.api'"
+                             ).fetchone()
+        db.execute("UPDATE resources SET outputs=? WHERE address='endpoint.api'",
+                   (json.dumps({**json.loads(text), "host": host}),))
+        db.commit()
+        db.close()
+
+    set_host("another-machine")
+    try:
+        assert cli("plan", "--detailed-exitcode", "-C", str(clone)).code == 0
+        (clone / "serving.yaml").write_text(
+            ENDPOINT.format(workers=1, traffic="{blue: 100}", mirror="{}").replace(
+                "auth: key", "auth: none"))
+        refused = cli("apply", "--auto-approve", "-C", str(clone))
+        assert refused.code == 1 and "its server runs on another-machine" in refused.err
+    finally:
+        set_host(HOST)

@@ -1,4 +1,5 @@
-"""Where an endpoint's files live, under `.mlinfra/<stack>/endpoints/NAME/`:
+"""Where an endpoint's files live, under `.mlinfra/<stack>/endpoints/NAME/` of the
+project that started its server:
 
     server.log                      every server instance of the endpoint appends to it
     operator.key                    the key mlinfra's own commands use (0600)
@@ -41,6 +42,14 @@ class EndpointFolder:
 
     @classmethod
     def of(cls, ctx: Context, name: str) -> EndpointFolder:
+        """The folder of the server the state records, where it is on this machine (a
+        teammate's clone of the project sharing the state reads the same files); else
+        this project's own."""
+        state = ctx.store.get(f"endpoint.{name}")
+        recorded = Path(str(state.outputs["log"])).parent if state is not None and \
+            state.outputs.get("log") else None
+        if recorded is not None and recorded.is_dir():
+            return cls(recorded)
         return cls(ctx.state_dir / "endpoints" / name)
 
     @property

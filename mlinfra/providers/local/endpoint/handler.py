@@ -45,6 +45,19 @@ from mlinfra.providers.local.endpoint.supervisor import (
 from mlinfra.registry.models import ModelRegistry, RegistryError
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
+from mlinfra.state.store import HOST
+
+
+def _elsewhere(state: ResourceState) -> bool:
+    """Whether the endpoint's server was started on another machine."""
+    return str(state.outputs.get("host") or HOST) != HOST
+
+
+def _refuse_elsewhere(address: str, state: ResourceState) -> None:
+    if _elsewhere(state):
+        raise ProviderError(address, f"its server runs on {state.outputs['host']}, which "
+                            "started it: apply the stack's endpoint changes there (a local "
+                            "server runs on the machine that started it)")
 
 
 class EndpointHandler(BaseHandler):
@@ -75,6 +88,8 @@ class EndpointHandler(BaseHandler):
         # Re-created (drift, replace): the state still holds the previous server's port
         # and keys, which its clients use.
         previous = ctx.store.get(change.address)
+        if previous is not None:
+            _refuse_elsewhere(change.address, previous)
         kept = previous.outputs if previous is not None else {}
         if kept:
             stop(folder, ServerInstance.from_outputs(kept))
@@ -114,9 +129,10 @@ class EndpointHandler(BaseHandler):
         return {**server.outputs(), "auth": auth, "workers": workers,
                 "generation": generation, "served": served, "traffic": config["traffic"],
                 "key_hashes": user_keys, "config": str(instance.config),
-                "log": str(folder.log)}
+                "log": str(folder.log), "host": HOST}
 
     def update(self, change: Change, state: ResourceState, ctx: Context) -> Applied:
+        _refuse_elsewhere(change.address, state)
         server = ServerInstance.from_outputs(state.outputs)
         if not server.id or not running(server):
             return self.create(change, ctx)
@@ -149,6 +165,8 @@ class EndpointHandler(BaseHandler):
                         "traffic": config["traffic"]}, provider_id=state.provider_id)
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
+        if _elsewhere(state):  # what this machine cannot see, the state says
+            return Observed(True)
         server = ServerInstance.from_outputs(state.outputs)
         folder = EndpointFolder.of(ctx, state.name)
         ready, problem = health(folder, server)
@@ -179,6 +197,7 @@ class EndpointHandler(BaseHandler):
         return _alias_moved(state, ctx)
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
+        _refuse_elsewhere(state.address, state)
         folder = EndpointFolder.of(ctx, state.name)
         stop(folder, ServerInstance.from_outputs(state.outputs))
         self.abandoned(state.name, ctx)
