@@ -15,6 +15,10 @@ _PROJECT = """\
 kind: Project
 name: {name}
 default_stack: dev
+variables:
+  compute_type:
+    description: local, docker or kubernetes; a stack that sets no value runs locally.
+    default: local
 """
 
 _RESOURCES = """\

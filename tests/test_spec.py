@@ -85,6 +85,10 @@ def test_init_scaffolds_a_valid_project(tmp_path: Path, cli: Callable[..., Resul
     validated = cli("validate", "-C", str(target))
     assert validated.code == 0, validated.err
     assert "project my-project, stack dev: 3 resources" in validated.out
+    # a new stack file of the user's own, as the README's prod stack (no variables)
+    (target / "stacks" / "prod.yaml").write_text("kind: Stack\nname: prod\n")
+    prod = cli("validate", "-C", str(target), "-s", "prod")
+    assert prod.code == 0, prod.err
     again = cli("init", str(target))
     assert again.code == 1 and "exists already" in again.err
 
