@@ -24,7 +24,7 @@ from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErr
 from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
 from mlinfra.state.model import JournalEntry, ResourceState, digest
-from mlinfra.state.store import StateStore
+from mlinfra.state.store import StateStore, StateUnavailable
 
 Event = Callable[[str, Change, float, str], None]
 
@@ -105,7 +105,11 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
     config = load(directory, stack)
     provider = get_provider(config.stack.provider)
     provider.prepare(config, command)
-    store = open_store_at(config, state_location(config), command, write=write)
+    try:
+        store = open_store_at(config, state_location(config), command, write=write)
+    except StateUnavailable as err:  # say where the location came from
+        raise StateUnavailable(f"{err.message} (the `state:` of "
+                               f"{config.stack.file or 'the stack'})") from None
     moved = store.moved()
     if moved and command not in READS_A_MOVED_STATE:
         store.close()

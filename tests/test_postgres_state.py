@@ -50,6 +50,7 @@ def test_a_stack_on_postgresql(postgres: PostgresServer, project: Callable[..., 
     monkeypatch.setenv(SECRET, "wrong")
     refused = cli("plan")
     assert refused.code == 1 and "password authentication failed" in refused.err
+    assert "(the `state:` of stacks/dev.yaml)" in refused.err
     assert "wrong" not in refused.err and ":***@" in refused.err and "Traceback" not in (
         refused.err)
     monkeypatch.setenv(SECRET, PASSWORD)

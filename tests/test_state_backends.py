@@ -273,7 +273,8 @@ def test_the_lock_names_its_holder_waits_and_unlocks(backend: Backend) -> None:
         assert info is not None and info.pid == holder.pid
         assert (info.backend_pid is not None) == (backend.kind != "sqlite")
         started = time.monotonic()
-        with pytest.raises(LockHeld), locked(other, STACK, "apply", timeout=0.6):
+        with pytest.raises(LockHeld, match=r"still held after waiting 0.6s"), \
+                locked(other, STACK, "apply", timeout=0.6):
             pass
         assert time.monotonic() - started >= 0.6
         with pytest.raises(MlinfraError, match=f"has ID {info.id}, not wrong"):
@@ -596,7 +597,7 @@ def test_a_schema_that_is_not_a_state_is_refused(postgres: PostgresServer,
     postgres.sql(f"CREATE SCHEMA {side.schema}")
     postgres.sql(f"CREATE TABLE {side.schema}.customers (id int)")
     for readonly in (True, False):
-        with pytest.raises(StateCorrupted, match="holds 1 tables but no mlinfra state"):
+        with pytest.raises(StateCorrupted, match="holds 1 table but no mlinfra state"):
             side.open(readonly=readonly)
     assert postgres.sql(f"SELECT count(*) FROM pg_tables WHERE schemaname='{side.schema}'"
                         ) == [(1,)]

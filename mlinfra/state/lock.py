@@ -30,10 +30,12 @@ def locked(store: StateStore, stack: str, command: str, timeout: float = 0) -> I
             break
         assert info is not None
         if time.monotonic() >= deadline:
+            waited = (f"It was still held after waiting {timeout:g}s (--lock-timeout); wait "
+                      "longer" if timeout else "Wait for it to finish (--lock-timeout 5m waits)")
             raise LockHeld(
                 f"the state of stack '{stack}' is locked: {info.describe()}.\n"
-                f"Wait for it to finish (--lock-timeout 5m waits), or, if that process is "
-                f"gone for good, run: mlinfra state unlock {info.id}")
+                f"{waited}, or, if that process is gone for good, run: "
+                f"mlinfra state unlock {info.id}")
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     try:
         yield lock_id

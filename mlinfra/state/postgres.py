@@ -458,9 +458,10 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
     try:
         meta, tables = store.inspect()
         if meta is None and tables:
+            held = f"{tables} table{'s' if tables > 1 else ''}"
             raise StateCorrupted(f"the schema '{store.schema}' of {where.display} holds "
-                                 f"{tables} tables but no mlinfra state: name another "
-                                 "schema with ?schema=NAME in the stack's state URL")
+                                 f"{held} but no mlinfra state: name another schema with "
+                                 "?schema=NAME in the stack's state URL")
         if meta is None and readonly:
             from mlinfra.state.sqlite import SqliteStore
 
