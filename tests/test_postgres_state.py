@@ -311,3 +311,24 @@ def test_the_quickstart_on_postgresql(postgres: PostgresServer, quickstart: Path
     finally:
         assert run("destroy", "--auto-approve").returncode == 0
     shutil.rmtree(quickstart / ".mlinfra", ignore_errors=True)
+
+
+def test_validate_checks_the_state_url(project: Callable[..., Path],
+                                       cli: Callable[..., Result]) -> None:
+    """What plan would refuse in a stack's state URL, validate refuses first, naming the
+    file, line and field; no server is needed."""
+    root = project(_model_files("urls"))
+    (root / "stacks").mkdir(exist_ok=True)
+    for url, message in (
+            ("postgresql://db/ml?schema=Bad-Name", "schema 'Bad-Name' is not a plain"),
+            ("mysql://db/ml", "state backend 'mysql' is not supported"),
+            ("postgresql://db/ml?schema=a&schema=b", "?schema= is given 2 times"),
+    ):
+        (root / "stacks" / "dev.yaml").write_text(f"kind: Stack\nname: dev\nstate: {url}\n")
+        refused = cli("validate")
+        assert refused.code == 1 and f"stacks/dev.yaml:3:8: state: {message}" in refused.err, (
+            refused.err)
+    (root / "stacks" / "dev.yaml").write_text(
+        f"kind: Stack\nname: dev\nstate: postgresql://u:${{secret.{SECRET}}}@db/ml"
+        "?schema=team_state\n")
+    assert cli("validate").code == 0

@@ -149,6 +149,13 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
     yf, doc = _single_document(loader, path, "Stack")
     if doc:
         loader.problems.extend(check_schema(yf.rel, 0, doc, "Stack"))
+    if isinstance(doc.get("state"), str) and "://" in doc["state"]:
+        from mlinfra.state.backends import location_problem
+
+        problem = location_problem(doc["state"])
+        if problem:
+            loader.problems.append(Problem(yf.rel, problem.removeprefix("state: "), 0,
+                                           ("state",)))
     settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi")
                                 if k in doc}
     return Stack(name=str(doc.get("name", path.stem)), provider=str(doc.get("provider", "local")),

@@ -15,6 +15,24 @@ def is_url(location: str) -> bool:
     return "://" in location
 
 
+def location_problem(location: str) -> str | None:
+    """What is wrong with a stack's `state:` as written (`validate` asks, before any
+    secret is filled in), or None."""
+    if not is_url(location):
+        return None
+    scheme = location.split("://", 1)[0]
+    if scheme not in POSTGRES_SCHEMES:
+        return (f"state backend '{scheme}' is not supported: use a path to a SQLite file "
+                "or a postgresql:// URL")
+    from mlinfra.state.postgres import PostgresLocation
+
+    try:
+        PostgresLocation(location, "project", "stack")
+    except MlinfraError as err:
+        return err.message
+    return None
+
+
 def open_store(location: str, *, project: str, stack: str, command: str,
                readonly: bool) -> StateStore:
     """The state at `location` (a SQLite file's path, or a database URL with its
@@ -22,8 +40,7 @@ def open_store(location: str, *, project: str, stack: str, command: str,
     if is_url(location):
         scheme = location.split("://", 1)[0]
         if scheme not in POSTGRES_SCHEMES:
-            raise MlinfraError(f"state backend '{scheme}' is not supported: use a path to a "
-                               "SQLite file or a postgresql:// URL")
+            raise MlinfraError(str(location_problem(location)))
         from mlinfra.state.postgres import open_postgres
 
         return open_postgres(location, project=project, stack=stack, command=command,

@@ -73,8 +73,11 @@ class PostgresLocation:
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         named = [value for key, value in query if key == "schema"]
+        if len(named) > 1:
+            raise MlinfraError(f"state: ?schema= is given {len(named)} times; give it once")
         self.schema = named[-1] if named else default_schema(project, stack)
-        if not _SCHEMA.match(self.schema):
+        # `validate` checks the URL as written: a ${var.X} in it is filled in later.
+        if "${" not in self.schema and not _SCHEMA.match(self.schema):
             raise MlinfraError(f"state: schema '{self.schema}' is not a plain PostgreSQL "
                                "name: use lowercase letters, digits and _ (at most 63), "
                                "e.g. ?schema=mlinfra_fraud_prod")
