@@ -5,6 +5,7 @@ promotions of the version an apply resolved."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -137,6 +138,170 @@ def test_a_deleted_blob_converges(scored: Path, cli: Callable[..., Result]) -> N
     assert repaired.code == 0, repaired.err
     assert (blobs / model_sha[:2] / model_sha).exists()
     assert cli("plan", "--detailed-exitcode").code == 0
+
+
+# A retrain that is never byte-identical (a RandomForest without random_state, a
+# timestamp in the file): the template's model with a random nonce in its ONNX
+# metadata_props (ModelProto field 14, appended: protobuf merges repeated fields).
+NONCE_TRAIN = '''\
+import argparse, os
+p = argparse.ArgumentParser()
+p.add_argument("--data"); p.add_argument("--model"); p.add_argument("--variant")
+a = p.parse_args()
+nonce = os.urandom(8).hex().encode()
+entry = b"\\x0a\\x05nonce\\x12" + bytes([len(nonce)]) + nonce
+with open(f"model-{a.variant}.onnx", "rb") as source, open(a.model, "wb") as out:
+    out.write(source.read() + b"\\x72" + bytes([len(entry)]) + entry)
+'''
+SERVED = """\
+---
+kind: Endpoint
+name: api
+auth: none
+deployments: [{{name: blue, model: "{model}"}}]
+traffic: {{blue: 100}}
+"""
+
+
+def served(cli: Callable[..., Result]) -> tuple[dict[str, str], str]:
+    """(the version each deployment serves, as the state has it; the version that
+    answers a request, as the server says)."""
+    from tests.endpoint_client import call
+
+    outputs = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    request = {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP32",
+                           "data": [0.5, 1.0]}]}
+    status, answer, headers = call(outputs["url"], None, "POST", "/v2/models/api/infer",
+                                   request)
+    assert status == 200, answer
+    return outputs["served"], headers["mlinfra-model"]
+
+
+def test_deleted_artifacts_converge_when_the_retrain_differs(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    """Every file of the artifact store deleted: the job runs again and its model, not
+    byte-identical, is a new version. The champion, whose file is gone, cannot stay:
+    the new version wins its gates and the endpoint serves it; then nothing is left to
+    do."""
+    (scored / "train" / "train.py").write_text(NONCE_TRAIN)
+    (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                          + SERVED.format(model="scorer@champion"))
+    try:
+        assert cli("apply", "--auto-approve").code == 0
+        assert served(cli) == ({"blue": "scorer:1"}, "scorer:1")
+        artifacts = scored / ".mlinfra" / "dev" / "workspaces" / "ws" / "artifacts"
+        shutil.rmtree(artifacts)
+        drift = cli("plan", "--detailed-exitcode")
+        assert drift.code == 2 and "endpoint.api" in drift.out, drift.out
+        assert "scorer:1" in drift.out and "artifact store" in drift.out, drift.out
+        repaired = cli("apply", "--auto-approve")
+        assert repaired.code == 0, repaired.out + repaired.err
+        assert "model.scorer: registered version 2" in repaired.out
+        assert "champion scorer:1's file is gone from the artifact store" in repaired.out
+        assert aliases(cli) == {"champion": "scorer:2"}
+        assert served(cli) == ({"blue": "scorer:2"}, "scorer:2")
+        history = cli("history", "--json")
+        assert "champion scorer:1's file is gone from the artifact store" in history.out
+        again = cli("plan", "--detailed-exitcode")
+        assert again.code == 0, again.out
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_a_served_version_whose_file_is_gone_says_what_to_do(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    """A deployment pinned to a version whose file no apply can bring back (its
+    retrain made another version) is drift that plan shows; apply names the version
+    and what to do, and the server keeps serving what it loaded."""
+    (scored / "train" / "train.py").write_text(NONCE_TRAIN)
+    (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                          + SERVED.format(model="scorer:1"))
+    try:
+        assert cli("apply", "--auto-approve").code == 0
+        shutil.rmtree(scored / ".mlinfra" / "dev" / "workspaces" / "ws" / "artifacts")
+        drift = cli("plan", "--detailed-exitcode")
+        assert drift.code == 2 and "endpoint.api" in drift.out, drift.out
+        failed = cli("apply", "--auto-approve")
+        assert failed.code == 1, failed.out + failed.err
+        assert "model.scorer: registered version 2" in failed.out
+        assert ("deployment blue: scorer:1's file is gone from the artifact store"
+                in failed.err), failed.err
+        assert "serve another version" in failed.err, failed.err
+        assert "Traceback" not in failed.err
+        assert served(cli) == ({"blue": "scorer:1"}, "scorer:1")  # still up, as it was
+        still = cli("plan", "--detailed-exitcode")  # never "No changes" while it lasts
+        assert still.code == 2, still.out
+        assert "deployment blue serves scorer:1, whose file is gone" in still.out, still.out
+        (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                              + SERVED.format(model="scorer@champion"))
+        assert cli("apply", "--auto-approve").code == 0
+        assert served(cli) == ({"blue": "scorer:2"}, "scorer:2")
+        assert cli("plan", "--detailed-exitcode").code == 0
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_a_lost_champion_with_no_candidate_to_take_its_place(
+        scored: Path, cli: Callable[..., Result]) -> None:
+    """The champion's file is gone and the new version fails its gates: nothing can
+    take its place by itself, so the decision and the endpoint's failure name the
+    version and the command that moves the alias; the next good version converges."""
+    (scored / "train" / "train.py").write_text(NONCE_TRAIN)
+    (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                          + SERVED.format(model="scorer@champion"))
+    try:
+        assert cli("apply", "--auto-approve").code == 0
+        shutil.rmtree(scored / ".mlinfra" / "dev" / "workspaces" / "ws" / "artifacts")
+        (scored / "training.yaml").write_text(PROJECT.format(variant="bad")
+                                              + SERVED.format(model="scorer@champion"))
+        failed = cli("apply", "--auto-approve")
+        assert failed.code == 1, failed.out + failed.err
+        assert ("scorer@champion is still scorer:1, whose file is gone from the artifact "
+                "store: mlinfra models alias scorer@champion VERSION") in failed.out
+        assert ("deployment blue: scorer:1's file is gone from the artifact store"
+                in failed.err), failed.err
+        assert "mlinfra models alias scorer@champion VERSION" in failed.err, failed.err
+        assert "Traceback" not in failed.err
+        assert cli("plan", "--detailed-exitcode").code == 2
+        (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                              + SERVED.format(model="scorer@champion"))
+        assert cli("apply", "--auto-approve").code == 0
+        assert served(cli) == ({"blue": "scorer:3"}, "scorer:3")
+        assert cli("plan", "--detailed-exitcode").code == 0
+    finally:
+        cli("destroy", "--auto-approve")
+
+
+def test_a_champion_whose_file_is_gone_gives_way(scored: Path,
+                                                 cli: Callable[..., Result]) -> None:
+    """Only the champion's file is gone, not the model's current version's (which lost
+    to it): plan shows the promotion and the endpoint, and apply promotes the version
+    that passes its gates, without retraining."""
+    set_variant(scored, "good")
+    (scored / "training.yaml").write_text(PROJECT.format(variant="good")
+                                          + SERVED.format(model="scorer@champion"))
+    try:
+        assert cli("apply", "--auto-approve").code == 0
+        (scored / "training.yaml").write_text(PROJECT.format(variant="fair")
+                                              + SERVED.format(model="scorer@champion"))
+        assert "kept scorer@champion -> scorer:1" in cli("apply", "--auto-approve").out
+        champion = json.loads(cli("models", "show", "scorer:1").out)["sha256"]
+        blobs = scored / ".mlinfra" / "dev" / "workspaces" / "ws" / "artifacts" / "blobs"
+        (blobs / champion[:2] / champion).unlink()
+        drift = cli("plan", "--detailed-exitcode")
+        assert drift.code == 2, drift.out
+        assert "promotion.scorer: scorer@champion is scorer:1's file is gone" in drift.out
+        assert "endpoint.api: deployment blue serves scorer:1, whose file is gone" in (
+            drift.out)
+        repaired = cli("apply", "--auto-approve")
+        assert repaired.code == 0, repaired.out + repaired.err
+        assert ("promoted scorer@champion -> scorer:2 (scorer:2 passed the gates; champion "
+                "scorer:1's file is gone from the artifact store)") in repaired.out
+        assert "job.train" not in repaired.out  # nothing to retrain
+        assert served(cli) == ({"blue": "scorer:2"}, "scorer:2")
+        assert cli("plan", "--detailed-exitcode").code == 0
+    finally:
+        cli("destroy", "--auto-approve")
 
 
 def test_a_venv_whose_python_was_removed_converges(project: Callable[..., Path],

@@ -8,9 +8,10 @@ and answers), `connections` (idle and slow clients), `limits`; `inference` (a re
 from body to answer) with the protocols `v2` (Open Inference Protocol, Triton's binary
 extension) and `mlflow` (MLflow's scoring protocol), `tensors` (datatypes and the
 signature check), `table` (the routing table), `model` (a loaded model),
-`onnx_files` (its external data), `batcher`, `mirror`; `reload` (hot reload of the
-config), `status` (status reports), `metrics` and `shared` (one view across workers),
-`captures`, `access_log` and `rotating` (files bounded by size); `errors`.
+`onnx_files` (its external data), `zipmap` (ZipMap outputs served as tensors),
+`batcher`, `mirror`; `reload` (hot reload of the config), `status` (status reports),
+`metrics` and `shared` (one view across workers), `captures`, `access_log` and
+`rotating` (files bounded by size); `errors`.
 
 It imports only onnxruntime, NumPy and its HTTP stack (uvicorn, orjson), never the
 engine, Pulumi or jsonschema, so an endpoint image stays small.

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ import numpy as np
 
 from mlinfra.serving.onnx_files import UnsafeModel, check_external_data
 from mlinfra.serving.tensors import TensorSpec
+from mlinfra.serving.zipmap import Labels, unzip
 
 FEATURE_NAMES = "feature_names"
 
@@ -22,7 +25,9 @@ class ModelLoadError(Exception):
     pass
 
 
-def load_session(path: Path, sha256: str | None = None) -> Any:
+def load_session(path: Path, sha256: str | None = None) -> tuple[Any, dict[str, Labels]]:
+    """An onnxruntime session of the model at `path`, its ZipMap outputs served dense
+    (mlinfra.serving.zipmap), and the class labels of each of those."""
     import onnxruntime as ort
 
     data = path.read_bytes()
@@ -30,17 +35,37 @@ def load_session(path: Path, sha256: str | None = None) -> Any:
         raise ModelLoadError(f"{path} does not match its sha256 {sha256[:12]}")
     try:
         external = check_external_data(data, path.parent)
+        unzipped = unzip(data)
     except UnsafeModel as err:
         raise ModelLoadError(f"{path.name}: {err}") from None
+    except (ValueError, IndexError, UnicodeDecodeError):
+        raise ModelLoadError(f"{path.name}: it is not an ONNX model (its protobuf cannot "
+                             "be read)") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if not external:
+        session = ort.InferenceSession(unzipped.model, options, providers=providers)
+        return session, unzipped.labels
     # NOTE: onnxruntime reads the external data of a model given as bytes from the
     # working directory (the endpoint's folder, keys included); given its path, from
-    # the model's folder, which the check above confined it to.
-    source = str(path) if external else data
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    # the model's folder, which the check above confined it to. A rewritten model is
+    # given as a file beside the original for that reason, for as long as it loads.
+    if not unzipped.labels:
+        return ort.InferenceSession(str(path), options, providers=providers), {}
+    try:
+        handle, name = tempfile.mkstemp(suffix=".onnx", prefix=".dense-", dir=path.parent)
+    except OSError as err:
+        raise ModelLoadError(f"{path.name}: its ZipMap is served as a tensor through a "
+                             f"copy beside it, which cannot be written: {err}") from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(unzipped.model)
+        return ort.InferenceSession(name, options, providers=providers), unzipped.labels
+    finally:
+        os.unlink(name)
 
 
 def _describe(items: Any) -> list[TensorSpec]:
@@ -79,14 +104,16 @@ class LoadedModel:
     outputs: list[TensorSpec] = field(default_factory=list)
     latency_s: float = 0.0  # one warm-up request, measured
     features: list[str] | None = None  # the columns of a single 2-D input, in order
+    labels: dict[str, Labels] = field(default_factory=dict)  # ZipMap outputs' columns
 
     @classmethod
     def load(cls, name: str, version: int, path: Path, sha256: str) -> LoadedModel:
-        session = load_session(path, sha256)
+        session, labels = load_session(path, sha256)
         inputs = _describe(session.get_inputs())
         metadata = session.get_modelmeta().custom_metadata_map
         model = cls(name, version, sha256, session, inputs, _describe(session.get_outputs()),
-                    features=_feature_names(metadata.get(FEATURE_NAMES), inputs))
+                    features=_feature_names(metadata.get(FEATURE_NAMES), inputs),
+                    labels=labels)
         model.warm_up()
         return model
 

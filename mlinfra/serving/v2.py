@@ -198,10 +198,18 @@ def _raw(value: np.ndarray, datatype: str) -> bytes:
 
 
 def metadata(table: Table, model: LoadedModel) -> dict[str, Any]:
-    """`model`'s signature under the endpoint's name, with every version it serves."""
+    """`model`'s signature as served, under the endpoint's name, with every version it
+    serves. A ZipMap output, served as FP32 [N, classes], names its columns' classes in
+    its parameters' `labels`."""
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
-        return [{"name": s.name, "datatype": s.datatype,
-                 "shape": [-1 if d is None else d for d in s.shape]} for s in specs]
+        described = []
+        for spec in specs:
+            tensor: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype,
+                                      "shape": [-1 if d is None else d for d in spec.shape]}
+            if spec.name in model.labels:
+                tensor["parameters"] = {"labels": model.labels[spec.name]}
+            described.append(tensor)
+        return described
 
     return {"name": table.endpoint, "versions": table.versions(),
             "platform": "onnxruntime_onnx", "inputs": tensors(model.inputs),

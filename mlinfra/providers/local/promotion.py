@@ -17,7 +17,7 @@ from mlinfra.data import checks
 from mlinfra.graph import address
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.jobs import Resolver
+from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.decisions import PROMOTION, DecisionLog, trigger
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.spec.model import Resource
@@ -85,8 +85,15 @@ def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> list[dict[st
     return out
 
 
+def gone(version: ModelVersion) -> str:
+    return f"{version.ref}'s file is gone from the artifact store"
+
+
 def judge(res: Resource, ctx: Context, candidate: ModelVersion,
-          champion: ModelVersion | None) -> Verdict:
+          champion: ModelVersion | None, lost: ModelVersion | None = None) -> Verdict:
+    """`lost`: the alias' version when its file is gone (then `champion` is None): it
+    can be served no more, so it is not compared, and any candidate that passes the
+    gates takes its place."""
     gates = _gates(res, ctx, candidate)
     failed = [g for g in gates if not g["passed"]]
     if failed:
@@ -96,6 +103,9 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
         return Verdict("kept", f"{candidate.ref}'s rollout was {earlier} before "
                        f"({candidate.tags.get(REJECTED_TAG, '')}); mlinfra models alias "
                        "promotes it by hand", gates)
+    if champion is None and lost is not None:
+        return Verdict("promoted", f"{candidate.ref} passed the gates; champion "
+                       f"{gone(lost)}", gates)
     if champion is None:
         return Verdict("promoted", f"{candidate.ref} passed the gates and the alias was "
                        "empty", gates)
@@ -132,7 +142,6 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
     where = candidate.metrics.get("evaluated_on")
     if champion is None or where is None or champion.metrics.get("evaluated_on") == where:
         return champion, ""
-    from mlinfra.providers.local.jobs import artifact_store
     from mlinfra.providers.local.models import ModelHandler
     from mlinfra.registry.evaluate import ModelInvalid
 
@@ -155,7 +164,8 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 class PromotionHandler(BaseHandler):
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         """A model version registered since the last decision (an apply with --target
-        model.X) was never judged: drift, repaired by judging it."""
+        model.X) was never judged, and an alias whose version's file is gone can be
+        served no more: drift, repaired by judging the model's version."""
         model = str(state.attributes.get("model"))
         judged = state.outputs.get("candidate")
         have = ctx.store.get(address("Model", model))
@@ -163,6 +173,13 @@ class PromotionHandler(BaseHandler):
         if judged and now is not None and judged != f"{model}:{now}":
             return Observed(True, f"model.{model} is now {model}:{now}; the promotion last "
                             f"judged {judged}", update=True)
+        registry = ModelRegistry(ctx.store)
+        alias = str(state.attributes.get("alias") or "champion")
+        current = registry.aliases(model).get(alias)
+        champion = registry.get(model, current) if current is not None else None
+        if champion is not None and now is not None and champion.version != int(now) and (
+                not artifact_store(ctx).exists(champion.sha256)):
+            return Observed(True, f"{model}@{alias} is {gone(champion)}", update=True)
         return Observed()
 
     @staticmethod
@@ -193,9 +210,17 @@ class PromotionHandler(BaseHandler):
         if champion is not None and champion.tags.get(ROLLOUT_TAG) == "in progress":
             champion = self._cut_short(res, ctx, champion)
             current = champion.version
+        lost = None
+        if champion is not None and champion.version != candidate.version and not (
+                artifact_store(ctx).exists(champion.sha256)):
+            lost, champion = champion, None  # it cannot be served: nothing to defend
         judged, note = _on_the_same_data(res, ctx, candidate, champion)
-        verdict = judge(res, ctx, candidate, judged)
+        verdict = judge(res, ctx, candidate, judged, lost)
         reason = verdict.reason + note
+        if lost is not None and not verdict.promoted:
+            reason += (f"; {model}@{alias} is still {lost.ref}, whose file is gone from the "
+                       f"artifact store: mlinfra models alias {model}@{alias} VERSION "
+                       "points it at a version that has one")
         detail = self._detail(res, ctx, candidate, judged, current, verdict, reason)
         if verdict.outcome == "gates failed":
             # NOTE: kept registered for the record, but never served as `latest`.
@@ -212,7 +237,8 @@ class PromotionHandler(BaseHandler):
                 self._roll_out(change, ctx, res, candidate, champion, detail)
         log = DecisionLog(ctx.store)
         log.record(change.address, PROMOTION, detail)
-        now = candidate.ref if verdict.promoted else (champion.ref if champion else "nothing")
+        kept = champion or lost
+        now = candidate.ref if verdict.promoted else (kept.ref if kept else "nothing")
         ctx.log(f"{change.address}: {'promoted' if verdict.promoted else 'kept'} "
                 f"{model}@{alias} -> {now} ({reason})")
         return Applied({"decision": "promoted" if verdict.promoted else "kept",

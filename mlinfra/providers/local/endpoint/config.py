@@ -14,6 +14,7 @@ from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
 from mlinfra.providers.local.infra import datastore_path
 from mlinfra.providers.local.jobs import artifact_store
+from mlinfra.registry.artifacts import ArtifactCorrupted
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
 from mlinfra.spec.model import Ref, Resource
 
@@ -34,18 +35,48 @@ def resolve(ctx: Context, res: Resource, deployment: dict[str, Any]) -> ModelVer
                             ) from None
 
 
+def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
+            version: ModelVersion) -> str:
+    """The path of `version`'s file in the artifact store, checked against its hash;
+    when it is gone, what the user can do about it."""
+    store = artifact_store(ctx)
+    if store.exists(version.sha256):
+        try:
+            return str(store.path(version.sha256))
+        except ArtifactCorrupted as err:
+            raise ProviderError(res.address, f"deployment {deployment['name']}: "
+                                f"{version.ref}: {err.message}") from None
+    registry = ModelRegistry(ctx.store)
+    kept = [str(v.version) for v in registry.versions(version.name)
+            if not v.archived and store.exists(v.sha256)]
+    others = (f"versions of {version.name} with their file: {', '.join(kept)}" if kept
+              else f"no version of {version.name} has its file: apply again to train and "
+              "register one")
+    ref = Ref.parse(str(deployment["model"]))
+    assert ref is not None  # validated
+    if ref.alias is not None:
+        also = (f"; its Promotion moves it to the next version of {ref.name} that passes "
+                "the gates" if governed(ctx, ref.name, ref.alias) else "")
+        what = (f"{ref} names it: mlinfra models alias {ref} VERSION points it at a version "
+                f"that has one ({others}){also}")
+    else:
+        what = (f"serve another version: set the deployment's model to one that has its "
+                f"file, or to an alias ({others})")
+    raise ProviderError(res.address, f"deployment {deployment['name']}: {version.ref}'s "
+                        f"file is gone from the artifact store {store.root}; {what}")
+
+
 def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
                   instance: InstanceFolder, generation: int, port: int,
                   key_hashes: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """(the config, the model version each deployment serves as `name:version`)."""
-    store = artifact_store(ctx)
     deployments, served = {}, {}
     for deployment in res.spec["deployments"]:
         version = resolve(ctx, res, deployment)
         request = deployment.get("request") or {}
         deployments[deployment["name"]] = {
             "model": version.name, "version": version.version, "sha256": version.sha256,
-            "path": str(store.path(version.sha256)),
+            "path": _stored(ctx, res, deployment, version),
             "timeout_ms": request.get("timeout_ms", 5000),
             "max_batch_size": request.get("max_batch_size", 32),
             "max_batch_delay_ms": request.get("max_batch_delay_ms", 2)}

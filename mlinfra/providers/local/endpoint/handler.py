@@ -42,6 +42,7 @@ from mlinfra.providers.local.endpoint.supervisor import (
     running,
     stop,
 )
+from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.models import ModelRegistry, RegistryError
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
@@ -194,7 +195,7 @@ class EndpointHandler(BaseHandler):
                 k: v for k, v in live.items() if v} != {k: v for k, v in declared.items() if v}:
             return Observed(True, f"traffic is {json.dumps(live)}; the configuration says "
                             f"{json.dumps(declared)}", update=True)
-        return _alias_moved(state, ctx)
+        return _file_gone(state, ctx) or _alias_moved(state, ctx)
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
         _refuse_elsewhere(state.address, state)
@@ -218,6 +219,19 @@ def _resource(ctx: Context, name: str) -> Resource:
     res = ctx.config.get("Endpoint", name)
     assert res is not None  # the plan has it
     return res
+
+
+def _file_gone(state: ResourceState, ctx: Context) -> Observed | None:
+    """A deployment serves a version whose file is gone from the artifact store: the
+    server holds it in memory, but no server could load it again."""
+    registry, store = ModelRegistry(ctx.store), artifact_store(ctx)
+    for deployment, ref in sorted((state.outputs.get("served") or {}).items()):
+        name, _, version = str(ref).rpartition(":")
+        found = registry.get(name, int(version)) if version.isdigit() else None
+        if found is not None and not store.exists(found.sha256):
+            return Observed(True, f"deployment {deployment} serves {ref}, whose file is gone "
+                            "from the artifact store", update=True)
+    return None
 
 
 def _alias_moved(state: ResourceState, ctx: Context) -> Observed:
