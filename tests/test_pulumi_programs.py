@@ -373,8 +373,8 @@ def test_each_run_is_a_pulumi_stack_of_its_own_removed_once_it_ended(
         return {key: {"exit_code": 0, "logs": "trained\n"} for key in made}
 
     monkeypatch.setattr(PulumiStack, "up", up)
-    monkeypatch.setattr(PulumiStack, "remove",
-                        lambda self, program: calls.append(("remove", self.name)))
+    monkeypatch.setattr(PulumiStack, "destroy", lambda self, program, remove=False: calls.append(
+        ("remove" if remove else "destroy", self.name)))
     session = open_session(quickstart, "docker", "render", write=False)
     try:
         job = session.config.get("Job", "train-fraud")

@@ -197,19 +197,16 @@ class PulumiStack:
                                                          color="never", show_secrets=False))
         return steps
 
-    def destroy(self, program: Callable[[], None]) -> None:
-        in_own_loop(lambda: self._stack(program).destroy(
-            on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"), color="never",
-            show_secrets=False))
-
-    def remove(self, program: Callable[[], None]) -> None:
-        """Destroy what the stack holds, then the stack itself (a run's, once it ended)."""
+    def destroy(self, program: Callable[[], None], *, remove: bool = False) -> None:
+        """Destroy what the stack holds; with `remove`, then the stack itself (a run's,
+        once it ended)."""
 
         def work() -> None:
             stack = self._stack(program)
             stack.destroy(on_output=lambda line: self.log(f"pulumi: {line.rstrip()}"),
                           color="never", show_secrets=False)
-            stack.workspace.remove_stack(self.name)
+            if remove:
+                stack.workspace.remove_stack(self.name)
 
         in_own_loop(work)
 

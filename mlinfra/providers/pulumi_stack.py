@@ -218,7 +218,7 @@ class PulumiProvider(Provider, abc.ABC):
             except CommandError as err:
                 ended = self.run_ended(run, objects, {}, _pulumi_error(err))
             try:
-                stack.remove(program)
+                stack.destroy(program, remove=True)
             except CommandError as err:
                 ctx.log(f"{job.address}: the Pulumi stack {stack.name} of run {run.run_id} "
                         f"was not removed ({_pulumi_error(err)}): `pulumi stack rm "
