@@ -116,10 +116,10 @@ def _show(session: Session, state: ResourceState) -> int:
 
 
 def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.engine import writing
     from mlinfra.providers.local.endpoint.keys import KEY_NAMES, issue
-    from mlinfra.state.lock import locked
 
-    with locked(session.store, session.stack, "endpoints keys", args.lock_timeout):
+    with writing(session, "endpoints keys", args.lock_timeout):
         current = session.store.get(state.address) or state  # as it is under the lock
         if args.regenerate:
             names = [args.regenerate]
@@ -137,13 +137,13 @@ def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> i
 
 
 def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.engine import writing
     from mlinfra.providers.local.endpoint.rollout import rollout
-    from mlinfra.state.lock import locked
 
     steps = [int(s) for s in args.steps.split(",") if s.strip().isdigit()]
     if not steps or steps[-1] != 100 or steps != sorted(set(steps)) or steps[0] < 1:
         raise MlinfraError("--steps must rise and end at 100, e.g. 10,50,100")
-    with locked(session.store, session.stack, "endpoints rollout", args.lock_timeout):
+    with writing(session, "endpoints rollout", args.lock_timeout):
         current = session.store.get(state.address) or state
         outcome = rollout(session.ctx, current, args.to, steps, args.hold, args.max_error_rate,
                           args.max_p99_ms, args.min_requests,

@@ -173,7 +173,7 @@ class PromotionHandler(BaseHandler):
         if judged and now is not None and judged != f"{model}:{now}":
             return Observed(True, f"model.{model} is now {model}:{now}; the promotion last "
                             f"judged {judged}", update=True)
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         alias = str(state.attributes.get("alias") or "champion")
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
@@ -202,7 +202,7 @@ class PromotionHandler(BaseHandler):
     def create(self, change: Change, ctx: Context) -> Applied:
         res = ctx.config.get("Promotion", change.name)
         assert res is not None
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         model, alias = str(res.spec["model"]), str(res.spec.get("alias", "champion"))
         candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
@@ -235,7 +235,7 @@ class PromotionHandler(BaseHandler):
             rollout = res.spec.get("rollout")
             if rollout and champion is not None:
                 self._roll_out(change, ctx, res, candidate, champion, detail)
-        log = DecisionLog(ctx.store)
+        log = DecisionLog(ctx.writer)
         log.record(change.address, PROMOTION, detail)
         kept = champion or lost
         now = candidate.ref if verdict.promoted else (kept.ref if kept else "nothing")
@@ -251,7 +251,7 @@ class PromotionHandler(BaseHandler):
     def _cut_short(res: Resource, ctx: Context, champion: ModelVersion) -> ModelVersion:
         """The alias names a version whose rollout an apply killed midway never finished:
         it goes back to the version it was rolled out from, and is judged again."""
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         earlier = registry.get(champion.name, int(champion.tags.get(ROLLOUT_FROM) or 0))
         if earlier is None:
             return champion
@@ -290,7 +290,7 @@ class PromotionHandler(BaseHandler):
                   champion: ModelVersion, detail: dict[str, Any]) -> None:
         """Roll the promoted candidate out; on a breach (or when it cannot be judged, or
         is interrupted) the alias goes back to the champion and the apply fails."""
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         model, alias = candidate.name, str(res.spec.get("alias", "champion"))
         settings = dict(res.spec["rollout"])
         # NOTE: marked before it starts, so that an apply killed midway leaves a version
@@ -319,6 +319,6 @@ class PromotionHandler(BaseHandler):
         registry.set_tags(model, candidate.version, {REJECTED_TAG: why,
                                                      ROLLOUT_TAG: record["status"]})
         detail.update(outcome=record["status"], to=champion.version, reason=why)
-        DecisionLog(ctx.store).record(change.address, PROMOTION, detail)
+        DecisionLog(ctx.writer).record(change.address, PROMOTION, detail)
         raise ProviderError(change.address, f"{why}; traffic and {model}@{alias} are back "
                             f"on {champion.ref}")

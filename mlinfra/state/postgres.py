@@ -357,10 +357,13 @@ class PostgresStore(_PostgresSession):
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self._lock, self._errors(), self.conn.transaction():
-            cur = self.conn.cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
-            yield _PgCursor(cur)
+        self._check_writer()
+        with self._lock, self._errors():
+            with self.conn.transaction():
+                cur = self.conn.cursor()
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+                yield _PgCursor(cur)
+            self._committed()
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock, self._errors():

@@ -185,6 +185,7 @@ class SqliteStore(StateStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
+        self._check_writer()
         with self._lock:
             cur = self.conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -195,6 +196,7 @@ class SqliteStore(StateStore):
                 raise
             else:
                 cur.execute("COMMIT")
+                self._committed()
             finally:
                 cur.close()
 
