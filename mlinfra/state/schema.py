@@ -125,7 +125,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     # The ordered steps of a journaled operation (a promotion and its rollout, a key
     # rotation, an endpoint generation, a migration): recovery reads them.
     Migration(3, "journal_steps", (
-        """CREATE TABLE journal_steps (
+        """CREATE TABLE IF NOT EXISTS journal_steps (
           journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
           data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
 )

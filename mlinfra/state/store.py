@@ -466,7 +466,20 @@ class StateStore(ABC):
 
     def audit_log(self, limit: int = 50) -> list[tuple[Any, ...]]:
         return self.query("SELECT at, username, host, command, address, action, serial, "
-                          "detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+                          "detail FROM audit WHERE action <> 'event' ORDER BY id DESC "
+                          "LIMIT ?", (limit,))
+
+    def events(self, after: int = 0) -> list[tuple[int, Event]]:
+        """The events recorded (`record_events`) with an id past `after`, oldest first."""
+        from mlinfra.state.work import Event
+
+        out = []
+        for row_id, detail in self.query("SELECT id, detail FROM audit WHERE action='event' "
+                                         "AND id>? ORDER BY id", (after,)):
+            item = row_json(detail, f"event {row_id}")
+            out.append((int(row_id), Event(str(item["type"]), str(item["subject"]),
+                                           dict(item["data"]), float(item["at"]))))
+        return out
 
     # --- copying a whole state (mlinfra state migrate) ---------------------------
 
