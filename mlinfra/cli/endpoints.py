@@ -149,8 +149,8 @@ def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -
     with writing(session, "endpoints rollout", args.lock_timeout), \
             operation(session, state.address, "rollout") as work:
         current = session.store.get(state.address) or state
-        outcome = rollout(session.ctx.for_change(work), current, args.to, steps, args.hold, args.max_error_rate,
-                          args.max_p99_ms, args.min_requests,
+        outcome = rollout(session.ctx.for_change(work), current, args.to, steps, args.hold,
+                          args.max_error_rate, args.max_p99_ms, args.min_requests,
                           log=lambda line: emit(f"{state.address}: {line}", "dim"))
     if outcome.status == "rolled back":
         echo_err(f"Rolled back to {json.dumps(outcome.traffic)}: {outcome.why}.")
