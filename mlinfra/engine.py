@@ -432,10 +432,16 @@ def _describe(err: BaseException) -> str:
 def recover(session: Session) -> list[JournalEntry]:
     """Close the operations a killed process left pending, resuming or undoing each
     from its steps; returns them. The caller holds the stack's lock."""
+    from mlinfra.runs.processes import stop_orphans
+    from mlinfra.runs.store import RunStore
+    from mlinfra.state.store import engine_writing
+
     entries = session.store.interrupted_operations()
     if entries:
         session.store.close_interrupted(entries)
         _clean_abandoned(session, entries)
+    with engine_writing():  # a job started by a killed apply never runs beside another
+        stop_orphans(RunStore(session.store), session.ctx.log)
     return entries
 
 

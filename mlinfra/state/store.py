@@ -35,6 +35,9 @@ T = TypeVar("T")
 # crash paths. The crash tests loop N over every commit of an apply; never set it
 # otherwise.
 KILL_AFTER_COMMIT = "MLINFRA_TEST_KILL_AFTER_COMMIT"
+_KILL_AFTER = int(os.environ.get(KILL_AFTER_COMMIT) or 0)
+_COMMITS = [0]  # this process' committed write transactions, every store's
+_COMMITS_LOCK = threading.Lock()
 # The tables a store numbers versions in (`number`): name, then content.
 NUMBERED_BY_CONTENT = {"models": "sha256", "data_versions": "sha256"}
 
@@ -170,8 +173,6 @@ class StateStore(ABC):
         self.engine_only = False
         self._reserved: dict[tuple[str, str], set[int]] = {}
         self._reserved_lock = threading.Lock()
-        self._commits = 0
-        self._kill_after = int(os.environ.get(KILL_AFTER_COMMIT) or 0)
 
     # --- what each backend provides ----------------------------------------------
 
@@ -220,9 +221,12 @@ class StateStore(ABC):
 
     def _committed(self) -> None:
         """Called by a backend right after a write transaction committed."""
-        self._commits += 1
-        if self._kill_after and self._commits == self._kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if not _KILL_AFTER:
+            return
+        with _COMMITS_LOCK:
+            _COMMITS[0] += 1
+            if _COMMITS[0] == _KILL_AFTER:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     @property
     def store(self) -> StateStore:
