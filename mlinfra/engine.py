@@ -92,7 +92,7 @@ def state_location(config: Config, location: str | None = None) -> str:
         try:
             return quote(sensitive.value_of("secret", match.group(2)[1:], {}), safe="")
         except sensitive.MissingSecret as err:
-            raise MlinfraError(f"{where}: {err.message}") from None
+            raise MlinfraError(f"{where}: {err.message}") from err
 
     return INTERPOLATION.sub(resolve, text)
 
@@ -121,7 +121,7 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
         store = open_store_at(config, state_location(config), command, write=write)
     except StateUnavailable as err:  # say where the location came from
         raise StateUnavailable(f"{err.message} (the `state:` of "
-                               f"{config.stack.file or 'the stack'})") from None
+                               f"{config.stack.file or 'the stack'})") from err
     moved = store.moved()
     if moved and command not in READS_A_MOVED_STATE:
         store.close()

@@ -55,7 +55,7 @@ class ProviderError(MlinfraError):
     """A resource could not be planned or applied; the message names the resource."""
 
     def __init__(self, address: str, message: str) -> None:
-        super().__init__(f"{address}: {message}")
+        super().__init__(f"{address}: {message}", address=address)
         self.address = address
         self.reason = message
 

@@ -162,3 +162,37 @@ def test_a_manual_alias_move_is_an_operation_with_its_backup(
         assert done == [("alias", "done")]
     finally:
         session.close()
+
+
+def test_errors_keep_their_cause_and_debug_prints_the_chain(
+        project: Callable[[Files], Path], cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = project(_files())
+    assert cli("apply", "--auto-approve").code == 0
+    db = root / ".mlinfra" / "dev" / "state.db"
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE resources SET outputs='{broken' WHERE address='model.fraud'")
+    conn.close()
+    plain = cli("plan")
+    assert plain.code == 1 and "is damaged" in plain.err and "Traceback" not in plain.err
+    monkeypatch.setenv("MLINFRA_DEBUG", "1")
+    debug = cli("plan")
+    assert debug.code == 1 and "fields: where=resource model.fraud" in debug.err
+    # the JSON error it was raised from, then the state's own error
+    assert "json.decoder.JSONDecodeError" in debug.err
+    assert "The above exception was the direct cause" in debug.err
+    from mlinfra.state.lock import LockHeld, locked
+
+    session = open_session(root, None, "apply", write=True)
+    try:
+        with locked(session.store, "dev", "apply"), pytest.raises(LockHeld) as held:
+            other = open_session(root, None, "apply", write=True)
+            try:
+                with locked(other.store, "dev", "apply"):
+                    pass
+            finally:
+                other.close()
+        assert held.value.fields["stack"] == "dev" and "pid" in held.value.fields["holder"]
+    finally:
+        session.close()

@@ -172,7 +172,7 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     except OSError as err:
         raise MlinfraError(f"cannot read the request body {args.data}: "
-                           f"{err.strerror or err}") from None
+                           f"{err.strerror or err}") from err
     try:
         sent = json.loads(body)
     except ValueError:
@@ -196,7 +196,7 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         answer = request(url, key, body, headers, timeout=args.timeout)
     except Unreachable as err:
         raise MlinfraError(f"endpoint {state.name}: {err.message}; mlinfra plan shows "
-                           "whether its server needs repair") from None
+                           "whether its server needs repair") from err
     elapsed = (time.perf_counter() - started) * 1000
     echo(json.dumps(answer.body, indent=2))
     served = answer.headers.get("mlinfra-model", "")

@@ -69,7 +69,7 @@ def _read(path: Path, fmt: str, sha256: str | None) -> Any:
     except Exception as err:  # pandas and its engines raise many types for bad files
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else repr(err)
         raise MlinfraError(f"cannot read {path} as {fmt} to check its expectations: "
-                           f"{first}") from None
+                           f"{first}") from err
 
 
 def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]],

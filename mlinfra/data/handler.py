@@ -61,9 +61,9 @@ class DataHandler(BaseHandler):
             except DataCheckFailed as err:
                 raise ProviderError(change.address, f"{err.message}\nno version registered"
                                     ": fix the data or its expectations, then apply again"
-                                    ) from None
+                                    ) from err
             except MlinfraError as err:
-                raise ProviderError(change.address, err.message) from None
+                raise ProviderError(change.address, err.message) from err
         metadata = describe(path, fmt)
         version = versions.register(change.name, sha, {**metadata, "path": str(path)})
         return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},

@@ -151,7 +151,7 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
         metrics = ModelHandler().evaluate(model, ctx, artifact_store(ctx).path(champion.sha256))
     except ModelInvalid as err:
         raise ProviderError(f"promotion.{res.name}", f"cannot evaluate the champion "
-                            f"{champion.ref} on {where}: {err.message}") from None
+                            f"{champion.ref} on {where}: {err.message}") from err
     rescored = ModelVersion(**{**vars(champion), "metrics": metrics})
     return rescored, f" (champion evaluated again on {where})"
 

@@ -142,7 +142,7 @@ class ModelHandler(BaseHandler):
             path = self_contained(path, artifact_store(ctx))  # its external data written in
             session = load_session(path)
         except ModelInvalid as err:
-            raise ProviderError(res.address, f"refused: {err.message}") from None
+            raise ProviderError(res.address, f"refused: {err.message}") from err
         # Evaluated before it is registered: a model whose evaluation fails takes no
         # version, so it can never be served as `latest`.
         evaluation = res.spec.get("evaluation")
@@ -152,7 +152,7 @@ class ModelHandler(BaseHandler):
                 metrics = self.evaluate(res, ctx, path)
             except ModelInvalid as err:
                 raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
-                                    "version was registered") from None
+                                    "version was registered") from err
         sha = artifact_store(ctx).put(path)
         runs = RunStore(ctx.store, ctx.work)
         run = runs.get(run_id) if run_id else None

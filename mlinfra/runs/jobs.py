@@ -108,7 +108,7 @@ class Resolver:
         try:
             return code_digest(code, self.ctx.root, self.versions.content_sha256)
         except CodeRefused as err:
-            raise ProviderError(job.address, f"code: {err.message}") from None
+            raise ProviderError(job.address, f"code: {err.message}") from err
 
     def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
                  ) -> tuple[str, dict[str, Any]]:
@@ -207,7 +207,7 @@ def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
         checks.DataChecks(ctx.store).require(data.name, data.sha256, data.path, fmt,
                                              expectations, data.label)
     except checks.DataCheckFailed as err:
-        raise ProviderError(res.address, f"{err.message}\nno run started") from None
+        raise ProviderError(res.address, f"{err.message}\nno run started") from err
 
 
 @dataclass
@@ -307,7 +307,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                            on_line=lambda line: ctx.log(f"{prefix}: {line}"),
                            launcher=launcher)
         except RunFailed as err:
-            raise ProviderError(res.address, err.message) from None
+            raise ProviderError(res.address, err.message) from err
 
 
 def job_output(ctx: Context, resolver: Resolver, res: Resource, producer_name: str,

@@ -78,7 +78,7 @@ class SqliteStore(StateStore):
             if version < latest_version():
                 self._upgrade(version)
         except sqlite3.DatabaseError as err:
-            raise StateCorrupted(self._corrupted_message(err)) from None
+            raise StateCorrupted(self._corrupted_message(err), file=str(self.path)) from err
 
     @classmethod
     def in_memory(cls, location: str, command: str, version: int | None = None,

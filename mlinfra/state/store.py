@@ -123,7 +123,8 @@ def row_json(text: str, where: str) -> Any:
     except (TypeError, ValueError) as err:
         raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
                              "Restore the backup copy (state.db.backup, or the database's "
-                             "own backup) or remove the row with mlinfra state rm.") from None
+                             "own backup) or remove the row with mlinfra state rm.",
+                             where=where) from err
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:

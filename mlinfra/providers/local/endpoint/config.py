@@ -32,7 +32,7 @@ def resolve(ctx: Context, res: Resource, deployment: dict[str, Any]) -> ModelVer
         return ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
     except RegistryError as err:
         raise ProviderError(res.address, f"deployment {deployment['name']}: {err.message}"
-                            ) from None
+                            ) from err
 
 
 def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
@@ -45,7 +45,7 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
             return str(store.path(version.sha256))
         except ArtifactCorrupted as err:
             raise ProviderError(res.address, f"deployment {deployment['name']}: "
-                                f"{version.ref}: {err.message}") from None
+                                f"{version.ref}: {err.message}") from err
     registry = ModelRegistry(ctx.writer)
     kept = [str(v.version) for v in registry.versions(version.name)
             if not v.archived and store.exists(v.sha256)]
