@@ -408,6 +408,11 @@ def _promotion() -> Schema:
             "replay": _s("When a hold sees no request at all, replay captured requests "
                          "(the endpoint's collect:) to the new version as shadow traffic.",
                          type="boolean", default=False),
+            "on_no_traffic": _s("What an inconclusive rollout (too few requests to judge, "
+                                "and none to replay) does: `wait` returns the traffic and "
+                                "leaves the candidate pending, judged again by the next "
+                                "apply or ci run; `promote` promotes it unjudged.",
+                                enum=["wait", "promote"], default="wait"),
             "rollback_on": _obj("Thresholds that roll back.", {
                 "error_rate": _s("Error (5xx) share.", type="number", minimum=0, maximum=1,
                                  default=0.02),
