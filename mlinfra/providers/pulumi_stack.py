@@ -58,7 +58,8 @@ _APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
 _LOCAL_KINDS = {"Data": _LOCAL + "data:DataHandler", "Job": _LOCAL + "jobs:JobHandler",
                 "Pipeline": _LOCAL + "jobs:PipelineHandler",
                 "Model": _LOCAL + "models:ModelHandler",
-                "Promotion": _LOCAL + "promotion:PromotionHandler"}
+                "Promotion": _LOCAL + "promotion:PromotionHandler",
+                "Monitor": _LOCAL + "monitor:MonitorHandler"}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 

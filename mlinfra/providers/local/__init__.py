@@ -25,6 +25,7 @@ class LocalProvider(Provider):
         "Model": _LOCAL + "models:ModelHandler",
         "Promotion": _LOCAL + "promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "Monitor": _LOCAL + "monitor:MonitorHandler",
     }
 
     def cancel(self) -> None:
