@@ -216,16 +216,20 @@ def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
     assert result.code == 0 and "HTTP 200 in" in result.err and "from fraud:1" in result.err
     pinned = cli("endpoints", "invoke", "api", "--data", str(request), "--deployment", "green")
     assert "from other:1" in pinned.err
-    deadline = time.monotonic() + 5  # each worker writes its captures out every 0.25 s
+    deadline = time.monotonic() + 10  # a worker writes its captures once they are quiet
     while time.monotonic() < deadline:
-        captures = [p for p in (root / "data" / "captures" / "api").glob("requests*.jsonl")
-                    if p.stat().st_size]
+        captures = list((root / "data" / "captures" / "api" / "requests").glob(
+            "hour=*/*.parquet"))
         if captures:
             break
         time.sleep(0.1)
     assert captures, "collect: sample 1.0 writes every request to the datastore"
-    record = json.loads(captures[0].read_text().splitlines()[0])
-    assert record["inputs"] == {"features": [[1.0, 2.0]]} and record["model"] == "fraud:1"
+    import pyarrow.parquet as pq
+
+    record = pq.read_table(captures[0]).to_pylist()[0]
+    assert (record["features.0"], record["features.1"]) == (1.0, 2.0)
+    assert (record["model"], record["version"], record["row"]) == ("fraud", 1, 0)
+    assert len(record["request_id"]) == 32
     status, text, _ = call(url, key, "GET", "/metrics")
     assert status == 200
     assert 'mlinfra_requests_total{endpoint="api",deployment="blue",code="200"}' in text

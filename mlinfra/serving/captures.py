@@ -15,11 +15,12 @@ which columns are features and which are outputs (`mlinfra.features`,
 `mlinfra.outputs`). An input of more than two dimensions (an image) is not captured.
 
 Each worker buffers rows and writes a file of its own when the buffer holds
-`FLUSH_ROWS` rows or its oldest row is `flush_s` old (checked with each status report)
-and at shutdown; a file is written aside and renamed into place, so a reader never sees
-half of one. Retention: hour folders past `retention_s` go, then the oldest while the
-captures take more than `retention_bytes` (`collect.retention`: a size such as 500Mi,
-or days such as 7d; by default the server's `--captures-bytes` x (backups + 1)).
+`FLUSH_ROWS` rows, its oldest row is `flush_s` old or no row came for `QUIET_S` (checked
+with each status report), and at shutdown; a file is written aside and renamed into
+place, so a reader never sees half of one. Retention: hour folders past the days go,
+then the oldest files while the captures take more than their size
+(`collect.retention`: a size such as 500Mi, or days such as 7d; by default the
+server's `--captures-bytes` x (backups + 1)).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ import numpy as np
 from mlinfra.serving.table import Deployment, Table
 
 FLUSH_ROWS = 10_000
-SWEEP_S = 60.0  # retention is enforced at most this often per worker
+QUIET_S = 1.0  # a buffer that took no row for this long is written out
+SWEEP_S = 5.0  # retention is enforced at most this often per worker
 _HOST = socket.gethostname().replace("-", "_")
 
 
@@ -96,11 +98,12 @@ class _Buffer:
         self.features, self.outputs = features, outputs
         self.chunks: dict[str, list[Any]] = {}
         self.rows = 0
-        self.first_at = 0.0
+        self.first_at = self.last_at = 0.0
 
     def add(self, columns: dict[str, Any], rows: int) -> None:
+        self.last_at = time.monotonic()
         if not self.rows:
-            self.first_at = time.monotonic()
+            self.first_at = self.last_at
         for name, values in columns.items():
             self.chunks.setdefault(name, []).append(values)
         self.rows += rows
@@ -157,7 +160,8 @@ class Captures:
         now = time.monotonic()
         for key, buffer in list(self._buffers.items()):
             if buffer.rows and (force or buffer.rows >= FLUSH_ROWS
-                                or now - buffer.first_at >= self.flush_s):
+                                or now - buffer.first_at >= self.flush_s
+                                or now - buffer.last_at >= QUIET_S):
                 self._write(key, buffer)
 
     def close(self) -> None:
@@ -208,8 +212,8 @@ class Captures:
         self._sweep(buffer.folder, buffer.folder / buffer.kind)
 
     def _sweep(self, root: Path, folder: Path) -> None:
-        """Retention: hour folders older than `retention_s`, then the oldest while the
-        folder holds more than `retention_bytes` (the current hour is kept)."""
+        """Retention: hour folders older than the endpoint's days go; then the oldest
+        files while the folder holds more than its size (the newest file is kept)."""
         now = time.monotonic()
         if now - self._swept.get(folder, -SWEEP_S) < SWEEP_S:
             return
@@ -222,10 +226,20 @@ class Captures:
                 for path in [h for h in hours[:-1] if h.name < oldest]:
                     shutil.rmtree(path, ignore_errors=True)
                     hours.remove(path)
-            sizes = {h: sum(f.stat().st_size for f in h.iterdir()) for h in hours}
-            total = sum(sizes.values())
-            for path in hours[:-1]:
+            found = []
+            for hour in hours:
+                for file in hour.glob("*.parquet"):
+                    with contextlib.suppress(OSError):
+                        stat = file.stat()
+                        found.append((hour.name, stat.st_mtime_ns, file, stat.st_size))
+            found.sort()
+            total = sum(size for *_, size in found)
+            for _, _, file, size in found[:-1]:
                 if total <= limit:
                     break
-                shutil.rmtree(path, ignore_errors=True)
-                total -= sizes[path]
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                total -= size
+            for hour in hours[:-1]:
+                with contextlib.suppress(OSError):
+                    hour.rmdir()  # only when emptied
