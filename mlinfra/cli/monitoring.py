@@ -29,7 +29,8 @@ def _window_line(window: Window) -> str:
     from mlinfra.monitoring.records import DRIFT
 
     drifted = [describe(s) for s in window.signals if s.verdict == DRIFT]
-    what = "; ".join(drifted[:3]) if drifted else window.reason
+    scored = [describe(s) for s in window.signals if s.signal == "performance"]
+    what = "; ".join(drifted[:3]) if drifted else "; ".join([*scored, window.reason][:2])
     return (f"{when(window.start)}  {window.status:<12} {window.rows:>7} rows  "
             f"{window.model:<12} {what}")
 

@@ -76,6 +76,9 @@ def _model_outputs(model: Path, columns: dict[str, np.ndarray], features: list[s
         if not names or dtype is None or any(n not in columns for n in names):
             return {}
         feeds[inputs[0].name] = np.column_stack([columns[n] for n in names]).astype(dtype)
+        if "feature_names" not in metadata:  # captured as INPUT.J: profile them so too
+            for j, name in enumerate(names):
+                columns[f"{inputs[0].name}.{j}"] = columns[name]
     else:
         for spec in inputs:
             dtype = _types.get(spec.type)

@@ -66,7 +66,7 @@ class Verdict:
             return f"{head} ({'; '.join(drifted[:3])})"
         if self.latest.status in (records.INSUFFICIENT, SKIPPED):
             return f"{self.latest.status}: {self.latest.reason}"
-        return f"ok ({self.latest.rows} rows in the last window)"
+        return f"{self.latest.rows} rows in the last window, no drift"
 
     def to_json(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "state": self.state, "breached": self.breached,

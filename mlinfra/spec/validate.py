@@ -515,9 +515,9 @@ class _References:
                          f"'{target}'{did_you_mean(target, known_runs)}")
 
     def _data_file(self, data: Resource) -> str | None:
-        from mlinfra.graph import default_datastore
-
-        store_name = data.spec.get("datastore") or default_datastore(self.config)
+        stores = list(self.config.of("Datastore"))
+        store_name = data.spec.get("datastore") or self.default_datastore or (
+            stores[0] if len(stores) == 1 else None)
         store = self.config.get("Datastore", str(store_name)) if store_name else None
         base = os.path.join(str(self.config.root), str(store.spec.get("path", "."))) \
             if store is not None else str(self.config.root)

@@ -137,7 +137,7 @@ MIGRATIONS: tuple[Migration, ...] = (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, signal TEXT NOT NULL,
           feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
           threshold REAL NOT NULL, verdict TEXT NOT NULL, rows INTEGER NOT NULL,
-          PRIMARY KEY (monitor, window_start, signal, feature))""")),
+          PRIMARY KEY (monitor, window_start, signal, feature, metric))""")),
 )
 
 
