@@ -1,4 +1,4 @@
-"""Monitors on the local machine: nothing runs by itself (`mlinfra monitor run`, or the
+"""Monitors, on every provider: nothing runs by itself (`mlinfra monitor run`, or the
 agent on a schedule, computes the windows); applying one checks where its rows come
 from, and destroying one forgets its windows."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from mlinfra.handler import Applied, BaseHandler, Context
 from mlinfra.monitoring import captures, records
 from mlinfra.plan.model import Change
-from mlinfra.providers.base import Applied, BaseHandler, Context
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 
