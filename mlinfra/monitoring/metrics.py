@@ -40,6 +40,28 @@ DEFAULT = {NUMERIC: "normalized_wasserstein", CATEGORICAL: "jensen_shannon"}
 _EPS = 1e-4
 
 
+class Counts(NamedTuple):
+    """A categorical window column, counted: each value's rows, and the nulls."""
+
+    kinds: list[str]
+    counts: np.ndarray
+    nulls: int
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> Counts:
+        """From text with None for nulls."""
+        present = values[values != None]  # noqa: E711 (elementwise)
+        kinds, counts = np.unique(present.astype(str), return_counts=True)
+        return cls([str(k) for k in kinds], counts, len(values) - len(present))
+
+    @property
+    def rows(self) -> int:
+        return int(self.counts.sum()) + self.nulls
+
+
+Current = np.ndarray | Counts
+
+
 class Measure(NamedTuple):
     """One metric's value on one column. `drifted` is decided against `threshold`
     (already Bonferroni-corrected for tests)."""
@@ -50,12 +72,12 @@ class Measure(NamedTuple):
     drifted: bool
 
 
-def _shares(reference: dict[str, Any], current: np.ndarray) -> tuple[np.ndarray, np.ndarray,
-                                                                      np.ndarray]:
+def _shares(reference: dict[str, Any], current: Current) -> tuple[np.ndarray, np.ndarray,
+                                                                   np.ndarray]:
     """(reference shares, current shares, current counts) over the same buckets: the
     reference's bins for a numeric column, its categories (and one for the rest) for
     a categorical one."""
-    if reference["type"] == NUMERIC:
+    if not isinstance(current, Counts):
         edges = np.asarray(reference["edges"])
         counts = np.bincount(np.searchsorted(edges, current, side="right"),
                              minlength=len(edges) + 1).astype(np.float64)
@@ -63,8 +85,7 @@ def _shares(reference: dict[str, Any], current: np.ndarray) -> tuple[np.ndarray,
     else:
         freqs = reference["frequencies"]
         names = [k for k in freqs if k != OTHER]
-        kinds, found = np.unique(current.astype(str), return_counts=True)
-        seen = dict(zip(kinds.tolist(), found.tolist(), strict=True))
+        seen = dict(zip(current.kinds, current.counts.tolist(), strict=True))
         counts = np.array([seen.pop(k, 0) for k in names] + [sum(seen.values())],
                           dtype=np.float64)
         ref = np.array([freqs[k] for k in names] + [freqs.get(OTHER, 0.0)])
@@ -76,22 +97,28 @@ def _finite(values: np.ndarray) -> np.ndarray:
     return np.asarray(values[~np.isnan(values)])
 
 
-def measure(metric: str, reference: dict[str, Any], current: np.ndarray,
+def measure(metric: str, reference: dict[str, Any], current: Current,
             threshold: float, tests: int = 1) -> Measure:
-    """`metric` of `current` (float64 with NaN for numeric columns, text with None for
-    categorical ones; nulls left out) against `reference`."""
+    """`metric` of `current` (float64 with NaN for numeric columns; for categorical
+    ones `Counts`, or text with None) against `reference`; nulls are left out."""
     from scipy import stats
     from scipy.spatial import distance
 
-    values = (_finite(current) if reference["type"] == NUMERIC
-              else current[current != None])  # noqa: E711 (elementwise)
+    values: Current
+    if reference["type"] == NUMERIC:
+        assert not isinstance(current, Counts)
+        values = _finite(current)
+    else:
+        values = current if isinstance(current, Counts) else Counts.of(current)
     if metric == "normalized_wasserstein":
+        assert not isinstance(values, Counts)
         ref_q = np.asarray(reference["quantiles"])
         cur_q = np.quantile(values, np.linspace(0, 1, QUANTILES))
         scale = reference["std"] or max(abs(reference["max"]), abs(reference["min"]), 1.0)
         value = float(stats.wasserstein_distance(ref_q, cur_q)) / scale
         return Measure(metric, value, threshold, value > threshold)
     if metric == "ks":
+        assert not isinstance(values, Counts)
         ref_q = np.asarray(reference["quantiles"])
         ordered = np.sort(values)
         points = np.concatenate([ref_q, ordered[np.linspace(0, len(ordered) - 1,
@@ -124,20 +151,22 @@ def measure(metric: str, reference: dict[str, Any], current: np.ndarray,
     raise ValueError(f"unknown metric {metric}")
 
 
-def quality(reference: dict[str, Any], current: np.ndarray) -> tuple[float, float]:
+def quality(reference: dict[str, Any], current: Current) -> tuple[float, float]:
     """(null rate, out-of-range rate) of a window's column: nulls among its rows; values
     outside the reference's [min, max], or categories it never saw, among the others."""
     if reference["type"] == NUMERIC:
-        nulls = np.isnan(current)
-        values = current[~nulls]
-        outside = (np.count_nonzero((values < reference["min"]) | (values > reference["max"]))
+        assert not isinstance(current, Counts)
+        missing = np.isnan(current)
+        values = current[~missing]
+        outside = (int(np.count_nonzero((values < reference["min"])
+                                        | (values > reference["max"])))
                    if "min" in reference else 0)
+        rows, nulls, present = len(current), int(np.count_nonzero(missing)), len(values)
     else:
-        nulls = current == None  # noqa: E711 (elementwise)
-        values = current[~nulls].astype(str)
-        known = [k for k in reference["frequencies"] if k != OTHER]
-        outside = (0 if OTHER in reference["frequencies"]
-                   else int(np.count_nonzero(~np.isin(values, known))))
-    rows = len(current)
-    return (float(np.count_nonzero(nulls)) / rows if rows else 0.0,
-            outside / len(values) if len(values) else 0.0)
+        counted = current if isinstance(current, Counts) else Counts.of(current)
+        known = set(reference["frequencies"]) - {OTHER}
+        outside = (0 if OTHER in reference["frequencies"] else
+                   int(sum(c for k, c in zip(counted.kinds, counted.counts.tolist(),
+                                             strict=True) if k not in known)))
+        rows, nulls, present = counted.rows, counted.nulls, counted.rows - counted.nulls
+    return (nulls / rows if rows else 0.0, outside / present if present else 0.0)

@@ -52,11 +52,21 @@ class Settings:
                    list(spec.get("on_breach") or []))
 
 
-def column_values(table: Any, name: str, kind: str) -> np.ndarray:
-    """A window's column as the metrics read it: float64 with NaN, or text with None."""
+def column_values(table: Any, name: str, kind: str) -> metrics.Current:
+    """A window's column as the metrics read it: float64 with NaN, or counted values
+    (pyarrow counts them: no Python object per row)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     column = table.column(name)
+    if kind == CATEGORICAL:
+        text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
+        empty = pc.equal(text, "")
+        nulls = text.null_count + int(pc.sum(empty).as_py() or 0)
+        counted = pc.value_counts(pc.drop_null(pc.if_else(empty, None, text)))
+        return metrics.Counts([str(k) for k in counted.field("values").to_pylist()],
+                              np.asarray(counted.field("counts").to_numpy(), dtype=np.int64),
+                              nulls)
     if kind == NUMERIC:
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
             return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
@@ -64,7 +74,7 @@ def column_values(table: Any, name: str, kind: str) -> np.ndarray:
 
         numbers = as_numbers(column.to_pylist())
         return numbers if numbers is not None else np.full(len(column), np.nan)
-    return as_text(column.to_pylist())
+    return metrics.Counts.of(as_text(column.to_pylist()))
 
 
 def _features(settings: Settings, reference: dict[str, Any], available: list[str]
@@ -139,9 +149,9 @@ def judge(settings: Settings, window: Window, table: Any, reference: dict[str, A
 
 
 def _signal(kind: str, name: str, metric: str, reference: dict[str, Any],
-            values: np.ndarray, threshold: float, tests: int) -> Signal:
-    present = (np.count_nonzero(~np.isnan(values)) if reference["type"] == NUMERIC
-               else np.count_nonzero(values != None))  # noqa: E711 (elementwise)
+            values: metrics.Current, threshold: float, tests: int) -> Signal:
+    present = (int(values.counts.sum()) if isinstance(values, metrics.Counts)
+               else np.count_nonzero(~np.isnan(values)))
     if not present or (reference["type"] == NUMERIC and not reference.get("quantiles")):
         return Signal(kind, name, metric, float("nan"), threshold, OK, int(present))
     found = metrics.measure(metric, reference, values, threshold, tests)
@@ -168,14 +178,14 @@ def _performance(spec: dict[str, Any], table: Any, labels: dict[tuple[str, int],
     narrow = [c for c in outputs if c.count(".") == 1]
     value = float("nan")
     if metric == "auc" and wide:
-        score = column_values(table, wide[-1], NUMERIC)[index]  # the greater class
+        score = _numbers(table, wide[-1])[index]  # the greater class
         keep = ~np.isnan(truth)
         try:
             value = auc(truth[keep].astype(int), score[keep])
         except Exception:  # one class only among the labels: no auc yet
             value = float("nan")
     elif narrow:
-        guess = column_values(table, narrow[0], NUMERIC)[index]
+        guess = _numbers(table, narrow[0])[index]
         if metric == "accuracy":
             value = float(np.mean(guess == truth))
         elif metric == "rmse":
@@ -193,6 +203,12 @@ def _performance(spec: dict[str, Any], table: Any, labels: dict[tuple[str, int],
         bad = value > threshold
     return Signal("performance", "*", metric, value, threshold,
                   DRIFT if bad and value == value else OK, len(picked))
+
+
+def _numbers(table: Any, name: str) -> np.ndarray:
+    found = column_values(table, name, NUMERIC)
+    assert isinstance(found, np.ndarray)
+    return found
 
 
 def _number(text: str) -> bool:

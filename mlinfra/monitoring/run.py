@@ -146,15 +146,11 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
     labels = _labels(config, store, chosen, folder)
     windows: list[Window] = []
     for start, end, rows, cursor in _slices(table, seconds, chosen, since, last, now):
-        part = table.take(rows)
+        whole = len(rows) == table.num_rows and bool(np.all(rows[1:] > rows[:-1]))
+        part = table if whole else table.take(rows)
         window = Window(chosen.name, start, end, len(rows), OK, cursor=cursor,
                         computed_at=now)
-        models = part.column("model").to_pylist()
-        versions = part.column("version").to_pylist()
-        pairs, counts = np.unique(np.array([f"{m}:{v}" for m, v in zip(models, versions,
-                                                                        strict=True)]),
-                                  return_counts=True)
-        served = str(pairs[int(np.argmax(counts))]) if len(pairs) else ""
+        served = _served(part)
         window.model = served
         model, _, version = served.rpartition(":")
         reference = records.profile_of(store, model, int(version)) if version else None
@@ -169,6 +165,15 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
                 f"files left out: {reasons}"
         windows.append(window)
     return windows
+
+
+def _served(part: Any) -> str:
+    """The model version (`fraud:3`) that scored most of the window's rows."""
+    groups = part.group_by(["model", "version"]).aggregate([("row", "count")])
+    if not groups.num_rows:
+        return ""
+    best = int(np.argmax(groups.column("row_count").to_numpy()))
+    return f"{groups.column('model')[best].as_py()}:{groups.column('version')[best].as_py()}"
 
 
 def _capture_columns(path: Path) -> list[str]:
