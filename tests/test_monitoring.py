@@ -301,3 +301,15 @@ def test_the_monitor_schema_is_exported(tmp_path: Path, cli: Cli) -> None:
     schema: dict[str, Any] = json.loads(exported.out)
     assert schema["title"] == "Monitor"
     assert (Path(__file__).parent.parent / "schemas" / "monitor.json").exists()
+
+
+def test_the_distances_are_scipys() -> None:
+    from scipy import stats
+    from scipy.spatial import distance
+
+    rng = np.random.default_rng(4)
+    u, v = rng.normal(0, 1, profile.QUANTILES), rng.normal(0.3, 2, profile.QUANTILES)
+    assert metrics.wasserstein(u, v) == pytest.approx(stats.wasserstein_distance(u, v))
+    p, q = rng.random(9), rng.random(9)
+    q[3] = 0.0
+    assert metrics.jensen_shannon(p, q) == pytest.approx(distance.jensenshannon(p, q))
