@@ -13,7 +13,7 @@ from mlinfra.cli.console import echo, emit, print_table, session_for, when
 
 if TYPE_CHECKING:
     from mlinfra.monitoring.records import Window
-    from mlinfra.monitoring.run import Verdict
+    from mlinfra.monitoring.verdicts import Verdict
 
 # A monitor is breached (alert_after drifting windows in a row): scripts and schedulers
 # tell it from an error (1) and a wrong command line (2).
@@ -63,7 +63,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 def cmd_monitors(args: argparse.Namespace) -> int:
     from mlinfra.monitoring import records, status
-    from mlinfra.monitoring.run import settings
+    from mlinfra.monitoring.verdicts import settings
 
     session = session_for(args, f"monitors {args.monitors_command}", write=False)
     try:

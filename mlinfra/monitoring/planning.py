@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from mlinfra.monitoring.run import status
 from mlinfra.plan.model import Action, Change, Plan
 from mlinfra.spec.model import Config
 from mlinfra.state.store import StateStore
@@ -51,6 +50,8 @@ def notes(config: Config, store: StateStore, plan: Plan) -> list[str]:
     monitors = sorted(config.of("Monitor"))
     if not monitors:
         return []
+    from mlinfra.monitoring.verdicts import status
+
     lines = ["", "Monitors:"]
     for name in monitors:
         verdict = status(store, config, name)

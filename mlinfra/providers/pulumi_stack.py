@@ -58,11 +58,13 @@ from mlinfra.state.model import ResourceState
 # Pulumi's container or Deployment).
 _APPLIED: dict[str, type[Handler] | None] = {
     "Workspace": WorkspaceHandler, "Compute": None, "Datastore": DatastoreHandler,
-    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler}
+    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler,
+    # a monitor's own part is the domain's; on kubernetes its CronJob is Pulumi's
+    "Monitor": MonitorHandler}
 # The domain's kinds, handled on this machine as on every provider.
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
-    "Model": ModelHandler, "Promotion": PromotionHandler, "Monitor": MonitorHandler}
+    "Model": ModelHandler, "Promotion": PromotionHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 
