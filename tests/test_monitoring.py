@@ -155,16 +155,17 @@ def send(url: str, key: str, rows: np.ndarray, batch: int = 50) -> list[str]:
     return ids
 
 
-def captured_rows(root: Path) -> int:
+def captured_rows(root: Path, endpoint: str = "api") -> int:
     return sum(pq.read_metadata(p).num_rows for p in
-               (root / "data" / "captures" / "api" / "requests").glob("hour=*/*.parquet"))
+               (root / "data" / "captures" / endpoint / "requests").glob("hour=*/*.parquet"))
 
 
-def wait_captured(root: Path, rows: int, seconds: float = 15.0) -> None:
+def wait_captured(root: Path, rows: int, seconds: float = 15.0, endpoint: str = "api"
+                  ) -> None:
     deadline = time.monotonic() + seconds
-    while captured_rows(root) < rows and time.monotonic() < deadline:
+    while captured_rows(root, endpoint) < rows and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert captured_rows(root) >= rows
+    assert captured_rows(root, endpoint) >= rows
 
 
 def test_an_endpoint_monitored_from_calm_to_breach_with_labels(
