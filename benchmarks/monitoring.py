@@ -124,12 +124,11 @@ result = Report([DataDriftPreset()]).run(current, reference)
 elapsed = time.perf_counter() - started
 drift, values = {}, {}
 for metric in result.dict()["metrics"]:
-    name = str(metric.get("metric_id", ""))
-    if not name.startswith("ValueDrift("):
+    config = metric.get("config") or {}
+    if not str(config.get("type", "")).endswith("ValueDrift"):
         continue
-    params = dict(p.split("=", 1) for p in name[len("ValueDrift("):-1].split(","))
-    column, method = params["column"], params.get("method", "")
-    threshold, value = float(params.get("threshold", 0.1)), float(metric["value"])
+    column, method = config["column"], str(config.get("method", ""))
+    threshold, value = float(config.get("threshold", 0.1)), float(metric["value"])
     values[column] = value
     tested = "p_value" in method or "test" in method.lower()
     drift[column] = value < threshold if tested else value >= threshold
