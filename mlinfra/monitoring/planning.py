@@ -35,11 +35,15 @@ def retrain(config: Config, target: str, plan: Plan) -> str:
     change: Change | None = next((c for c in plan.changes if c.address == address), None)
     reads: list[str] = []
     _data_read(change.after if change is not None else None, reads)
+    before: list[str] = []
+    _data_read(change.before if change is not None else None, before)
+    held = ", ".join(dict.fromkeys(reads or before))
     if change is not None and change.action in (Action.CREATE, Action.UPDATE,
                                                 Action.REPLACE):
-        data = ", ".join(dict.fromkeys(reads)) or "its inputs"
-        return f"{address} will retrain on {data}"
-    held = ", ".join(dict.fromkeys(reads))
+        if change.before is None or set(reads) != set(before):
+            return f"{address} will retrain on {', '.join(dict.fromkeys(reads)) or 'its inputs'}"
+        return (f"no new data since {held}; {address} runs in this plan for another reason "
+                f"({change.reason})")
     return (f"no new data{f' since {held}' if held else ''}: {address} has nothing new "
             "to retrain on")
 
