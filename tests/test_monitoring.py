@@ -314,3 +314,21 @@ def test_the_distances_are_scipys() -> None:
     p, q = rng.random(9), rng.random(9)
     q[3] = 0.0
     assert metrics.jensen_shannon(p, q) == pytest.approx(distance.jensenshannon(p, q))
+
+
+def test_a_value_that_could_not_be_computed_is_kept_as_null(tmp_path: Path) -> None:
+    from mlinfra.monitoring import records
+    from mlinfra.state.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "state.db", command="test")
+    try:
+        window = records.Window("watch", 3600.0, 7200.0, 800, records.OK, model="m:1")
+        window.signals = [records.Signal("performance", "*", "auc", float("nan"), 0.8,
+                                         records.OK, 12)]
+        records.save_windows(store, [window])
+        kept = records.windows(store, "watch")
+        assert len(kept) == 1 and kept[0].signals[0].value != kept[0].signals[0].value
+        assert kept[0].to_json()["signals"][0]["value"] is None
+        assert json.dumps(kept[0].to_json(), allow_nan=False)
+    finally:
+        store.close()

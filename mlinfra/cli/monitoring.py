@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 EXIT_BREACHED = 3
 
 
-def _value(value: float) -> str:
-    return "-" if value != value or math.isinf(value) else f"{value:.4g}"
+def _value(value: float | None) -> str:
+    return "-" if value is None or value != value or math.isinf(value) else f"{value:.4g}"
 
 
 def _window_line(window: Window) -> str:

@@ -30,6 +30,9 @@ OK, DRIFT, INSUFFICIENT, SKIPPED = "ok", "drift", "insufficient", "skipped"
 
 @dataclass
 class Signal:
+    """`value` is NaN when it could not be computed (no row with a value, an auc of
+    labels of one class); the table keeps NULL then."""
+
     signal: str  # data_drift, prediction_drift, data_quality, performance
     feature: str
     metric: str
@@ -37,6 +40,16 @@ class Signal:
     threshold: float
     verdict: str  # ok | drift
     rows: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.__dict__, "value": _number(self.value),
+                "threshold": _number(self.threshold)}
+
+
+def _number(value: float | None) -> float | None:
+    """NaN and infinities as null, for JSON and the state."""
+    return None if value is None or value != value or value in (float("inf"),
+                                                                float("-inf")) else value
 
 
 @dataclass
@@ -58,7 +71,7 @@ class Window:
         return {"start": self.start, "end": self.end, "rows": self.rows,
                 "status": self.status, "model": self.model, "reason": self.reason,
                 "computed_at": self.computed_at,
-                "signals": [s.__dict__ for s in self.signals]}
+                "signals": [s.to_json() for s in self.signals]}
 
 
 def save_profile(store: StateStore, name: str, version: int, source: str,
@@ -92,8 +105,8 @@ def save_windows(store: StateStore, windows: list[Window]) -> None:
             cur.executemany(
                 "INSERT INTO monitor_signals (monitor, window_start, signal, feature, metric, "
                 "value, threshold, verdict, rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(w.monitor, w.start, s.signal, s.feature, s.metric, s.value, s.threshold,
-                  s.verdict, s.rows) for s in w.signals])
+                [(w.monitor, w.start, s.signal, s.feature, s.metric, _number(s.value),
+                  s.threshold, s.verdict, s.rows) for s in w.signals])
 
 
 def windows(store: StateStore, monitor: str, limit: int | None = None) -> list[Window]:
@@ -114,7 +127,10 @@ def windows(store: StateStore, monitor: str, limit: int | None = None) -> list[W
                            (monitor, found[0].start)):
         window = by_start.get(row[0])
         if window is not None:
-            window.signals.append(Signal(*row[1:]))
+            signal, feature, metric, value, threshold, verdict, rows = row[1:]
+            window.signals.append(Signal(signal, feature, metric,
+                                         float("nan") if value is None else float(value),
+                                         float(threshold), verdict, int(rows)))
     return found
 
 

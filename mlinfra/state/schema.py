@@ -135,7 +135,7 @@ MIGRATIONS: tuple[Migration, ...] = (
           PRIMARY KEY (monitor, window_start))""",
         """CREATE TABLE monitor_signals (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, signal TEXT NOT NULL,
-          feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL NOT NULL,
+          feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
           threshold REAL NOT NULL, verdict TEXT NOT NULL, rows INTEGER NOT NULL,
           PRIMARY KEY (monitor, window_start, signal, feature, metric))""")),
 )
