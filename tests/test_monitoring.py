@@ -332,3 +332,49 @@ def test_a_value_that_could_not_be_computed_is_kept_as_null(tmp_path: Path) -> N
         assert json.dumps(kept[0].to_json(), allow_nan=False)
     finally:
         store.close()
+
+
+DATA_MONITOR = """\
+kind: Data
+name: reference
+path: reference.csv
+---
+kind: Data
+name: production
+path: production.csv
+---
+kind: Model
+name: fraud
+from: {path: models/fraud.onnx}
+evaluation: {data: reference, label: is_fraud, features: [amount, age], metrics: [auc]}
+---
+kind: Monitor
+name: batch-watch
+model: fraud
+data: production
+min_rows: 100
+"""
+
+
+def test_a_monitor_of_a_data_asset_judges_each_new_content_once(
+        project: Callable[..., Path], cli: Cli) -> None:
+    rng = np.random.default_rng(9)
+    root = project({"models/fraud.onnx": named_model(),
+                    "data/reference.csv": reference_csv(rng),
+                    "data/production.csv": reference_csv(rng, 1000),
+                    "monitor.yaml": DATA_MONITOR})
+    assert cli("apply", "--auto-approve").code == 0
+    first = cli("monitor", "run", "--json")
+    assert first.code == 0, first.out + first.err
+    window = json.loads(first.out)[0]["computed"][0]
+    assert (window["status"], window["rows"], window["model"]) == ("ok", 1000, "fraud:1")
+    assert json.loads(cli("monitor", "run", "--json").out)[0]["computed"] == []
+    shifted = reference_csv(np.random.default_rng(10), 1000).splitlines()
+    moved = [shifted[0]] + [f"{float(a) + 15:.3f},{b},{y}" for a, b, y in
+                            (line.split(",") for line in shifted[1:])]
+    (root / "data" / "production.csv").write_text("\n".join(moved) + "\n")
+    second = cli("monitor", "run", "--json")
+    assert second.code == 3, second.out
+    drifted = {s["feature"] for s in json.loads(second.out)[0]["computed"][0]["signals"]
+               if s["verdict"] == "drift"}
+    assert drifted == {"amount"}
