@@ -87,18 +87,21 @@ def read(paths: list[Path], columns: list[str]) -> Read:
 
     tables, skipped = [], []
     for path in paths:
+        # NOTE: ParquetFile, not read_table: read_table imports pyarrow.dataset, and it
+        # pandas, which takes longer than judging a window.
         try:
-            schema = pq.read_schema(path)
+            file = pq.ParquetFile(path)
+            names = file.schema_arrow.names
         except (OSError, pa.ArrowException) as err:
             skipped.append(f"{path.name}: damaged ({str(err).splitlines()[0][:120]})")
             continue
-        missing = [c for c in columns if c not in schema.names]
+        missing = [c for c in columns if c not in names]
         if missing:
             skipped.append(f"{path.name}: another schema (no column "
                            f"{', '.join(missing[:3])})")
             continue
         try:
-            table = pq.read_table(path, columns=columns)
+            table = file.read(columns=columns)
         except (OSError, pa.ArrowException) as err:
             skipped.append(f"{path.name}: damaged ({str(err).splitlines()[0][:120]})")
             continue

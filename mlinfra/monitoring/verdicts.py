@@ -182,7 +182,7 @@ def _capture_columns(path: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.read_schema(path)
+        schema = pq.ParquetFile(path).schema_arrow
     except (OSError, pa.ArrowException):
         return list(BASE_COLUMNS)
     meta = schema.metadata or {}
