@@ -385,3 +385,45 @@ def test_a_monitor_of_a_data_asset_judges_each_new_content_once(
     drifted = {s["feature"] for s in json.loads(second.out)[0]["computed"][0]["signals"]
                if s["verdict"] == "drift"}
     assert drifted == {"amount"}
+
+
+def test_captures_are_hourly_parquet_files_kept_for_their_retention(tmp_path: Path) -> None:
+    import hashlib
+    import os
+
+    from mlinfra.serving.app import request_id_of
+    from mlinfra.serving.batcher import Batcher
+    from mlinfra.serving.captures import Captures, hour_of
+    from mlinfra.serving.model import LoadedModel
+    from mlinfra.serving.table import Deployment, Table
+
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(named_model())
+    model = LoadedModel.load("fraud", 3, model_file,
+                             hashlib.sha256(model_file.read_bytes()).hexdigest())
+    deployment = Deployment("blue", model, Batcher(model, 8), 5.0)
+    folder = tmp_path / "captures" / "api"
+    table = Table("api", 1, {"blue": deployment}, [("blue", 100.0)], collect_sample=1.0,
+                  collect_path=str(folder), collect_retention_s=7 * 86400.0)
+    old = folder / "requests" / "hour=2000-01-01T00"
+    old.mkdir(parents=True)
+    (old / "part-old.parquet").write_bytes(b"old")
+    captures = Captures(retention_bytes=1 << 30)
+    features = {"features": np.array([[50.0, 40.0], [60.0, 41.0]], dtype=np.float32)}
+    captures.write(table, "req-1", deployment, features, model.run(features))
+    captures.close()
+    written = list((folder / "requests").glob("hour=*/*.parquet"))
+    assert [p.parent.name for p in written] == [hour_of(time.time())]
+    file = pq.ParquetFile(written[0])
+    rows = file.read().to_pylist()
+    assert [(r["request_id"], r["row"], r["amount"], r["age"]) for r in rows] == [
+        ("req-1", 0, 50.0, 40.0), ("req-1", 1, 60.0, 41.0)]
+    assert rows[0]["output.label"] in (0, 1) and "output.probabilities.1" in rows[0]
+    assert file.schema_arrow.metadata[b"mlinfra.features"] == b"amount,age"
+    assert not old.exists()  # older than the 7 days kept
+    assert not any(name.startswith(".") for name in os.listdir(written[0].parent))
+    deployment.batcher.close()
+    # a client's request id is kept when usable, else the server makes one
+    assert request_id_of([(b"x-request-id", b"abc-1")]) == "abc-1"
+    assert len(request_id_of([(b"x-request-id", b"x" * 201)])) == 32
+    assert len(request_id_of([])) == 32
