@@ -28,4 +28,4 @@ class MonitorHandler(BaseHandler):
         return Applied(outputs, provider_id=f"monitor/{res.name}")
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
-        records.forget(ctx.store, state.name)
+        records.forget(ctx.writer, state.name)

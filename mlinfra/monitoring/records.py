@@ -23,7 +23,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlinfra.state.store import StateStore, row_json, upsert
+from mlinfra.state.store import Cursor, StateStore, row_json, upsert
+from mlinfra.state.work import Writer
 
 OK, DRIFT, INSUFFICIENT, SKIPPED = "ok", "drift", "insufficient", "skipped"
 
@@ -74,12 +75,13 @@ class Window:
                 "signals": [s.to_json() for s in self.signals]}
 
 
-def save_profile(store: StateStore, name: str, version: int, source: str,
+def save_profile(writer: Writer, name: str, version: int, source: str,
                  profile: dict[str, Any]) -> None:
-    with store.transaction() as cur:
-        cur.execute(upsert("model_profiles", ("name", "version", "source", "profile",
-                                              "created_at"), ("name", "version")),
-                    (name, version, source, json.dumps(profile), time.time()))
+    """Kept with the version: staged with its registration during apply."""
+    text, now = json.dumps(profile), time.time()
+    writer.write(lambda cur: cur.execute(
+        upsert("model_profiles", ("name", "version", "source", "profile", "created_at"),
+               ("name", "version")), (name, version, source, text, now)))
 
 
 def profile_of(store: StateStore, name: str, version: int) -> dict[str, Any] | None:
@@ -88,12 +90,13 @@ def profile_of(store: StateStore, name: str, version: int) -> dict[str, Any] | N
     return dict(row_json(rows[0][0], f"profile of {name}:{version}")) if rows else None
 
 
-def save_windows(store: StateStore, windows: list[Window]) -> None:
+def save_windows(writer: Writer, windows: list[Window]) -> None:
     """Each window with its signals, in one transaction (a window computed again
     replaces what was kept of it)."""
     if not windows:
         return
-    with store.transaction() as cur:
+
+    def insert(cur: Cursor) -> None:
         for w in windows:
             cur.execute("DELETE FROM monitor_signals WHERE monitor=? AND window_start=?",
                         (w.monitor, w.start))
@@ -107,6 +110,8 @@ def save_windows(store: StateStore, windows: list[Window]) -> None:
                 "value, threshold, verdict, rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(w.monitor, w.start, s.signal, s.feature, s.metric, _number(s.value),
                   s.threshold, s.verdict, s.rows) for s in w.signals])
+
+    writer.write(insert)
 
 
 def windows(store: StateStore, monitor: str, limit: int | None = None) -> list[Window]:
@@ -134,8 +139,10 @@ def windows(store: StateStore, monitor: str, limit: int | None = None) -> list[W
     return found
 
 
-def forget(store: StateStore, monitor: str) -> None:
-    """The monitor is destroyed: its windows go with it."""
-    with store.transaction() as cur:
+def forget(writer: Writer, monitor: str) -> None:
+    """The monitor is destroyed: its windows go with it (staged with its deletion)."""
+    def delete(cur: Cursor) -> None:
         cur.execute("DELETE FROM monitor_signals WHERE monitor=?", (monitor,))
         cur.execute("DELETE FROM monitor_windows WHERE monitor=?", (monitor,))
+
+    writer.write(delete)

@@ -99,9 +99,9 @@ INDEXES: tuple[str, ...] = (
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks", "model_profiles", "monitor_windows", "monitor_signals")
 # Tables that migrations create, in the order they do.
-ADDED_TABLES = ("model_profiles", "monitor_windows", "monitor_signals")
+ADDED_TABLES = ("journal_steps", "model_profiles", "monitor_windows", "monitor_signals")
 # What `state migrate` copies: everything but who holds the lock now.
-COPIED_TABLES = tuple(name for name in (*TABLES, *ADDED_TABLES) if name != "locks")
+COPIED_TABLES = (*(name for name in TABLES if name != "locks"), *ADDED_TABLES)
 # Tables whose `id` the database numbers (the next one follows the largest).
 NUMBERED_TABLES = ("journal", "audit", "metrics")
 
@@ -124,7 +124,13 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(3, "monitoring: reference profiles, monitor windows and their signals", (
+    # The ordered steps of a journaled operation (a promotion and its rollout, a key
+    # rotation, an endpoint generation, a migration): recovery reads them.
+    Migration(3, "journal_steps", (
+        """CREATE TABLE IF NOT EXISTS journal_steps (
+          journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+          data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
+    Migration(4, "monitoring: reference profiles, monitor windows and their signals", (
         """CREATE TABLE model_profiles (
           name TEXT NOT NULL, version INTEGER NOT NULL, source TEXT NOT NULL,
           profile TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version))""",
