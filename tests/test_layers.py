@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3,
-          "registry": 3, "runs": 3, "providers": 4, "engine": 5, "scaffold": 5, "ci": 6,
+          "registry": 3, "runs": 3, "batch": 3, "providers": 4, "engine": 5, "scaffold": 5, "ci": 6,
           "cli": 7, "__main__": 7}
 
 
@@ -67,10 +67,10 @@ def test_every_kind_has_a_local_handler_that_imports() -> None:
     """Handlers are named as "module:Class" and imported on first use: a typo would only
     show when a project first uses that kind."""
     from mlinfra.providers.local import LocalProvider
-    from mlinfra.spec.schemas import KINDS
+    from mlinfra.spec.schemas import DERIVED_KINDS, KINDS
 
     provider = LocalProvider()
-    kinds = [k for k in KINDS if k not in ("Project", "Stack")]
+    kinds = [k for k in KINDS if k not in ("Project", "Stack")] + list(DERIVED_KINDS)
     assert sorted(LocalProvider.handler_classes) == sorted(kinds)
     for kind in kinds:
         handler = provider.find(kind)

@@ -30,10 +30,14 @@ def _change_lines(change: Change) -> list[Line]:
     if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE) \
             and {"run_hash", "steps_resolved"} & set(change.after or {}):
         verb = "run"  # creating or updating it runs it (a job used as a step does not)
+    reason = change.reason
+    if change.kind == "BatchScore" and change.action in (Action.CREATE, Action.UPDATE,
+                                                         Action.REPLACE):
+        verb, reason = _scoring(change)
     header = f"  # {change.address} will {verb}"
     lines: list[Line] = [(header, "bold")]
-    if change.action is not Action.CREATE or change.reason != "new resource":
-        lines.append((f"  #   ({change.reason})", "dim"))
+    if change.action is not Action.CREATE or reason != "new resource":
+        lines.append((f"  #   ({reason})", "dim"))
     symbol = change.action.value
     lines.append((f"{symbol:>3} {change.kind.lower()} \"{change.name}\" {{", style))
     if change.action in (Action.CREATE, Action.DELETE):
@@ -56,6 +60,30 @@ def _change_lines(change: Change) -> list[Line]:
     lines.append(("    }", style))
     lines.append(("", ""))
     return lines
+
+
+def _scoring(change: Change) -> tuple[str, str]:
+    """A declared scoring says what it will score with what, and why: "will score
+    transactions:8 with fraud:3" (fraud@champion moved 2 -> 3)."""
+    after, before = change.after or {}, change.before or {}
+    model = after.get("model_version") or f"{after.get('model')} (as this apply leaves it)"
+    verb = f"score {after.get('input')} with {model}"
+    reasons = []
+    old, new = before.get("model_version"), after.get("model_version")
+    if before and old != new:
+        reasons.append(f"{after.get('model')} moved {_version(old)} -> {_version(new)}"
+                       if "@" in str(after.get("model")) else f"model {old} -> {new}")
+    if before and before.get("input") != after.get("input"):
+        reasons.append(f"new data: {before.get('input')} -> {after.get('input')}")
+    if before and before.get("scoring") != after.get("scoring"):
+        reasons.append("the output's form changed")
+    if before and before.get("model_source") != after.get("model_source") and not reasons:
+        reasons.append("its model may be retrained in this apply")
+    return verb, "; ".join(reasons) or change.reason
+
+
+def _version(ref: object) -> str:
+    return str(ref).rpartition(":")[2] if ref else "none"
 
 
 def summary_line(plan: Plan) -> str:

@@ -58,7 +58,10 @@ _APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
 _LOCAL_KINDS = {"Data": _LOCAL + "data:DataHandler", "Job": _LOCAL + "jobs:JobHandler",
                 "Pipeline": _LOCAL + "jobs:PipelineHandler",
                 "Model": _LOCAL + "models:ModelHandler",
-                "Promotion": _LOCAL + "promotion:PromotionHandler"}
+                "Promotion": _LOCAL + "promotion:PromotionHandler",
+                # NOTE: scorings run on this machine on every stack so far.
+                "BatchEndpoint": _LOCAL + "batch:BatchEndpointHandler",
+                "BatchScore": _LOCAL + "batch:BatchScoreHandler"}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 

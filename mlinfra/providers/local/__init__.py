@@ -25,6 +25,8 @@ class LocalProvider(Provider):
         "Model": _LOCAL + "models:ModelHandler",
         "Promotion": _LOCAL + "promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "BatchEndpoint": _LOCAL + "batch:BatchEndpointHandler",
+        "BatchScore": _LOCAL + "batch:BatchScoreHandler",
     }
 
     def cancel(self) -> None:
