@@ -239,7 +239,7 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()
     proc.stderr.close()
-    gone, alive = psutil.wait_procs(workers, timeout=10)
+    _, alive = psutil.wait_procs(workers, timeout=10)
     assert alive == [], "workers outlived their scorer"
     folder = next(jobs.iterdir())
     manifest = json.loads((folder / "job.json").read_text())
@@ -295,8 +295,8 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
                    ).iterdir())
     errors = [json.loads(line) for line in (folder / "errors.jsonl").read_text().splitlines()]
     assert [e["row_id"] for e in errors] == list(range(1400, 2000))
-    assert errors[0]["attempts"] == 2 and "Gather" in errors[0]["error"] or "indices" in \
-        errors[0]["error"]
+    assert errors[0]["attempts"] == 2
+    assert "indices element out of data bounds, idx=42" in errors[0]["error"]
     assert len(list(folder.glob("shards/*.arrow"))) == 2  # what it scored is kept
 
     batch = (root / "batch.yaml").read_text().replace("error_threshold: 0",
@@ -345,7 +345,7 @@ def test_validate_names_file_line_and_field(project: Callable[..., Path],
         "output: daily-scores", "output: daily"), "models/scorer.onnx": b""})
     found = cli("validate")
     assert found.code == 1
-    assert ("batch.yaml:18:10: batchendpoint/nightly: default: unknown deployment 'mian' "
+    assert ("batch.yaml:16:10: batchendpoint/nightly: default: unknown deployment 'mian' "
             "(did you mean 'main'?)") in found.err
-    assert "batch.yaml:21:5: batchendpoint/nightly: score[0].output: 'daily' is a declared " \
+    assert "batch.yaml:19:27: batchendpoint/nightly: score[0].output: 'daily' is a declared " \
         "Data" in found.err

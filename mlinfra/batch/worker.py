@@ -88,6 +88,11 @@ def output_table(start: int, kept: pa.RecordBatch | None, names: list[str],
 
 def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     """The worker's loop: (index, start row, batch) in, ("done"|"failed", ...) out."""
+    import onnxruntime as ort
+
+    # a failed call is reported with its mini-batch; onnxruntime's own log would only
+    # write over the progress bar
+    ort.set_default_logger_severity(4)
     parent = int(spec["parent"])
     folder = JobFolder(Path(spec["folder"]))
     model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
