@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,14 @@ def output_table(start: int, kept: pa.RecordBatch | None, names: list[str],
     return pa.table({c: available[c] for c in chosen})
 
 
+def _orphaned(parent: int) -> None:
+    """Exit as soon as the scorer is gone (killed): a worker may be waiting for the
+    rest of a mini-batch its scorer was sending when it died, which never comes."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    os._exit(0)
+
+
 def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     """The worker's loop: (index, start row, batch) in, ("done"|"failed", ...) out."""
     import onnxruntime as ort
@@ -94,6 +103,7 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     # write over the progress bar
     ort.set_default_logger_severity(4)
     parent = int(spec["parent"])
+    threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
     folder = JobFolder(Path(spec["folder"]))
     model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
                              spec["sha256"], int(spec["threads"]))
@@ -105,8 +115,6 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
         try:
             task = tasks.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent:
-                return  # the scorer was killed: stop with it
             continue
         if task is None:
             return

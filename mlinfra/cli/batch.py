@@ -28,14 +28,14 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _invoke(ctx: Any, args: argparse.Namespace) -> int:
-    from mlinfra.batch.scoring import Scorer, render
-    from mlinfra.providers.local.batch import (
+    from mlinfra.batch.handler import (
         deployment_of,
         input_of,
         jobs_root,
         resolve_model,
         scoring,
     )
+    from mlinfra.batch.scoring import Scorer, render
 
     address = f"batchendpoint.{args.name}"
     endpoint = ctx.config.get("BatchEndpoint", args.name)
@@ -114,8 +114,8 @@ class _ProgressBar:
 
 
 def _jobs(ctx: Any, args: argparse.Namespace) -> int:
+    from mlinfra.batch.handler import jobs_root
     from mlinfra.batch.jobs import list_jobs
-    from mlinfra.providers.local.batch import jobs_root
 
     jobs = list_jobs(jobs_root(ctx))
     if args.json:

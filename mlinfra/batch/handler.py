@@ -9,17 +9,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlinfra.data.versions import DataVersions, file_sha256
+from mlinfra.handler import Applied, BaseHandler, Context, ProviderError, workspace_dir
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.endpoint.config import governed
-from mlinfra.providers.local.infra import workspace_dir
-from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
+from mlinfra.runs.jobs import Resolver, artifact_store
 from mlinfra.spec.model import Ref, Resource, duration_s
 from mlinfra.state.model import ResourceState
 
 if TYPE_CHECKING:
     from mlinfra.batch.scoring import Progress, Scoring, Summary
+
+
+def governed(ctx: Context, model: str, alias: str) -> bool:
+    """A Promotion moves that alias (so it may point nowhere until apply runs it)."""
+    return any(p.spec.get("model") == model and p.spec.get("alias", "champion") == alias
+               for p in ctx.config.of("Promotion").values())
 
 
 def jobs_root(ctx: Context) -> Path:
