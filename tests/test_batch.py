@@ -37,6 +37,7 @@ compute: cpu
 deployments:
   - {name: main, model: scorer@champion, mini_batch_size: 700, max_concurrency: 2,
      error_threshold: 0, retries: 1}
+  - {name: count, model: scorer@champion, output_action: summary_only}
 default: main
 output: {format: csv, keep_input_columns: [customer_id]}
 score:
@@ -177,9 +178,13 @@ def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
     assert (summary["input"], summary["mini_batches"], summary["status"]) == (
         "daily:1", 5, "completed")
     _check_output(tmp_path / "daily.csv", model, _table(3000))
+    counted = json.loads(cli("batch", "invoke", "nightly", "--deployment", "count",
+                             "--input", "daily", "--json").out)
+    assert (counted["scored_rows"], counted["output"]) == (3000, None)
+    assert not list(Path(counted["folder"]).glob("predictions.*"))
     jobs = json.loads(cli("batch", "jobs", "--json").out)
     assert sorted(j["input"] for j in jobs) == sorted(
-        ["daily:1", str(tmp_path / "in.csv"), str(tmp_path / "in.parquet")])
+        ["daily:1", "daily:1", str(tmp_path / "in.csv"), str(tmp_path / "in.parquet")])
     assert {j["status"] for j in jobs} == {"completed"}
 
 
@@ -326,6 +331,9 @@ def test_bad_input_is_named_before_any_row_is_scored(
     assert text.code == 1
     assert "column x2: row 3 (row_id 2) holds 'oops', not a number" in text.err
     assert "Traceback" not in text.err
+    (tmp_path / "hole.csv").write_text("x1,x2,customer_id\n1,2,a\n3,,b\n")
+    hole = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "hole.csv"))
+    assert hole.code == 1 and "column x2: row 2 (row_id 1) is empty" in hole.err
     (tmp_path / "empty.csv").write_text("x1,x2,customer_id\n")
     empty = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "empty.csv"),
                 "--output", str(tmp_path / "empty-out.csv"))
@@ -345,7 +353,44 @@ def test_validate_names_file_line_and_field(project: Callable[..., Path],
         "output: daily-scores", "output: daily"), "models/scorer.onnx": b""})
     found = cli("validate")
     assert found.code == 1
-    assert ("batch.yaml:16:10: batchendpoint/nightly: default: unknown deployment 'mian' "
+    assert ("batch.yaml:17:10: batchendpoint/nightly: default: unknown deployment 'mian' "
             "(did you mean 'main'?)") in found.err
-    assert "batch.yaml:19:27: batchendpoint/nightly: score[0].output: 'daily' is a declared " \
+    assert "batch.yaml:20:27: batchendpoint/nightly: score[0].output: 'daily' is a declared " \
         "Data" in found.err
+    project({"batch.yaml": ENDPOINT + "  - {data: daily, output: daily-scores}\n",
+             "models/scorer.onnx": b""})
+    twice = cli("validate")
+    assert "score[1].output: output 'daily-scores' is written by another scoring too" \
+        in twice.err
+
+
+def test_a_mini_batch_past_its_timeout_is_stopped_tried_again_then_counted(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project(model=_slow_model())
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text(ENDPOINT.replace(
+        "mini_batch_size: 700, max_concurrency: 2,\n     error_threshold: 0, retries: 1",
+        "mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, retries: 1, "
+        "timeout: 50ms"))
+    pcsv.write_csv(_table(40000), tmp_path / "in.csv")
+    done = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
+    assert done.code == 0, done.err
+    summary = json.loads(done.out)
+    assert (summary["failed_mini_batches"], summary["retries"], summary["failed_rows"]) == (
+        1, 1, 40000)
+    first = json.loads(Path(summary["errors"]).read_text().splitlines()[0])
+    assert (first["error"], first["attempts"]) == ("timed out after 0.05s", 2)
+
+
+def test_the_progress_bar_shows_rows_rate_and_mini_batches(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlinfra.batch.scoring import Progress
+    from mlinfra.cli.batch import _ProgressBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with _ProgressBar("scorer:1 over daily:1") as bar:
+        bar.update(Progress(rows=20000, mini_batches=2, failed_mini_batches=1,
+                            elapsed_s=2.0))
+    shown = capsys.readouterr().err
+    assert "scorer:1 over daily:1" in shown and "20,000 rows" in shown
+    assert "10,000 rows/s" in shown and "2 mini-batches" in shown and "1 failed" in shown
