@@ -108,7 +108,7 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
     assert cli("models", "alias", "scorer@champion", "1").code == 0
 
     plan = cli("plan")
-    assert "# batchscore.daily-scores will score daily:1 with scorer:1" in plan.out
+    assert "# batchscore.daily-scores will score daily:1 with scorer@champion" in plan.out
     applied = cli("apply", "--auto-approve")
     assert applied.code == 0, applied.err
     out = _scores(cli)
@@ -137,7 +137,7 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
 
     pcsv.write_csv(_table(1200, seed=5), root / "data" / "daily.csv")
     plan = cli("plan")
-    assert "will score daily:2 with scorer:1" in plan.out
+    assert "will score daily:2 with scorer@champion" in plan.out
     assert "new data: daily:1 -> daily:2" in plan.out
     assert cli("apply", "--auto-approve").code == 0
     out = _scores(cli)
@@ -341,6 +341,8 @@ def test_bad_input_is_named_before_any_row_is_scored(
     assert (tmp_path / "empty-out.csv").read_text().splitlines() == [
         '"row_id","customer_id","label","probabilities_0","probabilities_1"'
     ] or pcsv.read_csv(tmp_path / "empty-out.csv").num_rows == 0
+    wrong = cli("batch", "invoke", "nightly", "--input", "daily", "--output", "out.parquet")
+    assert wrong.code == 1 and "writes csv (its output.format)" in wrong.err
     nowhere = cli("batch", "invoke", "nightly", "--input", "nothing.csv")
     assert nowhere.code == 1 and "neither a file nor a Data" in nowhere.err
     pinned = cli("batch", "invoke", "nightly", "--deployment", "other", "--input", "daily")

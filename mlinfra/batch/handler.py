@@ -107,20 +107,21 @@ class BatchScoreHandler(BaseHandler):
     the output's form changes, never twice for the same ones."""
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        """The input's data version and what decides the model's: its reference and,
+        for a declared Model, its source (a retrain in this apply may give the reference
+        a new version). The version a reference names is read at refresh (`read`): an
+        alias moved since the last scoring is a change to make."""
         endpoint = ctx.config.get("BatchEndpoint", str(res.spec["endpoint"]))
         assert endpoint is not None
         deployment = deployment_of(ctx, endpoint, str(res.spec["deployment"]), res.address)
         data = Resolver(ctx).data(res, str(res.spec["data"]))
-        model = resolve_model(ctx, deployment, res.address)
+        resolve_model(ctx, deployment, res.address)  # a reference naming nothing: refused
         ref = Ref.parse(str(deployment["model"]))
         assert ref is not None
         declared = ctx.config.get("Model", ref.name)
         return {
             "input": data.label, "input_sha256": data.sha256,
             "model": str(deployment["model"]),
-            "model_version": model.ref if model else None,
-            "model_sha256": model.sha256 if model else None,
-            # A retrain planned in this apply may give the reference a new version.
             "model_source": ctx.facts(declared) if declared is not None else {},
             "scoring": {k: deployment[k] for k in ("mini_batch_size", "output_action")
                         if k in deployment} | {"output": endpoint.spec.get("output") or {}},
@@ -196,7 +197,30 @@ class BatchScoreHandler(BaseHandler):
         if not artifact_store(ctx).exists(found.sha256):
             return Observed(False, f"the scores of version {version} are missing from the "
                             "artifact store")
-        return Observed()
+        return self._model_moved(state, ctx)
+
+    def _model_moved(self, state: ResourceState, ctx: Context) -> Observed:
+        """The deployment's reference names another version than the one scored (an
+        alias moved, a newer latest): scored again by an update."""
+        res = ctx.config.get("BatchScore", state.name)
+        endpoint = ctx.config.get("BatchEndpoint", str(res.spec["endpoint"])) if res else None
+        if res is None or endpoint is None:
+            return Observed()
+        deployments = {d["name"]: d for d in endpoint.spec["deployments"]}
+        deployment = deployments.get(str(res.spec["deployment"]))
+        ref = Ref.parse(str(deployment["model"])) if deployment else None
+        scored = str(state.outputs.get("model") or "")
+        if ref is None or not scored:
+            return Observed()
+        try:
+            now = ModelRegistry(ctx.store).resolve(ref.name, ref.version, ref.alias)
+        except RegistryError:
+            return Observed()
+        if now.ref == scored:
+            return Observed()
+        before = scored.rpartition(":")[2]
+        return Observed(True, f"{ref} moved {before} -> {now.version}: it scored {scored}, "
+                        f"{ref} is {now.ref} now", update=True)
 
 
 def _outputs(version: int, sha: str, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +237,7 @@ def _progress_log(ctx: Context, address: str) -> Any:
     last = [time.monotonic()]
 
     def report(progress: Progress) -> None:
-        if time.monotonic() - last[0] >= 5:
+        if progress.rows and time.monotonic() - last[0] >= 5:
             last[0] = time.monotonic()
             ctx.log(f"{address}: {progress.rows:,} rows scored, {progress.mini_batches} "
                     f"mini-batches, {progress.failed_rows} rows failed")

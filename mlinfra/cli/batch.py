@@ -50,6 +50,7 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
                            "first")
     path, fmt, label, sha = input_of(ctx, args.input, address)
     job = scoring(ctx, endpoint, deployment, model, path, fmt, label, sha, address)
+    _check_output_name(args.output, job.output.format, endpoint.name)
     with _ProgressBar(f"{model.ref} over {label}") as bar:
         summary = Scorer(job, jobs_root(ctx), bar.update).run()
     if args.output and summary.output:
@@ -57,6 +58,22 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
         summary.output = str(Path(args.output))
     echo(json.dumps(summary.to_json(), indent=2) if args.json else render(summary))
     return 0
+
+
+def _check_output_name(output: str | None, fmt: str, endpoint: str) -> None:
+    """--output names a file of the format the endpoint writes, or one mlinfra cannot
+    tell the format of: never a .csv holding Parquet."""
+    from mlinfra.batch.source import BatchInputError, format_of
+
+    if output is None:
+        return
+    try:
+        named = format_of(Path(output))
+    except BatchInputError:
+        return
+    if named != fmt:
+        raise MlinfraError(f"--output {output}: batch endpoint {endpoint} writes {fmt} (its "
+                           f"output.format): name a .{fmt} file, or change output.format")
 
 
 def _deliver(source: Path, target: Path) -> None:

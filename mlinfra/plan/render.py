@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from mlinfra.plan.diff import flatten, masked
@@ -66,24 +67,24 @@ def _scoring(change: Change) -> tuple[str, str]:
     """A declared scoring says what it will score with what, and why: "will score
     transactions:8 with fraud:3" (fraud@champion moved 2 -> 3)."""
     after, before = change.after or {}, change.before or {}
-    model = after.get("model_version") or f"{after.get('model')} (as this apply leaves it)"
-    verb = f"score {after.get('input')} with {model}"
+    model = str(after.get("model"))
     reasons = []
-    old, new = before.get("model_version"), after.get("model_version")
-    if before and old != new:
-        reasons.append(f"{after.get('model')} moved {_version(old)} -> {_version(new)}"
-                       if "@" in str(after.get("model")) else f"model {old} -> {new}")
+    moved = _MOVED.search(change.reason)
+    if moved:  # refresh found the reference naming another version (see BatchScore.read)
+        model = moved.group(2)
+        reasons.append(moved.group(1))
     if before and before.get("input") != after.get("input"):
         reasons.append(f"new data: {before.get('input')} -> {after.get('input')}")
     if before and before.get("scoring") != after.get("scoring"):
         reasons.append("the output's form changed")
+    if before and before.get("model") != after.get("model"):
+        reasons.append(f"model {before.get('model')} -> {after.get('model')}")
     if before and before.get("model_source") != after.get("model_source") and not reasons:
-        reasons.append("its model may be retrained in this apply")
-    return verb, "; ".join(reasons) or change.reason
+        reasons.append(f"{model} may name a new version after this apply")
+    return f"score {after.get('input')} with {model}", "; ".join(reasons) or change.reason
 
 
-def _version(ref: object) -> str:
-    return str(ref).rpartition(":")[2] if ref else "none"
+_MOVED = re.compile(r"(\S+ moved \S+ -> \S+): it scored \S+, \S+ is (\S+) now")
 
 
 def summary_line(plan: Plan) -> str:
