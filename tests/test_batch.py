@@ -396,3 +396,23 @@ def test_the_progress_bar_shows_rows_rate_and_mini_batches(
     shown = capsys.readouterr().err
     assert "scorer:1 over daily:1" in shown and "20,000 rows" in shown
     assert "10,000 rows/s" in shown and "2 mini-batches" in shown and "1 failed" in shown
+
+
+def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    from mlinfra.data.versions import DataVersions
+    from mlinfra.engine import execute, open_session, plan
+
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    session = open_session(root, None, "apply", write=True)
+    try:
+        session.store.engine_only = True  # any write but the engine's is refused
+        result = execute(session, plan(session))
+        assert result.ok, (result.failed, result.skipped)
+        scores = DataVersions(session.store).get("daily-scores")
+        assert scores is not None and scores.metadata["lineage"]["model"] == "scorer:1"
+        assert ("data.versioned", "data.daily-scores") in {
+            (e.type, e.subject) for _, e in session.store.events()}
+    finally:
+        session.close()

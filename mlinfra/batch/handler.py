@@ -47,7 +47,7 @@ def resolve_model(ctx: Context, deployment: dict[str, Any], address: str
     governs points nowhere yet (the apply that runs it decides)."""
     ref = Ref.parse(str(deployment["model"]))
     assert ref is not None  # validated
-    registry = ModelRegistry(ctx.store)
+    registry = ModelRegistry(ctx.writer)
     try:
         return registry.resolve(ref.name, ref.version, ref.alias)
     except RegistryError as err:
@@ -164,7 +164,7 @@ class BatchScoreHandler(BaseHandler):
 
     def _scored_before(self, ctx: Context, name: str, job_id: str) -> dict[str, Any] | None:
         store = artifact_store(ctx)
-        for version in reversed(DataVersions(ctx.store).list(name)):
+        for version in reversed(DataVersions(ctx.writer).list(name)):
             if version.metadata.get("lineage", {}).get("job") == job_id and store.exists(
                     version.sha256):
                 return _outputs(version.version, version.sha256, version.metadata)
@@ -183,7 +183,7 @@ class BatchScoreHandler(BaseHandler):
                         "model_sha256": job.model_sha256, "data": job.input_label,
                         "data_sha256": job.input_sha256,
                         "failed_rows": summary.failed_rows}}
-        version = DataVersions(ctx.store).register(name, sha, metadata)
+        version = DataVersions(ctx.writer).register(name, sha, metadata)
         ctx.log(f"batchscore.{name}: registered data version {name}:{version}")
         return Applied(_outputs(version, sha, metadata), provider_id=f"{name}:{version}")
 
@@ -191,7 +191,7 @@ class BatchScoreHandler(BaseHandler):
         version = state.outputs.get("version")
         if version is None:
             return Observed()
-        found = DataVersions(ctx.store).get(state.name, int(version))
+        found = DataVersions(ctx.writer).get(state.name, int(version))
         if found is None:
             return Observed(False, f"version {version} is missing from the registry")
         if not artifact_store(ctx).exists(found.sha256):
@@ -213,7 +213,7 @@ class BatchScoreHandler(BaseHandler):
         if ref is None or not scored:
             return Observed()
         try:
-            now = ModelRegistry(ctx.store).resolve(ref.name, ref.version, ref.alias)
+            now = ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
         except RegistryError:
             return Observed()
         if now.ref == scored:
