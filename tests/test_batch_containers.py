@@ -8,16 +8,18 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+import pytest
 
 from mlinfra.batch.scoring import Output, Scoring, Settings
 from mlinfra.batch.shard import assemble, stage
 from mlinfra.data.versions import file_sha256
-from tests.conftest import onnx_model
+from tests.conftest import Result, onnx_model
 from tests.stacks import invalid_manifests, manifests
 from tests.test_batch import _check_output, _failing_model, _named, _table
 from tests.test_pulumi_programs import run
@@ -136,3 +138,53 @@ def test_a_scoring_on_docker_is_one_container_run_to_completion(
     assert (container["attach"], container["mustRun"]) == (True, False)
     labels = {x["label"]: x["value"] for x in container["labels"]}
     assert labels["mlinfra.dev/resource"] == "batchscore.fraud-scores"
+
+
+def test_apply_on_a_container_stack_stages_the_scoring_and_assembles_what_pods_scored(
+        project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The provider's launcher gets the staged job: here it runs the shards as an
+    Indexed Job's pods would (one process each, $JOB_COMPLETION_INDEX), one of them
+    twice; apply then writes the output and registers its version."""
+    from mlinfra.engine import execute, open_session, plan
+    from tests.test_batch import ENDPOINT, _scores
+
+    model = _named(onnx_model(), ["x1", "x2"])
+    root = project({"batch.yaml": ENDPOINT, "models/scorer.onnx": model})
+    pcsv.write_csv(_table(1500), root / "data" / "daily.csv")
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+    launched: list[tuple[str, int, dict[str, object]]] = []
+
+    def pods(job_id: str, folder: Path, shards: int, settings: dict[str, object]) -> str:
+        launched.append((job_id, shards, settings))
+        for index in [*range(shards), 0]:
+            assert _pod(folder, index).returncode == 0
+        return ""
+
+    session = open_session(root, None, "apply", write=True)
+    try:
+        monkeypatch.setattr(session.provider, "scoring_launcher", lambda ctx, res: pods,
+                            raising=False)
+        result = execute(session, plan(session))
+        assert result.ok, (result.failed, result.skipped)
+    finally:
+        session.close()
+    (job_id, shards, settings), = launched
+    assert shards == 3 and settings["max_concurrency"] == 2 and settings["retries"] == 1
+    out = _scores(cli)
+    assert (out["version"], out["rows"], out["job"]) == (1, 1500, job_id)
+    _check_output(Path(str(out["path"])), model, _table(1500), "csv")
+
+
+def test_the_scoring_image_holds_what_a_pod_imports(quickstart: Path) -> None:
+    from mlinfra.providers.manifests.images import scoring_context
+    from mlinfra.spec import load
+
+    files = {f.path: f for f in scoring_context(load(quickstart, "kubernetes"))}
+    assert {"src/mlinfra/batch/shard.py", "src/mlinfra/batch/worker.py",
+            "src/mlinfra/serving/model.py", "src/mlinfra/errors.py"} <= set(files)
+    requirements = files["requirements.txt"].content().decode().split()
+    assert any(r.startswith("pyarrow==") for r in requirements)
+    assert any(r.startswith("onnxruntime==") for r in requirements)
+    assert "ENV PYTHONPATH=/opt/mlinfra/src" in files["Dockerfile"].content().decode()

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlinfra.data.versions import DataVersions, file_sha256
-from mlinfra.handler import Applied, BaseHandler, Context, ProviderError, workspace_dir
+from mlinfra.handler import (
+    Applied,
+    BaseHandler,
+    Context,
+    ProviderError,
+    ScoringLauncher,
+    workspace_dir,
+)
 from mlinfra.plan.model import Change, Observed
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
 from mlinfra.runs.jobs import Resolver, artifact_store
@@ -116,6 +123,8 @@ class BatchScoreHandler(BaseHandler):
         deployment = deployment_of(ctx, endpoint, str(res.spec["deployment"]), res.address)
         data = Resolver(ctx).data(res, str(res.spec["data"]))
         resolve_model(ctx, deployment, res.address)  # a reference naming nothing: refused
+        if ctx.provider is not None:  # a stack whose containers cannot score: refused
+            ctx.provider.scoring_launcher(ctx, res)
         ref = Ref.parse(str(deployment["model"]))
         assert ref is not None
         declared = ctx.config.get("Model", ref.name)
@@ -155,8 +164,13 @@ class BatchScoreHandler(BaseHandler):
             return Applied(kept, provider_id=f"{change.name}:{kept['version']}")
         ctx.log(f"{change.address}: scoring {data.label} with {model.ref} "
                 f"({endpoint.name}/{deployment['name']})")
+        launcher = ctx.provider.scoring_launcher(ctx, res) if ctx.provider else None
         try:
-            summary = Scorer(job, jobs_root(ctx), _progress_log(ctx, change.address)).run()
+            if launcher is None:
+                summary = Scorer(job, jobs_root(ctx), _progress_log(ctx, change.address)
+                                 ).run()
+            else:
+                summary = _in_containers(ctx, job, launcher, change.address)
         except (BatchFailed, BatchInputError, JobBusy) as err:
             raise ProviderError(change.address, err.message) from None
         ctx.log(render(summary))
@@ -221,6 +235,23 @@ class BatchScoreHandler(BaseHandler):
         before = scored.rpartition(":")[2]
         return Observed(True, f"{ref} moved {before} -> {now.version}: it scored {scored}, "
                         f"{ref} is {now.ref} now", update=True)
+
+
+def _in_containers(ctx: Context, job: Scoring, launcher: ScoringLauncher, address: str
+                   ) -> Summary:
+    """Stage the scoring, have the provider's containers score its shards (an Indexed
+    Job's pods, a docker container), then write the output from them here."""
+    from dataclasses import asdict
+
+    from mlinfra.batch.shard import assemble, stage
+
+    root = jobs_root(ctx)
+    shards = stage(job, root)
+    ctx.log(f"{address}: {shards} mini-batches staged for the containers to score")
+    error = launcher(job.job_id, root / job.job_id, shards, asdict(job.settings))
+    if error:
+        ctx.log(f"{address}: {error}")
+    return assemble(job, root)
 
 
 def _outputs(version: int, sha: str, metadata: dict[str, Any]) -> dict[str, Any]:

@@ -21,16 +21,19 @@ import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from mlinfra.batch.shards import JobFolder, read_json, write_json
 
+if TYPE_CHECKING:
+    from mlinfra.batch.scoring import Scoring, Summary
+
 INPUT, MODEL, TASK = "input.parquet", "model.onnx", "task.json"
 
 
-def stage(scoring: Any, root: Path) -> int:
+def stage(scoring: Scoring, root: Path) -> int:
     """Write `scoring`'s job folder for containers (model, staged input, task); returns
     its number of shards. The input is read once, mini-batch after mini-batch."""
     import pyarrow.parquet as pq
@@ -65,7 +68,7 @@ def stage(scoring: Any, root: Path) -> int:
     return shards
 
 
-def assemble(scoring: Any, root: Path) -> Any:
+def assemble(scoring: Scoring, root: Path) -> Summary:
     """The output of a staged job from its shard files, in order, as the scorer on this
     machine writes it (summary, errors, error threshold); a shard without a file (its
     pod failed every attempt) counts its rows as failed. Returns the Summary."""
@@ -83,7 +86,7 @@ def assemble(scoring: Any, root: Path) -> Any:
     started = time.monotonic()
     writer = None if scoring.settings.output_action == "summary_only" else _Writer(
         folder.root / scoring.file_name, scoring.output.format)
-    failures = []
+    failures: list[dict[str, object]] = []
     with folder.locked():
         for index in range(int(task.get("shards", 0))):
             assert source is not None
