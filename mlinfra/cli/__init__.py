@@ -252,6 +252,18 @@ def _monitors(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> No
     show.add_argument("--windows", type=_positive, default=24, metavar="N",
                       help="the latest N windows (default 24)")
     show.add_argument("--json", action="store_true", help="print as JSON")
+def _batch(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    batch = p.add_subparsers(dest="batch_command", metavar="SUBCOMMAND", required=True)
+    invoke = batch.add_parser("invoke", parents=[common],
+                              help="score a file or a data version with a batch endpoint")
+    invoke.add_argument("name")
+    invoke.add_argument("--input", required=True, metavar="FILE|DATA[:V]",
+                        help="a .csv, .parquet or .jsonl file, or a Data of the project")
+    invoke.add_argument("--deployment", help="the deployment (default: the endpoint's)")
+    invoke.add_argument("--output", metavar="PATH", help="put the output here too")
+    invoke.add_argument("--json", action="store_true", help="print the summary as JSON")
+    jobs = batch.add_parser("jobs", parents=[common], help="the batch jobs that ran")
+    jobs.add_argument("--json", action="store_true", help="print as JSON")
 
 
 def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -311,6 +323,8 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
                 "performance; exit 3 when one is breached", _monitor),
     "monitors": ("monitoring:cmd_monitors", "list monitors and show their windows and "
                  "trends; exit 3 when one is breached", _monitors),
+    "batch": ("batch:cmd_batch", "batch endpoints: score a file or a data version "
+              "(invoke), list what ran (jobs)", _batch),
     "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "
                "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
