@@ -112,7 +112,7 @@ def create_app(studio: Studio) -> Starlette:
     """The studio over `studio`'s stack. On a loopback address only the loopback's
     names are accepted as Host; elsewhere the token guards every request."""
     options = studio.options
-    hosts = ["127.0.0.1", "localhost", "[::1]", "::1", "testserver"] \
+    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] \
         if is_loopback(options.host) else ["*"]
     middleware = [Middleware(SecurityHeaders),
                   Middleware(TrustedHostMiddleware, allowed_hosts=hosts),

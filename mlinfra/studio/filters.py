@@ -156,7 +156,8 @@ def parse(text: str) -> tuple[Predicate | None, set[str]]:
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as err:
-        column = _column(back, max((err.offset or 1) - 1, 0))
+        # Python gives no offset when the text ends too early: the column after it.
+        column = _column(back, err.offset - 1) if err.offset else len(text) + 1
         raise FilterError(f"filter, column {column}: cannot read it ({err.msg}); write "
                           "conditions such as metrics.auc > 0.8 and params.C = 1") from None
     fields: set[str] = set()
