@@ -465,3 +465,18 @@ def test_snapshot_zip_helpers_read_only_what_is_there(tmp_path: Path) -> None:
     assert snapshot_file(run, "a.py") == "x = 1\n"
     assert snapshot_file(run, "blob.bin") == "(binary file, 3 bytes)"
     assert snapshot_file(run, "missing.py") is None
+
+
+def test_last_applies_are_grouped_by_session() -> None:
+    from mlinfra.studio.overview import sessions
+
+    rows = [(110.0, "u", "h", "apply", "endpoint.e", "update", 6, "changed"),
+            (109.0, "u", "h", "apply", "job.j", "update", 5, "changed"),
+            (50.0, "u", "h", "models alias", "model.m", "alias", 4, "m@c -> 1"),
+            (20.0, "u", "h", "apply", "endpoint.e", "create", 3, "new resource"),
+            (19.0, "u", "h", "apply", "job.j", "create", 2, "new resource"),
+            (10.0, "u", "h", "apply", "job.j", "create", 1, "new resource")]
+    found = sessions(rows)
+    assert [(s.command, len(s.changes)) for s in found] == [
+        ("apply", 2), ("models alias", 1), ("apply", 2), ("apply", 1)]
+    assert found[0].changes[0] == ("job.j", "update", "changed")

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 # Audit rows of one session are this close in time: farther apart, another session.
 _SESSION_GAP_S = 300.0
+_RESOURCE_ACTIONS = ("create", "update", "replace", "delete")
 
 
 @dataclass
@@ -32,18 +33,26 @@ class Session:
 
 
 def sessions(rows: list[tuple[Any, ...]], limit: int = 10) -> list[Session]:
-    """Audit rows (newest first) grouped into sessions, newest first."""
+    """Audit rows (newest first) grouped into sessions, newest first. The audit log
+    names no session: rows of the same command, user and host belong together unless
+    far apart in time, or unless a resource changes twice (an apply changes each
+    resource once)."""
     out: list[Session] = []
+    touched: set[str] = set()
     for at, user, host, command, address, action, _serial, detail in rows:
         last = out[-1] if out else None
-        if last is not None and (last.command, last.user, last.host) == (command, user, host) \
-                and last.started - at < _SESSION_GAP_S:
+        again = action in _RESOURCE_ACTIONS and address in touched
+        if last is not None and not again and (last.command, last.user, last.host) == (
+                command, user, host) and last.started - at < _SESSION_GAP_S:
             last.started = at
             last.changes.append((address, action, detail))
+            if action in _RESOURCE_ACTIONS:
+                touched.add(address)
             continue
         if len(out) == limit:
             break
         out.append(Session(command, user, host, at, at, [(address, action, detail)]))
+        touched = {address} if action in _RESOURCE_ACTIONS else set()
     for session in out:
         session.changes.reverse()
     return out

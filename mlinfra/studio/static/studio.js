@@ -7,6 +7,9 @@
   var COLORS = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2",
                 "#be185d", "#4d7c0f", "#7c2d12", "#475569"];
   var SVG = "http://www.w3.org/2000/svg";
+  // Steps and points are whole numbers: the x axis never ticks between two.
+  var STEPS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1e3, 2e3, 5e3, 1e4, 2e4, 5e4, 1e5,
+               2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7, 5e7, 1e8, 2e8, 5e8, 1e9];
 
   function fetchJSON(url) {
     return fetch(url, {credentials: "same-origin"}).then(function (r) {
@@ -46,7 +49,7 @@
       });
       var chart = new uPlot({width: width, height: 220, series: series,
                              scales: {x: {time: false}},
-                             axes: [{label: present[0].x_label}, {}],
+                             axes: [{label: present[0].x_label, incrs: STEPS}, {}],
                              legend: {live: true}}, data, fig);
       fig.dataset.series = String(present.length);
       fig.dataset.total = present.map(function (d) { return d.total; }).join(",");
