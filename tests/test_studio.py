@@ -25,15 +25,16 @@ from mlinfra.studio.endpoint_metrics import histogram_quantile, parse
 from mlinfra.studio.runs_index import RunIndex
 from mlinfra.studio.security import StudioRefused, required_token
 from tests.conftest import Result, onnx_model
+from tests.postgres import PASSWORD, PostgresServer
 
 BASE_URL = "http://127.0.0.1"
 TOKEN = "a-token-of-some-length"
 
 
-def _write_runs(root: Path, count: int = 30) -> list[str]:
+def _write_runs(root: Path, count: int = 30, stack: str | None = None) -> list[str]:
     """Runs of job train with params lr and depth, a metric auc logged over steps (the
     last value i / count), a log, a code snapshot and a remote URL holding a password."""
-    session = open_session(root, None, "test", write=True)
+    session = open_session(root, stack, "test", write=True)
     store = RunStore(session.store)
     ids = []
     try:
@@ -480,3 +481,29 @@ def test_last_applies_are_grouped_by_session() -> None:
     assert [(s.command, len(s.changes)) for s in found] == [
         ("apply", 2), ("models alias", 1), ("apply", 2), ("apply", 1)]
     assert found[0].changes[0] == ("job.j", "update", "changed")
+
+
+def test_the_studio_reads_a_state_on_postgresql(postgres: PostgresServer,
+                                               project: Callable[..., Path],
+                                               cli: Callable[..., Result],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    url = postgres.url(schema=postgres.new_schema()).replace(
+        "mlinfra@", "mlinfra:${secret.STUDIO_PG_PASSWORD}@")
+    monkeypatch.setenv("STUDIO_PG_PASSWORD", PASSWORD)
+    root = project({"models/m.onnx": onnx_model(),
+                    "model.yaml": "kind: Model\nname: m\nfrom: {path: models/m.onnx}\n",
+                    "stacks/team.yaml": f"kind: Stack\nname: team\nstate: {url}\n"})
+    assert cli("apply", "-s", "team", "--auto-approve").code == 0
+    _write_runs(root, 12, stack="team")
+    studio = Studio(StudioOptions(directory=root, stack="team"))
+    with TestClient(create_app(studio), base_url=BASE_URL) as test_client:
+        overview = test_client.get("/")
+        assert "postgresql://" in overview.text and PASSWORD not in overview.text
+        runs = test_client.get("/runs", params={"q": "params.depth >= 3 and job = train",
+                                                "sort": "params.lr"})
+        # depth = i % 5 >= 3 and i % 3 != 0 among 0..11: 4 and 8
+        assert "2 of 12 runs" in runs.text
+        assert runs.text.index("train-0008") < runs.text.index("train-0004")
+        assert "m:1" in test_client.get("/models").text
+        chart = test_client.get("/api/runs/train-0008/metrics/auc").json()
+        assert chart["x"] == [1, 2, 3, 4]
