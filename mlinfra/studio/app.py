@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlinfra.studio import (
     data_pages,
@@ -101,6 +102,29 @@ class Pages:
         return HTMLResponse(self.env.get_template(template).render(**values))
 
 
+class ServerTiming:
+    """Adds `Server-Timing: app;dur=MS` to each answer: the time the studio spent on it,
+    as a browser's developer tools and the benchmark read it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+
+        async def timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                spent = (time.perf_counter() - start) * 1000
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={spent:.2f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed)
+
+
 def routes(pages: Pages) -> list[BaseRoute]:
     return [*overview.routes(pages), *plan_pages.routes(pages), *run_pages.routes(pages),
             *model_pages.routes(pages), *data_pages.routes(pages),
@@ -114,7 +138,7 @@ def create_app(studio: Studio) -> Starlette:
     options = studio.options
     hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] \
         if is_loopback(options.host) else ["*"]
-    middleware = [Middleware(SecurityHeaders),
+    middleware = [Middleware(ServerTiming), Middleware(SecurityHeaders),
                   Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
                   Middleware(TokenGate, token=options.token)]
     @contextlib.asynccontextmanager

@@ -7,6 +7,8 @@ receives a few kilobytes, whatever the run logged.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,31 @@ from mlinfra.state.store import StateStore
 # What a chart is drawn with by default: about one point per pixel of its width.
 DEFAULT_POINTS = 800
 MAX_POINTS = 5000
+
+
+class Curves:
+    """The downsampled curves of ended runs, kept (an ended run's points never change);
+    a run still going is read again each time. Thread-safe."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._kept: OrderedDict[tuple[str, str, int], dict[str, Any]] = OrderedDict()
+
+    def get(self, store: StateStore, run_id: str, key: str, points: int, ended: bool
+            ) -> dict[str, Any]:
+        name = (run_id, key, points)
+        with self._lock:
+            if name in self._kept:
+                self._kept.move_to_end(name)
+                return self._kept[name]
+        found = series(store, run_id, key, points)
+        if ended:
+            with self._lock:
+                self._kept[name] = found
+                while len(self._kept) > self.size:
+                    self._kept.popitem(last=False)
+        return found
 
 
 def metric_keys(store: StateStore, run_id: str) -> list[str]:
@@ -41,19 +68,20 @@ def downsample(rows: list[tuple[Any, ...]], points: int = DEFAULT_POINTS) -> dic
     total = len(rows)
     if total == 0:
         return {"x": [], "y": [], "total": 0, "x_label": "step"}
-    stepped = all(step is not None for step, _ in rows)
+    data = np.array(rows, dtype=float)  # a missing step is NaN
+    stepped = not np.isnan(data[:, 0]).any()
     if stepped:
-        last: dict[float, float] = {}
-        for step, value in rows:
-            last[float(step)] = float(value)
-        data = np.array(sorted(last.items()), dtype=float)
         label = "step"
+        if not (np.diff(data[:, 0]) > 0).all():
+            # Steps out of order or logged twice: by step, the last value logged wins.
+            order = np.argsort(data[:, 0], kind="stable")
+            data = data[order]
+            last = np.append(data[1:, 0] != data[:-1, 0], True)
+            data = data[last]
     else:
-        data = np.column_stack((np.arange(total, dtype=float),
-                                np.array([v for _, v in rows], dtype=float)))
+        data[:, 0] = np.arange(total, dtype=float)
         label = "point"
-    finite = np.isfinite(data[:, 1])
-    data = data[finite]
+    data = data[np.isfinite(data[:, 1])]
     if len(data) > points:
         lttb = LTTBDownsampler()  # type: ignore[no-untyped-call]
         kept = lttb.downsample(np.ascontiguousarray(data[:, 0]),

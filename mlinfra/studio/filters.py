@@ -29,7 +29,13 @@ _OPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
 _SINGLE_EQ = re.compile(r"""("[^"]*"|'[^']*')|(?<![=!<>])=(?!=)""")
 
 Row = Callable[[str], Any]  # a field's value in one run ("metrics.auc" -> 0.91)
-Predicate = Callable[[Row], bool]
+Predicate = Callable[[Any], bool]
+# How a predicate reads a field of what it is given: by default that is a Row.
+Getter = Callable[[str], Callable[[Any], Any]]
+
+
+def _by_name(name: str) -> Callable[[Any], Any]:
+    return lambda row: row(name)
 
 
 class FilterError(MlinfraError):
@@ -115,18 +121,30 @@ def compare(value: Any, op: Callable[[Any, Any], bool], wanted: Any) -> bool:
         return False
 
 
-def _test(name: str, op: Callable[[Any, Any], bool], wanted: Any) -> Predicate:
-    return lambda row: compare(row(name), op, wanted)
+def _test(get: Callable[[Any], Any], op: Callable[[Any, Any], bool], wanted: Any
+          ) -> Predicate:
+    if isinstance(wanted, int | float) and not isinstance(wanted, bool):
+        number = float(wanted)
+
+        def numeric(row: Any) -> bool:
+            value = get(row)
+            if isinstance(value, float | int) and not isinstance(value, bool):
+                return op(float(value), number)
+            return compare(value, op, wanted)
+
+        return numeric
+    return lambda row: compare(get(row), op, wanted)
 
 
-def _build(node: ast.expr, back: list[int], fields: set[str]) -> Predicate:
+def _build(node: ast.expr, back: list[int], fields: set[str], getter: Getter
+           ) -> Predicate:
     if isinstance(node, ast.BoolOp):
-        parts = [_build(v, back, fields) for v in node.values]
+        parts = [_build(v, back, fields, getter) for v in node.values]
         if isinstance(node.op, ast.And):
             return lambda row: all(p(row) for p in parts)
         return lambda row: any(p(row) for p in parts)
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-        inner = _build(node.operand, back, fields)
+        inner = _build(node.operand, back, fields, getter)
         return lambda row: not inner(row)
     if isinstance(node, ast.Compare):
         left = node.left
@@ -138,15 +156,16 @@ def _build(node: ast.expr, back: list[int], fields: set[str]) -> Predicate:
             name = field_name(left, back)
             wanted = _constant(right, back)
             fields.add(name)
-            tests.append(_test(name, op, wanted))
+            tests.append(_test(getter(name), op, wanted))
             left = right
         return lambda row: all(t(row) for t in tests)
     raise _error(node, back, "expected a comparison such as metrics.auc > 0.8")
 
 
-def parse(text: str) -> tuple[Predicate | None, set[str]]:
+def parse(text: str, getter: Getter = _by_name) -> tuple[Predicate | None, set[str]]:
     """The filter as a predicate over a run (None for an empty filter), and the fields
-    it reads. Raises FilterError naming the column of the first mistake."""
+    it reads; `getter` makes the function that reads a field from a run. Raises
+    FilterError naming the column of the first mistake."""
     text = text.strip()
     if not text:
         return None, set()
@@ -161,4 +180,4 @@ def parse(text: str) -> tuple[Predicate | None, set[str]]:
         raise FilterError(f"filter, column {column}: cannot read it ({err.msg}); write "
                           "conditions such as metrics.auc > 0.8 and params.C = 1") from None
     fields: set[str] = set()
-    return _build(tree.body, back, fields), fields
+    return _build(tree.body, back, fields, getter), fields

@@ -13,7 +13,7 @@ import ast
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,9 +119,23 @@ class RunIndex:
         self._order: list[RunRow] = []  # newest first
         self._metric_id = 0
         self._newest = 0.0
+        self._data_version: Any = None
+
+    def _unchanged(self) -> bool:
+        """On SQLite, whether no connection committed since the last refresh (its
+        data_version moves with every commit of another connection); elsewhere False."""
+        if self.store.dialect != "sqlite":
+            return False
+        version = self.store.query("PRAGMA data_version")[0][0]
+        if version == self._data_version and self._rows:
+            return True
+        self._data_version = version
+        return False
 
     def refresh(self) -> None:
         with self._lock:
+            if self._unchanged():
+                return
             count = int(self.store.query("SELECT COUNT(*) FROM runs")[0][0])
             top = self.store.query("SELECT MAX(id) FROM metrics")[0][0]
             if count < len(self._rows) or int(top or 0) < self._metric_id:
@@ -197,22 +211,34 @@ class RunIndex:
              offset: int = 0, limit: int = 100) -> Page:
         """Runs matching `where` (see `filters`), sorted by `sort` (default: newest
         first), `limit` of them from `offset`. Raises FilterError on a bad filter."""
-        predicate, _ = filters.parse(where)
+        predicate, _ = filters.parse(where, _getter)
         key = sort_field(sort) if sort.strip() else ""
         self.refresh()
         runs = self._order
         if predicate is not None:
-            runs = [r for r in runs if predicate(r.value)]
+            runs = [r for r in runs if predicate(r)]
         if key:
-            present = [r for r in runs if r.value(key) is not None]
-            absent = [r for r in runs if r.value(key) is None]
-            present.sort(key=lambda r: _sort_key(r.value(key)), reverse=descending)
-            runs = present + absent
+            get = _getter(key)
+            keyed = [(_sort_key(get(r)), r) for r in runs]
+            present = [pair for pair in keyed if pair[0][0] != 2]
+            present.sort(key=lambda pair: pair[0], reverse=descending)
+            runs = [r for _, r in present] + [r for k, r in keyed if k[0] == 2]
         elif not descending:
             runs = list(reversed(runs))
         shown = runs[offset:offset + limit]
         return Page(shown, len(self._order), len(runs), _keys(r.metrics for r in shown),
                     _keys(r.params for r in shown), offset, limit)
+
+
+def _getter(name: str) -> Callable[[RunRow], Any]:
+    """RunRow.value for one field, with the field's kind decided once."""
+    if name.startswith("metrics."):
+        metric = name[8:]
+        return lambda r: r.metrics.get(metric)
+    if name.startswith("params."):
+        param = name[7:]
+        return lambda r: r.params.get(param)
+    return lambda r: r.value(name)
 
 
 def _keys(dicts: Iterable[dict[str, Any]]) -> list[str]:
