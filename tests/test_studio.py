@@ -5,6 +5,7 @@ read-only and private (token, hosts, headers, no secret shown)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -52,8 +53,9 @@ def _write_runs(root: Path, count: int = 30, stack: str | None = None) -> list[s
                       git={"commit": f"{i:040x}", "branch": "main",
                            "remote": "https://bob:hunter2secret@git.example.com/x.git"},
                       environment={"venv": None, "API_TOKEN": "tok-should-not-show"},
-                      run_dir=str(run_dir), inputs={"data": "table:1"},
-                      outputs={"model": "ab" * 32})
+                      run_dir=str(run_dir), inputs={"data": "table:1", "clean": (
+                          f"step prep output clean (run train-{max(i - 1, 0):04d})")},
+                      outputs={"model": hashlib.sha256(onnx_model()).hexdigest()})
             store.save(run)
             store.add_metrics(run.id, [
                 {"type": "metric", "key": "auc", "value": (i / count) * s / 4, "step": s}
@@ -193,7 +195,9 @@ def test_a_run_page_shows_params_metrics_log_code_inputs_and_outputs(client: Tes
     page = client.get("/runs/train-0004")
     assert page.status_code == 200
     for text in ("train-0004", "lr", "0.04", "seed", 'data-key="auc"', "table:1",
-                 'href="/data#table"', "train.py", "lib/util.py", f"{4:040x}"):
+                 'href="/data#table"', "train.py", "lib/util.py", f"{4:040x}",
+                 'href="/runs/train-0003">step prep output clean (run train-0003)',
+                 'href="/models/m/1">model m:1'):
         assert text in page.text, text
     assert "hunter2secret" not in page.text and "tok-should-not-show" not in page.text
     code = client.get("/runs/train-0004/code", params={"path": "train.py"})
@@ -277,6 +281,10 @@ def test_models_page_shows_versions_decisions_and_lineage(studio_project: Path,
     graph = json.loads(version.text.split('id="lineage-graph-data">')[1].split("</script>")[0])
     assert graph["nodes"][0]["href"] == "/models/m/1"
     assert client.get("/models/m/9").status_code == 404
+    from mlinfra.studio.endpoint_pages import rollouts
+
+    timeline = rollouts(Studio(StudioOptions(directory=studio_project)).store, "api")
+    assert [(r["status"], r["steps"][0]["verdict"]) for r in timeline] == [("complete", "pass")]
 
 
 def test_data_overview_and_endpoints_pages(client: TestClient) -> None:
@@ -351,6 +359,9 @@ def test_the_plan_page_shows_what_mlinfra_plan_shows(studio_project: Path,
     assert saved.code == 0
     opened = client.get("/plan", params={"file": "saved.plan"})
     assert "Plan: 1 to add, 1 to change" in opened.text and "stale" not in opened.text
+    assert cli("apply", "--auto-approve", "--target", "datastore.extra").code == 0
+    stale = client.get("/plan", params={"file": "saved.plan"})
+    assert "This saved plan is stale" in stale.text and "apply would refuse it" in stale.text
     outside = client.get("/plan", params={"file": "../../etc/passwd"})
     assert "inside the project folder" in outside.text
     bad = client.get("/plan", params={"file": "data/table.csv"})
@@ -387,6 +398,7 @@ def test_security_headers_on_every_answer(client: TestClient) -> None:
         assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
         assert answer.headers["x-frame-options"] == "DENY"
         assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["server-timing"].startswith("app;dur=")
     assert client.get("/", headers={"Host": "evil.example.com"}).status_code == 400
 
 

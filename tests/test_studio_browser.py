@@ -174,6 +174,8 @@ def test_every_page_loads_without_a_console_error(page: Page, studio: Studio) ->
         tab = page.open(path)
         if name in ("run", "compare"):
             tab.wait_for_selector("figure.chart .uplot canvas")
+        if name == "run":
+            assert tab.locator("#packages tr").count() > 5  # scikit-learn, skl2onnx, ...
         if name in ("plan", "model"):
             tab.wait_for_selector("div.graph svg g.node")
         if name == "overview":
@@ -184,6 +186,12 @@ def test_every_page_loads_without_a_console_error(page: Page, studio: Studio) ->
         if name == "models":  # the bootstrap interval scores both versions: wait for it
             tab.wait_for_function("!document.body.innerText.includes('Scoring both')",
                                   timeout=120_000)
+            assert "95% interval (bootstrap)" in tab.inner_text("table.interval-table")
+        if name == "model":
+            assert tab.locator("svg a[data-node='endpoint:fraud-api']").count() == 1
+            assert tab.locator("svg a[data-node='data:transactions-holdout:1']").count() == 1
+        if name == "data":
+            assert "passed 3/3" in tab.inner_text("#transactions")
         page.shot(name)
         assert page.errors == [], (path, page.errors)
         assert tab.title().endswith("mlinfra studio")

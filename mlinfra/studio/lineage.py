@@ -64,6 +64,11 @@ def lineage(store: StateStore, version: ModelVersion) -> Graph:
     else:
         for label in version.lineage.get("data") or []:
             graph.edge(_data(graph, str(label)), model)
+    evaluated = version.metrics.get("evaluated_on")
+    if isinstance(evaluated, str) and evaluated:
+        name = evaluated.split(":", 1)[0]
+        graph.edge(graph.node(f"data:{evaluated}", f"evaluated on {evaluated}", "data",
+                              f"/data#{name}"), model)
     for endpoint, deployment in serving(store, version):
         node = graph.node(f"endpoint:{endpoint}", f"endpoint {endpoint} ({deployment})",
                           "endpoint", f"/endpoints#{endpoint}")
