@@ -99,7 +99,7 @@ INDEXES: tuple[str, ...] = (
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks")
 # What `state migrate` copies: everything but who holds the lock now.
-COPIED_TABLES = tuple(name for name in TABLES if name != "locks")
+COPIED_TABLES = (*(name for name in TABLES if name != "locks"), "journal_steps")
 # Tables whose `id` the database numbers (the next one follows the largest).
 NUMBERED_TABLES = ("journal", "audit", "metrics")
 
@@ -121,7 +121,14 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (
+    # The ordered steps of a journaled operation (a promotion and its rollout, a key
+    # rotation, an endpoint generation, a migration): recovery reads them.
+    Migration(3, "journal_steps", (
+        """CREATE TABLE IF NOT EXISTS journal_steps (
+          journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+          data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
+)
 
 
 def latest_version() -> int:

@@ -24,7 +24,12 @@ from typing import Any, NamedTuple
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import worker_statuses
-from mlinfra.providers.local.endpoint.publish import next_generation, publish, read_config
+from mlinfra.providers.local.endpoint.publish import (
+    next_generation,
+    publish,
+    read_config,
+    record_live,
+)
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
 from mlinfra.state.model import ResourceState
 
@@ -156,7 +161,7 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
 
     def record(action: str, traffic: dict[str, int], detail: str) -> None:
         state.outputs = {**state.outputs, "generation": generation, "traffic": traffic}
-        ctx.store.commit_change(None, state.address, action, state, detail)
+        record_live(ctx, state, action, detail)
 
     windows: list[dict[str, Any]] = []
     try:
