@@ -66,9 +66,27 @@ class Studio:
             old.close()
 
     def fresh_session(self) -> Session:
-        """The project as its files are now, on the same stack: for the plan."""
-        return open_session(self.options.directory, self.options.stack, COMMAND,
-                            write=False)
+        """The project as its files are now, on the same stack: for the plan. The state
+        open already is lent to it (opening a large one again checks the whole file),
+        unless the stack file now names another state; closing a lent session leaves
+        the studio's state open."""
+        from mlinfra.engine import state_dir, state_location
+        from mlinfra.providers import get_provider
+        from mlinfra.providers.base import Context
+        from mlinfra.spec import load
+
+        config = load(self.options.directory, self.options.stack)
+        current = self.session.config
+        if (config.stack.name, config.stack.state) != (current.stack.name, current.stack.state) \
+                or state_location(config) != state_location(current):
+            return open_session(self.options.directory, self.options.stack, COMMAND,
+                                write=False)
+        store = self.store
+        provider = get_provider(config.stack.provider)
+        provider.prepare(config, COMMAND)
+        ctx = Context(config=config, store=store, state_dir=state_dir(config),
+                      log=lambda _: None, provider=provider)
+        return _Lent(config, store, provider, ctx)
 
     @property
     def root(self) -> Path:
@@ -76,6 +94,13 @@ class Studio:
 
     def close(self) -> None:
         self.session.close()
+
+
+class _Lent(Session):
+    """A session on the studio's own store: closing it keeps the store open."""
+
+    def close(self) -> None:
+        pass
 
 
 def redact(value: Any) -> Any:
