@@ -400,6 +400,9 @@ def test_security_headers_on_every_answer(client: TestClient) -> None:
         assert answer.headers["x-content-type-options"] == "nosniff"
         assert answer.headers["server-timing"].startswith("app;dur=")
     assert client.get("/", headers={"Host": "evil.example.com"}).status_code == 400
+    assert client.get("/", headers={"Host": "localhost.evil.example.com"}).status_code == 400
+    for host in ("127.0.0.1:8765", "localhost", "[::1]:8765"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
 
 
 def test_pages_carry_no_inline_script_and_no_outside_resource(client: TestClient) -> None:

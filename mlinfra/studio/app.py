@@ -16,7 +16,6 @@ from typing import Any
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse
 from starlette.routing import BaseRoute, Mount
@@ -32,7 +31,7 @@ from mlinfra.studio import (
     run_pages,
 )
 from mlinfra.studio.context import Studio
-from mlinfra.studio.security import SecurityHeaders, TokenGate, is_loopback
+from mlinfra.studio.security import LoopbackHosts, SecurityHeaders, TokenGate, is_loopback
 
 HERE = Path(__file__).parent
 NAV = (("overview", "/", "Overview"), ("plan", "/plan", "Plan"), ("runs", "/runs", "Runs"),
@@ -136,10 +135,8 @@ def create_app(studio: Studio) -> Starlette:
     """The studio over `studio`'s stack. On a loopback address only the loopback's
     names are accepted as Host; elsewhere the token guards every request."""
     options = studio.options
-    hosts = ["127.0.0.1", "localhost", "[::1]", "::1"] \
-        if is_loopback(options.host) else ["*"]
     middleware = [Middleware(ServerTiming), Middleware(SecurityHeaders),
-                  Middleware(TrustedHostMiddleware, allowed_hosts=hosts),
+                  *([Middleware(LoopbackHosts)] if is_loopback(options.host) else []),
                   Middleware(TokenGate, token=options.token)]
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

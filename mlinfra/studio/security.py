@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from http.cookies import SimpleCookie
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -76,6 +76,30 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class LoopbackHosts:
+    """On a loopback address, only requests whose Host header names the loopback
+    (127.0.0.1, localhost, [::1], with any port) are answered: a web page elsewhere
+    cannot reach the studio through a name of its own that resolves to the loopback
+    (DNS rebinding)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+        try:
+            name = urlsplit("//" + host).hostname
+        except ValueError:
+            name = None
+        if name is None or not is_loopback(name):
+            await _send(send, 400, b"Invalid host header\n")
+            return
+        await self.app(scope, receive, send)
 
 
 class TokenGate:
