@@ -10,6 +10,7 @@ per-run query, and a metric condition (`metrics.auc > 0.8`) never scans the poin
 from __future__ import annotations
 
 import ast
+import gc
 import json
 import threading
 import time
@@ -29,8 +30,8 @@ _CHUNK = 900
 
 @dataclass
 class RunRow:
-    """One run as the table shows it: its columns, every param (logged over declared)
-    and each metric's last value."""
+    """One run as the table shows it: its columns, every param (the job's, and those
+    the run logged over them) and each metric's last value."""
 
     id: str
     job: str
@@ -44,7 +45,6 @@ class RunRow:
     ended_at: float | None
     git: dict[str, Any]
     error: str
-    declared: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
 
@@ -155,17 +155,31 @@ class RunIndex:
     def _load_all(self) -> None:
         rows = self._read_runs("1=1", ())
         self._merge(rows, everything=True)
-        self._read_metrics()
+        # Each metric's last value, found by the database (a million points are not
+        # sent to Python); points logged meanwhile are read by the next refresh.
+        top = int(self.store.query("SELECT MAX(id) FROM metrics")[0][0] or 0)
+        for run_id, key, value in self.store.query(
+                "SELECT m.run_id, m.key, m.value FROM metrics m JOIN (SELECT MAX(id) AS id "
+                "FROM metrics WHERE id <= ? GROUP BY run_id, key) last ON m.id = last.id",
+                (top,)):
+            found = self._rows.get(run_id)
+            if found is not None:
+                found.metrics[key] = value
+        self._metric_id = top
+        # NOTE: the index is millions of long-lived objects; left to the cyclic
+        # collector, each full pass over them would stall a page by a fraction of a
+        # second. Frozen, they are skipped (and still freed when no longer used).
+        gc.collect()
+        gc.freeze()
 
     def _read_runs(self, where: str, args: tuple[Any, ...]) -> list[RunRow]:
         found = []
         for row in self.store.query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM runs "
                                     f"WHERE {where}", args):
             values = dict(zip(_RUN_COLUMNS, row, strict=True))
-            declared = _json(values.pop("params"))
+            params = _json(values.pop("params"))
             git = _json(values.pop("git"))
-            found.append(RunRow(**values, git=git, declared=declared,
-                                params=dict(declared)))
+            found.append(RunRow(**values, git=git, params=params))
         return found
 
     def _merge(self, rows: list[RunRow], everything: bool = False) -> None:
