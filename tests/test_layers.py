@@ -11,7 +11,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3, "handler": 3,
           "registry": 3, "runs": 3, "monitoring": 3, "batch": 3, "providers": 4, "engine": 5,
-          "scaffold": 5, "ci": 6, "cli": 7, "__main__": 7}
+          "scaffold": 5, "ci": 6, "studio": 6, "cli": 7, "__main__": 7}
 
 
 def _imports(path: Path) -> set[str]:
