@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.events.envelope import announce, build
 from mlinfra.graph import address as make_address
 from mlinfra.graph import closure, references
 from mlinfra.plan.diff import make_plan
@@ -23,7 +24,7 @@ from mlinfra.providers import get_provider
 from mlinfra.providers.base import Context, Provider, ProviderError, ProviderErrors
 from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
-from mlinfra.state.model import JournalEntry, ResourceState, digest
+from mlinfra.state.model import JournalEntry, OutboxEvent, ResourceState, digest
 from mlinfra.state.store import StateStore, StateUnavailable
 
 Event = Callable[[str, Change, float, str], None]
@@ -49,7 +50,36 @@ class Session:
         return self.config.stack.name
 
     def close(self) -> None:
-        self.store.close()
+        """Close the state; a session that wrote first delivers the events it produced
+        (a short, bounded flush: a laptop with no agent still gets its events)."""
+        try:
+            if not self.store.readonly and self.config.of("Webhook"):
+                _flush(self)
+        finally:
+            self.store.close()
+
+
+# How long a command that wrote spends delivering its events before it exits.
+FLUSH_S = 3.0
+
+
+def _flush(session: Session) -> None:
+    import os
+
+    from mlinfra.events.agent import flush
+
+    budget = float(os.environ.get("MLINFRA_EVENTS_FLUSH_S", FLUSH_S))
+    if budget <= 0:
+        return
+    try:
+        sent = flush(session.config, session.store, budget)
+    except Exception as err:  # delivery never fails the command that wrote
+        session.ctx.log(f"events: not delivered now ({type(err).__name__}: {err}); "
+                        "mlinfra agent or the next command delivers them")
+        return
+    if sent is not None:
+        for line in sent.lines:
+            session.ctx.log(f"events: {line}")
 
 
 def state_dir(config: Config) -> Path:
@@ -119,6 +149,11 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
             f"{moved['to']} on {when} by {moved['by']} (mlinfra state migrate): set state: "
             f"in {config.stack.file or 'the stack file'} to it. The old state is kept as it "
             "was (mlinfra state list and show read it); nothing else runs on it")
+    store.origin.update(project=config.name, stack=config.stack.name, root=str(config.root))
+    if write:  # where a webhook created in this session starts taking events
+        from mlinfra.events.outbox import EventOutbox
+
+        store.origin["outbox_head"] = EventOutbox(store).head()
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)
@@ -354,7 +389,8 @@ def _apply_one(session: Session, change: Change) -> None:
         if change.action is Action.DELETE:
             if before is not None:
                 handler.delete(before, ctx)
-            store.commit_change(journal, change.address, "delete", None, change.reason)
+            store.commit_change(journal, change.address, "delete", None, change.reason,
+                                change_events(store, change, None))
             return
         if change.action is Action.REPLACE and before is not None:
             handler.delete(before, ctx)
@@ -367,10 +403,38 @@ def _apply_one(session: Session, change: Change) -> None:
                             outputs=applied.outputs, provider_id=applied.provider_id,
                             dependencies=list(change.dependencies))
         store.commit_change(journal, change.address, change.action.name.lower(), new,
-                            change.reason)
+                            change.reason, change_events(store, change, new))
     except BaseException as err:
         store.fail_operation(journal, _describe(err))
         raise
+
+
+def change_events(store: StateStore, change: Change,
+                  new: ResourceState | None) -> list[OutboxEvent]:
+    """The events that announce one resource's change, committed with it."""
+    if change.kind != "Endpoint":
+        return []
+    kind = {Action.CREATE: "created", Action.DELETE: "deleted"}.get(change.action, "updated")
+    data: dict[str, Any] = {"endpoint": change.name}
+    if new is not None and new.outputs.get("url"):
+        data["url"] = str(new.outputs["url"])
+    return [build(store, f"endpoint.{kind}", change.address, data,
+                  see=f"mlinfra endpoints show {change.name}")]
+
+
+def _announce_end(session: Session, result: ApplyResult) -> None:
+    """apply.completed or apply.failed, once the walk is over."""
+    from mlinfra.plan.model import tally
+
+    subject = f"stack.{session.stack}"
+    if result.ok:
+        counts = tally(result.applied)
+        announce(session.store, "apply.completed", subject,
+                 {"added": counts["add"], "changed": counts["change"],
+                  "replaced": counts["replace"], "destroyed": counts["destroy"]})
+    else:
+        announce(session.store, "apply.failed", subject,
+                 {"failed": result.failed, "skipped": result.skipped})
 
 
 def _describe(err: BaseException) -> str:
@@ -470,4 +534,6 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     stuck = sorted(set(waits) - settled)
     if stuck:
         raise MlinfraError(f"apply cannot proceed: changes wait on each other ({', '.join(stuck)})")
+    if changes:
+        _announce_end(session, result)
     return result

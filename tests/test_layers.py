@@ -10,7 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3,
-          "registry": 3, "runs": 3, "providers": 4, "engine": 5, "scaffold": 5, "ci": 6,
+          "registry": 3, "runs": 3, "events": 3, "providers": 4, "engine": 5,
+          "scaffold": 5, "scheduled": 5, "ci": 6,
           "cli": 7, "__main__": 7}
 
 

@@ -76,6 +76,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         do_refresh=args.refresh)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
+        if not args.json and session.config.of("Schedule") and not args.destroy:
+            from mlinfra.events.schedules import plan_notes
+
+            notes = [*notes, *plan_notes(session.config)]
     finally:
         session.close()
     if args.json:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.events.envelope import emit
 from mlinfra.state.model import digest
 from mlinfra.state.store import StateStore, upsert
 
@@ -185,6 +186,11 @@ class DataChecks:
                         (name, sha256, self._key(fmt, expectations), int(record.passed),
                          json.dumps([asdict(r) for r in results], default=str),
                          record.checked_at))
+            if not record.passed:
+                emit(self.store, cur, "data.expectations_failed", f"data.{name}",
+                     {"data": name, "sha256": sha256,
+                      "failed": [r.describe() for r in record.failures]},
+                     see=f"mlinfra data validate {name}")
         return record
 
     def require(self, name: str, sha256: str, path: Path, fmt: str,

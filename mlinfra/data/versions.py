@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlinfra.events.envelope import emit
 from mlinfra.state.store import StateStore, row_json, upsert
 
 _CHUNK = 1 << 20
@@ -89,6 +90,8 @@ class DataVersions:
             version = int(latest or 0) + 1
             cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?)",
                         (name, version, sha256, time.time(), json.dumps(metadata)))
+            emit(self.store, cur, "data.version_created", f"data.{name}",
+                 {"data": name, "version": version, "sha256": sha256})
             return version
 
     def list(self, name: str) -> list[DataVersion]:

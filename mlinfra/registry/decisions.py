@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from mlinfra.events.envelope import emit
 from mlinfra.state.store import StateStore
 
 PROMOTION = "promotion"
@@ -71,9 +72,13 @@ class DecisionLog:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    def record(self, address: str, action: str, detail: dict[str, Any]) -> int:
-        """Add a record; returns the state's new serial."""
+    def record(self, address: str, action: str, detail: dict[str, Any],
+               event: tuple[str, str, dict[str, Any]] | None = None) -> int:
+        """Add a record, with the event (type, subject, data) announcing it; returns
+        the state's new serial."""
         with self.store.transaction() as cur:
+            if event is not None:
+                emit(self.store, cur, *event, see="mlinfra history")
             return self.store.advance(cur, address, action, _fit(detail))
 
     def read(self, action: str, after: int = 0, address: str | None = None

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.events.envelope import emit
 from mlinfra.state.store import StateStore, row_json, upsert
 
 _COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
@@ -76,6 +77,9 @@ class ModelRegistry:
                              json.dumps(lineage), json.dumps(metrics), json.dumps(tags),
                              time.time(), 0))
                 created = True
+                emit(self.store, cur, "model.version_registered", f"model.{name}",
+                     {"model": name, "version": version, "run": run_id, "sha256": sha256},
+                     see=f"mlinfra models show {name}:{version}")
             else:
                 version, created = int(row[0]), False
         found = self.get(name, version)
@@ -124,9 +128,15 @@ class ModelRegistry:
             known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
             raise RegistryError(f"model {name} has no version {version} (versions: {known})")
         with self.store.transaction() as cur:
+            before = cur.execute("SELECT version FROM aliases WHERE name=? AND alias=?",
+                                 (name, alias)).fetchone()
             cur.execute(upsert("aliases", ("name", "alias", "version", "updated_at", "reason"),
                                ("name", "alias")),
                         (name, alias, version, time.time(), reason))
+            emit(self.store, cur, "model.promoted", f"model.{name}",
+                 {"model": name, "alias": alias, "version": version,
+                  "previous": int(before[0]) if before else None, "reason": reason},
+                 see=f"mlinfra models show {name}@{alias}")
             self.store.advance(cur, f"model.{name}", "alias",
                                f"{name}@{alias} -> {version}: {reason}")
 
@@ -150,4 +160,6 @@ class ModelRegistry:
         with self.store.transaction() as cur:
             cur.execute("UPDATE models SET archived=1 WHERE name=? AND version=?",
                         (name, version))
+            emit(self.store, cur, "model.archived", f"model.{name}",
+                 {"model": name, "version": version}, see=f"mlinfra models list {name}")
             self.store.advance(cur, f"model.{name}", "archive", f"{name}:{version}")

@@ -35,8 +35,9 @@ ALLOWED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Job": (("command",), ("params", "*"), ("env", "*")),
     "Pipeline": (("steps", "*", "params", "*"),),
     "Environment": (("requirements", "*"), ("env", "*")),
+    "Webhook": (("url",), ("secret",)),
 }
-ALLOWED_TEXT = "command, params, env and requirements"
+ALLOWED_TEXT = "command, params, env and requirements, and a webhook's url and secret"
 
 
 class MissingSecret(MlinfraError):

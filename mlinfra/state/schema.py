@@ -95,13 +95,39 @@ INDEXES: tuple[str, ...] = (
     "CREATE INDEX metrics_run ON metrics(run_id)",
 )
 
+# Tables added after BASE_VERSION, each created by its migration below.
+# The outbox: every event, written in the transaction of the change it announces
+# (`event_id` is the CloudEvents id, `envelope` the whole event as JSON). Deliveries:
+# one row per event and webhook, its tries and outcome. Webhooks: how far each webhook
+# has taken events from the outbox, and whether a 410 disabled it. Schedule fires: one
+# row per schedule and instant, so an instant is never run twice.
+EVENT_TABLES: dict[str, str] = {
+    "outbox": """CREATE TABLE outbox (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+      type TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL,
+      envelope TEXT NOT NULL)""",
+    "deliveries": """CREATE TABLE deliveries (
+      event_id TEXT NOT NULL, webhook TEXT NOT NULL, status TEXT NOT NULL,
+      attempts INTEGER NOT NULL DEFAULT 0, first_try_at REAL, next_at REAL NOT NULL,
+      lease_until REAL NOT NULL DEFAULT 0, last_status INTEGER,
+      last_error TEXT NOT NULL DEFAULT '', delivered_at REAL,
+      PRIMARY KEY (event_id, webhook))""",
+    "webhooks": """CREATE TABLE webhooks (
+      name TEXT PRIMARY KEY, taken INTEGER NOT NULL, disabled_at REAL,
+      disabled_reason TEXT NOT NULL DEFAULT '')""",
+    "schedule_fires": """CREATE TABLE schedule_fires (
+      schedule TEXT NOT NULL, instant REAL NOT NULL, run_name TEXT NOT NULL,
+      status TEXT NOT NULL, pid INTEGER, host TEXT, started_at REAL, ended_at REAL,
+      detail TEXT NOT NULL DEFAULT '', PRIMARY KEY (schedule, instant))""",
+}
+
 # What a workspace holds besides its files: destroying the workspace empties them.
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks")
 # What `state migrate` copies: everything but who holds the lock now.
-COPIED_TABLES = tuple(name for name in TABLES if name != "locks")
+COPIED_TABLES = (*(name for name in TABLES if name != "locks"), *EVENT_TABLES)
 # Tables whose `id` the database numbers (the next one follows the largest).
-NUMBERED_TABLES = ("journal", "audit", "metrics")
+NUMBERED_TABLES = ("journal", "audit", "metrics", "outbox")
 
 
 class Migration(NamedTuple):
@@ -121,7 +147,11 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(3, "events: outbox, deliveries, webhooks, schedule_fires",
+              (*EVENT_TABLES.values(),
+               "CREATE INDEX deliveries_due ON deliveries(status, next_at)")),
+)
 
 
 def latest_version() -> int:

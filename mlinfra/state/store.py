@@ -20,7 +20,13 @@ from contextlib import AbstractContextManager
 from typing import Any, ClassVar, Protocol
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.model import JournalEntry, LockInfo, ResourceState, StateVersion
+from mlinfra.state.model import (
+    JournalEntry,
+    LockInfo,
+    OutboxEvent,
+    ResourceState,
+    StateVersion,
+)
 from mlinfra.state.schema import WORKSPACE_TABLES
 
 _SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
@@ -120,6 +126,9 @@ class StateStore(ABC):
         self.location = location  # for messages: a path, or a URL without its password
         self.command = command
         self.readonly = readonly
+        # Who and what the events written through this store name: project, stack,
+        # actor, commit (the session that opened it fills them in).
+        self.origin: dict[str, Any] = {}
 
     # --- what each backend provides ----------------------------------------------
 
@@ -198,10 +207,12 @@ class StateStore(ABC):
                         (time.time(), detail[:2000], journal_id))
 
     def commit_change(self, journal_id: int | None, address: str, action: str,
-                      new: ResourceState | None, detail: str = "") -> int:
-        """Record the outcome of one change in one transaction; returns the new serial.
-        `new` None removes the resource."""
+                      new: ResourceState | None, detail: str = "",
+                      events: Sequence[OutboxEvent] = ()) -> int:
+        """Record the outcome of one change in one transaction, with the events that
+        announce it; returns the new serial. `new` None removes the resource."""
         with self.transaction() as cur:
+            self.add_events(cur, events)
             if new is None:
                 cur.execute("DELETE FROM resources WHERE address=?", (address,))
             else:
@@ -226,6 +237,14 @@ class StateStore(ABC):
                     (time.time(), current_user(), HOST, self.command, address, action,
                      serial, detail[:2000]))
         return serial
+
+    def add_events(self, cur: Cursor, events: Sequence[OutboxEvent]) -> None:
+        """Within the transaction of the change they announce: the events join the
+        outbox, so an event is kept exactly when its change is (a transactional
+        outbox), and delivered after the commit."""
+        if events:
+            cur.executemany("INSERT INTO outbox (event_id, type, subject, at, envelope) "
+                            "VALUES (?, ?, ?, ?, ?)", [tuple(e) for e in events])
 
     def empty_workspace(self) -> None:
         """Forget what the workspace held: runs, metrics, model versions, aliases and

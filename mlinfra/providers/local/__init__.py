@@ -25,6 +25,8 @@ class LocalProvider(Provider):
         "Model": _LOCAL + "models:ModelHandler",
         "Promotion": _LOCAL + "promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "Webhook": _LOCAL + "automation:WebhookHandler",
+        "Schedule": _LOCAL + "automation:ScheduleHandler",
     }
 
     def cancel(self) -> None:

@@ -235,8 +235,13 @@ class PromotionHandler(BaseHandler):
             rollout = res.spec.get("rollout")
             if rollout and champion is not None:
                 self._roll_out(change, ctx, res, candidate, champion, detail)
+        rejected = None
+        if not verdict.promoted and verdict.outcome in ("gates failed", "rejected"):
+            rejected = ("model.rejected", f"model.{model}", {
+                "model": model, "candidate": candidate.version, "champion": current,
+                "outcome": verdict.outcome, "reason": reason})
         log = DecisionLog(ctx.store)
-        log.record(change.address, PROMOTION, detail)
+        log.record(change.address, PROMOTION, detail, rejected)
         kept = champion or lost
         now = candidate.ref if verdict.promoted else (kept.ref if kept else "nothing")
         ctx.log(f"{change.address}: {'promoted' if verdict.promoted else 'kept'} "
