@@ -190,21 +190,24 @@ class Deliverer:
             if not batch:
                 return sent
             for delivery, event in batch:
-                if deadline is not None and self.clock() >= deadline:
-                    # not tried: the lease ends and it is due again
+                if delivery.webhook not in names or (
+                        deadline is not None and self.clock() >= deadline):
+                    # not tried (out of time, or its webhook was just disabled): as it was
                     self.outbox.settle(delivery, PENDING, http_status=delivery.last_status,
                                        error=delivery.last_error, next_at=delivery.next_at,
                                        counted=False, now=self.clock())
                     continue
-                self._deliver(delivery, event, sent, deadline)
-                if delivery.webhook in self.outbox.disabled():
+                if not self._deliver(delivery, event, sent, deadline):
                     names = [n for n in names if n != delivery.webhook]
+            if not names:
+                return sent
 
     def next_due(self) -> float | None:
         return self.outbox.next_due(self.active())
 
     def _deliver(self, delivery: Delivery, event: StoredEvent, sent: Sent,
-                 deadline: float | None) -> None:
+                 deadline: float | None) -> bool:
+        """One try; False when it disabled the webhook (410 Gone)."""
         hook = self.webhooks[delivery.webhook]
         now = self.clock()
         secret = None
@@ -217,9 +220,9 @@ class Deliverer:
                                    next_at=now + SECRET_RETRY_S, counted=False, now=now)
                 sent.waiting += 1
                 sent.lines.append(f"{event.event_id} -> {hook.name}: waits: {why}")
-                return
+                return True
         body, content_type = body_of(event, hook.format)
-        timestamp = int(now)
+        timestamp = int(time.time())  # the wall clock, as the receiver checks it
         headers = {"content-type": content_type, "webhook-id": event.event_id,
                    "webhook-timestamp": str(timestamp)}
         if secret:
@@ -246,7 +249,7 @@ class Deliverer:
             self.outbox.settle(delivery, DELIVERED, http_status=status, error="",
                                next_at=now, now=now)
             sent.delivered += 1
-            return
+            return True
         if status == 410:
             self.outbox.disable(hook.name, f"{hook.url} answered 410 Gone")
             self.outbox.settle(delivery, FAILED, http_status=status,
@@ -254,16 +257,17 @@ class Deliverer:
                                next_at=now, now=now)
             sent.failed += 1
             sent.lines.append(f"webhook {hook.name}: {hook.url} answered 410 Gone; disabled")
-            return
+            return False
         retryable = status is None or status >= 500 or status in _RETRIED
         delay = max(hook.retry.delay(attempts, self.rng), wait or 0.0)
         if retryable and now + delay <= first + hook.retry.for_s:
             self.outbox.settle(delivery, PENDING, http_status=status, error=error,
                                next_at=now + delay, now=now)
             sent.retried += 1
-            return
+            return True
         why = error if not retryable else f"{error}; gave up after {attempts} tries"
         self.outbox.settle(delivery, FAILED, http_status=status, error=why, next_at=now,
                            now=now)
         sent.failed += 1
         sent.lines.append(f"{event.event_id} -> {hook.name}: dead-lettered ({why})")
+        return True
