@@ -9,6 +9,8 @@ one is known, the actor (a user, CI or a schedule) and the command that shows mo
 from __future__ import annotations
 
 import fnmatch
+import json
+from pathlib import Path
 from typing import Any
 
 from mlinfra.spec.events import EVENT_TYPES
@@ -153,6 +155,17 @@ def data_schema(event_type: str) -> dict[str, Any]:
             "description": description, "type": "object",
             "properties": {**_COMMON, **fields},
             "required": ["project", "stack", "address", "actor", "see", *required]}
+
+
+def export(out: Path) -> list[Path]:
+    """Write each event's data schema as `out/<type>.json`; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for event_type in TYPES:
+        path = out / f"{event_type}.json"
+        path.write_text(json.dumps(data_schema(event_type), indent=2) + "\n")
+        written.append(path)
+    return written
 
 
 def matching(pattern: str) -> list[str]:
