@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 from mlinfra.events.outbox import EventOutbox
+from mlinfra.handler import Applied, BaseHandler, Context
 from mlinfra.plan.model import Change
-from mlinfra.providers.base import Applied, BaseHandler, Context
 from mlinfra.state.model import ResourceState
 
 
