@@ -285,3 +285,75 @@ def test_bad_webhooks_and_schedules_are_validation_errors(
     assert "auto.yaml:9:11: schedule/never: timezone: unknown time zone 'Europe/Berln'" in err
     assert "schedule/both: give either cron: (with timezone:) or every:, not both" in err
     assert "Traceback" not in err
+
+
+def test_a_rollback_delivers_rollout_rolled_back(
+        project: Callable[..., Path], cli: Cli, receiver: Receiver) -> None:
+    from tests.test_promotion_rollout import (
+        DATA as SERVED_DATA,
+    )
+    from tests.test_promotion_rollout import (
+        PROJECT,
+        ROLLOUT,
+        WEIGHTS,
+        Requests,
+        endpoint_url,
+        failing_on_single_rows,
+        operator_key,
+    )
+
+    root = project({"models/fraud.onnx": onnx_model(WEIGHTS["fair"]),
+                    "data/holdout.csv": SERVED_DATA,
+                    "serving.yaml": PROJECT.format(rollout=ROLLOUT % "false"),
+                    "hooks.yaml": webhook(receiver.url,
+                                          "['rollout.*', 'endpoint.*', model.promoted]")})
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    try:
+        assert [r.type for r in receiver.accepted] == ["model.promoted", "endpoint.created"]
+        (root / "models" / "fraud.onnx").write_bytes(failing_on_single_rows(WEIGHTS["good"]))
+        with Requests(endpoint_url(cli), operator_key(root)):
+            time.sleep(0.3)
+            rolled = cli("apply", "--auto-approve")
+        assert rolled.code == 1 and "rolled back" in rolled.err + rolled.out
+        [back] = receiver.of_type("rollout.rolled_back")
+        assert back.data["endpoint"] == "api" and back.data["model"] == "fraud:2"
+        assert back.data["restored"] == "fraud:1"
+        assert back.data["reason"].startswith("rolled back: error rate")
+        assert back.subject == "endpoint.api"
+        steps = receiver.of_type("rollout.step")
+        assert [s.data["share"] for s in steps] == [20] and steps[0].data["model"] == "fraud:2"
+        moves = [(m.data["version"], m.data["previous"])
+                 for m in receiver.of_type("model.promoted")]
+        assert moves == [(1, None), (2, 1), (1, 2)]  # promoted, then put back
+        assert receiver.of_type("rollout.completed") == [] and receiver.bad == []
+    finally:
+        cli("destroy", "--auto-approve")
+    assert [r.type for r in receiver.accepted][-1] == "endpoint.deleted"
+
+
+def test_the_outbox_on_postgresql(postgres: object, project: Callable[..., Path], cli: Cli,
+                                  receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same outbox, deliveries and agent on a stack whose state is on PostgreSQL."""
+    from tests.postgres import PASSWORD, PostgresServer
+
+    assert isinstance(postgres, PostgresServer)
+    name = f"ev-{os.urandom(3).hex()}"
+    url = postgres.url().replace("mlinfra@", "mlinfra:${secret.PGTEST_PASSWORD}@")
+    monkeypatch.setenv("PGTEST_PASSWORD", PASSWORD)
+    receiver.script = [503]
+    project({"mlinfra.yaml": f"kind: Project\nname: {name}\n",
+             "stacks/dev.yaml": f"kind: Stack\nname: dev\nstate: {url}\n",
+             "models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+             "model.yaml": MODEL,
+             "hooks.yaml": webhook(receiver.url, "[model.promoted, apply.completed]")})
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    assert [r.type for r in receiver.accepted] == ["apply.completed"]  # promoted got 503
+    listed = json.loads(cli("events", "list", "--json").out)
+    [promoted] = [e for e in listed if e["type"] == "model.promoted"]
+    assert promoted["deliveries"][0]["last_status"] == 503
+    time.sleep(1.2)  # the first backoff: retry.first 1s, times a jitter below 1
+    assert cli("agent", "--once").code == 0
+    assert [r.type for r in receiver.accepted] == ["apply.completed", "model.promoted"]
+    assert receiver.tries[promoted["id"]] == 2 and receiver.bad == []

@@ -43,8 +43,12 @@ def applied_since(store: StateStore, kind: str) -> dict[str, float]:
 
 def deliverer(config: Config, store: StateStore,
               clock: Callable[[], float] = time.time) -> Deliverer:
-    since = {name: int(at) for name, at in applied_since(store, "Webhook").items()}
-    return Deliverer(config, EventOutbox(store), since, clock=clock)
+    outbox = EventOutbox(store)
+    # A webhook that took events once keeps taking them, also once a destroy removed
+    # it from the state (the destroy's own events reach it).
+    since = dict.fromkeys(outbox.webhook_names(), 0)
+    since.update({name: int(at) for name, at in applied_since(store, "Webhook").items()})
+    return Deliverer(config, outbox, since, clock=clock)
 
 
 def flush(config: Config, store: StateStore, budget_s: float = 3.0) -> Sent | None:

@@ -200,6 +200,10 @@ class EventOutbox:
 
     # --- a webhook disabled by 410 Gone -------------------------------------------
 
+    def webhook_names(self) -> list[str]:
+        """The webhooks that have taken events."""
+        return [str(row[0]) for row in self.store.query("SELECT name FROM webhooks")]
+
     def disabled(self) -> dict[str, str]:
         """Webhooks a receiver disabled (410): name -> the reason, which names the URL."""
         return {str(name): str(reason) for name, reason in self.store.query(
