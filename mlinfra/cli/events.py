@@ -70,6 +70,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
             signal.signal(signal.SIGTERM, stop)
             signal.signal(signal.SIGINT, stop)
+            agent.deliver.prepare()
             emit(f"mlinfra agent: stack '{session.stack}', {len(agent.schedules)} "
                  f"schedule(s), {len(agent.deliver.webhooks)} webhook(s); SIGTERM stops it",
                  "bold")

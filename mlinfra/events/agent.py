@@ -25,8 +25,10 @@ from mlinfra.state.store import StateStore
 
 # What runs a fired schedule: (schedule, run name, instant) -> what it did, for a person.
 Work = Callable[[ScheduleSpec, str, float], str]
-# The longest the agent sleeps before it looks at the outbox again.
-POLL_S = 1.0
+# How often a waiting agent looks for new events in the outbox (one indexed read), and
+# the longest it waits before it reads its schedules and webhooks' state again.
+POLL_S = 0.1
+IDLE_S = 30.0
 
 
 def agent_lock_name(stack: str) -> str:
@@ -134,10 +136,9 @@ class Agent:
             self.log(f"schedule.{spec.name}: {name} done: {what}")
 
     def next_wake(self) -> float:
-        """When something may be due: the next fire or delivery, at most POLL_S away
-        (new events appear in the outbox without notice)."""
+        """When something is due: the next fire or retry, at most IDLE_S away."""
         now = self.clock()
-        wake = now + POLL_S
+        wake = now + IDLE_S
         applied = applied_since(self.store, "Schedule")
         for name, spec in self.schedules.items():
             if name in applied:
@@ -171,10 +172,15 @@ class Agent:
         return hold()
 
     def run_forever(self) -> None:
-        """Tick until `stop` is set (SIGTERM, Ctrl-C)."""
+        """Tick until `stop` is set (SIGTERM, Ctrl-C): again when a fire or a retry is
+        due, or as soon as a new event is in the outbox."""
+        outbox = self.deliver.outbox
         while not self.stop.is_set():
+            head = outbox.head()  # before the tick: what arrives during it wakes the next
             self.tick()
-            self.stop.wait(max(0.0, self.next_wake() - self.clock()))
+            wake = self.next_wake()
+            while not self.stop.is_set() and self.clock() < wake and outbox.head() == head:
+                self.stop.wait(POLL_S)
 
     def close(self) -> None:
         self.deliver.close()

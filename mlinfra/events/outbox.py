@@ -174,15 +174,18 @@ class EventOutbox:
                now: float | None = None) -> None:
         """Record a try's outcome: delivered, failed (dead letter), or pending again at
         `next_at`; `counted` False: nothing was sent (a missing secret), so it is no try."""
-        now = time.time() if now is None else now
+        self.settle_many([outcome(delivery, status, http_status=http_status, error=error,
+                                  next_at=next_at, counted=counted, now=now)])
+
+    def settle_many(self, outcomes: list[tuple[Any, ...]]) -> None:
+        """Record several tries' outcomes (`outcome(...)`) in one transaction."""
+        if not outcomes:
+            return
         with self.store.transaction() as cur:
-            cur.execute("UPDATE deliveries SET status=?, attempts=attempts+?, "
-                        "first_try_at=COALESCE(first_try_at, ?), next_at=?, lease_until=0, "
-                        "last_status=?, last_error=?, delivered_at=? WHERE event_id=? AND "
-                        "webhook=?",
-                        (status, 1 if counted else 0, now if counted else None, next_at,
-                         http_status, error[:2000], now if status == DELIVERED else None,
-                         delivery.event_id, delivery.webhook))
+            cur.executemany("UPDATE deliveries SET status=?, attempts=attempts+?, "
+                            "first_try_at=COALESCE(first_try_at, ?), next_at=?, "
+                            "lease_until=0, last_status=?, last_error=?, delivered_at=? "
+                            "WHERE event_id=? AND webhook=?", outcomes)
 
     def redeliver(self, event: StoredEvent, webhooks: dict[str, list[str]]) -> list[str]:
         """Send `event` again to every webhook (name -> patterns) that subscribes to it,
@@ -218,6 +221,16 @@ class EventOutbox:
         with self.store.transaction() as cur:
             cur.execute("UPDATE webhooks SET disabled_at=NULL, disabled_reason='' "
                         "WHERE name=?", (name,))
+
+
+def outcome(delivery: Delivery, status: str, *, http_status: int | None, error: str,
+            next_at: float, counted: bool = True,
+            now: float | None = None) -> tuple[Any, ...]:
+    """One try's outcome, as `settle_many` records it."""
+    now = time.time() if now is None else now
+    return (status, 1 if counted else 0, now if counted else None, next_at, http_status,
+            error[:2000], now if status == DELIVERED else None, delivery.event_id,
+            delivery.webhook)
 
 
 def _event(row: tuple[Any, ...]) -> StoredEvent:

@@ -22,7 +22,15 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
-from mlinfra.events.outbox import DELIVERED, FAILED, PENDING, Delivery, EventOutbox, StoredEvent
+from mlinfra.events.outbox import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Delivery,
+    EventOutbox,
+    StoredEvent,
+    outcome,
+)
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, duration_s
 
@@ -30,6 +38,8 @@ if TYPE_CHECKING:
     import httpx
 
 TRY_TIMEOUT_S = 10.0
+# Outcomes written in one transaction: a crash sends at most these again (at least once).
+SETTLE_EVERY = 20
 # A missing secret is looked for again after this long.
 SECRET_RETRY_S = 60.0
 _RETRIED = {408, 429}
@@ -150,11 +160,29 @@ class Deliverer:
         self.clock, self.rng = clock, rng
         self.webhooks = {n: w for n, w in webhooks_of(config).items() if n in since}
         self._client: httpx.Client | None = None
+        self._outcomes: list[tuple[Any, ...]] = []
+
+    def _settle(self, delivery: Delivery, status: str, **kw: Any) -> None:
+        """Record a try's outcome: kept, and written with others (SETTLE_EVERY at once),
+        so that a delivery costs a POST, not a POST and a commit."""
+        self._outcomes.append(outcome(delivery, status, **kw))
+        if len(self._outcomes) >= SETTLE_EVERY or status == FAILED:
+            self._write_outcomes()
+
+    def _write_outcomes(self) -> None:
+        self.outbox.settle_many(self._outcomes)
+        self._outcomes = []
 
     def close(self) -> None:
+        self._write_outcomes()
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def prepare(self) -> None:
+        """Make the HTTP client now (a long-running agent), not at the first event."""
+        if self.webhooks:
+            self._http()
 
     def _http(self) -> httpx.Client:
         if self._client is None:
@@ -185,7 +213,9 @@ class Deliverer:
         names = self.active()
         while True:
             if deadline is not None and self.clock() >= deadline:
+                self._write_outcomes()
                 return sent
+            self._write_outcomes()
             batch = self.outbox.claim(names, limit, now=self.clock())
             if not batch:
                 return sent
@@ -193,13 +223,14 @@ class Deliverer:
                 if delivery.webhook not in names or (
                         deadline is not None and self.clock() >= deadline):
                     # not tried (out of time, or its webhook was just disabled): as it was
-                    self.outbox.settle(delivery, PENDING, http_status=delivery.last_status,
+                    self._settle(delivery, PENDING, http_status=delivery.last_status,
                                        error=delivery.last_error, next_at=delivery.next_at,
                                        counted=False, now=self.clock())
                     continue
                 if not self._deliver(delivery, event, sent, deadline):
                     names = [n for n in names if n != delivery.webhook]
             if not names:
+                self._write_outcomes()
                 return sent
 
     def next_due(self) -> float | None:
@@ -216,7 +247,7 @@ class Deliverer:
                 secret = sensitive.resolve(hook.secret, self.config.sensitive)
             except sensitive.MissingSecret as err:
                 why = f"secret '{err.name}' is not set where mlinfra delivers: export it"
-                self.outbox.settle(delivery, PENDING, http_status=None, error=why,
+                self._settle(delivery, PENDING, http_status=None, error=why,
                                    next_at=now + SECRET_RETRY_S, counted=False, now=now)
                 sent.waiting += 1
                 sent.lines.append(f"{event.event_id} -> {hook.name}: waits: {why}")
@@ -246,13 +277,13 @@ class Deliverer:
         attempts = delivery.attempts + 1
         first = delivery.first_try_at or now
         if status is not None and 200 <= status < 300:
-            self.outbox.settle(delivery, DELIVERED, http_status=status, error="",
+            self._settle(delivery, DELIVERED, http_status=status, error="",
                                next_at=now, now=now)
             sent.delivered += 1
             return True
         if status == 410:
             self.outbox.disable(hook.name, f"{hook.url} answered 410 Gone")
-            self.outbox.settle(delivery, FAILED, http_status=status,
+            self._settle(delivery, FAILED, http_status=status,
                                error=f"410 Gone: webhook {hook.name} disabled for {hook.url}",
                                next_at=now, now=now)
             sent.failed += 1
@@ -261,12 +292,12 @@ class Deliverer:
         retryable = status is None or status >= 500 or status in _RETRIED
         delay = max(hook.retry.delay(attempts, self.rng), wait or 0.0)
         if retryable and now + delay <= first + hook.retry.for_s:
-            self.outbox.settle(delivery, PENDING, http_status=status, error=error,
+            self._settle(delivery, PENDING, http_status=status, error=error,
                                next_at=now + delay, now=now)
             sent.retried += 1
             return True
         why = error if not retryable else f"{error}; gave up after {attempts} tries"
-        self.outbox.settle(delivery, FAILED, http_status=status, error=why, next_at=now,
+        self._settle(delivery, FAILED, http_status=status, error=why, next_at=now,
                            now=now)
         sent.failed += 1
         sent.lines.append(f"{event.event_id} -> {hook.name}: dead-lettered ({why})")
