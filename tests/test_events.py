@@ -357,3 +357,35 @@ def test_the_outbox_on_postgresql(postgres: object, project: Callable[..., Path]
     assert cli("agent", "--once").code == 0
     assert [r.type for r in receiver.accepted] == ["apply.completed", "model.promoted"]
     assert receiver.tries[promoted["id"]] == 2 and receiver.bad == []
+
+
+def test_a_new_webhook_gets_events_from_the_apply_that_creates_it_on(
+        project: Callable[..., Path], cli: Cli, receiver: Receiver) -> None:
+    root = project({"models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+                    "model.yaml": MODEL})
+    assert cli("apply", "--auto-approve").code == 0
+    (root / "hooks.yaml").write_text(webhook(receiver.url, "['*']"))
+    (root / "models" / "fraud.onnx").write_bytes(onnx_model((0.1, 2.0)))
+    assert cli("apply", "--auto-approve").code == 0
+    types = [r.type for r in receiver.accepted]
+    assert "model.version_registered" in types and "apply.completed" in types
+    assert all(r.data["version"] == 2 for r in receiver.accepted
+               if r.type == "model.version_registered")
+    assert "data.version_created" not in types  # the first apply's, before the webhook
+
+
+def test_a_webhook_disabled_by_410_delivers_again_at_a_new_url(
+        project: Callable[..., Path], cli: Cli, receiver: Receiver) -> None:
+    receiver.script = [410]
+    root = project({"models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+                    "model.yaml": MODEL, "hooks.yaml": webhook(receiver.url, "['model.*']")})
+    assert cli("apply", "--auto-approve").code == 0
+    assert receiver.accepted == []
+    with Receiver(SECRET) as moved:
+        (root / "hooks.yaml").write_text(webhook(moved.url, "['model.*']"))
+        assert cli("apply", "--auto-approve").code == 0
+        assert cli("agent", "--once").code == 0
+        # The event that got the 410 is dead-lettered; the one that waited is delivered.
+        assert [r.type for r in moved.accepted] == ["model.promoted"]
+    failed = json.loads(cli("events", "list", "--failed", "--json").out)
+    assert [e["type"] for e in failed] == ["model.version_registered"]
