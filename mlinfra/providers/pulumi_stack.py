@@ -345,7 +345,14 @@ class PulumiHandler(BaseHandler):
                 raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
                                     f"this stack ({ctx.config.stack.name}) uses the "
                                     f"{self.provider.name} provider")
-        return self.local.facts(res, ctx) if self.local is not None else {}
+        found = self.local.facts(res, ctx) if self.local is not None else {}
+        if self.kind == "Workspace" and self.provider.name == "kubernetes":
+            from mlinfra.providers.manifests.agent import agent_image
+
+            agent = agent_image(ctx.config)
+            if agent is not None:
+                found = {**found, "agent_image": agent}
+        return found
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         if self.local is not None and self.kind != "Endpoint":

@@ -18,7 +18,7 @@ from mlinfra.spec.model import Config, Resource
 SERVER_PORT = 8080
 VENV = "/opt/mlinfra/venv"
 
-_INSTALL = f"""\
+INSTALL = f"""\
 COPY requirements.txt /opt/mlinfra/requirements.txt
 COPY wheels/ /opt/mlinfra/wheels/
 RUN python3 -m venv {VENV} \\
@@ -102,7 +102,7 @@ def _requirements(config: Config, env: Resource) -> str:
 
 def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...]:
     dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
-                  + _INSTALL + "WORKDIR /code\n")
+                  + INSTALL + "WORKDIR /code\n")
     return (ContextFile("Dockerfile", dockerfile),
             ContextFile("requirements.txt", _requirements(config, env)),
             ContextFile("wheels/README", WHEELS_README))
@@ -110,7 +110,7 @@ def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...
 
 def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, ...]:
     dockerfile = (f"# the mlinfra endpoint server (ONNX Runtime)\nFROM {base_image(config)}\n"
-                  + _INSTALL
+                  + INSTALL
                   + "COPY src/ /opt/mlinfra/src/\n"
                   + "COPY entrypoint.py /opt/mlinfra/entrypoint.py\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n"

@@ -7,7 +7,8 @@ default datastore; as apply runs it: one Job per run, `run_job`, reading and wri
 the run's folder in the stack's artifacts folder through a PersistentVolumeClaim);
 Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with its model, a
 Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with its keys and one
-Gateway API HTTPRoute whose backend weights carry `traffic`.
+Gateway API HTTPRoute whose backend weights carry `traffic`. Schedules and webhooks ->
+the agent's image and one-replica Deployment (`agent.py`), with a state on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from mlinfra.providers.manifests import (
     SecretValue,
     labels,
 )
+from mlinfra.providers.manifests.agent import render_agent
 from mlinfra.providers.manifests.images import (
     SERVER_PORT,
     environment_context,
@@ -438,6 +440,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     env_images = _images(config, objects)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
+    render_agent(config, objects, namespace(config), secrets, SECRETS)
     _secrets(config, objects, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
     if endpoints:
