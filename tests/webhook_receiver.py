@@ -29,7 +29,7 @@ class Received:
 
 class Receiver:
     def __init__(self, secret: str, script: list[int] | None = None,
-                 retry_after: str | None = None) -> None:
+                 retry_after: str | None = None, port: int = 0) -> None:
         self.secret = secret
         self.script = list(script or [])
         self.retry_after = retry_after
@@ -52,7 +52,7 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 return
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
