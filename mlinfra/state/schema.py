@@ -148,9 +148,11 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
 MIGRATIONS: tuple[Migration, ...] = (
+    # IF NOT EXISTS: a state whose version was set back by hand may hold them already.
     Migration(3, "events: outbox, deliveries, webhooks, schedule_fires",
-              (*EVENT_TABLES.values(),
-               "CREATE INDEX deliveries_due ON deliveries(status, next_at)")),
+              (*(t.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+                 for t in EVENT_TABLES.values()),
+               "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_at)")),
 )
 
 
