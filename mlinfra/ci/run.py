@@ -104,8 +104,8 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
            lock_timeout: float = 0.0, parallelism: int = 4,
            on_event: Event = lambda *_: None,
            log: Callable[[str], None] = lambda _: None) -> Outcome:
+    from mlinfra.engine import writing
     from mlinfra.spec.project import find_root
-    from mlinfra.state.lock import locked
 
     repo = Repository(find_root(directory))
     try:
@@ -121,7 +121,7 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
             record = None if dirty else processed(decisions, session.stack, head)
             if record is not None:
                 return _skipped(session.stack, head, record)
-            with locked(session.store, session.stack, "ci run", lock_timeout):
+            with writing(session, "ci run", lock_timeout):
                 # Another ci run may have processed it while this one waited for the lock.
                 record = None if dirty else processed(decisions, session.stack, head)
                 if record is not None:

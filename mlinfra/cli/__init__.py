@@ -351,6 +351,18 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _debug(err: MlinfraError) -> None:
+    """With MLINFRA_DEBUG=1: the error's fields and the chain of errors that caused it,
+    each with its traceback."""
+    if not os.environ.get("MLINFRA_DEBUG"):
+        return
+    import traceback
+
+    if err.fields:
+        echo_err("fields: " + ", ".join(f"{k}={v}" for k, v in sorted(err.fields.items())))
+    echo_err("".join(traceback.format_exception(err)).rstrip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -366,9 +378,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigurationError as err:
         echo_err(err.render())
+        _debug(err)
         return err.exit_code
     except MlinfraError as err:
         echo_err(f"Error: {err.message}")
+        _debug(err)
         return err.exit_code
     except KeyboardInterrupt:
         echo_err("Interrupted.")

@@ -131,12 +131,13 @@ def cmd_models(args: argparse.Namespace) -> int:
             echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
                             indent=2, default=str))
             return 0
-        from mlinfra.state.lock import locked
+        from mlinfra.engine import operation, writing
 
-        # These move what a plan resolves: one writer at a time, as apply.
-        with locked(session.store, session.stack, f"models {args.models_command}",
-                    args.lock_timeout):
-            echo(_change_registry(session, registry, ref, args))
+        # These move what a plan resolves: one writer at a time, as apply, each change
+        # a journaled operation committed in one transaction.
+        with writing(session, f"models {args.models_command}", args.lock_timeout), \
+                operation(session, f"model.{ref.name}", args.models_command) as work:
+            echo(_change_registry(session, ModelRegistry(work), ref, args))
         return 0
     finally:
         session.close()

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.events.envelope import emit
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.model import digest
-from mlinfra.state.store import StateStore, upsert
+from mlinfra.state.store import Cursor, StateStore, upsert
+from mlinfra.state.work import Event
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _read(path: Path, fmt: str, sha256: str | None) -> Any:
     except Exception as err:  # pandas and its engines raise many types for bad files
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else repr(err)
         raise MlinfraError(f"cannot read {path} as {fmt} to check its expectations: "
-                           f"{first}") from None
+                           f"{first}") from err
 
 
 def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]],
@@ -179,7 +180,9 @@ class DataChecks:
                              time.time())
         if self.store.readonly:  # `data validate` reads; the next apply records it
             return record
-        with self.store.transaction() as cur:
+        # A verdict on content, kept as a cache: the same bytes get the same verdict,
+        # and a failed one is announced once, with it.
+        def write(cur: Cursor) -> None:
             cur.execute(upsert("data_checks", ("name", "sha256", "expectations", "passed",
                                                "results", "checked_at"),
                                ("name", "sha256", "expectations")),
@@ -187,10 +190,13 @@ class DataChecks:
                          json.dumps([asdict(r) for r in results], default=str),
                          record.checked_at))
             if not record.passed:
-                emit(self.store, cur, "data.expectations_failed", f"data.{name}",
-                     {"data": name, "sha256": sha256,
-                      "failed": [r.describe() for r in record.failures]},
-                     see=f"mlinfra data validate {name}")
+                self.store.record_events(cur, [Event(
+                    "data.expectations_failed", f"data.{name}", with_see(
+                        {"data": name, "sha256": sha256,
+                         "failed": [r.describe() for r in record.failures]},
+                        f"mlinfra data validate {name}"), record.checked_at)])
+
+        self.store.cache_write(write)
         return record
 
     def require(self, name: str, sha256: str, path: Path, fmt: str,

@@ -48,7 +48,7 @@ def run_output(ctx: Context, res: Resource, source: dict[str, Any]) -> tuple[Pat
         state = ctx.store.get(address("Pipeline", source["pipeline"]))
         steps = (state.outputs.get("steps") or {}) if state else {}
         run_id = (steps.get(source["step"]) or {}).get("run_id")
-    run = RunStore(ctx.store).get(str(run_id)) if run_id else None
+    run = RunStore(ctx.store, ctx.work).get(str(run_id)) if run_id else None
     if run is None or run.status != "completed":
         raise ProviderError(res.address, f"the run of {_describe(source)} has not completed")
     sha = run.outputs.get(source["output"])
@@ -142,7 +142,7 @@ class ModelHandler(BaseHandler):
             path = self_contained(path, artifact_store(ctx))  # its external data written in
             session = load_session(path)
         except ModelInvalid as err:
-            raise ProviderError(res.address, f"refused: {err.message}") from None
+            raise ProviderError(res.address, f"refused: {err.message}") from err
         # Evaluated before it is registered: a model whose evaluation fails takes no
         # version, so it can never be served as `latest`.
         evaluation = res.spec.get("evaluation")
@@ -152,16 +152,16 @@ class ModelHandler(BaseHandler):
                 metrics = self.evaluate(res, ctx, path)
             except ModelInvalid as err:
                 raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
-                                    "version was registered") from None
+                                    "version was registered") from err
         sha = artifact_store(ctx).put(path)
-        runs = RunStore(ctx.store)
+        runs = RunStore(ctx.store, ctx.work)
         run = runs.get(run_id) if run_id else None
         lineage = {"run_id": run_id, "job": run.job if run else None,
                    "inputs": run.inputs if run else {},
                    "data": runs.data_read(run) if run else [],
                    "git": run.git if run else {},
                    "environment": run.environment if run else {}}
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         version, created = registry.register(
             res.name, sha, str(res.spec.get("format", "onnx")), signature(session), run_id,
             lineage, metrics, dict(res.spec.get("tags") or {}))
@@ -178,7 +178,7 @@ class ModelHandler(BaseHandler):
         version = state.outputs.get("version")
         if version is None:
             return Observed()
-        found = ModelRegistry(ctx.store).get(state.name, int(version))
+        found = ModelRegistry(ctx.writer).get(state.name, int(version))
         if found is None:
             return Observed(False, f"version {version} is missing from the registry")
         if not artifact_store(ctx).exists(found.sha256):

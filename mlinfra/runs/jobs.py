@@ -69,7 +69,7 @@ class Resolver:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.versions = DataVersions(ctx.store)
+        self.versions = DataVersions(ctx.writer)
         self._jobs: dict[str, tuple[str, dict[str, str]]] = {}
 
     def data(self, res: Resource, text: str) -> DataInput:
@@ -108,7 +108,7 @@ class Resolver:
         try:
             return code_digest(code, self.ctx.root, self.versions.content_sha256)
         except CodeRefused as err:
-            raise ProviderError(job.address, f"code: {err.message}") from None
+            raise ProviderError(job.address, f"code: {err.message}") from err
 
     def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
                  ) -> tuple[str, dict[str, Any]]:
@@ -185,7 +185,7 @@ def _read_run(outputs: dict[str, Any], ctx: Context) -> Observed:
     run_id = outputs.get("run_id")
     if run_id is None:
         return Observed()
-    run = RunStore(ctx.store).get(str(run_id))
+    run = RunStore(ctx.store, ctx.work).get(str(run_id))
     if run is None or run.status != "completed":
         return Observed(False, f"run {run_id} is missing or not completed")
     store = artifact_store(ctx)
@@ -207,7 +207,7 @@ def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
         checks.DataChecks(ctx.store).require(data.name, data.sha256, data.path, fmt,
                                              expectations, data.label)
     except checks.DataCheckFailed as err:
-        raise ProviderError(res.address, f"{err.message}\nno run started") from None
+        raise ProviderError(res.address, f"{err.message}\nno run started") from err
 
 
 @dataclass
@@ -225,7 +225,7 @@ def reusable_run(ctx: Context, job: str, run_hash: str) -> Run | None:
     the artifact store, whole. A run whose outputs were deleted or damaged is not reused:
     the job runs again."""
     store = artifact_store(ctx)
-    for run in RunStore(ctx.store).completed(job, run_hash):
+    for run in RunStore(ctx.store, ctx.work).completed(job, run_hash):
         if all(store.intact(str(sha)) for sha in run.outputs.values()):
             return run
     return None
@@ -238,7 +238,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
     """Adopt the completed run with this hash, or run the job now. The run reads stored
     copies of its inputs, and its hash is computed again from them: what changed since
     the plan is never run under the plan's hash."""
-    runs = RunStore(ctx.store)
+    runs = RunStore(ctx.store, ctx.work)
     stop_orphans(runs, ctx.log)
     job_name = res.name
     existing = reusable_run(ctx, job_name, run_hash)
@@ -307,7 +307,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                            on_line=lambda line: ctx.log(f"{prefix}: {line}"),
                            launcher=launcher)
         except RunFailed as err:
-            raise ProviderError(res.address, err.message) from None
+            raise ProviderError(res.address, err.message) from err
 
 
 def job_output(ctx: Context, resolver: Resolver, res: Resource, producer_name: str,
@@ -401,7 +401,8 @@ class PipelineHandler(BaseHandler):
         res = ctx.config.get("Pipeline", change.name)
         assert res is not None
         planned = (change.after or {})["steps_resolved"]
-        runs, store, resolver = RunStore(ctx.store), artifact_store(ctx), Resolver(ctx)
+        runs, store = RunStore(ctx.store, ctx.work), artifact_store(ctx)
+        resolver = Resolver(ctx)
         stop_orphans(runs, ctx.log)
         owner_pid, owner_started = this_process()
         parent = Run(id=new_run_id(res.name), job=res.name, experiment=res.name,

@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlinfra.events.envelope import emit
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.store import Cursor, StateStore, row_json, upsert
+from mlinfra.state.work import Event, UnitOfWork
 
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
@@ -65,19 +66,29 @@ class Run:
 
 
 class RunStore:
-    """The runs table and its metrics and logged params."""
+    """The runs table and its metrics and logged params.
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    A run is written as it happens, not with its resource's change: its process and
+    owner must be visible at once, so that an apply killed at any instant leaves no
+    process that the next one cannot find. Written through a unit of work (`now`)
+    during apply; a store writes them at once elsewhere (`runs cancel`)."""
+
+    def __init__(self, store: StateStore, work: UnitOfWork | None = None) -> None:
+        self.store, self.work = store, work
+
+    def _now(self, fn: Any) -> Any:
+        return (self.work or self.store).now(fn)
 
     def save(self, run: Run) -> None:
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
                   for c in _COLUMNS]
-        with self.store.transaction() as cur:
+        def write(cur: Cursor) -> None:
             row = cur.execute("SELECT status FROM runs WHERE id=?", (run.id,)).fetchone()
             cur.execute(upsert("runs", _COLUMNS, ("id",)), values)
-            if row is None or row[0] != run.status:
+            if row is None or row[0] != run.status:  # announced with the change
                 _announce_status(self.store, cur, run, run.status, run.error)
+
+        self._now(write)
 
     def get(self, run_id: str) -> Run | None:
         rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id=?", (run_id,))
@@ -105,7 +116,7 @@ class RunStore:
     def end_unfinished(self, run_id: str, status: str, error: str) -> bool:
         """Mark a run that is still queued or running as ended; False when it had ended
         meanwhile (its own mlinfra recorded it)."""
-        with self.store.transaction() as cur:
+        def end(cur: Cursor) -> bool:
             cur.execute("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=? AND "
                         "status IN ('queued', 'running')", (status, error, time.time(), run_id))
             ended = cur.rowcount == 1
@@ -114,6 +125,8 @@ class RunStore:
                                   (run_id,)).fetchone()
                 _announce_status(self.store, cur, _run(row), status, error)
             return ended
+
+        return bool(self._now(end))
 
     def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
         where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())
@@ -126,11 +139,16 @@ class RunStore:
                    for r in records if r.get("type") == "metric"]
         params = [(run_id, r["key"], json.dumps(r["value"])) for r in records
                   if r.get("type") == "param"]
-        with self.store.transaction() as cur:
+        if not metrics and not params:
+            return
+
+        def add(cur: Cursor) -> None:
             cur.executemany("INSERT INTO metrics (run_id, key, value, step, at) "
                             "VALUES (?, ?, ?, ?, ?)", metrics)
             cur.executemany(upsert("run_params", ("run_id", "key", "value"),
                                    ("run_id", "key")), params)
+
+        self._now(add)
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int | None, float]]]:
         """Each metric's points (step, value), in the order logged."""
@@ -164,8 +182,8 @@ class RunStore:
         return sorted(found)
 
     def request_cancel(self, run_id: str) -> None:
-        with self.store.transaction() as cur:
-            cur.execute("UPDATE runs SET cancel_requested=1 WHERE id=?", (run_id,))
+        self._now(lambda cur: cur.execute("UPDATE runs SET cancel_requested=1 WHERE id=?",
+                                          (run_id,)))
 
 
 def _run(row: tuple[Any, ...]) -> Run:
@@ -193,4 +211,5 @@ def _announce_status(store: StateStore, cur: Cursor, run: Run, status: str,
         data["duration_s"] = run.duration
     elif event_type == "run.failed":
         data["error"] = error
-    emit(store, cur, event_type, f"job.{run.job}", data, see=f"mlinfra runs show {run.id}")
+    store.record_events(cur, [Event(event_type, f"job.{run.job}", with_see(
+        data, f"mlinfra runs show {run.id}"), time.time())])

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 from mlinfra.spec.model import duration_s
 
+# Where each event's data schema is published (its CloudEvents `dataschema`).
+SCHEMA_BASE = "https://mlinfra.dev/schemas/events"
 # Every event mlinfra announces, by the name a webhook's `events:` uses.
 EVENT_TYPES: tuple[str, ...] = (
     "run.started", "run.completed", "run.failed", "run.canceled",

@@ -125,7 +125,8 @@ EVENT_TABLES: dict[str, str] = {
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks")
 # What `state migrate` copies: everything but who holds the lock now.
-COPIED_TABLES = (*(name for name in TABLES if name != "locks"), *EVENT_TABLES)
+COPIED_TABLES = (*(name for name in TABLES if name != "locks"), "journal_steps",
+                 *EVENT_TABLES)
 # Tables whose `id` the database numbers (the next one follows the largest).
 NUMBERED_TABLES = ("journal", "audit", "metrics", "outbox")
 
@@ -148,8 +149,14 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
 MIGRATIONS: tuple[Migration, ...] = (
+    # The ordered steps of a journaled operation (a promotion and its rollout, a key
+    # rotation, an endpoint generation, a migration): recovery reads them.
+    Migration(3, "journal_steps", (
+        """CREATE TABLE IF NOT EXISTS journal_steps (
+          journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+          data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
     # IF NOT EXISTS: a state whose version was set back by hand may hold them already.
-    Migration(3, "events: outbox, deliveries, webhooks, schedule_fires",
+    Migration(4, "events: outbox, deliveries, webhooks, schedule_fires",
               (*(t.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
                  for t in EVENT_TABLES.values()),
                "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_at)")),

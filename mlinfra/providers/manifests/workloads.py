@@ -114,7 +114,7 @@ def _run(config: Config, key: str, owner: str, job: Resource, inputs: dict[str, 
         variables = environment_variables(env.spec.get("env") or {} if env else {},
                                           job.spec.get("env") or {})
     except RenderError as err:
-        raise RenderError(f"{owner}: {err.message}") from None
+        raise RenderError(f"{owner}: {err.message}") from err
     return JobRun(key, owner, job, command, tuple(sorted(set(after))), variables,
                   duration_s(job.spec.get("timeout")))
 

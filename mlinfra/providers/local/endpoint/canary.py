@@ -113,7 +113,8 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
             what = f"{', '.join(serving)} now serve {candidate.ref}"
         else:
             what = f"{canary} removed: {outcome.status}"
-        change_live(ctx, state, "rollout" if outcome.status == "complete" else "rollback",
+        change_live(ctx, state,
+                    "rollout-complete" if outcome.status == "complete" else "rollback",
                     what, {"deployments": deployments, "traffic": start},
                     {"served": served, "traffic": start})
         finished = True

@@ -29,10 +29,10 @@ def resolve(ctx: Context, res: Resource, deployment: dict[str, Any]) -> ModelVer
     ref = Ref.parse(str(deployment["model"]))
     assert ref is not None  # validated
     try:
-        return ModelRegistry(ctx.store).resolve(ref.name, ref.version, ref.alias)
+        return ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
     except RegistryError as err:
         raise ProviderError(res.address, f"deployment {deployment['name']}: {err.message}"
-                            ) from None
+                            ) from err
 
 
 def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
@@ -45,8 +45,8 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
             return str(store.path(version.sha256))
         except ArtifactCorrupted as err:
             raise ProviderError(res.address, f"deployment {deployment['name']}: "
-                                f"{version.ref}: {err.message}") from None
-    registry = ModelRegistry(ctx.store)
+                                f"{version.ref}: {err.message}") from err
+    registry = ModelRegistry(ctx.writer)
     kept = [str(v.version) for v in registry.versions(version.name)
             if not v.archived and store.exists(v.sha256)]
     others = (f"versions of {version.name} with their file: {', '.join(kept)}" if kept

@@ -21,13 +21,20 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from mlinfra.events.envelope import announce, build
+from mlinfra.events.envelope import announce
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import worker_statuses
-from mlinfra.providers.local.endpoint.publish import next_generation, publish, read_config
+from mlinfra.providers.local.endpoint.publish import (
+    next_generation,
+    publish,
+    read_config,
+    record_live,
+)
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.model import ResourceState
+from mlinfra.state.work import Event
 
 MIN_REQUESTS = 100
 INCONCLUSIVE_HOLDS = 10
@@ -162,9 +169,10 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
                event: tuple[str, dict[str, Any]]) -> None:
         state.outputs = {**state.outputs, "generation": generation, "traffic": traffic}
         event_type, data = event
-        ctx.store.commit_change(None, state.address, action, state, detail, [build(
-            ctx.store, event_type, state.address, {"endpoint": state.name, **data},
-            see=f"mlinfra endpoints show {state.name}")])
+        record_live(ctx, state, action, detail, [Event(
+            event_type, state.address, with_see({"endpoint": state.name, **data},
+                                                f"mlinfra endpoints show {state.name}"),
+            time.time())])
 
     def stepped(share: int) -> None:
         announce(ctx.store, "rollout.step", state.address,
