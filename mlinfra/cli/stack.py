@@ -81,6 +81,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
             from mlinfra.events.schedules import plan_notes
 
             notes = [*notes, *plan_notes(session.config)]
+        if not args.json and not args.destroy:
+            from mlinfra.monitoring.planning import notes as monitor_notes
+
+            notes += monitor_notes(session.config, session.store, the_plan)
     finally:
         session.close()
     if args.json:

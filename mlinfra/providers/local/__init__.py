@@ -35,6 +35,9 @@ class LocalProvider(Provider):
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
         "Webhook": "mlinfra.events.handler:WebhookHandler",
         "Schedule": "mlinfra.events.handler:ScheduleHandler",
+        "Monitor": "mlinfra.monitoring.handler:MonitorHandler",
+        "BatchEndpoint": "mlinfra.batch.handler:BatchEndpointHandler",
+        "BatchScore": "mlinfra.batch.handler:BatchScoreHandler",
     }
 
     def cancel(self) -> None:
