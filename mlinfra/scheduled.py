@@ -75,5 +75,13 @@ class ScheduledWork:
         return summary
 
     def _monitor(self, monitor: str, name: str) -> str:
-        raise MlinfraError(f"run: {{monitor: {monitor}}} needs mlinfra's monitoring, which "
-                           "this version does not have")
+        """`mlinfra monitor run NAME`: its windows and verdict recorded (a breach is
+        announced with them), the stack's lock held while it writes."""
+        from mlinfra.monitoring import run
+
+        if self.session.config.get("Monitor", monitor) is None:
+            raise MlinfraError(f"there is no monitor.{monitor}")
+        with locked(self.session.store, self.session.stack, f"agent: {name}",
+                    self.lock_timeout):
+            verdicts = run(self.session, monitor)
+        return "; ".join(f"monitor.{v.monitor}: {v.state}, {v.summary()}" for v in verdicts)

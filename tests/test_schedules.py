@@ -236,3 +236,49 @@ def test_catchup_fires_every_missed_instant_or_only_the_newest(
     start = time.time()
     fired = fired_over(root, start + 5 * 3600, start + 5 * 3600)
     assert len(fired) == (5 if catchup else 1)
+
+
+def test_the_agent_runs_a_monitor_on_its_schedule_and_its_breach_is_delivered(
+        project: Callable[..., Path], cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from tests.test_monitoring import DATA_MONITOR, named_model, reference_csv
+
+    monkeypatch.setenv("OPS_SECRET", SECRET)
+    with Receiver(SECRET) as receiver:
+        rng = np.random.default_rng(9)
+        root = project({
+            "models/fraud.onnx": named_model(), "data/reference.csv": reference_csv(rng),
+            "data/production.csv": reference_csv(rng, 1000), "monitor.yaml": DATA_MONITOR,
+            "auto.yaml": schedule("watch", 'cron: "0 * * * *"', "{monitor: batch-watch}")
+            + f"kind: Webhook\nname: ops\nurl: {receiver.url}\n"
+              "secret: ${secret.OPS_SECRET}\nevents: ['monitor.*', schedule.fired]\n"})
+        applied = cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.err
+
+        def tick(hours: int) -> list[str]:
+            session = open_session(root, None, "agent", write=True)
+            at = time.time() + hours * 3600
+            agent = Agent(session.config, session.store, ScheduledWork(session),
+                          clock=lambda: at)
+            try:
+                done = agent.tick()
+            finally:
+                agent.close()
+                session.close()
+            assert done.failed == [], done.failed
+            return done.fired
+
+        assert len(tick(1)) == 1  # calm production data: a window, no breach
+        assert receiver.of_type("monitor.breached") == []
+        shifted = reference_csv(np.random.default_rng(10), 1000).splitlines()
+        moved = [shifted[0]] + [f"{float(a) + 15:.3f},{b},{y}" for a, b, y in
+                                (line.split(",") for line in shifted[1:])]
+        (root / "data" / "production.csv").write_text("\n".join(moved) + "\n")
+        assert len(tick(2)) == 1
+        [breach] = receiver.of_type("monitor.breached")
+        assert breach.data["monitor"] == "batch-watch" and breach.subject == "monitor.batch-watch"
+        assert any(key.endswith(":amount") for key in breach.data["signals"])
+        assert breach.data["actor"]["kind"] == "schedule"
+        assert breach.data["actor"]["name"].startswith("watch-")
+        assert len(receiver.of_type("schedule.fired")) == 2 and receiver.bad == []
