@@ -437,6 +437,19 @@ def _announce_change(work: UnitOfWork, change: Change, new: ResourceState | None
     work.emit(f"endpoint.{kind}", change.address, data)
 
 
+def _announce_unhealthy(session: Session, the_plan: Plan) -> None:
+    """endpoint.unhealthy for each endpoint the plan's refresh found broken (its server
+    gone, or not serving as applied): the apply that repairs it says so first."""
+    from mlinfra.events.envelope import announce
+
+    for drift in the_plan.drift:
+        kind, _, name = drift.address.partition(".")
+        if kind == "endpoint":
+            announce(session.store, "endpoint.unhealthy", drift.address,
+                     {"endpoint": name, "reason": drift.message},
+                     see=f"mlinfra endpoints show {name}")
+
+
 def _announce_end(session: Session, result: ApplyResult) -> None:
     """apply.completed or apply.failed, once the walk is over."""
     from mlinfra.events.envelope import announce
@@ -541,6 +554,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
 
     result = ApplyResult()
     result.interrupted = [*session.recovered, *recover(session)]
+    _announce_unhealthy(session, the_plan)
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)

@@ -327,6 +327,18 @@ def test_a_rollback_delivers_rollout_rolled_back(
                  for m in receiver.of_type("model.promoted")]
         assert moves == [(1, None)]  # the alias moves only once a rollout completes
         assert receiver.of_type("rollout.completed") == [] and receiver.bad == []
+        # A server killed outside mlinfra: the apply that repairs it announces it.
+        import signal as signals
+
+        pid = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["pid"]
+        os.killpg(pid, signals.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        assert cli("apply", "--auto-approve").code == 0
+        [unhealthy] = receiver.of_type("endpoint.unhealthy")
+        assert unhealthy.data["endpoint"] == "api" and unhealthy.data["reason"]
+        assert receiver.of_type("endpoint.updated") or receiver.of_type("endpoint.created")
     finally:
         cli("destroy", "--auto-approve")
     assert [r.type for r in receiver.accepted][-1] == "endpoint.deleted"
@@ -389,3 +401,12 @@ def test_a_webhook_disabled_by_410_delivers_again_at_a_new_url(
         assert [r.type for r in moved.accepted] == ["model.promoted"]
     failed = json.loads(cli("events", "list", "--failed", "--json").out)
     assert [e["type"] for e in failed] == ["model.version_registered"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"

@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mlinfra.spec.events import EVENT_TYPES
+from mlinfra.spec.events import EVENT_TYPES, SCHEMA_BASE
 
-BASE_ID = "https://mlinfra.dev/schemas/events"
+BASE_ID = SCHEMA_BASE
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
 

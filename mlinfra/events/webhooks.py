@@ -150,7 +150,8 @@ class Deliverer:
 
     `since` says where a webhook that has taken nothing yet starts: the outbox's
     sequence number its resource recorded when it was created (events before it are
-    not sent to it). A webhook declared but not applied yet takes nothing.
+    not sent to it). A webhook declared but never applied takes nothing; one that took
+    events once goes on taking them (a destroy's own events reach it).
     """
 
     def __init__(self, config: Config, outbox: EventOutbox, since: dict[str, int],
