@@ -410,3 +410,33 @@ def _alive(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_receiver_down_for_ten_minutes_gets_the_event_when_it_returns(
+        project: Callable[..., Path], cli: Cli) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on, for now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root = project({"models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+                    "model.yaml": MODEL,
+                    "hooks.yaml": webhook(f"http://127.0.0.1:{port}/hook",
+                                          "[model.promoted]")})
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err  # delivery never fails the apply
+    assert "Connect" in cli("events", "list").out  # waiting: connection refused
+    session = open_session(root, None, "agent", write=True)
+    now = [time.time()]
+    sender = deliverer(session.config, session.store, clock=lambda: now[0])
+    try:
+        for _ in range(5):  # ten minutes of tries, the receiver still down
+            now[0] += 120
+            sender.run()
+        with Receiver(SECRET, port=port) as back:
+            now[0] += 3600
+            sender.run()
+    finally:
+        sender.close()
+        session.close()
+    assert [r.type for r in back.accepted] == ["model.promoted"] and back.bad == []
