@@ -45,6 +45,16 @@ class ArtifactStore:
         target = self._blob(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
+        self._publish(sha)
+
+    def _publish(self, sha: str) -> None:
+        """Make the blob just put in place visible to other machines: nothing to do for
+        a folder (it is the store); an object store uploads it."""
+
+    @property
+    def where(self) -> str:
+        """How messages name the store."""
+        return str(self.root)
 
     def put_file(self, path: Path) -> str:
         """Copy first, then hash the copy: what is stored is exactly what is named,
@@ -109,7 +119,7 @@ class ArtifactStore:
         """The stored file of `sha`, checked against its hash."""
         blob = self._blob(sha)
         if not blob.exists():
-            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {self.root}")
+            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {self.where}")
         if verify and file_sha256(blob) != sha:
             raise ArtifactCorrupted(f"artifact {sha[:12]} in {self.root} does not match its "
                                     "sha256: it was changed on disk")
