@@ -172,12 +172,19 @@ def test_render_writes_manifests_kubectl_can_apply(quickstart: Path, tmp_path: P
     out = tmp_path / "k8s"
     result = cli("render", "-C", str(quickstart), "-s", "kubernetes", "--out", str(out))
     assert result.code == 0, result.err
-    # Nothing is registered yet: the endpoint waits for its model, and says so.
-    assert "endpoint.fraud-api is left out" in result.err
+    # Nothing is registered yet: the endpoint is rendered with its model version
+    # "(known after apply)", as Terraform shows what only the apply can know.
+    assert ("endpoint.fraud-api: deployment blue serves a version of model fraud that is "
+            "(known after apply)") in result.err
     files = sorted((out / "manifests").glob("*.yaml"))
     objects = [yaml.safe_load(f.read_text()) for f in files]
     assert objects[0]["kind"] == "Namespace"
     assert invalid_manifests(objects) == []
+    config = next(o for o in objects if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == "fraud-api-blue-config")
+    served = json.loads(config["data"]["endpoint.json"])["deployments"]["blue"]
+    assert served["version"] == "(known after apply)"
+    assert {"Deployment", "HTTPRoute"} <= {o["kind"] for o in objects}
     images = json.loads((out / "images.json").read_text())
     assert (out / images["image-sklearn"]["context"] / "Dockerfile").exists()
     _champion(quickstart, "kubernetes")

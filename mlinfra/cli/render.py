@@ -27,6 +27,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     written = write_stack(session.config, objects, out)
     for address, why in sorted(inputs.unresolved.items()):
         echo_err(f"Note: {address} is left out: {why}.")
+    for name, files in sorted(inputs.models.items()):
+        for deployment, model in sorted(files.items()):
+            if not model.known:
+                echo_err(f"Note: endpoint.{name}: deployment {deployment} serves a version "
+                         f"of model {model.name} that is (known after apply): apply trains "
+                         "and registers it; render again after apply to fill it in.")
     kinds: dict[str, int] = {}
     for obj in objects:
         kinds[obj.kind] = kinds.get(obj.kind, 0) + 1

@@ -51,6 +51,11 @@ class ArtifactStore:
         """Make the blob just put in place visible to other machines: nothing to do for
         a folder (it is the store); an object store uploads it."""
 
+    def url(self, sha: str) -> str | None:
+        """The object holding `sha` where other machines and pods read it, or None for
+        a folder store (the file itself travels)."""
+        return None
+
     @property
     def where(self) -> str:
         """How messages name the store."""

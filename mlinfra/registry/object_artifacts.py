@@ -45,6 +45,9 @@ class ObjectArtifactStore(ArtifactStore):
     def _key(self, sha: str) -> str:
         return self.location.key("blobs", sha[:2], sha)
 
+    def url(self, sha: str) -> str | None:
+        return self.location.url_of(self._key(sha))
+
     def check(self, write: bool = False) -> None:
         """Reach the store (bucket, credentials, network), or raise a StorageError that
         says which failed; with `write`, also write and delete a probe object."""

@@ -12,7 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlinfra.providers.manifests import ContextFile, content_tag
-from mlinfra.providers.manifests.inputs import DEFAULT_BASE_IMAGE, StackInputs
+from mlinfra.providers.manifests.inputs import (
+    DEFAULT_BASE_IMAGE,
+    StackInputs,
+    fetch_requirements,
+)
 from mlinfra.spec.model import Config, Resource
 
 SERVER_PORT = 8080
@@ -57,6 +61,14 @@ if collect.get("path"):
     collect["path"] = collect["path"].replace("{{host}}", socket.gethostname())
     os.makedirs(os.path.dirname(collect["path"]), exist_ok=True)
 os.makedirs(config["status_dir"], exist_ok=True)
+if any(d.get("url") for d in config["deployments"].values()):
+    # The models are in the artifact store: fetched now, each checked against its sha256.
+    from mlinfra.serving.fetch import FetchFailed, fetch_models
+
+    try:
+        fetch_models(config)
+    except FetchFailed as err:
+        sys.exit(f"mlinfra: {{err}}")
 path = "/tmp/mlinfra/config.json"
 with open(path, "w") as f:
     json.dump(config, f)
@@ -118,7 +130,8 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
                   + "USER 65534:65534\n"
                   + 'ENTRYPOINT ["python", "/opt/mlinfra/entrypoint.py"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
-             ContextFile("requirements.txt", "\n".join(inputs.serving_requirements) + "\n"),
+             ContextFile("requirements.txt", "\n".join(
+                 [*inputs.serving_requirements, *fetch_requirements(inputs)]) + "\n"),
              ContextFile("entrypoint.py", ENTRYPOINT),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/{rel}", source=path) for rel, path in inputs.serving_sources]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.providers.manifests import (
+    LABEL_PREFIX,
     RenderedObject,
     RenderError,
     SecretValue,
@@ -33,14 +34,16 @@ from mlinfra.providers.manifests.images import (
     job_code_context,
     serving_context,
 )
-from mlinfra.providers.manifests.inputs import StackInputs
+from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, ModelFile, StackInputs
 from mlinfra.providers.manifests.workloads import (
     collect_datastore,
     compute_resources,
     datastore_mount,
     endpoint_config,
+    fetched_model_path,
     job_runs,
     keys_secret,
+    storage_env,
 )
 from mlinfra.runs.containers import RUN_DIR, ContainerRun
 from mlinfra.spec.model import Config, Resource
@@ -297,44 +300,46 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             "stringData": {"keys": keys}}, depends_on=(ns_key,)))
         common.append(f"secret-{keys_name}")
     capture_store = collect_datastore(config, endpoint)
+    storage = storage_env(config)
     backends = []
     for deployment in endpoint.spec["deployments"]:
         name = deployment["name"]
         model = models[name]
-        size = model.path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise RenderError(f"{address}: deployment {name}: model {model.ref} is {size} "
-                              f"bytes; on kubernetes a model travels in a ConfigMap, which "
-                              f"holds at most {MAX_MODEL_BYTES} bytes of model")
         full = f"{endpoint.name}-{name}"
         extra = {"deployment": name}
-        config_json = endpoint_config(config, endpoint, models,
-                                      {name: f"/models/{name}/model.onnx"}, only=name)
+        fetched = model.url is not None
+        path = fetched_model_path(name) if fetched else f"/models/{name}/model.onnx"
+        config_json = endpoint_config(config, endpoint, models, {name: path}, only=name)
         objects.append(RenderedObject(f"configmap-{full}", address, "ConfigMap", {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(config, f"{full}-config", address, **extra),
             "data": {"endpoint.json": json.dumps(config_json, indent=2, sort_keys=True)}},
             depends_on=(ns_key,)))
-        objects.append(RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(config, f"{full}-model", address, model=model.ref.replace(
-                ":", "-"), **extra),
-            "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()}},
-            depends_on=(ns_key,)))
+        if not fetched:
+            objects.append(_model_configmap(config, address, full, model, extra, name))
         selector = labels(config.name, config.stack.name, address, **extra)
         env: list[dict[str, Any]] = []
         if keys is not None:
             env.append({"name": "MLINFRA_ENDPOINT_KEYS", "valueFrom": {"secretKeyRef": {
                 "name": f"{endpoint.name}-keys", "key": "keys"}}})
+        # NOTE: a fetched model lands in /tmp (an emptyDir of the pod): each pod reads it
+        # from the artifact store when it starts, whatever its size.
         volumes: list[dict[str, Any]] = [
             {"name": "config", "configMap": {"name": f"{full}-config"}},
-            {"name": "model", "configMap": {"name": f"{full}-model"}},
             {"name": "tmp", "emptyDir": {}}]
         mounts: list[dict[str, Any]] = [
             {"name": "config", "mountPath": "/etc/mlinfra", "readOnly": True},
-            {"name": "model", "mountPath": f"/models/{name}", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"}]
-        depends = [*common, f"configmap-{full}", f"configmap-{full}-model"]
+        depends = [*common, f"configmap-{full}"]
+        if fetched:
+            env += _env(storage)
+            if any(isinstance(v, SecretValue) for v in storage.values()):
+                depends.append(f"secret-{SECRETS}")
+        else:
+            volumes.insert(1, {"name": "model", "configMap": {"name": f"{full}-model"}})
+            mounts.insert(1, {"name": "model", "mountPath": f"/models/{name}",
+                              "readOnly": True})
+            depends.append(f"configmap-{full}-model")
         if capture_store:
             more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
             volumes += more_volumes
@@ -389,6 +394,30 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
     objects.append(_route(config, endpoint, backends))
 
 
+def _model_configmap(config: Config, address: str, full: str, model: ModelFile,
+                     extra: dict[str, str], name: str) -> RenderedObject:
+    """A model carried in a ConfigMap (artifacts in a folder, not object storage): at
+    most MAX_MODEL_BYTES. A version known only after apply is shown as such."""
+    ns_key = f"namespace-{namespace(config)}"
+    meta = _meta(config, f"{full}-model", address, True, **extra)
+    if model.path is None:
+        return RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+            "data": {"model.onnx": KNOWN_AFTER_APPLY}}, depends_on=(ns_key,))
+    size = model.path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise RenderError(f"{address}: deployment {name}: model {model.ref} is {size} "
+                          f"bytes; with artifacts in a folder a model travels to the pods "
+                          f"in a ConfigMap, which holds at most {MAX_MODEL_BYTES} bytes of "
+                          "model: set the stack's artifacts: to object storage "
+                          "(s3://BUCKET/PREFIX) and the pods fetch it when they start")
+    meta["labels"][LABEL_PREFIX + "model"] = model.ref.replace(":", "-")
+    return RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+        "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()}},
+        depends_on=(ns_key,))
+
+
 def _route(config: Config, endpoint: Resource, backends: list[tuple[str, str]]
            ) -> RenderedObject:
     """Requests to /endpoints/NAME/... reach the server as /...: split by `traffic`,
@@ -438,8 +467,10 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     env_images = _images(config, objects)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
-    _secrets(config, objects, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
+    if any(m.url for e in endpoints for m in inputs.models[e.name].values()):
+        secrets += [v for v in storage_env(config).values() if isinstance(v, SecretValue)]
+    _secrets(config, objects, secrets)
     if endpoints:
         files = serving_context(config, inputs)
         objects.append(RenderedObject("image-serving", "", "Image", {
