@@ -4,12 +4,15 @@ validation, and whole projects applied against a real S3 API server on 127.0.0.1
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Files, Result
+from tests.conftest import QUICKSTART, Files, Result
+from tests.postgres import PASSWORD, PostgresServer
+from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server, credentials_env, free_port_refusing
 
 
 def test_validate_warns_when_a_shared_state_keeps_artifacts_locally(
@@ -81,3 +84,92 @@ def test_stack_artifacts_url_mistakes(project: Callable[[Files], Path],
     assert b.code == 1
     assert "stacks/b.yaml:4:1: storage: storage: says how to reach object storage, but " \
            "artifacts: names none" in b.err
+
+
+def _to_s3(root: Path, s3: S3Server, bucket: str, state: str) -> None:
+    """The quickstart with its datastore and artifacts on the S3 server: the data files
+    uploaded under data/, credentials as ${secret.X}."""
+    client = s3.client()
+    for csv in sorted((root / "data").glob("*.csv")):
+        client.put_object(Bucket=bucket, Key=f"data/{csv.name}", Body=csv.read_bytes())
+    shutil.rmtree(root / "data")
+    workspace = (root / "workspace.yaml").read_text()
+    (root / "workspace.yaml").write_text(workspace.replace(
+        "type: local\npath: ./data\n",
+        f"type: s3\npath: s3://{bucket}/data\nendpoint_url: {s3.url}\nregion: us-east-1\n"
+        "credentials: {access_key_id: '${secret.QS_S3_KEY}', "
+        "secret_access_key: '${secret.QS_S3_SECRET}'}\n"))
+    (root / "stacks" / "team.yaml").write_text(
+        f"kind: Stack\nname: team\nstate: {state}\nartifacts: s3://{bucket}/artifacts\n"
+        f"storage:\n  endpoint_url: {s3.url}\n  region: us-east-1\n"
+        "  credentials: {access_key_id: '${secret.QS_S3_KEY}', "
+        "secret_access_key: '${secret.QS_S3_SECRET}'}\n"
+        "variables: {compute_type: local}\n")
+
+
+@pytest.mark.slow
+def test_the_quickstart_on_s3_and_a_second_clone_plans_no_changes(
+        quickstart: Path, tmp_path: Path, cli: Callable[..., Result], s3_server: S3Server,
+        postgres: PostgresServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Datastore and artifacts on a real S3 API server, state on PostgreSQL: apply, then
+    a second clone (no .mlinfra of its own) plans no changes, reading the objects'
+    ETags (no download) and the registry's artifacts from S3."""
+    monkeypatch.setenv("QS_S3_KEY", ACCESS_KEY)
+    monkeypatch.setenv("QS_S3_SECRET", SECRET_KEY)
+    monkeypatch.setenv("QS_DB_PASSWORD", PASSWORD)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = s3_server.bucket("qs")
+    state = postgres.url(postgres.new_schema()).replace(
+        "mlinfra@", "mlinfra:${secret.QS_DB_PASSWORD}@")
+    _to_s3(quickstart, s3_server, bucket, state)
+    clone = tmp_path / "clone"
+    shutil.copytree(quickstart, clone)
+    try:
+        assert cli("validate", "-C", str(quickstart), "-s", "team").err == ""
+        applied = cli("apply", "-C", str(quickstart), "-s", "team", "--auto-approve")
+        assert applied.code == 0, applied.out + applied.err
+        keys = {o["Key"] for o in s3_server.client().list_objects_v2(
+            Bucket=bucket, Prefix="artifacts/")["Contents"]}
+        assert any(k.startswith("artifacts/blobs/") for k in keys)
+        assert SECRET_KEY not in applied.out + applied.err
+        listed = cli("models", "list", "-C", str(quickstart), "-s", "team")
+        assert "fraud" in listed.out
+        # The second clone: same state, same artifacts, nothing of its own yet.
+        planned = cli("plan", "-C", str(clone), "-s", "team", "--detailed-exitcode")
+        assert planned.code == 0, planned.out + planned.err
+        assert "No changes" in planned.out
+        assert not (clone / ".mlinfra" / "team" / "datastores").exists()  # ETags sufficed
+        # The data object changed outside mlinfra: a new version, as a changed file is.
+        csv = (QUICKSTART / "data" / "transactions.csv").read_text()
+        s3_server.client().put_object(Bucket=bucket, Key="data/transactions.csv",
+                                      Body=(csv + csv.splitlines()[-1] + "\n").encode())
+        changed = cli("plan", "-C", str(clone), "-s", "team")
+        assert changed.code == 0, changed.err
+        assert "data.transactions" in changed.out and "No changes" not in changed.out
+    finally:
+        cli("destroy", "-C", str(quickstart), "-s", "team", "--auto-approve")
+
+
+def test_a_store_that_cannot_be_reached_stops_the_plan(
+        project: Callable[[Files], Path], cli: Callable[..., Result],
+        monkeypatch: pytest.MonkeyPatch, s3_server: S3Server) -> None:
+    for name, value in credentials_env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.bucket()
+    project({"stacks/s3.yaml": f"kind: Stack\nname: s3\nartifacts: s3://{bucket}/a\n"
+                               f"storage: {{endpoint_url: '{s3_server.url}', region: "
+                               "us-east-1}\n",
+             "stacks/down.yaml": "kind: Stack\nname: down\nartifacts: s3://b/a\n"
+                                 f"storage: {{endpoint_url: '{free_port_refusing()}'}}\n",
+             "stacks/nobucket.yaml": "kind: Stack\nname: nobucket\n"
+                                     "artifacts: s3://no-such-bucket-at-all/a\n"
+                                     f"storage: {{endpoint_url: '{s3_server.url}'}}\n"})
+    down = cli("plan", "-s", "down")
+    assert down.code == 1 and "Traceback" not in down.err
+    assert "the object store cannot be reached at http://127.0.0.1" in down.err
+    missing = cli("plan", "-s", "nobucket")
+    assert missing.code == 1
+    assert "bucket 'no-such-bucket-at-all' does not exist" in missing.err
+    assert cli("apply", "-s", "s3", "--auto-approve").code == 0
+    assert cli("plan", "-s", "s3", "--detailed-exitcode").code == 0

@@ -59,6 +59,14 @@ class ObjectArtifactStore(ArtifactStore):
             loc.call("write to", lambda: fs.pipe_file(probe, b"mlinfra"))
             loc.call("write to", lambda: fs.rm_file(probe))
 
+    def remove_all(self) -> None:
+        """Delete every blob of the store (destroying the workspace)."""
+        loc = self.location
+        fs = loc.call("open", loc.filesystem)
+        blobs = loc.key("blobs")
+        if loc.call("read", lambda: fs.exists(blobs)):
+            loc.call("delete from", lambda: fs.rm(blobs, recursive=True))
+
     def _publish(self, sha: str) -> None:
         loc = self.location
         fs = loc.call("open", loc.filesystem)
