@@ -80,16 +80,18 @@ def credentials_env() -> dict[str, str]:
 
 
 class FlakyProxy:
-    """A TCP proxy on 127.0.0.1 to `target` (host, port). The first `cuts` connections
+    """A TCP proxy on `host` (127.0.0.1, or a Docker network's gateway so that its
+    containers reach a server on 127.0.0.1) to `target`. The first `cuts` connections
     that carry a PUT are closed after `after_bytes` of the request reached the server,
     so the server sees a request that stops half way; later ones pass whole."""
 
-    def __init__(self, target: tuple[str, int], cuts: int = 1, after_bytes: int = 2048
-                 ) -> None:
+    def __init__(self, target: tuple[str, int], cuts: int = 1, after_bytes: int = 2048,
+                 host: str = "127.0.0.1") -> None:
         self.target, self.cuts, self.after_bytes = target, cuts, after_bytes
         self.cut = 0
+        self.host = host
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind((host, 0))
         self._sock.listen(16)
         self.port = int(self._sock.getsockname()[1])
         self._stop = threading.Event()
@@ -98,7 +100,7 @@ class FlakyProxy:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> FlakyProxy:
         self._thread.start()
