@@ -77,11 +77,18 @@ def test_kubernetes_objects_carry_what_the_yaml_says(quickstart: Path) -> None:
     assert config["traffic"] == {"blue": 100} and "key_hashes" not in config
     hpa = objects["hpa-fraud-api-blue"].body["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
+    # Room for the HPA's 4 replicas, a rolling update's surge pod and 2 jobs at once.
     quota = objects["quota-cpu"].body["spec"]["hard"]
-    assert quota == {"requests.cpu": "4", "limits.cpu": "4", "requests.memory": "8Gi",
-                     "limits.memory": "8Gi"}
+    assert quota == {"requests.cpu": "7", "limits.cpu": "7", "requests.memory": "14Gi",
+                     "limits.memory": "14Gi"}
     train = objects["job-fraud-train"].body["spec"]
     assert train["backoffLimit"] == 0 and train["activeDeadlineSeconds"] == 1800
+    assert train["ttlSecondsAfterFinished"] == 86400
+    assert objects["job-fraud-train"].body["metadata"]["generateName"] == "run-fraud-train-"
+    assert "name" not in objects["job-fraud-train"].body["metadata"]
+    pod = train["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
     assert objects["job-fraud-prep"].body["spec"]["activeDeadlineSeconds"] == 300
     command = train["template"]["spec"]["containers"][0]["command"][-1]
     assert "--data /mnt/datastores/main/runs/fraud-prep/clean.csv" in command

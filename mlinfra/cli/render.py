@@ -40,8 +40,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     echo(f"Rendered stack {session.stack} ({session.config.stack.provider}): {summary}; "
          f"{len(written)} files in {out}.")
     if session.config.stack.provider == "kubernetes":
+        from mlinfra.providers.manifests.kubernetes import notes
+
+        for note in notes(session.config, inputs):
+            echo_err(f"Note: {note}.")
         echo(f"Apply without Pulumi: build and push the images in {out}/images.json, run "
-             f"{out}/secrets.sh, then kubectl apply -f {out}/manifests/")
+             f"{out}/secrets.sh, kubectl apply -f {out}/manifests/, then sh {out}/jobs.sh "
+             f"(the jobs, in order); {out}/README.md names the variables to set first")
     else:
-        echo(f"Run without Pulumi: sh {out}/run.sh")
+        echo(f"Run without Pulumi: sh {out}/run.sh ({out}/README.md names the variables "
+             "to set first)")
     return 0

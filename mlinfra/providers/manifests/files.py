@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mlinfra.providers.manifests import RenderedObject, SecretValue, redact
+from mlinfra.providers.manifests import RenderedObject, SecretValue, redact, secrets_in
 from mlinfra.providers.manifests.images import context_dir
 
 # kubectl applies a folder's files in name order: namespaces and what pods use first.
@@ -57,13 +57,67 @@ def _script(lines: list[str]) -> str:
     return "#!/bin/sh\n" + "\n".join(lines) + "\n"
 
 
+def variables(objects: list[RenderedObject]) -> list[str]:
+    """Every environment variable the rendered scripts read a secret from."""
+    return sorted({v.source for o in objects for v in secrets_in(o.body)})
+
+
+def _jobs_in_order(objects: list[RenderedObject]) -> list[RenderedObject]:
+    """The Jobs, each after the runs whose outputs it reads."""
+    import graphlib
+
+    jobs = {o.key: o for o in objects if o.kind == "Job"}
+    order = graphlib.TopologicalSorter(
+        {key: [d for d in o.depends_on if d in jobs] for key, o in jobs.items()})
+    return [jobs[key] for key in order.static_order()]
+
+
+_JOBS_SH = """\
+# Runs the stack's jobs and pipeline steps one after the other, in dependency order:
+# each Job is created (`kubectl create`: the API server names it run-KEY-xxxxx, so a
+# run never needs the last one deleted), and the next starts once it succeeded. A failed
+# Job (or one past its activeDeadlineSeconds) prints its logs and stops the script.
+set -eu
+cd "$(dirname "$0")"
+run() {
+  name=$(kubectl create -f "$1" -o name)
+  echo "started $name"
+  while :; do
+    status=$(kubectl get -n "$2" "$name" -o jsonpath='{.status.succeeded}/{.status.failed}')
+    case "$status" in
+      1/*) echo "$name succeeded"; return 0 ;;
+      */1) kubectl logs -n "$2" "$name" >&2 || true; echo "$name failed" >&2; exit 1 ;;
+    esac
+    sleep 5
+  done
+}
+"""
+
+
 def write_kubernetes(objects: list[RenderedObject], out: Path) -> list[Path]:
     manifests = out / "manifests"
-    if manifests.exists():
-        shutil.rmtree(manifests)
+    for folder in (manifests, out / "jobs"):
+        if folder.exists():
+            shutil.rmtree(folder)
     manifests.mkdir(parents=True)
     written = []
-    ordered = sorted((o for o in objects if o.kind != "Image"),
+    # Jobs are not in manifests/: `kubectl apply -f manifests/` would start every step
+    # of a pipeline at once. jobs.sh runs them in order.
+    jobs_lines = [_JOBS_SH]
+    jobs = _jobs_in_order(objects)
+    if jobs:
+        (out / "jobs").mkdir()
+    for index, obj in enumerate(jobs):
+        path = out / "jobs" / f"{index:02d}-{obj.key}.yaml"
+        path.write_text(_yaml(obj.body))
+        written.append(path)
+        jobs_lines.append(f"run {shlex.quote(str(path.relative_to(out)))} "
+                          f"{obj.body['metadata']['namespace']}")
+    jobs_sh = out / "jobs.sh"
+    jobs_sh.write_text(_script(jobs_lines))
+    os.chmod(jobs_sh, 0o755)
+    written.append(jobs_sh)
+    ordered = sorted((o for o in objects if o.kind not in ("Image", "Job")),
                      key=lambda o: _KIND_ORDER.index(o.kind))
     secret_lines = ["# Creates the stack's Secrets from environment variables; no value is "
                     "written here.", "set -eu"]
@@ -86,6 +140,7 @@ def write_kubernetes(objects: list[RenderedObject], out: Path) -> list[Path]:
     secrets = out / "secrets.sh"
     secrets.write_text(_script(secret_lines))
     written.append(secrets)
+    written.append(_readme(out, objects, "kubernetes"))
     images = write_contexts(objects, out)
     (out / "images.json").write_text(json.dumps(
         {key: {"name": obj.body["name"], "context": str(images[key].relative_to(out))}
@@ -127,4 +182,31 @@ def write_docker(objects: list[RenderedObject], out: Path) -> list[Path]:
     run.write_text(_script(lines))
     os.chmod(run, 0o755)
     written.append(run)
+    written.append(_readme(out, objects, "docker"))
     return written
+
+
+def _readme(out: Path, objects: list[RenderedObject], platform: str) -> Path:
+    """How to run what was rendered, naming every variable the scripts need."""
+    needed = variables(objects)
+    lines = [f"# Rendered by mlinfra ({platform})", ""]
+    if needed:
+        lines += ["Set these environment variables first (the scripts read them and write "
+                  "them nowhere):", ""]
+        lines += [f"- `{name}`" for name in needed]
+        lines.append("")
+    if platform == "kubernetes":
+        lines += ["Then:", "",
+                  "1. build and push each image of `images.json` (its `context` folder) "
+                  "under its `name`;",
+                  "2. `sh secrets.sh` creates the Secrets from those variables;",
+                  "3. `kubectl apply -f manifests/` creates everything but the jobs;",
+                  "4. `sh jobs.sh` runs the jobs and pipeline steps one after the other, "
+                  "in dependency order, each as a Job of its own name."]
+    else:
+        lines += ["Then `sh run.sh` builds the images, creates the network and runs the "
+                  "containers in order (jobs and pipeline steps to completion, one after "
+                  "the other)."]
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

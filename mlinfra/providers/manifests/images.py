@@ -21,6 +21,7 @@ from mlinfra.spec.model import Config, Resource
 
 SERVER_PORT = 8080
 VENV = "/opt/mlinfra/venv"
+HELPER_DIR = "/opt/mlinfra/helper"
 
 _INSTALL = f"""\
 COPY requirements.txt /opt/mlinfra/requirements.txt
@@ -112,11 +113,23 @@ def _requirements(config: Config, env: Resource) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_helper() -> Path:
+    """The zero-dependency `mlinfra_run` module training scripts import."""
+    return Path(__file__).resolve().parent.parent.parent / "runs" / "helper" / "mlinfra_run.py"
+
+
 def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...]:
+    """An Environment's image: its requirements, and the run helper (`from mlinfra_run
+    import log_metric`) on its PYTHONPATH, so a job's script runs in it as it runs
+    locally."""
     dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
-                  + _INSTALL + "WORKDIR /code\n")
+                  + _INSTALL
+                  + f"COPY helper/ {HELPER_DIR}/\n"
+                  + f"ENV PYTHONPATH={HELPER_DIR}\n"
+                  + "WORKDIR /code\n")
     return (ContextFile("Dockerfile", dockerfile),
             ContextFile("requirements.txt", _requirements(config, env)),
+            ContextFile("helper/mlinfra_run.py", source=run_helper()),
             ContextFile("wheels/README", WHEELS_README))
 
 

@@ -36,7 +36,6 @@ from mlinfra.providers.manifests.images import (
 )
 from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, ModelFile, StackInputs
 from mlinfra.providers.manifests.workloads import (
-    collect_datastore,
     compute_resources,
     datastore_mount,
     endpoint_config,
@@ -53,6 +52,14 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 MAX_MODEL_BYTES = 700_000
 DATASTORE_SIZE = "10Gi"
 SECRETS = "mlinfra-secrets"
+JOB_TTL_S = 86400
+# Jobs run as this user and group (the images' files are readable by all), and the
+# datastores' volumes are given its group, so a run can write its outputs there.
+NON_ROOT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+# What a serving pod requests when its Compute names no resources: the HPA scales on
+# CPU use as a share of the request, and with none it never scales.
+DEFAULT_SERVING_CPU = "250m"
+POD_CAPTURES = "/tmp/mlinfra/captures"
 
 
 def namespace(config: Config) -> str:
@@ -92,6 +99,30 @@ def _resources(config: Config, compute: str | None) -> dict[str, Any]:
     return out
 
 
+def serving_resources(config: Config, compute: str | None) -> dict[str, Any]:
+    """A serving pod's requests and limits: its Compute's, with a CPU request of
+    DEFAULT_SERVING_CPU when the Compute names none (the HPA needs one to scale)."""
+    resources = _resources(config, compute)
+    requests = resources.setdefault("requests", {})
+    requests.setdefault("cpu", DEFAULT_SERVING_CPU)
+    return resources
+
+
+def notes(config: Config, inputs: StackInputs) -> list[str]:
+    """What a person applying the rendered objects should know."""
+    out = []
+    for endpoint in config.of("Endpoint").values():
+        if endpoint.name not in inputs.models:
+            continue
+        compute = str(endpoint.spec.get("compute") or "")
+        if "cpu" not in compute_resources(config, compute):
+            out.append(f"{endpoint.address}: compute.{compute or '(none)'} names no cpu in "
+                       f"resources:, so its serving pods request cpu {DEFAULT_SERVING_CPU} "
+                       "(the HorizontalPodAutoscaler scales on CPU use against the request); "
+                       "set resources: {cpu: ...} on the Compute to choose")
+    return out
+
+
 def _env(variables: dict[str, str | SecretValue]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name, value in variables.items():
@@ -124,7 +155,10 @@ def _workspace(config: Config, objects: list[RenderedObject]) -> None:
         "metadata": _meta(config, ns, ws, namespaced=False)}))
     for compute in config.of("Compute").values():
         wanted = compute_resources(config, compute.name)
-        most = int(compute.spec.get("max_instances", 4))
+        # Room for every replica the HPA may start, one more for a rolling update's
+        # surge pod, and the jobs that run at once (max_concurrency).
+        most = (int(compute.spec.get("max_instances", 4)) + 1
+                + int(compute.spec.get("max_concurrency", 2)))
         hard = {}
         for field, key in (("cpu", "cpu"), ("memory", "memory")):
             if field in wanted:
@@ -204,21 +238,28 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
         resources = _resources(config, job.spec.get("compute"))
         if resources:
             container["resources"] = resources
-        spec: dict[str, Any] = {"backoffLimit": 0, "template": {
-            "metadata": {"labels": labels(config.name, config.stack.name, run.owner,
-                                          run=run.key)},
-            "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": volumes}}}
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
+        # A rendered Job is created by jobs.sh, in order (`kubectl create`, so the API
+        # server gives each run a name of its own from generateName) and removed a day
+        # after it finished.
+        spec: dict[str, Any] = {
+            "backoffLimit": 0, "ttlSecondsAfterFinished": JOB_TTL_S, "template": {
+                "metadata": {"labels": labels(config.name, config.stack.name, run.owner,
+                                              run=run.key)},
+                "spec": {"restartPolicy": "Never", "containers": [container],
+                         "volumes": volumes, "securityContext": NON_ROOT}}}
         if run.timeout_s:
             spec["activeDeadlineSeconds"] = max(1, int(run.timeout_s))
         depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores),
                    *(f"job-{a}" for a in run.after)]
         if any(isinstance(v, SecretValue) for v in run.env.values()):
             depends.append(f"secret-{SECRETS}")
+        meta = _meta(config, "", run.owner, run=run.key)
+        del meta["name"]
+        meta["generateName"] = f"run-{run.key}-"[:58]
         objects.append(RenderedObject(f"job-{run.key}", run.owner, "Job", {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _meta(config, f"run-{run.key}", run.owner, run=run.key),
-            "spec": spec}, depends_on=tuple(depends)))
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec},
+            depends_on=tuple(depends)))
 
 
 def run_name(run_id: str) -> str:
@@ -299,7 +340,6 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             "metadata": _meta(config, keys_name, address),
             "stringData": {"keys": keys}}, depends_on=(ns_key,)))
         common.append(f"secret-{keys_name}")
-    capture_store = collect_datastore(config, endpoint)
     storage = storage_env(config)
     backends = []
     for deployment in endpoint.spec["deployments"]:
@@ -309,7 +349,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
         extra = {"deployment": name}
         fetched = model.url is not None
         path = fetched_model_path(name) if fetched else f"/models/{name}/model.onnx"
-        config_json = endpoint_config(config, endpoint, models, {name: path}, only=name)
+        config_json = endpoint_config(config, endpoint, models, {name: path}, only=name,
+                                      captures=POD_CAPTURES)
         objects.append(RenderedObject(f"configmap-{full}", address, "ConfigMap", {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(config, f"{full}-config", address, **extra),
@@ -340,11 +381,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             mounts.insert(1, {"name": "model", "mountPath": f"/models/{name}",
                               "readOnly": True})
             depends.append(f"configmap-{full}-model")
-        if capture_store:
-            more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
-            volumes += more_volumes
-            mounts += more_mounts
-            depends.append(f"pvc-{capture_store}")
+        # NOTE: no datastore volume here: a ReadWriteOnce claim cannot follow replicas
+        # the HPA places on other nodes. Captures are written inside the pod (its /tmp).
         probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"},
                  "periodSeconds": 5, "failureThreshold": 3}
         container: dict[str, Any] = {
@@ -357,9 +395,7 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
                               "initialDelaySeconds": 5},
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
                                 "allowPrivilegeEscalation": False}}
-        resources = _resources(config, endpoint.spec.get("compute"))
-        if resources:
-            container["resources"] = resources
+        container["resources"] = serving_resources(config, endpoint.spec.get("compute"))
         # Replicas start at the Compute's fewest (one at least); the HPA moves them
         # between its fewest and most.
         replicas = max(1, fewest)

@@ -161,7 +161,8 @@ def job_runs(config: Config) -> list[JobRun]:
 
 
 def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelFile],
-                    model_path: dict[str, str], only: str | None = None) -> dict[str, Any]:
+                    model_path: dict[str, str], only: str | None = None,
+                    captures: str | None = None) -> dict[str, Any]:
     """The server's config without its key hashes (the image's entry point adds them).
     `only`: a server for that one deployment, taking all of its traffic (kubernetes,
     where the HTTPRoute splits the traffic between deployments)."""
@@ -185,8 +186,8 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         if store is None:
             raise RenderError(f"{endpoint.address}: collect needs a datastore: name one in "
                               "collect.datastore or set the workspace's default_datastore")
-        collect["path"] = (f"{datastore_mount(str(store))}/captures/{endpoint.name}/"
-                           "requests-{host}.jsonl")
+        folder = captures or f"{datastore_mount(str(store))}/captures"
+        collect["path"] = f"{folder}/{endpoint.name}/requests-{{host}}.jsonl"
     traffic = ({only: 100} if only is not None
                else dict(endpoint.spec.get("traffic") or {}))
     mirror = {} if only is not None else dict(endpoint.spec.get("mirror") or {})
