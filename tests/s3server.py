@@ -90,6 +90,7 @@ class FlakyProxy:
         self.target, self.cuts, self.after_bytes = target, cuts, after_bytes
         self.cut = 0
         self.host = host
+        self.heads: list[bytes] = []  # the first bytes of each request that passed
         self._sock = socket.socket()
         self._sock.bind((host, 0))
         self._sock.listen(16)
@@ -138,6 +139,7 @@ class FlakyProxy:
         try:
             while chunk := conn.recv(65536):
                 if cutting is None:
+                    self.heads.append(chunk[:4096])
                     with self._lock:
                         cutting = chunk.startswith(b"PUT ") and self.cut < self.cuts
                         if cutting:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import threading
 from pathlib import Path
@@ -117,6 +118,11 @@ def test_upload_cut_by_the_network_is_retried(s3_server: S3Server, tmp_path: Pat
         assert proxy.cut == 1
     body = s3_server.client().get_object(Bucket=bucket, Key=f"blobs/{sha[:2]}/{sha}")["Body"]
     assert body.read() == src.read_bytes()
+    # Each PUT was conditional and carried the blob's sha256 for the service to check.
+    puts = [h.lower() for h in proxy.heads if h.startswith(b"PUT ")]
+    checksum = base64.b64encode(bytes.fromhex(sha)).decode().lower().encode()
+    assert puts and all(b"if-none-match: *" in h for h in puts)
+    assert all(b"x-amz-checksum-sha256: " + checksum in h for h in puts)
     keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [f"blobs/{sha[:2]}/{sha}"]
 

@@ -61,6 +61,8 @@ def test_validate_warns_when_a_shared_state_keeps_artifacts_locally(
      "'token' is not a s3 credential: use access_key_id, secret_access_key, session_token"),
     ("type: s3\npath: s3://b\nregion: '${secret.R}'\n", "secret 'R' can be used only in "
      "command, params, env, requirements and a datastore's credentials"),
+    ("type: s3\npath: s3://b\ncredentials: {access_key_id: AKIA123}\n",
+     "credentials.access_key_id: a credential is a whole ${secret.NAME}"),
 ])
 def test_object_datastore_mistakes(project: Callable[..., Path], cli: Callable[..., Result],
                                    doc: str, expected: str) -> None:
@@ -76,7 +78,9 @@ def test_stack_artifacts_url_mistakes(project: Callable[[Files], Path],
                                       cli: Callable[..., Result]) -> None:
     project({"stacks/a.yaml": "kind: Stack\nname: a\nartifacts: ftp://host/x\n",
              "stacks/b.yaml": "kind: Stack\nname: b\nartifacts: ./shared\n"
-                              "storage: {region: eu-west-1}\n"})
+                              "storage: {region: eu-west-1}\n",
+             "stacks/c.yaml": "kind: Stack\nname: c\nartifacts: s3://b/p\n"
+                              "storage: {credentials: {secret_access_key: plain}}\n"})
     a = cli("validate", "-s", "a")
     assert a.code == 1
     assert "stacks/a.yaml:3:12: artifacts: 'ftp://' is not an object store" in a.err
@@ -84,6 +88,10 @@ def test_stack_artifacts_url_mistakes(project: Callable[[Files], Path],
     assert b.code == 1
     assert "stacks/b.yaml:4:1: storage: storage: says how to reach object storage, but " \
            "artifacts: names none" in b.err
+    c = cli("validate", "-s", "c")
+    assert c.code == 1
+    assert "stacks/c.yaml:4:44: storage.credentials.secret_access_key: a credential is a " \
+           "whole ${secret.NAME}" in c.err
 
 
 def _to_s3(root: Path, s3: S3Server, bucket: str, state: str) -> None:

@@ -163,6 +163,14 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
         problem = scheme_problem(artifacts)
         if problem:
             loader.problems.append(Problem(yf.rel, problem, 0, ("artifacts",)))
+    if isinstance(doc.get("storage"), dict):
+        from mlinfra.spec.storage import whole_secret
+
+        for field, value in (doc["storage"].get("credentials") or {}).items():
+            if not whole_secret(value):
+                loader.problems.append(Problem(
+                    yf.rel, "a credential is a whole ${secret.NAME}, read from the "
+                    "environment, never written here", 0, ("storage", "credentials", field)))
     if "storage" in doc and not (isinstance(artifacts, str) and "://" in artifacts):
         loader.problems.append(Problem(yf.rel, "storage: says how to reach object storage, "
                                        "but artifacts: names none", 0, ("storage",), "",

@@ -39,3 +39,11 @@ def scheme_problem(location: str) -> str | None:
     if not rest.split("/", 1)[0]:
         return f"{location} names no bucket: write {scheme}://BUCKET/PREFIX"
     return None
+
+
+def whole_secret(value: object) -> bool:
+    """Whether a credential is written as one `${secret.NAME}` and nothing else."""
+    import re
+
+    return isinstance(value, str) and re.fullmatch(r"\$\{secret\.[A-Za-z_][A-Za-z0-9_]*\}",
+                                                   value.strip()) is not None

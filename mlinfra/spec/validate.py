@@ -239,7 +239,12 @@ class _References:
                     self.add(res, (field,), f"{field} is for object storage; this "
                              "datastore is a local folder", at_key=True)
             return
-        from mlinfra.spec.storage import CREDENTIALS, SCHEME_OF_TYPE, scheme_problem
+        from mlinfra.spec.storage import (
+            CREDENTIALS,
+            SCHEME_OF_TYPE,
+            scheme_problem,
+            whole_secret,
+        )
 
         scheme = SCHEME_OF_TYPE[str(kind)]
         if isinstance(path, str):
@@ -250,10 +255,13 @@ class _References:
                          f"{scheme}://BUCKET/PREFIX, not '{path}'")
             elif problem:
                 self.add(res, ("path",), problem)
-        for field in spec.get("credentials") or {}:
+        for field, value in (spec.get("credentials") or {}).items():
             if field not in CREDENTIALS[str(kind)]:
                 self.add(res, ("credentials", field), f"'{field}' is not a {kind} "
                          f"credential: use {', '.join(CREDENTIALS[str(kind)])}", at_key=True)
+            elif not whole_secret(value):
+                self.add(res, ("credentials", field), "a credential is a whole "
+                         "${secret.NAME}, read from the environment, never written here")
 
     def _data(self, res: Resource, spec: dict[str, Any]) -> None:
         stores = self.config.of("Datastore")
