@@ -52,7 +52,7 @@ class DataHandler(BaseHandler):
         if found is None:
             raise ProviderError(res.address, f"{rel} not found in its datastore "
                                 f"({remote.url(rel)})")
-        sha = remote.sha256(rel, found)
+        sha = remote.sha256(res.name, rel, found)
         if not fetch:
             return sha, remote.mirror / rel
         try:
@@ -64,6 +64,13 @@ class DataHandler(BaseHandler):
         """The local file holding the asset's current content (downloaded from object
         storage when it is there)."""
         return self.locate(res, ctx)[1]
+
+    def object_metadata(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        """For an asset on object storage, its object's ETag (the fast key a later plan
+        reads instead of the bytes); {} for a file."""
+        remote = self._remote(self._datastore(res, ctx), ctx)
+        found = remote.stat(str(res.spec["path"])) if remote else None
+        return {"etag": found[0]} if found else {}
 
     def where(self, res: Resource, ctx: Context) -> str:
         """Where the asset lives, as its datastore names it: a path or a URL."""
@@ -106,6 +113,7 @@ class DataHandler(BaseHandler):
                 raise ProviderError(change.address, err.message) from None
         metadata = describe(path, fmt)
         where = self.where(res, ctx)
+        metadata.update(self.object_metadata(res, ctx))
         version = versions.register(change.name, sha, {**metadata, "path": where})
         return Applied({"version": version, "sha256": sha, "path": where, **metadata},
                        provider_id=f"{change.name}:{version}")

@@ -2,12 +2,12 @@
 is one object under the datastore's prefix.
 
 Its identity is the sha256 of its bytes, as for a file. The object's ETag (with its URL
-and size) is the fast key: the state remembers which sha256 an ETag had, so a plan
-reads one HEAD per object and downloads nothing for content it has seen (on any
-machine sharing the state). A changed object has another ETag: it is downloaded and
-hashed, and its new content is a new version, as a changed file is. Reading it (apply,
-a job's input, the expectations) uses a local mirror of the object, downloaded to a
-temporary file, hashed, and renamed into place.
+and size) is the fast key: each data version registered from an object records them,
+so a plan reads one HEAD per object and downloads nothing for content the registry
+already has (on any machine sharing the state). A changed object has another ETag: it
+is downloaded and hashed, and its new content is a new version, as a changed file is.
+Reading it (apply, a job's input, the expectations) uses a local mirror of the object,
+downloaded to a temporary file, hashed, and renamed into place.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.data.objects import ObjectLocation, location_of
-from mlinfra.state.store import StateStore, upsert
+from mlinfra.data.versions import DataVersions
+from mlinfra.state.store import StateStore
 
 _CHUNK = 1 << 20
 
@@ -55,20 +56,18 @@ class ObjectData:
         tag = info.get("ETag") or info.get("etag") or info.get("md5Hash") or ""
         return str(tag).strip('"'), int(info.get("size") or 0)
 
-    def _fast_key(self, rel: str, etag: str) -> str:
-        return f"{self.url(rel)}#etag={etag}"
-
-    def sha256(self, rel: str, found: tuple[str, int]) -> str:
-        """The object's sha256: the one its ETag had before, or its bytes hashed now
-        (recorded unless the state is read-only)."""
+    def sha256(self, name: str, rel: str, found: tuple[str, int]) -> str:
+        """The object's sha256: that of the version of asset `name` registered from this
+        object with this ETag and size, or its bytes hashed now (downloaded into the
+        mirror)."""
         etag, size = found
-        key = self._fast_key(rel, etag)
-        rows = self.store.query("SELECT size, sha256 FROM file_hashes WHERE path=?", (key,))
-        if rows and int(rows[0][0]) == size:
-            return str(rows[0][1])
-        sha = self._download(rel)
-        self._remember(key, size, sha)
-        return sha
+        url = self.url(rel)
+        for version in reversed(DataVersions(self.store).list(name)):
+            meta = version.metadata
+            if (meta.get("path") == url and meta.get("etag") == etag
+                    and meta.get("bytes") == size):
+                return version.sha256
+        return self._download(rel)
 
     def fetch(self, rel: str, sha: str) -> Path:
         """The local mirror of the object, holding the content `sha` (downloaded again
@@ -81,13 +80,6 @@ class ObjectData:
             raise ValueError(f"{self.url(rel)} changed while it was read (sha256 {got[:12]}, "
                              f"expected {sha[:12]}): plan again")
         return mirror
-
-    def _remember(self, key: str, size: int, sha: str) -> None:
-        if self.store.readonly:
-            return
-        with self.store.transaction() as cur:
-            cur.execute(upsert("file_hashes", ("path", "size", "mtime_ns", "sha256"),
-                               ("path",)), (key, size, 0, sha))
 
     def _download(self, rel: str) -> str:
         """Download the object into the mirror (a temporary file, renamed into place
