@@ -149,3 +149,36 @@ def test_a_compute_without_resources_gets_a_cpu_request_for_its_autoscaler(
     result = cli("render", "-C", str(quickstart), "-s", "kubernetes", "--out",
                  str(tmp_path / "k8s"))
     assert "serving pods request cpu 250m" in result.err
+
+
+def test_image_requirements_are_pinned(quickstart: Path, tmp_path: Path,
+                                       cli: Callable[..., Result]) -> None:
+    """Pinned from what uv resolves while the state has no lock for the Environment,
+    and from the state's lock once it has one."""
+    out = tmp_path / "k8s"
+    result = cli("render", "-C", str(quickstart), "-s", "kubernetes", "--out", str(out))
+    assert result.code == 0, result.err
+    images = json.loads((out / "images.json").read_text())
+    requirements = (out / images["image-sklearn"]["context"] / "requirements.txt").read_text()
+    lines = requirements.splitlines()
+    assert any(line.startswith("scikit-learn==") for line in lines), requirements
+    assert all("==" in line for line in lines), requirements
+    assert ("environment.sklearn: no lock in the state yet, so its image's requirements are "
+            "pinned from what uv resolves now") in result.err
+
+    from mlinfra.state.model import ResourceState
+    from mlinfra.state.sqlite import SqliteStore
+
+    store = SqliteStore(quickstart / ".mlinfra" / "kubernetes" / "state.db", command="test")
+    try:
+        store.commit_change(None, "environment.sklearn", "create", ResourceState(
+            "environment.sklearn", "Environment", "sklearn",
+            {"lock": ["scikit-learn==1.5.0", "skl2onnx==1.17.0"]}, "h", {}))
+    finally:
+        store.close()
+    again = cli("render", "-C", str(quickstart), "-s", "kubernetes", "--out", str(out))
+    assert again.code == 0, again.err
+    images = json.loads((out / "images.json").read_text())
+    pinned = (out / images["image-sklearn"]["context"] / "requirements.txt").read_text()
+    assert pinned == "scikit-learn==1.5.0\nskl2onnx==1.17.0\n"
+    assert "no lock in the state yet" not in again.err

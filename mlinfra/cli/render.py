@@ -27,6 +27,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     written = write_stack(session.config, objects, out)
     for address, why in sorted(inputs.unresolved.items()):
         echo_err(f"Note: {address} is left out: {why}.")
+    for note in inputs.notes:
+        echo_err(f"Note: {note}.")
     for name, files in sorted(inputs.models.items()):
         for deployment, model in sorted(files.items()):
             if not model.known:

@@ -208,10 +208,12 @@ class PulumiProvider(Provider, abc.ABC):
             from pulumi.automation.errors import CommandError
 
             from mlinfra.providers.manifests.images import environment_context, image_name
+            from mlinfra.providers.manifests.locks import environment_locks
 
             assert env is not None
+            lock = environment_locks(ctx.config, ctx.store)[0].get(env.name)
             image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
-                               environment_context(ctx.config, env))
+                               environment_context(ctx.config, env, lock))
             objects = self.run_objects(ctx, job, run, image)
             program = self.program(objects, {}, ctx.config,
                                    held={name: run.env[name] for name in run.secret_env})

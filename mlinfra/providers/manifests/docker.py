@@ -186,7 +186,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
         "name": network, "labels": labels(config.name, config.stack.name)}))
     env_images = {}
     for env in config.of("Environment").values():
-        files = environment_context(config, env)
+        files = environment_context(config, env, inputs.locks.get(env.name))
         env_images[env.name] = image_name(config, f"{config.name}-{env.name}", files)
         objects.append(RenderedObject(f"image-{env.name}", env.address, "Image",
                                       {"name": env_images[env.name]}, context=files))

@@ -118,17 +118,20 @@ def run_helper() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "runs" / "helper" / "mlinfra_run.py"
 
 
-def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...]:
-    """An Environment's image: its requirements, and the run helper (`from mlinfra_run
-    import log_metric`) on its PYTHONPATH, so a job's script runs in it as it runs
-    locally."""
+def environment_context(config: Config, env: Resource, lock: list[str] | None = None
+                        ) -> tuple[ContextFile, ...]:
+    """An Environment's image: its requirements (`lock`: pinned, see locks.py), and the
+    run helper (`from mlinfra_run import log_metric`) on its PYTHONPATH, so a job's
+    script runs in it as it runs locally."""
+    requirements = ("".join(line + "\n" for line in lock) if lock
+                    else _requirements(config, env))
     dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
                   + _INSTALL
                   + f"COPY helper/ {HELPER_DIR}/\n"
                   + f"ENV PYTHONPATH={HELPER_DIR}\n"
                   + "WORKDIR /code\n")
     return (ContextFile("Dockerfile", dockerfile),
-            ContextFile("requirements.txt", _requirements(config, env)),
+            ContextFile("requirements.txt", requirements),
             ContextFile("helper/mlinfra_run.py", source=run_helper()),
             ContextFile("wheels/README", WHEELS_README))
 

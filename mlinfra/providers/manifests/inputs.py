@@ -48,13 +48,15 @@ class StackInputs(Record):
     out until its models resolve."""
 
     __slots__ = ("models", "unresolved", "datastores", "serving_requirements",
-                 "serving_sources")
+                 "serving_sources", "locks", "notes")
 
     def __init__(self, models: dict[str, dict[str, ModelFile]] | None = None,
                  unresolved: dict[str, str] | None = None,
                  datastores: dict[str, Path] | None = None,
                  serving_requirements: list[str] | None = None,
-                 serving_sources: list[tuple[str, Path]] | None = None) -> None:
+                 serving_sources: list[tuple[str, Path]] | None = None,
+                 locks: dict[str, list[str]] | None = None,
+                 notes: list[str] | None = None) -> None:
         self.models = models if models is not None else {}
         self.unresolved = unresolved if unresolved is not None else {}
         self.datastores = datastores if datastores is not None else {}
@@ -62,6 +64,8 @@ class StackInputs(Record):
                                      else serving_requirements_pinned())
         self.serving_sources = (serving_sources if serving_sources is not None
                                 else serving_source_files())
+        self.locks = locks if locks is not None else {}  # Environment -> pinned lines
+        self.notes = notes if notes is not None else []
 
 
 def serving_requirements_pinned() -> list[str]:
@@ -137,7 +141,11 @@ def resolve(config: Config, store: Any, artifacts: Any, datastore_root: Any
         else:
             models[endpoint.name] = files
     datastores = {d.name: datastore_root(d.spec) for d in config.of("Datastore").values()}
-    return StackInputs(models=models, unresolved=unresolved, datastores=datastores)
+    from mlinfra.providers.manifests.locks import environment_locks
+
+    locks, notes = environment_locks(config, store)
+    return StackInputs(models=models, unresolved=unresolved, datastores=datastores,
+                       locks=locks, notes=notes)
 
 
 def _applied_later(config: Config, ref: Ref) -> bool:

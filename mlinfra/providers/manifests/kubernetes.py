@@ -202,11 +202,12 @@ def _secrets(config: Config, objects: list[RenderedObject],
         depends_on=(f"namespace-{namespace(config)}",)))
 
 
-def _images(config: Config, objects: list[RenderedObject]) -> dict[str, str]:
+def _images(config: Config, objects: list[RenderedObject], inputs: StackInputs
+            ) -> dict[str, str]:
     """Environment name -> its image; one Image object each."""
     out = {}
     for env in config.of("Environment").values():
-        files = environment_context(config, env)
+        files = environment_context(config, env, inputs.locks.get(env.name))
         out[env.name] = image_name(config, f"{config.name}-{env.name}", files)
         objects.append(RenderedObject(f"image-{env.name}", env.address, "Image",
                                       {"name": out[env.name]}, context=files))
@@ -500,7 +501,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     objects: list[RenderedObject] = []
     _workspace(config, objects)
     _datastores(config, objects)
-    env_images = _images(config, objects)
+    env_images = _images(config, objects, inputs)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
