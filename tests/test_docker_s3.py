@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -141,3 +142,92 @@ def _register_on_s3(root: Path, endpoint: str, bucket: str, content: bytes) -> s
     finally:
         store.close()
     return sha
+
+
+@pytest.mark.slow
+def test_a_job_container_reads_and_writes_through_the_s3_artifact_store(
+        project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path,
+        s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With artifacts on S3 a job's container gets no mount: it downloads its code and
+    inputs from pre-signed URLs (checking each sha256), trains, and sends its run
+    folder back through the artifact store, where mlinfra collects the same output as
+    a local run. No credential reaches the container."""
+
+    _engine_or_skip()
+    network = f"mlinfra-test-{uuid.uuid4().hex[:8]}"
+    _docker("network", "create", network)
+    try:
+        _job_through_s3(project, cli, tmp_path, s3_server, monkeypatch, network)
+    finally:
+        _docker("network", "rm", network, check=False)
+
+
+def _job_through_s3(project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path,
+                    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch,
+                    network: str) -> None:
+    from mlinfra.providers.local import LocalProvider
+    from mlinfra.providers.manifests.docker import docker_run_args, run_container
+    from mlinfra.providers.pulumi_docker import DockerProvider
+    from mlinfra.runs.containers import ContainerRun, Finished
+    from mlinfra.runs.jobs import artifact_store
+    from mlinfra.runs.transfer import run_transfer
+    from tests.test_docker_integration import JOBS, TRAIN, _environment_image
+
+    gateway = json.loads(_docker("network", "inspect", network).stdout)[0][
+        "IPAM"]["Config"][0]["Gateway"]
+    host, port = s3_server.url.removeprefix("http://").split(":")
+    monkeypatch.setenv("JOB_TOKEN", "job-token-value")
+    monkeypatch.setenv("TEAM_S3_KEY", ACCESS_KEY)
+    monkeypatch.setenv("TEAM_S3_SECRET", SECRET_KEY)
+    started: list[list[str]] = []
+    with FlakyProxy((host, int(port)), cuts=0, host=gateway) as forwarder:
+        bucket = s3_server.bucket("jobs")
+        root = project({
+            "jobs.yaml": JOBS.replace("{base}", BASE_IMAGE), "train/train.py": TRAIN,
+            "data/tx.csv": "id,amount\n1,10.0\n2,30.5\n3,4.5\n",
+            "stacks/dev.yaml": (
+                f"kind: Stack\nname: dev\nartifacts: s3://{bucket}/team\n"
+                f"storage:\n  endpoint_url: {forwarder.url}\n  region: us-east-1\n"
+                "  credentials: {access_key_id: '${secret.TEAM_S3_KEY}', "
+                "secret_access_key: '${secret.TEAM_S3_SECRET}'}\n")})
+        images: dict[str, str] = {}
+
+        def launcher(self: LocalProvider, ctx: Any, job: Any) -> Any:
+            def launch(run: ContainerRun) -> Finished:
+                if "py" not in images:
+                    images["py"] = _environment_image(ctx.config, tmp_path)
+                transfer = run_transfer(artifact_store(ctx), run)
+                assert transfer is not None
+                inside = transfer.container_run()
+                obj = run_container(ctx.config, inside, images["py"], None)
+                args, secrets = docker_run_args(obj.body)
+                args[2:2] = ["--network", network]
+                started.append(args)
+                done = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                                      check=False, env={**os.environ, **{
+                                          name: inside.env[name] for name in secrets}})
+                assert transfer.collect(), done.stdout + done.stderr
+                return DockerProvider().run_ended(inside, [obj], {obj.key: {
+                    "exit_code": done.returncode, "logs": done.stdout + done.stderr}}, "")
+
+            return launch
+
+        monkeypatch.setattr(LocalProvider, "job_launcher", launcher)
+        applied = cli("apply", "--auto-approve")
+        assert applied.code == 0, applied.out + applied.err
+    (args,) = started
+    assert not [a for a in args if a.startswith("type=bind")]  # no mount at all
+    assert SECRET_KEY not in " ".join(args) and "job-token-value" not in " ".join(args)
+    out = json.loads(cli("output", "job.train", "--json").out)["job.train"]
+    run = json.loads(cli("runs", "show", out["run_id"]).out)
+    assert run["status"] == "completed" and run["metrics"] == {"total": 45.0}
+    model = json.loads((root / ".mlinfra" / "dev" / "workspaces" / "ws" / "artifacts" /
+                        "blobs" / out["outputs"]["model"][:2] / out["outputs"]["model"]
+                        ).read_text())
+    assert model == {"mean": 15.0, "n": 3}
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(
+        Bucket=bucket)["Contents"]}
+    sha = out["outputs"]["model"]
+    assert f"team/blobs/{sha[:2]}/{sha}" in keys
+    assert not [k for k in keys if k.startswith("team/incoming/")]  # collected, removed
+    assert "trained on 3 rows" in cli("runs", "logs", out["run_id"]).out

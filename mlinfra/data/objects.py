@@ -123,8 +123,10 @@ def fsspec_options(loc: ObjectLocation) -> dict[str, Any]:
         options["client_kwargs"] = client
         # NOTE: botocore's "standard" mode retries dropped connections and 5xx answers
         # with backoff; a PUT that failed half way never becomes an object on S3.
+        # SigV4 also for pre-signed URLs (a run's transfer): only the host is signed.
         options["config_kwargs"] = {"retries": {"max_attempts": 4, "mode": "standard"},
-                                    "connect_timeout": 5, "read_timeout": 60}
+                                    "connect_timeout": 5, "read_timeout": 60,
+                                    "signature_version": "s3v4"}
     elif loc.kind == "gcs":
         options.update(creds)
         if endpoint:

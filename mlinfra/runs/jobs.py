@@ -90,7 +90,11 @@ class Resolver:
         if ref is None or data is None:
             raise ProviderError(res.address, f"input '{text}' names no Data")
         # A plan reads no object storage content it has seen; an apply reads the data.
-        sha, path = DataHandler().locate(data, self.ctx, fetch=not self.ctx.store.readonly)
+        try:
+            sha, path = DataHandler().locate(data, self.ctx,
+                                             fetch=not self.ctx.store.readonly)
+        except ProviderError as err:
+            raise ProviderError(res.address, f"input data {ref.name}: {err.reason}") from None
         current = self.versions.find(ref.name, sha) or self.versions.next_version(ref.name)
         if ref.version is not None and ref.version != current:
             pinned = self.versions.get(ref.name, ref.version)

@@ -270,7 +270,7 @@ def run_name(run_id: str) -> str:
 
 
 def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
-            claim: str, artifacts: Path) -> list[RenderedObject]:
+            claim: str | None, artifacts: Path | None) -> list[RenderedObject]:
     """One run of a job as a batch/v1 Job, and a Secret with its sensitive variables.
     Its mounts are subPaths of `claim`, the PersistentVolumeClaim holding the stack's
     artifacts folder (`artifacts` on this machine), so what the pod writes in the run's
@@ -279,6 +279,7 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
     owner, name = f"job.{run.job}", run_name(run.run_id)
     mounts = []
     for mount in run.mounts:
+        assert artifacts is not None and claim is not None  # a run with mounts has both
         try:
             sub = mount.source.relative_to(artifacts)
         except ValueError:
@@ -296,7 +297,8 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
             env.append({"name": variable, "value": value})
     container: dict[str, Any] = {
         "name": "run", "image": image,
-        "command": ["sh", "-c", f"exec >{RUN_DIR}/output.log 2>&1\n{run.command}"],
+        "command": ["sh", "-c", f"mkdir -p {RUN_DIR}\nexec >{RUN_DIR}/output.log 2>&1\n"
+                    f"{run.command}"],
         "workingDir": run.working_dir, "env": env, "volumeMounts": mounts}
     resources = _resources(config, compute)
     if resources:
@@ -306,7 +308,8 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
         "metadata": {"labels": run_labels},
         "spec": {"restartPolicy": "Never", "containers": [container],
                  "volumes": [{"name": "artifacts",
-                              "persistentVolumeClaim": {"claimName": claim}}]}}}
+                              "persistentVolumeClaim": {"claimName": claim}}]
+                 if claim else []}}}
     wait_s = 24 * 3600
     if run.timeout_s:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(run.timeout_s))
