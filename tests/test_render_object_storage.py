@@ -131,6 +131,12 @@ def test_rendered_jobs_run_in_order_as_non_root_with_names_of_their_own(
     assert (context / "helper" / "mlinfra_run.py").is_file()
     assert "ENV PYTHONPATH=/opt/mlinfra/helper" in (context / "Dockerfile").read_text()
     assert "sh " in result.out and "jobs.sh" in result.out
+    # The datastore's claim starts empty: data.sh copies this machine's folder into it.
+    data = (out / "data.sh").read_text()
+    assert subprocess.run(["sh", "-n", str(out / "data.sh")], check=False).returncode == 0
+    load = next(line for line in data.splitlines() if line.startswith("load "))
+    assert load.split()[1:4] == ["mlinfra", "datastore-main", str(quickstart / "data")]
+    assert "`sh data.sh`" in (out / "README.md").read_text()
 
 
 def test_a_compute_without_resources_gets_a_cpu_request_for_its_autoscaler(

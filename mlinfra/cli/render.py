@@ -24,7 +24,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     finally:
         session.close()
     out = Path(args.out)
-    written = write_stack(session.config, objects, out)
+    written = write_stack(session.config, objects, out, inputs)
     for address, why in sorted(inputs.unresolved.items()):
         echo_err(f"Note: {address} is left out: {why}.")
     for note in inputs.notes:
@@ -47,8 +47,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         for note in notes(session.config, inputs):
             echo_err(f"Note: {note}.")
         echo(f"Apply without Pulumi: build and push the images in {out}/images.json, run "
-             f"{out}/secrets.sh, kubectl apply -f {out}/manifests/, then sh {out}/jobs.sh "
-             f"(the jobs, in order); {out}/README.md names the variables to set first")
+             f"{out}/secrets.sh, kubectl apply -f {out}/manifests/, sh {out}/data.sh (the "
+             f"datastores' files), then sh {out}/jobs.sh (the jobs, in order); "
+             f"{out}/README.md names the variables to set first")
     else:
         echo(f"Run without Pulumi: sh {out}/run.sh ({out}/README.md names the variables "
              "to set first)")

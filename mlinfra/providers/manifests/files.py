@@ -94,7 +94,47 @@ run() {
 """
 
 
-def write_kubernetes(objects: list[RenderedObject], out: Path) -> list[Path]:
+_DATA_SH = """\
+# Copies each datastore folder of this machine into its PersistentVolumeClaim, which
+# starts empty: a short-lived pod (uid 1000, as the jobs) mounts the claim, kubectl cp
+# fills it, and the pod goes. Run it after `kubectl apply -f manifests/`, before jobs.sh.
+set -eu
+cd "$(dirname "$0")"
+load() {
+  pod="load-$2"
+  kubectl run -n "$1" "$pod" --image="$4" --restart=Never --overrides='{"spec": {
+    "securityContext": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+    "containers": [{"name": "load", "image": "'"$4"'", "command": ["sleep", "3600"],
+      "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+    "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "'"$2"'"}}]}}'
+  kubectl wait -n "$1" --for=condition=Ready "pod/$pod" --timeout=300s
+  kubectl cp "$3/." "$1/$pod:/data/"
+  kubectl delete -n "$1" "pod/$pod" --wait=false
+}
+"""
+
+
+def _data_script(objects: list[RenderedObject], folders: dict[str, Path]) -> str:
+    """data.sh: `load` for each datastore whose folder is on this machine."""
+    image = next((o.body["name"] for o in objects
+                  if o.kind == "Image" and o.owner.startswith("environment.")), None)
+    lines = [_DATA_SH]
+    for obj in objects:
+        if obj.kind != "PersistentVolumeClaim" or not obj.owner.startswith("datastore."):
+            continue
+        name = obj.owner.removeprefix("datastore.")
+        folder = folders.get(name)
+        if folder is None or image is None:
+            lines.append(f"# {obj.owner}: no folder on this machine (or no image) to copy")
+            continue
+        meta = obj.body["metadata"]
+        lines.append(f"load {meta['namespace']} {meta['name']} {shlex.quote(str(folder))} "
+                     f"{shlex.quote(image)}")
+    return "\n".join(lines)
+
+
+def write_kubernetes(objects: list[RenderedObject], out: Path,
+                     datastores: dict[str, Path] | None = None) -> list[Path]:
     manifests = out / "manifests"
     for folder in (manifests, out / "jobs"):
         if folder.exists():
@@ -117,6 +157,11 @@ def write_kubernetes(objects: list[RenderedObject], out: Path) -> list[Path]:
     jobs_sh.write_text(_script(jobs_lines))
     os.chmod(jobs_sh, 0o755)
     written.append(jobs_sh)
+    data_sh = out / "data.sh"
+    data_sh.write_text(_script([_data_script(objects, {
+        name: folder for name, folder in (datastores or {}).items() if folder.is_dir()})]))
+    os.chmod(data_sh, 0o755)
+    written.append(data_sh)
     ordered = sorted((o for o in objects if o.kind not in ("Image", "Job")),
                      key=lambda o: _KIND_ORDER.index(o.kind))
     secret_lines = ["# Creates the stack's Secrets from environment variables; no value is "
@@ -201,7 +246,9 @@ def _readme(out: Path, objects: list[RenderedObject], platform: str) -> Path:
                   "under its `name`;",
                   "2. `sh secrets.sh` creates the Secrets from those variables;",
                   "3. `kubectl apply -f manifests/` creates everything but the jobs;",
-                  "4. `sh jobs.sh` runs the jobs and pipeline steps one after the other, "
+                  "4. `sh data.sh` copies the datastores' folders of this machine into "
+                  "their PersistentVolumeClaims (which start empty);",
+                  "5. `sh jobs.sh` runs the jobs and pipeline steps one after the other, "
                   "in dependency order, each as a Job of its own name."]
     else:
         lines += ["Then `sh run.sh` builds the images, creates the network and runs the "
