@@ -32,7 +32,7 @@ class DataHandler(BaseHandler):
         location = datastore_location(store.name, store.spec)
         if location is None:
             return None
-        return ObjectData(ctx.store, location, datastore_path(ctx, store.spec))
+        return ObjectData(ctx.writer, location, datastore_path(ctx, store.spec))
 
     def locate(self, res: Resource, ctx: Context, fetch: bool = True) -> tuple[str, Path]:
         """The sha256 of the asset's content and the local file holding it. On object
@@ -47,7 +47,7 @@ class DataHandler(BaseHandler):
             if not path.exists():
                 raise ProviderError(res.address, f"{rel} not found in its datastore "
                                     f"({path})")
-            return DataVersions(ctx.store).content_sha256(path), path
+            return DataVersions(ctx.writer).content_sha256(path), path
         found = remote.stat(rel)
         if found is None:
             raise ProviderError(res.address, f"{rel} not found in its datastore "
@@ -81,7 +81,7 @@ class DataHandler(BaseHandler):
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         sha, _ = self.locate(res, ctx, fetch=False)
-        versions = DataVersions(ctx.store)
+        versions = DataVersions(ctx.writer)
         if res.spec.get("expectations"):
             _refuse_known_failure(res, ctx, sha)
         version = versions.find(res.name, sha) or versions.next_version(res.name)
@@ -93,7 +93,7 @@ class DataHandler(BaseHandler):
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
         sha, path = self.locate(res, ctx)
-        versions = DataVersions(ctx.store)
+        versions = DataVersions(ctx.writer)
         if sha != after.get("sha256"):
             raise ProviderError(change.address, f"{self.where(res, ctx)} changed since the "
                                 "plan was made: plan again")
@@ -108,9 +108,9 @@ class DataHandler(BaseHandler):
             except DataCheckFailed as err:
                 raise ProviderError(change.address, f"{err.message}\nno version registered"
                                     ": fix the data or its expectations, then apply again"
-                                    ) from None
+                                    ) from err
             except MlinfraError as err:
-                raise ProviderError(change.address, err.message) from None
+                raise ProviderError(change.address, err.message) from err
         metadata = describe(path, fmt)
         where = self.where(res, ctx)
         metadata.update(self.object_metadata(res, ctx))
@@ -120,7 +120,7 @@ class DataHandler(BaseHandler):
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         version = state.outputs.get("version")
-        if version is not None and DataVersions(ctx.store).get(state.name, version) is None:
+        if version is not None and DataVersions(ctx.writer).get(state.name, version) is None:
             return Observed(False, f"version {version} is missing from the registry")
         return Observed()
 

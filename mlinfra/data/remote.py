@@ -19,7 +19,6 @@ from typing import Any
 
 from mlinfra.data.objects import ObjectLocation, location_of
 from mlinfra.data.versions import DataVersions
-from mlinfra.state.store import StateStore
 
 _CHUNK = 1 << 20
 
@@ -34,7 +33,7 @@ def datastore_location(name: str, spec: dict[str, Any]) -> ObjectLocation | None
 class ObjectData:
     """One datastore's objects, read through `mirror` (a folder of this machine)."""
 
-    def __init__(self, store: StateStore, location: ObjectLocation, mirror: Path) -> None:
+    def __init__(self, store: Any, location: ObjectLocation, mirror: Path) -> None:
         self.store, self.location, self.mirror = store, location, mirror
 
     def url(self, rel: str) -> str:

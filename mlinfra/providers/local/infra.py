@@ -49,7 +49,7 @@ class WorkspaceHandler(BaseHandler):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         import shutil  # only to delete: a plan does not pay for it
 
-        ctx.store.empty_workspace()
+        ctx.writer.write(ctx.store.empty_workspace)
         store = _object_store(ctx)
         if store is not None:
             store.remove_all()
