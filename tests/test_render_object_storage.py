@@ -189,3 +189,55 @@ def test_image_requirements_are_pinned(quickstart: Path, tmp_path: Path,
     pinned = (out / images["image-sklearn"]["context"] / "requirements.txt").read_text()
     assert pinned == "scikit-learn==1.5.0\nskl2onnx==1.17.0\n"
     assert "no lock in the state yet" not in again.err
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_job_run_through_s3_is_a_job_without_volumes_under_pulumis_mocks(
+        quickstart: Path, tmp_path: Path, s3_server: S3Server) -> None:
+    """With artifacts on S3 a run's Job needs no claim: its pre-signed URLs travel in
+    the run's Secret (never in the Job), and the pod has no volume at all."""
+    from mlinfra.data.objects import ObjectLocation
+    from mlinfra.providers.manifests.kubernetes import run_job
+    from mlinfra.providers.pulumi_program import kubernetes_program
+    from mlinfra.registry.object_artifacts import ObjectArtifactStore
+    from mlinfra.runs.containers import ContainerRun, Mount
+    from mlinfra.runs.transfer import TRANSFER_ENV, run_transfer
+    from mlinfra.spec import load
+    from tests.test_pulumi_programs import _is_secret, _unwrap
+    from tests.test_pulumi_programs import run as run_program
+
+    bucket = s3_server.bucket("run")
+    store = ObjectArtifactStore(ObjectLocation(f"s3://{bucket}/team", {
+        "endpoint_url": s3_server.url, "region": "us-east-1",
+        "credentials": {"access_key_id": "${secret.TEAM_S3_KEY}",
+                        "secret_access_key": "${secret.TEAM_S3_SECRET}"}}), tmp_path / "cache")
+    run_dir = tmp_path / "runs" / "train-1a2b3c4d"
+    (run_dir / "code").mkdir(parents=True)
+    (run_dir / "code" / "train.py").write_text("print('hi')\n")
+    data = tmp_path / "data.csv"
+    data.write_text("a,b\n1,2\n")
+    job_run = ContainerRun(
+        "train-1a2b3c4d", "train", "python3 train.py", {"MLINFRA_RUN_ID": "train-1a2b3c4d"},
+        (), [Mount(run_dir, "/mlinfra/run", False),
+             Mount(run_dir / "code", "/mlinfra/run/code", True),
+             Mount(data, "/mlinfra/inputs/data/data.csv", True)],
+        "/mlinfra/run/code", 600, run_dir)
+    transfer = run_transfer(store, job_run)
+    assert transfer is not None
+    inside = transfer.container_run()
+    assert inside.mounts == [] and TRANSFER_ENV in inside.secret_env
+    spec = json.loads(inside.env[TRANSFER_ENV])
+    assert sorted(target for _, target, _ in spec["get"]) == [
+        "/mlinfra/inputs/data/data.csv", "/mlinfra/run/code/train.py"]
+    config = load(quickstart, "kubernetes")
+    objects = run_job(config, inside, "registry/img:abc", "cpu", None, None)
+    assert invalid_manifests(manifests(objects)) == []
+    made = run_program(kubernetes_program(objects, {}, push=False, held={
+        TRANSFER_ENV: inside.env[TRANSFER_ENV]}), "kubernetes").resources
+    job = made["job-run-train-1a2b3c4d"][1]
+    pod = job["spec"]["template"]["spec"]
+    assert pod["volumes"] == []
+    assert pod["containers"][0].get("volumeMounts", []) == []
+    assert spec["put"] not in json.dumps(job)  # the URLs only in the Secret
+    secret = made["secret-run-train-1a2b3c4d"][1]["stringData"]
+    assert _is_secret(secret) and TRANSFER_ENV in _unwrap(secret)
