@@ -550,22 +550,87 @@ def _monitor() -> Schema:
                                          "mlinfra monitor run (cron syntax; default: "
                                          "every window, or hourly).", minLength=9),
                  })
+def _batch_endpoint() -> Schema:
+    deployment = _obj("A model that scores, with Azure ML's batch deployment settings.", {
+        "name": _string("Deployment name.", pattern=NAME_PATTERN),
+        "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
+                         pattern=VERSIONED_REF_PATTERN),
+        "mini_batch_size": _s("Rows in one mini-batch: the unit a worker scores, retries "
+                              "and a resumed job skips.", type="integer", minimum=1,
+                              default=10000),
+        "max_concurrency": _s("Worker processes scoring at once on this compute, each "
+                              "with one onnxruntime session using cores / max_concurrency "
+                              "threads (Azure ML: max_concurrency_per_instance).",
+                              type="integer", minimum=1, default=2),
+        "error_threshold": _s("Rows whose mini-batch failed every attempt that are "
+                              "tolerated; past it the job stops and fails. -1: any number.",
+                              type="integer", minimum=-1, default=0),
+        "retries": _s("Further attempts of a mini-batch that failed (Azure ML: "
+                      "retry_settings.max_retries).", type="integer", minimum=0, default=3),
+        "timeout": {**_DURATION, "description": "Longest one mini-batch may take; then its "
+                    "worker is stopped and the mini-batch tried again. " + _DURATION_TEXT},
+        "output_action": _string("append_row: write every scored row to the output; "
+                                 "summary_only: only the summary and the errors.",
+                                 enum=["append_row", "summary_only"], default="append_row"),
+        "output_file_name": _string("The output's file name (default: predictions.FORMAT).",
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+    }, ["name", "model"])
+    score = _obj("A declared scoring: the data scored with the default (or named) "
+                 "deployment, kept current by plan and apply; its output is a new version "
+                 "of the Data asset `output`, with lineage.", {
+                     "data": _string("Data reference scored: transactions (latest), "
+                                     "transactions:3.", pattern=VERSIONED_REF_PATTERN),
+                     "output": _string("Name of the Data asset whose versions hold the "
+                                       "scores (not a declared Data).", pattern=NAME_PATTERN),
+                     "deployment": _string("Deployment that scores (default: `default`).",
+                                           pattern=NAME_PATTERN),
+                 }, ["data", "output"])
+    return _kind("BatchEndpoint", "A batch endpoint (Azure ML's names): deployments that "
+                 "score whole data assets or files in mini-batches, and the scorings plan "
+                 "and apply keep current.", {
+                     "compute": _name_ref("Compute the scoring runs on"),
+                     "deployments": _s("Deployments.", type="array", minItems=1,
+                                       items=deployment),
+                     "default": _string("Deployment used when none is named (default: the "
+                                        "first).", pattern=NAME_PATTERN),
+                     "output": _obj("What a scoring writes.", {
+                         "format": _string("The output file's format.",
+                                           enum=["csv", "parquet", "jsonl"], default="csv"),
+                         "columns": _s("Columns of the output, in order, among row_id, the "
+                                       "model's outputs (a 2-D output gives one column per "
+                                       "class: probabilities_0, ...) and the kept input "
+                                       "columns. Default: row_id, the kept columns, every "
+                                       "output.", type="array", minItems=1, uniqueItems=True,
+                                       items={"type": "string", "minLength": 1}),
+                         "keep_input_columns": _s("Input columns copied to the output "
+                                                  "(e.g. an id).", type="array",
+                                                  uniqueItems=True,
+                                                  items={"type": "string", "minLength": 1}),
+                     }),
+                     "score": _s("Declared scorings.", type="array", items=score),
+                 }, ["deployments"])
 
 
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
-    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor())}
+    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor(),
+    _batch_endpoint())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 
 # Kinds that live in the project folder as resources (Project and Stack are settings).
 RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project", "Stack"))
 
+# Kinds no file declares: made from others when a project is loaded (a BatchEndpoint's
+# `score:` entries are BatchScore resources, so plan and apply treat each as one).
+DERIVED_KINDS: tuple[str, ...] = ("BatchScore",)
 
-@cache
+
 @cache
 def replace_fields(kind: str) -> frozenset[str]:
     """Top-level fields of `kind` whose change forces replacement."""
+    if kind not in SCHEMAS:  # a derived kind
+        return frozenset()
     props = SCHEMAS[kind]["properties"]
     return frozenset(name for name, spec in props.items() if spec.get(REPLACE))
 

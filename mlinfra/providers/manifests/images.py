@@ -230,3 +230,34 @@ def image_name(config: Config, what: str, files: tuple[ContextFile, ...]) -> str
 
 def context_dir(out: Path, key: str) -> Path:
     return out / "images" / key
+
+
+# What a scoring's pods import of mlinfra (mlinfra.batch.shard): the batch package, the
+# serving code it scores with, and the error hierarchy.
+_SCORING_MODULES = ("__init__.py", "errors.py", "batch/*.py", "serving/*.py")
+
+
+def scoring_context(config: Config) -> tuple[ContextFile, ...]:
+    """The image a staged scoring runs in (mlinfra.batch.shard): the endpoint server's
+    requirements and pyarrow, and the part of mlinfra it imports."""
+    import importlib.metadata
+    from pathlib import Path
+
+    from mlinfra.providers.manifests.inputs import serving_requirements_pinned
+
+    try:
+        arrow = f"pyarrow=={importlib.metadata.version('pyarrow')}"
+    except importlib.metadata.PackageNotFoundError:
+        arrow = "pyarrow"
+    dockerfile = (f"# mlinfra batch scoring (ONNX Runtime, pyarrow)\nFROM {base_image(config)}\n"
+                  + _INSTALL + "COPY src/ /opt/mlinfra/src/\n"
+                  + "ENV PYTHONPATH=/opt/mlinfra/src\n")
+    package = Path(__file__).resolve().parent.parent.parent
+    files = [ContextFile("Dockerfile", dockerfile),
+             ContextFile("requirements.txt",
+                         "\n".join([*serving_requirements_pinned(), arrow]) + "\n"),
+             ContextFile("wheels/README", WHEELS_README)]
+    for pattern in _SCORING_MODULES:
+        files += [ContextFile(f"src/mlinfra/{p.relative_to(package).as_posix()}", source=p)
+                  for p in sorted(package.glob(pattern))]
+    return tuple(files)

@@ -605,3 +605,51 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
         for endpoint in endpoints:
             _endpoint(config, endpoint, inputs, serving, objects)
     return objects
+
+
+SCORING_DIR = "/mlinfra/job"
+
+
+def scoring_job(config: Config, score: str, job_id: str, folder: Path, image: str,
+                shards: int, settings: dict[str, Any], compute: str | None, claim: str,
+                artifacts: Path) -> RenderedObject:
+    """A staged scoring (mlinfra.batch.shard) as an Indexed Job: pod N scores shard N
+    (`completions` = the shards), `max_concurrency` pods at once, each shard retried
+    `retries` times on its own (`backoffLimitPerIndex`), and past the error threshold
+    (in whole mini-batches) the Job stops (`maxFailedIndexes`). The job's folder is a
+    subPath of `claim`, the PersistentVolumeClaim holding the stack's artifacts."""
+    owner = f"batchscore.{score}"
+    try:
+        sub = folder.relative_to(artifacts)
+    except ValueError:
+        raise RenderError(f"{owner}: {folder} is outside the stack's artifacts folder "
+                          f"{artifacts}, the only folder a Job reaches (through the claim "
+                          f"{claim})") from None
+    container: dict[str, Any] = {
+        "name": "score", "image": image,
+        "command": ["python", "-m", "mlinfra.batch.shard", SCORING_DIR],
+        "volumeMounts": [{"name": "artifacts", "mountPath": SCORING_DIR,
+                          "subPath": sub.as_posix()}]}
+    resources = _resources(config, compute)
+    if resources:
+        container["resources"] = resources
+    name = ("score-" + job_id)[:63]
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed", "completions": max(1, shards),
+        "parallelism": int(settings.get("max_concurrency", 2)),
+        "backoffLimitPerIndex": int(settings.get("retries", 3)),
+        "template": {
+            "metadata": {"labels": labels(config.name, config.stack.name, owner,
+                                          run=job_id)},
+            "spec": {"restartPolicy": "Never", "containers": [container],
+                     "volumes": [{"name": "artifacts",
+                                  "persistentVolumeClaim": {"claimName": claim}}]}}}
+    threshold = int(settings.get("error_threshold", 0))
+    if threshold != -1:
+        spec["maxFailedIndexes"] = threshold // int(settings.get("mini_batch_size", 10000))
+    meta = _meta(config, name, owner, run=job_id)
+    timeout = float(settings.get("timeout_s", 600))
+    waves = math.ceil(max(1, shards) / spec["parallelism"]) * (spec["backoffLimitPerIndex"] + 1)
+    meta["annotations"] = {"pulumi.com/timeoutSeconds": str(math.ceil(timeout * waves))}
+    return RenderedObject(f"job-{name}", owner, "Job", {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec})
