@@ -57,8 +57,8 @@ class KubernetesProvider(PulumiProvider):
             return  # the run's files go through the artifact store (runs/transfer.py)
         if artifacts_folder(ctx) is None or not settings.get("artifacts_claim"):
             raise ProviderError(job.address, "a Job reads its code and inputs and writes "
-                                "its outputs in the stack's artifacts folder, which the "
-                                "cluster must mount too: set `artifacts:` in the stack to "
+                                "its outputs through the stack's artifacts: set "
+                                "`artifacts:` in the stack to s3://BUCKET/PREFIX, or to "
                                 "a folder this machine and the cluster share (NFS...) and "
                                 "`kubernetes.artifacts_claim` to the PersistentVolumeClaim "
                                 f"in namespace {namespace(ctx.config)} that holds it")
