@@ -45,21 +45,6 @@ class ArtifactStore:
         target = self._blob(sha)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, target)
-        self._publish(sha)
-
-    def _publish(self, sha: str) -> None:
-        """Make the blob just put in place visible to other machines: nothing to do for
-        a folder (it is the store); an object store uploads it."""
-
-    def url(self, sha: str) -> str | None:
-        """The object holding `sha` where other machines and pods read it, or None for
-        a folder store (the file itself travels)."""
-        return None
-
-    @property
-    def where(self) -> str:
-        """How messages name the store."""
-        return str(self.root)
 
     def put_file(self, path: Path) -> str:
         """Copy first, then hash the copy: what is stored is exactly what is named,
@@ -124,7 +109,7 @@ class ArtifactStore:
         """The stored file of `sha`, checked against its hash."""
         blob = self._blob(sha)
         if not blob.exists():
-            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {self.where}")
+            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {self.root}")
         if verify and file_sha256(blob) != sha:
             raise ArtifactCorrupted(f"artifact {sha[:12]} in {self.root} does not match its "
                                     "sha256: it was changed on disk")
@@ -165,6 +150,18 @@ class ArtifactStore:
                 found[file.relative_to(path).as_posix()] = file
         return found.keys() == manifest.keys() and all(
             file_sha256(found[rel]) == file_sha for rel, file_sha in manifest.items())
+
+    # Where the store is, for other machines and pods (an object store overrides these).
+
+    def url(self, sha: str) -> str | None:
+        """The object holding `sha` where other machines and pods read it, or None for
+        a folder store (the file itself travels)."""
+        return None
+
+    @property
+    def where(self) -> str:
+        """How messages name the store."""
+        return str(self.root)
 
 
 _READ_ONLY = 0o444

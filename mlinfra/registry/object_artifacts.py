@@ -20,6 +20,7 @@ import base64
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 from mlinfra.data.objects import ObjectLocation
 from mlinfra.data.versions import file_sha256
@@ -67,7 +68,12 @@ class ObjectArtifactStore(ArtifactStore):
         if loc.call("read", lambda: fs.exists(blobs)):
             loc.call("delete from", lambda: fs.rm(blobs, recursive=True))
 
+    def _put_in_place(self, tmp: Path, sha: str, *args: Any, **kwargs: Any) -> None:
+        super()._put_in_place(tmp, sha, *args, **kwargs)
+        self._publish(sha)
+
     def _publish(self, sha: str) -> None:
+        """Upload the blob just put in place in the cache, unless the store has it."""
         loc = self.location
         fs = loc.call("open", loc.filesystem)
         key = self._key(sha)
