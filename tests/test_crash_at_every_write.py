@@ -33,8 +33,6 @@ PROJECT = """\
 kind: Data
 name: events
 path: events.csv
-expectations:
-  - expect_column_values_to_not_be_null: {column: y}
 ---
 kind: Data
 name: holdout
@@ -85,8 +83,8 @@ collect: {sample: 1.0}
 kind: Promotion
 name: fraud
 model: fraud
-gates: {metrics: {auc: {min: 0.3}}, data: [events]}
-rollout: {endpoint: api, steps: [50, 100], hold_s: 0.3, min_requests: 3, replay: true,
+gates: {metrics: {auc: {min: 0.3}}}
+rollout: {endpoint: api, steps: [50, 100], hold_s: 0.2, min_requests: 2, replay: true,
           rollback_on: {error_rate: 0.5}}
 """
 PREP = "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
