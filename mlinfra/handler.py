@@ -50,6 +50,16 @@ class Hosting(Protocol):
         `previous`; the record of it (status, why, each hold window judged)."""
         ...
 
+    def scoring_launcher(self, ctx: Context, score: Resource) -> ScoringLauncher | None:
+        """What scores a staged scoring's shards in containers (mlinfra.batch.shard);
+        None scores on this machine."""
+        ...
+
+
+# A staged scoring's (job id, folder, shards, deployment settings) -> "" once its
+# containers ended, or why they could not run. Which shards they scored is in the folder.
+ScoringLauncher = Callable[[str, Path, int, dict[str, Any]], str]
+
 
 class ProviderError(MlinfraError):
     """A resource could not be planned or applied; the message names the resource."""

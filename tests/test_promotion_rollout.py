@@ -277,7 +277,7 @@ def test_a_quiet_endpoint_is_judged_on_its_replayed_captures(
     url, key = endpoint_url(cli), operator_key(promoted)
     for a in (0.5, -0.5, 1.5, 2.5, -1.0):  # captured, then the endpoint goes quiet
         assert call(url, key, "POST", "/invocations", {"inputs": [[a, 0.2]]})[0] == 200
-    time.sleep(0.5)  # captures are flushed with each status report
+    time.sleep(1.6)  # captures are written once a worker took no row for a second
     (promoted / "serving.yaml").write_text(PROJECT.format(rollout=ROLLOUT % "true"))
     (promoted / "models" / "fraud.onnx").write_bytes(failing_on_single_rows(WEIGHTS["good"]))
     applied = cli("apply", "--auto-approve")
