@@ -231,6 +231,27 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     _lock_option(keys)
 
 
+def _monitor(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND", required=True)
+    run = sub.add_parser("run", parents=[common],
+                         help="compute the windows not yet computed and record their "
+                              "verdicts; exit 3 when a monitor is breached")
+    run.add_argument("name", nargs="?", help="one monitor (default: all)")
+    run.add_argument("--captures", metavar="DIR",
+                     help="the datastore folder holding captures/ (a CronJob's mount)")
+    run.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _monitors(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="monitors_command", metavar="SUBCOMMAND", required=True)
+    listing = sub.add_parser("list", parents=[common], help="each monitor's last verdict")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    show = sub.add_parser("show", parents=[common],
+                          help="a monitor's windows and each feature's trend")
+    show.add_argument("name")
+    show.add_argument("--windows", type=_positive, default=24, metavar="N",
+                      help="the latest N windows (default 24)")
+    show.add_argument("--json", action="store_true", help="print as JSON")
 def _batch(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     batch = p.add_subparsers(dest="batch_command", metavar="SUBCOMMAND", required=True)
     invoke = batch.add_parser("invoke", parents=[common],
@@ -298,6 +319,10 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
     "data": ("training:cmd_data", "data assets", _data),
     "endpoints": ("endpoints:cmd_endpoints",
                   "online endpoints: list, show, invoke, keys, rollout", _endpoints),
+    "monitor": ("monitoring:cmd_monitor", "compute monitors' windows: drift, quality, "
+                "performance; exit 3 when one is breached", _monitor),
+    "monitors": ("monitoring:cmd_monitors", "list monitors and show their windows and "
+                 "trends; exit 3 when one is breached", _monitors),
     "batch": ("batch:cmd_batch", "batch endpoints: score a file or a data version "
               "(invoke), list what ran (jobs)", _batch),
     "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "

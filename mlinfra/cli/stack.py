@@ -77,6 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         do_refresh=args.refresh)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
+        if not args.json and not args.destroy:
+            from mlinfra.monitoring.planning import notes as monitor_notes
+
+            notes += monitor_notes(session.config, session.store, the_plan)
     finally:
         session.close()
     if args.json:

@@ -127,9 +127,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         if ref is None:
             raise MlinfraError(f"'{args.ref}' is not NAME, NAME:VERSION or NAME@ALIAS")
         if args.models_command == "show":
+            from mlinfra.monitoring import profile, records
+
             found = registry.resolve(ref.name, ref.version, ref.alias)
-            echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
-                            indent=2, default=str))
+            kept = records.profile_of(session.store, found.name, found.version)
+            reference = None if kept is None else {
+                "source": kept.get("source"), "rows": kept.get("rows"),
+                "columns": dict(profile.summary(kept))}
+            echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name),
+                             "reference_profile": reference}, indent=2, default=str))
             return 0
         from mlinfra.engine import operation, writing
 

@@ -31,6 +31,7 @@ from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
 from mlinfra.handler import ScoringLauncher
+from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
     Applied,
@@ -59,7 +60,9 @@ from mlinfra.state.model import ResourceState
 # Pulumi's container or Deployment).
 _APPLIED: dict[str, type[Handler] | None] = {
     "Workspace": WorkspaceHandler, "Compute": None, "Datastore": DatastoreHandler,
-    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler}
+    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler,
+    # a monitor's own part is the domain's; on kubernetes its CronJob is Pulumi's
+    "Monitor": MonitorHandler}
 # The domain's kinds, handled on this machine as on every provider.
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,

@@ -171,8 +171,68 @@ class ModelHandler(BaseHandler):
             metrics = version.metrics
         word = "registered" if created else "is already"
         ctx.log(f"{res.address}: {word} version {version.version}")
+        self._profile(res, ctx, version.version, path, lineage)
         return Applied({"version": version.version, "sha256": sha, "metrics": metrics,
                         "run_id": run_id}, provider_id=version.ref)
+
+    def _reference(self, res: Resource, ctx: Context, lineage: dict[str, Any]
+                   ) -> tuple[Path, str, str] | None:
+        """(file, format, label) of a version's reference data: the Model's
+        `monitoring.reference`, else the first data version its run read, else its
+        evaluation data."""
+        from mlinfra.data.versions import DataVersions
+        from mlinfra.spec.model import Ref
+
+        chosen = (res.spec.get("monitoring") or {}).get("reference")
+        if chosen is not None:
+            found = Resolver(ctx).data(res, str(chosen))
+            asset = ctx.config.get("Data", found.name)
+            return found.path, str(asset.spec.get("format", "csv")) if asset else "csv", \
+                found.label
+        for label in lineage.get("data") or []:
+            ref = Ref.parse(str(label))
+            asset = ctx.config.get("Data", ref.name) if ref else None
+            version = (DataVersions(ctx.store).get(ref.name, ref.version)
+                       if ref is not None else None)
+            if asset is not None and version is not None and \
+                    artifact_store(ctx).exists(version.sha256):
+                return (artifact_store(ctx).path(version.sha256),
+                        str(asset.spec.get("format", "csv")), str(label))
+        data = (res.spec.get("evaluation") or {}).get("data")
+        if isinstance(data, str):
+            found = Resolver(ctx).data(res, data)
+            asset = ctx.config.get("Data", found.name)
+            return found.path, str(asset.spec.get("format", "csv")) if asset else "csv", \
+                found.label
+        return None
+
+    def _profile(self, res: Resource, ctx: Context, version: int, path: Path,
+                 lineage: dict[str, Any]) -> None:
+        """The version's reference profile for monitoring, computed once: a version
+        whose reference data cannot be read is registered without one, and says so."""
+        from mlinfra.monitoring import records
+        from mlinfra.monitoring.reference import ReferenceError, compute
+
+        if records.profile_of(ctx.store, res.name, version) is not None:
+            return
+        try:
+            found = self._reference(res, ctx, lineage)
+        except ProviderError as err:
+            ctx.log(f"{res.address}: no reference profile for monitoring: {err.reason}")
+            return
+        if found is None:
+            ctx.log(f"{res.address}: no reference profile for monitoring: no data to "
+                    "profile (set monitoring.reference)")
+            return
+        file, fmt, label = found
+        features = (res.spec.get("evaluation") or {}).get("features")
+        try:
+            profile = compute(file, fmt, label, path,
+                              list(features) if features is not None else None)
+        except ReferenceError as err:
+            ctx.log(f"{res.address}: no reference profile for monitoring: {err}")
+            return
+        records.save_profile(ctx.writer, res.name, version, label, profile)
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         version = state.outputs.get("version")

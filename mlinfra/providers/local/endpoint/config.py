@@ -11,6 +11,7 @@ from typing import Any
 
 from mlinfra.graph import default_datastore
 from mlinfra.handler import datastore_path
+from mlinfra.monitoring.captures import retention
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
 from mlinfra.registry.artifacts import ArtifactCorrupted
@@ -66,6 +67,17 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
                         f"file is gone from the artifact store {store.root}; {what}")
 
 
+def retention_fields(text: Any) -> dict[str, Any]:
+    """`collect.retention` as the server's config has it (validated by its schema)."""
+    size, seconds = retention(text)
+    out: dict[str, Any] = {}
+    if size is not None:
+        out["retention_bytes"] = size
+    if seconds is not None:
+        out["retention_s"] = seconds
+    return out
+
+
 def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
                   instance: InstanceFolder, generation: int, port: int,
                   key_hashes: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -86,7 +98,8 @@ def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
         store_name = collect.get("datastore") or default_datastore(ctx.config)
         datastore = ctx.config.get("Datastore", str(store_name)) if store_name else None
         base = datastore_path(ctx, datastore.spec) if datastore else folder.path
-        collect["path"] = str(base / "captures" / res.name / "requests.jsonl")
+        collect["path"] = str(base / "captures" / res.name)
+        collect.update(retention_fields(collect.pop("retention", None)))
     config = {"endpoint": res.name, "generation": generation, "port": port,
               "deployments": deployments, "traffic": res.spec.get("traffic") or {},
               "mirror": res.spec.get("mirror") or {}, "collect": collect,
