@@ -340,8 +340,8 @@ def _changes(before: Verdict, after: Verdict, chosen: Settings) -> list[Event]:
     a breached one is within its thresholds again: saved with the windows."""
     if after.breached == before.breached or (not after.breached and after.latest is None):
         return []
-    data: dict[str, Any] = {"monitor": after.monitor, "see":
-                            f"mlinfra monitors show {after.monitor}"}
+    data: dict[str, Any] = {"monitor": after.monitor, "streak": after.streak,
+                            "see": f"mlinfra monitors show {after.monitor}"}
     if chosen.endpoint:
         data["endpoint"] = chosen.endpoint
     if after.breached:
@@ -349,5 +349,6 @@ def _changes(before: Verdict, after: Verdict, chosen: Settings) -> list[Event]:
         data["signals"] = {f"{s.signal}:{s.feature}": s.value for s in
                            (latest.signals if latest else []) if s.verdict == DRIFT}
         data["summary"] = after.summary()
+        data["on_breach"] = chosen.on_breach
         return [Event("monitor.breached", f"monitor.{after.monitor}", data, time.time())]
     return [Event("monitor.recovered", f"monitor.{after.monitor}", data, time.time())]

@@ -36,8 +36,10 @@ ALLOWED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Pipeline": (("steps", "*", "params", "*"),),
     "Environment": (("requirements", "*"), ("env", "*")),
     "Webhook": (("url",), ("secret",)),
+    "Datastore": (("credentials", "*"),),
 }
-ALLOWED_TEXT = "command, params, env and requirements, and a webhook's url and secret"
+ALLOWED_TEXT = ("command, params, env, requirements, a datastore's credentials and a "
+                "webhook's url and secret")
 
 
 class MissingSecret(MlinfraError):
