@@ -158,15 +158,15 @@ MIGRATIONS: tuple[Migration, ...] = (
           journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
           data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
     Migration(4, "monitoring: reference profiles, monitor windows and their signals", (
-        """CREATE TABLE model_profiles (
+        """CREATE TABLE IF NOT EXISTS model_profiles (
           name TEXT NOT NULL, version INTEGER NOT NULL, source TEXT NOT NULL,
           profile TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version))""",
-        """CREATE TABLE monitor_windows (
+        """CREATE TABLE IF NOT EXISTS monitor_windows (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, window_end REAL NOT NULL,
           rows INTEGER NOT NULL, status TEXT NOT NULL, model TEXT NOT NULL,
           reason TEXT NOT NULL, cursor TEXT NOT NULL, computed_at REAL NOT NULL,
           PRIMARY KEY (monitor, window_start))""",
-        """CREATE TABLE monitor_signals (
+        """CREATE TABLE IF NOT EXISTS monitor_signals (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, signal TEXT NOT NULL,
           feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
           threshold REAL NOT NULL, verdict TEXT NOT NULL, rows INTEGER NOT NULL,
