@@ -343,8 +343,8 @@ class PromotionHandler(BaseHandler):
         if record["status"] == "inconclusive":
             # Not a rejection: the traffic is back, the candidate waits to be judged.
             why = (f"rollout inconclusive: {record['why']}; {candidate.ref} is pending: the "
-                   "next apply or ci run judges it again (rollout.replay: true judges "
-                   "captured requests; on_no_traffic: promote promotes it unjudged)")
+                   "next apply or ci run judges it again (rollout.on_no_traffic: promote "
+                   "promotes it unjudged)")
             registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "inconclusive"})
             detail.update(outcome="pending", to=champion.version, reason=why)
             ctx.log(f"{change.address}: {why}")
