@@ -295,13 +295,47 @@ def test_a_quiet_endpoint_is_judged_on_its_replayed_captures(
     assert history(cli)[-1]["rollout"]["status"] == "complete"
 
 
-def test_a_quiet_endpoint_without_replay_stops_the_rollout(promoted: Path, cli: Cli) -> None:
+def test_a_quiet_endpoint_without_replay_leaves_the_candidate_pending(
+        promoted: Path, cli: Cli) -> None:
+    """No traffic is no verdict: the traffic goes back, the candidate is not rejected
+    but pending, judged again by the next apply; `on_no_traffic: promote` promotes it."""
     (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["good"]))
     applied = cli("apply", "--auto-approve")
-    assert applied.code == 1
-    assert "rollout stopped: no request reached the endpoint" in applied.err, applied.err
+    assert applied.code == 0, applied.out + applied.err
+    assert "fraud:2 is pending" in applied.out and "replay: true" in applied.out
     assert champion(cli) == 1
-    assert history(cli)[-1]["outcome"] == "stopped"
+    decision = history(cli)[-1]
+    assert (decision["outcome"], decision["rollout"]["status"]) == ("pending", "inconclusive")
+    tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
+    assert "mlinfra.rejected" not in tags
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "fraud:2 is pending" in plan.out, plan.out
+    (promoted / "serving.yaml").write_text(PROJECT.format(
+        rollout=(ROLLOUT % "false").replace("replay: false", "replay: false, "
+                                            "on_no_traffic: promote")))
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.out + applied.err
+    assert champion(cli) == 2
+    assert "promoted unjudged" in history(cli)[-1]["rollout"]["why"]
+    served = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert served["served"] == {"blue": "fraud:2"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_history_lists_every_alias_move(promoted: Path, cli: Cli) -> None:
+    """A move by hand is in the history beside the promotions' decisions: who, when,
+    from, to and why."""
+    (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["poor"]))
+    assert cli("apply", "--auto-approve").code == 0  # fraud:2, rejected
+    assert cli("models", "alias", "fraud@champion", "2").code == 0
+    entries = history(cli)
+    moved = entries[-1]
+    assert (moved["outcome"], moved["from"], moved["to"]) == ("moved", 1, 2)
+    assert moved["reason"] == "set by mlinfra models alias" and moved["user"]
+    assert moved["trigger"]["command"] == "models alias"
+    assert [e["outcome"] for e in entries] == ["promoted", "rejected", "moved"]
+    shown = cli("history").out
+    assert "fraud@champion  1 -> 2  MOVED  by models alias" in shown, shown
 
 
 # --- bad input: a metric the evaluation does not produce -------------------------------

@@ -155,7 +155,7 @@ def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -
     if outcome.status == "rolled back":
         echo_err(f"Rolled back to {json.dumps(outcome.traffic)}: {outcome.why}.")
         return 1
-    if outcome.status == "stopped":
+    if outcome.status == "inconclusive":
         echo_err(f"Stopped, traffic back to {json.dumps(outcome.traffic)}: {outcome.why}.")
         return 1
     echo(f"Rollout complete: {outcome.why}. The YAML's traffic is unchanged: set it to "

@@ -26,8 +26,9 @@ from mlinfra.state.work import Step
 
 REJECTED_TAG = "mlinfra.rejected"
 # How a promoted version's rollout went, for people: "complete", "skipped",
-# "interrupted"; "rolled back" or "stopped": apply never promotes it again (mlinfra
-# models alias does, by hand). What recovery does is read from the journal, never here.
+# "interrupted", "inconclusive" (judged again by the next apply); "rolled back": apply
+# never promotes it again (mlinfra models alias does, by hand). What recovery does is
+# read from the journal, never from here.
 ROLLOUT_TAG = "mlinfra.rollout"
 
 
@@ -99,7 +100,7 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
     if failed:
         return Verdict("gates failed", f"gates failed: {failed[0]['detail']}", gates)
     earlier = candidate.tags.get(ROLLOUT_TAG)
-    if earlier in ("rolled back", "stopped"):
+    if earlier == "rolled back":
         return Verdict("kept", f"{candidate.ref}'s rollout was {earlier} before "
                        f"({candidate.tags.get(REJECTED_TAG, '')}); mlinfra models alias "
                        "promotes it by hand", gates)
@@ -168,6 +169,9 @@ class PromotionHandler(BaseHandler):
         served no more: drift, repaired by judging the model's version."""
         model = str(state.attributes.get("model"))
         judged = state.outputs.get("candidate")
+        if state.outputs.get("outcome") == "pending":
+            return Observed(True, f"{judged} is pending: its rollout saw too little traffic "
+                            "to be judged; this apply judges it again", update=True)
         have = ctx.store.get(address("Model", model))
         now = have.outputs.get("version") if have is not None else None
         if judged and now is not None and judged != f"{model}:{now}":
@@ -229,27 +233,33 @@ class PromotionHandler(BaseHandler):
                                                          REJECTED_TAG: reason})
         elif verdict.outcome == "rejected":
             registry.set_tags(model, candidate.version, {REJECTED_TAG: reason})
+        pending = False
         if verdict.promoted:
             detail["to"] = candidate.version
             rollout = res.spec.get("rollout")
             if rollout and champion is not None:
                 # The alias stays on the champion while the candidate is judged on live
                 # traffic: it moves with the promotion's change, once the rollout is done.
-                self._roll_out(change, ctx, res, candidate, champion, detail)
-            registry.set_alias(model, alias, candidate.version,
-                               f"promoted by promotion.{res.name}: {reason}")
+                pending = self._roll_out(change, ctx, res, candidate, champion, detail)
+            if not pending:
+                registry.set_alias(model, alias, candidate.version,
+                                   f"promoted by promotion.{res.name}: {reason}")
+            else:
+                reason = str(detail["reason"])
         DecisionLog(ctx.writer).record(change.address, PROMOTION, detail)
-        ctx.writer.emit("model.promoted" if verdict.promoted else "model.kept",
+        promoted = verdict.promoted and not pending
+        outcome = "pending" if pending else verdict.outcome
+        ctx.writer.emit("model.promoted" if promoted else "model.kept",
                         f"model.{model}", {"alias": alias, "candidate": candidate.version,
-                                           "outcome": verdict.outcome, "reason": reason})
+                                           "outcome": outcome, "reason": reason})
         kept = champion or lost
-        now = candidate.ref if verdict.promoted else (kept.ref if kept else "nothing")
-        ctx.log(f"{change.address}: {'promoted' if verdict.promoted else 'kept'} "
+        now = candidate.ref if promoted else (kept.ref if kept else "nothing")
+        ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} "
                 f"{model}@{alias} -> {now} ({reason})")
-        return Applied({"decision": "promoted" if verdict.promoted else "kept",
-                        "outcome": verdict.outcome, "reason": reason,
+        return Applied({"decision": "promoted" if promoted else "kept",
+                        "outcome": outcome, "reason": reason,
                         "candidate": candidate.ref, "alias": f"{model}@{alias}",
-                        "version": candidate.version if verdict.promoted else current,
+                        "version": candidate.version if promoted else current,
                         "rollout": detail.get("rollout", {}).get("status")})
 
     def recover(self, entry: JournalEntry, steps: list[Step], ctx: Context) -> str:
@@ -310,10 +320,11 @@ class PromotionHandler(BaseHandler):
 
     @staticmethod
     def _roll_out(change: Change, ctx: Context, res: Resource, candidate: ModelVersion,
-                  champion: ModelVersion, detail: dict[str, Any]) -> None:
-        """Roll the promoted candidate out, each step journaled. The alias is still on
-        the champion: on a breach (or when it cannot be judged) the decision and the
-        candidate's tags are kept, the alias stays, and the apply fails."""
+                  champion: ModelVersion, detail: dict[str, Any]) -> bool:
+        """Roll the promoted candidate out, each step journaled; True when it could not
+        be judged (too little traffic) and waits. The alias is still on the champion: on
+        a breach the decision and the candidate's tags are kept, the alias stays, and
+        the apply fails."""
         model, alias = candidate.name, str(res.spec.get("alias", "champion"))
         settings = dict(res.spec["rollout"])
         assert ctx.provider is not None
@@ -328,7 +339,16 @@ class PromotionHandler(BaseHandler):
             registry.set_tags(model, candidate.version, {ROLLOUT_TAG: record["status"]})
             if record["status"] == "skipped":
                 ctx.log(f"{change.address}: no rollout: {record['why']}")
-            return
+            return False
+        if record["status"] == "inconclusive":
+            # Not a rejection: the traffic is back, the candidate waits to be judged.
+            why = (f"rollout inconclusive: {record['why']}; {candidate.ref} is pending: the "
+                   "next apply or ci run judges it again (rollout.on_no_traffic: promote "
+                   "promotes it unjudged)")
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "inconclusive"})
+            detail.update(outcome="pending", to=champion.version, reason=why)
+            ctx.log(f"{change.address}: {why}")
+            return True
         why = f"rollout {record['status']}: {record['why']}"
         # Kept although the change fails: the decision is the rollback itself.
         kept = ctx.work.always() if ctx.work is not None else ctx.store

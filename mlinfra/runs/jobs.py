@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
+from mlinfra.spec.storage import is_object_url
 from mlinfra.state.model import ResourceState, digest
 from mlinfra.state.store import HOST
 
@@ -38,7 +40,18 @@ _SLOTS_LOCK = threading.Lock()
 
 
 def artifact_store(ctx: Context) -> ArtifactStore:
-    return ArtifactStore(workspace_dir(ctx, ctx.config.workspace) / "artifacts")
+    """The workspace's artifact store: a folder, or the object storage the stack's
+    `artifacts:` names (with this machine's cache of it)."""
+    folder = workspace_dir(ctx, ctx.config.workspace) / "artifacts"
+    stack = ctx.config.stack
+    if stack.artifacts and is_object_url(stack.artifacts):
+        from mlinfra.data.objects import location_of
+        from mlinfra.registry.object_artifacts import ObjectArtifactStore
+
+        location = location_of(stack.artifacts, stack.settings.get("storage"),
+                               f"{stack.file}: artifacts")
+        return ObjectArtifactStore(location, folder)
+    return ArtifactStore(folder)
 
 
 def runs_root(ctx: Context) -> Path:
@@ -77,10 +90,12 @@ class Resolver:
         data = self.ctx.config.get("Data", ref.name) if ref else None
         if ref is None or data is None:
             raise ProviderError(res.address, f"input '{text}' names no Data")
-        path = DataHandler().path(data, self.ctx)
-        if not path.exists():
-            raise ProviderError(res.address, f"input data {ref.name}: {path} not found")
-        sha = self.versions.content_sha256(path)
+        # A plan reads no object storage content it has seen; an apply reads the data.
+        try:
+            sha, path = DataHandler().locate(data, self.ctx,
+                                             fetch=not self.ctx.store.readonly)
+        except ProviderError as err:
+            raise ProviderError(res.address, f"input data {ref.name}: {err.reason}") from None
         current = self.versions.find(ref.name, sha) or self.versions.next_version(ref.name)
         if ref.version is not None and ref.version != current:
             pinned = self.versions.get(ref.name, ref.version)
@@ -125,21 +140,37 @@ class Resolver:
         job's output is identified by that job's run hash and the output's name."""
         if res.name in self._jobs:
             return self._jobs[res.name]
-        identities, labels = {}, {}
-        for key, value in (res.spec.get("inputs") or {}).items():
-            match = OUTPUT_REF.match(str(value))
-            if match:
-                upstream = self.ctx.config.get("Job", match.group(2))
-                assert upstream is not None  # validated
-                upstream_hash, _ = self.job(upstream)
-                identities[key] = f"{upstream_hash}:{match.group(3)}"
-                labels[key] = f"job {upstream.name} output {match.group(3)}"
-            else:
-                data = self.data(res, str(value))
-                identities[key], labels[key] = data.sha256, data.label
-        run_hash, _ = self.run_hash(res, identities, res.spec.get("params") or {})
-        self._jobs[res.name] = (run_hash, labels)
-        return run_hash, labels
+
+        def upstream(name: str) -> str:
+            producer = self.ctx.config.get("Job", name)
+            assert producer is not None  # validated
+            return self.job(producer)[0]
+
+        found = run_identity(self, res, res, res.spec.get("inputs") or {},
+                             res.spec.get("params") or {}, upstream)
+        self._jobs[res.name] = found
+        return found
+
+
+def run_identity(resolver: Resolver, owner: Resource, job: Resource, inputs: dict[str, Any],
+                 params: dict[str, Any], upstream: Callable[[str], str]
+                 ) -> tuple[str, dict[str, str]]:
+    """A run's identity: the run hash of `job` reading `inputs` with `params`, and each
+    input's label. The one function a standalone job and a pipeline step are planned
+    with: a data input is identified by its content, another run's output by that run's
+    hash (`upstream(name)`: the producing job's or step's) and the output's name."""
+    identities, labels = {}, {}
+    for key, value in inputs.items():
+        match = OUTPUT_REF.match(str(value))
+        if match:
+            kind, name, output = match.group(1), match.group(2), match.group(3)
+            identities[key] = f"{upstream(name)}:{output}"
+            labels[key] = f"{'step' if kind == 'steps' else 'job'} {name} output {output}"
+        else:
+            data = resolver.data(owner, str(value))
+            identities[key], labels[key] = data.sha256, data.label
+    run_hash, _ = resolver.run_hash(job, identities, params)
+    return run_hash, labels
 
 
 def launchable(ctx: Context, job: Resource) -> None:
@@ -382,18 +413,16 @@ class PipelineHandler(BaseHandler):
             job = ctx.config.get("Job", step["job"])
             assert job is not None
             launchable(ctx, job)
-            identities, labels = {}, {}
             merged = {**(job.spec.get("inputs") or {}), **(step.get("inputs") or {})}
-            for key, value in merged.items():
-                match = OUTPUT_REF.match(str(value))
-                if match and match.group(1) == "steps":
-                    identities[key] = f"{hashes[match.group(2)]}:{match.group(3)}"
-                    labels[key] = f"step {match.group(2)} output {match.group(3)}"
-                else:
-                    data = resolver.data(res, str(value))
-                    identities[key], labels[key] = data.sha256, data.label
             params = {**(job.spec.get("params") or {}), **(step.get("params") or {})}
-            hashes[name], _ = resolver.run_hash(job, identities, params)
+
+            def upstream(step_name: str) -> str:
+                if step_name not in hashes:
+                    raise ProviderError(res.address, f"{step_name} is not an earlier step "
+                                        "of this pipeline")
+                return hashes[step_name]
+
+            hashes[name], labels = run_identity(resolver, res, job, merged, params, upstream)
             out[name] = {"job": job.name, "run_hash": hashes[name], "inputs_resolved": labels}
         return {"steps_resolved": out}
 

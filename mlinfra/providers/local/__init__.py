@@ -34,6 +34,8 @@ class LocalProvider(Provider):
         "Promotion": "mlinfra.registry.promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
         "Monitor": "mlinfra.monitoring.handler:MonitorHandler",
+        "BatchEndpoint": "mlinfra.batch.handler:BatchEndpointHandler",
+        "BatchScore": "mlinfra.batch.handler:BatchScoreHandler",
     }
 
     def cancel(self) -> None:
