@@ -144,6 +144,8 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
     if not paths:
         return []
     wanted = _capture_columns(paths[-1])
+    if chosen.rows is None and "performance" not in chosen.signals:
+        wanted = [c for c in wanted if c not in ("request_id", "row")]  # not needed: not read
     read = captures.read(paths, wanted)
     reasons = "; ".join(read.skipped)
     if read.table is None:
@@ -179,10 +181,10 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
 
 def _served(part: Any) -> str:
     """The model version (`fraud:3`) that scored most of the window's rows."""
-    groups = part.group_by(["model", "version"]).aggregate([("row", "count")])
+    groups = part.group_by(["model", "version"]).aggregate([("model", "count")])
     if not groups.num_rows:
         return ""
-    best = int(np.argmax(groups.column("row_count").to_numpy()))
+    best = int(np.argmax(groups.column("model_count").to_numpy()))
     return f"{groups.column('model')[best].as_py()}:{groups.column('version')[best].as_py()}"
 
 
