@@ -36,6 +36,12 @@ command: python copy.py ${inputs.data} ${outputs.copy}
 inputs: {data: holdout}
 outputs: {copy: copy.csv}
 ---
+kind: Pipeline
+name: twice
+steps:
+  first: {job: score}
+  second: {job: score, inputs: {data: "${steps.first.outputs.copy}"}}
+---
 kind: Model
 name: fraud
 from: {path: models/fraud.onnx}
@@ -55,9 +61,20 @@ def _files(weights: tuple[float, float] = (2.0, 0.0)) -> Files:
             "models/fraud.onnx": onnx_model(weights)}
 
 
+ENDPOINT = """\
+kind: Endpoint
+name: api
+auth: key
+workers: 1
+deployments:
+  - {name: blue, model: fraud@champion}
+traffic: {blue: 100}
+"""
+
+
 def test_every_handler_write_goes_through_the_unit_of_work(
         project: Callable[[Files], Path]) -> None:
-    root = project(_files())
+    root = project({**_files(), "endpoint.yaml": ENDPOINT})
     session = open_session(root, None, "apply", write=True)
     try:
         session.store.engine_only = True
