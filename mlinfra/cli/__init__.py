@@ -296,6 +296,19 @@ def _history(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> Non
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got '{text}'")
+    return int(text)
+
+
+def _studio(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other requires "
+                        "MLINFRA_STUDIO_TOKEN)")
+
+
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -331,6 +344,8 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
                _output),
     "ci": ("ci:cmd_ci", "the Git-triggered loop: ci plan for pull requests, ci run for "
            "pushes", _ci),
+    "studio": ("studio:cmd_studio", "a read-only web UI over the stack: plan, runs, "
+               "metrics, models and lineage, data, endpoints", _studio),
     "history": ("ci:cmd_history", "every promotion decision: when, commit, trigger, versions, "
                 "metrics, outcome, rollout", _history),
 }

@@ -112,8 +112,16 @@ def run(session: HasState, name: str | None = None, *, captures_base: Path | Non
         chosen = settings(config, monitor)
         found = _compute(config, store, chosen, captures_base,
                          time.time() if now is None else now)
+        before = status(store, config, monitor)
         records.save_windows(store, found)
-        out.append(status(store, config, monitor, found))
+        verdict = status(store, config, monitor, found)
+        if verdict.breached and not before.breached:
+            # NOTE: announced once, when the monitor becomes breached (webhooks, the
+            # agent); a monitor that stays breached says so in its verdicts.
+            store.emit("monitor.breached", f"monitor.{monitor}", {
+                "monitor": monitor, "streak": verdict.streak, "summary": verdict.summary(),
+                "on_breach": chosen.on_breach})
+        out.append(verdict)
     return out
 
 

@@ -258,17 +258,31 @@ class PulumiProvider(Provider, abc.ABC):
             from pulumi.automation.errors import CommandError
 
             from mlinfra.providers.manifests.images import environment_context, image_name
+            from mlinfra.providers.manifests.locks import environment_locks
+            from mlinfra.runs.jobs import artifact_store
+            from mlinfra.runs.transfer import run_transfer
 
             assert env is not None
+            lock = environment_locks(ctx.config, ctx.store)[0].get(env.name)
             image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
-                               environment_context(ctx.config, env))
+                               environment_context(ctx.config, env, lock))
+            # With artifacts on S3 the run's files go through the artifact store, not
+            # through mounts (runs/transfer.py).
+            transfer = run_transfer(artifact_store(ctx), run)
+            if transfer is not None:
+                run = transfer.container_run()
             objects = self.run_objects(ctx, job, run, image)
             program = self.program(objects, {}, ctx.config,
                                    held={name: run.env[name] for name in run.secret_env})
             stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=run.run_id)
             try:
-                ended = self.run_ended(run, objects, stack.up(program, []), "")
+                outputs = stack.up(program, [])
+                if transfer is not None:
+                    transfer.collect()
+                ended = self.run_ended(run, objects, outputs, "")
             except CommandError as err:
+                if transfer is not None:
+                    transfer.collect()
                 ended = self.run_ended(run, objects, {}, _pulumi_error(err))
             try:
                 stack.destroy(program, remove=True)

@@ -124,10 +124,14 @@ def _stack() -> Schema:
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
                          "team (the password from ${secret.X} or PGPASSWORD). Default: "
                          ".mlinfra/<stack>/state.db."),
-        "artifacts": _string("Folder holding the workspace's artifacts and run folders "
-                             "(relative to the project, or absolute): with a shared state, "
-                             "a folder every machine that applies the stack mounts. "
-                             "Default: .mlinfra/<stack>.", minLength=1),
+        "artifacts": _string("Where the workspace's artifacts are kept: a folder "
+                             "(relative to the project, or absolute; it holds the run "
+                             "folders too), or object storage, s3://BUCKET/PREFIX, "
+                             "gs://... or az://... (`storage` says how to reach it). With "
+                             "a shared state, a place every machine that applies the "
+                             "stack reaches. Default: .mlinfra/<stack>.", minLength=1),
+        "storage": _obj("How to reach the object storage `artifacts:` names.",
+                        _object_options()),
         "variables": _variables(),
         "docker": _obj("Settings of the docker provider.", {
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
@@ -186,12 +190,34 @@ def _compute() -> Schema:
     })
 
 
+def _object_options() -> dict[str, Schema]:
+    return {
+        "endpoint_url": _string("Object storage endpoint, for S3-compatible servers "
+                                "(MinIO, Ceph) or a local emulator; default: the cloud's."),
+        "region": _string("s3: the bucket's region (default: the AWS chain's)."),
+        "profile": _string("s3: the AWS profile (~/.aws); gcs: the Google Cloud project."),
+        "credentials": _map_of(
+            "Credentials, each a ${secret.NAME} (read from the environment when the "
+            "storage is opened, never written): s3 access_key_id, secret_access_key, "
+            "session_token; gcs token; azure_blob account_name, account_key, "
+            "connection_string, sas_token. Without it, the cloud's own chain (environment "
+            "variables, profiles, workload identity).", _string("A credential."),
+            propertyNames={"enum": ["access_key_id", "secret_access_key", "session_token",
+                                    "token", "account_name", "account_key",
+                                    "connection_string", "sas_token"]}),
+    }
+
+
 def _datastore() -> Schema:
-    return _kind("Datastore", "A place data lives.", {
-        "type": _replace(_string("Kind of datastore (s3, gcs and azure_blob are planned).",
-                                 enum=["local"], default="local")),
-        "path": _replace(_string("local: folder, relative to the project, or absolute.",
-                                 minLength=1)),
+    return _kind("Datastore", "A place data lives: a folder, or object storage through "
+                 "fsspec (s3fs, gcsfs, adlfs: pip install 'mlinfra[s3]', [gcs] or [azure]).", {
+        "type": _replace(_string("Kind of datastore.", enum=["local", "s3", "gcs",
+                                                             "azure_blob"],
+                                 default="local")),
+        "path": _replace(_string("local: folder, relative to the project, or absolute; "
+                                 "s3: s3://BUCKET/PREFIX; gcs: gs://BUCKET/PREFIX; "
+                                 "azure_blob: az://CONTAINER/PREFIX.", minLength=1)),
+        **_object_options(),
     }, ["path"])
 
 

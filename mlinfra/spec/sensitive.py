@@ -35,8 +35,9 @@ ALLOWED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Job": (("command",), ("params", "*"), ("env", "*")),
     "Pipeline": (("steps", "*", "params", "*"),),
     "Environment": (("requirements", "*"), ("env", "*")),
+    "Datastore": (("credentials", "*"),),
 }
-ALLOWED_TEXT = "command, params, env and requirements"
+ALLOWED_TEXT = "command, params, env, requirements and a datastore's credentials"
 
 
 class MissingSecret(MlinfraError):

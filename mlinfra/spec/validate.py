@@ -228,7 +228,41 @@ class _References:
             self.default_datastore = store
 
     def _datastore(self, res: Resource, spec: dict[str, Any]) -> None:
-        self.inside(res, ("path",), spec.get("path"), allow_absolute=True)
+        kind, path = spec.get("type", "local"), spec.get("path")
+        if kind == "local":
+            if isinstance(path, str) and "://" in path:
+                self.add(res, ("path",), f"'{path}' is a URL: set `type:` to s3, gcs or "
+                         "azure_blob for object storage, or give a folder")
+            else:
+                self.inside(res, ("path",), path, allow_absolute=True)
+            for field in ("endpoint_url", "region", "profile", "credentials"):
+                if field in spec:
+                    self.add(res, (field,), f"{field} is for object storage; this "
+                             "datastore is a local folder", at_key=True)
+            return
+        from mlinfra.spec.storage import (
+            CREDENTIALS,
+            SCHEME_OF_TYPE,
+            scheme_problem,
+            whole_secret,
+        )
+
+        scheme = SCHEME_OF_TYPE[str(kind)]
+        if isinstance(path, str):
+            problem = scheme_problem(path)
+            if "://" not in path or path.split("://", 1)[0] not in (scheme, *(
+                    {"gcs": ("gcs",), "azure_blob": ("abfs",)}.get(str(kind), ()))):
+                self.add(res, ("path",), f"a {kind} datastore's path is "
+                         f"{scheme}://BUCKET/PREFIX, not '{path}'")
+            elif problem:
+                self.add(res, ("path",), problem)
+        for field, value in (spec.get("credentials") or {}).items():
+            if field not in CREDENTIALS[str(kind)]:
+                self.add(res, ("credentials", field), f"'{field}' is not a {kind} "
+                         f"credential: use {', '.join(CREDENTIALS[str(kind)])}", at_key=True)
+            elif not whole_secret(value):
+                self.add(res, ("credentials", field), "a credential is a whole "
+                         "${secret.NAME}, read from the environment, never written here")
 
     def _data(self, res: Resource, spec: dict[str, Any]) -> None:
         stores = self.config.of("Datastore")
