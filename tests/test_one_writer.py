@@ -179,6 +179,13 @@ def test_a_manual_alias_move_is_an_operation_with_its_backup(
         assert done == [("alias", "done")]
     finally:
         session.close()
+    # The first file again: fraud:1, which the alias names by hand now. The reason given
+    # for keeping it is why it is the champion now, not an older decision's.
+    (root / "models" / "fraud.onnx").write_bytes(onnx_model((2.0, 0.0)))
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert ("kept fraud@champion -> fraud:1 (fraud:1 is already the alias' version (set by "
+            "mlinfra models alias))") in again.out, again.out
 
 
 def test_errors_keep_their_cause_and_debug_prints_the_chain(
