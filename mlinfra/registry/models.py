@@ -113,6 +113,12 @@ class ModelRegistry:
         return {alias: version for alias, version in self.store.query(
             "SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,))}
 
+    def alias_reason(self, name: str, alias: str) -> str:
+        """Why the alias names the version it names now (the reason of its last move)."""
+        rows = self.store.query("SELECT reason FROM aliases WHERE name=? AND alias=?",
+                                (name, alias))
+        return str(rows[0][0]) if rows else ""
+
     def resolve(self, name: str, version: int | None = None,
                 alias: str | None = None) -> ModelVersion:
         """`fraud`, `fraud:3` or `fraud@champion` to a version; RegistryError if none."""

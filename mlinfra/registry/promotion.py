@@ -111,7 +111,10 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
         return Verdict("promoted", f"{candidate.ref} passed the gates and the alias was "
                        "empty", gates)
     if champion.version == candidate.version:
-        return Verdict("kept", f"{candidate.ref} is already the alias' version", gates)
+        alias = str(res.spec.get("alias", "champion"))
+        why = ModelRegistry(ctx.store).alias_reason(candidate.name, alias)
+        return Verdict("kept", f"{candidate.ref} is already the alias' version"
+                       + (f" ({why})" if why else ""), gates)
     compare = res.spec.get("compare") or {}
     metric = compare.get("metric")
     if metric is None:
