@@ -310,12 +310,18 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
     if resources:
         container["resources"] = resources
     run_labels = labels(config.name, config.stack.name, owner, run=run.run_id)
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if claim:
+        pod["volumes"] = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}]
+    else:
+        # Through the artifact store: the run's files land in a volume of the pod's own,
+        # which its non-root user owns (fsGroup), so the run needs no root.
+        pod["volumes"] = [{"name": "run", "emptyDir": {}}]
+        pod["securityContext"] = NON_ROOT
+        container["volumeMounts"] = [{"name": "run", "mountPath": "/mlinfra"}]
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
     spec: dict[str, Any] = {"backoffLimit": 0, "template": {
-        "metadata": {"labels": run_labels},
-        "spec": {"restartPolicy": "Never", "containers": [container],
-                 "volumes": [{"name": "artifacts",
-                              "persistentVolumeClaim": {"claimName": claim}}]
-                 if claim else []}}}
+        "metadata": {"labels": run_labels}, "spec": pod}}
     wait_s = 24 * 3600
     if run.timeout_s:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(run.timeout_s))
