@@ -57,11 +57,16 @@ def text(plan: Plan) -> list[tuple[str, str]]:
 
 def plan_notes(session: Session, plan: Plan) -> list[str]:
     """The lines `mlinfra plan` prints under the plan: the provider's (what Pulumi would
-    change) and each monitor's standing with what a breach would retrain."""
+    change), each schedule's next firings, and each monitor's standing with what a
+    breach would retrain."""
     from mlinfra.monitoring.planning import notes
 
-    return [*session.provider.plan_notes(session.ctx),
-            *notes(session.config, session.store, plan)]
+    found = list(session.provider.plan_notes(session.ctx))
+    if session.config.of("Schedule"):
+        from mlinfra.events.schedules import plan_notes as schedule_notes
+
+        found += schedule_notes(session.config)
+    return [*found, *notes(session.config, session.store, plan)]
 
 
 def saved_plan(root: Path, name: str) -> Plan:
