@@ -46,7 +46,9 @@ def test_put_then_read_from_another_machine(s3_server: S3Server, tmp_path: Path)
     assert stored["Body"].read() == src.read_bytes()
 
     reader = _store(tmp_path, f"s3://{bucket}/team", s3_server.url)  # an empty cache
-    assert reader.exists(sha) and reader.present(sha) and reader.intact(sha)
+    assert reader.exists(sha) and reader.present(sha)
+    assert not (reader.root / "blobs" / sha[:2] / sha).exists()  # present read 13 bytes
+    assert reader.intact(sha)
     assert reader.path(sha).read_bytes() == src.read_bytes()
     out = reader.materialize(sha, tmp_path / "copy" / "model.onnx")
     assert out.read_bytes() == src.read_bytes() and reader.is_copy(sha, out)

@@ -60,7 +60,8 @@ def test_validate_warns_when_a_shared_state_keeps_artifacts_locally(
     ("type: s3\npath: s3://b\ncredentials: {token: '${secret.T}'}\n", "credentials.token: "
      "'token' is not a s3 credential: use access_key_id, secret_access_key, session_token"),
     ("type: s3\npath: s3://b\nregion: '${secret.R}'\n", "secret 'R' can be used only in "
-     "command, params, env, requirements and a datastore's credentials"),
+     "command, params, env, requirements, a datastore's credentials and a webhook's url "
+     "and secret"),
     ("type: s3\npath: s3://b\ncredentials: {access_key_id: AKIA123}\n",
      "credentials.access_key_id: a credential is a whole ${secret.NAME}"),
 ])

@@ -195,7 +195,7 @@ def test_image_requirements_are_pinned(quickstart: Path, tmp_path: Path,
 def test_a_job_run_through_s3_is_a_job_without_volumes_under_pulumis_mocks(
         quickstart: Path, tmp_path: Path, s3_server: S3Server) -> None:
     """With artifacts on S3 a run's Job needs no claim: its pre-signed URLs travel in
-    the run's Secret (never in the Job), and the pod has no volume at all."""
+    the run's Secret (never in the Job), and the pod runs as a non-root user."""
     from mlinfra.data.objects import ObjectLocation
     from mlinfra.providers.manifests.kubernetes import run_job
     from mlinfra.providers.pulumi_program import kubernetes_program
@@ -236,8 +236,11 @@ def test_a_job_run_through_s3_is_a_job_without_volumes_under_pulumis_mocks(
         TRANSFER_ENV: inside.env[TRANSFER_ENV]}), "kubernetes").resources
     job = made["job-run-train-1a2b3c4d"][1]
     pod = job["spec"]["template"]["spec"]
-    assert pod["volumes"] == []
-    assert pod["containers"][0].get("volumeMounts", []) == []
+    # No claim: the run's files land in a volume of the pod's own, owned by its
+    # non-root user.
+    assert pod["volumes"] == [{"name": "run", "emptyDir": {}}]
+    assert pod["containers"][0]["volumeMounts"] == [{"name": "run", "mountPath": "/mlinfra"}]
+    assert pod["securityContext"]["runAsNonRoot"] is True
     assert spec["put"] not in json.dumps(job)  # the URLs only in the Secret
     secret = made["secret-run-train-1a2b3c4d"][1]["stringData"]
     assert _is_secret(secret) and TRANSFER_ENV in _unwrap(secret)

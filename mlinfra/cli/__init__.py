@@ -314,6 +314,28 @@ def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
+def _events(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    events = p.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
+    listing = events.add_parser("list", parents=[common],
+                                help="the newest events and their deliveries")
+    listing.add_argument("--failed", action="store_true",
+                         help="only events with a dead-lettered delivery")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    listing.add_argument("--limit", type=_positive, default=50)
+    show = events.add_parser("show", parents=[common], help="one event and its deliveries")
+    show.add_argument("event_id", metavar="ID")
+    again = events.add_parser("redeliver", parents=[common],
+                              help="send an event again to the webhooks that take it")
+    again.add_argument("event_id", metavar="ID")
+
+
+def _agent(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true",
+                   help="do what is due (schedules, deliveries) and exit")
+    _lock_option(p)
+    p.set_defaults(lock_timeout=300.0)
+
+
 Options = Callable[[argparse.ArgumentParser, argparse.ArgumentParser], None]
 
 # name: (handler as "module:function" in mlinfra.cli, imported only when run, so a plan
@@ -344,6 +366,9 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
                _output),
     "ci": ("ci:cmd_ci", "the Git-triggered loop: ci plan for pull requests, ci run for "
            "pushes", _ci),
+    "events": ("events:cmd_events", "events announced: list, show, redeliver", _events),
+    "agent": ("events:cmd_agent", "fire due schedules and deliver events (--once: what is "
+              "due now, then exit)", _agent),
     "studio": ("studio:cmd_studio", "a read-only web UI over the stack: plan, runs, "
                "metrics, models and lineage, data, endpoints", _studio),
     "history": ("ci:cmd_history", "every promotion decision: when, commit, trigger, versions, "

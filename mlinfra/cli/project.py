@@ -41,7 +41,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from mlinfra.spec.schemas import SCHEMAS, export
 
     if args.out:
-        for path in export(Path(args.out)):
+        from mlinfra.events.catalog import export as export_events
+
+        for path in [*export(Path(args.out)), *export_events(Path(args.out) / "events")]:
             echo(str(path))
         return 0
     if args.kind:

@@ -77,6 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         do_refresh=args.refresh)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
+        if not args.json and session.config.of("Schedule") and not args.destroy:
+            from mlinfra.events.schedules import plan_notes
+
+            notes = [*notes, *plan_notes(session.config)]
         if not args.json and not args.destroy:
             from mlinfra.monitoring.planning import notes as monitor_notes
 

@@ -96,8 +96,9 @@ def _shares(reference: dict[str, Any], current: Current) -> tuple[np.ndarray, np
 def wasserstein(quantiles: np.ndarray, values: np.ndarray) -> float:
     """The 1-Wasserstein distance between the distribution a quantile sketch describes
     and a sample, the integral of |F_ref - F_cur|, without sorting the sample: inside the
-    sketch's range on its grid of quantiles (the trapezoid rule, the sample's CDF at each
-    grid point from one searchsorted), beyond it from the sample's tails exactly."""
+    sketch's range on its points (the trapezoid rule; the sample's CDF at each point
+    from one searchsorted; tied points, a discrete column's, are steps), beyond it from
+    the sample's tails exactly."""
     if not len(values):
         return float("nan")
     grid = np.asarray(quantiles, dtype=np.float64)

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
+from mlinfra.events.handler import ScheduleHandler, WebhookHandler
 from mlinfra.handler import ScoringLauncher
 from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
@@ -67,6 +68,7 @@ _APPLIED: dict[str, type[Handler] | None] = {
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
     "Model": ModelHandler, "Promotion": PromotionHandler,
+    "Webhook": WebhookHandler, "Schedule": ScheduleHandler,
     # NOTE: scorings run on this machine on every stack so far.
     "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
@@ -407,7 +409,14 @@ class PulumiHandler(BaseHandler):
                 raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
                                     f"this stack ({ctx.config.stack.name}) uses the "
                                     f"{self.provider.name} provider")
-        return self.local.facts(res, ctx) if self.local is not None else {}
+        found = self.local.facts(res, ctx) if self.local is not None else {}
+        if self.kind == "Workspace" and self.provider.name == "kubernetes":
+            from mlinfra.providers.manifests.agent import agent_image
+
+            agent = agent_image(ctx.config)
+            if agent is not None:
+                found = {**found, "agent_image": agent}
+        return found
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         if self.local is not None and self.kind != "Endpoint":

@@ -24,7 +24,12 @@ from typing import Any
 
 from mlinfra.data.objects import ObjectLocation
 from mlinfra.data.versions import file_sha256
-from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore, _manifest
+from mlinfra.registry.artifacts import (
+    _MANIFEST_START,
+    ArtifactCorrupted,
+    ArtifactStore,
+    _manifest,
+)
 
 # A PUT of one request up to this size (s3fs sends larger files as multipart uploads,
 # where a whole-object checksum is not a PUT header).
@@ -105,18 +110,28 @@ class ObjectArtifactStore(ArtifactStore):
 
     def present(self, sha: str) -> bool:
         """The object, and for a folder every object its manifest lists, exists (and
-        has the size of the cached copy, when this machine has one): no download."""
+        has the size of the cached copy, when this machine has one). A file is not
+        downloaded: its first bytes show it is no folder manifest."""
         info = self._remote_info(sha)
         if info is None:
             return False
         cached = super()._blob(sha)
         if cached.is_file() and cached.stat().st_size != info.get("size"):
             return False
+        if not cached.is_file() and not self._starts_as_manifest(sha):
+            return True  # a file: its first bytes say so, without downloading it
         try:
             manifest = _manifest(self.path(sha), sha)
         except ArtifactCorrupted:
             return False
         return manifest is None or all(self.exists(f) for f in manifest.values())
+
+    def _starts_as_manifest(self, sha: str) -> bool:
+        loc = self.location
+        fs = loc.call("open", loc.filesystem)
+        head = loc.call("read", lambda: fs.cat_file(self._key(sha), start=0,
+                                                    end=len(_MANIFEST_START)))
+        return bytes(head) == _MANIFEST_START
 
     def intact(self, sha: str) -> bool:
         """Downloads the object (and a folder's files) again and hashes them."""

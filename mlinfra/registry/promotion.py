@@ -250,11 +250,13 @@ class PromotionHandler(BaseHandler):
             else:
                 reason = str(detail["reason"])
         DecisionLog(ctx.writer).record(change.address, PROMOTION, detail)
+        if not verdict.promoted and verdict.outcome in ("gates failed", "rejected"):
+            # (a promotion's alias move announces itself: model.promoted)
+            ctx.writer.emit("model.rejected", f"model.{model}", {
+                "model": model, "candidate": candidate.version, "champion": current,
+                "outcome": verdict.outcome, "reason": reason, "see": "mlinfra history"})
         promoted = verdict.promoted and not pending
         outcome = "pending" if pending else verdict.outcome
-        ctx.writer.emit("model.promoted" if promoted else "model.kept",
-                        f"model.{model}", {"alias": alias, "candidate": candidate.version,
-                                           "outcome": outcome, "reason": reason})
         kept = champion or lost
         now = candidate.ref if promoted else (kept.ref if kept else "nothing")
         ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} "
@@ -358,8 +360,7 @@ class PromotionHandler(BaseHandler):
         ModelRegistry(kept).set_tags(model, candidate.version,
                                      {REJECTED_TAG: why, ROLLOUT_TAG: record["status"]})
         detail.update(outcome=record["status"], to=champion.version, reason=why)
+        # (the endpoint's rollback announces itself: rollout.rolled_back)
         DecisionLog(kept).record(change.address, PROMOTION, detail)
-        kept.emit("rollout.rolled_back", f"model.{model}",
-                  {"candidate": candidate.version, "alias": alias, "reason": why})
         raise ProviderError(change.address, f"{why}; traffic and {model}@{alias} are back "
                             f"on {champion.ref}")

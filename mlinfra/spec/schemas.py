@@ -459,6 +459,54 @@ def _promotion() -> Schema:
     }, ["model"])
 
 
+def _webhook() -> Schema:
+    return _kind("Webhook", "Events delivered over HTTP as they happen, signed as Standard "
+                 "Webhooks specifies (webhook-id, webhook-timestamp, webhook-signature), "
+                 "at least once, retried with backoff for up to a day.", {
+        "url": _string("Where events are POSTed: an http:// or https:// URL (a "
+                       "${secret.X} when the URL itself is a credential, as Slack's are).",
+                       minLength=1),
+        "secret": _string("The signing key, as ${secret.NAME} (a whsec_... key of Standard "
+                          "Webhooks, or any text). Without it, events are sent unsigned."),
+        "events": _s("Event types delivered (the catalog's names, e.g. model.promoted); "
+                     "* globs: rollout.*, *.", type="array", minItems=1,
+                     items={"type": "string", "minLength": 1}, default=["*"]),
+        "format": _string("cloudevents: the CloudEvents 1.0 JSON envelope (structured "
+                          "mode); slack: a Slack incoming-webhook message.",
+                          enum=["cloudevents", "slack"], default="cloudevents"),
+        "retry": _obj("How failed deliveries are retried (5xx, 408, 429, connection "
+                      "errors): exponential backoff with jitter.", {
+            "first": {**_DURATION, "description": "Wait before the second try. "
+                      + _DURATION_TEXT, "default": "5s"},
+            "max": {**_DURATION, "description": "Longest wait between tries. "
+                    + _DURATION_TEXT, "default": "1h"},
+            "for": {**_DURATION, "description": "How long after the first try tries go "
+                    "on; then the event is dead-lettered. " + _DURATION_TEXT,
+                    "default": "24h"},
+        }),
+    }, ["url"])
+
+
+def _schedule() -> Schema:
+    return _kind("Schedule", "Work run on a clock by `mlinfra agent` (or `agent --once` from "
+                 "cron, a Kubernetes CronJob or a GitHub Actions schedule).", {
+        "cron": _string("Five-field cron expression, in `timezone`.", minLength=1),
+        "every": {**_DURATION, "description": "Or: an interval, fired at its multiples "
+                  "since the Unix epoch. " + _DURATION_TEXT},
+        "timezone": _string("IANA time zone the cron expression is read in.",
+                            default="UTC", minLength=1),
+        "run": _s("What fires: {monitor: NAME}, {pipeline: NAME} (retrain on the latest "
+                  "data) or {apply: true}.", type="object", minProperties=1,
+                  maxProperties=1, additionalProperties=False, properties={
+                      "monitor": _name_ref("Monitor to run"),
+                      "pipeline": _name_ref("Pipeline to run on the latest data"),
+                      "apply": _s("Apply the whole stack.", const=True)}),
+        "catchup": _s("Fire every instant missed while no agent ran (at most 100); "
+                      "false fires only the newest.", type="boolean", default=False),
+        "overlap": _string("forbid: an instant is not fired while the schedule's previous "
+                           "run is still under way; allow: it is.",
+                           enum=["forbid", "allow"], default="forbid"),
+    }, ["run"], oneOf=[{"required": ["cron"]}, {"required": ["every"]}])
 def _monitor() -> Schema:
     numeric = ["normalized_wasserstein", "jensen_shannon", "psi", "ks"]
     categorical = ["jensen_shannon", "psi", "l_infinity", "chi_squared"]
@@ -614,7 +662,7 @@ def _batch_endpoint() -> Schema:
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
     _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor(),
-    _batch_endpoint())}
+    _batch_endpoint(), _webhook(), _schedule())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mlinfra.data.remote import datastore_location
 from mlinfra.handler import datastore_path, workspace_dir
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
@@ -76,8 +75,11 @@ class DatastoreHandler(BaseHandler):
     object storage, its bucket must exist and be reachable with its credentials."""
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
-        location = datastore_location(res.name, res.spec)
-        if location is not None:
+        if res.spec.get("type", "local") != "local":
+            from mlinfra.data.remote import datastore_location
+
+            location = datastore_location(res.name, res.spec)
+            assert location is not None
             fs = location.call("open", location.filesystem)
             location.call("reach", lambda: fs.ls(location.bucket, detail=False, refresh=True))
             return {}
@@ -98,8 +100,11 @@ class DatastoreHandler(BaseHandler):
         return Applied({"path": str(path)}, provider_id=str(path))
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
-        location = datastore_location(state.name, state.attributes)
-        if location is not None:
+        if state.attributes.get("type", "local") != "local":
+            from mlinfra.data.remote import datastore_location
+
+            location = datastore_location(state.name, state.attributes)
+            assert location is not None
             fs = location.call("open", location.filesystem)
             if not location.call("reach", lambda: fs.exists(location.bucket)):
                 return Observed(False, f"its bucket {location.bucket} no longer exists")

@@ -23,7 +23,7 @@ SERVER_PORT = 8080
 VENV = "/opt/mlinfra/venv"
 HELPER_DIR = "/opt/mlinfra/helper"
 
-_INSTALL = f"""\
+INSTALL = f"""\
 COPY requirements.txt /opt/mlinfra/requirements.txt
 COPY wheels/ /opt/mlinfra/wheels/
 RUN python3 -m venv {VENV} \\
@@ -126,7 +126,7 @@ def environment_context(config: Config, env: Resource, lock: list[str] | None = 
     requirements = ("".join(line + "\n" for line in lock) if lock
                     else _requirements(config, env))
     dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
-                  + _INSTALL
+                  + INSTALL
                   + f"COPY helper/ {HELPER_DIR}/\n"
                   + f"ENV PYTHONPATH={HELPER_DIR}\n"
                   + "WORKDIR /code\n")
@@ -138,7 +138,7 @@ def environment_context(config: Config, env: Resource, lock: list[str] | None = 
 
 def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, ...]:
     dockerfile = (f"# the mlinfra endpoint server (ONNX Runtime)\nFROM {base_image(config)}\n"
-                  + _INSTALL
+                  + INSTALL
                   + "COPY src/ /opt/mlinfra/src/\n"
                   + "COPY entrypoint.py /opt/mlinfra/entrypoint.py\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n"
@@ -196,7 +196,7 @@ def monitor_context(config: Config) -> tuple[ContextFile, ...]:
     """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
     monitor run` loads the project as on this machine."""
     package = Path(__file__).resolve().parent.parent.parent
-    dockerfile = (f"# mlinfra monitor run\nFROM {base_image(config)}\n" + _INSTALL
+    dockerfile = (f"# mlinfra monitor run\nFROM {base_image(config)}\n" + INSTALL
                   + "COPY src/ /opt/mlinfra/src/\n"
                   + f"COPY project/ {PROJECT_DIR}/\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n"
@@ -250,7 +250,7 @@ def scoring_context(config: Config) -> tuple[ContextFile, ...]:
     except importlib.metadata.PackageNotFoundError:
         arrow = "pyarrow"
     dockerfile = (f"# mlinfra batch scoring (ONNX Runtime, pyarrow)\nFROM {base_image(config)}\n"
-                  + _INSTALL + "COPY src/ /opt/mlinfra/src/\n"
+                  + INSTALL + "COPY src/ /opt/mlinfra/src/\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n")
     package = Path(__file__).resolve().parent.parent.parent
     files = [ContextFile("Dockerfile", dockerfile),

@@ -7,7 +7,8 @@ default datastore; as apply runs it: one Job per run, `run_job`, reading and wri
 the run's folder in the stack's artifacts folder through a PersistentVolumeClaim);
 Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with its model, a
 Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with its keys and one
-Gateway API HTTPRoute whose backend weights carry `traffic`.
+Gateway API HTTPRoute whose backend weights carry `traffic`. Schedules and webhooks ->
+the agent's image and one-replica Deployment (`agent.py`), with a state on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mlinfra.providers.manifests import (
     SecretValue,
     labels,
 )
+from mlinfra.providers.manifests.agent import render_agent
 from mlinfra.providers.manifests.images import (
     PROJECT_DIR,
     SERVER_PORT,
@@ -308,12 +310,18 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
     if resources:
         container["resources"] = resources
     run_labels = labels(config.name, config.stack.name, owner, run=run.run_id)
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if claim:
+        pod["volumes"] = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}]
+    else:
+        # Through the artifact store: the run's files land in a volume of the pod's own,
+        # which its non-root user owns (fsGroup), so the run needs no root.
+        pod["volumes"] = [{"name": "run", "emptyDir": {}}]
+        pod["securityContext"] = NON_ROOT
+        container["volumeMounts"] = [{"name": "run", "mountPath": "/mlinfra"}]
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
     spec: dict[str, Any] = {"backoffLimit": 0, "template": {
-        "metadata": {"labels": run_labels},
-        "spec": {"restartPolicy": "Never", "containers": [container],
-                 "volumes": [{"name": "artifacts",
-                              "persistentVolumeClaim": {"claimName": claim}}]
-                 if claim else []}}}
+        "metadata": {"labels": run_labels}, "spec": pod}}
     wait_s = 24 * 3600
     if run.timeout_s:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(run.timeout_s))
@@ -592,6 +600,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     env_images = _images(config, objects, inputs)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
+    render_agent(config, objects, namespace(config), secrets, SECRETS)
     _monitors(config, objects, inputs, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
     if any(m.url for e in endpoints for m in inputs.models[e.name].values()):
