@@ -22,6 +22,7 @@ from mlinfra.serving import status, v2
 from mlinfra.serving.access_log import AccessLog
 from mlinfra.serving.auth import authorized, bearer
 from mlinfra.serving.captures import Captures
+from mlinfra.serving.catchall import CatchAll
 from mlinfra.serving.connections import ClientNoise
 from mlinfra.serving.errors import ClientError, InferenceFailed
 from mlinfra.serving.http import JSON, Answer, error_answer, read_body
@@ -198,8 +199,8 @@ class EndpointApp:
         return Answer(200, orjson.dumps(v2.metadata(table, deployment.model)))
 
 
-def create_app() -> EndpointApp:
+def create_app() -> CatchAll:
     """uvicorn's factory, in each worker: the config file comes from
     MLINFRA_ENDPOINT_CONFIG."""
     logging.getLogger("uvicorn.error").addFilter(ClientNoise())
-    return EndpointApp(Path(os.environ["MLINFRA_ENDPOINT_CONFIG"]))
+    return CatchAll(EndpointApp(Path(os.environ["MLINFRA_ENDPOINT_CONFIG"])))
