@@ -231,7 +231,7 @@ def test_damaged_json_in_a_row_is_a_damaged_state(backend: Backend) -> None:
     reader = backend.open(readonly=True)
     try:
         for read in (reader.resources, lambda: reader.get("compute.a")):
-            with pytest.raises(StateCorrupted, match=r"compute\.a holds invalid JSON"):
+            with pytest.raises(StateCorrupted, match=r"compute\.a outputs holds invalid JSON"):
                 read()
     finally:
         reader.close()

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mlinfra.errors import MlinfraError
 from mlinfra.state import libpq
@@ -43,6 +43,7 @@ from mlinfra.state.store import (
     StateStore,
     StateUnavailable,
     current_user,
+    meta_int,
     new_lineage,
     upsert,
 )
@@ -70,7 +71,17 @@ class PostgresLocation:
     is shown (without its password)."""
 
     def __init__(self, url: str, project: str, stack: str) -> None:
-        parts = urlsplit(url)
+        scheme, user, password, rest = _credentials(url)
+        # What is shown of the URL never holds its password, whatever it holds.
+        masked = f"{scheme}://{user}{':***' if password is not None else ''}" \
+                 f"{'@' if user or password is not None else ''}"
+        try:
+            parts = urlsplit(f"{scheme}://{user}{'@' if user else ''}{rest}")
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as err:
+            raise MlinfraError(f"state: the URL {masked}{rest} is malformed ({err}): "
+                               "postgresql://USER@HOST[:PORT]/DB, an IPv6 host in "
+                               "brackets ([::1])") from None
         query = parse_qsl(parts.query, keep_blank_values=True)
         named = [value for key, value in query if key == "schema"]
         if len(named) > 1:
@@ -82,19 +93,37 @@ class PostgresLocation:
                                "name: use lowercase letters, digits and _ (at most 63), "
                                "e.g. ?schema=mlinfra_fraud_prod")
         self.options = " ".join(value for key, value in query if key == "options")
-        rest = [(key, value) for key, value in query if key not in ("schema", "options")]
-        if not any(key == "connect_timeout" for key, _ in rest) and \
+        rest_query = [(key, value) for key, value in query if key not in ("schema", "options")]
+        if not any(key == "connect_timeout" for key, _ in rest_query) and \
                 "PGCONNECT_TIMEOUT" not in os.environ:
-            rest.append(("connect_timeout", "10"))
-        self.conninfo = _unsplit(parts._replace(query=urlencode(rest)))
+            rest_query.append(("connect_timeout", "10"))
         netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-        self.display = _unsplit(parts._replace(netloc=netloc, query=urlencode(
+        if password is not None:  # percent-encoded, so #, / and @ in it reach libpq whole
+            netloc = f"{user}:{quote(password, safe=_PASSWORD_SAFE)}@{parts.netloc[len(user) + 1:]}"
+        self.conninfo = _unsplit(parts._replace(netloc=netloc, query=urlencode(rest_query)))
+        hidden = f"{user}:***@{parts.netloc[len(user) + 1:]}" if password is not None \
+            else parts.netloc
+        self.display = _unsplit(parts._replace(netloc=hidden, query=urlencode(
             [(k, "***" if k == "password" else v) for k, v in query if k != "options"],
             safe="*")))
         if not named:
             self.display += ("&" if parts.query else "?") + f"schema={self.schema}"
+
+
+# NOTE: `%` stays as written: a password may already be percent-encoded, as RFC 3986
+# asks; whatever else it holds is encoded here.
+_PASSWORD_SAFE = "%!$&'()*+,;=~-._"
+
+
+def _credentials(url: str) -> tuple[str, str, str | None, str]:
+    """(scheme, user, password or None, the rest) of a URL whose password may hold any
+    character, `#`, `/` and `@` included: the credentials end at the URL's last `@`."""
+    scheme, _, remainder = url.partition("://")
+    if "@" not in remainder:
+        return scheme, "", None, remainder
+    userinfo, _, rest = remainder.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, rest
 
 
 def _unsplit(parts: SplitResult) -> str:
@@ -491,7 +520,8 @@ def _format_version(meta: dict[str, str], store: _PostgresSession) -> int:
     if not meta.get("lineage") or "format_version" not in meta:
         raise StateCorrupted(f"the schema '{store.schema}' of {store.location} is not an "
                              "mlinfra state: it has no lineage or format version")
-    version = int(meta["format_version"])
+    meta_int(meta.get("serial"), "serial", store.location)
+    version = meta_int(meta["format_version"], "format_version", store.location)
     if version > latest_version():
         raise MlinfraError(f"the state {store.location} has schema version {version}; "
                            f"this mlinfra reads up to version {latest_version()}: "

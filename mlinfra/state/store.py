@@ -67,14 +67,32 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def row_json(text: str, where: str) -> Any:
-    """A JSON column of a state row; a damaged one is a damaged state, not a crash."""
+RESTORE = ("Restore the backup copy (state.db.backup, or the database's own backup) or "
+           "remove the row with mlinfra state rm.")
+
+
+def row_json(text: str, where: str, kind: type | None = None) -> Any:
+    """A JSON column of a state row, of `kind` (dict, list) when given; a damaged one is
+    a damaged state, not a crash."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (TypeError, ValueError) as err:
         raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
-                             "Restore the backup copy (state.db.backup, or the database's "
-                             "own backup) or remove the row with mlinfra state rm.") from None
+                             + RESTORE) from None
+    if kind is not None and not isinstance(value, kind):
+        raise StateCorrupted(f"the state is damaged: {where} holds {type(value).__name__} "
+                             f"JSON where {'an object' if kind is dict else 'a list'} "
+                             "belongs. " + RESTORE)
+    return value
+
+
+def meta_int(value: Any, key: str, location: str) -> int:
+    """A number kept in the meta table (serial, format_version)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise StateCorrupted(f"the state {location} is damaged: its {key} is "
+                             f"{str(value)[:40]!r}, not a number. " + RESTORE) from None
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -165,19 +183,17 @@ class StateStore(ABC):
 
     def version(self) -> StateVersion:
         rows = dict(self.query("SELECT key, value FROM meta WHERE key IN ('lineage','serial')"))
-        return StateVersion(lineage=rows["lineage"], serial=int(rows["serial"]))
+        if "lineage" not in rows or "serial" not in rows:
+            raise StateCorrupted(f"the state {self.location} is damaged: its meta table has "
+                                 f"no {'lineage' if 'lineage' not in rows else 'serial'}. "
+                                 + RESTORE)
+        return StateVersion(lineage=str(rows["lineage"]),
+                            serial=meta_int(rows["serial"], "serial", self.location))
 
     def resources(self) -> dict[str, ResourceState]:
-        rows = self.query(_SELECT_RESOURCES)
-        # The JSON columns of every row in one parse: a third of the time of one each.
-        try:
-            values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
-        except ValueError:
-            for row in rows:  # name the damaged row
-                _resource(row)
-            raise
-        return {r[0]: ResourceState(r[0], r[1], r[2], v[0], r[4], v[1], r[6], v[2], r[8])
-                for r, v in zip(rows, values, strict=True)}
+        # NOTE: each JSON column is parsed on its own: a damaged value parsed with its
+        # neighbours could be read as other columns.
+        return {row[0]: _resource(row) for row in self.query(_SELECT_RESOURCES)}
 
     def get(self, address: str) -> ResourceState | None:
         rows = self.query(_SELECT_RESOURCES + " WHERE address=?", (address,))
@@ -286,9 +302,11 @@ class StateStore(ABC):
 def _resource(row: tuple[Any, ...]) -> ResourceState:
     where = f"resource {row[0]}"
     return ResourceState(address=row[0], kind=row[1], name=row[2],
-                         attributes=row_json(row[3], where), inputs_hash=row[4],
-                         outputs=row_json(row[5], where), provider_id=row[6],
-                         dependencies=row_json(row[7], where), updated_at=row[8])
+                         attributes=row_json(row[3], f"{where} attributes", dict),
+                         inputs_hash=row[4], outputs=row_json(row[5], f"{where} outputs", dict),
+                         provider_id=row[6],
+                         dependencies=row_json(row[7], f"{where} dependencies", list),
+                         updated_at=row[8])
 
 
 def new_lineage() -> str:
