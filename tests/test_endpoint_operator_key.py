@@ -36,7 +36,7 @@ def listening() -> Iterator[tuple[str, list[dict[str, str]]]]:
     seen: list[dict[str, str]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        def do_POST(self) -> None:
             seen.append({k.lower(): v for k, v in self.headers.items()})
             self.rfile.read(int(self.headers.get("content-length", 0)))
             body = b'{"ok": true}'
