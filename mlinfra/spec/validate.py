@@ -205,7 +205,9 @@ class _References:
         if os.path.commonpath([root, target]) != root:
             self.add(res, path, f"'{value}' escapes the project folder")
         elif must_exist and not os.path.exists(target):
-            self.add(res, path, f"'{value}' does not exist")
+            looped = os.path.islink(target)  # realpath stops where a loop of links starts
+            self.add(res, path, f"'{value}' is a loop of symbolic links" if looped
+                     else f"'{value}' does not exist")
 
     def run(self) -> list[Problem]:
         workspaces = list(self.config.of("Workspace").values())

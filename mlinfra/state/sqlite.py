@@ -39,6 +39,7 @@ from mlinfra.state.store import (
     StateStore,
     current_user,
     new_lineage,
+    on_this_machine,
     pid_alive,
 )
 
@@ -253,7 +254,7 @@ class SqliteStore(StateStore):
 
 def _is_stale(info: LockInfo) -> bool:
     """A lock taken on this host by a process that no longer runs."""
-    return info.host == HOST and not pid_alive(info.pid)
+    return on_this_machine(info.host) and not pid_alive(info.pid)
 
 
 def _memory() -> sqlite3.Connection:

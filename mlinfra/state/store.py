@@ -10,6 +10,7 @@ than INSERT OR REPLACE, and no rowid.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from mlinfra.errors import MlinfraError
@@ -37,7 +39,56 @@ class StateUnavailable(MlinfraError):
     """The state's server cannot be reached, or refused the connection."""
 
 
-HOST = os.uname().nodename
+def machine_id() -> str:
+    """This machine's persistent identity: systemd's /etc/machine-id (or D-Bus's copy),
+    else an id made once and kept in mlinfra's cache. Never the host name, which two
+    machines (containers, CI runners) may share and which changes with the network."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if len(text) >= 16 and text.isalnum():
+            return text.lower()
+    from mlinfra import cache_dir
+
+    kept = cache_dir() / "machine-id"
+    try:
+        text = kept.read_text().strip()
+        if len(text) >= 16 and text.isalnum():
+            return text
+    except OSError:
+        pass
+    made = os.urandom(16).hex()
+    tmp = kept.with_name(f".machine-id.{os.getpid()}")
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(made + "\n")
+        os.link(tmp, kept)  # the first one made wins
+    except FileExistsError:
+        return kept.read_text().strip()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return made
+
+
+MACHINE = machine_id()[:12]
+# How runs, locks and journal entries name the machine they belong to: its name for
+# people, and after `~` its identity, which decides.
+HOST = f"{os.uname().nodename}~{MACHINE}"
+
+
+def on_this_machine(host: str | None) -> bool:
+    """Whether `host` (as HOST was recorded) is this machine. A row written before
+    machines had an identity names only the host name."""
+    if not host:
+        return False
+    if "~" in host:
+        return host.rsplit("~", 1)[1] == MACHINE
+    return host == os.uname().nodename
 
 
 def current_user() -> str:
@@ -255,7 +306,7 @@ class StateStore(ABC):
         rows = self.query("SELECT id, address, action, pid, host, started_at, status, detail "
                           "FROM journal WHERE status='pending'")
         entries = [JournalEntry(*row) for row in rows]
-        return [e for e in entries if not (e.host == HOST and pid_alive(e.pid))]
+        return [e for e in entries if not (on_this_machine(e.host) and pid_alive(e.pid))]
 
     def close_interrupted(self, entries: list[JournalEntry]) -> None:
         with self.transaction() as cur:
