@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from mlinfra.errors import Record
 
 # Interpolations: ${var.X}, ${secret.X}, ${inputs.X}, ${steps.S.outputs.O}, ...
 INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
@@ -59,14 +58,20 @@ class Ref(NamedTuple):
         return self.name
 
 
-class Resource(Record):
+@dataclass(slots=True, init=False)
+class Resource:
     """One document of the project: a kind, a unique name within it, and its fields.
 
     `spec` holds the document after variables are filled in; `${secret.X}` and a
     sensitive `${var.X}` stay as written (see spec.sensitive).
     """
 
-    __slots__ = ("kind", "name", "spec", "file", "doc", "address")
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    file: str
+    doc: int
+    address: str
 
     def __init__(self, kind: str, name: str, spec: dict[str, Any], file: str,
                  doc: int) -> None:
@@ -79,11 +84,18 @@ class Resource(Record):
         return f"{self.kind.lower()}/{self.name}"
 
 
-class Stack(Record):
+@dataclass(slots=True, init=False)
+class Stack:
     """A binding of the project to a provider, a state location and variables.
     `file` None: the implicit local stack."""
 
-    __slots__ = ("name", "provider", "state", "variables", "settings", "file", "artifacts")
+    name: str
+    provider: str
+    state: str | None
+    variables: dict[str, Any]
+    settings: dict[str, Any]
+    file: str | None
+    artifacts: str | None
 
     def __init__(self, name: str, provider: str = "local", state: str | None = None,
                  variables: dict[str, Any] | None = None,
@@ -95,14 +107,20 @@ class Stack(Record):
         self.settings = settings if settings is not None else {}
 
 
-class Config(Record):
+@dataclass(slots=True, init=False)
+class Config:
     """A loaded and valid project: every resource, by kind then name.
 
     `sensitive` holds the values of the variables declared `sensitive: true`; specs keep
     `${var.NAME}` for them, as for secrets, and only a process that needs one gets it.
     """
 
-    __slots__ = ("root", "name", "stack", "resources", "files", "sensitive")
+    root: Path
+    name: str
+    stack: Stack
+    resources: dict[str, dict[str, Resource]]
+    files: list[str]
+    sensitive: dict[str, Any]
 
     def __init__(self, root: Path, name: str, stack: Stack,
                  resources: dict[str, dict[str, Resource]], files: list[str],

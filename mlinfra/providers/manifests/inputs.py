@@ -5,10 +5,10 @@ the registry and the artifact store; rendering itself reads nothing."""
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.errors import Record
 from mlinfra.spec.model import Config, Ref
 
 # What the endpoint server imports (mlinfra.serving stands apart from the rest of
@@ -17,10 +17,14 @@ SERVING_DISTRIBUTIONS = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 
 
-class ModelFile(Record):
+@dataclass(slots=True, init=False)
+class ModelFile:
     """The version a deployment serves and the stored file holding it."""
 
-    __slots__ = ("name", "version", "sha256", "path")
+    name: str
+    version: int
+    sha256: str
+    path: Path
 
     def __init__(self, name: str, version: int, sha256: str, path: Path) -> None:
         self.name, self.version, self.sha256, self.path = name, version, sha256, path
@@ -30,13 +34,17 @@ class ModelFile(Record):
         return f"{self.name}:{self.version}"
 
 
-class StackInputs(Record):
+@dataclass(slots=True, init=False)
+class StackInputs:
     """Everything rendering reads besides the configuration. `models` maps an endpoint's
     name to its deployments' files; an endpoint in `unresolved` (address -> why) is left
     out until its models resolve."""
 
-    __slots__ = ("models", "unresolved", "datastores", "serving_requirements",
-                 "serving_sources")
+    models: dict[str, dict[str, ModelFile]]
+    unresolved: dict[str, str]
+    datastores: dict[str, Path]
+    serving_requirements: list[str]
+    serving_sources: list[tuple[str, Path]]
 
     def __init__(self, models: dict[str, dict[str, ModelFile]] | None = None,
                  unresolved: dict[str, str] | None = None,

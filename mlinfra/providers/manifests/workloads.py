@@ -10,9 +10,9 @@ its outputs to runs/RUN/ in the default datastore, where a later step reads them
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
-from mlinfra.errors import Record
 from mlinfra.graph import default_datastore
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
@@ -26,11 +26,18 @@ def datastore_mount(name: str) -> str:
     return f"{DATASTORES}/{name}"
 
 
-class JobRun(Record):
+@dataclass(slots=True, init=False)
+class JobRun:
     """One container run to completion: a job, or a pipeline's step (`key` is the job's
     name or PIPELINE-STEP). `after` names the runs whose outputs it reads."""
 
-    __slots__ = ("key", "owner", "job", "command", "after", "env", "timeout_s")
+    key: str
+    owner: str
+    job: Resource
+    command: str
+    after: tuple[str, ...]
+    env: dict[str, str | SecretValue]
+    timeout_s: float | None
 
     def __init__(self, key: str, owner: str, job: Resource, command: str,
                  after: tuple[str, ...], env: dict[str, str | SecretValue],
