@@ -85,6 +85,8 @@ def test_the_operator_key_stays_home_and_can_be_replaced(
         given = cli("endpoints", "invoke", "api", "--data", str(body), "--url", elsewhere,
                     "--key", "mlk_theirs")
         assert given.code == 0 and seen[0]["authorization"] == "Bearer mlk_theirs"
+        assert call(url, None, "GET", "/metrics")[0] == 401  # /metrics needs a key
+        assert call(url, old_key, "GET", "/metrics")[0] == 200
         own = cli("endpoints", "invoke", "api", "--data", str(body), "--url", url + "/")
         assert own.code == 0 and "HTTP 200" in own.err
 

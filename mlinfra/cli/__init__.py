@@ -264,8 +264,11 @@ def _history(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> Non
 
 
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    p.add_argument("address", nargs="?", help="one resource only")
+    p.add_argument("address", nargs="?", help="one resource (ADDR), or one of its outputs "
+                   "(ADDR.FIELD)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("-raw", "--raw", action="store_true",
+                   help="one output's value as plain text, for scripts (as Terraform's)")
 
 
 Options = Callable[[argparse.ArgumentParser, argparse.ArgumentParser], None]

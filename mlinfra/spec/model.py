@@ -29,6 +29,17 @@ def duration_s(value: Any) -> float | None:
     return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
 
 
+def duration_in(value: Any, unit_s: float, default: float) -> float:
+    """A duration field in the unit its name gives (`_ms`: 0.001, `_s`: 1): a number in
+    that unit, or a string with its own unit ('2s' in a `_ms` field is 2000)."""
+    if value is None:
+        return default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    seconds = duration_s(value)
+    return default if seconds is None else seconds / unit_s
+
+
 class Ref(NamedTuple):
     """A reference to a versioned resource: `fraud`, `fraud:3` or `fraud@champion`.
 

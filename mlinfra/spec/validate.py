@@ -347,6 +347,25 @@ class _References:
                 self._run_output(res, ("evaluation", "data"), data)
             else:
                 self.ref(res, ("evaluation", "data"), "Data", data)
+            metrics = evaluation.get("metrics") or []
+            self._one_task(res, [(("evaluation", "metrics", i), m)
+                                 for i, m in enumerate(metrics) if isinstance(m, str)])
+
+    def _one_task(self, res: Resource, metrics: list[tuple[Path_, str]]) -> None:
+        """A model is a classifier or a regressor: metrics of both can never all be
+        computed, so the first of the other task than the first metric's is refused."""
+        first: tuple[str, str] | None = None
+        for path, metric in metrics:
+            task = _task_of(metric)
+            if task is None:
+                continue
+            if first is None:
+                first = (metric, task)
+            elif task != first[1]:
+                self.add(res, path, f"'{metric}' is a {task} metric and '{first[0]}' a "
+                         f"{first[1]} one: a model is a classifier or a regressor, never "
+                         "both")
+                return
 
     def _run_output(self, res: Resource, path: Path_, source: dict[str, Any]) -> None:
         """{job, output} or {pipeline, step, output}: each name must exist."""
@@ -418,6 +437,7 @@ class _References:
             for path, metric in compared + bounded:
                 if isinstance(metric, str):
                     self._evaluated(res, path, found, metric)
+            self._one_task(res, [(p, m) for p, m in compared + bounded if isinstance(m, str)])
         for index, data in enumerate(gates.get("data") or []):
             self.ref(res, ("gates", "data", index), "Data", data)
         rollout = spec.get("rollout")
@@ -450,6 +470,16 @@ class _References:
             self.add(res, path, f"the evaluation of model '{model.name}' does not produce "
                      f"'{metric}' (it produces {', '.join(produced)})"
                      f"{did_you_mean(metric, produced)}: add it to its evaluation.metrics")
+
+
+def _task_of(metric: str) -> str | None:
+    from mlinfra.spec.schemas import EVALUATION_METRICS
+
+    if metric in EVALUATION_METRICS["regression"]:
+        return "regression"
+    if metric in EVALUATION_METRICS["binary"] or metric in EVALUATION_METRICS["multiclass"]:
+        return "classifier"
+    return None
 
 
 def check_references(config: Config) -> list[Problem]:

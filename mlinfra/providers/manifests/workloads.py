@@ -16,7 +16,15 @@ from typing import Any
 from mlinfra.graph import default_datastore
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
-from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource, duration_s
+from mlinfra.spec.model import (
+    INTERPOLATION,
+    OUTPUT_REF,
+    Config,
+    Ref,
+    Resource,
+    duration_in,
+    duration_s,
+)
 
 DATASTORES = "/mnt/datastores"
 STATUS_DIR = "/tmp/mlinfra/status"
@@ -181,9 +189,10 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         model = models[name]
         deployments[name] = {
             "model": model.name, "version": model.version, "sha256": model.sha256,
-            "path": model_path[name], "timeout_ms": request.get("timeout_ms", 5000),
+            "path": model_path[name],
+            "timeout_ms": duration_in(request.get("timeout_ms"), 0.001, 5000),
             "max_batch_size": request.get("max_batch_size", 32),
-            "max_batch_delay_ms": request.get("max_batch_delay_ms", 2)}
+            "max_batch_delay_ms": duration_in(request.get("max_batch_delay_ms"), 0.001, 2)}
     collect = dict(endpoint.spec.get("collect") or {})
     if collect.get("sample"):
         store = collect.pop("datastore", None) or default_datastore(config)
