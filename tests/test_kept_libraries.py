@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize("name", [
     "mlinfra.spec.model:Resource", "mlinfra.spec.model:Stack", "mlinfra.spec.model:Config",
     "mlinfra.plan.model:Desired", "mlinfra.plan.model:Change", "mlinfra.plan.model:Plan",
-    "mlinfra.state.model:ResourceState", "mlinfra.providers.base:Applied",
+    "mlinfra.state.model:ResourceState", "mlinfra.handler:Applied",
     "mlinfra.runs.containers:Mount", "mlinfra.runs.containers:Finished",
     "mlinfra.providers.manifests:RenderedObject"])
 def test_plain_data_are_slotted_dataclasses(name: str) -> None:
