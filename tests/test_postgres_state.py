@@ -235,7 +235,8 @@ def test_two_clones_apply_at_once_and_kill_9_frees_the_lock(
     slow = _apply(first, sleep=60)
     waiting = None
     try:
-        held = _holder(location, lambda info: info is not None and info.id != "")
+        # its row written (until then the holder is named by its session alone)
+        held = _holder(location, lambda info: info is not None and info.pid != 0)
         assert held is not None and held.pid == slow.pid and held.command == "apply"
         refused = _apply(second)
         out, err = refused.communicate(timeout=120)
