@@ -145,3 +145,24 @@ def test_pyyaml_without_libyaml_reads_projects(monkeypatch: pytest.MonkeyPatch,
     assert read.problems == [] and read.documents[1]["y"] == 1
     assert read.documents[0] == {"kind": "Data", "name": "a", "tags": {"team": "x"}}
     assert yamlfile.Locator(read.text).locate(1, ("name",)) == (6, 7)
+
+
+def test_run_and_model_json_of_the_wrong_type_is_reported(tmp_path: Path) -> None:
+    from mlinfra.registry.models import ModelRegistry
+    from mlinfra.runs.store import Run, RunStore
+
+    path = _state(tmp_path)
+    store = SqliteStore(path, command="test")
+    RunStore(store).save(Run(id="train-1", job="train", experiment="train", run_hash="h",
+                             status="completed", outputs={"model": "ab" * 32}))
+    ModelRegistry(store).register("m", "cd" * 32, "onnx", {"inputs": []}, "train-1", {},
+                                  {"rmse": 1.0}, {})
+    store.close()
+    _damage(path, "UPDATE runs SET outputs='[1, 2]'")
+    _damage(path, "UPDATE models SET metrics='\"fast\"'")
+    store = SqliteStore(path, command="test", readonly=True)
+    with pytest.raises(StateCorrupted, match="run train-1 outputs holds list JSON"):
+        RunStore(store).get("train-1")
+    with pytest.raises(StateCorrupted, match="model m:1 metrics holds str JSON"):
+        ModelRegistry(store).versions("m")
+    store.close()
