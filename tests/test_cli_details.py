@@ -8,7 +8,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import Files, Result
+from tests.conftest import Files, Result, onnx_model
 
 JOB = """\
 kind: Job
@@ -75,6 +75,13 @@ def test_a_model_has_metrics_of_one_task(project: Callable[[Files], Path],
     assert "'auc' is a classifier metric and 'rmse' a regression one" in cli("validate").err
     (root / "model.yaml").write_text(MODEL.format(metrics="[rmse, mae]", compare="rmse",
                                                   gate="mae"))
+    assert cli("validate").code == 0
+    (root / "m.onnx").write_bytes(onnx_model())  # a classifier: labels, probabilities
+    refused = cli("validate")
+    assert refused.code == 1 and ("evaluation.metrics[0]: 'rmse' is a regression metric "
+                                  "and m.onnx is a classifier model") in refused.err
+    (root / "model.yaml").write_text(MODEL.format(metrics="[auc, accuracy]", compare="auc",
+                                                  gate="accuracy"))
     assert cli("validate").code == 0
 
 

@@ -347,9 +347,24 @@ class _References:
                 self._run_output(res, ("evaluation", "data"), data)
             else:
                 self.ref(res, ("evaluation", "data"), "Data", data)
-            metrics = evaluation.get("metrics") or []
-            self._one_task(res, [(("evaluation", "metrics", i), m)
-                                 for i, m in enumerate(metrics) if isinstance(m, str)])
+            metrics: list[tuple[Path_, str]] = [
+                (("evaluation", "metrics", i), m)
+                for i, m in enumerate(evaluation.get("metrics") or []) if isinstance(m, str)]
+            self._one_task(res, metrics)
+            if isinstance(source, dict) and isinstance(source.get("path"), str) and metrics:
+                self._task_of_file(res, source["path"], metrics)
+
+    def _task_of_file(self, res: Resource, rel: str, metrics: list[tuple[Path_, str]]
+                      ) -> None:
+        """A model given as a file says what it is: its metrics must be of its task."""
+        path = self.config.root / rel
+        task = _file_task(path) if path.is_file() else None
+        for where, metric in metrics:
+            other = _task_of(metric)
+            if task is not None and other is not None and other != task:
+                self.add(res, where, f"'{metric}' is a {other} metric and {rel} is a "
+                         f"{task} model (judged by its outputs)")
+                return
 
     def _one_task(self, res: Resource, metrics: list[tuple[Path_, str]]) -> None:
         """A model is a classifier or a regressor: metrics of both can never all be
@@ -470,6 +485,33 @@ class _References:
             self.add(res, path, f"the evaluation of model '{model.name}' does not produce "
                      f"'{metric}' (it produces {', '.join(produced)})"
                      f"{did_you_mean(metric, produced)}: add it to its evaluation.metrics")
+
+
+def _file_task(path: os.PathLike[str]) -> str | None:
+    """"classifier" or "regression" as an ONNX file's outputs say (as evaluation reads
+    them: labels, class maps or a probability table make a classifier; one number a
+    row, a regressor), or None when the file cannot be read."""
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not ONNX: registration says why
+        return None
+    floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+    for output in model.graph.output:
+        kind = output.type.WhichOneof("value")
+        if kind in ("sequence_type", "map_type"):
+            return "classifier"
+        if kind != "tensor_type":
+            continue
+        tensor = output.type.tensor_type
+        if tensor.elem_type not in floats:
+            return "classifier"
+        dims = tensor.shape.dim
+        if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value >= 2:
+            return "classifier"
+    return "regression" if model.graph.output else None
 
 
 def _task_of(metric: str) -> str | None:
