@@ -15,7 +15,7 @@ import yaml
 
 from mlinfra.errors import ConfigurationError
 from mlinfra.spec import load
-from mlinfra.spec.schemas import KINDS, SCHEMAS, replace_fields
+from mlinfra.spec.schemas import DERIVED_KINDS, KINDS, SCHEMAS, replace_fields
 from tests.conftest import REPO, Files, Result
 
 
@@ -23,12 +23,12 @@ from tests.conftest import REPO, Files, Result
 def test_quickstart_validates_on_every_stack(cli: Callable[..., Result], stack: str) -> None:
     result = cli("validate", "-C", str(REPO / "examples" / "quickstart"), "-s", stack)
     assert result.code == 0, result.err
-    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 12 resources")
+    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 15 resources")
 
 
 def test_quickstart_uses_every_kind() -> None:
     config = load(REPO / "examples" / "quickstart")
-    assert set(config.counts()) == set(KINDS) - {"Project", "Stack"}
+    assert set(config.counts()) == set(KINDS) - {"Project", "Stack"} | set(DERIVED_KINDS)
     assert config.stack.name == "dev" and config.stack.provider == "local"
     assert config.get("Compute", "cpu").spec["type"] == "local"  # type: ignore[union-attr]
     docker = load(REPO / "examples" / "quickstart", "docker")

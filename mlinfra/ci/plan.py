@@ -47,10 +47,20 @@ def project_names(root: Path, stack: str | None) -> tuple[str, str]:
 
 def plan_text(session: Session, the_plan: Plan) -> list[str]:
     """Exactly what `mlinfra plan` prints."""
+    from mlinfra.monitoring.planning import notes
     from mlinfra.plan.render import render
 
     lines = [text for text, _ in render(the_plan)]
-    return lines + session.provider.plan_notes(session.ctx)
+    return (lines + session.provider.plan_notes(session.ctx)
+            + notes(session.config, session.store, the_plan))
+
+
+def monitor_lines(session: Session, the_plan: Plan) -> list[str]:
+    """`monitor.NAME: verdict; what a breach would retrain`, one per monitor."""
+    from mlinfra.monitoring.planning import notes
+
+    return [line for line in notes(session.config, session.store, the_plan)
+            if line.startswith("  monitor.")]
 
 
 def runs_started(the_plan: Plan) -> list[tuple[str, str]]:
@@ -192,7 +202,7 @@ def ci_plan(directory: Path, stack: str | None, base: str | None,
             summary_line(the_plan) if the_plan.has_changes() else
             "No changes. The stack matches the configuration.",
             plan_text(session, the_plan), runs_started(the_plan), promotions,
-            data_verdicts(session, the_plan), [])
+            data_verdicts(session, the_plan), [], monitor_lines(session, the_plan))
         return Outcome(text, True, stack_name, project)
     finally:
         session.close()

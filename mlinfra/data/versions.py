@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.state.store import StateStore, row_json, upsert
+from mlinfra.state.store import Cursor, row_json, upsert
+from mlinfra.state.work import Writer
 
 _CHUNK = 1 << 20
 
@@ -36,8 +37,8 @@ def file_sha256(path: Path) -> str:
 class DataVersions:
     """The registry of data versions, in the state store."""
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    def __init__(self, writer: Writer) -> None:
+        self.writer, self.store = writer, writer.store
 
     def _cached_sha256(self, path: Path) -> str:
         """sha256 of a file, reusing the last one while size and mtime are unchanged."""
@@ -50,9 +51,9 @@ class DataVersions:
         sha = file_sha256(path)
         if self.store.readonly:  # a plan reads; the next apply keeps the hash
             return sha
-        with self.store.transaction() as cur:
-            cur.execute(upsert("file_hashes", ("path", "size", "mtime_ns", "sha256"), ("path",)),
-                        (key, stat.st_size, stat.st_mtime_ns, sha))
+        self.store.cache_write(lambda cur: cur.execute(
+            upsert("file_hashes", ("path", "size", "mtime_ns", "sha256"), ("path",)),
+            (key, stat.st_size, stat.st_mtime_ns, sha)))
         return sha
 
     def content_sha256(self, path: Path) -> str:
@@ -69,27 +70,32 @@ class DataVersions:
         return digest.hexdigest()
 
     def find(self, name: str, sha256: str) -> int | None:
-        rows = self.store.query("SELECT version FROM data_versions WHERE name=? AND sha256=?",
-                                (name, sha256))
-        return int(rows[0][0]) if rows else None
+        """The version of this content: registered, or staged by this unit of work."""
+        staged = getattr(self.writer, "staged_number", None)
+        found = staged("data_versions", name, sha256) if staged is not None else None
+        return found if found is not None else self.store.numbered("data_versions", name,
+                                                                   sha256)
 
     def next_version(self, name: str) -> int:
-        rows = self.store.query("SELECT MAX(version) FROM data_versions WHERE name=?", (name,))
-        return int(rows[0][0] or 0) + 1
+        """The number new content would take (numbers are never reused)."""
+        return self.store._max_number("data_versions", name) + 1
 
     def register(self, name: str, sha256: str, metadata: dict[str, Any]) -> int:
         """The version of this content: the existing one, or the next number."""
-        with self.store.transaction() as cur:
-            row = cur.execute("SELECT version FROM data_versions WHERE name=? AND sha256=?",
-                              (name, sha256)).fetchone()
-            if row is not None:
-                return int(row[0])
-            latest = cur.execute("SELECT MAX(version) FROM data_versions WHERE name=?",
-                                 (name,)).fetchone()[0]
-            version = int(latest or 0) + 1
-            cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?)",
-                        (name, version, sha256, time.time(), json.dumps(metadata)))
-            return version
+        version, created = self.writer.number("data_versions", name, sha256)
+        if created:
+            at = time.time()
+
+            def insert(cur: Cursor) -> None:
+                cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?) "
+                            "ON CONFLICT DO NOTHING",
+                            (name, version, sha256, at, json.dumps(metadata)))
+                self.store.keep_number(cur, "data_versions", name, version)
+
+            self.writer.write(insert)
+            self.writer.emit("data.versioned", f"data.{name}",
+                             {"version": version, "sha256": sha256})
+        return version
 
     def list(self, name: str) -> list[DataVersion]:
         rows = self.store.query("SELECT name, version, sha256, created_at, metadata FROM "

@@ -54,6 +54,21 @@ class KubernetesProvider(PulumiProvider):
                                 "`kubernetes.artifacts_claim` to the PersistentVolumeClaim "
                                 f"in namespace {namespace(ctx.config)} that holds it")
 
+    def scoring_objects(self, ctx: Context, score: Resource, job_id: str, folder: Path,
+                        shards: int, settings: dict[str, Any], image: str
+                        ) -> list[RenderedObject]:
+        from mlinfra.providers.manifests.kubernetes import scoring_job
+
+        claim = (ctx.config.stack.settings.get("kubernetes") or {})["artifacts_claim"]
+        artifacts = artifacts_folder(ctx)
+        assert artifacts is not None  # check_jobs
+        endpoint = ctx.config.get("BatchEndpoint", str(score.spec["endpoint"]))
+        compute = endpoint.spec.get("compute") if endpoint else None
+        job = scoring_job(ctx.config, score.name, job_id, folder, image, shards, settings,
+                          compute, str(claim), artifacts)
+        return [RenderedObject(job.key, job.owner, job.kind, job.body,
+                               depends_on=("image-scoring",))]
+
     def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
                     ) -> list[RenderedObject]:
         settings = ctx.config.stack.settings.get("kubernetes") or {}

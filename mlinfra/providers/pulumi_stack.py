@@ -27,8 +27,11 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
+from mlinfra.handler import ScoringLauncher
+from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
     Applied,
@@ -57,11 +60,15 @@ from mlinfra.state.model import ResourceState
 # Pulumi's container or Deployment).
 _APPLIED: dict[str, type[Handler] | None] = {
     "Workspace": WorkspaceHandler, "Compute": None, "Datastore": DatastoreHandler,
-    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler}
+    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler,
+    # a monitor's own part is the domain's; on kubernetes its CronJob is Pulumi's
+    "Monitor": MonitorHandler}
 # The domain's kinds, handled on this machine as on every provider.
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
-    "Model": ModelHandler, "Promotion": PromotionHandler}
+    "Model": ModelHandler, "Promotion": PromotionHandler,
+    # NOTE: scorings run on this machine on every stack so far.
+    "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 
@@ -192,6 +199,49 @@ class PulumiProvider(Provider, abc.ABC):
 
     def check_jobs(self, ctx: Context, job: Resource) -> None:
         """Raise ProviderError when `job`'s runs cannot be launched on this stack."""
+
+    @abc.abstractmethod
+    def scoring_objects(self, ctx: Context, score: Resource, job_id: str, folder: Path,
+                        shards: int, settings: dict[str, Any], image: str
+                        ) -> list[RenderedObject]:
+        """The objects that score a staged scoring's shards (its container, its Job)."""
+
+    def scoring_launcher(self, ctx: Context, score: Resource) -> ScoringLauncher:
+        """A staged scoring is a Pulumi stack of its own (STACK-run-score-JOB) holding the
+        scoring image (mlinfra.batch.shard) and the objects that run it: `up` builds the
+        image and waits for the containers' end; then the stack is destroyed and
+        removed. What they scored is in the job's folder, whatever Pulumi says."""
+        self.check_jobs(ctx, score)
+
+        def launch(job_id: str, folder: Path, shards: int, settings: dict[str, Any]) -> str:
+            from pulumi.automation.errors import CommandError
+
+            from mlinfra.providers.manifests.files import write_contexts
+            from mlinfra.providers.manifests.images import image_name, scoring_context
+
+            files = scoring_context(ctx.config)
+            image = image_name(ctx.config, "scoring", files)
+            objects = [RenderedObject("image-scoring", "", "Image", {"name": image},
+                                      context=files),
+                       *self.scoring_objects(ctx, score, job_id, folder, shards, settings,
+                                             image)]
+            contexts = write_contexts(objects, ctx.state_dir / "render" / f"score-{job_id}")
+            program = self.program(objects, contexts, ctx.config, held={})
+            stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=f"score-{job_id}")
+            error = ""
+            try:
+                stack.up(program, [])
+            except CommandError as err:
+                error = _pulumi_error(err)
+            try:
+                stack.destroy(program, remove=True)
+            except CommandError as err:
+                ctx.log(f"{score.address}: the Pulumi stack {stack.name} was not removed "
+                        f"({_pulumi_error(err)}): `pulumi stack rm {stack.name} --force` "
+                        "removes it")
+            return error
+
+        return launch
 
     def job_launcher(self, ctx: Context, job: Resource) -> Launcher:
         """Each run is a Pulumi stack of its own (STACK-run-RUN) holding only the run's

@@ -278,7 +278,24 @@ def load(start: Path, stack: str | None = None) -> Config:
                     sensitive={n: variables[n] for n in sensitive_names if n in variables})
     loader.problems.extend(check_references(config))
     loader.fail_if_problems()
+    config.resources["BatchScore"] = _scorings(config)
     return config
+
+
+def _scorings(config: Config) -> dict[str, Resource]:
+    """Each `score:` entry of a BatchEndpoint as a BatchScore resource named after its
+    output, located at the endpoint's document."""
+    out = {}
+    for endpoint in config.of("BatchEndpoint").values():
+        deployments = [d["name"] for d in endpoint.spec["deployments"]]
+        default = endpoint.spec.get("default") or deployments[0]
+        for entry in endpoint.spec.get("score") or []:
+            spec = {"kind": "BatchScore", "name": entry["output"],
+                    "endpoint": endpoint.name, "data": entry["data"],
+                    "deployment": entry.get("deployment") or default}
+            out[entry["output"]] = Resource("BatchScore", entry["output"], spec,
+                                            endpoint.file, endpoint.doc)
+    return out
 
 
 def _resource(loader: Loader, rel: str, index: int, doc: Any) -> Resource | None:

@@ -333,6 +333,11 @@ def _model() -> Schema:
                 "probabilities); rmse, mae and r2.", type="array", minItems=1,
                 uniqueItems=True, items={"enum": metrics}),
         }, ["data", "label"]),
+        "monitoring": _obj("Monitoring of the versions this model registers.", {
+            "reference": _string("Data whose profile is each new version's reference for "
+                                 "drift (default: the data its run read).",
+                                 pattern=VERSIONED_REF_PATTERN),
+        }),
     }, ["from"])
 
 
@@ -380,6 +385,12 @@ def _endpoint() -> Schema:
                                       minimum=0, maximum=1),
                          "datastore": _name_ref("Datastore the captures go to "
                                                 "(default: the workspace's)"),
+                         "retention": _string("How much of the captures is kept: a size "
+                                              "(500Mi, 2Gi) or days (7d); the oldest hours "
+                                              "go first. Default: the server's "
+                                              "--captures-bytes x (backups + 1), 300 MiB.",
+                                              pattern=r"^([0-9]+d|[0-9]+(\.[0-9]+)?"
+                                                      r"(k|M|G|T|Ki|Mi|Gi|Ti)?)$"),
                      }),
                  }, ["deployments", "traffic"])
 
@@ -419,6 +430,11 @@ def _promotion() -> Schema:
             "replay": _s("When a hold sees no request at all, replay captured requests "
                          "(the endpoint's collect:) to the new version as shadow traffic.",
                          type="boolean", default=False),
+            "on_no_traffic": _s("What an inconclusive rollout (too few requests to judge, "
+                                "and none to replay) does: `wait` returns the traffic and "
+                                "leaves the candidate pending, judged again by the next "
+                                "apply or ci run; `promote` promotes it unjudged.",
+                                enum=["wait", "promote"], default="wait"),
             "rollback_on": _obj("Thresholds that roll back.", {
                 "error_rate": _s("Error (5xx) share.", type="number", minimum=0, maximum=1,
                                  default=0.02),
@@ -428,20 +444,178 @@ def _promotion() -> Schema:
     }, ["model"])
 
 
+def _monitor() -> Schema:
+    numeric = ["normalized_wasserstein", "jensen_shannon", "psi", "ks"]
+    categorical = ["jensen_shannon", "psi", "l_infinity", "chi_squared"]
+
+    def choice(what: str, metrics: list[str], default: str, threshold: float) -> Schema:
+        return _obj(f"The drift metric of {what} columns and its threshold.", {
+            "metric": _string(f"Metric (default {default}). Distances drift above the "
+                              "threshold; ks and chi_squared are tests whose p-value "
+                              "drifts below it, Bonferroni-corrected over the features.",
+                              enum=metrics, default=default),
+            "threshold": _s(f"Distance above which a column drifted, or p-value below "
+                            f"which it did (default {threshold} for {default}; psi 0.2; "
+                            "p 0.05).", type="number", exclusiveMinimum=0),
+        })
+
+    return _kind("Monitor", "Drift, quality and performance of what an endpoint serves, "
+                 "in windows judged against the reference profile of the model version "
+                 "that served them.", {
+                     "endpoint": _name_ref("Endpoint whose captures (its collect:) are the "
+                                           "production rows"),
+                     "model": _string("Instead of an endpoint: the model (fraud@champion) "
+                                      "whose reference judges `data`.",
+                                      pattern=VERSIONED_REF_PATTERN),
+                     "data": _name_ref("With model: the Data asset of production rows; "
+                                       "each new content is one window"),
+                     "window": _s("Length of a time window (1h, 30m); a window is judged "
+                                  "once it has ended. Default 1h.",
+                                  anyOf=[{"type": "integer", "minimum": 1},
+                                         {"type": "string", "pattern": DURATION_PATTERN}]),
+                     "rows": _s("Instead of time: windows of this many rows.",
+                                type="integer", minimum=1),
+                     "min_rows": _s("A window with fewer rows is 'insufficient data', never "
+                                    "an alert.", type="integer", minimum=1, default=500),
+                     "signals": _obj("What is judged in each window (default: data_drift "
+                                     "on all features).", {
+                         "data_drift": _obj("Each feature's distribution against the "
+                                            "reference.", {
+                             "features": _s("all, or the columns to watch.",
+                                            anyOf=[{"const": "all"},
+                                                   {"type": "array", "minItems": 1,
+                                                    "uniqueItems": True,
+                                                    "items": {"type": "string",
+                                                              "minLength": 1}}],
+                                            default="all"),
+                             "numeric": choice("numeric", numeric, "normalized_wasserstein",
+                                               0.1),
+                             "categorical": choice("categorical", categorical,
+                                                   "jensen_shannon", 0.1),
+                         }),
+                         "prediction_drift": _obj("The model's outputs against its "
+                                                  "outputs on the reference data.", {
+                             "metric": _string("Metric (default normalized_wasserstein).",
+                                               enum=numeric,
+                                               default="normalized_wasserstein"),
+                             "threshold": _s("Drift threshold (default 0.1).",
+                                             type="number", exclusiveMinimum=0),
+                         }),
+                         "data_quality": _obj("Nulls and values outside the reference.", {
+                             "null_rate": _s("Largest rise of a feature's null share over "
+                                             "the reference's.", type="number", minimum=0,
+                                             maximum=1),
+                             "out_of_range_rate": _s("Largest share of values outside the "
+                                                     "reference's [min, max] (categories "
+                                                     "it never saw).", type="number",
+                                                     minimum=0, maximum=1),
+                         }),
+                         "performance": _obj("The model's metric on labelled rows (labels "
+                                             "posted to /v2/models/NAME/feedback, or "
+                                             "rows of a Data asset), joined by request "
+                                             "id.", {
+                             "labels": _string("Data asset of (request_id, [row,] label) "
+                                               "rows.", pattern=VERSIONED_REF_PATTERN),
+                             "label": _string("The asset's label column (default label).",
+                                              minLength=1, default="label"),
+                             "metric": _string("Metric.", enum=["auc", "accuracy", "rmse",
+                                                                "mae", "r2"]),
+                             "min": _s("Lowest value that passes.", type="number"),
+                             "max": _s("Highest value that passes.", type="number"),
+                         }, ["metric"]),
+                     }),
+                     "alert_after": _s("Consecutive drifting windows that breach the "
+                                       "monitor.", type="integer", minimum=1, default=1),
+                     "on_breach": _s("What a breach causes: retrain a pipeline or job "
+                                     "(with new data only).", type="array",
+                                     items=_obj("An action.", {
+                                         "retrain": _name_ref("Pipeline or Job to retrain"),
+                                     }, ["retrain"])),
+                     "schedule": _string("On docker and kubernetes: when a CronJob runs "
+                                         "mlinfra monitor run (cron syntax; default: "
+                                         "every window, or hourly).", minLength=9),
+                 })
+def _batch_endpoint() -> Schema:
+    deployment = _obj("A model that scores, with Azure ML's batch deployment settings.", {
+        "name": _string("Deployment name.", pattern=NAME_PATTERN),
+        "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
+                         pattern=VERSIONED_REF_PATTERN),
+        "mini_batch_size": _s("Rows in one mini-batch: the unit a worker scores, retries "
+                              "and a resumed job skips.", type="integer", minimum=1,
+                              default=10000),
+        "max_concurrency": _s("Worker processes scoring at once on this compute, each "
+                              "with one onnxruntime session using cores / max_concurrency "
+                              "threads (Azure ML: max_concurrency_per_instance).",
+                              type="integer", minimum=1, default=2),
+        "error_threshold": _s("Rows whose mini-batch failed every attempt that are "
+                              "tolerated; past it the job stops and fails. -1: any number.",
+                              type="integer", minimum=-1, default=0),
+        "retries": _s("Further attempts of a mini-batch that failed (Azure ML: "
+                      "retry_settings.max_retries).", type="integer", minimum=0, default=3),
+        "timeout": {**_DURATION, "description": "Longest one mini-batch may take; then its "
+                    "worker is stopped and the mini-batch tried again. " + _DURATION_TEXT},
+        "output_action": _string("append_row: write every scored row to the output; "
+                                 "summary_only: only the summary and the errors.",
+                                 enum=["append_row", "summary_only"], default="append_row"),
+        "output_file_name": _string("The output's file name (default: predictions.FORMAT).",
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+    }, ["name", "model"])
+    score = _obj("A declared scoring: the data scored with the default (or named) "
+                 "deployment, kept current by plan and apply; its output is a new version "
+                 "of the Data asset `output`, with lineage.", {
+                     "data": _string("Data reference scored: transactions (latest), "
+                                     "transactions:3.", pattern=VERSIONED_REF_PATTERN),
+                     "output": _string("Name of the Data asset whose versions hold the "
+                                       "scores (not a declared Data).", pattern=NAME_PATTERN),
+                     "deployment": _string("Deployment that scores (default: `default`).",
+                                           pattern=NAME_PATTERN),
+                 }, ["data", "output"])
+    return _kind("BatchEndpoint", "A batch endpoint (Azure ML's names): deployments that "
+                 "score whole data assets or files in mini-batches, and the scorings plan "
+                 "and apply keep current.", {
+                     "compute": _name_ref("Compute the scoring runs on"),
+                     "deployments": _s("Deployments.", type="array", minItems=1,
+                                       items=deployment),
+                     "default": _string("Deployment used when none is named (default: the "
+                                        "first).", pattern=NAME_PATTERN),
+                     "output": _obj("What a scoring writes.", {
+                         "format": _string("The output file's format.",
+                                           enum=["csv", "parquet", "jsonl"], default="csv"),
+                         "columns": _s("Columns of the output, in order, among row_id, the "
+                                       "model's outputs (a 2-D output gives one column per "
+                                       "class: probabilities_0, ...) and the kept input "
+                                       "columns. Default: row_id, the kept columns, every "
+                                       "output.", type="array", minItems=1, uniqueItems=True,
+                                       items={"type": "string", "minLength": 1}),
+                         "keep_input_columns": _s("Input columns copied to the output "
+                                                  "(e.g. an id).", type="array",
+                                                  uniqueItems=True,
+                                                  items={"type": "string", "minLength": 1}),
+                     }),
+                     "score": _s("Declared scorings.", type="array", items=score),
+                 }, ["deployments"])
+
+
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
-    _job(), _pipeline(), _model(), _endpoint(), _promotion())}
+    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor(),
+    _batch_endpoint())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 
 # Kinds that live in the project folder as resources (Project and Stack are settings).
 RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project", "Stack"))
 
+# Kinds no file declares: made from others when a project is loaded (a BatchEndpoint's
+# `score:` entries are BatchScore resources, so plan and apply treat each as one).
+DERIVED_KINDS: tuple[str, ...] = ("BatchScore",)
 
-@cache
+
 @cache
 def replace_fields(kind: str) -> frozenset[str]:
     """Top-level fields of `kind` whose change forces replacement."""
+    if kind not in SCHEMAS:  # a derived kind
+        return frozenset()
     props = SCHEMAS[kind]["properties"]
     return frozenset(name for name, spec in props.items() if spec.get(REPLACE))
 

@@ -280,7 +280,7 @@ class PostgresStore(_PostgresSession):
             return self._psycopg.connect(conninfo, autocommit=True)
         except self._psycopg.Error as err:
             raise StateUnavailable(f"cannot open the state at {self.location}: "
-                                   f"{_reason(err)}") from None
+                                   f"{_reason(err)}") from err
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -291,13 +291,13 @@ class PostgresStore(_PostgresSession):
         except errors.AdminShutdown as err:
             raise StateUnavailable(f"the PostgreSQL state {self.location} ended this "
                                    f"session ({_reason(err)}): another process ran mlinfra "
-                                   "state unlock, or the server restarted") from None
+                                   "state unlock, or the server restarted") from err
         except self._psycopg.OperationalError as err:
             raise StateUnavailable(f"the PostgreSQL state {self.location} failed: "
-                                   f"{_reason(err)}") from None
+                                   f"{_reason(err)}") from err
         except (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction) as err:
             raise MlinfraError(f"the PostgreSQL state {self.location} refused: "
-                               f"{_reason(err)}") from None
+                               f"{_reason(err)}") from err
 
     # --- opening -------------------------------------------------------------------
 
@@ -342,12 +342,15 @@ class PostgresStore(_PostgresSession):
 
     @contextmanager
     def _transaction(self) -> Iterator[Cursor]:
-        with self._lock, self._errors(), self.conn.transaction():
-            cur = self.conn.cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
-            if self._held is not None:
-                self._check_held(cur)
-            yield _PgCursor(cur)
+        self._check_writer()
+        with self._lock, self._errors():
+            with self.conn.transaction():
+                cur = self.conn.cursor()
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+                if self._held is not None:
+                    self._check_held(cur)
+                yield _PgCursor(cur)
+            self._committed()
 
     def _check_held(self, cur: psycopg.Cursor[Any]) -> None:
         """Within the transaction about to commit: the stack's lock is still held by

@@ -33,6 +33,9 @@ class LocalProvider(Provider):
         "Model": "mlinfra.registry.register:ModelHandler",
         "Promotion": "mlinfra.registry.promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "Monitor": "mlinfra.monitoring.handler:MonitorHandler",
+        "BatchEndpoint": "mlinfra.batch.handler:BatchEndpointHandler",
+        "BatchScore": "mlinfra.batch.handler:BatchScoreHandler",
     }
 
     def cancel(self) -> None:

@@ -238,3 +238,19 @@ def docker_run_args(body: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     args.append(body["image"])
     args += body.get("command", [])
     return args, secrets
+
+
+def scoring_container(config: Config, score: str, job_id: str, folder: str, image: str,
+                      settings: dict[str, Any], compute: str | None) -> RenderedObject:
+    """A staged scoring (mlinfra.batch.shard) as one container run to completion: its
+    job's folder mounted, every shard scored in it, one session on the container's
+    cores; the scorer on this machine then writes the output from the shards."""
+    owner = f"batchscore.{score}"
+    body: dict[str, Any] = {
+        "name": container_name(config, f"score-{job_id}"), "image": image,
+        "command": ["python", "-m", "mlinfra.batch.shard", "/mlinfra/job", "--all"],
+        "mounts": [{"source": folder, "target": "/mlinfra/job", "read_only": False}],
+        "env": {}, "run_to_completion": True,
+        "labels": labels(config.name, config.stack.name, owner, run=job_id),
+        **_limits(config, compute)}
+    return RenderedObject(f"container-score-{job_id}", owner, "Container", body)
