@@ -211,3 +211,39 @@ def test_the_server_log_rotates(tmp_path: Path) -> None:
     assert all(f.stat().st_size < 20000 + (64 << 10) for f in files.values())
     newest = files.get("server.log", files["server.1.log"])
     assert newest.read_text().splitlines()[-1].startswith("line 02999 ")
+
+
+def test_a_new_server_takes_every_new_connection_of_its_port() -> None:
+    """Two servers on one port (a replacement starting beside the server it replaces):
+    every new connection goes to the newer, so none waits in the queue of the one about
+    to stop; once it stopped, the newer takes them all."""
+    import socket
+
+    from mlinfra.serving.__main__ import listen
+
+    old = listen("127.0.0.1", 0)
+    port = old.getsockname()[1]
+    new = listen("127.0.0.1", port)
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(40)]
+
+    def accepted(sock: socket.socket) -> int:
+        sock.setblocking(False)
+        count = 0
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return count
+            conn.close()
+            count += 1
+
+    try:
+        assert (accepted(old), accepted(new)) == (0, 40)
+        old.close()
+        clients += [socket.create_connection(("127.0.0.1", port), timeout=5)
+                    for _ in range(10)]
+        assert accepted(new) == 10
+    finally:
+        for client in clients:
+            client.close()
+        new.close()

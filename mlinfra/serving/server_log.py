@@ -1,5 +1,7 @@
-"""python -m mlinfra.serving.server_log FILE [MAX_BYTES BACKUPS]: what a server writes
-to its standard output and error, appended to FILE, which rotates as the access log does
+"""python -m mlinfra.serving.server_log [FILE [MAX_BYTES BACKUPS]]: what a server writes
+to its standard output and error, appended to FILE (default: $MLINFRA_SERVER_LOG, so
+that the endpoint's folder is not in this process's command line, where mlinfra and its
+tests look for the servers of an endpoint), which rotates as the access log does
 (FILE.1, ... up to BACKUPS older files of MAX_BYTES each).
 
 A server's output reaches it through a pipe: it ends when every process of the server
@@ -14,6 +16,8 @@ from pathlib import Path
 
 from mlinfra.serving.limits import Limits
 from mlinfra.serving.rotating import RotatingFile
+
+LOG_VAR = "MLINFRA_SERVER_LOG"
 
 
 def pump(source: int, log: RotatingFile) -> None:
@@ -32,7 +36,7 @@ def pump(source: int, log: RotatingFile) -> None:
 
 def main() -> None:
     defaults = Limits()
-    path = Path(sys.argv[1])
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ[LOG_VAR])
     max_bytes = int(sys.argv[2]) if len(sys.argv) > 2 else defaults.access_log_bytes
     backups = int(sys.argv[3]) if len(sys.argv) > 3 else defaults.backups
     pump(sys.stdin.fileno(), RotatingFile(path, max_bytes, backups))
