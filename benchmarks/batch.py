@@ -100,14 +100,17 @@ def make_table(rows: int, csv_path: Path, parquet_path: Path) -> None:
 
 
 def measure(command: list[str], env: dict[str, str] | None = None
-            ) -> tuple[float, float, float]:
-    """(seconds, peak PSS MB, peak RSS MB of the process tree) of running `command`.
-    PSS counts a page shared by several processes (a library each maps) once in all;
-    the sum of RSS counts it in each."""
+            ) -> tuple[float, float, float, float]:
+    """(seconds, CPU seconds, peak PSS MB, peak RSS MB of the process tree) of running
+    `command`. PSS counts a page shared by several processes (a library each maps) once
+    in all; the sum of RSS counts it in each. CPU seconds (user + system of every
+    process of the tree, as last sampled) tell what it costs on a machine shared with
+    other work, where the wall clock does not."""
     start = time.perf_counter()
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     peak = [0, 0]
+    cpu: dict[int, float] = {}  # pid -> CPU seconds last seen
     stop = threading.Event()
 
     def sample() -> None:
@@ -118,6 +121,8 @@ def measure(command: list[str], env: dict[str, str] | None = None
                 for p in [root, *root.children(recursive=True)]:
                     info = p.memory_full_info()
                     pss, rss = pss + info.pss, rss + info.rss
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
             except psutil.Error:
                 pass
             peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
@@ -131,7 +136,7 @@ def measure(command: list[str], env: dict[str, str] | None = None
     sampler.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
-    return elapsed, peak[0] / 2**20, peak[1] / 2**20
+    return elapsed, sum(cpu.values()), peak[0] / 2**20, peak[1] / 2**20
 
 
 MLINFRA = """
@@ -229,9 +234,9 @@ def main() -> None:
     if not model.exists():
         train_model(model)
     python = sys.executable
-    results: list[tuple[str, str, int, float, float, float]] = []
+    results: list[tuple[str, str, int, float, float, float, float]] = []
 
-    def mlinfra_run(rows: int, fmt: str, source: Path) -> tuple[float, float, float]:
+    def mlinfra_run(rows: int, fmt: str, source: Path) -> tuple[float, float, float, float]:
         jobs = WORK / f"jobs-{rows}-{fmt}"
         subprocess.run(["rm", "-rf", str(jobs)], check=True)
         found = measure([python, "-c", MLINFRA, str(model), str(source), str(jobs), fmt])
@@ -258,13 +263,14 @@ def main() -> None:
     inference = subprocess.run([python, "-c", LIMIT, str(model), str(parquet_path),
                                 str(out)], capture_output=True, text=True, check=True)
     print(f"\nbatch scoring, {args.rows:,} rows, {os.cpu_count()} cores\n")
-    print(f"{'contender':36} {'input':8} {'seconds':>8} {'rows/s':>12} {'PSS MB':>7} "
-          f"{'RSS MB':>7} {'mlinfra / it':>12}")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"{'contender':36} {'input':8} {'seconds':>8} {'rows/s':>12} {'CPU s':>7} "
+          f"{'PSS MB':>7} {'RSS MB':>7} {'mlinfra / it':>12}")
     ours = {fmt: r[2] / r[3] for r in results if r[0] == "mlinfra" for fmt in [r[1]]}
-    for name, fmt, rows, seconds, pss, rss in results:
+    for name, fmt, rows, seconds, cpu, pss, rss in results:
         rate = rows / seconds
-        print(f"{name:36} {fmt:8} {seconds:8.2f} {rate:12,.0f} {pss:7.0f} {rss:7.0f} "
-              f"{ours[fmt] / rate:12.2f}")
+        print(f"{name:36} {fmt:8} {seconds:8.2f} {rate:12,.0f} {cpu:7.2f} {pss:7.0f} "
+              f"{rss:7.0f} {ours[fmt] / rate:12.2f}")
     print(f"(the limit's {inference.stderr.strip()} s, on the whole array)")
     if args.big:
         big_csv, big_parquet = (WORK / f"rows-{args.big}.csv",
@@ -274,8 +280,8 @@ def main() -> None:
         for fmt, small, big in (("csv", csv_path, big_csv),
                                 ("parquet", parquet_path, big_parquet)):
             for rows, source in ((args.rows, small), (args.big, big)):
-                seconds, pss, rss = mlinfra_run(rows, fmt, source)
-                print(f"  {fmt:8} {rows:>12,} rows  {seconds:7.2f} s  "
+                seconds, cpu, pss, rss = mlinfra_run(rows, fmt, source)
+                print(f"  {fmt:8} {rows:>12,} rows  {seconds:7.2f} s ({cpu:.1f} CPU s)  "
                       f"{rows / seconds:12,.0f} rows/s  peak PSS {pss:5.0f} MB, "
                       f"RSS {rss:5.0f} MB")
 

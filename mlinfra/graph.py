@@ -77,6 +77,10 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
                 if model and model.alias and promotion.spec.get("model") == model.name and (
                         promotion.spec.get("alias", "champion") == model.alias):
                     add("Promotion", promotion.name)
+    elif res.kind == "Schedule":
+        run = spec.get("run") or {}
+        add("Pipeline", run.get("pipeline"))
+        add("Monitor", run.get("monitor"))
     elif res.kind == "Monitor":
         add("Endpoint", spec.get("endpoint"))
         model = Ref.parse(str(spec.get("model", "")))

@@ -10,8 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3, "handler": 3,
-          "registry": 3, "runs": 3, "monitoring": 3, "batch": 3, "providers": 4, "engine": 5,
-          "scaffold": 5, "ci": 6, "cli": 7, "__main__": 7}
+          "registry": 3, "runs": 3, "monitoring": 3, "batch": 3, "events": 3, "providers": 4,
+          "engine": 5, "scaffold": 5, "scheduled": 5, "ci": 6, "studio": 6, "cli": 7,
+          "__main__": 7}
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,9 +45,11 @@ def test_no_module_imports_a_higher_layer() -> None:
 
 
 def test_serving_stands_apart() -> None:
-    # pyarrow: the server writes its captures as Parquet itself
+    # pyarrow: the server writes its captures as Parquet itself; fsspec: a server whose
+    # models are in an object-storage artifact store fetches them when it starts
+    # (serving/fetch.py, imported only then; the image installs s3fs).
     allowed = {"mlinfra", "numpy", "onnxruntime", "orjson", "uvicorn", "pyarrow",
-               "__future__"}
+               "__future__", "fsspec"}
     for path in (PACKAGE / "serving").rglob("*.py"):
         assert _imports(path) <= {"serving"}, path
         roots = set()
@@ -115,6 +118,7 @@ def test_the_domain_is_not_in_the_local_provider() -> None:
     provider holds only what is local (processes, virtual environments, servers)."""
     from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
     from mlinfra.data.handler import DataHandler
+    from mlinfra.events.handler import ScheduleHandler, WebhookHandler
     from mlinfra.providers.base import handler_class
     from mlinfra.providers.local import LocalProvider
     from mlinfra.providers.pulumi_stack import PulumiProvider
@@ -124,6 +128,7 @@ def test_the_domain_is_not_in_the_local_provider() -> None:
 
     domain = {"Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
               "Model": ModelHandler, "Promotion": PromotionHandler,
+              "Webhook": WebhookHandler, "Schedule": ScheduleHandler,
               "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
     for kind, cls in domain.items():
         assert handler_class(LocalProvider.handler_classes[kind]) is cls

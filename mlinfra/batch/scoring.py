@@ -377,7 +377,11 @@ class Scorer:
                 "version": s.version, "path": str(s.model_path), "sha256": s.model_sha256,
                 "threads": max(1, cores() // concurrency), "fed": fed, "keep": keep,
                 "columns": columns}
-        context = multiprocessing.get_context("spawn")
+        # NOTE: a fork server started clean (never a fork of this process, whose pyarrow
+        # and apply threads a fork would copy mid-flight) imports the worker's modules
+        # once; each worker is a fork of it, sharing those pages.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["mlinfra.batch.worker"])
         results: Any = context.Queue()
         pool = _Pool(context, results, spec, concurrency)
         retry: deque[_Task] = deque()

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
+from mlinfra.events.handler import ScheduleHandler, WebhookHandler
 from mlinfra.handler import ScoringLauncher
 from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
@@ -67,6 +68,7 @@ _APPLIED: dict[str, type[Handler] | None] = {
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
     "Model": ModelHandler, "Promotion": PromotionHandler,
+    "Webhook": WebhookHandler, "Schedule": ScheduleHandler,
     # NOTE: scorings run on this machine on every stack so far.
     "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
@@ -258,17 +260,31 @@ class PulumiProvider(Provider, abc.ABC):
             from pulumi.automation.errors import CommandError
 
             from mlinfra.providers.manifests.images import environment_context, image_name
+            from mlinfra.providers.manifests.locks import environment_locks
+            from mlinfra.runs.jobs import artifact_store
+            from mlinfra.runs.transfer import run_transfer
 
             assert env is not None
+            lock = environment_locks(ctx.config, ctx.store)[0].get(env.name)
             image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
-                               environment_context(ctx.config, env))
+                               environment_context(ctx.config, env, lock))
+            # With artifacts on S3 the run's files go through the artifact store, not
+            # through mounts (runs/transfer.py).
+            transfer = run_transfer(artifact_store(ctx), run)
+            if transfer is not None:
+                run = transfer.container_run()
             objects = self.run_objects(ctx, job, run, image)
             program = self.program(objects, {}, ctx.config,
                                    held={name: run.env[name] for name in run.secret_env})
             stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=run.run_id)
             try:
-                ended = self.run_ended(run, objects, stack.up(program, []), "")
+                outputs = stack.up(program, [])
+                if transfer is not None:
+                    transfer.collect()
+                ended = self.run_ended(run, objects, outputs, "")
             except CommandError as err:
+                if transfer is not None:
+                    transfer.collect()
                 ended = self.run_ended(run, objects, {}, _pulumi_error(err))
             try:
                 stack.destroy(program, remove=True)
@@ -393,7 +409,14 @@ class PulumiHandler(BaseHandler):
                 raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
                                     f"this stack ({ctx.config.stack.name}) uses the "
                                     f"{self.provider.name} provider")
-        return self.local.facts(res, ctx) if self.local is not None else {}
+        found = self.local.facts(res, ctx) if self.local is not None else {}
+        if self.kind == "Workspace" and self.provider.name == "kubernetes":
+            from mlinfra.providers.manifests.agent import agent_image
+
+            agent = agent_image(ctx.config)
+            if agent is not None:
+                found = {**found, "agent_image": agent}
+        return found
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         if self.local is not None and self.kind != "Endpoint":

@@ -107,6 +107,7 @@ class Stack:
     settings: dict[str, Any]
     file: str | None
     artifacts: str | None
+    warnings: list[Any]
 
     def __init__(self, name: str, provider: str = "local", state: str | None = None,
                  variables: dict[str, Any] | None = None,
@@ -114,6 +115,7 @@ class Stack:
                  artifacts: str | None = None) -> None:
         self.name, self.provider, self.state, self.file = name, provider, state, file
         self.artifacts = artifacts
+        self.warnings: list[Any] = []  # Diagnostics that do not stop a load
         self.variables = variables if variables is not None else {}
         self.settings = settings if settings is not None else {}
 

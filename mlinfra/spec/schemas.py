@@ -137,10 +137,14 @@ def _stack() -> Schema:
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
                          "team (the password from ${secret.X} or PGPASSWORD). Default: "
                          ".mlinfra/<stack>/state.db."),
-        "artifacts": _string("Folder holding the workspace's artifacts and run folders "
-                             "(relative to the project, or absolute): with a shared state, "
-                             "a folder every machine that applies the stack mounts. "
-                             "Default: .mlinfra/<stack>.", minLength=1),
+        "artifacts": _string("Where the workspace's artifacts are kept: a folder "
+                             "(relative to the project, or absolute; it holds the run "
+                             "folders too), or object storage, s3://BUCKET/PREFIX, "
+                             "gs://... or az://... (`storage` says how to reach it). With "
+                             "a shared state, a place every machine that applies the "
+                             "stack reaches. Default: .mlinfra/<stack>.", minLength=1),
+        "storage": _obj("How to reach the object storage `artifacts:` names.",
+                        _object_options()),
         "variables": _variables(),
         "docker": _obj("Settings of the docker provider.", {
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
@@ -199,12 +203,34 @@ def _compute() -> Schema:
     })
 
 
+def _object_options() -> dict[str, Schema]:
+    return {
+        "endpoint_url": _string("Object storage endpoint, for S3-compatible servers "
+                                "(MinIO, Ceph) or a local emulator; default: the cloud's."),
+        "region": _string("s3: the bucket's region (default: the AWS chain's)."),
+        "profile": _string("s3: the AWS profile (~/.aws); gcs: the Google Cloud project."),
+        "credentials": _map_of(
+            "Credentials, each a ${secret.NAME} (read from the environment when the "
+            "storage is opened, never written): s3 access_key_id, secret_access_key, "
+            "session_token; gcs token; azure_blob account_name, account_key, "
+            "connection_string, sas_token. Without it, the cloud's own chain (environment "
+            "variables, profiles, workload identity).", _string("A credential."),
+            propertyNames={"enum": ["access_key_id", "secret_access_key", "session_token",
+                                    "token", "account_name", "account_key",
+                                    "connection_string", "sas_token"]}),
+    }
+
+
 def _datastore() -> Schema:
-    return _kind("Datastore", "A place data lives.", {
-        "type": _replace(_string("Kind of datastore (s3, gcs and azure_blob are planned).",
-                                 enum=["local"], default="local")),
-        "path": _replace(_string("local: folder, relative to the project, or absolute.",
-                                 minLength=1)),
+    return _kind("Datastore", "A place data lives: a folder, or object storage through "
+                 "fsspec (s3fs, gcsfs, adlfs: pip install 'mlinfra[s3]', [gcs] or [azure]).", {
+        "type": _replace(_string("Kind of datastore.", enum=["local", "s3", "gcs",
+                                                             "azure_blob"],
+                                 default="local")),
+        "path": _replace(_string("local: folder, relative to the project, or absolute; "
+                                 "s3: s3://BUCKET/PREFIX; gcs: gs://BUCKET/PREFIX; "
+                                 "azure_blob: az://CONTAINER/PREFIX.", minLength=1)),
+        **_object_options(),
     }, ["path"])
 
 
@@ -444,6 +470,54 @@ def _promotion() -> Schema:
     }, ["model"])
 
 
+def _webhook() -> Schema:
+    return _kind("Webhook", "Events delivered over HTTP as they happen, signed as Standard "
+                 "Webhooks specifies (webhook-id, webhook-timestamp, webhook-signature), "
+                 "at least once, retried with backoff for up to a day.", {
+        "url": _string("Where events are POSTed: an http:// or https:// URL (a "
+                       "${secret.X} when the URL itself is a credential, as Slack's are).",
+                       minLength=1),
+        "secret": _string("The signing key, as ${secret.NAME} (a whsec_... key of Standard "
+                          "Webhooks, or any text). Without it, events are sent unsigned."),
+        "events": _s("Event types delivered (the catalog's names, e.g. model.promoted); "
+                     "* globs: rollout.*, *.", type="array", minItems=1,
+                     items={"type": "string", "minLength": 1}, default=["*"]),
+        "format": _string("cloudevents: the CloudEvents 1.0 JSON envelope (structured "
+                          "mode); slack: a Slack incoming-webhook message.",
+                          enum=["cloudevents", "slack"], default="cloudevents"),
+        "retry": _obj("How failed deliveries are retried (5xx, 408, 429, connection "
+                      "errors): exponential backoff with jitter.", {
+            "first": {**_DURATION, "description": "Wait before the second try. "
+                      + _DURATION_TEXT, "default": "5s"},
+            "max": {**_DURATION, "description": "Longest wait between tries. "
+                    + _DURATION_TEXT, "default": "1h"},
+            "for": {**_DURATION, "description": "How long after the first try tries go "
+                    "on; then the event is dead-lettered. " + _DURATION_TEXT,
+                    "default": "24h"},
+        }),
+    }, ["url"])
+
+
+def _schedule() -> Schema:
+    return _kind("Schedule", "Work run on a clock by `mlinfra agent` (or `agent --once` from "
+                 "cron, a Kubernetes CronJob or a GitHub Actions schedule).", {
+        "cron": _string("Five-field cron expression, in `timezone`.", minLength=1),
+        "every": {**_DURATION, "description": "Or: an interval, fired at its multiples "
+                  "since the Unix epoch. " + _DURATION_TEXT},
+        "timezone": _string("IANA time zone the cron expression is read in.",
+                            default="UTC", minLength=1),
+        "run": _s("What fires: {monitor: NAME}, {pipeline: NAME} (retrain on the latest "
+                  "data) or {apply: true}.", type="object", minProperties=1,
+                  maxProperties=1, additionalProperties=False, properties={
+                      "monitor": _name_ref("Monitor to run"),
+                      "pipeline": _name_ref("Pipeline to run on the latest data"),
+                      "apply": _s("Apply the whole stack.", const=True)}),
+        "catchup": _s("Fire every instant missed while no agent ran (at most 100); "
+                      "false fires only the newest.", type="boolean", default=False),
+        "overlap": _string("forbid: an instant is not fired while the schedule's previous "
+                           "run is still under way; allow: it is.",
+                           enum=["forbid", "allow"], default="forbid"),
+    }, ["run"], oneOf=[{"required": ["cron"]}, {"required": ["every"]}])
 def _monitor() -> Schema:
     numeric = ["normalized_wasserstein", "jensen_shannon", "psi", "ks"]
     categorical = ["jensen_shannon", "psi", "l_infinity", "chi_squared"]
@@ -599,7 +673,7 @@ def _batch_endpoint() -> Schema:
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
     _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor(),
-    _batch_endpoint())}
+    _batch_endpoint(), _webhook(), _schedule())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 

@@ -101,6 +101,9 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
     elif kind == "oneOf" and path[-2:] == ("evaluation", "data"):
         yield path, ("must be a Data reference (NAME or NAME:VERSION), {job: NAME, output: "
                      "NAME} or {pipeline: NAME, step: NAME, output: NAME}"), False
+    elif kind == "oneOf" and path == () and isinstance(instance, dict) and (
+            instance.get("kind") == "Schedule"):
+        yield path, "give either cron: (with timezone:) or every:, not both", False
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         word = "at least" if "inimum" in kind else "at most"
         yield path, f"must be {word} {err.validator_value} (got {instance})", False
@@ -217,7 +220,8 @@ class _References:
                      f"workspace/{workspaces[0].name} is already defined in "
                      f"{workspaces[0].file}")
         for kind in ("Workspace", "Datastore", "Data", "Environment", "Job", "Pipeline",
-                     "Model", "Endpoint", "Promotion", "Monitor", "BatchEndpoint"):
+                     "Model", "Endpoint", "Promotion", "Monitor", "BatchEndpoint", "Webhook",
+                     "Schedule"):
             check = getattr(self, f"_{kind.lower()}")
             for res in self.config.of(kind).values():
                 check(res, res.spec)
@@ -230,7 +234,41 @@ class _References:
             self.default_datastore = store
 
     def _datastore(self, res: Resource, spec: dict[str, Any]) -> None:
-        self.inside(res, ("path",), spec.get("path"), allow_absolute=True)
+        kind, path = spec.get("type", "local"), spec.get("path")
+        if kind == "local":
+            if isinstance(path, str) and "://" in path:
+                self.add(res, ("path",), f"'{path}' is a URL: set `type:` to s3, gcs or "
+                         "azure_blob for object storage, or give a folder")
+            else:
+                self.inside(res, ("path",), path, allow_absolute=True)
+            for field in ("endpoint_url", "region", "profile", "credentials"):
+                if field in spec:
+                    self.add(res, (field,), f"{field} is for object storage; this "
+                             "datastore is a local folder", at_key=True)
+            return
+        from mlinfra.spec.storage import (
+            CREDENTIALS,
+            SCHEME_OF_TYPE,
+            scheme_problem,
+            whole_secret,
+        )
+
+        scheme = SCHEME_OF_TYPE[str(kind)]
+        if isinstance(path, str):
+            problem = scheme_problem(path)
+            if "://" not in path or path.split("://", 1)[0] not in (scheme, *(
+                    {"gcs": ("gcs",), "azure_blob": ("abfs",)}.get(str(kind), ()))):
+                self.add(res, ("path",), f"a {kind} datastore's path is "
+                         f"{scheme}://BUCKET/PREFIX, not '{path}'")
+            elif problem:
+                self.add(res, ("path",), problem)
+        for field, value in (spec.get("credentials") or {}).items():
+            if field not in CREDENTIALS[str(kind)]:
+                self.add(res, ("credentials", field), f"'{field}' is not a {kind} "
+                         f"credential: use {', '.join(CREDENTIALS[str(kind)])}", at_key=True)
+            elif not whole_secret(value):
+                self.add(res, ("credentials", field), "a credential is a whole "
+                         "${secret.NAME}, read from the environment, never written here")
 
     def _data(self, res: Resource, spec: dict[str, Any]) -> None:
         stores = self.config.of("Datastore")
@@ -472,6 +510,28 @@ class _References:
                          f"deployment of model '{model}'")
 
 
+    def _webhook(self, res: Resource, spec: dict[str, Any]) -> None:
+        from mlinfra.spec.events import event_problems, url_problem
+
+        url = spec.get("url")
+        if isinstance(url, str):
+            problem = url_problem(url)
+            if problem:
+                self.add(res, ("url",), problem)
+        for index, message in event_problems(spec.get("events")):
+            self.add(res, ("events", index), message)
+
+    def _schedule(self, res: Resource, spec: dict[str, Any]) -> None:
+        from mlinfra.spec.events import schedule_problems
+
+        for path, message in schedule_problems(spec):
+            self.add(res, path, message)
+        run = spec.get("run") or {}
+        if isinstance(run, dict):
+            if "pipeline" in run:
+                self.name(res, ("run", "pipeline"), "Pipeline", run["pipeline"])
+            if "monitor" in run:
+                self.name(res, ("run", "monitor"), "Monitor", run["monitor"])
     def _monitor(self, res: Resource, spec: dict[str, Any]) -> None:
         """What a monitor watches must exist and be able to give it rows: an endpoint
         with collect:, or a model and a Data asset; its features must be the model's; a
