@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlinfra.registry.decisions import figures
 from mlinfra.registry.evaluate import auc
 from tests.conftest import Result, onnx_model
 from tests.test_serving import Client, call
@@ -178,8 +179,8 @@ def test_a_rejected_candidate_is_tagged_with_why(promoted: Path, cli: Cli) -> No
     assert applied.code == 0, applied.err  # rightly rejected is not a failure
     assert champion(cli) == 1
     tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
-    expected = (f"auc {model_auc(WEIGHTS['poor']):.4g} < champion "
-                f"{model_auc(WEIGHTS['fair']):.4g} + 0.01")
+    poor, fair = figures(model_auc(WEIGHTS["poor"]), model_auc(WEIGHTS["fair"]))
+    expected = f"auc {poor} < champion {fair} + 0.01"
     assert tags["mlinfra.rejected"] == expected, tags
     assert "mlinfra.gates" not in tags
     assert json.loads(cli("models", "show", "fraud").out)["version"] == 2  # still latest

@@ -108,13 +108,15 @@ def verdict_in_advance(session: Session, res: Resource, the_plan: Plan) -> str:
     rollout = spec.get("rollout")
     if rollout:
         from mlinfra.providers.local.endpoint.canary import DEFAULT_ERROR_RATE, DEFAULT_STEPS
+        from mlinfra.spec.model import duration_in
 
         limits = rollout.get("rollback_on") or {}
         thresholds = [f"error rate {limits.get('error_rate', DEFAULT_ERROR_RATE)}"]
         if limits.get("p99_ms") is not None:
-            thresholds.append(f"p99 {limits['p99_ms']} ms")
+            thresholds.append(f"p99 {duration_in(limits['p99_ms'], 0.001, 0):g} ms")
         steps = "/".join(str(s) for s in rollout.get("steps") or DEFAULT_STEPS)
-        text += (f"; rollout {steps} on {rollout['endpoint']} (hold {rollout.get('hold_s', 5)}s"
+        hold = duration_in(rollout.get("hold_s"), 1.0, 5)
+        text += (f"; rollout {steps} on {rollout['endpoint']} (hold {hold:g}s"
                  f" each, rolled back above {' or '.join(thresholds)}"
                  + (", replaying captured requests when quiet" if rollout.get("replay")
                     else "") + ")")

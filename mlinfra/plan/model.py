@@ -7,9 +7,8 @@ only and never decides what apply does.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from mlinfra.errors import Record
 
 FORMAT_VERSION = "1.0"
 SENSITIVE = "(sensitive)"
@@ -40,7 +39,8 @@ class FieldChange(NamedTuple):
     sensitive: bool = False
 
 
-class Desired(Record):
+@dataclass(slots=True, init=False)
+class Desired:
     """A resource as the configuration wants it.
 
     `attributes` are its fields plus the facts a provider derives from the world
@@ -48,8 +48,13 @@ class Desired(Record):
     `inputs_hash` is their digest.
     """
 
-    __slots__ = ("address", "kind", "name", "attributes", "inputs_hash", "dependencies",
-                 "replace_fields")
+    address: str
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    inputs_hash: str
+    dependencies: list[str]
+    replace_fields: frozenset[str]
 
     def __init__(self, address: str, kind: str, name: str, attributes: dict[str, Any],
                  inputs_hash: str, dependencies: list[str] | None = None,
@@ -73,12 +78,21 @@ class Observed(NamedTuple):
     update: bool = False
 
 
-class Change(Record):
+@dataclass(slots=True, init=False)
+class Change:
     """One resource's planned change. Invariant: `before` is None for CREATE,
     `after` is None for DELETE."""
 
-    __slots__ = ("address", "kind", "name", "action", "reason", "before", "after",
-                 "fields", "dependencies", "inputs_hash")
+    address: str
+    kind: str
+    name: str
+    action: Action
+    reason: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    fields: list[FieldChange]
+    dependencies: list[str]
+    inputs_hash: str
 
     def __init__(self, address: str, kind: str, name: str, action: Action, reason: str,
                  before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
@@ -123,14 +137,21 @@ def tally(changes: list[Change]) -> dict[str, int]:
     return found
 
 
-class Plan(Record):
+@dataclass(slots=True, init=False)
+class Plan:
     """Changes in dependency order (deletions in reverse order), the drift refresh
     found, and what the plan was made against: the state's version (lineage "" for a
     stack with no state yet), the `--target`s, and `resolved`, what each model
     reference of the configuration (`fraud@champion`, `fraud`) named at that time."""
 
-    __slots__ = ("changes", "drift", "lineage", "serial", "stack", "destroy", "targets",
-                 "resolved")
+    changes: list[Change]
+    drift: list[Drift]
+    lineage: str
+    serial: int
+    stack: str
+    destroy: bool
+    targets: list[str]
+    resolved: dict[str, int | None]
 
     def __init__(self, changes: list[Change], drift: list[Drift] | None = None,
                  lineage: str = "", serial: int = 0, stack: str = "", destroy: bool = False,

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from mlinfra.errors import MlinfraError
 from mlinfra.runs.store import Run, RunStore
-from mlinfra.state.store import HOST
+from mlinfra.state.store import on_this_machine
 
 # create_time is derived from the boot time and the start tick: equal for one process.
 _SAME_START_S = 0.01
@@ -106,7 +106,7 @@ def owner_alive(run: Run) -> bool:
 
 def orphans(runs: RunStore) -> list[Run]:
     """Runs of this host marked queued or running whose mlinfra is gone."""
-    return [run for run in runs.unfinished() if run.host in (None, HOST)
+    return [run for run in runs.unfinished() if (run.host is None or on_this_machine(run.host))
             and not owner_alive(run)]
 
 
@@ -153,7 +153,7 @@ def stop_orphans(runs: RunStore, log: Callable[[str], None] = lambda _: None) ->
 def cancel(runs: RunStore, run: Run) -> str:
     """Cancel a queued or running run; returns what was done, for a person. The mlinfra
     running it ends it and records it; an orphan is stopped and recorded here."""
-    if run.host not in (None, HOST):
+    if run.host is not None and not on_this_machine(run.host):
         runs.request_cancel(run.id)
         return (f"Asked to cancel run {run.id}: it runs on host {run.host}, whose mlinfra "
                 "stops it.")

@@ -8,6 +8,8 @@ holder; a lock of a process gone from this host is taken over.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -37,6 +39,7 @@ from mlinfra.state.store import (
     StateStore,
     current_user,
     new_lineage,
+    on_this_machine,
     pid_alive,
 )
 
@@ -119,6 +122,10 @@ class SqliteStore(StateStore):
         if len(meta) != 3 or not meta["lineage"]:
             raise sqlite3.DatabaseError("it is not an mlinfra state: it has no lineage, "
                                         "serial or format version")
+        for key in ("serial", "format_version"):
+            if not str(meta[key]).isdigit():
+                raise sqlite3.DatabaseError(f"its {key} is {str(meta[key])[:40]!r}, not a "
+                                            "number")
         version = int(meta["format_version"])
         if version > latest_version():
             raise MlinfraError(f"the state file {self.path} has schema version {version}; "
@@ -148,7 +155,7 @@ class SqliteStore(StateStore):
     def _corrupted_message(self, err: Exception) -> str:
         backup = self.backup_path
         message = f"the state file {self.path} is damaged ({err})."
-        if backup.exists():
+        if backup.is_file():
             message += (f" The last good copy is {backup}: look at it, then restore it "
                         f"with\n  cp {backup} {self.path}")
         else:
@@ -170,6 +177,11 @@ class SqliteStore(StateStore):
         copied at its current serial is not copied again: the copy stays the state as the
         session found it, before an upgrade of its format too."""
         with self._lock:
+            if self.backup_path.is_symlink() or (self.backup_path.exists()
+                                                 and not self.backup_path.is_file()):
+                raise StateCorrupted(f"{self.backup_path} is not a file: mlinfra keeps its "
+                                     f"backup copy of {self.path} there. Move it away, then "
+                                     "run the command again.")
             mine = self.version()
             if self._backed_up_at == (mine.lineage, mine.serial):
                 return str(self.backup_path)
@@ -250,7 +262,7 @@ class SqliteStore(StateStore):
 
 def _is_stale(info: LockInfo) -> bool:
     """A lock taken on this host by a process that no longer runs."""
-    return info.host == HOST and not pid_alive(info.pid)
+    return on_this_machine(info.host) and not pid_alive(info.pid)
 
 
 def _memory() -> sqlite3.Connection:
@@ -279,8 +291,20 @@ def _create(path: Path) -> None:
         os.link(tmp, path)  # never replaces a state another process created meanwhile
     except FileExistsError:
         pass
+    except OSError:
+        _place_without_link(tmp, path)  # vfat, some SMB and FUSE mounts: no hard links
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _place_without_link(tmp: Path, path: Path) -> None:
+    """Put `tmp` at `path` unless a state is there already, where hard links cannot be
+    made: under an exclusive lock beside it, which every creator takes."""
+    with open(path.with_name(f".{path.name}.create.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        if not path.exists():
+            os.rename(tmp, path)
 
 
 def _format_1_to_2(cur: Cursor) -> None:

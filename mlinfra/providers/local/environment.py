@@ -42,10 +42,31 @@ def uv_bin() -> str:
         return found
 
 
+# What uv, and the build code of every requirement it builds, gets of mlinfra's own
+# environment: where things are, the locale, uv's own settings, network (proxies, CA
+# certificates, .netrc) and compiler settings. Never the rest: mlinfra's environment
+# holds every ${secret.X} of the project, the state's password, Pulumi's passphrase.
+BUILD_VARS = frozenset((
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "NETRC", "HTTP_PROXY",
+    "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+    "no_proxy", "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS", "PKG_CONFIG_PATH",
+    "LD_LIBRARY_PATH", "LIBRARY_PATH", "CPATH", "MAKEFLAGS", "CARGO_HOME", "RUSTUP_HOME"))
+BUILD_PREFIXES = ("UV_", "LC_", "XDG_")
+
+
+def build_environment(secrets: dict[str, str] | None = None) -> dict[str, str]:
+    """uv's environment: BUILD_VARS of mlinfra's, uv's settings, and the secrets its
+    requirements name (as MLINFRA_SECRET_X)."""
+    kept = {k: v for k, v in os.environ.items()
+            if k in BUILD_VARS or k.startswith(BUILD_PREFIXES)}
+    return {**kept, **UV_ENV, **(secrets or {})}
+
+
 def _run_uv(args: list[str], timeout: float = 900,
             secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([uv_bin(), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **UV_ENV, **(secrets or {})}, check=False)
+                          env=build_environment(secrets), check=False)
 
 
 def installed_pythons() -> list[str]:
