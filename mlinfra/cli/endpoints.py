@@ -160,8 +160,9 @@ def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -
     if outcome.status == "rolled back":
         echo_err(f"Rolled back to {json.dumps(outcome.traffic)}: {outcome.why}.")
         return 1
-    if outcome.status == "inconclusive":
-        echo_err(f"Stopped, traffic back to {json.dumps(outcome.traffic)}: {outcome.why}.")
+    if outcome.status == "inconclusive":  # no verdict on the deployment, not a rollback
+        echo_err(f"Rollout inconclusive, traffic back to {json.dumps(outcome.traffic)}: "
+                 f"{outcome.why}.")
         return 1
     echo(f"Rollout complete: {outcome.why}. The YAML's traffic is unchanged: set it to "
          f"{json.dumps(outcome.traffic)} to keep this split, or the next apply restores it.")
