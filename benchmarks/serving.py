@@ -22,7 +22,19 @@ turns for --rounds rounds and each figure is the median of its rounds: with 8
 connections on 2 workers, how wrk's connections fall between the workers moves a
 single run by up to 20%.
 
+/metrics: mlinfra keeps its counters by hand (mlinfra.serving.metrics) because
+prometheus_client's multiprocess mode costs more than 5% of requests/s. This shows it:
+two more servers of the endpoint's config take their turns beside the others, one as
+mlinfra runs it ("metrics builtin"), one whose workers keep the same metrics, names and
+labels with prometheus_client in multiprocess mode instead (PROMETHEUS_MULTIPROC_DIR,
+"metrics prometheus": the PROMETHEUS_VARIANT below, put in place by a sitecustomize
+module). The closing lines give the difference in requests/s (the median of each
+round's ratio), in the servers' CPU time per request (what bounds requests/s when the
+cores are busy, as on a shared machine) and in p99. --metrics-only runs this comparison alone
+(no MLflow, MLServer or KServe, so no virtual environments, and no other row).
+
     .venv/bin/python benchmarks/serving.py [--duration 10] [--rounds 3] [--connections 8,64]
+                                           [--metrics-only]
 
 Needs wrk (apt-get install wrk). Goals (issue 10): at 64 connections, at least 3x the
 requests/s of the faster of MLServer and KServe with p99 no higher and no non-2xx
@@ -253,17 +265,163 @@ def start(argv: list[str], cwd: Path, env: dict[str, str],
                                     stderr=subprocess.STDOUT, start_new_session=True))
 
 
+PROMETHEUS_VARIANT = '''\
+"""The endpoint server with its metrics kept by prometheus_client, in multiprocess mode
+(each worker's values in memory-mapped files in PROMETHEUS_MULTIPROC_DIR, added up by
+a scrape): same names and labels as mlinfra's /metrics. Imported at each process' start
+(sitecustomize), before the server's own modules."""
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+import mlinfra.serving.app as app
+from mlinfra.serving.metrics import BATCH_BUCKETS, BUCKETS_S, Metrics
+
+
+class PrometheusMetrics(Metrics):
+    def __init__(self):
+        super().__init__()  # its own counts stay empty: status reports carry no stats
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.folder = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        self._requests = Counter("mlinfra_requests", "Requests answered, by deployment "
+                                 "and status.", ["deployment", "code"],
+                                 registry=self.registry)
+        self._latency = Histogram("mlinfra_request_seconds", "Request latency.",
+                                  ["deployment"], buckets=BUCKETS_S, registry=self.registry)
+        self._batches = Histogram("mlinfra_batch_size", "Requests scored per onnxruntime "
+                                  "call.", ["deployment"], buckets=BATCH_BUCKETS,
+                                  registry=self.registry)
+        self._request_children = {}
+        self._latency_children = {}
+
+    def observe(self, deployment, status, seconds):
+        key = (deployment, status)
+        counter = self._request_children.get(key)
+        if counter is None:
+            counter = self._request_children[key] = self._requests.labels(deployment,
+                                                                          str(status))
+        counter.inc()
+        hist = self._latency_children.get(deployment)
+        if hist is None:
+            hist = self._latency_children[deployment] = self._latency.labels(deployment)
+        hist.observe(seconds)
+
+    def observe_batches(self, deployment, sizes):
+        hist = self._batches.labels(deployment)
+        for size in sizes:
+            hist.observe(size)
+
+    def render(self, endpoint):
+        folder = self.folder
+
+        class Labelled:  # every worker's files, with the endpoint's label
+            def collect(self):
+                for family in MultiProcessCollector(None, folder).collect():
+                    family.samples = [s._replace(labels={"endpoint": endpoint, **s.labels})
+                                      for s in family.samples]
+                    yield family
+
+        return generate_latest(Labelled()).decode()
+
+
+class Scrape:  # /metrics renders the files every worker writes as it counts
+    def __init__(self, metrics, folder=None):
+        self.metrics = metrics
+
+    @classmethod
+    def from_environment(cls, metrics):
+        return cls(metrics)
+
+    def publish(self):
+        pass
+
+    def view(self):
+        return self.metrics
+
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    app.Metrics = PrometheusMetrics
+    app.SharedMetrics = Scrape
+'''
+
+
+METRICS_VARIANTS = ("builtin", "prometheus")
+
+
+def metrics_variant(name: str, config: Path, project: Path, workers: int,
+                    servers: list[subprocess.Popen[bytes]]) -> str:
+    """A server of the endpoint's config whose /metrics `name` keeps, in a folder of its
+    own (its status, metrics and access log apart from the endpoint's): its URL. Before
+    the rounds, each answers a request and is scraped: the same counter must show."""
+    folder = project / f"metrics-{name}"
+    folder.mkdir()
+    settings = json.loads(config.read_text())
+    settings["status_dir"] = str(folder / "status")
+    (folder / "config.json").write_text(json.dumps(settings))
+    env = dict(ENV)
+    if name == "prometheus":
+        (folder / "site").mkdir()
+        (folder / "site" / "sitecustomize.py").write_text(PROMETHEUS_VARIANT)
+        (folder / "multiproc").mkdir()  # this server's alone, empty at its start
+        env.update(PYTHONPATH=str(folder / "site"),
+                   PROMETHEUS_MULTIPROC_DIR=str(folder / "multiproc"))
+    port = free_port()
+    start([sys.executable, "-m", "mlinfra.serving", "--config", str(folder / "config.json"),
+           "--port", str(port), "--workers", str(workers)], folder, env, servers)
+    return f"http://127.0.0.1:{port}"
+
+
+def check_metrics(url: str, key: str, model: str) -> None:
+    """One request, then a scrape: its counter must be there, with mlinfra's labels
+    (in any order, as Prometheus reads them)."""
+    auth = {"Authorization": f"Bearer {key}"}
+    urllib.request.urlopen(urllib.request.Request(
+        f"{url}/v2/models/{model}/infer", v2_body(1),
+        {**auth, "Content-Type": "application/json"}), timeout=10).close()
+    time.sleep(0.6)  # every worker's counts are in the scrape by then
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/metrics", headers=auth),
+                                timeout=10) as answer:
+        text = answer.read().decode()
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counted = sum(sample.value for family in text_string_to_metric_families(text)
+                  for sample in family.samples
+                  if sample.name == "mlinfra_requests_total" and sample.labels.get(
+                      "endpoint") == model and sample.labels.get("code") == "200")
+    if counted < 1:
+        raise SystemExit(f"{url}/metrics does not count the request:\n{text}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a server and its workers, those that exited included
+    (counted in their parent's children times once waited for)."""
+    import psutil
+
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in (root, *root.children(recursive=True)):
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system + times.children_user + \
+                    times.children_system
+    return total
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", default="8,64")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--metrics-only", action="store_true",
+                        help="only the two /metrics implementations, one beside the other")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     WORK.mkdir(parents=True, exist_ok=True)
-    venvs = {name: ensure_venv(name) for name in PEERS}
+    venvs = {} if args.metrics_only else {name: ensure_venv(name) for name in PEERS}
     servers: list[subprocess.Popen[bytes]] = []
     project = Path(tempfile.mkdtemp(prefix="mlinfra-serving-"))
     try:
@@ -281,33 +439,35 @@ def main() -> int:
         model_file = json.loads(Path(endpoint["config"]).read_text()
                                 )["deployments"]["blue"]["path"]
 
-        mlflow = venvs["mlflow"]
-        subprocess.run([str(mlflow / "bin" / "python"), "-c", SAVE_MLFLOW, model_file,
-                        str(project / "mlflow-model")], check=True)
-        mlflow_port = free_port()
-        start([str(mlflow / "bin" / "mlflow"), "models", "serve", "-m",
-               str(project / "mlflow-model"), "--env-manager", "local", "-h", "127.0.0.1",
-               "-p", str(mlflow_port), "--workers", str(workers)], project,
-              {**ENV, "PATH": f"{mlflow / 'bin'}:{ENV['PATH']}"}, servers)
+        mlflow_port = mlserver_port = kserve_port = 0
+        if not args.metrics_only:
+            mlflow = venvs["mlflow"]
+            subprocess.run([str(mlflow / "bin" / "python"), "-c", SAVE_MLFLOW, model_file,
+                            str(project / "mlflow-model")], check=True)
+            mlflow_port = free_port()
+            start([str(mlflow / "bin" / "mlflow"), "models", "serve", "-m",
+                   str(project / "mlflow-model"), "--env-manager", "local", "-h", "127.0.0.1",
+                   "-p", str(mlflow_port), "--workers", str(workers)], project,
+                  {**ENV, "PATH": f"{mlflow / 'bin'}:{ENV['PATH']}"}, servers)
 
-        repository = project / "mlserver"
-        (repository / "fraud").mkdir(parents=True)
-        shutil.copyfile(model_file, repository / "fraud" / "model.onnx")
-        (repository / "fraud" / "onnx_runtime.py").write_text(MLSERVER_RUNTIME)
-        (repository / "fraud" / "model-settings.json").write_text(json.dumps({
-            "name": "fraud", "implementation": "onnx_runtime.OnnxRuntime",
-            "parameters": {"uri": "./model.onnx"}}))
-        mlserver_port = free_port()
-        (repository / "settings.json").write_text(json.dumps({
-            "host": "127.0.0.1", "http_port": mlserver_port, "grpc_port": free_port(),
-            "metrics_port": free_port(), "parallel_workers": workers, "debug": False}))
-        start([str(venvs["mlserver"] / "bin" / "mlserver"), "start", str(repository)],
-              repository, ENV, servers)
+            repository = project / "mlserver"
+            (repository / "fraud").mkdir(parents=True)
+            shutil.copyfile(model_file, repository / "fraud" / "model.onnx")
+            (repository / "fraud" / "onnx_runtime.py").write_text(MLSERVER_RUNTIME)
+            (repository / "fraud" / "model-settings.json").write_text(json.dumps({
+                "name": "fraud", "implementation": "onnx_runtime.OnnxRuntime",
+                "parameters": {"uri": "./model.onnx"}}))
+            mlserver_port = free_port()
+            (repository / "settings.json").write_text(json.dumps({
+                "host": "127.0.0.1", "http_port": mlserver_port, "grpc_port": free_port(),
+                "metrics_port": free_port(), "parallel_workers": workers, "debug": False}))
+            start([str(venvs["mlserver"] / "bin" / "mlserver"), "start", str(repository)],
+                  repository, ENV, servers)
 
-        (project / "kserve_onnx.py").write_text(KSERVE_SERVER)
-        kserve_port = free_port()
-        start([str(venvs["kserve"] / "bin" / "python"), str(project / "kserve_onnx.py"),
-               model_file, str(kserve_port), str(workers)], project, ENV, servers)
+            (project / "kserve_onnx.py").write_text(KSERVE_SERVER)
+            kserve_port = free_port()
+            start([str(venvs["kserve"] / "bin" / "python"), str(project / "kserve_onnx.py"),
+                   model_file, str(kserve_port), str(workers)], project, ENV, servers)
 
         (project / "ceiling.py").write_text(CEILING)
         ceiling_port = free_port()
@@ -315,11 +475,21 @@ def main() -> int:
                "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
                "--no-access-log", "--host", "127.0.0.1", "--port", str(ceiling_port)],
               project, ENV, servers)
-        for url in (f"http://127.0.0.1:{mlflow_port}/health",
-                    f"http://127.0.0.1:{mlserver_port}/v2/health/ready",
-                    f"http://127.0.0.1:{kserve_port}/v2/health/ready",
-                    f"http://127.0.0.1:{ceiling_port}/"):
+        variants = {name: metrics_variant(name, Path(endpoint["config"]), project, workers,
+                                          servers) for name in METRICS_VARIANTS}
+        # the servers' CPU time per request: what limits requests/s on a busy machine
+        pids = {f"metrics {name}": server.pid
+                for name, server in zip(METRICS_VARIANTS, servers[-2:], strict=True)}
+        ready = [f"http://127.0.0.1:{ceiling_port}/",
+                 *(f"{url}/v2/health/live" for url in variants.values())]
+        if not args.metrics_only:
+            ready += [f"http://127.0.0.1:{mlflow_port}/health",
+                      f"http://127.0.0.1:{mlserver_port}/v2/health/ready",
+                      f"http://127.0.0.1:{kserve_port}/v2/health/ready"]
+        for url in ready:
             wait_ready(url)
+        for url in variants.values():
+            check_metrics(url, key, "fraud-api")
         auth = {"Authorization": f"Bearer {key}"}
         v2 = "/v2/models/fraud-api/infer"
         mine = f"{endpoint['url']}{v2}"
@@ -335,6 +505,10 @@ def main() -> int:
             ("mlinfra v2 binary x64", mine, binary64,
              {**auth, "Inference-Header-Content-Length": str(header64)}),
             ("mlinfra /invocations", f"{endpoint['url']}/invocations", MLFLOW_BODY, auth),
+            *((f"metrics {name}", f"{url}{v2}", v2_body(1), auth)
+              for name, url in variants.items()),
+        ]
+        anchors = [
             ("MLServer v2 JSON", f"http://127.0.0.1:{mlserver_port}/v2/models/fraud/infer",
              v2_body(1), {}),
             ("KServe v2 JSON", f"http://127.0.0.1:{kserve_port}/v2/models/fraud/infer",
@@ -342,7 +516,12 @@ def main() -> int:
             ("mlflow /invocations", f"http://127.0.0.1:{mlflow_port}/invocations",
              MLFLOW_BODY, {}),
         ]
+        if args.metrics_only:
+            targets = [t for t in targets if t[0].startswith("metrics ")]
+        else:
+            targets += anchors
         results: dict[tuple[str, int], dict[str, float]] = {}
+        rounds_of: dict[tuple[str, int], list[dict[str, float]]] = {}
         print(f"{workers} workers each; {os.cpu_count()} cores, shared with wrk")
         print(f"{'server':<22}{'conns':>6}{'req/s':>11}{'p50 ms':>9}{'p99 ms':>9}"
               f"{'non-2xx':>9}   req/s of each round", flush=True)
@@ -350,14 +529,22 @@ def main() -> int:
             rounds: dict[str, list[dict[str, float]]] = {t[0]: [] for t in targets}
             for _, url, body, headers in targets:
                 wrk(url, body, connections, 2, headers)  # warm-up
-            for _ in range(args.rounds):
-                for name, url, body, headers in targets:
-                    rounds[name].append(wrk(url, body, connections, args.duration, headers))
+            for turn in range(args.rounds):
+                # the metrics variants swap places each round: neither always goes first
+                order = targets if turn % 2 == 0 else targets[::-1]
+                for name, url, body, headers in order:
+                    pid = pids.get(name)
+                    before = cpu_seconds(pid) if pid else 0.0
+                    run = wrk(url, body, connections, args.duration, headers)
+                    if pid and run["requests"]:
+                        run["cpu_us"] = (cpu_seconds(pid) - before) / run["requests"] * 1e6
+                    rounds[name].append(run)
             for name, *_ in targets:
                 runs = rounds[name]
                 r = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
                 r["non2xx"] = sum(run["non2xx"] + run["timeouts"] for run in runs)
                 results[(name, connections)] = r
+                rounds_of[(name, connections)] = runs
                 each = " ".join(f"{run['rps']:.0f}" for run in runs)
                 print(f"{name:<22}{connections:>6}{r['rps']:>11.0f}{r['p50']:>9.2f}"
                       f"{r['p99']:>9.2f}{int(r['non2xx']):>9}   {each}", flush=True)
@@ -366,6 +553,19 @@ def main() -> int:
             def row(name: str, conns: int = connections) -> dict[str, float]:
                 return results[(name, conns)]
 
+            builtin, prometheus = (row(f"metrics {name}") for name in METRICS_VARIANTS)
+            pairs = zip(*(rounds_of[(f"metrics {n}", connections)] for n in METRICS_VARIANTS),
+                        strict=True)
+            paired = statistics.median(p["rps"] / b["rps"] for b, p in pairs if b["rps"])
+            print(f"{connections} connections: /metrics by prometheus_client (multiprocess) "
+                  f"vs the built-in counters: req/s {prometheus['rps']:.0f} vs "
+                  f"{builtin['rps']:.0f} (median of the rounds' ratios {paired - 1:+.1%}; "
+                  f"the limit is -5%), server CPU per request {prometheus['cpu_us']:.0f} vs "
+                  f"{builtin['cpu_us']:.0f} us (so at most "
+                  f"{builtin['cpu_us'] / prometheus['cpu_us'] - 1:+.1%} req/s when the cores "
+                  f"are the limit), p99 {prometheus['p99']:.2f} vs {builtin['p99']:.2f} ms")
+            if args.metrics_only:
+                continue
             mine, ceiling = row("mlinfra v2 JSON"), row("ceiling (constant)")
             peer_name = max(("MLServer v2 JSON", "KServe v2 JSON"), key=lambda n: row(n)["rps"])
             peer, mlflow_row = row(peer_name), row("mlflow /invocations")
