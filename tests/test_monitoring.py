@@ -16,6 +16,8 @@ import pytest
 
 from mlinfra.monitoring import metrics, profile
 from mlinfra.monitoring.captures import hour_start, retention
+from mlinfra.monitoring.records import Window
+from mlinfra.monitoring.verdicts import Verdict
 from tests.conftest import Result, onnx_model
 from tests.endpoint_client import Client, applied, call
 
@@ -279,6 +281,17 @@ def test_too_few_rows_is_insufficient_never_an_alert(project: Callable[..., Path
         result = cli("monitor", "run", "watch")
         assert result.code == 0, result.out
         assert "insufficient: 100 rows, fewer than min_rows 1000" in result.out
+
+
+def test_a_verdict_line_says_its_state_once() -> None:
+    skipped = Window("watch", 0.0, 60.0, 200, "skipped", model="fraud:4",
+                     reason="model fraud:4 has no reference profile")
+    line = Verdict("watch", [], skipped, 0, 1).line()
+    assert line == "monitor.watch: skipped: model fraud:4 has no reference profile"
+    few = Window("watch", 0.0, 60.0, 10, "insufficient", reason="10 rows")
+    assert Verdict("watch", [], few, 0, 1).line() == "monitor.watch: insufficient: 10 rows"
+    assert Verdict("watch", [], None, 0, 1).line() == (
+        "monitor.watch: no data: no window computed yet")
 
 
 # --- bad input ---------------------------------------------------------------------------

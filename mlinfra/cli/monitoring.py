@@ -37,7 +37,7 @@ def _window_line(window: Window) -> str:
 
 def _print_verdict(verdict: Verdict) -> None:
     style = "bold red" if verdict.breached else "yellow" if verdict.streak else "green"
-    emit(f"monitor.{verdict.monitor}: {verdict.state}: {verdict.summary()}", style)
+    emit(verdict.line(), style)
     for window in verdict.computed:
         echo("  " + _window_line(window))
 

@@ -69,6 +69,14 @@ class Verdict:
             return f"{self.latest.status}: {self.latest.reason}"
         return f"{self.latest.rows} rows in the last window, no drift"
 
+    def line(self) -> str:
+        """`monitor.NAME: STATE: SUMMARY`, the state said once (a skipped or insufficient
+        window's summary starts with it already)."""
+        summary = self.summary()
+        if summary.startswith(f"{self.state}:"):
+            return f"monitor.{self.monitor}: {summary}"
+        return f"monitor.{self.monitor}: {self.state}: {summary}"
+
     def to_json(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "state": self.state, "breached": self.breached,
                 "streak": self.streak, "alert_after": self.alert_after,
