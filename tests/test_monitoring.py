@@ -268,6 +268,24 @@ def test_damaged_and_foreign_captures_are_skipped_with_the_reason(
         assert "part-foreign.parquet: another schema" in window["reason"]
 
 
+def test_captures_of_a_version_a_destroy_forgot_are_skipped_saying_so(
+        project: Callable[..., Path], cli: Cli) -> None:
+    root = monitored(project, alert_after=1)
+    rng = np.random.default_rng(4)
+    with applied(cli) as (url, key):
+        send(url, key, np.column_stack([rng.normal(50, 10, 500), rng.normal(40, 8, 500)]))
+        wait_captured(root, 500)
+    assert cli("apply", "--auto-approve").code == 0       # fraud:2 now; fraud:1 forgotten
+    try:
+        result = cli("monitor", "run", "watch", "--json")
+        assert result.code == 0, result.out + result.err
+        window = json.loads(result.out)[0]["computed"][0]
+        assert window["status"] == "skipped" and window["model"] == "fraud:1"
+        assert "fraud:1 is not in the registry" in window["reason"], window["reason"]
+    finally:
+        cli("destroy", "--auto-approve")
+
+
 def test_too_few_rows_is_insufficient_never_an_alert(project: Callable[..., Path],
                                                      cli: Cli) -> None:
     root = project({"models/fraud.onnx": named_model(),

@@ -176,8 +176,7 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
         reference = records.profile_of(store, model, int(version)) if version else None
         if reference is None:
             window.status = SKIPPED
-            window.reason = (f"model {served} has no reference profile (registered before "
-                             "monitoring, or its training data could not be read)")
+            window.reason = _no_profile(store, served)
         else:
             judge(chosen, window, part, reference, labels)
         if reasons and window.status != SKIPPED:
@@ -185,6 +184,17 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
                 f"files left out: {reasons}"
         windows.append(window)
     return windows
+
+
+def _no_profile(store: StateStore, served: str) -> str:
+    """Why the version that scored a window has no reference profile."""
+    model, _, version = served.rpartition(":")
+    if not version or not store.query("SELECT 1 FROM models WHERE name=? AND version=?",
+                                      (model, int(version))):
+        return (f"model {served} is not in the registry (a destroy forgot it, or the "
+                "captures are of another stack)")
+    return (f"model {served} has no reference profile (registered before monitoring, or "
+            "its training data could not be read)")
 
 
 def _served(part: Any) -> str:
