@@ -292,3 +292,23 @@ def test_environment_with_requirements_is_shared_and_cached(
     done = subprocess.run([f"{venv}/bin/python", "-c", "import six; print(six.__name__)"],
                           capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "six"
+
+
+def test_a_saved_plan_keeps_the_order_through_unchanged_resources(tmp_path: Path) -> None:
+    from mlinfra.engine import _waits
+    from mlinfra.plan import planfile
+    from mlinfra.plan.model import Action, Change, Plan
+
+    changes = [
+        Change("environment.py", "Environment", "py", Action.REPLACE, "rebuilt",
+               before={}, after={}),
+        Change("job.prep", "Job", "prep", Action.NOOP, "", before={}, after={},
+               dependencies=["environment.py"]),
+        Change("job.train", "Job", "train", Action.UPDATE, "params changed",
+               before={}, after={}, dependencies=["job.prep"]),
+    ]
+    planfile.save(Plan(changes, stack="dev"), tmp_path / "p.json")
+    loaded = planfile.load(tmp_path / "p.json")
+    assert [c.action for c in loaded.changes] == [Action.REPLACE, Action.NOOP, Action.UPDATE]
+    assert _waits(loaded.changes)["job.train"] == {"environment.py"}
+    assert loaded.counts() == {"add": 0, "change": 1, "replace": 1, "destroy": 0}

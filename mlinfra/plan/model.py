@@ -163,7 +163,9 @@ class Plan(Record):
             "targets": self.targets,
             "resolved": self.resolved,
             "summary": self.counts(),
-            "changes": [c.to_json() for c in self.actionable],
+            # NOTE: no-ops are kept, as in Terraform's saved plans: apply orders its
+            # changes through the unchanged resources between them.
+            "changes": [c.to_json() for c in self.changes],
             "drift": [d._asdict() for d in self.drift],
         }
 
