@@ -85,12 +85,13 @@ def state_location(config: Config, location: str | None = None) -> str:
     return INTERPOLATION.sub(resolve, text)
 
 
-def open_store_at(config: Config, location: str, command: str, *, write: bool) -> StateStore:
+def open_store_at(config: Config, location: str, command: str, *, write: bool,
+                  new_state: bool = False) -> StateStore:
     """The state at a resolved `state_location`, for this project and stack."""
     from mlinfra.state.backends import open_store
 
     return open_store(location, project=config.name, stack=config.stack.name,
-                      command=command, readonly=not write)
+                      command=command, readonly=not write, new_state=new_state)
 
 
 # What still runs on a state that `state migrate` moved elsewhere.
@@ -98,15 +99,18 @@ READS_A_MOVED_STATE = ("state list", "state show")
 
 
 def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
-                 log: Callable[[str], None] = lambda _: None) -> Session:
+                 log: Callable[[str], None] = lambda _: None,
+                 new_state: bool = False) -> Session:
     """Load the project and open its stack's state: for writing (apply, destroy, the
     commands that move aliases or edit state) or only for reading (plan, output, the
-    listing commands), which never creates nor changes the state."""
+    listing commands), which never creates nor changes the state. A state file that is
+    gone while its backup is beside it is refused unless `new_state`."""
     config = load(directory, stack)
     provider = get_provider(config.stack.provider)
     provider.prepare(config, command)
     try:
-        store = open_store_at(config, state_location(config), command, write=write)
+        store = open_store_at(config, state_location(config), command, write=write,
+                              new_state=new_state)
     except StateUnavailable as err:  # say where the location came from
         raise StateUnavailable(f"{err.message} (the `state:` of "
                                f"{config.stack.file or 'the stack'})") from None

@@ -372,7 +372,12 @@ def test_a_backup_is_never_replaced_by_an_unrelated_state(scored: Path,
     for path in db.parent.glob("state.db*"):
         if path != backup:
             path.unlink()  # the state is lost; its backup is all that is left
-    assert cli("apply", "--auto-approve").code == 0  # a new lineage
+    for args in (("plan",), ("apply", "--auto-approve"), ("models", "list")):
+        refused = cli(*args)  # never silently a new, empty stack
+        assert refused.code == 1, (args, refused.out)
+        assert f"cp {backup} {db}" in refused.err and "--new-state" in refused.err
+        assert not db.exists()
+    assert cli("apply", "--auto-approve", "--new-state").code == 0  # a new lineage
     kept = [p for p in db.parent.glob("state.db.backup.*")]
     assert len(kept) == 1 and kept[0].read_bytes() == old
     assert not [p for p in db.parent.glob("state.db.backup*") if p.name.endswith(
