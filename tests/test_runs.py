@@ -248,9 +248,10 @@ def test_a_run_refuses_outputs_outside_its_folder(tmp_path: Path) -> None:
 
 
 def _put_manifest(store: ArtifactStore, manifest: dict[str, str]) -> str:
+    """A folder manifest written as the store writes one, whatever it lists."""
     data = json.dumps({"manifest": manifest}, sort_keys=True).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    blob = store.root / "blobs" / sha[:2] / sha
+    sha = hashlib.sha256(b"mlinfra folder\n" + data).hexdigest()
+    blob = store.root / "trees" / sha[:2] / sha
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     return sha
@@ -538,3 +539,30 @@ def test_runs_cancel_of_a_run_its_apply_still_watches(project: Callable[[Files],
     assert proc.wait(timeout=30) == 1, out
     assert f"run {run_id} canceled" in out
     assert json.loads(cli("runs", "show", run_id).out)["status"] == "canceled"
+
+
+MANIFEST_LOOKALIKE = """\
+kind: Job
+name: make
+code: ./steps
+command: sh make.sh ${outputs.o}
+outputs: {o: out.json}
+"""
+
+
+def test_a_file_that_looks_like_a_folder_manifest_is_a_file(
+        project: Callable[[Files], Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    lookalike = tmp_path / "out.json"
+    lookalike.write_text('{"manifest": {"../x": "y"}}')
+    sha = store.put(lookalike)
+    assert store.intact(sha) and store.present(sha)
+    copy = store.materialize(sha, tmp_path / "copy.json")
+    assert copy.read_text() == lookalike.read_text() and store.is_copy(sha, copy)
+    root = project({"j.yaml": MANIFEST_LOOKALIKE,
+                    "steps/make.sh": "printf '{\"manifest\": {\"../x\": \"y\"}}' > $1\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    assert cli("plan", "--detailed-exitcode").code == 0  # not rerun on every apply
+    out = output_of(cli, "job.make")["outputs"]
+    stored = ArtifactStore(root / WORKSPACE / "artifacts")
+    assert stored.intact(str(out["o"]))  # type: ignore[index]
