@@ -179,7 +179,7 @@ def test_the_job_gate_checks_before_a_version_is_registered(
     """A job reads a stored copy of its input; when that content fails, the run does
     not start and the content takes no version."""
     from mlinfra.engine import open_session
-    from mlinfra.providers.local.jobs import Resolver, run_job
+    from mlinfra.runs.jobs import Resolver, run_job
 
     root = project({"data.yaml": DATA + "---\n" + JOB, "data/transactions.csv": BAD})
     session = open_session(root, None, "test", write=True)

@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
-LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3,
+LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3, "handler": 3,
           "registry": 3, "runs": 3, "providers": 4, "engine": 5, "scaffold": 5, "ci": 6,
           "cli": 7, "__main__": 7}
 
@@ -78,3 +78,52 @@ def test_every_kind_has_a_local_handler_that_imports() -> None:
         for method in ("facts", "read", "create", "update", "delete"):
             assert callable(getattr(handler, method)), (kind, method)
     assert provider.find("Nope") is None
+
+
+def test_providers_are_found_through_their_entry_point_group(monkeypatch) -> None:
+    """mlinfra's own providers are entry points like a third party's: one added by
+    another package is found by name, without editing mlinfra."""
+    from importlib.metadata import EntryPoint
+
+    import mlinfra.providers as providers
+    from mlinfra.errors import MlinfraError
+    from mlinfra.providers.local import LocalProvider
+
+    assert {"local", "docker", "kubernetes"} <= set(providers.provider_names())
+    assert isinstance(providers.get_provider("local"), LocalProvider)
+    extra = EntryPoint(name="mine", value="mlinfra.providers.local:LocalProvider",
+                       group=providers.GROUP)
+    wrong = EntryPoint(name="wrong", value="mlinfra.errors:MlinfraError", group=providers.GROUP)
+    real = providers.entry_points
+    monkeypatch.setattr(providers, "entry_points",
+                        lambda group: [*real(group=group), extra, wrong])
+    assert isinstance(providers.get_provider("mine"), LocalProvider)
+    for name, says in (("wrong", "is not an mlinfra Provider"), ("nope", "not available")):
+        try:
+            providers.get_provider(name)
+        except MlinfraError as err:
+            assert says in err.message
+        else:
+            raise AssertionError(name)
+
+
+def test_the_domain_is_not_in_the_local_provider() -> None:
+    """Data versions, runs, model versions and promotions are the domain's on every
+    provider: the Pulumi providers use the domain's handlers by import, and the local
+    provider holds only what is local (processes, virtual environments, servers)."""
+    from mlinfra.data.handler import DataHandler
+    from mlinfra.providers.base import handler_class
+    from mlinfra.providers.local import LocalProvider
+    from mlinfra.providers.pulumi_stack import PulumiProvider
+    from mlinfra.registry.promotion import PromotionHandler
+    from mlinfra.registry.register import ModelHandler
+    from mlinfra.runs.jobs import JobHandler, PipelineHandler
+
+    domain = {"Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
+              "Model": ModelHandler, "Promotion": PromotionHandler}
+    for kind, cls in domain.items():
+        assert handler_class(LocalProvider.handler_classes[kind]) is cls
+        assert PulumiProvider.handler_classes[kind] is cls
+    local = {p.name for p in (PACKAGE / "providers" / "local").iterdir()}
+    assert local == {"__init__.py", "infra.py", "environment.py", "endpoint", "__pycache__"} \
+        or local == {"__init__.py", "infra.py", "environment.py", "endpoint"}

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlinfra.providers.base import Context
-from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.models import ModelVersion
+from mlinfra.runs.jobs import artifact_store
 from mlinfra.spec.model import Resource
 
 RESAMPLES = 1000
@@ -39,8 +39,8 @@ def compare(ctx: Context, model: Resource, candidate: ModelVersion, champion: Mo
     ModelInvalid when a version cannot be scored on it."""
     import numpy as np
 
-    from mlinfra.providers.local.models import ModelHandler
     from mlinfra.registry.evaluate import ModelInvalid
+    from mlinfra.registry.register import ModelHandler
 
     store = artifact_store(ctx)
     handler = ModelHandler()

@@ -115,7 +115,7 @@ def data_verdicts(session: Session, the_plan: Plan) -> list[report.DataVerdict]:
     """Each Data asset with expectations, on its current content: the verdict recorded
     for it, or (new content) its expectations run now; nothing is recorded."""
     from mlinfra.data.checks import DataChecks
-    from mlinfra.providers.local.data import DataHandler
+    from mlinfra.data.handler import DataHandler
 
     changes = {c.address: c for c in the_plan.changes}
     checks = DataChecks(session.store)

@@ -164,7 +164,7 @@ def _change_registry(session: Any, registry: Any, ref: Any, args: argparse.Names
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mlinfra.data.checks import DataChecks
-    from mlinfra.providers.local.jobs import Resolver
+    from mlinfra.runs.jobs import Resolver
 
     session = session_for(args, "data validate", write=False)
     try:

@@ -27,6 +27,7 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
@@ -37,28 +38,30 @@ from mlinfra.providers.base import (
     Provider,
     ProviderError,
 )
+from mlinfra.providers.local.endpoint.handler import EndpointHandler
+from mlinfra.providers.local.environment import EnvironmentHandler
+from mlinfra.providers.local.infra import DatastoreHandler, WorkspaceHandler
 from mlinfra.providers.manifests import RenderedObject, secrets_in
 from mlinfra.providers.pulumi_program import PULUMI_TYPES, Program
 from mlinfra.providers.pulumi_runner import PulumiStack, Step, check_ready
+from mlinfra.registry.promotion import PromotionHandler
+from mlinfra.registry.register import ModelHandler
 from mlinfra.runs.containers import ContainerRun, Finished, Launcher
+from mlinfra.runs.jobs import JobHandler, PipelineHandler
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 
-_LOCAL = "mlinfra.providers.local."
 # Kinds whose objects Pulumi applies, with the local handler that does mlinfra's own
 # part first (the workspace's artifact store, a datastore's folder check, the virtual
 # environment local jobs run in; for an endpoint only its facts: its server is
 # Pulumi's container or Deployment).
-_APPLIED = {"Workspace": _LOCAL + "infra:WorkspaceHandler",
-            "Compute": "",
-            "Datastore": _LOCAL + "infra:DatastoreHandler",
-            "Environment": _LOCAL + "environment:EnvironmentHandler",
-            "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler"}
-# Kinds mlinfra handles on this machine, as the local provider does.
-_LOCAL_KINDS = {"Data": _LOCAL + "data:DataHandler", "Job": _LOCAL + "jobs:JobHandler",
-                "Pipeline": _LOCAL + "jobs:PipelineHandler",
-                "Model": _LOCAL + "models:ModelHandler",
-                "Promotion": _LOCAL + "promotion:PromotionHandler"}
+_APPLIED: dict[str, type[Handler] | None] = {
+    "Workspace": WorkspaceHandler, "Compute": None, "Datastore": DatastoreHandler,
+    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler}
+# The domain's kinds, handled on this machine as on every provider.
+_DOMAIN_KINDS: dict[str, str | type[Handler]] = {
+    "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
+    "Model": ModelHandler, "Promotion": PromotionHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 
@@ -150,7 +153,7 @@ def keys_hint(config: Config, state_dir: Path, endpoint: str) -> str:
 class PulumiProvider(Provider, abc.ABC):
     """Shared by docker and kubernetes; a subclass says how its program is made."""
 
-    handler_classes: ClassVar[dict[str, str]] = {**_LOCAL_KINDS}
+    handler_classes: ClassVar[dict[str, str | type[Handler]]] = {**_DOMAIN_KINDS}
 
     def __init__(self) -> None:
         super().__init__()
@@ -328,14 +331,10 @@ def _pulumi_error(err: Exception) -> str:
 class PulumiHandler(BaseHandler):
     """A kind whose objects Pulumi applies, after mlinfra's own part (if any)."""
 
-    def __init__(self, provider: PulumiProvider, kind: str, local: str) -> None:
+    def __init__(self, provider: PulumiProvider, kind: str,
+                 local: type[Handler] | None) -> None:
         self.provider, self.kind = provider, kind
-        self.local: Handler | None = None
-        if local:
-            from importlib import import_module
-
-            module, _, name = local.partition(":")
-            self.local = getattr(import_module(module), name)()
+        self.local: Handler | None = local() if local is not None else None
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
         if self.kind == "Compute":

@@ -21,14 +21,13 @@ from typing import Any
 
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError, cache_dir
+from mlinfra.runs.environments import CURRENT_PYTHON, env_dir
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState, digest
 
 MARKER = "mlinfra-env.json"
 UV_ENV = {"UV_PYTHON_DOWNLOADS": "never", "UV_NO_PROGRESS": "1"}
-# The Python an Environment gets when it names none: the one running mlinfra.
-CURRENT_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 def uv_bin() -> str:
@@ -82,10 +81,6 @@ def shorten(text: str, lines: int = 12) -> str:
     kept = [line for line in text.strip().splitlines() if line.strip()]
     tail = kept[-lines:]
     return ("...\n" if len(kept) > lines else "") + "\n".join(tail)
-
-
-def env_dir(spec_hash: str) -> Path:
-    return cache_dir() / "envs" / spec_hash[:16]
 
 
 class EnvironmentHandler(BaseHandler):

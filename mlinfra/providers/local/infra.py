@@ -6,18 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlinfra.handler import datastore_path, workspace_dir
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
-
-
-def workspace_dir(ctx: Context, name: str) -> Path:
-    """The workspace's artifact store and run folders: under the stack's `artifacts:`
-    folder (shared by the machines that apply the stack), or .mlinfra/<stack>/."""
-    shared = ctx.config.stack.artifacts
-    base = ctx.root / os.path.expanduser(shared) if shared else ctx.state_dir
-    return base / "workspaces" / name
 
 
 class WorkspaceHandler(BaseHandler):
@@ -57,10 +50,6 @@ class ComputeHandler(BaseHandler):
     def create(self, change: Change, ctx: Context) -> Applied:
         after = change.after or {}
         return Applied({"slots": after.get("max_concurrency", 2)})
-
-
-def datastore_path(ctx: Context, spec: dict[str, Any]) -> Path:
-    return (ctx.root / str(spec.get("path", "."))).resolve()
 
 
 class DatastoreHandler(BaseHandler):

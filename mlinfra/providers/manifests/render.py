@@ -24,8 +24,8 @@ def platform(config: Config) -> str:
 
 
 def stack_inputs(ctx: Context) -> StackInputs:
-    from mlinfra.providers.local.infra import datastore_path
-    from mlinfra.providers.local.jobs import artifact_store
+    from mlinfra.handler import datastore_path
+    from mlinfra.runs.jobs import artifact_store
 
     return resolve(ctx.config, ctx.store, artifact_store(ctx),
                    lambda spec: datastore_path(ctx, spec))

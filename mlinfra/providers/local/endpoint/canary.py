@@ -22,8 +22,8 @@ from mlinfra.providers.local.endpoint.publish import change_live, read_config
 from mlinfra.providers.local.endpoint.replay import ShadowReplay, captured_requests
 from mlinfra.providers.local.endpoint.rollout import MIN_REQUESTS, rollout
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
-from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.models import ModelVersion
+from mlinfra.runs.jobs import artifact_store
 from mlinfra.spec.model import Ref
 
 DEFAULT_STEPS = [10, 50, 100]

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from mlinfra.graph import default_datastore
+from mlinfra.handler import datastore_path
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
-from mlinfra.providers.local.infra import datastore_path
-from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.artifacts import ArtifactCorrupted
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
+from mlinfra.runs.jobs import artifact_store
 from mlinfra.spec.model import Ref, Resource
 
 

@@ -42,8 +42,8 @@ from mlinfra.providers.local.endpoint.supervisor import (
     running,
     stop,
 )
-from mlinfra.providers.local.jobs import artifact_store
 from mlinfra.registry.models import ModelRegistry, RegistryError
+from mlinfra.runs.jobs import artifact_store
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import HOST

@@ -10,9 +10,8 @@ from mlinfra.data.checks import DataCheckFailed, DataChecks
 from mlinfra.data.versions import DataVersions, describe
 from mlinfra.errors import MlinfraError
 from mlinfra.graph import default_datastore
+from mlinfra.handler import Applied, BaseHandler, Context, ProviderError, datastore_path
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.infra import datastore_path
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.data import checks
+from mlinfra.data.handler import DataHandler
 from mlinfra.data.versions import DataVersions
+from mlinfra.handler import Applied, BaseHandler, Context, ProviderError, workspace_dir
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.data import DataHandler
-from mlinfra.providers.local.environment import CURRENT_PYTHON, env_dir
-from mlinfra.providers.local.infra import workspace_dir
 from mlinfra.registry.artifacts import ArtifactStore
+from mlinfra.runs.environments import CURRENT_PYTHON, env_dir
 from mlinfra.runs.execute import JobSpec, RunFailed, execute, new_run_id
 from mlinfra.runs.processes import stop_orphans, this_process
 from mlinfra.runs.snapshot import CodeRefused, code_digest

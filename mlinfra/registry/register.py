@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from mlinfra.data.versions import file_sha256
 from mlinfra.graph import address
+from mlinfra.handler import Applied, BaseHandler, Context, ProviderError
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.models import ModelRegistry
+from mlinfra.runs.jobs import Resolver, artifact_store
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState

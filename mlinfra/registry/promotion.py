@@ -15,11 +15,11 @@ from typing import Any, NamedTuple
 
 from mlinfra.data import checks
 from mlinfra.graph import address
+from mlinfra.handler import Applied, BaseHandler, Context, ProviderError
 from mlinfra.plan.model import Change, Observed
-from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
-from mlinfra.providers.local.jobs import Resolver, artifact_store
 from mlinfra.registry.decisions import PROMOTION, DecisionLog, trigger
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
+from mlinfra.runs.jobs import Resolver, artifact_store
 from mlinfra.spec.model import Resource
 from mlinfra.state.model import ResourceState
 
@@ -142,8 +142,8 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
     where = candidate.metrics.get("evaluated_on")
     if champion is None or where is None or champion.metrics.get("evaluated_on") == where:
         return champion, ""
-    from mlinfra.providers.local.models import ModelHandler
     from mlinfra.registry.evaluate import ModelInvalid
+    from mlinfra.registry.register import ModelHandler
 
     model = ctx.config.get("Model", str(res.spec["model"]))
     assert model is not None  # validated
@@ -290,8 +290,6 @@ class PromotionHandler(BaseHandler):
                   champion: ModelVersion, detail: dict[str, Any]) -> None:
         """Roll the promoted candidate out; on a breach (or when it cannot be judged, or
         is interrupted) the alias goes back to the champion and the apply fails."""
-        from mlinfra.providers.local.endpoint.canary import roll_out
-
         registry = ModelRegistry(ctx.store)
         model, alias = candidate.name, str(res.spec.get("alias", "champion"))
         settings = dict(res.spec["rollout"])
@@ -300,8 +298,9 @@ class PromotionHandler(BaseHandler):
         registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "in progress",
                                                      ROLLOUT_FROM: champion.version})
         try:
-            record = roll_out(ctx, settings, alias, candidate, champion,
-                              lambda line: ctx.log(f"{change.address}: {line}"))
+            assert ctx.provider is not None
+            record = ctx.provider.roll_out(ctx, settings, alias, candidate, champion,
+                                           lambda line: ctx.log(f"{change.address}: {line}"))
         except BaseException as err:
             registry.set_alias(model, alias, champion.version,
                                f"rollout of {candidate.ref} by promotion.{res.name} was "
