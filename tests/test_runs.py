@@ -566,3 +566,73 @@ def test_a_file_that_looks_like_a_folder_manifest_is_a_file(
     out = output_of(cli, "job.make")["outputs"]
     stored = ArtifactStore(root / WORKSPACE / "artifacts")
     assert stored.intact(str(out["o"]))  # type: ignore[index]
+
+
+COPY_JOB = """\
+kind: Data
+name: d
+path: d.csv
+---
+kind: Job
+name: copy
+code: ./steps
+command: sh copy.sh ${{inputs.d}} ${{outputs.o}}
+inputs: {{d: d}}
+params: {{n: {n}}}
+outputs: {{o: o.txt}}
+"""
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, content: str) -> None:
+    """What `rsync -a`, `cp -p` or a restore do: other bytes, same size and mtime."""
+    before = path.stat()
+    assert len(content.encode()) == before.st_size
+    path.write_text(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.fixture
+def hashes_kept_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember hashes of files written just now (tests write and plan within a second)."""
+    monkeypatch.setattr("mlinfra.data.hashes._RACY_NS", 0)
+
+
+@pytest.mark.usefixtures("hashes_kept_at_once")
+def test_a_same_size_edit_that_keeps_the_mtime_is_seen(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"j.yaml": COPY_JOB.format(n=1), "steps/copy.sh": "cat $1 > $2\n",
+                    "data/d.csv": "a,b\n1,2\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    assert cli("plan", "--detailed-exitcode").code == 0  # the hashes are remembered
+    _rewrite_keeping_size_and_mtime(root / "data" / "d.csv", "a,b\n7,9\n")
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "data.d will be updated" in plan.out, plan.out
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    run = json.loads(cli("runs", "show", str(output_of(cli, "job.copy")["run_id"])).out)
+    assert Path(run["run_dir"], "outputs", "o.txt").read_text() == "a,b\n7,9\n"
+
+
+@pytest.mark.usefixtures("hashes_kept_at_once")
+def test_a_wrong_remembered_hash_is_refreshed_by_the_run_that_finds_it(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    import sqlite3
+
+    from mlinfra import cache_dir
+
+    root = project({"j.yaml": COPY_JOB.format(n=1), "steps/copy.sh": "cat $1 > $2\n",
+                    "data/d.csv": "a,b\n1,2\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    csv = (root / "data" / "d.csv").resolve()
+    # This machine remembers a hash the file does not have (a file system that kept
+    # every part of the file's identity through an edit).
+    db = sqlite3.connect(cache_dir() / "file-hashes.db")
+    db.execute("UPDATE file_hashes SET sha256=? WHERE path=?", ("0" * 64, str(csv)))
+    db.commit()
+    db.close()
+    (root / "j.yaml").write_text(COPY_JOB.format(n=2))  # the job runs for another reason
+    failed = cli("apply", "--auto-approve")
+    assert failed.code == 1 and "changed since the plan: plan again" in failed.err
+    again = cli("apply", "--auto-approve")  # not forever: the file is read again
+    assert again.code == 0, again.err
+    assert cli("plan", "--detailed-exitcode").code == 0

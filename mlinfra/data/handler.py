@@ -48,6 +48,7 @@ class DataHandler(BaseHandler):
         versions = DataVersions(ctx.store)
         sha = versions.content_sha256(path)
         if sha != after.get("sha256"):
+            versions.forget(path)  # the next plan reads it again
             raise ProviderError(change.address, f"{path} changed since the plan was made: "
                                 "plan again")
         fmt = str(res.spec.get("format", "csv"))

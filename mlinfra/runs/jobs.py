@@ -269,6 +269,11 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                   **{k: sha for k, (_, sha, _) in staged.items()}}
     actual, parts = resolver.run_hash(res, identities, params)
     if actual != run_hash:
+        # What this machine remembered of the files was wrong (or they changed since the
+        # plan): the next plan reads them again rather than failing here forever.
+        for data, _, _ in staged.values():
+            resolver.versions.forget(data.path)
+        resolver.versions.forget(ctx.root / str(spec.get("code", ".")))
         reading = ", ".join(f"{d.name} (sha256 {sha[:12]})" for d, sha, _ in staged.values())
         raise ProviderError(res.address, "its inputs, code or environment changed since the "
                             f"plan: plan again (it would read {reading or 'no data'}; run hash "

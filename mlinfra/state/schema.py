@@ -84,9 +84,6 @@ TABLES: dict[str, str] = {
       name TEXT NOT NULL, sha256 TEXT NOT NULL, expectations TEXT NOT NULL,
       passed INTEGER NOT NULL, results TEXT NOT NULL, checked_at REAL NOT NULL,
       PRIMARY KEY (name, sha256, expectations))""",
-    "file_hashes": """CREATE TABLE file_hashes (
-      path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-      sha256 TEXT NOT NULL)""",
 }
 
 INDEXES: tuple[str, ...] = (
@@ -121,7 +118,11 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
-MIGRATIONS: tuple[Migration, ...] = ()
+MIGRATIONS: tuple[Migration, ...] = (
+    # File hashes are remembered per machine (mlinfra.data.hashes), never in a state
+    # that other machines share.
+    Migration(3, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
+)
 
 
 def latest_version() -> int:
