@@ -46,9 +46,8 @@ class DataHandler(BaseHandler):
             raise ProviderError(change.address, "not in the configuration")
         path = self.path(res, ctx)
         versions = DataVersions(ctx.store)
-        sha = versions.content_sha256(path)
+        sha = versions.content_sha256(path, fresh=True)
         if sha != after.get("sha256"):
-            versions.forget(path)  # the next plan reads it again
             raise ProviderError(change.address, f"{path} changed since the plan was made: "
                                 "plan again")
         fmt = str(res.spec.get("format", "csv"))

@@ -50,8 +50,12 @@ class DataVersions:
         is not what was remembered."""
         machine_hashes().forget(path)
 
-    def content_sha256(self, path: Path) -> str:
-        """A file's sha256, or for a folder the sha256 of its files' paths and hashes."""
+    def content_sha256(self, path: Path, fresh: bool = False) -> str:
+        """A file's sha256, or for a folder the sha256 of its files' paths and hashes.
+        `fresh`: read from the bytes, whatever this machine remembers (a version about
+        to be registered)."""
+        if fresh:
+            self.forget(path)
         if path.is_file():
             return self._cached_sha256(path)
         digest = hashlib.sha256()

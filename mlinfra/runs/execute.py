@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mlinfra.data.hashes import machine_hashes
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.containers import INPUTS_DIR, RUN_DIR, ContainerRun, Finished, Launcher, Mount
@@ -166,6 +167,7 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         if not refused:
             copied = snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
             if spec.code_digest is not None and copied != spec.code_digest:
+                machine_hashes().forget(spec.code)  # the next plan reads it again
                 refused = "its code changed since the plan: plan again"
     except CodeRefused as err:
         refused = err.message
