@@ -20,6 +20,7 @@ import pytest
 
 from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute
+from mlinfra.runs.processes import started_at
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.state.sqlite import HOST, SqliteStore
 from tests.conftest import Files, Result, onnx_model
@@ -381,7 +382,8 @@ def test_a_reused_pid_is_never_signalled(project: Callable[[Files], Path],
     try:
         session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
         runs = RunStore(session)
-        started = psutil.Process(stranger.pid).create_time()
+        started = started_at(stranger.pid)
+        assert started is not None
         for run_id in ("old-1", "old-2"):
             runs.save(Run(id=run_id, job="j", experiment="j", run_hash="h", status="running",
                           pid=stranger.pid, pid_started=started - 100.0, host=HOST,
@@ -459,7 +461,8 @@ def test_runs_cancel_explains_a_process_it_may_not_signal(
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
-        started = psutil.Process(job.pid).create_time()
+        started = started_at(job.pid)
+        assert started is not None
         RunStore(session).save(Run(id="theirs-1", job="j", experiment="j", run_hash="h",
                                    status="running", pid=job.pid, pid_started=started,
                                    host=HOST, owner_pid=job.pid, owner_started=started - 1))
@@ -616,8 +619,6 @@ def test_a_same_size_edit_that_keeps_the_mtime_is_seen(
 @pytest.mark.usefixtures("hashes_kept_at_once")
 def test_a_wrong_remembered_hash_is_refreshed_by_the_run_that_finds_it(
         project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
-    import sqlite3
-
     from mlinfra import cache_dir
 
     root = project({"j.yaml": COPY_JOB.format(n=1), "steps/copy.sh": "cat $1 > $2\n",
@@ -639,3 +640,22 @@ def test_a_wrong_remembered_hash_is_refreshed_by_the_run_that_finds_it(
     assert tries[-1].code == 0, [t.err for t in tries]
     assert cli("plan", "--detailed-exitcode").code == 0
     assert output_of(cli, "data.d")["version"] == 1  # none registered under a wrong hash
+
+
+def test_a_process_is_known_after_the_system_clock_was_stepped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.runs.processes import is_running
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = started_at(child.pid)
+        stepped = psutil.Process.create_time
+        # psutil >= 7.0.1 moves create_time with the clock (NTP stepped it an hour)
+        monkeypatch.setattr(psutil.Process, "create_time",
+                            lambda self: stepped(self) + 3600.0)
+        assert is_running(child.pid, started)
+        assert not is_running(child.pid, (started or 0.0) + 5.0)  # another process
+    finally:
+        child.kill()
+        child.wait()
+    assert not is_running(child.pid, started)

@@ -2,9 +2,12 @@
 mlinfra that died.
 
 A pid alone names a process only while it lives: the system gives it to another
-process later. Every run records its process' start time (psutil's create_time) beside
-its pid, and the pid and start time of the mlinfra that owns it; a process is signalled
-only while both match. A job runs in its own session, so it outlives a killed mlinfra:
+process later. Every run records its process' start beside its pid, and the pid and
+start of the mlinfra that owns it; a process is signalled only while both match. The
+start is the kernel's (Linux: the start tick in /proc/PID/stat, seconds since boot),
+which a step of the system clock never moves; psutil's create_time adds the boot time,
+which moves with the clock (psutil 7.0.1 and later), so it serves only where /proc
+is not. A job runs in its own session, so it outlives a killed mlinfra:
 such a run is an orphan, found by the next apply (or `mlinfra runs cancel`), stopped
 and marked canceled.
 """
@@ -20,7 +23,7 @@ from mlinfra.errors import MlinfraError
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.state.store import HOST
 
-# create_time is derived from the boot time and the start tick: equal for one process.
+# The start of one process read twice: equal (ticks), or create_time's float rounding.
 _SAME_START_S = 0.01
 _POLL_S = 0.05
 STOP_GRACE_S = 5.0
@@ -31,15 +34,44 @@ class ProcessNotStopped(MlinfraError):
     SIGKILL)."""
 
 
-def started_at(pid: int) -> float | None:
-    """When process `pid` started, or None when there is no such process."""
-    # NOTE: psutil is imported where used: planning a job never needs it.
-    import psutil
-
+def _proc_stat(pid: int) -> tuple[str, float] | None:
+    """(state letter, start in seconds since boot) from /proc/PID/stat; None when there
+    is no such process. Raises OSError where there is no /proc."""
     try:
-        return float(psutil.Process(pid).create_time())
-    except psutil.Error:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        if not os.path.isdir("/proc/self"):
+            raise
         return None
+    # The command name (field 2) is in parentheses and may hold spaces or ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _status(pid: int) -> tuple[bool, float] | None:
+    """(is a zombie, start) of process `pid`, or None when there is none."""
+    try:
+        found = _proc_stat(pid)
+    except OSError:
+        # NOTE: psutil is imported where used: planning a job never needs it.
+        import psutil
+
+        try:
+            process = psutil.Process(pid)
+            return (process.status() == psutil.STATUS_ZOMBIE, float(process.create_time()))
+        except psutil.Error:
+            return None
+    if found is None:
+        return None
+    return found[0] == "Z", found[1]
+
+
+def started_at(pid: int) -> float | None:
+    """When process `pid` started (an identity, not a date: compare it only with another
+    `started_at`), or None when there is no such process."""
+    found = _status(pid)
+    return None if found is None else found[1]
 
 
 def this_process() -> tuple[int, float | None]:
@@ -53,14 +85,8 @@ def is_running(pid: int | None, started: float | None) -> bool:
     not). Without a start time the pid cannot be told from a reused one: False."""
     if not pid or started is None:
         return False
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return (abs(process.create_time() - started) < _SAME_START_S
-                and process.status() != psutil.STATUS_ZOMBIE)
-    except psutil.Error:
-        return False
+    found = _status(pid)
+    return found is not None and not found[0] and abs(found[1] - started) < _SAME_START_S
 
 
 def stop(pid: int | None, started: float | None, grace_s: float = STOP_GRACE_S) -> bool:
