@@ -464,10 +464,21 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
                     change, started = running.pop(future)
                     finished(change, future.exception(), time.monotonic() - started)
         except KeyboardInterrupt:
+            # Ctrl-C: runs get SIGTERM, then SIGKILL after a grace period; a second
+            # Ctrl-C kills them now and stops waiting for anything else.
             session.provider.cancel()
             for change, _ in running.values():
-                on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
-            wait(running)
+                on_event("wait", change, 0.0, "interrupted: waiting for it to stop (Ctrl-C "
+                         "again to kill it now)")
+            try:
+                wait(running)
+            except KeyboardInterrupt:
+                session.provider.cancel(force=True)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise Interrupted("Interrupted twice: the runs under way were killed; a "
+                                  "change still under way is journaled, and the next plan "
+                                  "reconciles it. Run apply again to finish the rest."
+                                  ) from None
             raise Interrupted("Interrupted: the changes under way were stopped (a canceled "
                               "run) or finished, and what finished was saved; run apply "
                               "again to finish the rest.") from None

@@ -14,6 +14,7 @@ and marked canceled.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -122,6 +123,94 @@ def _signal_group(pid: int, sig: int) -> None:
                                 ) from None
 
 
+def run_processes(run_id: str) -> list[int]:
+    """The pids of the processes a run started, found by the MLINFRA_RUN_ID they
+    inherited: also those that left the run's process group (a daemon's setsid)."""
+    import psutil
+
+    tag = f"MLINFRA_RUN_ID={run_id}".encode()
+    found = []
+    me = os.getpid()
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        pids = psutil.pids()
+    for pid in pids:
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                tagged = tag in f.read().split(b"\0")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            try:
+                tagged = psutil.Process(pid).environ().get("MLINFRA_RUN_ID") == run_id
+            except psutil.Error:
+                continue
+        if tagged:
+            found.append(pid)
+    return found
+
+
+def end_run(run_id: str, group: int | None, grace_s: float = STOP_GRACE_S) -> int:
+    """End what is left of a run: its process group and every process tagged with its
+    id; SIGTERM, then SIGKILL after `grace_s`. Returns how many processes were left."""
+    left = _alive_of(run_id, group)
+    if not left:
+        return 0
+    signal_run(run_id, group, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while _alive_of(run_id, group) and time.monotonic() < deadline:
+        time.sleep(_POLL_S)
+    if _alive_of(run_id, group):
+        signal_run(run_id, group, signal.SIGKILL)
+        deadline = time.monotonic() + grace_s
+        while _alive_of(run_id, group) and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+    return len(left)
+
+
+def signal_run(run_id: str, group: int | None, sig: int) -> None:
+    """Send `sig` to the run's process group and to every process tagged with its id."""
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, sig)
+    for pid in run_processes(run_id):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive_of(run_id: str, group: int | None) -> set[int]:
+    """The run's processes still running (zombies are not)."""
+    alive = set()
+    for pid in run_processes(run_id):
+        found = _status(pid)
+        if found is not None and not found[0]:
+            alive.add(pid)
+    if group:
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            pass
+        else:
+            alive |= {pid for pid in _group_members(group)}
+    return alive
+
+
+def _group_members(group: int) -> set[int]:
+    import psutil
+
+    members = set()
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE:
+                members.add(process.pid)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
 def owner_alive(run: Run) -> bool:
     """Whether the mlinfra that runs `run` still runs. A run recorded before owners were
     recorded counts as owned while its own process still exists."""
@@ -146,6 +235,8 @@ def stop_orphans(runs: RunStore, log: Callable[[str], None] = lambda _: None) ->
     stopped = []
     for run in orphans(runs):
         was_running = stop(run.pid, run.pid_started)
+        # what the job left beside it (a background child, a daemon) ends with it
+        end_run(run.id, run.pid if was_running else None)
         if runs.end_unfinished(run.id, "canceled", orphan_error(run)):
             log(f"run {run.id} of job {run.job}: {orphan_error(run)}; "
                 + ("its process was stopped" if was_running else "its process had ended"))
