@@ -258,6 +258,14 @@ def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False
     reused so an unchanged secret hashes the same. Destroying wants nothing: it reads
     neither the configuration's facts nor its secrets, so a missing data file, a secret
     not set or data that failed its checks never stops a destroy."""
+    if not session.store.readonly:
+        # A session that writes (apply, destroy, ci run; under the lock) first stops the
+        # runs whose mlinfra was killed and records them, whatever it then applies: a
+        # reconciled state never shows a run `running` that nothing runs.
+        from mlinfra.runs.processes import stop_orphans
+        from mlinfra.runs.store import RunStore
+
+        stop_orphans(RunStore(session.store), session.ctx.log)
     desired = {} if destroy else desired_state(session, targets, saved=saved)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}

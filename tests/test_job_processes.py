@@ -147,3 +147,55 @@ def test_the_processes_of_a_run_are_found_by_its_id(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def _orphans(root: Path) -> tuple[str, str]:
+    """A pipeline run and its step's run left `running` by an mlinfra killed with -9."""
+    from mlinfra.runs.store import Run, RunStore
+    from mlinfra.state.sqlite import SqliteStore
+    from mlinfra.state.store import HOST
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    store = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
+    try:
+        runs = RunStore(store)
+        runs.save(Run(id="p-1", job="p", experiment="p", run_hash="h", status="running",
+                      host=HOST, owner_pid=gone.pid, owner_started=1.0))
+        runs.save(Run(id="step-1", job="bg", experiment="bg", run_hash="h2",
+                      status="running", host=HOST, pid=gone.pid, pid_started=1.0,
+                      owner_pid=gone.pid, owner_started=1.0, parent="p-1", step="s",
+                      pipeline="p"))
+    finally:
+        store.close()
+    return "p-1", "step-1"
+
+
+def _statuses(cli: Callable[..., Result]) -> dict[str, str]:
+    lines = cli("runs", "list").out.splitlines()[1:]
+    return {line.split()[0]: next(w for w in line.split() if w in (
+        "running", "canceled", "completed", "failed", "queued")) for line in lines}
+
+
+def test_an_apply_records_the_runs_a_killed_mlinfra_left(project: Callable[[Files], Path],
+                                                        cli: Callable[..., Result]) -> None:
+    root = project({"j.yaml": JOB.format(extra=""), "steps/start.sh": "echo x > $1\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    parent, step = _orphans(root)
+    assert cli("plan", "--detailed-exitcode").code == 0  # nothing else to apply
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    statuses = _statuses(cli)
+    assert (statuses[parent], statuses[step]) == ("canceled", "canceled"), statuses
+
+
+def test_canceling_an_orphaned_step_cancels_its_pipeline_run(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"j.yaml": JOB.format(extra=""), "steps/start.sh": "echo x > $1\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    parent, step = _orphans(root)
+    canceled = cli("runs", "cancel", step)
+    assert canceled.code == 0, canceled.err
+    assert f"Also canceled: {parent}" in canceled.out
+    statuses = _statuses(cli)
+    assert (statuses[parent], statuses[step]) == ("canceled", "canceled"), statuses

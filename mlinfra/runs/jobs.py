@@ -441,7 +441,12 @@ class PipelineHandler(BaseHandler):
                     ctx.log(f"{change.address}/{name}: reused (inputs unchanged)")
                 results[name] = {"run_id": run.id, "outputs": run.outputs, "reused": reused}
         except BaseException as err:
-            parent.status, parent.error = "failed", str(err)[:500]
+            # A canceled step (Ctrl-C, `mlinfra runs cancel`) cancels its pipeline run.
+            canceled = isinstance(err, KeyboardInterrupt) or any(
+                r.parent == parent.id and r.status == "canceled"
+                for r in runs.recent(limit=200))
+            parent.status = "canceled" if canceled else "failed"
+            parent.error = str(err)[:500] or "canceled"
             parent.ended_at = time.time()
             parent.outputs = {"steps": results}
             runs.save(parent)

@@ -257,8 +257,29 @@ def cancel(runs: RunStore, run: Run) -> str:
             _signal_group(run.pid, signal.SIGTERM)
         return f"Canceling run {run.id}."
     was_running = stop(run.pid, run.pid_started)
+    end_run(run.id, run.pid if was_running else None)
     runs.end_unfinished(run.id, "canceled", f"{orphan_error(run)}; canceled by mlinfra runs "
                         "cancel")
+    also = _cancel_family(runs, run)
     return (f"Canceled run {run.id} ({orphan_error(run)}): "
-            + ("its process was stopped." if was_running else "its process had ended."))
+            + ("its process was stopped." if was_running else "its process had ended.")
+            + (f" Also canceled: {', '.join(also)}." if also else ""))
+
+
+def _cancel_family(runs: RunStore, run: Run) -> list[str]:
+    """An orphaned pipeline run ends with a canceled step, and its steps with it: no run
+    stays `running` that nothing runs."""
+    ended = []
+    parent = runs.get(run.parent) if run.parent else None
+    if parent is not None and parent.status in ("queued", "running") and \
+            not owner_alive(parent) and runs.end_unfinished(
+                parent.id, "canceled", f"its step {run.step or run.job} was canceled"):
+        ended.append(parent.id)
+    for step in runs.unfinished():
+        if step.parent == run.id and not owner_alive(step):
+            was_running = stop(step.pid, step.pid_started)
+            end_run(step.id, step.pid if was_running else None)
+            if runs.end_unfinished(step.id, "canceled", "its pipeline run was canceled"):
+                ended.append(step.id)
+    return ended
 
