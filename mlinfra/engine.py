@@ -253,7 +253,8 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 
 
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
-         do_refresh: bool = True, saved: Plan | None = None) -> Plan:
+         do_refresh: bool = True, saved: Plan | None = None,
+         replace: Iterable[str] = ()) -> Plan:
     """Refresh and diff. `saved`: a saved plan being checked, whose secrets' salts are
     reused so an unchanged secret hashes the same. Destroying wants nothing: it reads
     neither the configuration's facts nor its secrets, so a missing data file, a secret
@@ -266,12 +267,14 @@ def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False
         from mlinfra.runs.store import RunStore
 
         stop_orphans(RunStore(session.store), session.ctx.log)
+    replace = sorted(set(replace))
+    session.ctx.replacing = frozenset(replace)
     desired = {} if destroy else desired_state(session, targets, saved=saved)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
                      destroy=destroy, stack=session.stack,
-                     resolved=resolved_references(session))
+                     resolved=resolved_references(session), replace=replace)
 
 
 def _comparable(the_plan: Plan) -> str:
@@ -298,7 +301,8 @@ def check_fresh(session: Session, saved: Plan) -> None:
             what = (f"was made at state serial {saved.serial}; the state is now at "
                     f"{version.serial}")
         raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
-    current = plan(session, targets=saved.targets, destroy=saved.destroy, saved=saved)
+    current = plan(session, targets=saved.targets, destroy=saved.destroy, saved=saved,
+                   replace=saved.replace)
     moved = sorted(ref for ref in set(saved.resolved) | set(current.resolved)
                    if saved.resolved.get(ref) != current.resolved.get(ref))
     if moved:

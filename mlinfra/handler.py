@@ -90,6 +90,9 @@ class Context:
         self.config, self.store, self.state_dir = config, store, state_dir
         self.log, self.provider = log, provider
         self._facts: dict[str, dict[str, Any] | ProviderError] = {}
+        # What this plan replaces on request (`-replace ADDR`): its facts are read anew
+        # (an environment resolves its requirements again).
+        self.replacing: frozenset[str] = frozenset()
 
     def facts(self, res: Resource) -> dict[str, Any]:
         """A resource's facts, computed once per plan: handlers build on each other's

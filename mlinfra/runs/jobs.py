@@ -95,13 +95,16 @@ class Resolver:
         return DataInput(ref.name, current, sha, path)
 
     def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, Any]]:
-        """The environment's spec hash, venv and `env` (secrets still references)."""
+        """The environment's identity (its lock's hash), venv and `env` (secrets still
+        references)."""
         name = job.spec.get("environment")
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
             return f"python{CURRENT_PYTHON}", None, {}
-        spec_hash = str(self.ctx.facts(env)["spec_hash"])
-        return spec_hash, env_dir(spec_hash), dict(env.spec.get("env") or {})
+        facts = self.ctx.facts(env)
+        # An environment is what it resolved: its lock's hash, not its requirement list.
+        env_hash = str(facts.get("env_hash") or facts["spec_hash"])
+        return env_hash, env_dir(env_hash), dict(env.spec.get("env") or {})
 
     def code(self, job: Resource) -> str:
         code = self.ctx.root / str(job.spec.get("code", "."))
