@@ -10,8 +10,8 @@ bytecode is compiled first, as pip and uv do when they install a package.
     .venv/bin/python benchmarks/plan.py                 # N = 1000, 3000 (both), 10000 (mlinfra)
     .venv/bin/python benchmarks/plan.py --sizes 1000    # quicker
 
-Goals (issue 3): a no-change plan of 10,000 resources under 2 s; at least 10x faster
-than Terraform on every row. With the state on PostgreSQL (issue 11), rows marked
+Goals: a no-change plan of 10,000 resources under 2 s; at least 10x faster
+than Terraform on every row. With the state on PostgreSQL, rows marked
 "postgres" (for the sizes in --postgres-sizes): a no-change plan within 2x of SQLite's.
 They use a throwaway local server (tests/postgres.py: PostgreSQL's initdb and pg_ctl),
 or --postgres URL (the password from PGPASSWORD).

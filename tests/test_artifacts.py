@@ -1,4 +1,4 @@
-"""The artifact store shared by several writers (issue 11, item 5): a stack's
+"""The artifact store shared by several writers: a stack's
 `artifacts:` folder that the machines applying one shared state all mount."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`mlinfra ci plan` and `ci run` on a small project in a real Git repository (issue 12,
-items 1, 2 and their bad input): the plan report and the PR comment (against a local
+"""`mlinfra ci plan` and `ci run` on a small project in a real Git repository (and
+their bad input): the plan report and the PR comment (against a local
 HTTP server that records GitHub API calls), runs that fail, dirty trees, missing bases,
 shallow clones, and two runs at once."""
 

@@ -42,7 +42,7 @@ def ran(result: Result) -> list[str]:
     return [line.split(": ")[1] for line in result.out.splitlines() if ": ran " in line]
 
 
-# --- item 1: a run whose outputs are gone is not reused -------------------------------
+# --- a run whose outputs are gone is not reused -------------------------------
 
 def test_a_run_whose_output_blob_is_gone_runs_again(project: Callable[[Files], Path],
                                                     cli: Callable[..., Result]) -> None:
@@ -105,7 +105,7 @@ def test_a_damaged_output_is_not_reused_either(project: Callable[[Files], Path],
     assert "ran a" in ran(again) and "ran ctwo" in ran(again)
 
 
-# --- item 6: a run records what it read ----------------------------------------------
+# --- a run records what it read ----------------------------------------------
 
 def test_a_standalone_job_reads_another_jobs_output(project: Callable[[Files], Path],
                                                    cli: Callable[..., Result]) -> None:
@@ -218,7 +218,7 @@ def test_data_changed_after_the_plan_is_never_run_under_the_plans_hash(
     assert run["inputs"]["data"] == "transactions:2"
 
 
-@pytest.mark.parametrize("output", ["../../escaped.txt", "/tmp/mlinfra-escaped.txt", "."])
+@pytest.mark.parametrize("output", ["../../escaped.txt", "/var/mlinfra-escaped.txt", "."])
 def test_outputs_cannot_leave_the_run_folder(project: Callable[[Files], Path],
                                              cli: Callable[..., Result], output: str) -> None:
     project({"j.yaml": f"kind: Job\nname: j\ncommand: echo hi > ${{outputs.m}}\n"
@@ -277,7 +277,7 @@ def test_a_crafted_manifest_cannot_write_outside_its_target(tmp_path: Path, rel:
     assert store.intact(good) and store.is_copy(good, tmp_path / "good")
 
 
-# --- item 3: orphans ------------------------------------------------------------------
+# --- orphans ------------------------------------------------------------------
 
 # The first run takes the hold file and waits (until it is stopped); a later run ends.
 SLEEPER = """\

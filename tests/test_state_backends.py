@@ -1,4 +1,4 @@
-"""One conformance suite for every state backend (issue 11, item 6), as Terraform's
+"""One conformance suite for every state backend, as Terraform's
 backend.TestBackendStates and TestBackendStateLocks: each test runs against SQLite and
 against a real PostgreSQL server (tests/postgres.py), through the StateStore interface
 that the rest of mlinfra uses. On PostgreSQL, read-only sessions read through libpq
@@ -186,8 +186,10 @@ def test_the_journal_finds_interrupted_operations(store: StateStore) -> None:
         ("provider said no",)]
 
 
+# Writes N resources; after its first, it waits for the other writer's first, so the
+# two write side by side from then on.
 WRITER = """
-import sys
+import sys, time
 from mlinfra.state import open_store
 from mlinfra.state.model import ResourceState
 store = open_store(sys.argv[1], project="proj", stack="dev", command=sys.argv[2],
@@ -197,21 +199,31 @@ for i in range(int(sys.argv[3])):
     journal = store.begin_operation(address, "create")
     store.commit_change(journal, address, "create",
                         ResourceState(address, "Compute", address[8:], {}, "h"))
+    deadline = time.monotonic() + 60
+    while i == 0 and store.get(f"compute.{sys.argv[4]}-0") is None:
+        assert time.monotonic() < deadline, "the other writer never wrote"
+        time.sleep(0.01)
 store.close()
 """
 
 
 def test_writers_in_two_processes_never_lose_a_change(backend: Backend) -> None:
     backend.open().close()
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, backend.location, name, "25"],
-                              stderr=subprocess.PIPE, text=True) for name in ("p", "q")]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, backend.location, name, "25",
+                               other], stderr=subprocess.PIPE, text=True)
+             for name, other in (("p", "q"), ("q", "p"))]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
     store = backend.open(readonly=True)
     try:
         assert store.version().serial == 50 and len(store.resources()) == 50
-        assert sorted(a[6] for a in store.audit_log(limit=100)) == list(range(1, 51))
+        log = list(reversed(store.audit_log(limit=100)))
+        assert sorted(a[6] for a in log) == list(range(1, 51))
+        writers = [a[3] for a in log]
+        # they overlapped: each wrote before the other's last write
+        assert writers.index("q") < len(writers) - 1 - writers[::-1].index("p")
+        assert writers.index("p") < len(writers) - 1 - writers[::-1].index("q")
     finally:
         store.close()
 
