@@ -1,16 +1,25 @@
-"""The engine: load, refresh, plan and apply, in explicit phases.
+"""The engine: load, refresh, plan and apply, in explicit phases; the only writer.
 
-Apply walks the plan's dependency graph with bounded parallelism. Before each provider
-call it journals the change as pending and commits it after, in one transaction with
-the resource's new state, so a crash at any instant leaves a state the next plan
-reconciles. A failed resource stops its dependants, not its siblings.
+Apply walks the plan's dependency graph with bounded parallelism. Before each handler
+call it journals the change as pending; the handler gets a unit of work
+(`mlinfra.state.work`), not the store, and what it staged (versions, aliases, tags,
+decisions, audit rows, events) is committed with the resource's new state and the
+journal entry in one transaction, so a crash at any instant leaves a state the next
+plan reconciles. A multi-step operation records its ordered steps in the journal;
+after a crash, recovery reads them and resumes or undoes it (`Handler.recover`). A
+failed resource stops its dependants, not its siblings.
+
+Every command that writes the state (apply, destroy, models alias/tag/archive,
+endpoints keys/rollout, state rm/migrate, ci run) takes the stack's lock and its backup
+in one place, `writing`; one outside apply records its change through `operation`.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,7 @@ from mlinfra.spec import Config, Resource, load, sensitive
 from mlinfra.spec.schemas import replace_fields
 from mlinfra.state.model import JournalEntry, ResourceState, digest
 from mlinfra.state.store import StateStore, StateUnavailable
+from mlinfra.state.work import UnitOfWork
 
 Event = Callable[[str, Change, float, str], None]
 
@@ -43,6 +53,8 @@ class Session:
     def __init__(self, config: Config, store: StateStore, provider: Provider,
                  ctx: Context) -> None:
         self.config, self.store, self.provider, self.ctx = config, store, provider, ctx
+        # The interrupted operations that `writing` recovered (apply reports them).
+        self.recovered: list[JournalEntry] = []
 
     @property
     def stack(self) -> str:
@@ -80,7 +92,7 @@ def state_location(config: Config, location: str | None = None) -> str:
         try:
             return quote(sensitive.value_of("secret", match.group(2)[1:], {}), safe="")
         except sensitive.MissingSecret as err:
-            raise MlinfraError(f"{where}: {err.message}") from None
+            raise MlinfraError(f"{where}: {err.message}") from err
 
     return INTERPOLATION.sub(resolve, text)
 
@@ -113,7 +125,7 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
                               new_state=new_state)
     except StateUnavailable as err:  # say where the location came from
         raise StateUnavailable(f"{err.message} (the `state:` of "
-                               f"{config.stack.file or 'the stack'})") from None
+                               f"{config.stack.file or 'the stack'})") from err
     moved = store.moved()
     if moved and command not in READS_A_MOVED_STATE:
         store.close()
@@ -362,15 +374,17 @@ def _waits(all_changes: list[Change]) -> dict[str, set[str]]:
 
 
 def _apply_one(session: Session, change: Change) -> None:
-    store, ctx = session.store, session.ctx
+    store = session.store
     handler = session.provider.handler(change.kind, change.address)
     before = store.get(change.address)
     journal = store.begin_operation(change.address, change.action.name.lower())
+    work = UnitOfWork(store, journal, change.address)
+    ctx = session.ctx.for_change(work)
     try:
         if change.action is Action.DELETE:
             if before is not None:
                 handler.delete(before, ctx)
-            store.commit_change(journal, change.address, "delete", None, change.reason)
+            store.commit_change(journal, change.address, "delete", None, change.reason, work)
             return
         if change.action is Action.REPLACE and before is not None:
             handler.delete(before, ctx)
@@ -383,10 +397,44 @@ def _apply_one(session: Session, change: Change) -> None:
                             outputs=applied.outputs, provider_id=applied.provider_id,
                             dependencies=list(change.dependencies))
         store.commit_change(journal, change.address, change.action.name.lower(), new,
-                            change.reason)
+                            change.reason, work)
+    except BaseException as err:
+        store.fail_operation(journal, _describe(err), work)
+        raise
+    finally:
+        work.release()
+
+
+@contextmanager
+def writing(session: Session, command: str, lock_timeout: float = 0.0) -> Iterator[str]:
+    """The one place a command that writes the state takes the stack's lock (waiting up
+    to `lock_timeout` seconds) and then the state's backup; yields the lock's id."""
+    from mlinfra.state.lock import locked
+
+    with locked(session.store, session.stack, command, lock_timeout) as lock_id:
+        session.store.backup()
+        session.recovered = recover(session)
+        yield lock_id
+
+
+@contextmanager
+def operation(session: Session, address: str, action: str,
+              detail: str = "") -> Iterator[UnitOfWork]:
+    """A change outside apply (moving an alias, rotating a key) as a journaled
+    operation: pending in the journal, its writes staged in the unit of work yielded
+    and committed with the journal entry in one transaction when the block ends; the
+    entry fails when the block raises. The caller holds `writing`."""
+    store = session.store
+    journal = store.begin_operation(address, action)
+    work = UnitOfWork(store, journal, address)
+    try:
+        yield work
+        store.commit_operation(journal, work, detail)
     except BaseException as err:
         store.fail_operation(journal, _describe(err))
         raise
+    finally:
+        work.release()
 
 
 def _describe(err: BaseException) -> str:
@@ -397,15 +445,45 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}"
 
 
+def recover(session: Session) -> list[JournalEntry]:
+    """Close the operations a killed process left pending, resuming or undoing each
+    from its steps; returns them. The caller holds the stack's lock."""
+    from mlinfra.runs.processes import stop_orphans
+    from mlinfra.runs.store import RunStore
+    from mlinfra.state.store import engine_writing
+
+    entries = session.store.interrupted_operations()
+    if entries:
+        session.store.close_interrupted(entries)
+        _clean_abandoned(session, entries)
+    with engine_writing():  # a job started by a killed apply never runs beside another
+        stop_orphans(RunStore(session.store), session.ctx.log)
+    return entries
+
+
 def _clean_abandoned(session: Session, entries: list[JournalEntry]) -> None:
     """An interrupted change of a resource that the state does not hold (apply killed
     during its create) may have left something running that no state will ever name:
-    its handler cleans it up."""
+    its handler cleans it up. An interrupted operation with steps is resumed or undone
+    by its handler, from its steps, in a unit of work committed with the entry."""
     kinds = {kind.lower(): kind for kind in session.provider.handler_classes}
+    store = session.store
     for entry in entries:
         prefix, _, name = entry.address.partition(".")
-        if prefix in kinds and session.store.get(entry.address) is None:
-            session.provider.handler(kinds[prefix], entry.address).abandoned(name, session.ctx)
+        if prefix not in kinds:
+            continue
+        handler = session.provider.handler(kinds[prefix], entry.address)
+        steps = store.steps(entry.id)
+        recover = getattr(handler, "recover", None)
+        if steps and recover is not None:
+            work = UnitOfWork(store, None, entry.address)
+            try:
+                outcome = recover(entry, steps, session.ctx.for_change(work))
+                store.commit_operation(entry.id, work, outcome, status="recovered")
+            finally:
+                work.release()
+        if store.get(entry.address) is None:
+            handler.abandoned(name, session.ctx)
 
 
 def execute(session: Session, the_plan: Plan, parallelism: int = 4,
@@ -414,12 +492,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
     result = ApplyResult()
-    store = session.store
-    result.interrupted = store.interrupted_operations()
-    if result.interrupted:
-        _clean_abandoned(session, result.interrupted)
-        store.close_interrupted(result.interrupted)
-    store.backup()
+    result.interrupted = [*session.recovered, *recover(session)]
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)

@@ -1,8 +1,11 @@
 """One error hierarchy for mlinfra.
 
-Every error a user can cause is an `MlinfraError`: it knows its exit code and a
-message written for a person. The CLI prints the message and exits with the code;
-anything else that escapes is a bug in mlinfra and is reported as one.
+Every error a user can cause is an `MlinfraError`: it knows its exit code, a message
+written for a person, and structured fields for tools (`fields`: the file, the address,
+the lock's holder), as click's and DVC's errors do. An error raised because of another
+keeps it as its cause (`raise X(...) from err`): the CLI prints the message and exits
+with the code, and with MLINFRA_DEBUG=1 also the whole chain. Anything else that
+escapes is a bug in mlinfra and is reported as one.
 """
 
 from __future__ import annotations
@@ -11,13 +14,25 @@ from typing import Any, NamedTuple
 
 
 class MlinfraError(Exception):
-    """A failure explained to the user. `exit_code` is what the process returns."""
+    """A failure explained to the user. `exit_code` is what the process returns;
+    `fields` what it is about, by name (None values are left out)."""
 
     exit_code = 1
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
         self.message = message
+        self.fields: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+
+    def causes(self) -> list[BaseException]:
+        """The errors this one was raised from, nearest first."""
+        found: list[BaseException] = []
+        current = self.__cause__ or (None if self.__suppress_context__ else self.__context__)
+        while current is not None and current not in found:
+            found.append(current)
+            current = current.__cause__ or (
+                None if current.__suppress_context__ else current.__context__)
+        return found
 
 
 class ProjectNotFound(MlinfraError):

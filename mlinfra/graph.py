@@ -76,6 +76,13 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
                 if model and model.alias and promotion.spec.get("model") == model.name and (
                         promotion.spec.get("alias", "champion") == model.alias):
                     add("Promotion", promotion.name)
+    elif res.kind == "Monitor":
+        add("Endpoint", spec.get("endpoint"))
+        model = Ref.parse(str(spec.get("model", "")))
+        add("Model", model.name if model else None)
+        add("Data", _data_name(spec.get("data")))
+        performance = (spec.get("signals") or {}).get("performance") or {}
+        add("Data", _data_name(performance.get("labels")))
     elif res.kind == "Promotion":
         # NOTE: not on its rollout endpoint: the endpoint waits for the promotion.
         add("Model", spec.get("model"))

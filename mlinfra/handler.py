@@ -23,6 +23,7 @@ from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, Resource
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import StateStore
+from mlinfra.state.work import UnitOfWork, Writer
 
 if TYPE_CHECKING:  # a plan on the local provider never loads the runs package
     from mlinfra.registry.models import ModelVersion
@@ -54,7 +55,7 @@ class ProviderError(MlinfraError):
     """A resource could not be planned or applied; the message names the resource."""
 
     def __init__(self, address: str, message: str) -> None:
-        super().__init__(f"{address}: {message}")
+        super().__init__(f"{address}: {message}", address=address)
         self.address = address
         self.reason = message
 
@@ -82,17 +83,34 @@ class Applied(Record):
 
 
 class Context:
-    """Everything a handler may use: the project, its stack's folder, the store."""
+    """Everything a handler may use: the project, its stack's folder, the store to read,
+    and during apply the unit of work its change's writes go to (`work`, handed by the
+    engine: `for_change`)."""
 
     def __init__(self, config: Config, store: StateStore, state_dir: Path,
                  log: Callable[[str], None] = lambda _: None,
                  provider: Hosting | None = None) -> None:
         self.config, self.store, self.state_dir = config, store, state_dir
         self.log, self.provider = log, provider
+        self.work: UnitOfWork | None = None
         self._facts: dict[str, dict[str, Any] | ProviderError] = {}
         # What this plan replaces on request (`-replace ADDR`): its facts are read anew
         # (an environment resolves its requirements again).
         self.replacing: frozenset[str] = frozenset()
+
+    def for_change(self, work: UnitOfWork) -> Context:
+        """This context for one change: its writes staged in `work`."""
+        import copy
+
+        ctx = copy.copy(self)
+        ctx.work = work
+        return ctx
+
+    @property
+    def writer(self) -> Writer:
+        """Where the domain's writes go: the change's unit of work during apply; the
+        store itself (written at once) outside it."""
+        return self.work if self.work is not None else self.store
 
     def facts(self, res: Resource) -> dict[str, Any]:
         """A resource's facts, computed once per plan: handlers build on each other's

@@ -10,8 +10,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3, "handler": 3,
-          "registry": 3, "runs": 3, "providers": 4, "engine": 5, "scaffold": 5, "ci": 6,
-          "cli": 7, "__main__": 7}
+          "registry": 3, "runs": 3, "monitoring": 3, "providers": 4, "engine": 5,
+          "scaffold": 5, "ci": 6, "cli": 7, "__main__": 7}
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,7 +44,9 @@ def test_no_module_imports_a_higher_layer() -> None:
 
 
 def test_serving_stands_apart() -> None:
-    allowed = {"mlinfra", "numpy", "onnxruntime", "orjson", "uvicorn", "__future__"}
+    # pyarrow: the server writes its captures as Parquet itself
+    allowed = {"mlinfra", "numpy", "onnxruntime", "orjson", "uvicorn", "pyarrow",
+               "__future__"}
     for path in (PACKAGE / "serving").rglob("*.py"):
         assert _imports(path) <= {"serving"}, path
         roots = set()
@@ -81,22 +83,22 @@ def test_every_kind_has_a_local_handler_that_imports() -> None:
 
 
 def test_providers_are_found_through_their_entry_point_group(monkeypatch) -> None:
-    """mlinfra's own providers are entry points like a third party's: one added by
-    another package is found by name, without editing mlinfra."""
-    from importlib.metadata import EntryPoint
+    """mlinfra's own providers are entry points like a third party's (and named in a
+    table that spares a command the scan of every distribution): one added by another
+    package is found by name, without editing mlinfra."""
+    from importlib.metadata import entry_points
 
     import mlinfra.providers as providers
     from mlinfra.errors import MlinfraError
     from mlinfra.providers.local import LocalProvider
 
-    assert {"local", "docker", "kubernetes"} <= set(providers.provider_names())
+    declared = {ep.name: ep.value for ep in entry_points(group=providers.GROUP)}
+    assert {k: declared.get(k) for k in providers.BUILT_IN} == providers.BUILT_IN
     assert isinstance(providers.get_provider("local"), LocalProvider)
-    extra = EntryPoint(name="mine", value="mlinfra.providers.local:LocalProvider",
-                       group=providers.GROUP)
-    wrong = EntryPoint(name="wrong", value="mlinfra.errors:MlinfraError", group=providers.GROUP)
-    real = providers.entry_points
-    monkeypatch.setattr(providers, "entry_points",
-                        lambda group: [*real(group=group), extra, wrong])
+    monkeypatch.setattr(providers, "_entry_points", lambda: {
+        **declared, "mine": "mlinfra.providers.local:LocalProvider",
+        "wrong": "mlinfra.errors:MlinfraError"})
+    assert "mine" in providers.provider_names()
     assert isinstance(providers.get_provider("mine"), LocalProvider)
     for name, says in (("wrong", "is not an mlinfra Provider"), ("nope", "not available")):
         try:

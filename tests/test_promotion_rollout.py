@@ -277,7 +277,7 @@ def test_a_quiet_endpoint_is_judged_on_its_replayed_captures(
     url, key = endpoint_url(cli), operator_key(promoted)
     for a in (0.5, -0.5, 1.5, 2.5, -1.0):  # captured, then the endpoint goes quiet
         assert call(url, key, "POST", "/invocations", {"inputs": [[a, 0.2]]})[0] == 200
-    time.sleep(0.5)  # captures are flushed with each status report
+    time.sleep(1.6)  # captures are written once a worker took no row for a second
     (promoted / "serving.yaml").write_text(PROJECT.format(rollout=ROLLOUT % "true"))
     (promoted / "models" / "fraud.onnx").write_bytes(failing_on_single_rows(WEIGHTS["good"]))
     applied = cli("apply", "--auto-approve")
@@ -295,13 +295,47 @@ def test_a_quiet_endpoint_is_judged_on_its_replayed_captures(
     assert history(cli)[-1]["rollout"]["status"] == "complete"
 
 
-def test_a_quiet_endpoint_without_replay_stops_the_rollout(promoted: Path, cli: Cli) -> None:
+def test_a_quiet_endpoint_without_replay_leaves_the_candidate_pending(
+        promoted: Path, cli: Cli) -> None:
+    """No traffic is no verdict: the traffic goes back, the candidate is not rejected
+    but pending, judged again by the next apply; `on_no_traffic: promote` promotes it."""
     (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["good"]))
     applied = cli("apply", "--auto-approve")
-    assert applied.code == 1
-    assert "rollout stopped: no request reached the endpoint" in applied.err, applied.err
+    assert applied.code == 0, applied.out + applied.err
+    assert "fraud:2 is pending" in applied.out and "replay: true" in applied.out
     assert champion(cli) == 1
-    assert history(cli)[-1]["outcome"] == "stopped"
+    decision = history(cli)[-1]
+    assert (decision["outcome"], decision["rollout"]["status"]) == ("pending", "inconclusive")
+    tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
+    assert "mlinfra.rejected" not in tags
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "fraud:2 is pending" in plan.out, plan.out
+    (promoted / "serving.yaml").write_text(PROJECT.format(
+        rollout=(ROLLOUT % "false").replace("replay: false", "replay: false, "
+                                            "on_no_traffic: promote")))
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.out + applied.err
+    assert champion(cli) == 2
+    assert "promoted unjudged" in history(cli)[-1]["rollout"]["why"]
+    served = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
+    assert served["served"] == {"blue": "fraud:2"}
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_history_lists_every_alias_move(promoted: Path, cli: Cli) -> None:
+    """A move by hand is in the history beside the promotions' decisions: who, when,
+    from, to and why."""
+    (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["poor"]))
+    assert cli("apply", "--auto-approve").code == 0  # fraud:2, rejected
+    assert cli("models", "alias", "fraud@champion", "2").code == 0
+    entries = history(cli)
+    moved = entries[-1]
+    assert (moved["outcome"], moved["from"], moved["to"]) == ("moved", 1, 2)
+    assert moved["reason"] == "set by mlinfra models alias" and moved["user"]
+    assert moved["trigger"]["command"] == "models alias"
+    assert [e["outcome"] for e in entries] == ["promoted", "rejected", "moved"]
+    shown = cli("history").out
+    assert "fraud@champion  1 -> 2  MOVED  by models alias" in shown, shown
 
 
 # --- bad input: a metric the evaluation does not produce -------------------------------
@@ -329,9 +363,10 @@ def test_a_promotion_on_a_metric_its_evaluation_does_not_produce_is_refused(
 
 def test_an_apply_killed_during_a_rollout_leaves_a_version_judged_again(
         promoted: Path, cli: Cli) -> None:
-    """kill -9 in the middle of a rollout: the alias had moved, a canary takes traffic.
-    The next apply puts the alias back, removes the canary, and judges the version
-    again: it is never left promoted without being judged."""
+    """kill -9 in the middle of a rollout: a canary takes traffic, the alias has not
+    moved (it moves once the rollout is done). The next apply reads the operation's
+    steps in the journal, removes the canary, and judges the version again: it is never
+    left promoted without being judged."""
     from tests.test_endpoint_lifecycle import killed_after
 
     url, key = endpoint_url(cli), operator_key(promoted)
@@ -343,9 +378,9 @@ def test_an_apply_killed_during_a_rollout_leaves_a_version_judged_again(
     code = killed_after(promoted, "mlinfra.providers.local.endpoint.rollout:_judge_step",
                         "apply", "--auto-approve")
     assert code == -9
-    assert champion(cli) == 2  # moved before the rollout, which was cut short
+    assert champion(cli) == 1  # the alias moves only with the promotion's change
     tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
-    assert tags["mlinfra.rollout"] == "in progress" and tags["mlinfra.rollout_from"] == 1
+    assert "mlinfra.rollout" not in tags
     cut = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]
     assert "canary-fraud-2" in cut["served"], cut
     applied = cli("apply", "--auto-approve")

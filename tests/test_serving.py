@@ -216,16 +216,19 @@ def test_invoke_command_and_metrics(served: Any, tmp_path: Path) -> None:
     assert result.code == 0 and "HTTP 200 in" in result.err and "from fraud:1" in result.err
     pinned = cli("endpoints", "invoke", "api", "--data", str(request), "--deployment", "green")
     assert "from other:1" in pinned.err
-    deadline = time.monotonic() + 5  # each worker writes its captures out every 0.25 s
-    while time.monotonic() < deadline:
-        captures = [p for p in (root / "data" / "captures" / "api").glob("requests*.jsonl")
-                    if p.stat().st_size]
-        if captures:
-            break
+    import pyarrow.parquet as pq
+
+    deadline = time.monotonic() + 10  # a worker writes its captures once they are quiet
+    rows: list[dict[str, Any]] = []
+    while time.monotonic() < deadline and len(rows) < 2:
+        rows = [row for p in (root / "data" / "captures" / "api" / "requests").glob(
+            "hour=*/*.parquet") for row in pq.read_table(p).to_pylist()]
         time.sleep(0.1)
-    assert captures, "collect: sample 1.0 writes every request to the datastore"
-    record = json.loads(captures[0].read_text().splitlines()[0])
-    assert record["inputs"] == {"features": [[1.0, 2.0]]} and record["model"] == "fraud:1"
+    assert len(rows) == 2, "collect: sample 1.0 writes every request to the datastore"
+    assert {(r["model"], r["version"], r["row"]) for r in rows} == {("fraud", 1, 0),
+                                                                    ("other", 1, 0)}
+    assert all((r["features.0"], r["features.1"]) == (1.0, 2.0) for r in rows)
+    assert all(len(r["request_id"]) == 32 for r in rows)
     status, text, _ = call(url, key, "GET", "/metrics")
     assert status == 200
     assert 'mlinfra_requests_total{endpoint="api",deployment="blue",code="200"}' in text

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from tests.conftest import Result, onnx_model
 from tests.endpoint_client import Client, applied, call, endpoint_files
 
@@ -46,7 +48,7 @@ def server(folder: Path, *flags: str, workers: int = 2) -> Iterator[str]:
     """A server of the applied endpoint's config, copied to `folder` (its access log
     and captures go there), with `flags`; its url until the block ends."""
     config = json.loads(endpoint_files("config.json")[0].read_text())
-    config["collect"]["path"] = str(folder / "captures" / "requests.jsonl")
+    config["collect"]["path"] = str(folder / "captures")
     config["status_dir"] = str(folder / "status")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(config))
@@ -100,18 +102,19 @@ def test_access_log_and_captures_are_rotated_by_size(
                     sock.recv(1024)
         warnings = (folder / "server.log").read_text().count("Invalid HTTP request")
         assert 1 <= warnings <= 2, warnings
-        # 3000 requests wrote about 300 kB of access log and 500 kB of captures
-        for name, suffix in (("access", ".log"), ("captures/requests", ".jsonl")):
-            stem = Path(name).name
-            files = [folder / f"{name}{s}{suffix}" for s in ("", ".1", ".2")]
-            assert sorted(folder.glob(f"{name}*{suffix}")) == sorted(files), stem
-            slack = 2 * 64 << 10  # a worker's buffer each, written before it rotates
-            assert all(f.stat().st_size <= limit + slack for f in files), files
-            newest = files[0].read_text().splitlines()
-            assert newest and all(json.loads(line) for line in newest)
-        captured = [json.loads(line) for line in
-                    (folder / "captures" / "requests.jsonl").read_text().splitlines()]
-        assert captured[-1]["inputs"] == {"features": [[99.0, 2.0]]}
+        # 3000 requests wrote about 300 kB of access log
+        files = [folder / f"access{s}.log" for s in ("", ".1", ".2")]
+        assert sorted(folder.glob("access*.log")) == sorted(files)
+        slack = 2 * 64 << 10  # a worker's buffer each, written before it rotates
+        assert all(f.stat().st_size <= limit + slack for f in files), files
+        newest = files[0].read_text().splitlines()
+        assert newest and all(json.loads(line) for line in newest)
+        # the captures keep at most --captures-bytes x (backups + 1), oldest files first
+        parts = sorted((folder / "captures" / "requests").glob("hour=*/*.parquet"),
+                       key=lambda p: p.stat().st_mtime_ns)
+        assert parts and sum(p.stat().st_size for p in parts) <= 3 * limit + 64 << 10
+        rows = [row for p in parts for row in pq.read_table(p).to_pylist()]
+        assert any(row["features.0"] == 99.0 and row["features.1"] == 2.0 for row in rows)
 
 
 def closed_after(port: int, sends: list[tuple[float, bytes]], limit_s: float = 8.0) -> float:

@@ -23,7 +23,7 @@ from tests.conftest import REPO, Files, Result
 def test_quickstart_validates_on_every_stack(cli: Callable[..., Result], stack: str) -> None:
     result = cli("validate", "-C", str(REPO / "examples" / "quickstart"), "-s", stack)
     assert result.code == 0, result.err
-    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 12 resources")
+    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 13 resources")
 
 
 def test_quickstart_uses_every_kind() -> None:

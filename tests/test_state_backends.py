@@ -489,7 +489,8 @@ def test_data_versions_and_the_file_hash_cache(backend: Backend, tmp_path: Path)
 def test_destroying_the_workspace_empties_its_tables(store: StateStore,
                                                      tmp_path: Path) -> None:
     _everything(store, tmp_path)
-    store.empty_workspace()
+    with store.transaction() as cur:
+        store.empty_workspace(cur)
     for table in state_schema.WORKSPACE_TABLES:
         assert store.query(f"SELECT COUNT(*) FROM {table}") == [(0,)], table
     assert len(store.resources()) == 3 and store.audit_log()  # the history stays

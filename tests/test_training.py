@@ -323,7 +323,7 @@ def test_quickstart_main_job(quickstart: Path) -> None:
                               text=True, timeout=900, check=False)
 
     plan = run("plan", "--detailed-exitcode")
-    assert plan.returncode == 2 and "Plan: 12 to add" in plan.stdout, plan.stderr
+    assert plan.returncode == 2 and "Plan: 13 to add" in plan.stdout, plan.stderr
     apply = run("apply", "--auto-approve")
     try:
         assert apply.returncode == 0, apply.stdout[-3000:] + apply.stderr[-3000:]

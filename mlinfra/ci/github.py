@@ -49,7 +49,7 @@ def pull_request(env: Mapping[str, str]) -> tuple[PullRequest | None, str]:
         event = json.loads(Path(event_path).read_text())
     except (OSError, ValueError) as err:
         raise GitHubError(f"cannot read the event GITHUB_EVENT_PATH names ({event_path}): "
-                          f"{err}") from None
+                          f"{err}") from err
     number = (event.get("pull_request") or {}).get("number")
     issue = event.get("issue") or {}
     if number is None and issue.get("pull_request"):
@@ -96,12 +96,12 @@ class GitHubClient:
                     raise GitHubError(f"GitHub API {method} {path}: HTTP {err.code}"
                                       f"{_message(text)}"
                                       + (f" (after {attempt + 1} attempts)" if attempt else "")
-                                      ) from None
+                                      ) from err
             except (urllib.error.URLError, OSError) as err:
                 reason = getattr(err, "reason", err)
                 if attempt == self.retries:
                     raise GitHubError(f"GitHub API {method} {path}: cannot reach "
-                                      f"{self.api_url}: {reason}") from None
+                                      f"{self.api_url}: {reason}") from err
                 wait = self.backoff_s * 2 ** attempt
             self.sleep(wait)
         raise AssertionError("unreachable")  # the loop returns or raises

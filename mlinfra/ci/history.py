@@ -1,4 +1,6 @@
-"""Promotion decisions read back from the audit log, for `mlinfra history`."""
+"""Promotion decisions and alias moves read back from the audit log, for `mlinfra
+history`: every decision a promotion made, and every alias move made outside one
+(`mlinfra models alias`), with who, when, from, to and why."""
 
 from __future__ import annotations
 
@@ -8,16 +10,25 @@ from typing import Any
 from mlinfra.registry.decisions import PROMOTION, DecisionLog
 from mlinfra.state.store import StateStore
 
+# The commands whose alias moves are promotion decisions, recorded as such.
+_DECIDING = ("apply", "destroy", "ci run")
+
 
 def decisions(store: StateStore, model: str | None = None) -> list[dict[str, Any]]:
-    """Every promotion decision, oldest first (of one model when named): when, who or
-    what triggered it, the commit, from which version to which, metrics, outcome, why,
-    and the rollout's steps."""
+    """Every promotion decision and every alias move made by hand, oldest first (of one
+    model when named): when, who or what triggered it, the commit, from which version
+    to which, metrics, outcome, why, and the rollout's steps."""
+    log = DecisionLog(store)
+    records = sorted([*log.read(PROMOTION),
+                      *(r for r in log.read("alias") if r.command not in _DECIDING)],
+                     key=lambda r: r.id)
     out = []
-    for record in DecisionLog(store).read(PROMOTION):
-        detail = record.detail
+    for record in records:
+        detail = dict(record.detail)
         if model is not None and detail.get("model") != model:
             continue
+        if record.address.startswith("model."):  # a move by hand
+            detail.update(outcome="moved", trigger={"command": record.command})
         out.append({"at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record.at)),
                     "timestamp": record.at, "user": record.user, "host": record.host,
                     "address": record.address, **detail})
@@ -47,10 +58,11 @@ def render(entries: list[dict[str, Any]]) -> list[str]:
         commit = (entry.get("commit") or "")[:12] or "no commit"
         model = entry.get("model", "?")
         event = f", {github['event']}" if "event" in github else ""
+        shown = ("" if entry.get("outcome") == "moved" else
+                     f"candidate {model}:{_version(entry.get('candidate'))}  ")
         lines.append(f"{entry['at']}  {model}@{entry.get('alias', '?')}  "
                      f"{_version(entry.get('from'))} -> {_version(entry.get('to'))}  "
-                     f"{str(entry.get('outcome', '?')).upper()}  candidate "
-                     f"{model}:{_version(entry.get('candidate'))}  by "
+                     f"{str(entry.get('outcome', '?')).upper()}  {shown}by "
                      f"{trigger.get('command', '?')} ({who}{event})  at {commit}")
         lines.append(f"    why: {entry.get('reason', '')}")
         metrics = entry.get("metrics") or {}

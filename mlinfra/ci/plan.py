@@ -47,10 +47,20 @@ def project_names(root: Path, stack: str | None) -> tuple[str, str]:
 
 def plan_text(session: Session, the_plan: Plan) -> list[str]:
     """Exactly what `mlinfra plan` prints."""
+    from mlinfra.monitoring.planning import notes
     from mlinfra.plan.render import render
 
     lines = [text for text, _ in render(the_plan)]
-    return lines + session.provider.plan_notes(session.ctx)
+    return (lines + session.provider.plan_notes(session.ctx)
+            + notes(session.config, session.store, the_plan))
+
+
+def monitor_lines(session: Session, the_plan: Plan) -> list[str]:
+    """`monitor.NAME: verdict; what a breach would retrain`, one per monitor."""
+    from mlinfra.monitoring.planning import notes
+
+    return [line for line in notes(session.config, session.store, the_plan)
+            if line.startswith("  monitor.")]
 
 
 def runs_started(the_plan: Plan) -> list[tuple[str, str]]:
@@ -190,7 +200,8 @@ def ci_plan(directory: Path, stack: str | None, base: str | None,
             project, stack_name, changes, direct, downstream,
             summary_line(the_plan) if the_plan.has_changes() else
             "No changes. The stack matches the configuration.",
-            plan_text(session, the_plan), runs_started(the_plan), promotions, verdicts, [])
+            plan_text(session, the_plan), runs_started(the_plan), promotions, verdicts, [],
+            monitor_lines(session, the_plan))
         # Data that fails its expectations fails the check: apply would refuse it after
         # the merge.
         return Outcome(text, not any(v.passed is False for v in verdicts), stack_name,

@@ -124,7 +124,7 @@ def _data_section(data: list[DataVerdict]) -> list[str]:
 def plan_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, list[str]],
                 downstream: list[str], summary: str, plan_lines: list[str],
                 runs: list[tuple[str, str]], promotions: list[str], data: list[DataVerdict],
-                errors: list[str]) -> str:
+                errors: list[str], monitors: list[str] | None = None) -> str:
     """What a pull request would do, for reviewers."""
     out = [marker(project, stack), f"## mlinfra ci plan: `{project}`, stack `{stack}`", "",
            f"Commit `{short(changes.head)}` compared with `{short(changes.base)}`, its merge "
@@ -143,8 +143,18 @@ def plan_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, 
     out += ([f"- {line}" for line in promotions] if promotions else ["No Promotion."])
     out.append("")
     out += _data_section(data)
+    out += _monitors_section(monitors)
     out += _plan_section(plan_lines)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _monitors_section(monitors: list[str] | None) -> list[str]:
+    """Each monitor's last verdict and the retrain a breach would cause."""
+    if not monitors:
+        return []
+    return ["### Monitors", "", *[f"- `{line.strip().split(':', 1)[0]}`:"
+                                  f"{line.strip().split(':', 1)[1]}" for line in monitors],
+            ""]
 
 
 @dataclass
@@ -237,7 +247,8 @@ def _promotion(summary: PromotionSummary) -> list[str]:
 def run_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, list[str]],
                downstream: list[str], ok: bool, summary: str, plan_lines: list[str],
                failed: dict[str, str], skipped: dict[str, str], runs: list[RunSummary],
-               promotions: list[PromotionSummary], errors: list[str]) -> str:
+               promotions: list[PromotionSummary], errors: list[str],
+               monitors: list[str] | None = None) -> str:
     """What a push did: runs, promotion decisions with their comparison, rollouts."""
     verdict = f"{PASS} applied" if ok else f"{FAIL} failed"
     since = (f"compared with `{short(changes.base)}` ({changes.base_name})" if changes.base
@@ -273,6 +284,7 @@ def run_report(project: str, stack: str, changes: ChangeSet, direct: dict[str, l
             out += _promotion(promotion)
     else:
         out += ["No promotion decision was made.", ""]
+    out += _monitors_section(monitors)
     if plan_lines:
         out += _plan_section(plan_lines, "The plan it applied")
     return "\n".join(out).rstrip() + "\n"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mlinfra.ci import report
 from mlinfra.ci.changes import SHALLOW_HINT, ChangeSet, GitProblem, Repository, affected
-from mlinfra.ci.plan import plan_text
+from mlinfra.ci.plan import monitor_lines, plan_text
 from mlinfra.engine import Event, Session, execute, open_session, plan, workspace_address
 from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import tally
@@ -113,8 +113,8 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
            lock_timeout: float = 0.0, parallelism: int = 4,
            on_event: Event = lambda *_: None,
            log: Callable[[str], None] = lambda _: None) -> Outcome:
+    from mlinfra.engine import writing
     from mlinfra.spec.project import find_root
-    from mlinfra.state.lock import locked
 
     repo = Repository(find_root(directory))
     try:
@@ -132,7 +132,7 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
                                                   store.version())
             if record is not None and not plan(session).has_changes():
                 return _skipped(session.stack, head, record)
-            with locked(session.store, session.stack, "ci run", lock_timeout):
+            with writing(session, "ci run", lock_timeout):
                 # Another ci run may have processed it while this one waited for the lock.
                 record = None if dirty else processed(decisions, session.stack, head,
                                                       store.version())
@@ -180,6 +180,7 @@ def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started
                                  {}, {}, [], [], err.message.splitlines())
         return Outcome(text, False, "the project cannot be planned", stack)
     lines = plan_text(session, the_plan) if the_plan.has_changes() else []
+    monitors = monitor_lines(session, the_plan)
     failed: dict[str, str] = {}
     skipped: dict[str, str] = {}
     applied = []
@@ -194,7 +195,8 @@ def _apply(session: Session, changes: ChangeSet, decisions: DecisionLog, started
     ok = not failed and not skipped
     promotions = _promotions(session, decisions.read(PROMOTION, first_decision))
     text = report.run_report(project, stack, changes, direct, downstream, ok, summary, lines,
-                             failed, skipped, _runs(session, started), promotions, [])
+                             failed, skipped, _runs(session, started), promotions, [],
+                             monitors)
     message = (f"ci run of {changes.head[:12]} on stack '{stack}': "
                + ("applied" if ok else f"{len(failed)} failed, {len(skipped)} not applied"))
     return Outcome(text, ok, message, stack)

@@ -237,6 +237,29 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     _lock_option(keys)
 
 
+def _monitor(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="monitor_command", metavar="SUBCOMMAND", required=True)
+    run = sub.add_parser("run", parents=[common],
+                         help="compute the windows not yet computed and record their "
+                              "verdicts; exit 3 when a monitor is breached")
+    run.add_argument("name", nargs="?", help="one monitor (default: all)")
+    run.add_argument("--captures", metavar="DIR",
+                     help="the datastore folder holding captures/ (a CronJob's mount)")
+    run.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _monitors(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="monitors_command", metavar="SUBCOMMAND", required=True)
+    listing = sub.add_parser("list", parents=[common], help="each monitor's last verdict")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    show = sub.add_parser("show", parents=[common],
+                          help="a monitor's windows and each feature's trend")
+    show.add_argument("name")
+    show.add_argument("--windows", type=_positive, default=24, metavar="N",
+                      help="the latest N windows (default 24)")
+    show.add_argument("--json", action="store_true", help="print as JSON")
+
+
 def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR",
                    help="folder for the manifests, build contexts and scripts")
@@ -290,6 +313,10 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
     "data": ("training:cmd_data", "data assets", _data),
     "endpoints": ("endpoints:cmd_endpoints",
                   "online endpoints: list, show, invoke, keys, rollout", _endpoints),
+    "monitor": ("monitoring:cmd_monitor", "compute monitors' windows: drift, quality, "
+                "performance; exit 3 when one is breached", _monitor),
+    "monitors": ("monitoring:cmd_monitors", "list monitors and show their windows and "
+                 "trends; exit 3 when one is breached", _monitors),
     "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "
                "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
@@ -332,6 +359,18 @@ def command_word(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _debug(err: MlinfraError) -> None:
+    """With MLINFRA_DEBUG=1: the error's fields and the chain of errors that caused it,
+    each with its traceback."""
+    if not os.environ.get("MLINFRA_DEBUG"):
+        return
+    import traceback
+
+    if err.fields:
+        echo_err("fields: " + ", ".join(f"{k}={v}" for k, v in sorted(err.fields.items())))
+    echo_err("".join(traceback.format_exception(err)).rstrip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
@@ -347,9 +386,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigurationError as err:
         echo_err(err.render())
+        _debug(err)
         return err.exit_code
     except MlinfraError as err:
         echo_err(f"Error: {err.message}")
+        _debug(err)
         return err.exit_code
     except KeyboardInterrupt:
         echo_err("Interrupted.")

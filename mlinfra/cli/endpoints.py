@@ -116,10 +116,13 @@ def _show(session: Session, state: ResourceState) -> int:
 
 
 def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.engine import operation, writing
     from mlinfra.providers.local.endpoint.keys import KEY_NAMES, issue
-    from mlinfra.state.lock import locked
 
-    with locked(session.store, session.stack, "endpoints keys", args.lock_timeout):
+    # A key rotation is a journaled operation whose key set is recorded before the
+    # server gets it: after a crash at any instant, a revoked key stays revoked.
+    with writing(session, "endpoints keys", args.lock_timeout), \
+            operation(session, state.address, "keys") as work:
         current = session.store.get(state.address) or state  # as it is under the lock
         if args.regenerate:
             names = [args.regenerate]
@@ -129,7 +132,7 @@ def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> i
                 raise MlinfraError("the keys were shown when they were made, and mlinfra keeps "
                                    "only their hashes; make a new one with --regenerate "
                                    "primary (or secondary)")
-        made = issue(session.ctx, current, names)
+        made = issue(session.ctx.for_change(work), current, names)
     for name, key in made.items():
         echo(f"{name}: {key}")
     echo_err("Keep them now: mlinfra stores only their hashes.")
@@ -137,21 +140,22 @@ def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> i
 
 
 def _rollout(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
+    from mlinfra.engine import operation, writing
     from mlinfra.providers.local.endpoint.rollout import rollout
-    from mlinfra.state.lock import locked
 
     steps = [int(s) for s in args.steps.split(",") if s.strip().isdigit()]
     if not steps or steps[-1] != 100 or steps != sorted(set(steps)) or steps[0] < 1:
         raise MlinfraError("--steps must rise and end at 100, e.g. 10,50,100")
-    with locked(session.store, session.stack, "endpoints rollout", args.lock_timeout):
+    with writing(session, "endpoints rollout", args.lock_timeout), \
+            operation(session, state.address, "rollout") as work:
         current = session.store.get(state.address) or state
-        outcome = rollout(session.ctx, current, args.to, steps, args.hold, args.max_error_rate,
-                          args.max_p99_ms, args.min_requests,
+        outcome = rollout(session.ctx.for_change(work), current, args.to, steps, args.hold,
+                          args.max_error_rate, args.max_p99_ms, args.min_requests,
                           log=lambda line: emit(f"{state.address}: {line}", "dim"))
     if outcome.status == "rolled back":
         echo_err(f"Rolled back to {json.dumps(outcome.traffic)}: {outcome.why}.")
         return 1
-    if outcome.status == "stopped":
+    if outcome.status == "inconclusive":
         echo_err(f"Stopped, traffic back to {json.dumps(outcome.traffic)}: {outcome.why}.")
         return 1
     echo(f"Rollout complete: {outcome.why}. The YAML's traffic is unchanged: set it to "
@@ -168,7 +172,7 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         body = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     except OSError as err:
         raise MlinfraError(f"cannot read the request body {args.data}: "
-                           f"{err.strerror or err}") from None
+                           f"{err.strerror or err}") from err
     try:
         sent = json.loads(body)
     except ValueError:
@@ -192,7 +196,7 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         answer = request(url, key, body, headers, timeout=args.timeout)
     except Unreachable as err:
         raise MlinfraError(f"endpoint {state.name}: {err.message}; mlinfra plan shows "
-                           "whether its server needs repair") from None
+                           "whether its server needs repair") from err
     elapsed = (time.perf_counter() - started) * 1000
     echo(json.dumps(answer.body, indent=2))
     served = answer.headers.get("mlinfra-model", "")

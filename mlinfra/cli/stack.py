@@ -13,6 +13,7 @@ from mlinfra.errors import MlinfraError
 if TYPE_CHECKING:
     from mlinfra.engine import Session
     from mlinfra.plan.model import Change, Plan
+    from mlinfra.state.work import UnitOfWork
 
 
 def _print_plan(plan: Plan) -> None:
@@ -76,6 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         do_refresh=args.refresh, replace=args.replace)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
+        if not args.json and not args.destroy:
+            from mlinfra.monitoring.planning import notes as monitor_notes
+
+            notes += monitor_notes(session.config, session.store, the_plan)
     finally:
         session.close()
     if args.json:
@@ -100,14 +105,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
     """Lock, plan (or load the saved plan), show, confirm, apply."""
-    from mlinfra.engine import check_fresh, plan
+    from mlinfra.engine import check_fresh, plan, writing
     from mlinfra.plan import planfile
-    from mlinfra.state.lock import locked
 
     verb = "destroy" if destroy else "apply"
     session = session_for(args, verb, write=True)
     try:
-        with locked(session.store, session.stack, verb, args.lock_timeout):
+        with writing(session, verb, args.lock_timeout):
             if getattr(args, "planfile", None):
                 the_plan = planfile.load(Path(args.planfile))
                 check_fresh(session, the_plan)
@@ -134,7 +138,8 @@ def cmd_destroy(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from mlinfra.state.lock import force_unlock, locked
+    from mlinfra.engine import operation, writing
+    from mlinfra.state.lock import force_unlock
 
     session = session_for(args, f"state {args.state_command}",
                           write=args.state_command in ("rm", "unlock", "migrate"))
@@ -155,8 +160,7 @@ def cmd_state(args: argparse.Namespace) -> int:
                              "provider_id": found.provider_id,
                              "dependencies": found.dependencies}, indent=2, default=str))
         elif args.state_command == "rm":
-            with locked(store, session.stack, "state rm", args.lock_timeout):
-                store.backup()
+            with writing(session, "state rm", args.lock_timeout):
                 for address in args.address:
                     if store.get(address) is None:
                         raise MlinfraError(f"{address} is not in the state")
@@ -167,15 +171,18 @@ def cmd_state(args: argparse.Namespace) -> int:
             info = force_unlock(store, session.stack, args.lock_id)
             echo(f"Unlocked stack '{session.stack}' (was {info.describe()}).")
         elif args.state_command == "migrate":
-            with locked(store, session.stack, "state migrate", args.lock_timeout):
-                return _migrate(session, args.to, args.lock_timeout)
+            with writing(session, "state migrate", args.lock_timeout), \
+                    operation(session, f"stack.{session.stack}", "migrate", args.to) as work:
+                return _migrate(session, args.to, args.lock_timeout, work)
         return 0
     finally:
         session.close()
 
 
-def _migrate(session: Session, to: str, lock_timeout: float) -> int:
-    """Copy the stack's state to `to` and verify it; the caller holds the lock."""
+def _migrate(session: Session, to: str, lock_timeout: float, work: UnitOfWork) -> int:
+    """Copy the stack's state to `to` and verify it, as a journaled operation (`work`):
+    a migration interrupted after its copy began is finished by running it again (the
+    copy of this state at `to` is made again). The caller holds the lock."""
     from mlinfra.engine import open_store_at, state_location
     from mlinfra.state.lock import locked
     from mlinfra.state.transfer import copy_state
@@ -185,9 +192,17 @@ def _migrate(session: Session, to: str, lock_timeout: float) -> int:
     if location == state_location(config):
         raise MlinfraError(f"--to {to} is where the stack's state is already")
     target = open_store_at(config, location, "state migrate", write=True)
+    shown = target.location
+    earlier = [e for e in source.interrupted_operations()
+               if (e.address, e.action) == (work.address, "migrate")]
+    earlier += source.operations(work.address, "migrate", "failed")
+    earlier += source.operations(work.address, "migrate", "interrupted")
+    resumed = any(step.name == "copy" and step.data.get("to") == shown
+                  for entry in earlier for step in source.steps(entry.id))
     try:
         with locked(target, session.stack, "state migrate", lock_timeout):
-            report = copy_state(source, target)
+            work.step("copy", {"to": shown})
+            report = copy_state(source, target, resume=resumed)
     finally:
         target.close()
     echo(f"Copied the state of stack '{session.stack}' from {source.location} to "
@@ -199,6 +214,7 @@ def _migrate(session: Session, to: str, lock_timeout: float) -> int:
     if differs:
         raise MlinfraError(f"the copy differs from the state in {', '.join(differs)}: the "
                            f"stack still uses {source.location}; do not point it at the copy")
+    work.step("verified", {"to": shown})
     source.mark_moved(target.location)
     stack_file = config.stack.file or f"stacks/{session.stack}.yaml"
     echo(f"\nVerified: every table's rows and digest match. Now point the stack at it: in "

@@ -127,16 +127,23 @@ def cmd_models(args: argparse.Namespace) -> int:
         if ref is None:
             raise MlinfraError(f"'{args.ref}' is not NAME, NAME:VERSION or NAME@ALIAS")
         if args.models_command == "show":
-            found = registry.resolve(ref.name, ref.version, ref.alias)
-            echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name)},
-                            indent=2, default=str))
-            return 0
-        from mlinfra.state.lock import locked
+            from mlinfra.monitoring import profile, records
 
-        # These move what a plan resolves: one writer at a time, as apply.
-        with locked(session.store, session.stack, f"models {args.models_command}",
-                    args.lock_timeout):
-            echo(_change_registry(session, registry, ref, args))
+            found = registry.resolve(ref.name, ref.version, ref.alias)
+            kept = records.profile_of(session.store, found.name, found.version)
+            reference = None if kept is None else {
+                "source": kept.get("source"), "rows": kept.get("rows"),
+                "columns": dict(profile.summary(kept))}
+            echo(json.dumps({**vars(found), "aliases": registry.aliases(found.name),
+                             "reference_profile": reference}, indent=2, default=str))
+            return 0
+        from mlinfra.engine import operation, writing
+
+        # These move what a plan resolves: one writer at a time, as apply, each change
+        # a journaled operation committed in one transaction.
+        with writing(session, f"models {args.models_command}", args.lock_timeout), \
+                operation(session, f"model.{ref.name}", args.models_command) as work:
+            echo(_change_registry(session, ModelRegistry(work), ref, args))
         return 0
     finally:
         session.close()

@@ -69,7 +69,7 @@ def _read(path: Path, fmt: str, sha256: str | None) -> Any:
     except Exception as err:  # pandas and its engines raise many types for bad files
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else repr(err)
         raise MlinfraError(f"cannot read {path} as {fmt} to check its expectations: "
-                           f"{first}") from None
+                           f"{first}") from err
 
 
 def check(name: str, path: Path, fmt: str, expectations: list[dict[str, Any]],
@@ -178,13 +178,12 @@ class DataChecks:
                              time.time())
         if self.store.readonly:  # `data validate` reads; the next apply records it
             return record
-        with self.store.transaction() as cur:
-            cur.execute(upsert("data_checks", ("name", "sha256", "expectations", "passed",
-                                               "results", "checked_at"),
-                               ("name", "sha256", "expectations")),
-                        (name, sha256, self._key(fmt, expectations), int(record.passed),
-                         json.dumps([asdict(r) for r in results], default=str),
-                         record.checked_at))
+        # A verdict on content, kept as a cache: the same bytes get the same verdict.
+        self.store.cache_write(lambda cur: cur.execute(
+            upsert("data_checks", ("name", "sha256", "expectations", "passed", "results",
+                                   "checked_at"), ("name", "sha256", "expectations")),
+            (name, sha256, self._key(fmt, expectations), int(record.passed),
+             json.dumps([asdict(r) for r in results], default=str), record.checked_at)))
         return record
 
     def require(self, name: str, sha256: str, path: Path, fmt: str,

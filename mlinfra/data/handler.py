@@ -32,7 +32,7 @@ class DataHandler(BaseHandler):
         if not path.exists():
             raise ProviderError(res.address, f"{res.spec['path']} not found in its datastore "
                                 f"({path})")
-        versions = DataVersions(ctx.store)
+        versions = DataVersions(ctx.writer)
         sha = versions.content_sha256(path)
         if res.spec.get("expectations"):
             _refuse_known_failure(res, ctx, sha)
@@ -45,7 +45,7 @@ class DataHandler(BaseHandler):
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
         path = self.path(res, ctx)
-        versions = DataVersions(ctx.store)
+        versions = DataVersions(ctx.writer)
         sha = versions.content_sha256(path, fresh=True)
         if sha != after.get("sha256"):
             raise ProviderError(change.address, f"{path} changed since the plan was made: "
@@ -61,9 +61,9 @@ class DataHandler(BaseHandler):
             except DataCheckFailed as err:
                 raise ProviderError(change.address, f"{err.message}\nno version registered"
                                     ": fix the data or its expectations, then apply again"
-                                    ) from None
+                                    ) from err
             except MlinfraError as err:
-                raise ProviderError(change.address, err.message) from None
+                raise ProviderError(change.address, err.message) from err
         metadata = describe(path, fmt)
         version = versions.register(change.name, sha, {**metadata, "path": str(path)})
         return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},
@@ -71,7 +71,7 @@ class DataHandler(BaseHandler):
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         version = state.outputs.get("version")
-        if version is not None and DataVersions(ctx.store).get(state.name, version) is None:
+        if version is not None and DataVersions(ctx.writer).get(state.name, version) is None:
             return Observed(False, f"version {version} is missing from the registry")
         return Observed()
 

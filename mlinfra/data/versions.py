@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.data.hashes import machine_hashes
-from mlinfra.state.store import StateStore, row_json
+from mlinfra.state.store import Cursor, row_json
+from mlinfra.state.work import Writer
 
 _CHUNK = 1 << 20
 
@@ -37,8 +38,8 @@ def file_sha256(path: Path) -> str:
 class DataVersions:
     """The registry of data versions, in the state store."""
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    def __init__(self, writer: Writer) -> None:
+        self.writer, self.store = writer, writer.store
 
     def _cached_sha256(self, path: Path) -> str:
         """sha256 of a file, remembered on this machine while the file's identity
@@ -68,27 +69,32 @@ class DataVersions:
         return digest.hexdigest()
 
     def find(self, name: str, sha256: str) -> int | None:
-        rows = self.store.query("SELECT version FROM data_versions WHERE name=? AND sha256=?",
-                                (name, sha256))
-        return int(rows[0][0]) if rows else None
+        """The version of this content: registered, or staged by this unit of work."""
+        staged = getattr(self.writer, "staged_number", None)
+        found = staged("data_versions", name, sha256) if staged is not None else None
+        return found if found is not None else self.store.numbered("data_versions", name,
+                                                                   sha256)
 
     def next_version(self, name: str) -> int:
-        rows = self.store.query("SELECT MAX(version) FROM data_versions WHERE name=?", (name,))
-        return int(rows[0][0] or 0) + 1
+        """The number new content would take (numbers are never reused)."""
+        return self.store._max_number("data_versions", name) + 1
 
     def register(self, name: str, sha256: str, metadata: dict[str, Any]) -> int:
         """The version of this content: the existing one, or the next number."""
-        with self.store.transaction() as cur:
-            row = cur.execute("SELECT version FROM data_versions WHERE name=? AND sha256=?",
-                              (name, sha256)).fetchone()
-            if row is not None:
-                return int(row[0])
-            latest = cur.execute("SELECT MAX(version) FROM data_versions WHERE name=?",
-                                 (name,)).fetchone()[0]
-            version = int(latest or 0) + 1
-            cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?)",
-                        (name, version, sha256, time.time(), json.dumps(metadata)))
-            return version
+        version, created = self.writer.number("data_versions", name, sha256)
+        if created:
+            at = time.time()
+
+            def insert(cur: Cursor) -> None:
+                cur.execute("INSERT INTO data_versions VALUES (?, ?, ?, ?, ?) "
+                            "ON CONFLICT DO NOTHING",
+                            (name, version, sha256, at, json.dumps(metadata)))
+                self.store.keep_number(cur, "data_versions", name, version)
+
+            self.writer.write(insert)
+            self.writer.emit("data.versioned", f"data.{name}",
+                             {"version": version, "sha256": sha256})
+        return version
 
     def list(self, name: str) -> list[DataVersion]:
         rows = self.store.query("SELECT name, version, sha256, created_at, metadata FROM "

@@ -35,7 +35,7 @@ def load(path: Path) -> Plan:
     try:
         data = json.loads(path.read_text())
     except OSError as err:
-        raise MlinfraError(f"cannot read plan file {path}: {err.strerror}") from None
+        raise MlinfraError(f"cannot read plan file {path}: {err.strerror}") from err
     except ValueError:
         raise MlinfraError(f"{path} is not a plan file saved by mlinfra plan --out") from None
     if not isinstance(data, dict) or "format_version" not in data:
@@ -49,4 +49,4 @@ def load(path: Path) -> Plan:
     try:
         return Plan.from_json(data)
     except (KeyError, TypeError, ValueError) as err:
-        raise MlinfraError(f"{path} is damaged: {err}") from None
+        raise MlinfraError(f"{path} is damaged: {err}") from err

@@ -180,7 +180,7 @@ PULUMI_TYPES = {
     "Secret": "kubernetes:core/v1:Secret", "ConfigMap": "kubernetes:core/v1:ConfigMap",
     "Service": "kubernetes:core/v1:Service", "Deployment": "kubernetes:apps/v1:Deployment",
     "HorizontalPodAutoscaler": "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",
-    "Job": "kubernetes:batch/v1:Job",
+    "Job": "kubernetes:batch/v1:Job", "CronJob": "kubernetes:batch/v1:CronJob",
     "HTTPRoute": "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"}
 
 _KUBERNETES_CLASSES = {
@@ -193,6 +193,7 @@ _KUBERNETES_CLASSES = {
     "Deployment": ("apps.v1", "Deployment"),
     "HorizontalPodAutoscaler": ("autoscaling.v2", "HorizontalPodAutoscaler"),
     "Job": ("batch.v1", "Job"),
+    "CronJob": ("batch.v1", "CronJob"),
 }
 
 

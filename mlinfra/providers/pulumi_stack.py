@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
+from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
     Applied,
@@ -57,7 +58,9 @@ from mlinfra.state.model import ResourceState
 # Pulumi's container or Deployment).
 _APPLIED: dict[str, type[Handler] | None] = {
     "Workspace": WorkspaceHandler, "Compute": None, "Datastore": DatastoreHandler,
-    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler}
+    "Environment": EnvironmentHandler, "Endpoint": EndpointHandler,
+    # a monitor's own part is the domain's; on kubernetes its CronJob is Pulumi's
+    "Monitor": MonitorHandler}
 # The domain's kinds, handled on this machine as on every provider.
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlinfra.state.store import StateStore
+from mlinfra.state.work import Writer
 
 PROMOTION = "promotion"
 CI_RUN = "ci-run"
@@ -68,13 +69,13 @@ def _fit(detail: dict[str, Any]) -> str:
 
 
 class DecisionLog:
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    def __init__(self, writer: Writer | StateStore) -> None:
+        self.writer, self.store = writer, writer.store
 
-    def record(self, address: str, action: str, detail: dict[str, Any]) -> int:
-        """Add a record; returns the state's new serial."""
-        with self.store.transaction() as cur:
-            return self.store.advance(cur, address, action, _fit(detail))
+    def record(self, address: str, action: str, detail: dict[str, Any]) -> None:
+        """Add a record (with the writer's change)."""
+        text = _fit(detail)
+        self.writer.write(lambda cur: self.store.advance(cur, address, action, text))
 
     def read(self, action: str, after: int = 0, address: str | None = None
              ) -> list[Decision]:

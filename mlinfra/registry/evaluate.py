@@ -43,7 +43,7 @@ def load_session(path: Path) -> Any:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for bad files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelInvalid(f"onnxruntime cannot load it: {first[:300]}") from None
+        raise ModelInvalid(f"onnxruntime cannot load it: {first[:300]}") from err
 
 
 def signature(session: Any) -> dict[str, Any]:
@@ -78,7 +78,7 @@ def read_table(path: Path, fmt: str, name: str) -> Table:
                 header = next(reader, None)
                 rows = [row for row in reader if row]
         except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise ModelInvalid(f"cannot read evaluation data {name} as csv: {err}") from None
+            raise ModelInvalid(f"cannot read evaluation data {name} as csv: {err}") from err
         if header is None:
             raise ModelInvalid(f"evaluation data {name} is empty")
         for number, row in enumerate(rows, start=2):
@@ -93,7 +93,7 @@ def read_table(path: Path, fmt: str, name: str) -> Table:
                  else pd.read_parquet(path))
     except Exception as err:  # pandas and its engines raise many types for bad files
         raise ModelInvalid(f"cannot read evaluation data {name} as {fmt}: "
-                           f"{str(err).splitlines()[0][:200] if str(err) else err!r}") from None
+                           f"{str(err).splitlines()[0][:200] if str(err) else err!r}") from err
     return Table(name, [str(c) for c in frame.columns], frame.astype(object).values.tolist())
 
 
@@ -122,7 +122,7 @@ def predictions(model: Path, table: Table, label: str, metrics: list[str] | None
     except Exception as err:  # onnxruntime's own error types
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelInvalid(f"the model fails on evaluation data {table.name}: "
-                           f"{first[:300]}") from None
+                           f"{first[:300]}") from err
     outputs = {o.name: (o.type, value)
                for o, value in zip(session.get_outputs(), results, strict=True)}
     found = prepare(outputs, table.column(label), metrics, positive)

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.store import StateStore, row_json, upsert
+from mlinfra.state.store import Cursor, row_json, upsert
+from mlinfra.state.work import Writer
 
 _COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
             "metrics", "tags", "created_at", "archived")
@@ -45,8 +46,11 @@ class ModelVersion:
 
 
 class ModelRegistry:
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    """Reads the registry; writes through `writer`: a unit of work during apply (the
+    change commits with the resource's), or a store (written at once)."""
+
+    def __init__(self, writer: Writer) -> None:
+        self.writer, self.store = writer, writer.store
 
     def _select(self, where: str, args: tuple[Any, ...]) -> list[ModelVersion]:
         rows = self.store.query(f"SELECT {', '.join(_COLUMNS)} FROM models WHERE {where} "
@@ -62,30 +66,31 @@ class ModelRegistry:
     def register(self, name: str, sha256: str, fmt: str, signature: dict[str, Any],
                  run_id: str | None, lineage: dict[str, Any], metrics: dict[str, float],
                  tags: dict[str, Any]) -> tuple[ModelVersion, bool]:
-        """The version of this content: (existing, False) or (new N+1, True)."""
-        with self.store.transaction() as cur:
-            row = cur.execute("SELECT version FROM models WHERE name=? AND sha256=?",
-                              (name, sha256)).fetchone()
-            if row is None:
-                latest = cur.execute("SELECT MAX(version) FROM models WHERE name=?",
-                                     (name,)).fetchone()[0]
-                version = int(latest or 0) + 1
-                cur.execute(f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES "
-                            f"({', '.join('?' * len(_COLUMNS))})",
-                            (name, version, sha256, fmt, json.dumps(signature), run_id,
-                             json.dumps(lineage), json.dumps(metrics), json.dumps(tags),
-                             time.time(), 0))
-                created = True
-            else:
-                version, created = int(row[0]), False
-        found = self.get(name, version)
-        assert found is not None
-        return found, created
+        """The version of this content: (existing, False) or (new N+1, True). A
+        number once given is never given again, even after a destroy."""
+        number, created = self.writer.number("models", name, sha256)
+        if not created:
+            found = self.get(name, number)
+            if found is not None:
+                return found, False
+        version = ModelVersion(name, number, sha256, fmt, dict(signature), run_id,
+                               dict(lineage), dict(metrics), dict(tags), time.time(), 0)
+
+        def insert(cur: Cursor) -> None:
+            cur.execute(f"INSERT INTO models ({', '.join(_COLUMNS)}) VALUES "
+                        f"({', '.join('?' * len(_COLUMNS))}) ON CONFLICT DO NOTHING",
+                        (name, number, sha256, fmt, json.dumps(signature), run_id,
+                         json.dumps(lineage), json.dumps(metrics), json.dumps(tags),
+                         version.created_at, 0))
+            self.store.keep_number(cur, "models", name, number)
+
+        self.writer.write(insert)
+        return version, created
 
     def set_metrics(self, name: str, version: int, metrics: dict[str, float]) -> None:
-        with self.store.transaction() as cur:
-            cur.execute("UPDATE models SET metrics=? WHERE name=? AND version=?",
-                        (json.dumps(metrics), name, version))
+        self.writer.write(lambda cur: cur.execute(
+            "UPDATE models SET metrics=? WHERE name=? AND version=?",
+            (json.dumps(metrics), name, version)))
 
     def versions(self, name: str | None = None) -> list[ModelVersion]:
         return self._select("name=?", (name,)) if name else self._select("1=1", ())
@@ -123,22 +128,38 @@ class ModelRegistry:
         if self.get(name, version) is None:
             known = ", ".join(str(v.version) for v in self.versions(name)) or "none"
             raise RegistryError(f"model {name} has no version {version} (versions: {known})")
-        with self.store.transaction() as cur:
-            cur.execute(upsert("aliases", ("name", "alias", "version", "updated_at", "reason"),
-                               ("name", "alias")),
-                        (name, alias, version, time.time(), reason))
-            self.store.advance(cur, f"model.{name}", "alias",
-                               f"{name}@{alias} -> {version}: {reason}")
+        at = time.time()
+
+        def move(cur: Cursor) -> None:
+            before = cur.execute("SELECT version FROM aliases WHERE name=? AND alias=?",
+                                 (name, alias)).fetchone()
+            cur.execute(upsert("aliases", ("name", "alias", "version", "updated_at",
+                                           "reason"), ("name", "alias")),
+                        (name, alias, version, at, reason))
+            was = before[0] if before is not None else None
+            self.store.advance(cur, f"model.{name}", "alias", json.dumps(
+                {"model": name, "alias": alias, "from": was, "to": version,
+                 "reason": reason[:1500]}, sort_keys=True))
+
+        self.writer.write(move)
+        self.writer.emit("model.alias_moved", f"model.{name}",
+                         {"alias": alias, "version": version, "reason": reason})
 
     def set_tags(self, name: str, version: int, tags: dict[str, Any]) -> None:
         found = self.get(name, version)
         if found is None:
             raise RegistryError(f"model {name} has no version {version}")
-        with self.store.transaction() as cur:
+
+        def tag(cur: Cursor) -> None:  # merged with the tags as they are at commit
+            row = cur.execute("SELECT tags FROM models WHERE name=? AND version=?",
+                              (name, version)).fetchone()
+            have = row_json(row[0], f"model {name}:{version}") if row is not None else {}
             cur.execute("UPDATE models SET tags=? WHERE name=? AND version=?",
-                        (json.dumps({**found.tags, **tags}), name, version))
+                        (json.dumps({**have, **tags}), name, version))
             self.store.advance(cur, f"model.{name}", "tag",
                                f"{found.ref}: " + json.dumps(tags, sort_keys=True))
+
+        self.writer.write(tag)
 
     def archive(self, name: str, version: int, used_by: list[str]) -> None:
         """Hide a version from `latest`; refused while an endpoint serves it."""
@@ -147,7 +168,10 @@ class ModelRegistry:
                                 "those deployments first")
         if self.get(name, version) is None:
             raise RegistryError(f"model {name} has no version {version}")
-        with self.store.transaction() as cur:
+
+        def archive(cur: Cursor) -> None:
             cur.execute("UPDATE models SET archived=1 WHERE name=? AND version=?",
                         (name, version))
             self.store.advance(cur, f"model.{name}", "archive", f"{name}:{version}")
+
+        self.writer.write(archive)

@@ -21,14 +21,15 @@ from mlinfra.registry.decisions import PROMOTION, DecisionLog, trigger
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.runs.jobs import Resolver, artifact_store
 from mlinfra.spec.model import Resource
-from mlinfra.state.model import ResourceState
+from mlinfra.state.model import JournalEntry, ResourceState
+from mlinfra.state.work import Step
 
 REJECTED_TAG = "mlinfra.rejected"
-# How a promoted version's rollout went: "in progress" (from the version in ROLLOUT_FROM),
-# "complete", "skipped", "interrupted"; "rolled back" or "stopped": apply never promotes
-# it again (mlinfra models alias does, by hand).
+# How a promoted version's rollout went, for people: "complete", "skipped",
+# "interrupted", "inconclusive" (judged again by the next apply); "rolled back": apply
+# never promotes it again (mlinfra models alias does, by hand). What recovery does is
+# read from the journal, never from here.
 ROLLOUT_TAG = "mlinfra.rollout"
-ROLLOUT_FROM = "mlinfra.rollout_from"
 
 
 class Verdict(NamedTuple):
@@ -99,7 +100,7 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
     if failed:
         return Verdict("gates failed", f"gates failed: {failed[0]['detail']}", gates)
     earlier = candidate.tags.get(ROLLOUT_TAG)
-    if earlier in ("rolled back", "stopped"):
+    if earlier == "rolled back":
         return Verdict("kept", f"{candidate.ref}'s rollout was {earlier} before "
                        f"({candidate.tags.get(REJECTED_TAG, '')}); mlinfra models alias "
                        "promotes it by hand", gates)
@@ -151,7 +152,7 @@ def _on_the_same_data(res: Resource, ctx: Context, candidate: ModelVersion,
         metrics = ModelHandler().evaluate(model, ctx, artifact_store(ctx).path(champion.sha256))
     except ModelInvalid as err:
         raise ProviderError(f"promotion.{res.name}", f"cannot evaluate the champion "
-                            f"{champion.ref} on {where}: {err.message}") from None
+                            f"{champion.ref} on {where}: {err.message}") from err
     rescored = ModelVersion(**{**vars(champion), "metrics": metrics})
     return rescored, f" (champion evaluated again on {where})"
 
@@ -168,12 +169,15 @@ class PromotionHandler(BaseHandler):
         served no more: drift, repaired by judging the model's version."""
         model = str(state.attributes.get("model"))
         judged = state.outputs.get("candidate")
+        if state.outputs.get("outcome") == "pending":
+            return Observed(True, f"{judged} is pending: its rollout saw too little traffic "
+                            "to be judged; this apply judges it again", update=True)
         have = ctx.store.get(address("Model", model))
         now = have.outputs.get("version") if have is not None else None
         if judged and now is not None and judged != f"{model}:{now}":
             return Observed(True, f"model.{model} is now {model}:{now}; the promotion last "
                             f"judged {judged}", update=True)
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         alias = str(state.attributes.get("alias") or "champion")
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
@@ -202,14 +206,11 @@ class PromotionHandler(BaseHandler):
     def create(self, change: Change, ctx: Context) -> Applied:
         res = ctx.config.get("Promotion", change.name)
         assert res is not None
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         model, alias = str(res.spec["model"]), str(res.spec.get("alias", "champion"))
         candidate = self._candidate(change, ctx, registry, model)
         current = registry.aliases(model).get(alias)
         champion = registry.get(model, current) if current is not None else None
-        if champion is not None and champion.tags.get(ROLLOUT_TAG) == "in progress":
-            champion = self._cut_short(res, ctx, champion)
-            current = champion.version
         lost = None
         if champion is not None and champion.version != candidate.version and not (
                 artifact_store(ctx).exists(champion.sha256)):
@@ -222,47 +223,79 @@ class PromotionHandler(BaseHandler):
                        f"artifact store: mlinfra models alias {model}@{alias} VERSION "
                        "points it at a version that has one")
         detail = self._detail(res, ctx, candidate, judged, current, verdict, reason)
+        if ctx.work is not None:  # what recovery needs, should the rollout be cut short
+            ctx.work.step("decided", {"model": model, "alias": alias,
+                                      "candidate": candidate.version, "from": current,
+                                      "outcome": verdict.outcome, "reason": reason})
         if verdict.outcome == "gates failed":
             # NOTE: kept registered for the record, but never served as `latest`.
             registry.set_tags(model, candidate.version, {GATES_TAG: "failed",
                                                          REJECTED_TAG: reason})
         elif verdict.outcome == "rejected":
             registry.set_tags(model, candidate.version, {REJECTED_TAG: reason})
+        pending = False
         if verdict.promoted:
-            registry.set_alias(model, alias, candidate.version,
-                               f"promoted by promotion.{res.name}: {reason}")
             detail["to"] = candidate.version
             rollout = res.spec.get("rollout")
             if rollout and champion is not None:
-                self._roll_out(change, ctx, res, candidate, champion, detail)
-        log = DecisionLog(ctx.store)
-        log.record(change.address, PROMOTION, detail)
+                # The alias stays on the champion while the candidate is judged on live
+                # traffic: it moves with the promotion's change, once the rollout is done.
+                pending = self._roll_out(change, ctx, res, candidate, champion, detail)
+            if not pending:
+                registry.set_alias(model, alias, candidate.version,
+                                   f"promoted by promotion.{res.name}: {reason}")
+            else:
+                reason = str(detail["reason"])
+        DecisionLog(ctx.writer).record(change.address, PROMOTION, detail)
+        promoted = verdict.promoted and not pending
+        outcome = "pending" if pending else verdict.outcome
+        ctx.writer.emit("model.promoted" if promoted else "model.kept",
+                        f"model.{model}", {"alias": alias, "candidate": candidate.version,
+                                           "outcome": outcome, "reason": reason})
         kept = champion or lost
-        now = candidate.ref if verdict.promoted else (kept.ref if kept else "nothing")
-        ctx.log(f"{change.address}: {'promoted' if verdict.promoted else 'kept'} "
+        now = candidate.ref if promoted else (kept.ref if kept else "nothing")
+        ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} "
                 f"{model}@{alias} -> {now} ({reason})")
-        return Applied({"decision": "promoted" if verdict.promoted else "kept",
-                        "outcome": verdict.outcome, "reason": reason,
+        return Applied({"decision": "promoted" if promoted else "kept",
+                        "outcome": outcome, "reason": reason,
                         "candidate": candidate.ref, "alias": f"{model}@{alias}",
-                        "version": candidate.version if verdict.promoted else current,
+                        "version": candidate.version if promoted else current,
                         "rollout": detail.get("rollout", {}).get("status")})
 
-    @staticmethod
-    def _cut_short(res: Resource, ctx: Context, champion: ModelVersion) -> ModelVersion:
-        """The alias names a version whose rollout an apply killed midway never finished:
-        it goes back to the version it was rolled out from, and is judged again."""
-        registry = ModelRegistry(ctx.store)
-        earlier = registry.get(champion.name, int(champion.tags.get(ROLLOUT_FROM) or 0))
-        if earlier is None:
-            return champion
-        alias = str(res.spec.get("alias", "champion"))
-        registry.set_alias(champion.name, alias, earlier.version,
-                           f"the rollout of {champion.ref} was cut short: back to "
-                           f"{earlier.ref} (promotion.{res.name} judges it again)")
-        registry.set_tags(champion.name, champion.version, {ROLLOUT_TAG: "interrupted"})
-        ctx.log(f"promotion.{res.name}: the rollout of {champion.ref} was cut short; "
-                f"{champion.name}@{alias} is back on {earlier.ref}")
-        return earlier
+    def recover(self, entry: JournalEntry, steps: list[Step], ctx: Context) -> str:
+        """A promotion cut short (its apply killed): resumed when its rollout completed
+        (the alias moves, as the promotion would have moved it), else undone (the alias
+        never moved; the candidate is judged again by the next apply). Read from the
+        operation's steps in the journal, never from tags."""
+        decided = next((s.data for s in steps if s.name == "decided"), None)
+        if decided is None or decided.get("outcome") != "promoted":
+            return "nothing was decided yet: judged again"
+        registry = ModelRegistry(ctx.writer)
+        model, alias = str(decided["model"]), str(decided["alias"])
+        candidate = registry.get(model, int(decided["candidate"]))
+        if candidate is None:
+            return f"{model}:{decided['candidate']} is gone: nothing to resume"
+        ended = [s.data for s in steps if s.name == "rollout-ended"]
+        status = str(ended[-1].get("status")) if ended else ""
+        if any(s.name == "rollout-complete" for s in steps):  # the endpoint serves it
+            status = "complete"
+        if status in ("complete", "skipped"):
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: status})
+            registry.set_alias(model, alias, candidate.version,
+                               f"promoted by {entry.address} (its rollout completed before "
+                               f"the apply was cut short): {decided.get('reason', '')}")
+            DecisionLog(ctx.writer).record(entry.address, PROMOTION, {
+                "promotion": entry.address.partition(".")[2], "model": model, "alias": alias,
+                "candidate": candidate.version, "from": decided.get("from"),
+                "to": candidate.version, "outcome": "promoted",
+                "reason": f"{decided.get('reason', '')} (resumed after a crash)",
+                "trigger": trigger(ctx.store.command)})
+            ctx.log(f"{entry.address}: resumed: {model}@{alias} -> {candidate.ref}")
+            return f"resumed: {model}@{alias} -> {candidate.ref}"
+        registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "interrupted"})
+        ctx.log(f"{entry.address}: the rollout of {candidate.ref} was cut short: "
+                f"{model}@{alias} stays on {decided.get('from')}; judged again")
+        return f"undone: the rollout of {candidate.ref} was cut short"
 
     @staticmethod
     def _detail(res: Resource, ctx: Context, candidate: ModelVersion,
@@ -287,38 +320,43 @@ class PromotionHandler(BaseHandler):
 
     @staticmethod
     def _roll_out(change: Change, ctx: Context, res: Resource, candidate: ModelVersion,
-                  champion: ModelVersion, detail: dict[str, Any]) -> None:
-        """Roll the promoted candidate out; on a breach (or when it cannot be judged, or
-        is interrupted) the alias goes back to the champion and the apply fails."""
-        registry = ModelRegistry(ctx.store)
+                  champion: ModelVersion, detail: dict[str, Any]) -> bool:
+        """Roll the promoted candidate out, each step journaled; True when it could not
+        be judged (too little traffic) and waits. The alias is still on the champion: on
+        a breach the decision and the candidate's tags are kept, the alias stays, and
+        the apply fails."""
         model, alias = candidate.name, str(res.spec.get("alias", "champion"))
         settings = dict(res.spec["rollout"])
-        # NOTE: marked before it starts, so that an apply killed midway leaves a version
-        # the next apply recognises as not judged (see _cut_short).
-        registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "in progress",
-                                                     ROLLOUT_FROM: champion.version})
-        try:
-            assert ctx.provider is not None
-            record = ctx.provider.roll_out(ctx, settings, alias, candidate, champion,
-                                           lambda line: ctx.log(f"{change.address}: {line}"))
-        except BaseException as err:
-            registry.set_alias(model, alias, champion.version,
-                               f"rollout of {candidate.ref} by promotion.{res.name} was "
-                               f"interrupted ({type(err).__name__}): back to {champion.ref}")
-            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "interrupted"})
-            raise
+        assert ctx.provider is not None
+        record = ctx.provider.roll_out(ctx, settings, alias, candidate, champion,
+                                       lambda line: ctx.log(f"{change.address}: {line}"))
+        if ctx.work is not None:
+            ctx.work.step("rollout-ended", {"status": record["status"],
+                                            "why": record.get("why", "")})
         detail["rollout"] = record
+        registry = ModelRegistry(ctx.writer)
         if record["status"] in ("complete", "skipped"):
             registry.set_tags(model, candidate.version, {ROLLOUT_TAG: record["status"]})
             if record["status"] == "skipped":
                 ctx.log(f"{change.address}: no rollout: {record['why']}")
-            return
+            return False
+        if record["status"] == "inconclusive":
+            # Not a rejection: the traffic is back, the candidate waits to be judged.
+            why = (f"rollout inconclusive: {record['why']}; {candidate.ref} is pending: the "
+                   "next apply or ci run judges it again (rollout.replay: true judges "
+                   "captured requests; on_no_traffic: promote promotes it unjudged)")
+            registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "inconclusive"})
+            detail.update(outcome="pending", to=champion.version, reason=why)
+            ctx.log(f"{change.address}: {why}")
+            return True
         why = f"rollout {record['status']}: {record['why']}"
-        registry.set_alias(model, alias, champion.version,
-                           f"{why}; back to {champion.ref} (promotion.{res.name})")
-        registry.set_tags(model, candidate.version, {REJECTED_TAG: why,
-                                                     ROLLOUT_TAG: record["status"]})
+        # Kept although the change fails: the decision is the rollback itself.
+        kept = ctx.work.always() if ctx.work is not None else ctx.store
+        ModelRegistry(kept).set_tags(model, candidate.version,
+                                     {REJECTED_TAG: why, ROLLOUT_TAG: record["status"]})
         detail.update(outcome=record["status"], to=champion.version, reason=why)
-        DecisionLog(ctx.store).record(change.address, PROMOTION, detail)
+        DecisionLog(kept).record(change.address, PROMOTION, detail)
+        kept.emit("rollout.rolled_back", f"model.{model}",
+                  {"candidate": candidate.version, "alias": alias, "reason": why})
         raise ProviderError(change.address, f"{why}; traffic and {model}@{alias} are back "
                             f"on {champion.ref}")

@@ -48,7 +48,7 @@ def run_output(ctx: Context, res: Resource, source: dict[str, Any]) -> tuple[Pat
         state = ctx.store.get(address("Pipeline", source["pipeline"]))
         steps = (state.outputs.get("steps") or {}) if state else {}
         run_id = (steps.get(source["step"]) or {}).get("run_id")
-    run = RunStore(ctx.store).get(str(run_id)) if run_id else None
+    run = RunStore(ctx.store, ctx.work).get(str(run_id)) if run_id else None
     if run is None or run.status != "completed":
         raise ProviderError(res.address, f"the run of {_describe(source)} has not completed")
     sha = run.outputs.get(source["output"])
@@ -142,7 +142,7 @@ class ModelHandler(BaseHandler):
             path = self_contained(path, artifact_store(ctx))  # its external data written in
             session = load_session(path)
         except ModelInvalid as err:
-            raise ProviderError(res.address, f"refused: {err.message}") from None
+            raise ProviderError(res.address, f"refused: {err.message}") from err
         # Evaluated before it is registered: a model whose evaluation fails takes no
         # version, so it can never be served as `latest`.
         evaluation = res.spec.get("evaluation")
@@ -152,16 +152,16 @@ class ModelHandler(BaseHandler):
                 metrics = self.evaluate(res, ctx, path)
             except ModelInvalid as err:
                 raise ProviderError(res.address, f"evaluation failed: {err.message}; no "
-                                    "version was registered") from None
+                                    "version was registered") from err
         sha = artifact_store(ctx).put(path)
-        runs = RunStore(ctx.store)
+        runs = RunStore(ctx.store, ctx.work)
         run = runs.get(run_id) if run_id else None
         lineage = {"run_id": run_id, "job": run.job if run else None,
                    "inputs": run.inputs if run else {},
                    "data": runs.data_read(run) if run else [],
                    "git": run.git if run else {},
                    "environment": run.environment if run else {}}
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         version, created = registry.register(
             res.name, sha, str(res.spec.get("format", "onnx")), signature(session), run_id,
             lineage, metrics, dict(res.spec.get("tags") or {}))
@@ -171,14 +171,74 @@ class ModelHandler(BaseHandler):
             metrics = version.metrics
         word = "registered" if created else "is already"
         ctx.log(f"{res.address}: {word} version {version.version}")
+        self._profile(res, ctx, version.version, path, lineage)
         return Applied({"version": version.version, "sha256": sha, "metrics": metrics,
                         "run_id": run_id}, provider_id=version.ref)
+
+    def _reference(self, res: Resource, ctx: Context, lineage: dict[str, Any]
+                   ) -> tuple[Path, str, str] | None:
+        """(file, format, label) of a version's reference data: the Model's
+        `monitoring.reference`, else the first data version its run read, else its
+        evaluation data."""
+        from mlinfra.data.versions import DataVersions
+        from mlinfra.spec.model import Ref
+
+        chosen = (res.spec.get("monitoring") or {}).get("reference")
+        if chosen is not None:
+            found = Resolver(ctx).data(res, str(chosen))
+            asset = ctx.config.get("Data", found.name)
+            return found.path, str(asset.spec.get("format", "csv")) if asset else "csv", \
+                found.label
+        for label in lineage.get("data") or []:
+            ref = Ref.parse(str(label))
+            asset = ctx.config.get("Data", ref.name) if ref else None
+            version = (DataVersions(ctx.store).get(ref.name, ref.version)
+                       if ref is not None else None)
+            if asset is not None and version is not None and \
+                    artifact_store(ctx).exists(version.sha256):
+                return (artifact_store(ctx).path(version.sha256),
+                        str(asset.spec.get("format", "csv")), str(label))
+        data = (res.spec.get("evaluation") or {}).get("data")
+        if isinstance(data, str):
+            found = Resolver(ctx).data(res, data)
+            asset = ctx.config.get("Data", found.name)
+            return found.path, str(asset.spec.get("format", "csv")) if asset else "csv", \
+                found.label
+        return None
+
+    def _profile(self, res: Resource, ctx: Context, version: int, path: Path,
+                 lineage: dict[str, Any]) -> None:
+        """The version's reference profile for monitoring, computed once: a version
+        whose reference data cannot be read is registered without one, and says so."""
+        from mlinfra.monitoring import records
+        from mlinfra.monitoring.reference import ReferenceError, compute
+
+        if records.profile_of(ctx.store, res.name, version) is not None:
+            return
+        try:
+            found = self._reference(res, ctx, lineage)
+        except ProviderError as err:
+            ctx.log(f"{res.address}: no reference profile for monitoring: {err.reason}")
+            return
+        if found is None:
+            ctx.log(f"{res.address}: no reference profile for monitoring: no data to "
+                    "profile (set monitoring.reference)")
+            return
+        file, fmt, label = found
+        features = (res.spec.get("evaluation") or {}).get("features")
+        try:
+            profile = compute(file, fmt, label, path,
+                              list(features) if features is not None else None)
+        except ReferenceError as err:
+            ctx.log(f"{res.address}: no reference profile for monitoring: {err}")
+            return
+        records.save_profile(ctx.writer, res.name, version, label, profile)
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         version = state.outputs.get("version")
         if version is None:
             return Observed()
-        found = ModelRegistry(ctx.store).get(state.name, int(version))
+        found = ModelRegistry(ctx.writer).get(state.name, int(version))
         if found is None:
             return Observed(False, f"version {version} is missing from the registry")
         if not artifact_store(ctx).exists(found.sha256):

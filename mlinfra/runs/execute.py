@@ -27,7 +27,7 @@ from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
 from mlinfra.spec.sensitive import shell_word
-from mlinfra.state.store import HOST
+from mlinfra.state.store import HOST, fault_point
 
 HELPER_DIR = Path(__file__).parent / "helper"
 _KILL_GRACE_S = 5.0
@@ -217,7 +217,8 @@ def _in_process(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
     whether it ran out of time."""
     run_dir = Path(run.run_dir or "")
     run.command = substitute(spec.command, spec, run_dir / "outputs")
-    inherited = {k: v for k, v in os.environ.items() if k not in spec.withheld}
+    inherited = {k: v for k, v in os.environ.items()
+                 if k not in spec.withheld and not k.startswith("MLINFRA_TEST_")}
     env = {**inherited, **spec.env, "MLINFRA_RUN_ID": run.id, "MLINFRA_RUN_DIR": str(run_dir),
            "PYTHONPATH": os.pathsep.join(p for p in (str(HELPER_DIR),
                                                      os.environ.get("PYTHONPATH")) if p)}
@@ -232,6 +233,7 @@ def _in_process(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         with _RUNNING_LOCK:
             _RUNNING[run.id] = proc
+        fault_point("popen")
         run.status, run.pid, run.pid_started = "running", proc.pid, started_at(proc.pid)
         runs.save(run)
         assert proc.stdout is not None

@@ -13,6 +13,7 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,7 +70,7 @@ class Resolver:
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
-        self.versions = DataVersions(ctx.store)
+        self.versions = DataVersions(ctx.writer)
         self._jobs: dict[str, tuple[str, dict[str, str]]] = {}
 
     def data(self, res: Resource, text: str) -> DataInput:
@@ -111,7 +112,7 @@ class Resolver:
         try:
             return code_digest(code, self.ctx.root, self.versions.content_sha256)
         except CodeRefused as err:
-            raise ProviderError(job.address, f"code: {err.message}") from None
+            raise ProviderError(job.address, f"code: {err.message}") from err
 
     def run_hash(self, job: Resource, inputs: dict[str, str], params: dict[str, Any]
                  ) -> tuple[str, dict[str, Any]]:
@@ -128,21 +129,37 @@ class Resolver:
         job's output is identified by that job's run hash and the output's name."""
         if res.name in self._jobs:
             return self._jobs[res.name]
-        identities, labels = {}, {}
-        for key, value in (res.spec.get("inputs") or {}).items():
-            match = OUTPUT_REF.match(str(value))
-            if match:
-                upstream = self.ctx.config.get("Job", match.group(2))
-                assert upstream is not None  # validated
-                upstream_hash, _ = self.job(upstream)
-                identities[key] = f"{upstream_hash}:{match.group(3)}"
-                labels[key] = f"job {upstream.name} output {match.group(3)}"
-            else:
-                data = self.data(res, str(value))
-                identities[key], labels[key] = data.sha256, data.label
-        run_hash, _ = self.run_hash(res, identities, res.spec.get("params") or {})
-        self._jobs[res.name] = (run_hash, labels)
-        return run_hash, labels
+
+        def upstream(name: str) -> str:
+            producer = self.ctx.config.get("Job", name)
+            assert producer is not None  # validated
+            return self.job(producer)[0]
+
+        found = run_identity(self, res, res, res.spec.get("inputs") or {},
+                             res.spec.get("params") or {}, upstream)
+        self._jobs[res.name] = found
+        return found
+
+
+def run_identity(resolver: Resolver, owner: Resource, job: Resource, inputs: dict[str, Any],
+                 params: dict[str, Any], upstream: Callable[[str], str]
+                 ) -> tuple[str, dict[str, str]]:
+    """A run's identity: the run hash of `job` reading `inputs` with `params`, and each
+    input's label. The one function a standalone job and a pipeline step are planned
+    with: a data input is identified by its content, another run's output by that run's
+    hash (`upstream(name)`: the producing job's or step's) and the output's name."""
+    identities, labels = {}, {}
+    for key, value in inputs.items():
+        match = OUTPUT_REF.match(str(value))
+        if match:
+            kind, name, output = match.group(1), match.group(2), match.group(3)
+            identities[key] = f"{upstream(name)}:{output}"
+            labels[key] = f"{'step' if kind == 'steps' else 'job'} {name} output {output}"
+        else:
+            data = resolver.data(owner, str(value))
+            identities[key], labels[key] = data.sha256, data.label
+    run_hash, _ = resolver.run_hash(job, identities, params)
+    return run_hash, labels
 
 
 def launchable(ctx: Context, job: Resource) -> None:
@@ -188,7 +205,7 @@ def _read_run(outputs: dict[str, Any], ctx: Context) -> Observed:
     run_id = outputs.get("run_id")
     if run_id is None:
         return Observed()
-    run = RunStore(ctx.store).get(str(run_id))
+    run = RunStore(ctx.store, ctx.work).get(str(run_id))
     if run is None or run.status != "completed":
         return Observed(False, f"run {run_id} is missing or not completed")
     store = artifact_store(ctx)
@@ -210,7 +227,7 @@ def _gate(ctx: Context, res: Resource, data: DataInput) -> None:
         checks.DataChecks(ctx.store).require(data.name, data.sha256, data.path, fmt,
                                              expectations, data.label)
     except checks.DataCheckFailed as err:
-        raise ProviderError(res.address, f"{err.message}\nno run started") from None
+        raise ProviderError(res.address, f"{err.message}\nno run started") from err
 
 
 @dataclass
@@ -228,7 +245,7 @@ def reusable_run(ctx: Context, job: str, run_hash: str) -> Run | None:
     the artifact store, whole. A run whose outputs were deleted or damaged is not reused:
     the job runs again."""
     store = artifact_store(ctx)
-    for run in RunStore(ctx.store).completed(job, run_hash):
+    for run in RunStore(ctx.store, ctx.work).completed(job, run_hash):
         if all(store.intact(str(sha)) for sha in run.outputs.values()):
             return run
     return None
@@ -241,7 +258,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
     """Adopt the completed run with this hash, or run the job now. The run reads stored
     copies of its inputs, and its hash is computed again from them: what changed since
     the plan is never run under the plan's hash."""
-    runs = RunStore(ctx.store)
+    runs = RunStore(ctx.store, ctx.work)
     stop_orphans(runs, ctx.log)
     job_name = res.name
     existing = reusable_run(ctx, job_name, run_hash)
@@ -315,7 +332,7 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                            on_line=lambda line: ctx.log(f"{prefix}: {line}"),
                            launcher=launcher)
         except RunFailed as err:
-            raise ProviderError(res.address, err.message) from None
+            raise ProviderError(res.address, err.message) from err
 
 
 def job_output(ctx: Context, resolver: Resolver, res: Resource, producer_name: str,
@@ -390,18 +407,16 @@ class PipelineHandler(BaseHandler):
             job = ctx.config.get("Job", step["job"])
             assert job is not None
             launchable(ctx, job)
-            identities, labels = {}, {}
             merged = {**(job.spec.get("inputs") or {}), **(step.get("inputs") or {})}
-            for key, value in merged.items():
-                match = OUTPUT_REF.match(str(value))
-                if match and match.group(1) == "steps":
-                    identities[key] = f"{hashes[match.group(2)]}:{match.group(3)}"
-                    labels[key] = f"step {match.group(2)} output {match.group(3)}"
-                else:
-                    data = resolver.data(res, str(value))
-                    identities[key], labels[key] = data.sha256, data.label
             params = {**(job.spec.get("params") or {}), **(step.get("params") or {})}
-            hashes[name], _ = resolver.run_hash(job, identities, params)
+
+            def upstream(step_name: str) -> str:
+                if step_name not in hashes:
+                    raise ProviderError(res.address, f"{step_name} is not an earlier step "
+                                        "of this pipeline")
+                return hashes[step_name]
+
+            hashes[name], labels = run_identity(resolver, res, job, merged, params, upstream)
             out[name] = {"job": job.name, "run_hash": hashes[name], "inputs_resolved": labels}
         return {"steps_resolved": out}
 
@@ -409,7 +424,8 @@ class PipelineHandler(BaseHandler):
         res = ctx.config.get("Pipeline", change.name)
         assert res is not None
         planned = (change.after or {})["steps_resolved"]
-        runs, store, resolver = RunStore(ctx.store), artifact_store(ctx), Resolver(ctx)
+        runs, store = RunStore(ctx.store, ctx.work), artifact_store(ctx)
+        resolver = Resolver(ctx)
         stop_orphans(runs, ctx.log)
         owner_pid, owner_started = this_process()
         parent = Run(id=new_run_id(res.name), job=res.name, experiment=res.name,

@@ -229,14 +229,36 @@ def orphan_error(run: Run) -> str:
     return f"orphaned: mlinfra (pid {run.owner_pid or '?'}) was killed"
 
 
+def marked(run_id: str) -> list[tuple[int, float | None]]:
+    """The process groups (leader pid, its start time) whose processes carry the run's
+    mark in their environment (MLINFRA_RUN_ID): how a run's process is found when
+    mlinfra was killed after starting it but before recording its pid."""
+    import psutil
+
+    mark = f"MLINFRA_RUN_ID={run_id}\0".encode()
+    groups: set[int] = set()
+    for process in psutil.process_iter():
+        try:
+            with open(f"/proc/{process.pid}/environ", "rb") as f:
+                if mark in f.read() + b"\0":
+                    groups.add(os.getpgid(process.pid))
+        except (OSError, psutil.Error):
+            continue
+    return [(group, started_at(group)) for group in sorted(groups)]
+
+
 def stop_orphans(runs: RunStore, log: Callable[[str], None] = lambda _: None) -> list[Run]:
     """Stop the processes of orphaned runs and mark the runs canceled, so that a job is
-    never run a second time beside its first run still under way."""
+    never run a second time beside its first run still under way. A run recorded
+    before its process started (a pending run) has no pid yet: its processes are found
+    by the mark in their environment."""
     stopped = []
     for run in orphans(runs):
         was_running = stop(run.pid, run.pid_started)
-        # what the job left beside it (a background child, a daemon) ends with it
-        end_run(run.id, run.pid if was_running else None)
+        # What the job left beside it (a background child, a daemon), or all of it when
+        # mlinfra was killed before recording its pid, is found by the run's mark.
+        left = end_run(run.id, run.pid if was_running else None)
+        was_running = was_running or left > 0
         if runs.end_unfinished(run.id, "canceled", orphan_error(run)):
             log(f"run {run.id} of job {run.job}: {orphan_error(run)}; "
                 + ("its process was stopped" if was_running else "its process had ended"))

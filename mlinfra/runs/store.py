@@ -8,7 +8,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlinfra.state.store import StateStore, row_json, upsert
+from mlinfra.state.store import Cursor, StateStore, row_json, upsert
+from mlinfra.state.work import UnitOfWork
 
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
@@ -64,16 +65,23 @@ class Run:
 
 
 class RunStore:
-    """The runs table and its metrics and logged params."""
+    """The runs table and its metrics and logged params.
 
-    def __init__(self, store: StateStore) -> None:
-        self.store = store
+    A run is written as it happens, not with its resource's change: its process and
+    owner must be visible at once, so that an apply killed at any instant leaves no
+    process that the next one cannot find. Written through a unit of work (`now`)
+    during apply; a store writes them at once elsewhere (`runs cancel`)."""
+
+    def __init__(self, store: StateStore, work: UnitOfWork | None = None) -> None:
+        self.store, self.work = store, work
+
+    def _now(self, fn: Any) -> Any:
+        return (self.work or self.store).now(fn)
 
     def save(self, run: Run) -> None:
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
                   for c in _COLUMNS]
-        with self.store.transaction() as cur:
-            cur.execute(upsert("runs", _COLUMNS, ("id",)), values)
+        self._now(lambda cur: cur.execute(upsert("runs", _COLUMNS, ("id",)), values))
 
     def get(self, run_id: str) -> Run | None:
         rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id=?", (run_id,))
@@ -101,10 +109,12 @@ class RunStore:
     def end_unfinished(self, run_id: str, status: str, error: str) -> bool:
         """Mark a run that is still queued or running as ended; False when it had ended
         meanwhile (its own mlinfra recorded it)."""
-        with self.store.transaction() as cur:
+        def end(cur: Cursor) -> bool:
             cur.execute("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=? AND "
                         "status IN ('queued', 'running')", (status, error, time.time(), run_id))
             return cur.rowcount == 1
+
+        return bool(self._now(end))
 
     def recent(self, experiment: str | None = None, limit: int = 50) -> list[Run]:
         where, args = ("WHERE experiment=?", (experiment,)) if experiment else ("", ())
@@ -117,11 +127,16 @@ class RunStore:
                    for r in records if r.get("type") == "metric"]
         params = [(run_id, r["key"], json.dumps(r["value"])) for r in records
                   if r.get("type") == "param"]
-        with self.store.transaction() as cur:
+        if not metrics and not params:
+            return
+
+        def add(cur: Cursor) -> None:
             cur.executemany("INSERT INTO metrics (run_id, key, value, step, at) "
                             "VALUES (?, ?, ?, ?, ?)", metrics)
             cur.executemany(upsert("run_params", ("run_id", "key", "value"),
                                    ("run_id", "key")), params)
+
+        self._now(add)
 
     def metrics(self, run_id: str) -> dict[str, list[tuple[int | None, float]]]:
         """Each metric's points (step, value), in the order logged."""
@@ -155,8 +170,8 @@ class RunStore:
         return sorted(found)
 
     def request_cancel(self, run_id: str) -> None:
-        with self.store.transaction() as cur:
-            cur.execute("UPDATE runs SET cancel_requested=1 WHERE id=?", (run_id,))
+        self._now(lambda cur: cur.execute("UPDATE runs SET cancel_requested=1 WHERE id=?",
+                                          (run_id,)))
 
 
 def _run(row: tuple[Any, ...]) -> Run:

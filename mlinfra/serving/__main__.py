@@ -48,11 +48,14 @@ def main() -> None:
                         help="seconds a request may take to arrive (default: %(default)s)")
     parser.add_argument("--access-log-bytes", type=int, default=defaults.access_log_bytes)
     parser.add_argument("--captures-bytes", type=int, default=defaults.captures_bytes)
+    parser.add_argument("--captures-flush", type=float, default=defaults.captures_flush_s,
+                        help="seconds a captured row may wait in a worker before it is "
+                        "written to a Parquet file (default: %(default)s)")
     parser.add_argument("--backups", type=int, default=defaults.backups,
                         help="older files kept of the access log and the captures")
     args = parser.parse_args()
     limits = Limits(args.idle_timeout, args.request_timeout, args.access_log_bytes,
-                    args.captures_bytes, args.backups)
+                    args.captures_bytes, args.backups, args.captures_flush)
     limits.export()
     config_path = Path(args.config).resolve()
     os.environ["MLINFRA_ENDPOINT_CONFIG"] = str(config_path)

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import os
 import time
+import uuid
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from mlinfra.serving import status, v2
+from mlinfra.serving import feedback, status, v2
 from mlinfra.serving.access_log import AccessLog
 from mlinfra.serving.auth import authorized, bearer
 from mlinfra.serving.captures import Captures
@@ -47,6 +48,7 @@ def _version() -> str:
 
 
 VERSION = _version().encode()
+MAX_REQUEST_ID = 200  # longer ids a client sends are replaced by one of the server's
 
 
 class EndpointApp:
@@ -58,7 +60,8 @@ class EndpointApp:
                                     limits.backups) if config.get("access_log", True) else None
         self.metrics = Metrics()
         self.shared = SharedMetrics.from_environment(self.metrics)
-        self.captures = Captures(limits.captures_bytes, limits.backups)
+        self.captures = Captures(limits.captures_bytes * (limits.backups + 1),
+                                 limits.captures_flush_s)
         self.reloader = ConfigReloader(config_path, self._report)
         self.inference = Inference(self.metrics, self.captures, self._spawn)
         self._tasks: list[asyncio.Task[None]] = []
@@ -133,8 +136,9 @@ class EndpointApp:
         if scope["type"] != "http":
             return
         started = time.perf_counter()
+        request_id = request_id_of(scope["headers"])
         try:
-            answer = await self._answer(scope, receive)
+            answer = await self._answer(scope, receive, request_id)
         except ClientError as err:
             answer = error_answer(err)
         except InferenceFailed as err:
@@ -143,7 +147,7 @@ class EndpointApp:
         await send({"type": "http.response.start", "status": answer.status,
                     "headers": [(b"content-type", answer.content_type),
                                 (b"content-length", b"%d" % len(answer.body)),
-                                *answer.headers]})
+                                *answer.headers, (b"x-request-id", request_id.encode())]})
         await send({"type": "http.response.body", "body": answer.body})
         elapsed = time.perf_counter() - started
         if answer.deployment != "-":
@@ -152,7 +156,7 @@ class EndpointApp:
             self.access_log.record(scope["method"], scope["path"], answer.status,
                                    answer.deployment, elapsed)
 
-    async def _answer(self, scope: Scope, receive: Any) -> Answer:
+    async def _answer(self, scope: Scope, receive: Any, request_id: str) -> Answer:
         found = match(scope["path"])
         route = found.route
         check_method(route, scope["method"])
@@ -184,7 +188,7 @@ class EndpointApp:
             deployment = pick(table, pinned)
             body = await read_body(receive, headers, table.max_request_bytes)
             return await self.inference.answer(table, deployment, body, headers,
-                                               invocations=True)
+                                               invocations=True, request_id=request_id)
         if found.model != table.endpoint:
             raise ClientError(404, f"no model '{found.model}': this endpoint serves "
                               f"'{table.endpoint}'")
@@ -192,10 +196,33 @@ class EndpointApp:
         if route is Route.INFER:
             body = await read_body(receive, headers, table.max_request_bytes)
             return await self.inference.answer(table, deployment, body, headers,
-                                               invocations=False)
+                                               invocations=False, request_id=request_id)
+        if route is Route.FEEDBACK:
+            body = await read_body(receive, headers, table.max_request_bytes)
+            return self._feedback(table, body)
         if route is Route.MODEL_READY:
             return Answer(200, orjson.dumps({"name": table.endpoint, "ready": True}))
         return Answer(200, orjson.dumps(v2.metadata(table, deployment.model)))
+
+
+    def _feedback(self, table: Table, body: bytes) -> Answer:
+        if not table.collect_path:
+            raise ClientError(409, f"endpoint {table.endpoint} captures no requests (it has "
+                              "no collect:), so there is nothing to label")
+        ids, rows, labels = feedback.decode(body)
+        self.captures.feedback(table, ids, rows, labels)
+        return Answer(200, orjson.dumps({"accepted": len(labels)}))
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's own `x-request-id` when it sends a usable one, else a new one."""
+    for name, value in headers:
+        if name == b"x-request-id":
+            text = value.decode("latin-1").strip()
+            if 0 < len(text) <= MAX_REQUEST_ID and text.isprintable():
+                return text
+            break
+    return uuid.uuid4().hex
 
 
 def create_app() -> EndpointApp:

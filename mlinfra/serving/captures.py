@@ -1,45 +1,245 @@
-"""Request capture for drift monitoring: a sample of requests and their answers, as
-JSON lines in the collect path (requests.jsonl), rotated by size (`Limits`)."""
+"""Request capture for monitoring: a sample of scored rows and their answers, and the
+labels clients post later, as Parquet files partitioned by hour.
+
+An endpoint's collect folder holds
+
+    requests/hour=2026-12-07T14/part-HOST-PID-N.parquet   one row per scored row
+    feedback/hour=2026-12-07T15/part-HOST-PID-N.parquet   (request_id, row, label)
+
+A request row has `request_id` (the `x-request-id` the server answered with), `row`
+(its index in the request), `time` (UTC), `deployment`, `model`, `version`, one column
+per feature (the model's `feature_names`, or its input names; `INPUT.J` for the J-th
+column of an unnamed 2-D input) and one per output (`output.NAME`, `output.NAME.J` for
+the J-th column, J a class label when the model names them). The file's metadata says
+which columns are features and which are outputs (`mlinfra.features`,
+`mlinfra.outputs`). An input of more than two dimensions (an image) is not captured.
+
+Each worker buffers rows and writes a file of its own when the buffer holds
+`FLUSH_ROWS` rows, its oldest row is `flush_s` old or no row came for `QUIET_S` (checked
+with each status report), and at shutdown; a file is written aside and renamed into
+place, so a reader never sees half of one. Retention: hour folders past the days go,
+then the oldest files while the captures take more than their size
+(`collect.retention`: a size such as 500Mi, or days such as 7d; by default the
+server's `--captures-bytes` x (backups + 1)).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import orjson
 
-from mlinfra.serving.rotating import RotatingFile
-from mlinfra.serving.table import Deployment
+from mlinfra.serving.table import Deployment, Table
+
+FLUSH_ROWS = 10_000
+QUIET_S = 1.0  # a buffer that took no row for this long is written out
+SWEEP_S = 5.0  # retention is enforced at most this often per worker
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def hour_of(seconds: float) -> str:
+    """The partition of a time: `hour=2026-12-07T14` (UTC)."""
+    return "hour=" + datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H")
+
+
+def _columns(deployment: Deployment, feeds: dict[str, np.ndarray],
+             outputs: list[np.ndarray]) -> tuple[int, dict[str, np.ndarray], list[str],
+                                                 list[str]] | None:
+    """(rows, columns, feature names, output names) of one scored request, or None when
+    it has no capturable input."""
+    model = deployment.model
+    columns: dict[str, np.ndarray] = {}
+    features: list[str] = []
+    rows = -1
+    for name, array in feeds.items():
+        if array.ndim == 0 or array.ndim > 2:
+            continue
+        rows = len(array) if rows < 0 else rows
+        if array.ndim == 1:
+            columns[name] = array
+            features.append(name)
+            continue
+        names = (model.features if model.features is not None and len(feeds) == 1
+                 else [f"{name}.{j}" for j in range(array.shape[1])])
+        for j, column in enumerate(names):
+            columns[column] = array[:, j]
+            features.append(column)
+    if rows < 0:
+        return None
+    produced: list[str] = []
+    for name, value in zip(model.output_names, outputs, strict=True):
+        if value.ndim == 0 or len(value) != rows or value.ndim > 2:
+            continue
+        if value.ndim == 1:
+            columns[f"output.{name}"] = value
+            produced.append(f"output.{name}")
+            continue
+        labels = model.labels.get(name)
+        for j in range(value.shape[1]):
+            label = labels[j] if labels is not None and j < len(labels) else j
+            columns[f"output.{name}.{label}"] = value[:, j]
+            produced.append(f"output.{name}.{label}")
+    return rows, columns, features, produced
+
+
+class _Buffer:
+    """Rows of one schema waiting to be written."""
+
+    def __init__(self, folder: Path, kind: str, features: list[str], outputs: list[str]
+                 ) -> None:
+        self.folder, self.kind = folder, kind
+        self.features, self.outputs = features, outputs
+        self.chunks: dict[str, list[Any]] = {}
+        self.rows = 0
+        self.first_at = self.last_at = 0.0
+
+    def add(self, columns: dict[str, Any], rows: int) -> None:
+        self.last_at = time.monotonic()
+        if not self.rows:
+            self.first_at = self.last_at
+        for name, values in columns.items():
+            self.chunks.setdefault(name, []).append(values)
+        self.rows += rows
 
 
 class Captures:
-    """Buffered, and written out with each status report (every 0.25 s) and at
-    shutdown, rather than for each request."""
+    """Buffered per worker; `flush()` runs with each status report (every 0.25 s)."""
 
-    def __init__(self, max_bytes: int, backups: int) -> None:
-        self.max_bytes = max_bytes
-        self.backups = backups
-        self._files: dict[str, RotatingFile] = {}
+    def __init__(self, retention_bytes: int, flush_s: float = 5.0) -> None:
+        self.retention_bytes = retention_bytes  # unless the endpoint's collect: says
+        self.flush_s = flush_s
+        self._buffers: dict[tuple[str, ...], _Buffer] = {}
+        self._written = 0
+        self._swept: dict[Path, float] = {}
+        self._retention: dict[Path, tuple[int, float | None]] = {}
 
-    def write(self, path: str, deployment: Deployment, feeds: dict[str, np.ndarray],
-              outputs: list[np.ndarray]) -> None:
-        record = {"ts": time.time(), "deployment": deployment.name,
-                  "model": deployment.label,
-                  "inputs": {k: v.tolist() for k, v in feeds.items()},
-                  "outputs": {n: o.tolist() for n, o in zip(deployment.model.output_names,
-                                                            outputs, strict=True)}}
-        file = self._files.get(path)
-        if file is None:
-            file = self._files[path] = RotatingFile(Path(path), self.max_bytes, self.backups)
-        file.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    def _folder(self, table: Table) -> str:
+        assert table.collect_path is not None
+        self._retention[Path(table.collect_path)] = (
+            table.collect_retention_bytes or self.retention_bytes, table.collect_retention_s)
+        return table.collect_path
 
-    def flush(self) -> None:
-        for file in self._files.values():
-            file.flush()
+    def write(self, table: Table, request_id: str, deployment: Deployment,
+              feeds: dict[str, np.ndarray], outputs: list[np.ndarray]) -> None:
+        folder = self._folder(table)
+        found = _columns(deployment, feeds, outputs)
+        if found is None:
+            return
+        rows, columns, features, produced = found
+        key = (folder, "requests", deployment.label, *columns)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = _Buffer(Path(folder), "requests", features,
+                                                  produced)
+        now = time.time()
+        buffer.add({"request_id": [request_id] * rows, "row": np.arange(rows, dtype=np.int32),
+                    "time": np.full(rows, now), "deployment": [deployment.name] * rows,
+                    "model": [deployment.model.name] * rows,
+                    "version": np.full(rows, deployment.model.version, dtype=np.int64),
+                    **columns}, rows)
+        if buffer.rows >= FLUSH_ROWS:
+            self._write(key, buffer)
+
+    def feedback(self, table: Table, request_ids: list[str], rows: list[int],
+                 labels: list[str]) -> None:
+        """Labels for rows captured earlier, written at once (they are few and late)."""
+        folder = self._folder(table)
+        buffer = _Buffer(Path(folder), "feedback", [], [])
+        buffer.add({"request_id": request_ids, "row": np.asarray(rows, dtype=np.int32),
+                    "time": np.full(len(labels), time.time()), "label": labels}, len(labels))
+        self._write(("feedback",), buffer, keep=False)
+
+    def flush(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for key, buffer in list(self._buffers.items()):
+            if buffer.rows and (force or buffer.rows >= FLUSH_ROWS
+                                or now - buffer.first_at >= self.flush_s
+                                or now - buffer.last_at >= QUIET_S):
+                self._write(key, buffer)
 
     def close(self) -> None:
-        for file in self._files.values():
-            file.flush()
-            file.close()
-        self._files.clear()
+        self.flush(force=True)
+        self._buffers.clear()
+
+    # --- files ----------------------------------------------------------------------
+
+    def _write(self, key: tuple[str, ...], buffer: _Buffer, keep: bool = True) -> None:
+        """Write what `buffer` holds, one file per hour its rows fall in. A folder that
+        cannot be written (disk full, removed) loses those rows rather than stopping the
+        server."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        chunks, buffer.chunks, buffer.rows = buffer.chunks, {}, 0
+        if not keep:
+            self._buffers.pop(key, None)
+        arrays: dict[str, Any] = {}
+        for name, parts in chunks.items():
+            if isinstance(parts[0], list):
+                arrays[name] = pa.array([v for part in parts for v in part], pa.string())
+            else:
+                values = np.concatenate(parts)
+                arrays[name] = (pa.array(values.astype(str), pa.string())
+                                if values.dtype.kind in "OUS" else pa.array(values))
+        seconds = arrays.pop("time").to_numpy()
+        arrays["time"] = pa.array((seconds * 1000).astype("datetime64[ms]"),
+                                  pa.timestamp("ms", tz="UTC"))
+        metadata = {b"mlinfra.features": ",".join(buffer.features).encode(),
+                    b"mlinfra.outputs": ",".join(buffer.outputs).encode()}
+        table = pa.table(arrays).replace_schema_metadata(metadata)
+        hours = np.array([hour_of(s) for s in seconds]) if len(seconds) else np.array([])
+        for hour in dict.fromkeys(hours.tolist()):
+            part = table.filter(pa.array(hours == hour)) if len(set(hours)) > 1 else table
+            target = buffer.folder / buffer.kind / hour
+            self._written += 1
+            name = f"part-{_HOST}-{os.getpid()}-{int(time.time() * 1000)}-{self._written}"
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+                aside = target / f".{name}.tmp"
+                pq.write_table(part, aside, compression="zstd")
+                os.replace(aside, target / f"{name}.parquet")
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(target / f".{name}.tmp")
+                continue
+        self._sweep(buffer.folder, buffer.folder / buffer.kind)
+
+    def _sweep(self, root: Path, folder: Path) -> None:
+        """Retention: hour folders older than the endpoint's days go; then the oldest
+        files while the folder holds more than its size (the newest file is kept)."""
+        now = time.monotonic()
+        if now - self._swept.get(folder, -SWEEP_S) < SWEEP_S:
+            return
+        self._swept[folder] = now
+        limit, seconds = self._retention.get(root, (self.retention_bytes, None))
+        with contextlib.suppress(OSError):
+            hours = sorted(p for p in folder.iterdir() if p.name.startswith("hour="))
+            if seconds is not None:
+                oldest = hour_of(time.time() - seconds)
+                for path in [h for h in hours[:-1] if h.name < oldest]:
+                    shutil.rmtree(path, ignore_errors=True)
+                    hours.remove(path)
+            found = []
+            for hour in hours:
+                for file in hour.glob("*.parquet"):
+                    with contextlib.suppress(OSError):
+                        stat = file.stat()
+                        found.append((hour.name, stat.st_mtime_ns, file, stat.st_size))
+            found.sort()
+            total = sum(size for *_, size in found)
+            for _, _, file, size in found[:-1]:
+                if total <= limit:
+                    break
+                with contextlib.suppress(OSError):
+                    file.unlink()
+                total -= size
+            for hour in hours[:-1]:
+                with contextlib.suppress(OSError):
+                    hour.rmdir()  # only when emptied

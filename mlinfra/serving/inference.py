@@ -50,7 +50,8 @@ class Inference:
         self.spawn = spawn
 
     async def answer(self, table: Table, deployment: Deployment, body: bytes,
-                     headers: dict[bytes, bytes], invocations: bool) -> Answer:
+                     headers: dict[bytes, bytes], invocations: bool,
+                     request_id: str = "") -> Answer:
         model = deployment.model
         try:
             if invocations:
@@ -66,7 +67,7 @@ class Inference:
         if table.mirror:
             mirror(table, deployment, feeds, outputs, self.metrics, self.spawn)
         if table.collect_path and random.random() < table.collect_sample:
-            self.captures.write(table.collect_path, deployment, feeds, outputs)
+            self.captures.write(table, request_id, deployment, feeds, outputs)
         if invocations:
             return Answer(200, mlflow.encode(model.output_names, outputs, records), JSON,
                           deployment.headers, deployment.name)

@@ -17,10 +17,13 @@ class Limits:
     idle_timeout_s: int = 5
     # a request's headers and body, from its first byte
     request_timeout_s: float = 30.0
-    # access.log and the captures each rotate past this size, keeping `backups` files
+    # access.log rotates past this size, keeping `backups` files; the captures keep at
+    # most captures_bytes x (backups + 1), unless the endpoint's collect.retention says
     access_log_bytes: int = 10 << 20
     captures_bytes: int = 50 << 20
     backups: int = 5
+    # a worker writes its captured rows to a Parquet file at least this often
+    captures_flush_s: float = 5.0
 
     def export(self) -> None:
         os.environ[ENVIRONMENT] = json.dumps(asdict(self))

@@ -20,6 +20,7 @@ class Route(Enum):
     MODEL_READY = "model ready"
     PING = "ping"  # MLflow's /ping and /health
     VERSION = "version"  # MLflow's /version
+    FEEDBACK = "feedback"  # labels for captured requests, by request id
 
 
 # Routes a client may call without a key: health checks, for load balancers and probes,
@@ -30,7 +31,8 @@ _READ = ("GET", "HEAD")
 METHODS: dict[Route, tuple[str, ...]] = {
     Route.LIVE: _READ, Route.READY: _READ, Route.METRICS: _READ, Route.SERVER_METADATA: _READ,
     Route.INVOCATIONS: ("POST",), Route.INFER: ("POST",), Route.MODEL_METADATA: _READ,
-    Route.MODEL_READY: _READ, Route.PING: _READ, Route.VERSION: _READ}
+    Route.MODEL_READY: _READ, Route.PING: _READ, Route.VERSION: _READ,
+    Route.FEEDBACK: ("POST",)}
 
 _FIXED = {"/v2/health/live": Route.LIVE, "/v2/health/ready": Route.READY,
           "/metrics": Route.METRICS, "/v2": Route.SERVER_METADATA,
@@ -60,6 +62,8 @@ def match(path: str) -> Match:
             return Match(Route.MODEL_METADATA, model, version)
         if rest == ["ready"]:
             return Match(Route.MODEL_READY, model, version)
+        if rest == ["feedback"] and version is None:
+            return Match(Route.FEEDBACK, model)
     raise ClientError(404, f"no route {path}")
 
 

@@ -48,7 +48,9 @@ class Table:
     key_hashes: list[bytes] = field(default_factory=list)
     max_request_bytes: int = 1 << 20
     collect_sample: float = 0.0
-    collect_path: str | None = None
+    collect_path: str | None = None  # the captures' folder (serving.captures)
+    collect_retention_bytes: int | None = None
+    collect_retention_s: float | None = None
 
     def pick(self, pinned: str | None = None) -> Deployment | None:
         if pinned is not None:
@@ -118,7 +120,9 @@ def build(config: dict[str, Any], previous: Table | None = None) -> Table:
         mirror={k: float(v) for k, v in (config.get("mirror") or {}).items() if v},
         key_hashes=[bytes.fromhex(h) for h in config.get("key_hashes", [])],
         max_request_bytes=int(config.get("max_request_bytes", 1 << 20)),
-        collect_sample=float(collect.get("sample", 0.0)), collect_path=collect.get("path"))
+        collect_sample=float(collect.get("sample", 0.0)), collect_path=collect.get("path"),
+        collect_retention_bytes=collect.get("retention_bytes"),
+        collect_retention_s=collect.get("retention_s"))
 
 
 def retired(previous: Table, current: Table) -> list[Deployment]:

@@ -210,6 +210,7 @@ _COMPILERS: dict[str, Callable[[Any, dict[str, Any]], Check | None]] = {
     "pattern": _pattern,
     "minimum": _bound(lambda v, limit: v >= limit),
     "maximum": _bound(lambda v, limit: v <= limit),
+    "exclusiveMinimum": _bound(lambda v, limit: v > limit),
     "minLength": _size(str, lambda n, limit: n >= limit),
     "minItems": _size(list, lambda n, limit: n >= limit),
     "minProperties": _size(dict, lambda n, limit: n >= limit),

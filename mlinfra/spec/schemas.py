@@ -320,6 +320,11 @@ def _model() -> Schema:
                 "probabilities); rmse, mae and r2.", type="array", minItems=1,
                 uniqueItems=True, items={"enum": metrics}),
         }, ["data", "label"]),
+        "monitoring": _obj("Monitoring of the versions this model registers.", {
+            "reference": _string("Data whose profile is each new version's reference for "
+                                 "drift (default: the data its run read).",
+                                 pattern=VERSIONED_REF_PATTERN),
+        }),
     }, ["from"])
 
 
@@ -368,6 +373,12 @@ def _endpoint() -> Schema:
                                       minimum=0, maximum=1),
                          "datastore": _name_ref("Datastore the captures go to "
                                                 "(default: the workspace's)"),
+                         "retention": _string("How much of the captures is kept: a size "
+                                              "(500Mi, 2Gi) or days (7d); the oldest hours "
+                                              "go first. Default: the server's "
+                                              "--captures-bytes x (backups + 1), 300 MiB.",
+                                              pattern=r"^([0-9]+d|[0-9]+(\.[0-9]+)?"
+                                                      r"(k|M|G|T|Ki|Mi|Gi|Ti)?)$"),
                      }),
                  }, ["deployments", "traffic"])
 
@@ -408,6 +419,11 @@ def _promotion() -> Schema:
             "replay": _s("When a hold sees no request at all, replay captured requests "
                          "(the endpoint's collect:) to the new version as shadow traffic.",
                          type="boolean", default=False),
+            "on_no_traffic": _s("What an inconclusive rollout (too few requests to judge, "
+                                "and none to replay) does: `wait` returns the traffic and "
+                                "leaves the candidate pending, judged again by the next "
+                                "apply or ci run; `promote` promotes it unjudged.",
+                                enum=["wait", "promote"], default="wait"),
             "rollback_on": _obj("Thresholds that roll back.", {
                 "error_rate": _s("Error (5xx) share.", type="number", minimum=0, maximum=1,
                                  default=0.02),
@@ -417,9 +433,102 @@ def _promotion() -> Schema:
     }, ["model"])
 
 
+def _monitor() -> Schema:
+    numeric = ["normalized_wasserstein", "jensen_shannon", "psi", "ks"]
+    categorical = ["jensen_shannon", "psi", "l_infinity", "chi_squared"]
+
+    def choice(what: str, metrics: list[str], default: str, threshold: float) -> Schema:
+        return _obj(f"The drift metric of {what} columns and its threshold.", {
+            "metric": _string(f"Metric (default {default}). Distances drift above the "
+                              "threshold; ks and chi_squared are tests whose p-value "
+                              "drifts below it, Bonferroni-corrected over the features.",
+                              enum=metrics, default=default),
+            "threshold": _s(f"Distance above which a column drifted, or p-value below "
+                            f"which it did (default {threshold} for {default}; psi 0.2; "
+                            "p 0.05).", type="number", exclusiveMinimum=0),
+        })
+
+    return _kind("Monitor", "Drift, quality and performance of what an endpoint serves, "
+                 "in windows judged against the reference profile of the model version "
+                 "that served them.", {
+                     "endpoint": _name_ref("Endpoint whose captures (its collect:) are the "
+                                           "production rows"),
+                     "model": _string("Instead of an endpoint: the model (fraud@champion) "
+                                      "whose reference judges `data`.",
+                                      pattern=VERSIONED_REF_PATTERN),
+                     "data": _name_ref("With model: the Data asset of production rows; "
+                                       "each new content is one window"),
+                     "window": _s("Length of a time window (1h, 30m); a window is judged "
+                                  "once it has ended. Default 1h.",
+                                  anyOf=[{"type": "integer", "minimum": 1},
+                                         {"type": "string", "pattern": DURATION_PATTERN}]),
+                     "rows": _s("Instead of time: windows of this many rows.",
+                                type="integer", minimum=1),
+                     "min_rows": _s("A window with fewer rows is 'insufficient data', never "
+                                    "an alert.", type="integer", minimum=1, default=500),
+                     "signals": _obj("What is judged in each window (default: data_drift "
+                                     "on all features).", {
+                         "data_drift": _obj("Each feature's distribution against the "
+                                            "reference.", {
+                             "features": _s("all, or the columns to watch.",
+                                            anyOf=[{"const": "all"},
+                                                   {"type": "array", "minItems": 1,
+                                                    "uniqueItems": True,
+                                                    "items": {"type": "string",
+                                                              "minLength": 1}}],
+                                            default="all"),
+                             "numeric": choice("numeric", numeric, "normalized_wasserstein",
+                                               0.1),
+                             "categorical": choice("categorical", categorical,
+                                                   "jensen_shannon", 0.1),
+                         }),
+                         "prediction_drift": _obj("The model's outputs against its "
+                                                  "outputs on the reference data.", {
+                             "metric": _string("Metric (default normalized_wasserstein).",
+                                               enum=numeric,
+                                               default="normalized_wasserstein"),
+                             "threshold": _s("Drift threshold (default 0.1).",
+                                             type="number", exclusiveMinimum=0),
+                         }),
+                         "data_quality": _obj("Nulls and values outside the reference.", {
+                             "null_rate": _s("Largest rise of a feature's null share over "
+                                             "the reference's.", type="number", minimum=0,
+                                             maximum=1),
+                             "out_of_range_rate": _s("Largest share of values outside the "
+                                                     "reference's [min, max] (categories "
+                                                     "it never saw).", type="number",
+                                                     minimum=0, maximum=1),
+                         }),
+                         "performance": _obj("The model's metric on labelled rows (labels "
+                                             "posted to /v2/models/NAME/feedback, or "
+                                             "rows of a Data asset), joined by request "
+                                             "id.", {
+                             "labels": _string("Data asset of (request_id, [row,] label) "
+                                               "rows.", pattern=VERSIONED_REF_PATTERN),
+                             "label": _string("The asset's label column (default label).",
+                                              minLength=1, default="label"),
+                             "metric": _string("Metric.", enum=["auc", "accuracy", "rmse",
+                                                                "mae", "r2"]),
+                             "min": _s("Lowest value that passes.", type="number"),
+                             "max": _s("Highest value that passes.", type="number"),
+                         }, ["metric"]),
+                     }),
+                     "alert_after": _s("Consecutive drifting windows that breach the "
+                                       "monitor.", type="integer", minimum=1, default=1),
+                     "on_breach": _s("What a breach causes: retrain a pipeline or job "
+                                     "(with new data only).", type="array",
+                                     items=_obj("An action.", {
+                                         "retrain": _name_ref("Pipeline or Job to retrain"),
+                                     }, ["retrain"])),
+                     "schedule": _string("On docker and kubernetes: when a CronJob runs "
+                                         "mlinfra monitor run (cron syntax; default: "
+                                         "every window, or hourly).", minLength=9),
+                 })
+
+
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
-    _job(), _pipeline(), _model(), _endpoint(), _promotion())}
+    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 

@@ -219,7 +219,7 @@ class _References:
                      f"workspace/{workspaces[0].name} is already defined in "
                      f"{workspaces[0].file}")
         for kind in ("Workspace", "Datastore", "Data", "Environment", "Job", "Pipeline",
-                     "Model", "Endpoint", "Promotion"):
+                     "Model", "Endpoint", "Promotion", "Monitor"):
             check = getattr(self, f"_{kind.lower()}")
             for res in self.config.of(kind).values():
                 check(res, res.spec)
@@ -438,6 +438,123 @@ class _References:
                 self.add(res, ("rollout", "endpoint"), f"endpoint '{endpoint.name}' has no "
                          f"deployment of model '{model}'")
 
+
+    def _monitor(self, res: Resource, spec: dict[str, Any]) -> None:
+        """What a monitor watches must exist and be able to give it rows: an endpoint
+        with collect:, or a model and a Data asset; its features must be the model's; a
+        threshold must be one its metric can reach; labels need a request id column."""
+        model: Resource | None = None
+        if "endpoint" in spec:
+            for other in ("model", "data"):
+                if other in spec:
+                    self.add(res, (other,), f"{other} is for a monitor of a Data asset; "
+                             "this one watches an endpoint's captures", at_key=True)
+            endpoint = self.name(res, ("endpoint",), "Endpoint", spec["endpoint"])
+            if endpoint is not None:
+                if not (endpoint.spec.get("collect") or {}).get("sample"):
+                    self.add(res, ("endpoint",), f"endpoint '{endpoint.name}' has no collect: "
+                             "(it captures nothing to monitor): add collect: {sample: 0.1} "
+                             "to it")
+                for deployment in endpoint.spec.get("deployments") or []:
+                    ref = Ref.parse(str((deployment or {}).get("model", "")))
+                    model = self.config.get("Model", ref.name) if ref else None
+                    if model is not None:
+                        break
+        elif "model" in spec or "data" in spec:
+            if "model" not in spec or "data" not in spec:
+                self.add(res, (), "a monitor of a Data asset needs both model: and data:")
+            model = self.ref(res, ("model",), "Model", spec.get("model"))
+            self.name(res, ("data",), "Data", spec.get("data"))
+        else:
+            self.add(res, (), "a monitor watches an endpoint (endpoint: NAME) or a Data "
+                     "asset (model: NAME@ALIAS with data: NAME)")
+        if "window" in spec and "rows" in spec:
+            self.add(res, ("rows",), "give window: (time) or rows:, not both", at_key=True)
+        signals = spec.get("signals") or {}
+        drift = signals.get("data_drift") or {}
+        features = drift.get("features")
+        known = self._model_features(model) if model is not None else None
+        if isinstance(features, list) and model is not None and known is not None:
+            for index, feature in enumerate(features):
+                if feature not in known:
+                    self.add(res, ("signals", "data_drift", "features", index),
+                             f"model '{model.name}' has no feature '{feature}' (its "
+                             f"features: {', '.join(known)}){did_you_mean(str(feature), known)}")
+        bounded = {"jensen_shannon": 0.8326, "l_infinity": 1.0, "ks": 1.0,
+                   "chi_squared": 1.0}
+        defaults = {"numeric": "normalized_wasserstein", "categorical": "jensen_shannon"}
+        for section in ("numeric", "categorical"):
+            choice = drift.get(section) or {}
+            metric = choice.get("metric", defaults[section])
+            threshold = choice.get("threshold")
+            top = bounded.get(metric)
+            if isinstance(threshold, int | float) and top is not None and threshold >= top:
+                what = "a p-value" if metric in ("ks", "chi_squared") else "a distance"
+                self.add(res, ("signals", "data_drift", section, "threshold"),
+                         f"{metric} is {what} below {top:g}: a threshold of {threshold} "
+                         "would never drift")
+        performance = signals.get("performance")
+        if isinstance(performance, dict):
+            if "min" not in performance and "max" not in performance:
+                self.add(res, ("signals", "performance"), "give min: or max: for the metric")
+            labels = self.ref(res, ("signals", "performance", "labels"), "Data",
+                              performance.get("labels"))
+            if labels is not None:
+                header = self._csv_header(labels)
+                if header is not None and "request_id" not in header:
+                    self.add(res, ("signals", "performance", "labels"),
+                             f"labels '{labels.name}' have no request_id column (columns: "
+                             f"{', '.join(header)}): labels are joined to captured rows by "
+                             "request id")
+                column = str(performance.get("label", "label"))
+                if header is not None and column not in header:
+                    self.add(res, ("signals", "performance", "label"),
+                             f"labels '{labels.name}' have no column '{column}'"
+                             f"{did_you_mean(column, header)}")
+        for index, action in enumerate(spec.get("on_breach") or []):
+            target = (action or {}).get("retrain") if isinstance(action, dict) else None
+            if isinstance(target, str) and self.config.get("Pipeline", target) is None \
+                    and self.config.get("Job", target) is None:
+                known_runs = [*self.config.of("Pipeline"), *self.config.of("Job")]
+                self.add(res, ("on_breach", index, "retrain"), f"no pipeline or job "
+                         f"'{target}'{did_you_mean(target, known_runs)}")
+
+    def _data_file(self, data: Resource) -> str | None:
+        stores = list(self.config.of("Datastore"))
+        store_name = data.spec.get("datastore") or self.default_datastore or (
+            stores[0] if len(stores) == 1 else None)
+        store = self.config.get("Datastore", str(store_name)) if store_name else None
+        base = os.path.join(str(self.config.root), str(store.spec.get("path", "."))) \
+            if store is not None else str(self.config.root)
+        return os.path.join(base, str(data.spec.get("path", "")))
+
+    def _csv_header(self, data: Resource) -> list[str] | None:
+        """The columns of a csv Data asset's current file (None: not csv, or unread)."""
+        if str(data.spec.get("format", "csv")) != "csv":
+            return None
+        path = self._data_file(data)
+        try:
+            with open(str(path), encoding="utf-8", errors="replace") as f:
+                first = f.readline()
+        except OSError:
+            return None
+        return [c.strip().strip('"') for c in first.strip().split(",")] if first else None
+
+    def _model_features(self, model: Resource) -> list[str] | None:
+        """The columns a model reads: its evaluation's features, else its evaluation
+        data's columns but the label (None when they cannot be told)."""
+        evaluation = model.spec.get("evaluation")
+        if not isinstance(evaluation, dict):
+            return None
+        if isinstance(evaluation.get("features"), list):
+            return [str(f) for f in evaluation["features"]]
+        data = evaluation.get("data")
+        ref = Ref.parse(data) if isinstance(data, str) else None
+        asset = self.config.get("Data", ref.name) if ref else None
+        header = self._csv_header(asset) if asset is not None else None
+        if header is None:
+            return None
+        return [c for c in header if c != evaluation.get("label")]
 
     def _evaluated(self, res: Resource, path: Path_, model: Resource, metric: str) -> None:
         """A promotion judges the metrics its model's evaluation produces: one it does not

@@ -35,7 +35,8 @@ def locked(store: StateStore, stack: str, command: str, timeout: float = 0) -> I
             raise LockHeld(
                 f"the state of stack '{stack}' is locked: {info.describe()}.\n"
                 f"{waited}, or, if that process is gone for good, run: "
-                f"mlinfra state unlock {info.id}")
+                f"mlinfra state unlock {info.id}", stack=stack, lock_id=info.id,
+                holder=f"{info.owner} (pid {info.pid} on {info.host})")
         time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
     try:
         yield lock_id

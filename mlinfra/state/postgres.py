@@ -243,7 +243,7 @@ class PostgresReader(_PostgresSession):
             self.conn = libpq.Connection(where.conninfo, options=self._options(),
                                          application_name="mlinfra state")
         except libpq.PgError as err:
-            raise StateUnavailable(f"cannot open the state at {self.location}: {err}") from None
+            raise StateUnavailable(f"cannot open the state at {self.location}: {err}") from err
 
     def inspect(self) -> tuple[dict[str, str] | None, int]:
         try:
@@ -260,9 +260,9 @@ class PostgresReader(_PostgresSession):
             except libpq.PgError as err:
                 if err.sqlstate[:2] in ("", "08", "57"):  # connection lost, shutdown
                     raise StateUnavailable(f"the PostgreSQL state {self.location} failed: "
-                                           f"{err}") from None
+                                           f"{err}") from err
                 raise _Refused(f"the PostgreSQL state {self.location} refused: {err}",
-                               err.sqlstate) from None
+                               err.sqlstate) from err
 
     def transaction(self) -> AbstractContextManager[Cursor]:
         raise MlinfraError(f"the state {self.location} was opened only to read")
@@ -303,7 +303,7 @@ class PostgresStore(_PostgresSession):
                                          application_name=f"mlinfra {purpose}")
         except self._psycopg.Error as err:
             raise StateUnavailable(f"cannot open the state at {self.location}: "
-                                   f"{_reason(err)}") from None
+                                   f"{_reason(err)}") from err
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -314,13 +314,13 @@ class PostgresStore(_PostgresSession):
         except errors.AdminShutdown as err:
             raise StateUnavailable(f"the PostgreSQL state {self.location} ended this "
                                    f"session ({_reason(err)}): another process ran mlinfra "
-                                   "state unlock, or the server restarted") from None
+                                   "state unlock, or the server restarted") from err
         except self._psycopg.OperationalError as err:
             raise StateUnavailable(f"the PostgreSQL state {self.location} failed: "
-                                   f"{_reason(err)}") from None
+                                   f"{_reason(err)}") from err
         except (errors.InsufficientPrivilege, errors.ReadOnlySqlTransaction) as err:
             raise MlinfraError(f"the PostgreSQL state {self.location} refused: "
-                               f"{_reason(err)}") from None
+                               f"{_reason(err)}") from err
 
     # --- opening -------------------------------------------------------------------
 
@@ -357,10 +357,13 @@ class PostgresStore(_PostgresSession):
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
-        with self._lock, self._errors(), self.conn.transaction():
-            cur = self.conn.cursor()
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
-            yield _PgCursor(cur)
+        self._check_writer()
+        with self._lock, self._errors():
+            with self.conn.transaction():
+                cur = self.conn.cursor()
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+                yield _PgCursor(cur)
+            self._committed()
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock, self._errors():

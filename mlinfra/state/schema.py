@@ -94,9 +94,11 @@ INDEXES: tuple[str, ...] = (
 
 # What a workspace holds besides its files: destroying the workspace empties them.
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
-                    "data_checks")
+                    "data_checks", "model_profiles", "monitor_windows", "monitor_signals")
+# Tables that migrations create, in the order they do.
+ADDED_TABLES = ("journal_steps", "model_profiles", "monitor_windows", "monitor_signals")
 # What `state migrate` copies: everything but who holds the lock now.
-COPIED_TABLES = tuple(name for name in TABLES if name != "locks")
+COPIED_TABLES = (*(name for name in TABLES if name != "locks"), *ADDED_TABLES)
 # Tables whose `id` the database numbers (the next one follows the largest).
 NUMBERED_TABLES = ("journal", "audit", "metrics")
 
@@ -119,9 +121,29 @@ def add_column(version: int, table: str, column: str) -> Migration:
 
 # Ordered by version, each one more than the one before, the first BASE_VERSION + 1.
 MIGRATIONS: tuple[Migration, ...] = (
+    # The ordered steps of a journaled operation (a promotion and its rollout, a key
+    # rotation, an endpoint generation, a migration): recovery reads them.
+    Migration(3, "journal_steps", (
+        """CREATE TABLE IF NOT EXISTS journal_steps (
+          journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
+          data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
+    Migration(4, "monitoring: reference profiles, monitor windows and their signals", (
+        """CREATE TABLE model_profiles (
+          name TEXT NOT NULL, version INTEGER NOT NULL, source TEXT NOT NULL,
+          profile TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version))""",
+        """CREATE TABLE monitor_windows (
+          monitor TEXT NOT NULL, window_start REAL NOT NULL, window_end REAL NOT NULL,
+          rows INTEGER NOT NULL, status TEXT NOT NULL, model TEXT NOT NULL,
+          reason TEXT NOT NULL, cursor TEXT NOT NULL, computed_at REAL NOT NULL,
+          PRIMARY KEY (monitor, window_start))""",
+        """CREATE TABLE monitor_signals (
+          monitor TEXT NOT NULL, window_start REAL NOT NULL, signal TEXT NOT NULL,
+          feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
+          threshold REAL NOT NULL, verdict TEXT NOT NULL, rows INTEGER NOT NULL,
+          PRIMARY KEY (monitor, window_start, signal, feature, metric))""")),
     # File hashes are remembered per machine (mlinfra.data.hashes), never in a state
     # that other machines share.
-    Migration(3, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
+    Migration(5, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
 )
 
 

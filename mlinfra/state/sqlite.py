@@ -82,7 +82,7 @@ class SqliteStore(StateStore):
             if version < latest_version():
                 self._upgrade(version)
         except sqlite3.DatabaseError as err:
-            raise StateCorrupted(self._corrupted_message(err)) from None
+            raise StateCorrupted(self._corrupted_message(err), file=str(self.path)) from err
 
     @classmethod
     def in_memory(cls, location: str, command: str, version: int | None = None,
@@ -199,6 +199,7 @@ class SqliteStore(StateStore):
 
     @contextmanager
     def transaction(self) -> Iterator[Cursor]:
+        self._check_writer()
         with self._lock:
             cur = self.conn.cursor()
             cur.execute("BEGIN IMMEDIATE")
@@ -209,6 +210,7 @@ class SqliteStore(StateStore):
                 raise
             else:
                 cur.execute("COMMIT")
+                self._committed()
             finally:
                 cur.close()
 

@@ -10,23 +10,72 @@ than INSERT OR REPLACE, and no rowid.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
+import signal
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from mlinfra.errors import MlinfraError
 from mlinfra.state.model import JournalEntry, LockInfo, ResourceState, StateVersion
 from mlinfra.state.schema import WORKSPACE_TABLES
 
+if TYPE_CHECKING:
+    from mlinfra.state.work import Event, Step, UnitOfWork
+
+T = TypeVar("T")
+# TEST ONLY: `MLINFRA_TEST_KILL_AFTER_COMMIT=N` makes this process SIGKILL itself right
+# after its N-th committed write transaction, as SQLite and FoundationDB test their
+# crash paths. The crash tests loop N over every commit of an apply; never set it
+# otherwise.
+KILL_AFTER_COMMIT = "MLINFRA_TEST_KILL_AFTER_COMMIT"
+_KILL_AFTER = int(os.environ.get(KILL_AFTER_COMMIT) or 0)
+_COMMITS = [0]  # this process' committed write transactions, every store's
+_COMMITS_LOCK = threading.Lock()
+# The tables a store numbers versions in (`number`): name, then content.
+NUMBERED_BY_CONTENT = {"models": "sha256", "data_versions": "sha256"}
+
 _SELECT_RESOURCES = ("SELECT address, kind, name, attributes, inputs_hash, outputs, "
                      "provider_id, dependencies, updated_at FROM resources")
 _RESOURCE_COLUMNS = ("address", "kind", "name", "attributes", "inputs_hash", "outputs",
                      "provider_id", "dependencies", "updated_at")
+
+
+# TEST ONLY: `MLINFRA_TEST_KILL_AT=NAME` makes this process SIGKILL itself at the
+# fault point NAME inside a provider call ("popen": right after a job's process
+# started; "published": right after a server got a new config).
+KILL_AT = "MLINFRA_TEST_KILL_AT"
+
+
+def fault_point(name: str) -> None:
+    """A place where the crash tests kill mlinfra (`KILL_AT`); nothing otherwise."""
+    if os.environ.get(KILL_AT) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StateWriteRefused(MlinfraError):
+    """A write that did not come through the engine, on a store that takes only the
+    engine's (`engine_only`, the handler tests' mode)."""
+
+
+_ENGINE = threading.local()
+
+
+@contextlib.contextmanager
+def engine_writing() -> Iterator[None]:
+    """The writes made in this thread inside it are the engine's own."""
+    before = getattr(_ENGINE, "active", False)
+    _ENGINE.active = True
+    try:
+        yield
+    finally:
+        _ENGINE.active = before
 
 
 class StateCorrupted(MlinfraError):
@@ -79,7 +128,8 @@ def row_json(text: str, where: str) -> Any:
     except (TypeError, ValueError) as err:
         raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
                              "Restore the backup copy (state.db.backup, or the database's "
-                             "own backup) or remove the row with mlinfra state rm.") from None
+                             "own backup) or remove the row with mlinfra state rm.",
+                             where=where) from err
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -125,6 +175,10 @@ class StateStore(ABC):
         self.location = location  # for messages: a path, or a URL without its password
         self.command = command
         self.readonly = readonly
+        # Refuse every write that is not the engine's (handler tests set it).
+        self.engine_only = False
+        self._reserved: dict[tuple[str, str], set[int]] = {}
+        self._reserved_lock = threading.Lock()
 
     # --- what each backend provides ----------------------------------------------
 
@@ -163,6 +217,148 @@ class StateStore(ABC):
     def break_lock(self, stack: str, info: LockInfo) -> None:
         """Take the lock away from its holder (`state unlock`)."""
 
+    # --- who writes ----------------------------------------------------------------
+
+    def _check_writer(self) -> None:
+        """Called as a backend opens a write transaction."""
+        if self.engine_only and not getattr(_ENGINE, "active", False):
+            raise StateWriteRefused(f"{self.location}: a write outside the engine's unit of "
+                                    "work was refused (this store takes only the engine's)")
+
+    def _committed(self) -> None:
+        """Called by a backend right after a write transaction committed."""
+        if not _KILL_AFTER:
+            return
+        with _COMMITS_LOCK:
+            _COMMITS[0] += 1
+            if _COMMITS[0] == _KILL_AFTER:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    @property
+    def store(self) -> StateStore:
+        """A store is a `Writer` that writes at once (outside apply)."""
+        return self
+
+    def write(self, fn: Callable[[Cursor], Any]) -> None:
+        with self.transaction() as cur:
+            fn(cur)
+
+    def now(self, fn: Callable[[Cursor], T]) -> T:
+        with self.transaction() as cur:
+            return fn(cur)
+
+    def emit(self, type: str, subject: str, data: dict[str, Any]) -> None:
+        from mlinfra.state.work import Event
+
+        with self.transaction() as cur:
+            self.record_events(cur, [Event(type, subject, dict(data), time.time())])
+
+    def number(self, table: str, name: str, content: str) -> tuple[int, bool]:
+        found = self.numbered(table, name, content)
+        if found is not None:
+            return found, False
+        return self._max_number(table, name) + 1, True
+
+    def write_now(self, fn: Callable[[Cursor], T]) -> T:
+        """The engine's write of what must be visible at once (a run's process)."""
+        with engine_writing(), self.transaction() as cur:
+            return fn(cur)
+
+    def cache_write(self, fn: Callable[[Cursor], Any]) -> None:
+        """A write to a cache kept in the store (file hashes, data check verdicts by
+        content): not the state, so anyone may write it, at any time."""
+        with engine_writing(), self.transaction() as cur:
+            fn(cur)
+
+    # --- version numbers --------------------------------------------------------
+
+    def numbered(self, table: str, name: str, content: str) -> int | None:
+        """The version of `content` for `name` in `table`, if it has one."""
+        column = NUMBERED_BY_CONTENT[table]
+        rows = self.query(f"SELECT version FROM {table} WHERE name=? AND {column}=?",
+                          (name, content))
+        return int(rows[0][0]) if rows else None
+
+    def _max_number(self, table: str, name: str) -> int:
+        rows = self.query(f"SELECT MAX(version) FROM {table} WHERE name=?", (name,))
+        used = int(rows[0][0] or 0) if rows else 0
+        rows = self.query("SELECT value FROM meta WHERE key=?", (f"last:{table}:{name}",))
+        return max(used, int(rows[0][0]) if rows else 0)
+
+    def reserve_number(self, table: str, name: str) -> int:
+        """The next version number for `name`, kept for a unit of work until it commits
+        or is discarded. Numbers are never reused: the highest ever given is kept in
+        meta (`last:TABLE:NAME`), beyond a destroy of the workspace."""
+        with self._reserved_lock:
+            taken = self._reserved.setdefault((table, name), set())
+            number = max([self._max_number(table, name), *taken]) + 1
+            taken.add(number)
+            return number
+
+    def release_numbers(self, table: str, name: str, numbers: set[int]) -> None:
+        with self._reserved_lock:
+            self._reserved.get((table, name), set()).difference_update(numbers)
+
+    def keep_number(self, cur: Cursor, table: str, name: str, number: int) -> None:
+        """Within a transaction: remember `number` as given, so that it is never given
+        again, even once its rows are gone."""
+        key = f"last:{table}:{name}"
+        row = cur.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        if row is None or int(row[0]) < number:
+            cur.execute(upsert("meta", ("key", "value"), ("key",)), (key, str(number)))
+
+    # --- events and operations ----------------------------------------------------
+
+    def record_events(self, cur: Cursor, events: Sequence[Event]) -> None:
+        """Within a transaction: keep `events` for delivery. The one place events are
+        written: they join the audit log as `event` rows (detail: type, subject, data)
+        until the outbox takes them."""
+        from mlinfra.state.work import event_json
+
+        serial = cur.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0]
+        cur.executemany("INSERT INTO audit (at, username, host, command, address, action, "
+                        "serial, detail) VALUES (?, ?, ?, ?, ?, 'event', ?, ?)",
+                        [(e.at, current_user(), HOST, self.command, e.subject, int(serial),
+                          event_json(e)[:2000]) for e in events])
+
+    def add_step(self, journal_id: int, name: str, data: dict[str, Any],
+                 also: Callable[[Cursor], Any] | None = None) -> None:
+        """The next step of the operation journaled as `journal_id`, committed at once
+        with `also` (the state as the step left it)."""
+        with engine_writing(), self.transaction() as cur:
+            row = cur.execute("SELECT MAX(seq) FROM journal_steps WHERE journal_id=?",
+                              (journal_id,)).fetchone()
+            cur.execute("INSERT INTO journal_steps (journal_id, seq, name, data, at) "
+                        "VALUES (?, ?, ?, ?, ?)",
+                        (journal_id, int(row[0] or 0) + 1, name,
+                         json.dumps(data, sort_keys=True, default=str), time.time()))
+            if also is not None:
+                also(cur)
+
+    def steps(self, journal_id: int) -> list[Step]:
+        """The steps of an operation, in order."""
+        from mlinfra.state.work import Step
+
+        return [Step(int(seq), str(name), row_json(data, f"journal step {journal_id}.{seq}"),
+                     float(at))
+                for seq, name, data, at in self.query(
+                    "SELECT seq, name, data, at FROM journal_steps WHERE journal_id=? "
+                    "ORDER BY seq", (journal_id,))]
+
+    def operations(self, address: str, action: str, status: str = "interrupted"
+                   ) -> list[JournalEntry]:
+        """The journaled operations of `action` on `address` with `status`, oldest first."""
+        rows = self.query("SELECT id, address, action, pid, host, started_at, status, detail "
+                          "FROM journal WHERE address=? AND action=? AND status=? ORDER BY id",
+                          (address, action, status))
+        return [JournalEntry(*row) for row in rows]
+
+    def settle_operation(self, journal_id: int, status: str, detail: str = "") -> None:
+        """An interrupted operation that recovery resumed or undid."""
+        with engine_writing(), self.transaction() as cur:
+            cur.execute("UPDATE journal SET status=?, detail=? WHERE id=?",
+                        (status, detail[:2000], journal_id))
+
     # --- the state ---------------------------------------------------------------
 
     def meta(self) -> dict[str, str]:
@@ -191,34 +387,57 @@ class StateStore(ABC):
     # --- journal and changes -----------------------------------------------------
 
     def begin_operation(self, address: str, action: str) -> int:
-        with self.transaction() as cur:
+        with engine_writing(), self.transaction() as cur:
             return self._insert_id(
                 cur, "INSERT INTO journal (address, action, pid, host, started_at, status) "
                 "VALUES (?, ?, ?, ?, ?, 'pending')",
                 (address, action, os.getpid(), HOST, time.time()))
 
-    def fail_operation(self, journal_id: int, detail: str) -> None:
-        with self.transaction() as cur:
+    def fail_operation(self, journal_id: int, detail: str,
+                       work: UnitOfWork | None = None) -> None:
+        """The change failed: its journal entry says why, in one transaction with what
+        its unit of work staged to be kept even then (`UnitOfWork.always`)."""
+        with engine_writing(), self.transaction() as cur:
+            if work is not None:
+                work.commit(cur, failed=True)
             cur.execute("UPDATE journal SET status='failed', finished_at=?, detail=? WHERE id=?",
                         (time.time(), detail[:2000], journal_id))
 
     def commit_change(self, journal_id: int | None, address: str, action: str,
-                      new: ResourceState | None, detail: str = "") -> int:
-        """Record the outcome of one change in one transaction; returns the new serial.
-        `new` None removes the resource."""
-        with self.transaction() as cur:
-            if new is None:
-                cur.execute("DELETE FROM resources WHERE address=?", (address,))
-            else:
-                cur.execute(upsert("resources", _RESOURCE_COLUMNS, ("address",)),
-                            (new.address, new.kind, new.name, json.dumps(new.attributes),
-                             new.inputs_hash, json.dumps(new.outputs), new.provider_id,
-                             json.dumps(new.dependencies), time.time()))
+                      new: ResourceState | None, detail: str = "",
+                      work: UnitOfWork | None = None) -> int:
+        """Record the outcome of one change in one transaction, with what its unit of
+        work staged; returns the new serial. `new` None removes the resource."""
+        with engine_writing(), self.transaction() as cur:
+            if work is not None:
+                work.commit(cur)
             if journal_id is not None:
                 cur.execute("UPDATE journal SET status='done', finished_at=? WHERE id=?",
                             (time.time(), journal_id))
-            serial = self.advance(cur, address, action, detail)
+            serial = self.put_resource(cur, address, action, new, detail)
         return serial
+
+    def put_resource(self, cur: Cursor, address: str, action: str,
+                     new: ResourceState | None, detail: str = "") -> int:
+        """Within a transaction: the resource as it is now (None: gone); the serial
+        grows and the audit log says so. Returns the new serial."""
+        if new is None:
+            cur.execute("DELETE FROM resources WHERE address=?", (address,))
+        else:
+            cur.execute(upsert("resources", _RESOURCE_COLUMNS, ("address",)),
+                        (new.address, new.kind, new.name, json.dumps(new.attributes),
+                         new.inputs_hash, json.dumps(new.outputs), new.provider_id,
+                         json.dumps(new.dependencies), time.time()))
+        return self.advance(cur, address, action, detail)
+
+    def commit_operation(self, journal_id: int, work: UnitOfWork, detail: str = "",
+                         status: str = "done") -> None:
+        """Commit an operation outside apply (no resource changes): what its unit of
+        work staged, and its journal entry, in one transaction."""
+        with engine_writing(), self.transaction() as cur:
+            work.commit(cur)
+            cur.execute("UPDATE journal SET status=?, finished_at=?, detail=? WHERE id=?",
+                        (status, time.time(), detail[:2000], journal_id))
 
     def advance(self, cur: Cursor, address: str, action: str, detail: str) -> int:
         """Within a transaction: the state changed (a resource, an alias, a tag), so its
@@ -232,12 +451,16 @@ class StateStore(ABC):
                      serial, detail[:2000]))
         return serial
 
-    def empty_workspace(self) -> None:
-        """Forget what the workspace held: runs, metrics, model versions, aliases and
-        data versions (the workspace is being destroyed)."""
-        with self.transaction() as cur:
-            for table in WORKSPACE_TABLES:
-                cur.execute(f"DELETE FROM {table}")
+    def empty_workspace(self, cur: Cursor) -> None:
+        """Within a transaction: forget what the workspace held: runs, metrics, model
+        and data versions, aliases (the workspace is being destroyed). The numbers
+        they had are kept, never given again."""
+        for table in NUMBERED_BY_CONTENT:
+            for name, number in cur.execute(f"SELECT name, MAX(version) FROM {table} "
+                                            "GROUP BY name").fetchall():
+                self.keep_number(cur, table, str(name), int(number))
+        for table in WORKSPACE_TABLES:
+            cur.execute(f"DELETE FROM {table}")
 
     def interrupted_operations(self) -> list[JournalEntry]:
         """Pending entries whose process is gone: the operation was cut short."""
@@ -247,13 +470,26 @@ class StateStore(ABC):
         return [e for e in entries if not (e.host == HOST and pid_alive(e.pid))]
 
     def close_interrupted(self, entries: list[JournalEntry]) -> None:
-        with self.transaction() as cur:
+        with engine_writing(), self.transaction() as cur:
             cur.executemany("UPDATE journal SET status='interrupted', finished_at=? WHERE id=?",
                             [(time.time(), e.id) for e in entries])
 
     def audit_log(self, limit: int = 50) -> list[tuple[Any, ...]]:
         return self.query("SELECT at, username, host, command, address, action, serial, "
-                          "detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+                          "detail FROM audit WHERE action <> 'event' ORDER BY id DESC "
+                          "LIMIT ?", (limit,))
+
+    def events(self, after: int = 0) -> list[tuple[int, Event]]:
+        """The events recorded (`record_events`) with an id past `after`, oldest first."""
+        from mlinfra.state.work import Event
+
+        out = []
+        for row_id, detail in self.query("SELECT id, detail FROM audit WHERE action='event' "
+                                         "AND id>? ORDER BY id", (after,)):
+            item = row_json(detail, f"event {row_id}")
+            out.append((int(row_id), Event(str(item["type"]), str(item["subject"]),
+                                           dict(item["data"]), float(item["at"]))))
+        return out
 
     # --- copying a whole state (mlinfra state migrate) ---------------------------
 
@@ -268,7 +504,7 @@ class StateStore(ABC):
         and every session but `state list`/`show` is refused from now on, so that no one
         applies or destroys from a stack file that still names it."""
         moved = {"to": location, "at": time.time(), "by": f"{current_user()}@{HOST}"}
-        with self.transaction() as cur:
+        with engine_writing(), self.transaction() as cur:
             cur.execute(upsert("meta", ("key", "value"), ("key",)),
                         ("moved_to", json.dumps(moved)))
             self.advance(cur, "(state)", "moved", f"to {location}")

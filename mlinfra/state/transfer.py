@@ -42,12 +42,16 @@ def _rows(store: StateStore, table: str, columns: list[str]) -> list[tuple[Any, 
     return [tuple(row) for row in store.query(f"SELECT {', '.join(columns)} FROM {table}")]
 
 
-def copy_state(source: StateStore, target: StateStore) -> list[TableCopy]:
+def copy_state(source: StateStore, target: StateStore, resume: bool = False
+               ) -> list[TableCopy]:
     """Replace the (new, empty) target's state with the source's, in one transaction,
     then compare them table by table. Both are at the latest schema version, and the
-    caller holds both stacks' locks."""
+    caller holds both stacks' locks. `resume`: an interrupted migration of this state
+    to the target is being finished: a target holding a copy of this state (its
+    lineage) is copied over again."""
     have = target.version()
-    if have.serial != 0 or target.resources():
+    ours = resume and have.lineage == source.version().lineage
+    if (have.serial != 0 or target.resources()) and not ours:
         raise MlinfraError(f"the state at {target.location} is not empty (serial "
                            f"{have.serial}): migrate only into a new state")
     tables = list(COPIED_TABLES)

@@ -33,6 +33,7 @@ class LocalProvider(Provider):
         "Model": "mlinfra.registry.register:ModelHandler",
         "Promotion": "mlinfra.registry.promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "Monitor": "mlinfra.monitoring.handler:MonitorHandler",
     }
 
     def cancel(self, force: bool = False) -> None:

@@ -33,7 +33,7 @@ class WorkspaceHandler(BaseHandler):
     def delete(self, state: ResourceState, ctx: Context) -> None:
         import shutil  # only to delete: a plan does not pay for it
 
-        ctx.store.empty_workspace()
+        ctx.writer.write(ctx.store.empty_workspace)
         shutil.rmtree(workspace_dir(ctx, state.name), ignore_errors=True)
 
 

@@ -125,6 +125,62 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
     return tuple(files)
 
 
+# What `mlinfra monitor run` imports (pyarrow and scipy for the windows, psycopg for a
+# team's state): the monitor image installs these, not Pulumi nor onnxruntime.
+MONITOR_DISTRIBUTIONS = (("pyyaml", ""), ("jsonschema", ""), ("pathspec", ""),
+                         ("numpy", ""), ("scipy", ""), ("pyarrow", ""),
+                         ("psycopg", "[binary]"))
+PROJECT_DIR = "/opt/mlinfra/project"
+
+
+def _pinned(distributions: tuple[tuple[str, str], ...]) -> list[str]:
+    import importlib.metadata
+
+    out = []
+    for name, extra in distributions:
+        try:
+            out.append(f"{name}{extra}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(f"{name}{extra}")
+    return out
+
+
+def _project_files(config: Config) -> list[ContextFile]:
+    """The project's files a monitor needs to load it (YAML, code folders, model files),
+    without its state, hidden folders or its datastores' data."""
+    root = config.root.resolve()
+    stores = [(root / str(s.spec.get("path", "."))).resolve()
+              for s in config.of("Datastore").values()]
+    files = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if not path.is_file() or any(p.startswith(".") or p == "__pycache__"
+                                     for p in rel.parts):
+            continue
+        if any(store != root and store in path.resolve().parents for store in stores):
+            continue
+        files.append(ContextFile(f"project/{rel.as_posix()}", source=path))
+    return files
+
+
+def monitor_context(config: Config) -> tuple[ContextFile, ...]:
+    """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
+    monitor run` loads the project as on this machine."""
+    package = Path(__file__).resolve().parent.parent.parent
+    dockerfile = (f"# mlinfra monitor run\nFROM {base_image(config)}\n" + _INSTALL
+                  + "COPY src/ /opt/mlinfra/src/\n"
+                  + f"COPY project/ {PROJECT_DIR}/\n"
+                  + "ENV PYTHONPATH=/opt/mlinfra/src\n"
+                  + "USER 65534:65534\n"
+                  + 'ENTRYPOINT ["python", "-m", "mlinfra"]\n')
+    files = [ContextFile("Dockerfile", dockerfile),
+             ContextFile("requirements.txt", "\n".join(_pinned(MONITOR_DISTRIBUTIONS)) + "\n"),
+             ContextFile("wheels/README", WHEELS_README)]
+    files += [ContextFile(f"src/mlinfra/{p.relative_to(package).as_posix()}", source=p)
+              for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts]
+    return tuple(files + _project_files(config))
+
+
 def job_code_context(config: Config, job: Resource, env_image: str) -> tuple[ContextFile, ...]:
     """A job's image on kubernetes: its environment's image with the job's code, so a
     pod needs nothing from this machine."""

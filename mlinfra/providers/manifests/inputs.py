@@ -13,7 +13,8 @@ from mlinfra.spec.model import Config, Ref
 
 # What the endpoint server imports (mlinfra.serving stands apart from the rest of
 # mlinfra), pinned to the versions this machine runs, so an image serves as `local` does.
-SERVING_DISTRIBUTIONS = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "orjson")
+SERVING_DISTRIBUTIONS = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "orjson",
+                         "pyarrow")
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 
 

@@ -13,6 +13,7 @@ Gateway API HTTPRoute whose backend weights carry `traffic`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import re
@@ -27,10 +28,12 @@ from mlinfra.providers.manifests import (
     labels,
 )
 from mlinfra.providers.manifests.images import (
+    PROJECT_DIR,
     SERVER_PORT,
     environment_context,
     image_name,
     job_code_context,
+    monitor_context,
     serving_context,
 )
 from mlinfra.providers.manifests.inputs import StackInputs
@@ -43,7 +46,7 @@ from mlinfra.providers.manifests.workloads import (
     keys_secret,
 )
 from mlinfra.runs.containers import RUN_DIR, ContainerRun
-from mlinfra.spec.model import Config, Resource
+from mlinfra.spec.model import INTERPOLATION, Config, Resource, duration_s
 
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 # A ConfigMap holds at most 1 MiB; base64 makes a model a third larger.
@@ -424,6 +427,78 @@ def _route(config: Config, endpoint: Resource, backends: list[tuple[str, str]]
         depends_on=tuple(f"service-{service}" for _, service in backends))
 
 
+def monitor_schedule(monitor: Resource) -> str:
+    """When the CronJob runs: the Monitor's `schedule`, else once a window (a few minutes
+    after it ends), else hourly."""
+    if monitor.spec.get("schedule"):
+        return str(monitor.spec["schedule"])
+    seconds = duration_s(monitor.spec.get("window", "1h")) if "rows" not in monitor.spec \
+        else None
+    if seconds is not None and seconds < 3600 and 3600 % seconds == 0 and seconds >= 60:
+        return f"*/{int(seconds // 60)} * * * *"
+    if seconds is not None and seconds >= 86400:
+        return "5 0 * * *"
+    return "5 * * * *"
+
+
+def _monitors(config: Config, objects: list[RenderedObject], inputs: StackInputs,
+              secrets: list[SecretValue]) -> None:
+    """Each Monitor of an endpoint: a CronJob running `mlinfra monitor run NAME` where
+    the captures are (the collect datastore's claim, mounted as on the servers). It
+    records its windows in the stack's state, so that state must be one the cluster
+    reaches (postgresql://...); on a SQLite state the CronJob is left out, saying why."""
+    from mlinfra.state.backends import is_url
+
+    monitors = [m for m in config.of("Monitor").values() if m.spec.get("endpoint")]
+    if not monitors:
+        return
+    if not is_url(config.stack.state or ""):
+        for monitor in monitors:
+            inputs.unresolved[monitor.address] = (
+                "its CronJob records windows in the stack's state, which the cluster "
+                "cannot reach on this machine's SQLite file: give the stack a state: "
+                "postgresql://... (run `mlinfra monitor run` here meanwhile)")
+        return
+    files = monitor_context(config)
+    image = image_name(config, f"{config.name}-monitor", files)
+    objects.append(RenderedObject("image-monitor", "", "Image", {"name": image},
+                                  context=files))
+    state_secrets = [SecretValue(env=m.group(2)[1:]) for m in
+                     INTERPOLATION.finditer(str(config.stack.state))
+                     if m.group(1) == "secret"]
+    secrets += state_secrets
+    stack_file = config.stack.name
+    if config.stack.file:
+        with contextlib.suppress(ValueError):  # a stack file outside the project: by name
+            rel = Path(config.stack.file).resolve().relative_to(config.root.resolve())
+            stack_file = f"{PROJECT_DIR}/{rel.as_posix()}"
+    for monitor in monitors:
+        endpoint = config.get("Endpoint", str(monitor.spec["endpoint"]))
+        store = collect_datastore(config, endpoint) if endpoint is not None else None
+        if store is None:
+            continue  # validate refuses a monitor of an endpoint without collect:
+        volumes, mounts = _datastore_volumes(config, [store])
+        container: dict[str, Any] = {
+            "name": "monitor", "image": image,
+            "args": ["monitor", "run", monitor.name, "-C", PROJECT_DIR, "-s", stack_file,
+                     "--captures", datastore_mount(store)],
+            "env": _env({s.env: s for s in state_secrets}), "volumeMounts": mounts}
+        depends = [f"namespace-{namespace(config)}", "image-monitor", f"pvc-{store}"]
+        if state_secrets:
+            depends.append(f"secret-{SECRETS}")
+        objects.append(RenderedObject(f"cronjob-{monitor.name}", monitor.address, "CronJob", {
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": _meta(config, f"monitor-{monitor.name}", monitor.address),
+            "spec": {"schedule": monitor_schedule(monitor), "concurrencyPolicy": "Forbid",
+                     "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
+                     "jobTemplate": {"spec": {"backoffLimit": 0, "template": {
+                         "metadata": {"labels": labels(config.name, config.stack.name,
+                                                       monitor.address)},
+                         "spec": {"restartPolicy": "Never", "containers": [container],
+                                  "volumes": volumes}}}}}},
+            depends_on=tuple(depends)))
+
+
 def _sha(value: Any) -> str:
     import hashlib
 
@@ -438,6 +513,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     env_images = _images(config, objects)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
+    _monitors(config, objects, inputs, secrets)
     _secrets(config, objects, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
     if endpoints:

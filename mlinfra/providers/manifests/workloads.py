@@ -14,6 +14,7 @@ from typing import Any
 
 from mlinfra.errors import Record
 from mlinfra.graph import default_datastore
+from mlinfra.monitoring.captures import retention
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
 from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource, duration_s
@@ -114,7 +115,7 @@ def _run(config: Config, key: str, owner: str, job: Resource, inputs: dict[str, 
         variables = environment_variables(env.spec.get("env") or {} if env else {},
                                           job.spec.get("env") or {})
     except RenderError as err:
-        raise RenderError(f"{owner}: {err.message}") from None
+        raise RenderError(f"{owner}: {err.message}") from err
     return JobRun(key, owner, job, command, tuple(sorted(set(after))), variables,
                   duration_s(job.spec.get("timeout")))
 
@@ -183,8 +184,12 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         if store is None:
             raise RenderError(f"{endpoint.address}: collect needs a datastore: name one in "
                               "collect.datastore or set the workspace's default_datastore")
-        collect["path"] = (f"{datastore_mount(str(store))}/captures/{endpoint.name}/"
-                           "requests-{host}.jsonl")
+        collect["path"] = f"{datastore_mount(str(store))}/captures/{endpoint.name}"
+        size, seconds = retention(collect.pop("retention", None))
+        if size is not None:
+            collect["retention_bytes"] = size
+        if seconds is not None:
+            collect["retention_s"] = seconds
     traffic = ({only: 100} if only is not None
                else dict(endpoint.spec.get("traffic") or {}))
     mirror = {} if only is not None else dict(endpoint.spec.get("mirror") or {})

@@ -40,7 +40,7 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
              previous: ModelVersion, log: Callable[[str], None]) -> dict[str, Any]:
     """Roll `candidate` out on the endpoint `settings['endpoint']` in place of `previous`
     (the version `candidate.name@alias` named before). Returns the record of it: status
-    ("complete", "rolled back", "stopped" or "skipped": nothing served `previous`), why,
+    ("complete", "rolled back", "inconclusive" or "skipped": nothing served `previous`), why,
     and each hold window judged."""
     name = str(settings["endpoint"])
     record: dict[str, Any] = {"endpoint": name, "steps": [], "replayed": 0}
@@ -106,14 +106,16 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
         outcome = rollout(ctx, state, canary, steps, hold_s,
                           limits.get("error_rate", DEFAULT_ERROR_RATE), limits.get("p99_ms"),
                           min_requests, log, replay.start if replay is not None else None)
-        if outcome.status == "complete":
+        promote = outcome.status == "complete" or (
+            outcome.status == "inconclusive" and settings.get("on_no_traffic") == "promote")
+        if promote:
             for deployment in serving:
                 deployments[deployment] = _entry(ctx, deployments[deployment], candidate)
                 served[deployment] = candidate.ref
             what = f"{', '.join(serving)} now serve {candidate.ref}"
         else:
             what = f"{canary} removed: {outcome.status}"
-        change_live(ctx, state, "rollout" if outcome.status == "complete" else "rollback",
+        change_live(ctx, state, "rollout-complete" if promote else "rollback",
                     what, {"deployments": deployments, "traffic": start},
                     {"served": served, "traffic": start})
         finished = True
@@ -126,5 +128,8 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
                 change_live(ctx, state, "rollback", f"{canary} removed: interrupted",
                             {"deployments": deployments, "traffic": start},
                             {"served": served, "traffic": start})
-    return {**record, "status": outcome.status, "why": outcome.why, "steps": list(outcome.steps),
+    status, why = outcome.status, outcome.why
+    if promote and status == "inconclusive":
+        status, why = "complete", f"promoted unjudged (on_no_traffic: promote): {why}"
+    return {**record, "status": status, "why": why, "steps": list(outcome.steps),
             "deployments": serving, "canary": canary}

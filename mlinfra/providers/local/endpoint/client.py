@@ -44,10 +44,10 @@ def request(url: str, key: str | None = None, body: bytes | None = None,
         raise Unreachable(f"{url} did not answer within {timeout:g}s", True) from None
     except urllib.error.URLError as err:
         if isinstance(err.reason, TimeoutError):
-            raise Unreachable(f"{url} did not answer within {timeout:g}s", True) from None
-        raise Unreachable(f"{url} cannot be reached: {err.reason}") from None
+            raise Unreachable(f"{url} did not answer within {timeout:g}s", True) from err
+        raise Unreachable(f"{url} cannot be reached: {err.reason}") from err
     except (http.client.HTTPException, OSError) as err:
-        raise Unreachable(f"{url} dropped the connection: {err}") from None
+        raise Unreachable(f"{url} dropped the connection: {err}") from err
 
 
 def _parse(payload: bytes) -> Any:

@@ -11,6 +11,7 @@ from typing import Any
 
 from mlinfra.graph import default_datastore
 from mlinfra.handler import datastore_path
+from mlinfra.monitoring.captures import retention
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
 from mlinfra.registry.artifacts import ArtifactCorrupted
@@ -29,10 +30,10 @@ def resolve(ctx: Context, res: Resource, deployment: dict[str, Any]) -> ModelVer
     ref = Ref.parse(str(deployment["model"]))
     assert ref is not None  # validated
     try:
-        return ModelRegistry(ctx.store).resolve(ref.name, ref.version, ref.alias)
+        return ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
     except RegistryError as err:
         raise ProviderError(res.address, f"deployment {deployment['name']}: {err.message}"
-                            ) from None
+                            ) from err
 
 
 def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
@@ -45,8 +46,8 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
             return str(store.path(version.sha256))
         except ArtifactCorrupted as err:
             raise ProviderError(res.address, f"deployment {deployment['name']}: "
-                                f"{version.ref}: {err.message}") from None
-    registry = ModelRegistry(ctx.store)
+                                f"{version.ref}: {err.message}") from err
+    registry = ModelRegistry(ctx.writer)
     kept = [str(v.version) for v in registry.versions(version.name)
             if not v.archived and store.exists(v.sha256)]
     others = (f"versions of {version.name} with their file: {', '.join(kept)}" if kept
@@ -64,6 +65,17 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
                 f"file, or to an alias ({others})")
     raise ProviderError(res.address, f"deployment {deployment['name']}: {version.ref}'s "
                         f"file is gone from the artifact store {store.root}; {what}")
+
+
+def retention_fields(text: Any) -> dict[str, Any]:
+    """`collect.retention` as the server's config has it (validated by its schema)."""
+    size, seconds = retention(text)
+    out: dict[str, Any] = {}
+    if size is not None:
+        out["retention_bytes"] = size
+    if seconds is not None:
+        out["retention_s"] = seconds
+    return out
 
 
 def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
@@ -86,7 +98,8 @@ def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
         store_name = collect.get("datastore") or default_datastore(ctx.config)
         datastore = ctx.config.get("Datastore", str(store_name)) if store_name else None
         base = datastore_path(ctx, datastore.spec) if datastore else folder.path
-        collect["path"] = str(base / "captures" / res.name / "requests.jsonl")
+        collect["path"] = str(base / "captures" / res.name)
+        collect.update(retention_fields(collect.pop("retention", None)))
     config = {"endpoint": res.name, "generation": generation, "port": port,
               "deployments": deployments, "traffic": res.spec.get("traffic") or {},
               "mirror": res.spec.get("mirror") or {}, "collect": collect,

@@ -66,7 +66,7 @@ class EndpointHandler(BaseHandler):
         """What the deployments will serve: each model's source (so a retrained model
         updates the endpoint), and aliases that point nowhere refused."""
         sources: dict[str, Any] = {}
-        registry = ModelRegistry(ctx.store)
+        registry = ModelRegistry(ctx.writer)
         for deployment in res.spec["deployments"]:
             ref = Ref.parse(str(deployment["model"]))
             assert ref is not None
@@ -224,7 +224,7 @@ def _resource(ctx: Context, name: str) -> Resource:
 def _file_gone(state: ResourceState, ctx: Context) -> Observed | None:
     """A deployment serves a version whose file is gone from the artifact store: the
     server holds it in memory, but no server could load it again."""
-    registry, store = ModelRegistry(ctx.store), artifact_store(ctx)
+    registry, store = ModelRegistry(ctx.writer), artifact_store(ctx)
     for deployment, ref in sorted((state.outputs.get("served") or {}).items()):
         name, _, version = str(ref).rpartition(":")
         found = registry.get(name, int(version)) if version.isdigit() else None
@@ -245,7 +245,7 @@ def _alias_moved(state: ResourceState, ctx: Context) -> Observed:
         if ref is None or served is None:
             continue
         try:
-            now = ModelRegistry(ctx.store).resolve(ref.name, ref.version, ref.alias)
+            now = ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
         except RegistryError:
             continue
         if now.ref != served:

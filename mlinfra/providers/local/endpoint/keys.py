@@ -62,5 +62,5 @@ def issue(ctx: Context, state: ResourceState, names: list[str]) -> dict[str, str
         **{name: key_hash(key) for name, key in made.items()}}}
     change_live(ctx, state, "regenerate-key", f"new {', '.join(names)} key",
                 {"key_hashes": accepted(outputs, folder)},
-                {"key_hashes": outputs["key_hashes"]})
+                {"key_hashes": outputs["key_hashes"]}, record_first=True)
     return made

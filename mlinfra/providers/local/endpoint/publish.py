@@ -22,6 +22,7 @@ from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFol
 from mlinfra.providers.local.endpoint.observe import worker_statuses
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, log_tail, running
 from mlinfra.state.model import ResourceState
+from mlinfra.state.store import Cursor, fault_point
 
 READY_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 10.0
@@ -98,10 +99,32 @@ def publish(folder: EndpointFolder, server: ServerInstance, config: dict[str, An
         raise
 
 
+def record_live(ctx: Context, state: ResourceState, action: str, detail: str) -> None:
+    """Record a change of a running endpoint as the next step of the operation under
+    way (apply's change, or a command's journaled operation), with the endpoint's state
+    as the step leaves it, in one transaction."""
+    kept = ResourceState(state.address, state.kind, state.name, dict(state.attributes),
+                         state.inputs_hash, dict(state.outputs), state.provider_id,
+                         list(state.dependencies))
+
+    def write(cur: Cursor) -> None:
+        ctx.store.put_resource(cur, kept.address, action, kept, detail)
+
+    data = {"address": state.address, "detail": detail,
+            **{k: state.outputs.get(k) for k in ("generation", "traffic", "served")}}
+    if ctx.work is not None:
+        ctx.work.step(action, data, write)
+    else:
+        ctx.store.write_now(write)
+
+
 def change_live(ctx: Context, state: ResourceState, action: str, detail: str,
-                config_changes: dict[str, Any], output_changes: dict[str, Any]) -> None:
+                config_changes: dict[str, Any], output_changes: dict[str, Any],
+                record_first: bool = False) -> None:
     """Change a running endpoint outside apply (a key, a rollout's split): publish it,
-    then record it in the state (`state` is updated in place)."""
+    then record it in the state (`state` is updated in place). `record_first`: recorded
+    before the server gets it, for a change that must never be undone by a crash in
+    between (a revoked key: the next apply publishes the state's set, never the old)."""
     folder = EndpointFolder.of(ctx, state.name)
     server = ServerInstance.from_outputs(state.outputs)
     config = read_config(folder.instance(server.id)) if server.id else None
@@ -109,7 +132,13 @@ def change_live(ctx: Context, state: ResourceState, action: str, detail: str,
         raise ProviderError(state.address, "its server is not running: mlinfra apply starts "
                             "it again")
     generation = next_generation(folder, state.outputs.get("generation"))
+    changed = {**state.outputs, **output_changes, "generation": generation}
+    if record_first:
+        state.outputs = changed
+        record_live(ctx, state, action, detail)
     publish(folder, server, {**config, **config_changes, "generation": generation},
             int(state.outputs.get("workers", 1)), state.address)
-    state.outputs = {**state.outputs, **output_changes, "generation": generation}
-    ctx.store.commit_change(None, state.address, action, state, detail)
+    fault_point("published")
+    if not record_first:
+        state.outputs = changed
+        record_live(ctx, state, action, detail)

@@ -1,7 +1,7 @@
 """Shadow traffic for a quiet endpoint: captured requests sent again to one deployment.
 
-An endpoint with `collect:` keeps a sample of its requests as JSON lines (one file per
-worker, beside the config's `collect.path`). When a rollout's hold sees no request at
+An endpoint with `collect:` keeps a sample of its requests as Parquet files under the
+config's `collect.path` (`mlinfra.serving.captures`). When a rollout's hold sees no request at
 all, those requests are replayed, pinned to the deployment being rolled out, so that a
 quiet endpoint is judged on requests its clients really sent. The answers are read and
 dropped: the caller judges the deployment by the server's own counters.
@@ -9,7 +9,6 @@ dropped: the caller judges the deployment by the server's own counters.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import random
@@ -24,32 +23,43 @@ MAX_RATE = 400.0  # requests per second, at most
 
 def captured_requests(collect_path: str | None, limit: int = SAMPLE,
                       seed: int = 0) -> list[bytes]:
-    """Up to `limit` captured requests as MLflow `/invocations` bodies, a uniform sample
-    (reservoir) of every worker's capture file."""
+    """Up to `limit` captured requests as MLflow `/invocations` bodies (a table of the
+    request's feature columns), a uniform sample (reservoir) of every capture file."""
     if not collect_path:
         return []
-    target = Path(collect_path)
-    files = sorted(target.parent.glob(f"{target.stem}*{target.suffix}"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlinfra.monitoring.captures import REQUESTS, files
+
     rng = random.Random(seed)
     kept: list[bytes] = []
     seen = 0
-    for path in files:
-        with contextlib.suppress(OSError), open(path, "rb") as f:
-            for line in f:
-                try:
-                    inputs = json.loads(line).get("inputs")
-                except (ValueError, AttributeError):
-                    continue  # a line cut short while a worker was writing it
-                if not isinstance(inputs, dict) or not inputs:
-                    continue
-                seen += 1
-                body = json.dumps({"inputs": inputs}).encode()
-                if len(kept) < limit:
-                    kept.append(body)
-                else:
-                    slot = rng.randrange(seen)
-                    if slot < limit:
-                        kept[slot] = body
+    for path in files(Path(collect_path), REQUESTS):
+        try:
+            table = pq.read_table(path)
+        except (OSError, pa.ArrowException):
+            continue  # a damaged file: the others still replay
+        meta = table.schema.metadata or {}
+        features = [c for c in meta.get(b"mlinfra.features", b"").decode().split(",")
+                    if c in table.column_names]
+        if not features:
+            continue
+        ids = table.column("request_id").to_pylist()
+        columns = [table.column(c).to_pylist() for c in features]
+        requests: dict[str, list[list[object]]] = {}
+        for index, rid in enumerate(ids):
+            requests.setdefault(str(rid), []).append([c[index] for c in columns])
+        for rows in requests.values():
+            seen += 1
+            body = json.dumps({"dataframe_split": {"columns": features, "data": rows}}
+                              ).encode()
+            if len(kept) < limit:
+                kept.append(body)
+            else:
+                slot = rng.randrange(seen)
+                if slot < limit:
+                    kept[slot] = body
     return kept
 
 

@@ -24,7 +24,12 @@ from typing import Any, NamedTuple
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import worker_statuses
-from mlinfra.providers.local.endpoint.publish import next_generation, publish, read_config
+from mlinfra.providers.local.endpoint.publish import (
+    next_generation,
+    publish,
+    read_config,
+    record_live,
+)
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
 from mlinfra.state.model import ResourceState
 
@@ -49,7 +54,7 @@ class Window(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    status: str  # "complete", "rolled back" or "stopped"
+    status: str  # "complete", "rolled back" or "inconclusive" (too little traffic)
     why: str
     traffic: dict[str, int]
     steps: tuple[dict[str, Any], ...] = ()  # one record per hold window judged, in order
@@ -156,7 +161,7 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
 
     def record(action: str, traffic: dict[str, int], detail: str) -> None:
         state.outputs = {**state.outputs, "generation": generation, "traffic": traffic}
-        ctx.store.commit_change(None, state.address, action, state, detail)
+        record_live(ctx, state, action, detail)
 
     windows: list[dict[str, Any]] = []
     try:
@@ -185,7 +190,7 @@ def _judge_step(folder: EndpointFolder, server: ServerInstance, to: str, share: 
                 min_requests: int, log: Callable[[str], None],
                 quiet: Callable[[], bool] | None = None,
                 windows: list[dict[str, Any]] | None = None) -> tuple[str, str] | None:
-    """None when the step passes; else ("rolled back" | "stopped", why). Each window
+    """None when the step passes; else ("rolled back" | "inconclusive", why). Each window
     judged is appended to `windows`."""
     kept = windows if windows is not None else []
     begin = _snapshot_since(folder, server, time.time())
@@ -204,14 +209,15 @@ def _judge_step(folder: EndpointFolder, server: ServerInstance, to: str, share: 
                 begin = end
                 continue
             kept.append(_record(share, hold, seen, "no traffic"))
-            return "stopped", (f"no request reached the endpoint in {held} at {share}%: "
-                               "a rollout judges live traffic, and there is none")
+            return "inconclusive", (f"no request reached the endpoint in {held} at "
+                                    f"{share}%: a rollout judges live traffic, and there is "
+                                    "none (replay: true judges captured requests instead)")
         if seen.requests < min_requests:
             kept.append(_record(share, hold, seen, "inconclusive"))
             if hold == INCONCLUSIVE_HOLDS:
-                return "stopped", (f"inconclusive: {seen.requests} requests reached {to} in "
-                                   f"{held} at {share}%, fewer than the {min_requests} "
-                                   "needed to judge (--min-requests)")
+                return "inconclusive", (f"{seen.requests} requests reached {to} in {held} "
+                                        f"at {share}%, fewer than the {min_requests} "
+                                        "needed to judge (--min-requests)")
             log(f"{to} at {share}%: inconclusive ({seen.requests} of {min_requests} "
                 "requests needed); holding again")
             continue
