@@ -61,7 +61,36 @@ class Session:
         return self.config.stack.name
 
     def close(self) -> None:
-        self.store.close()
+        """Close the state; a session that wrote first delivers the events it produced
+        (a short, bounded flush: a laptop with no agent still gets its events)."""
+        try:
+            if not self.store.readonly and self.config.of("Webhook"):
+                _flush(self)
+        finally:
+            self.store.close()
+
+
+# How long a command that wrote spends delivering its events before it exits.
+FLUSH_S = 3.0
+
+
+def _flush(session: Session) -> None:
+    import os
+
+    from mlinfra.events.agent import flush
+
+    budget = float(os.environ.get("MLINFRA_EVENTS_FLUSH_S", FLUSH_S))
+    if budget <= 0:
+        return
+    try:
+        sent = flush(session.config, session.store, budget)
+    except Exception as err:  # delivery never fails the command that wrote
+        session.ctx.log(f"events: not delivered now ({type(err).__name__}: {err}); "
+                        "mlinfra agent or the next command delivers them")
+        return
+    if sent is not None:
+        for line in sent.lines:
+            session.ctx.log(f"events: {line}")
 
 
 def state_dir(config: Config) -> Path:
@@ -106,8 +135,9 @@ def open_store_at(config: Config, location: str, command: str, *, write: bool,
                       command=command, readonly=not write, new_state=new_state)
 
 
-# What still runs on a state that `state migrate` moved elsewhere.
-READS_A_MOVED_STATE = ("state list", "state show")
+# What still runs on a state that `state migrate` moved elsewhere (a migration to where
+# it was moved says so: one killed after it finished is run again).
+READS_A_MOVED_STATE = ("state list", "state show", "state migrate")
 
 
 def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
@@ -135,6 +165,11 @@ def open_session(directory: Path, stack: str | None, command: str, *, write: boo
             f"{moved['to']} on {when} by {moved['by']} (mlinfra state migrate): set state: "
             f"in {config.stack.file or 'the stack file'} to it. The old state is kept as it "
             "was (mlinfra state list and show read it); nothing else runs on it")
+    store.origin.update(project=config.name, stack=config.stack.name, root=str(config.root))
+    if write:  # where a webhook created in this session starts taking events
+        from mlinfra.events.outbox import EventOutbox
+
+        store.origin["outbox_head"] = EventOutbox(store).head()
     ctx = Context(config=config, store=store, state_dir=state_dir(config), log=log,
                   provider=provider)
     return Session(config, store, provider, ctx)
@@ -384,6 +419,7 @@ def _apply_one(session: Session, change: Change) -> None:
         if change.action is Action.DELETE:
             if before is not None:
                 handler.delete(before, ctx)
+            _announce_change(work, change, None)
             store.commit_change(journal, change.address, "delete", None, change.reason, work)
             return
         if change.action is Action.REPLACE and before is not None:
@@ -396,6 +432,7 @@ def _apply_one(session: Session, change: Change) -> None:
                             attributes=change.after or {}, inputs_hash=change.inputs_hash,
                             outputs=applied.outputs, provider_id=applied.provider_id,
                             dependencies=list(change.dependencies))
+        _announce_change(work, change, new)
         store.commit_change(journal, change.address, change.action.name.lower(), new,
                             change.reason, work)
     except BaseException as err:
@@ -403,6 +440,47 @@ def _apply_one(session: Session, change: Change) -> None:
         raise
     finally:
         work.release()
+
+
+def _announce_change(work: UnitOfWork, change: Change, new: ResourceState | None) -> None:
+    """The events that announce one resource's change, staged with it."""
+    if change.kind != "Endpoint":
+        return
+    kind = {Action.CREATE: "created", Action.DELETE: "deleted"}.get(change.action, "updated")
+    data: dict[str, Any] = {"endpoint": change.name,
+                            "see": f"mlinfra endpoints show {change.name}"}
+    if new is not None and new.outputs.get("url"):
+        data["url"] = str(new.outputs["url"])
+    work.emit(f"endpoint.{kind}", change.address, data)
+
+
+def _announce_unhealthy(session: Session, the_plan: Plan) -> None:
+    """endpoint.unhealthy for each endpoint the plan's refresh found broken (its server
+    gone, or not serving as applied): the apply that repairs it says so first."""
+    from mlinfra.events.envelope import announce
+
+    for drift in the_plan.drift:
+        kind, _, name = drift.address.partition(".")
+        if kind == "endpoint":
+            announce(session.store, "endpoint.unhealthy", drift.address,
+                     {"endpoint": name, "reason": drift.message},
+                     see=f"mlinfra endpoints show {name}")
+
+
+def _announce_end(session: Session, result: ApplyResult) -> None:
+    """apply.completed or apply.failed, once the walk is over."""
+    from mlinfra.events.envelope import announce
+    from mlinfra.plan.model import tally
+
+    subject = f"stack.{session.stack}"
+    if result.ok:
+        counts = tally(result.applied)
+        announce(session.store, "apply.completed", subject,
+                 {"added": counts["add"], "changed": counts["change"],
+                  "replaced": counts["replace"], "destroyed": counts["destroy"]})
+    else:
+        announce(session.store, "apply.failed", subject,
+                 {"failed": result.failed, "skipped": result.skipped})
 
 
 @contextmanager
@@ -493,6 +571,7 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
 
     result = ApplyResult()
     result.interrupted = [*session.recovered, *recover(session)]
+    _announce_unhealthy(session, the_plan)
     changes = the_plan.actionable
     by_address = {c.address: c for c in changes}
     waits = _waits(the_plan.changes)
@@ -570,4 +649,6 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
     stuck = sorted(set(waits) - settled)
     if stuck:
         raise MlinfraError(f"apply cannot proceed: changes wait on each other ({', '.join(stuck)})")
+    if changes:
+        _announce_end(session, result)
     return result

@@ -8,7 +8,8 @@ from typing import Any
 
 from mlinfra.spec.model import Config, Ref, Resource
 
-_USES_WORKSPACE = {"Data", "Job", "Pipeline", "Model", "Endpoint", "Promotion"}
+_USES_WORKSPACE = {"Data", "Job", "Pipeline", "Model", "Endpoint", "Promotion",
+                   "BatchEndpoint", "BatchScore"}
 
 
 def address(kind: str, name: str) -> str:
@@ -76,6 +77,10 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
                 if model and model.alias and promotion.spec.get("model") == model.name and (
                         promotion.spec.get("alias", "champion") == model.alias):
                     add("Promotion", promotion.name)
+    elif res.kind == "Schedule":
+        run = spec.get("run") or {}
+        add("Pipeline", run.get("pipeline"))
+        add("Monitor", run.get("monitor"))
     elif res.kind == "Monitor":
         add("Endpoint", spec.get("endpoint"))
         model = Ref.parse(str(spec.get("model", "")))
@@ -83,12 +88,36 @@ def references(res: Resource, config: Config, workspace: str) -> list[str]:
         add("Data", _data_name(spec.get("data")))
         performance = (spec.get("signals") or {}).get("performance") or {}
         add("Data", _data_name(performance.get("labels")))
+    elif res.kind == "BatchEndpoint":
+        add("Compute", spec.get("compute"))
+        for deployment in spec.get("deployments") or []:
+            _model_and_promotion(str(deployment.get("model", "")), config, add)
+    elif res.kind == "BatchScore":
+        add("BatchEndpoint", spec.get("endpoint"))
+        add("Data", _data_name(spec.get("data")))
+        endpoint = config.get("BatchEndpoint", str(spec.get("endpoint")))
+        for deployment in (endpoint.spec.get("deployments") or []) if endpoint else []:
+            if deployment.get("name") == spec.get("deployment"):
+                _model_and_promotion(str(deployment.get("model", "")), config, add)
     elif res.kind == "Promotion":
         # NOTE: not on its rollout endpoint: the endpoint waits for the promotion.
         add("Model", spec.get("model"))
         for data in (spec.get("gates") or {}).get("data") or []:
             add("Data", _data_name(data))
     return sorted(set(deps))
+
+
+def _model_and_promotion(text: str, config: Config, add: Any) -> None:
+    """A model reference's Model and, for an alias a Promotion moves, that Promotion:
+    what uses `fraud@champion` is applied after the promotion that may move it."""
+    model = Ref.parse(text)
+    if model is None:
+        return
+    add("Model", model.name)
+    for promotion in config.of("Promotion").values():
+        if model.alias and promotion.spec.get("model") == model.name and (
+                promotion.spec.get("alias", "champion") == model.alias):
+            add("Promotion", promotion.name)
 
 
 def default_datastore(config: Config) -> str | None:

@@ -50,6 +50,16 @@ class Hosting(Protocol):
         `previous`; the record of it (status, why, each hold window judged)."""
         ...
 
+    def scoring_launcher(self, ctx: Context, score: Resource) -> ScoringLauncher | None:
+        """What scores a staged scoring's shards in containers (mlinfra.batch.shard);
+        None scores on this machine."""
+        ...
+
+
+# A staged scoring's (job id, folder, shards, deployment settings) -> "" once its
+# containers ended, or why they could not run. Which shards they scored is in the folder.
+ScoringLauncher = Callable[[str, Path, int, dict[str, Any]], str]
+
 
 class ProviderError(MlinfraError):
     """A resource could not be planned or applied; the message names the resource."""
@@ -209,10 +219,23 @@ class BaseHandler:
 def workspace_dir(ctx: Context, name: str) -> Path:
     """The workspace's artifact store and run folders: under the stack's `artifacts:`
     folder (shared by the machines that apply the stack), or .mlinfra/<stack>/."""
+    from mlinfra.spec.storage import is_object_url
+
     shared = ctx.config.stack.artifacts
+    if shared and is_object_url(shared):
+        # The artifacts are on object storage; this machine keeps its run folders and a
+        # cache of the blobs it wrote or read.
+        shared = None
     base = ctx.root / os.path.expanduser(shared) if shared else ctx.state_dir
     return base / "workspaces" / name
 
 
 def datastore_path(ctx: Context, spec: dict[str, Any]) -> Path:
+    """A datastore's folder; for one on object storage, this machine's mirror of the
+    objects it read (and where a local endpoint writes its captures)."""
+    if spec.get("type", "local") != "local":
+        import re
+
+        url = str(spec.get("path", ""))
+        return ctx.state_dir / "datastores" / re.sub(r"[^A-Za-z0-9._-]+", "_", url)
     return (ctx.root / str(spec.get("path", "."))).resolve()

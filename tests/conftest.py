@@ -13,6 +13,7 @@ import pytest
 
 from mlinfra.cli import main
 from tests.postgres import PostgresServer, find_bindir
+from tests.s3server import S3Server
 
 REPO = Path(__file__).resolve().parent.parent
 QUICKSTART = REPO / "examples" / "quickstart"
@@ -137,6 +138,17 @@ def postgres() -> Iterator[PostgresServer]:
     server = PostgresServer(bindir)
     try:
         server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """A real S3 API server on 127.0.0.1 for the whole session (see tests/s3server.py)."""
+    server = S3Server()
+    server.start()
+    try:
         yield server
     finally:
         server.stop()

@@ -563,3 +563,23 @@ def test_a_report_too_long_for_a_comment_is_cut_where_it_says_so() -> None:
                          "--report names)\n")
     short = "<!-- marker -->\nsmall"
     assert fit(short) == short
+
+
+def test_ci_reports_show_the_monitors_verdicts(repo: Path, cli: Cli, tmp_path: Path) -> None:
+    (repo / "monitor.yaml").write_text("kind: Monitor\nname: watch\nmodel: scorer@champion\n"
+                                       "data: holdout\nmin_rows: 1\n"
+                                       "on_breach: [{retrain: train}]\n")
+    commit(repo, "a monitor")
+    assert cli("apply", "--auto-approve").code == 0
+    assert cli("monitor", "run", "watch").code == 0
+    git(repo, "checkout", "-qb", "better")
+    set_variant(repo, "good")
+    commit(repo, "a better model")
+    planned = cli("ci", "plan", "--report", str(tmp_path / "plan.md"))
+    assert planned.code == 0, planned.err
+    text = (tmp_path / "plan.md").read_text()
+    assert "### Monitors\n\n- `monitor.watch`: 10 rows in the last window, no drift" in text
+    ran = cli("ci", "run", "--allow-dirty", "--report", str(tmp_path / "run.md"))
+    assert ran.code == 0, ran.err
+    assert "- `monitor.watch`: 10 rows in the last window, no drift" in (
+        tmp_path / "run.md").read_text()

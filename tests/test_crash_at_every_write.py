@@ -33,8 +33,6 @@ PROJECT = """\
 kind: Data
 name: events
 path: events.csv
-expectations:
-  - expect_column_values_to_not_be_null: {column: y}
 ---
 kind: Data
 name: holdout
@@ -85,8 +83,8 @@ collect: {sample: 1.0}
 kind: Promotion
 name: fraud
 model: fraud
-gates: {metrics: {auc: {min: 0.3}}, data: [events]}
-rollout: {endpoint: api, steps: [50, 100], hold_s: 0.3, min_requests: 3, replay: true,
+gates: {metrics: {auc: {min: 0.3}}}
+rollout: {endpoint: api, steps: [50, 100], hold_s: 0.2, min_requests: 2, replay: true,
           rollback_on: {error_rate: 0.5}}
 """
 PREP = "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
@@ -137,9 +135,13 @@ def _outputs(cli: Cli) -> dict[str, Any]:
 
 
 def _run(root: Path, *args: str, env: dict[str, str] | None = None) -> int:
-    done = subprocess.run([MLINFRA, *args], cwd=root, capture_output=True, timeout=300,
-                          check=False, env={**os.environ, **(env or {})})
-    return done.returncode
+    return _done(root, *args, env=env).returncode
+
+
+def _done(root: Path, *args: str, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MLINFRA, *args], cwd=root, capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, **(env or {})})
 
 
 def _db(root: Path) -> sqlite3.Connection:
@@ -283,8 +285,8 @@ def test_state_migrate_killed_after_every_commit_completes_on_rerun(
             assert code == 0
             break
         tried += 1
-        again = _run(root, "state", "migrate", "--to", str(target))
-        assert again == 0, n  # an interrupted migration finishes on rerun
+        again = _done(root, "state", "migrate", "--to", str(target))
+        assert again.returncode == 0, (n, again.stderr)  # it finishes on rerun
         # Put the stack back on its own state for the next point.
         with _db(root) as conn:
             conn.execute("DELETE FROM meta WHERE key='moved_to'")
@@ -295,9 +297,10 @@ def test_state_migrate_killed_after_every_commit_completes_on_rerun(
 @pytest.mark.slow
 def test_destroy_leaves_no_process_of_the_stack(stack: Any, cli: Cli) -> None:
     root, _ = stack
-    code = _run(root, "apply", "--auto-approve", env={"MLINFRA_TEST_KILL_AT": "popen"})
-    assert code == -9
     (root / "data" / "events.csv").write_text(_csv([*ROWS, (0.2, 0.2, 1)]))
+    code = _run(root, "apply", "--auto-approve", env={"MLINFRA_TEST_KILL_AT": "popen"})
+    assert code == -9  # a job's process left running, its pid never recorded
+    assert _stack_processes(root)
     assert cli("destroy", "--auto-approve").code == 0
     deadline = time.monotonic() + 10
     while _stack_processes(root) and time.monotonic() < deadline:

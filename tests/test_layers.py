@@ -10,8 +10,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mlinfra"
 LAYERS = {"errors": 1, "spec": 2, "state": 2, "graph": 3, "plan": 3, "data": 3, "handler": 3,
-          "registry": 3, "runs": 3, "monitoring": 3, "providers": 4, "engine": 5,
-          "scaffold": 5, "ci": 6, "cli": 7, "__main__": 7}
+          "registry": 3, "runs": 3, "monitoring": 3, "batch": 3, "events": 3, "providers": 4,
+          "engine": 5, "scaffold": 5, "scheduled": 5, "ci": 6, "studio": 6, "cli": 7,
+          "__main__": 7}
 
 
 def _imports(path: Path) -> set[str]:
@@ -44,9 +45,11 @@ def test_no_module_imports_a_higher_layer() -> None:
 
 
 def test_serving_stands_apart() -> None:
-    # pyarrow: the server writes its captures as Parquet itself
+    # pyarrow: the server writes its captures as Parquet itself; fsspec: a server whose
+    # models are in an object-storage artifact store fetches them when it starts
+    # (serving/fetch.py, imported only then; the image installs s3fs).
     allowed = {"mlinfra", "numpy", "onnxruntime", "orjson", "uvicorn", "pyarrow",
-               "__future__"}
+               "__future__", "fsspec"}
     for path in (PACKAGE / "serving").rglob("*.py"):
         assert _imports(path) <= {"serving"}, path
         roots = set()
@@ -69,10 +72,10 @@ def test_every_kind_has_a_local_handler_that_imports() -> None:
     """Handlers are named as "module:Class" and imported on first use: a typo would only
     show when a project first uses that kind."""
     from mlinfra.providers.local import LocalProvider
-    from mlinfra.spec.schemas import KINDS
+    from mlinfra.spec.schemas import DERIVED_KINDS, KINDS
 
     provider = LocalProvider()
-    kinds = [k for k in KINDS if k not in ("Project", "Stack")]
+    kinds = [k for k in KINDS if k not in ("Project", "Stack")] + list(DERIVED_KINDS)
     assert sorted(LocalProvider.handler_classes) == sorted(kinds)
     for kind in kinds:
         handler = provider.find(kind)
@@ -113,7 +116,9 @@ def test_the_domain_is_not_in_the_local_provider() -> None:
     """Data versions, runs, model versions and promotions are the domain's on every
     provider: the Pulumi providers use the domain's handlers by import, and the local
     provider holds only what is local (processes, virtual environments, servers)."""
+    from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
     from mlinfra.data.handler import DataHandler
+    from mlinfra.events.handler import ScheduleHandler, WebhookHandler
     from mlinfra.providers.base import handler_class
     from mlinfra.providers.local import LocalProvider
     from mlinfra.providers.pulumi_stack import PulumiProvider
@@ -122,7 +127,9 @@ def test_the_domain_is_not_in_the_local_provider() -> None:
     from mlinfra.runs.jobs import JobHandler, PipelineHandler
 
     domain = {"Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
-              "Model": ModelHandler, "Promotion": PromotionHandler}
+              "Model": ModelHandler, "Promotion": PromotionHandler,
+              "Webhook": WebhookHandler, "Schedule": ScheduleHandler,
+              "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
     for kind, cls in domain.items():
         assert handler_class(LocalProvider.handler_classes[kind]) is cls
         assert PulumiProvider.handler_classes[kind] is cls

@@ -155,6 +155,18 @@ def send(url: str, key: str, rows: np.ndarray, batch: int = 50) -> list[str]:
     return ids
 
 
+def audit_events(root: Path) -> list[str]:
+    from mlinfra.state.sqlite import SqliteStore
+
+    store = SqliteStore(root / ".mlinfra" / "dev" / "state.db", command="test",
+                        readonly=True)
+    try:
+        return [json.dumps([event.type, event.subject, event.data])
+                for _, event in store.events()]
+    finally:
+        store.close()
+
+
 def captured_rows(root: Path, endpoint: str = "api") -> int:
     return sum(pq.read_metadata(p).num_rows for p in
                (root / "data" / "captures" / endpoint / "requests").glob("hour=*/*.parquet"))
@@ -215,6 +227,8 @@ def test_an_endpoint_monitored_from_calm_to_breach_with_labels(
         assert "monitor.watch: breached: drifted for 2 windows (amount: W" in breached.out
         state = json.loads(cli("monitors", "show", "watch", "--json").out)
         assert state["breached"] and state["streak"] == 2
+        announced = [row for row in audit_events(root) if "monitor.breached" in row]
+        assert len(announced) == 1 and '"streak": 2' in announced[0]
         last = state["windows"][-1]
         drifted = {(s["signal"], s["feature"]) for s in last["signals"]
                    if s["verdict"] == "drift"}
@@ -224,9 +238,10 @@ def test_an_endpoint_monitored_from_calm_to_breach_with_labels(
         assert listed.code == 3 and "breached" in listed.out
         trend = cli("monitors", "show", "watch")
         assert trend.code == 3 and "data_drift" in trend.out and "*" in trend.out
-        # nothing new: no window is computed twice
+        # nothing new: no window is computed twice, and the breach is not announced again
         again = cli("monitor", "run", "watch", "--json")
         assert json.loads(again.out)[0]["computed"] == []
+        assert sum("monitor.breached" in row for row in audit_events(root)) == 1
         plan = cli("plan")
         assert plan.code == 0
         assert "monitor.watch: drifted for 2 windows (amount: W" in plan.out

@@ -36,6 +36,12 @@ command: python copy.py ${inputs.data} ${outputs.copy}
 inputs: {data: holdout}
 outputs: {copy: copy.csv}
 ---
+kind: Pipeline
+name: twice
+steps:
+  first: {job: score}
+  second: {job: score, inputs: {data: "${steps.first.outputs.copy}"}}
+---
 kind: Model
 name: fraud
 from: {path: models/fraud.onnx}
@@ -55,9 +61,20 @@ def _files(weights: tuple[float, float] = (2.0, 0.0)) -> Files:
             "models/fraud.onnx": onnx_model(weights)}
 
 
+ENDPOINT = """\
+kind: Endpoint
+name: api
+auth: key
+workers: 1
+deployments:
+  - {name: blue, model: fraud@champion}
+traffic: {blue: 100}
+"""
+
+
 def test_every_handler_write_goes_through_the_unit_of_work(
         project: Callable[[Files], Path]) -> None:
-    root = project(_files())
+    root = project({**_files(), "endpoint.yaml": ENDPOINT})
     session = open_session(root, None, "apply", write=True)
     try:
         session.store.engine_only = True
@@ -65,8 +82,11 @@ def test_every_handler_write_goes_through_the_unit_of_work(
         assert result.ok, (result.failed, result.skipped)
         registry = ModelRegistry(session.store)
         assert registry.aliases("fraud") == {"champion": 1}
-        assert [e.type for _, e in session.store.events()] == [
-            "data.versioned", "model.alias_moved", "model.promoted"]
+        types = [e.type for _, e in session.store.events()]
+        assert [t for t in types if not t.startswith("run.")] == [
+            "data.version_created", "model.version_registered", "model.promoted",
+            "apply.completed"]
+        assert {"run.started", "run.completed"} <= set(types)
         with pytest.raises(StateWriteRefused):  # a write of its own: refused
             registry.set_alias("fraud", "champion", 1, "by hand")
         with pytest.raises(StateWriteRefused):
@@ -162,6 +182,13 @@ def test_a_manual_alias_move_is_an_operation_with_its_backup(
         assert done == [("alias", "done")]
     finally:
         session.close()
+    # The first file again: fraud:1, which the alias names by hand now. The reason given
+    # for keeping it is why it is the champion now, not an older decision's.
+    (root / "models" / "fraud.onnx").write_bytes(onnx_model((2.0, 0.0)))
+    again = cli("apply", "--auto-approve")
+    assert again.code == 0, again.err
+    assert ("kept fraud@champion -> fraud:1 (fraud:1 is already the alias' version (set by "
+            "mlinfra models alias))") in again.out, again.out
 
 
 def test_errors_keep_their_cause_and_debug_prints_the_chain(

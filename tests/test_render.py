@@ -77,11 +77,18 @@ def test_kubernetes_objects_carry_what_the_yaml_says(quickstart: Path) -> None:
     assert config["traffic"] == {"blue": 100} and "key_hashes" not in config
     hpa = objects["hpa-fraud-api-blue"].body["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 4)
+    # Room for the HPA's 4 replicas, a rolling update's surge pod and 2 jobs at once.
     quota = objects["quota-cpu"].body["spec"]["hard"]
-    assert quota == {"requests.cpu": "4", "limits.cpu": "4", "requests.memory": "8Gi",
-                     "limits.memory": "8Gi"}
+    assert quota == {"requests.cpu": "7", "limits.cpu": "7", "requests.memory": "14Gi",
+                     "limits.memory": "14Gi"}
     train = objects["job-fraud-train"].body["spec"]
     assert train["backoffLimit"] == 0 and train["activeDeadlineSeconds"] == 1800
+    assert train["ttlSecondsAfterFinished"] == 86400
+    assert objects["job-fraud-train"].body["metadata"]["generateName"] == "run-fraud-train-"
+    assert "name" not in objects["job-fraud-train"].body["metadata"]
+    pod = train["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
     assert objects["job-fraud-prep"].body["spec"]["activeDeadlineSeconds"] == 300
     command = train["template"]["spec"]["containers"][0]["command"][-1]
     assert "--data /mnt/datastores/main/runs/fraud-prep/clean.csv" in command
@@ -172,12 +179,19 @@ def test_render_writes_manifests_kubectl_can_apply(quickstart: Path, tmp_path: P
     out = tmp_path / "k8s"
     result = cli("render", "-C", str(quickstart), "-s", "kubernetes", "--out", str(out))
     assert result.code == 0, result.err
-    # Nothing is registered yet: the endpoint waits for its model, and says so.
-    assert "endpoint.fraud-api is left out" in result.err
+    # Nothing is registered yet: the endpoint is rendered with its model version
+    # "(known after apply)", as Terraform shows what only the apply can know.
+    assert ("endpoint.fraud-api: deployment blue serves a version of model fraud that is "
+            "(known after apply)") in result.err
     files = sorted((out / "manifests").glob("*.yaml"))
     objects = [yaml.safe_load(f.read_text()) for f in files]
     assert objects[0]["kind"] == "Namespace"
     assert invalid_manifests(objects) == []
+    config = next(o for o in objects if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == "fraud-api-blue-config")
+    served = json.loads(config["data"]["endpoint.json"])["deployments"]["blue"]
+    assert served["version"] == "(known after apply)"
+    assert {"Deployment", "HTTPRoute"} <= {o["kind"] for o in objects}
     images = json.loads((out / "images.json").read_text())
     assert (out / images["image-sklearn"]["context"] / "Dockerfile").exists()
     _champion(quickstart, "kubernetes")

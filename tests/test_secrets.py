@@ -262,7 +262,8 @@ def test_sensitive_value_refused_where_it_would_be_recorded(
     result = cli("validate")
     assert result.code == 1
     assert "a.yaml:" in result.err and f"{field}" in result.err
-    assert "can be used only in command, params, env and requirements" in result.err
+    assert ("can be used only in command, params, env, requirements, a datastore's "
+            "credentials and a webhook's url and secret") in result.err
     assert PASSWORD not in result.err
 
 

@@ -15,7 +15,7 @@ import yaml
 
 from mlinfra.errors import ConfigurationError
 from mlinfra.spec import load
-from mlinfra.spec.schemas import KINDS, SCHEMAS, replace_fields
+from mlinfra.spec.schemas import DERIVED_KINDS, KINDS, SCHEMAS, replace_fields
 from tests.conftest import REPO, Files, Result
 
 
@@ -23,12 +23,12 @@ from tests.conftest import REPO, Files, Result
 def test_quickstart_validates_on_every_stack(cli: Callable[..., Result], stack: str) -> None:
     result = cli("validate", "-C", str(REPO / "examples" / "quickstart"), "-s", stack)
     assert result.code == 0, result.err
-    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 13 resources")
+    assert result.out.startswith(f"Valid: project quickstart, stack {stack}: 17 resources")
 
 
 def test_quickstart_uses_every_kind() -> None:
     config = load(REPO / "examples" / "quickstart")
-    assert set(config.counts()) == set(KINDS) - {"Project", "Stack"}
+    assert set(config.counts()) == set(KINDS) - {"Project", "Stack"} | set(DERIVED_KINDS)
     assert config.stack.name == "dev" and config.stack.provider == "local"
     assert config.get("Compute", "cpu").spec["type"] == "local"  # type: ignore[union-attr]
     docker = load(REPO / "examples" / "quickstart", "docker")
@@ -95,8 +95,10 @@ def test_init_scaffolds_a_valid_project(tmp_path: Path, cli: Callable[..., Resul
 
 def test_schemas_folder_matches_the_code(tmp_path: Path, cli: Callable[..., Result]) -> None:
     assert cli("schema", "--out", str(tmp_path)).code == 0
-    exported = sorted(p.name for p in tmp_path.iterdir())
-    assert exported == sorted(p.name for p in (REPO / "schemas").iterdir())
+    exported = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.json"))
+    assert exported == sorted(str(p.relative_to(REPO / "schemas"))
+                              for p in (REPO / "schemas").rglob("*.json"))
+    assert len([p for p in exported if p.startswith("events/")]) == 22
     for name in exported:
         assert (tmp_path / name).read_text() == (REPO / "schemas" / name).read_text(), (
             f"schemas/{name} is stale: run mlinfra schema --out schemas")

@@ -323,13 +323,14 @@ def test_quickstart_main_job(quickstart: Path) -> None:
                               text=True, timeout=900, check=False)
 
     plan = run("plan", "--detailed-exitcode")
-    assert plan.returncode == 2 and "Plan: 13 to add" in plan.stdout, plan.stderr
+    assert plan.returncode == 2 and "Plan: 17 to add" in plan.stdout, plan.stderr
     apply = run("apply", "--auto-approve")
     try:
         assert apply.returncode == 0, apply.stdout[-3000:] + apply.stderr[-3000:]
         assert "job.prep-data/prep: kept 2000 rows, dropped 0" in apply.stdout
         assert "model.fraud: registered version 1" in apply.stdout
         assert "promoted fraud@champion -> fraud:1" in apply.stdout
+        assert "registered data version fraud-scores:1" in apply.stdout
         model = json.loads(run("models", "show", "fraud@champion").stdout)
         assert model["metrics"]["auc"] > 0.75
         assert model["metrics"]["evaluated_on"] == "transactions-holdout:1"

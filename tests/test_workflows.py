@@ -77,3 +77,21 @@ def test_the_users_workflow_keeps_its_state_and_comments_with_the_token() -> Non
     plan = workflow["jobs"]["plan"]
     step = next(s for s in plan["steps"] if "ci plan" in str(s.get("run", "")))
     assert step["env"] == {"GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
+
+
+def test_the_schedule_workflow_runs_the_agent_once_in_the_stacks_group() -> None:
+    """examples/github/mlinfra-schedule.yml: a GitHub Actions `schedule:` trigger runs
+    `mlinfra agent --once`, in the concurrency group of mlinfra.yml's ci run."""
+    path = REPO / "examples" / "github" / "mlinfra-schedule.yml"
+    checked = validate(path)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    workflow = load(path)
+    assert workflow[True]["schedule"] == [{"cron": "*/15 * * * *"}]
+    assert workflow["permissions"] == {"contents": "read"}
+    [job] = workflow["jobs"].values()
+    runs = " ".join(str(s.get("run", "")) for s in job["steps"])
+    assert "mlinfra agent --once" in runs
+    users = load(WORKFLOWS[1])
+    assert job["concurrency"]["group"] == users["jobs"]["run"]["concurrency"]["group"]
+    checkout = next(s for s in job["steps"] if "checkout" in str(s.get("uses", "")))
+    assert checkout["with"]["clean"] is False

@@ -258,6 +258,18 @@ def _monitors(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> No
     show.add_argument("--windows", type=_positive, default=24, metavar="N",
                       help="the latest N windows (default 24)")
     show.add_argument("--json", action="store_true", help="print as JSON")
+def _batch(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    batch = p.add_subparsers(dest="batch_command", metavar="SUBCOMMAND", required=True)
+    invoke = batch.add_parser("invoke", parents=[common],
+                              help="score a file or a data version with a batch endpoint")
+    invoke.add_argument("name")
+    invoke.add_argument("--input", required=True, metavar="FILE|DATA[:V]",
+                        help="a .csv, .parquet or .jsonl file, or a Data of the project")
+    invoke.add_argument("--deployment", help="the deployment (default: the endpoint's)")
+    invoke.add_argument("--output", metavar="PATH", help="put the output here too")
+    invoke.add_argument("--json", action="store_true", help="print the summary as JSON")
+    jobs = batch.add_parser("jobs", parents=[common], help="the batch jobs that ran")
+    jobs.add_argument("--json", action="store_true", help="print as JSON")
 
 
 def _render(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
@@ -290,9 +302,44 @@ def _history(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> Non
     p.add_argument("--json", action="store_true", help="print as JSON")
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port from 1 to 65535, got '{text}'")
+    return int(text)
+
+
+def _studio(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; any other requires "
+                        "MLINFRA_STUDIO_TOKEN)")
+
+
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     p.add_argument("address", nargs="?", help="one resource only")
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+
+def _events(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    events = p.add_subparsers(dest="events_command", metavar="SUBCOMMAND", required=True)
+    listing = events.add_parser("list", parents=[common],
+                                help="the newest events and their deliveries")
+    listing.add_argument("--failed", action="store_true",
+                         help="only events with a dead-lettered delivery")
+    listing.add_argument("--json", action="store_true", help="print as JSON")
+    listing.add_argument("--limit", type=_positive, default=50)
+    show = events.add_parser("show", parents=[common], help="one event and its deliveries")
+    show.add_argument("event_id", metavar="ID")
+    again = events.add_parser("redeliver", parents=[common],
+                              help="send an event again to the webhooks that take it")
+    again.add_argument("event_id", metavar="ID")
+
+
+def _agent(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
+    p.add_argument("--once", action="store_true",
+                   help="do what is due (schedules, deliveries) and exit")
+    _lock_option(p)
+    p.set_defaults(lock_timeout=300.0)
 
 
 Options = Callable[[argparse.ArgumentParser, argparse.ArgumentParser], None]
@@ -317,12 +364,19 @@ COMMANDS: dict[str, tuple[str, str, Options]] = {
                 "performance; exit 3 when one is breached", _monitor),
     "monitors": ("monitoring:cmd_monitors", "list monitors and show their windows and "
                  "trends; exit 3 when one is breached", _monitors),
+    "batch": ("batch:cmd_batch", "batch endpoints: score a file or a data version "
+              "(invoke), list what ran (jobs)", _batch),
     "render": ("render:cmd_render", "write a docker or kubernetes stack's objects as files "
                "(manifests, build contexts, container specs), without Pulumi", _render),
     "output": ("stack:cmd_output", "show what the resources produced (paths, versions)",
                _output),
     "ci": ("ci:cmd_ci", "the Git-triggered loop: ci plan for pull requests, ci run for "
            "pushes", _ci),
+    "events": ("events:cmd_events", "events announced: list, show, redeliver", _events),
+    "agent": ("events:cmd_agent", "fire due schedules and deliver events (--once: what is "
+              "due now, then exit)", _agent),
+    "studio": ("studio:cmd_studio", "a read-only web UI over the stack: plan, runs, "
+               "metrics, models and lineage, data, endpoints", _studio),
     "history": ("ci:cmd_history", "every promotion decision: when, commit, trigger, versions, "
                 "metrics, outcome, rollout", _history),
 }

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mlinfra.cli.console import directory, echo, stack_name
+from mlinfra.cli.console import directory, echo, echo_err, stack_name
 from mlinfra.errors import ConfigurationError, MlinfraError
 
 
@@ -23,10 +23,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
         raise
     counts = config.counts()
     total = sum(counts.values())
+    warnings = config.stack.warnings
     if args.json:
         echo(json.dumps({"valid": True, "project": config.name, "stack": config.stack.name,
-                         "resources": counts, "files": len(config.files)}, indent=2))
+                         "resources": counts, "files": len(config.files),
+                         "warnings": [w.to_json() for w in warnings]}, indent=2))
         return 0
+    for warning in warnings:
+        echo_err(f"warning: {warning.render()}")
     by_kind = ", ".join(f"{n} {kind}" for kind, n in counts.items())
     echo(f"Valid: project {config.name}, stack {config.stack.name}: {total} resource"
          f"{'s' if total != 1 else ''} ({by_kind or 'none'}) in {len(config.files)} files.")
@@ -37,7 +41,9 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from mlinfra.spec.schemas import SCHEMAS, export
 
     if args.out:
-        for path in export(Path(args.out)):
+        from mlinfra.events.catalog import export as export_events
+
+        for path in [*export(Path(args.out)), *export_events(Path(args.out) / "events")]:
             echo(str(path))
         return 0
     if args.kind:

@@ -77,6 +77,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
                         do_refresh=args.refresh, replace=args.replace)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
+        if not args.json and session.config.of("Schedule") and not args.destroy:
+            from mlinfra.events.schedules import plan_notes
+
+            notes = [*notes, *plan_notes(session.config)]
         if not args.json and not args.destroy:
             from mlinfra.monitoring.planning import notes as monitor_notes
 
@@ -191,8 +195,17 @@ def _migrate(session: Session, to: str, lock_timeout: float, work: UnitOfWork) -
     location = state_location(config, to)
     if location == state_location(config):
         raise MlinfraError(f"--to {to} is where the stack's state is already")
+    moved = source.moved()
     target = open_store_at(config, location, "state migrate", write=True)
     shown = target.location
+    if moved is not None:
+        target.close()
+        if moved["to"] != shown:
+            raise MlinfraError(f"the state at {source.location} was moved to {moved['to']} "
+                               "already (mlinfra state migrate): migrate from there")
+        echo(f"The state of stack '{session.stack}' was moved to {shown} already, and "
+             "verified. Point the stack at it (state: in the stack file).")
+        return 0
     earlier = [e for e in source.interrupted_operations()
                if (e.address, e.action) == (work.address, "migrate")]
     earlier += source.operations(work.address, "migrate", "failed")

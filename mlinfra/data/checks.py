@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.model import digest
-from mlinfra.state.store import StateStore, upsert
+from mlinfra.state.store import Cursor, StateStore, upsert
+from mlinfra.state.work import Event
 
 
 @dataclass(frozen=True)
@@ -178,12 +180,23 @@ class DataChecks:
                              time.time())
         if self.store.readonly:  # `data validate` reads; the next apply records it
             return record
-        # A verdict on content, kept as a cache: the same bytes get the same verdict.
-        self.store.cache_write(lambda cur: cur.execute(
-            upsert("data_checks", ("name", "sha256", "expectations", "passed", "results",
-                                   "checked_at"), ("name", "sha256", "expectations")),
-            (name, sha256, self._key(fmt, expectations), int(record.passed),
-             json.dumps([asdict(r) for r in results], default=str), record.checked_at)))
+        # A verdict on content, kept as a cache: the same bytes get the same verdict,
+        # and a failed one is announced once, with it.
+        def write(cur: Cursor) -> None:
+            cur.execute(upsert("data_checks", ("name", "sha256", "expectations", "passed",
+                                               "results", "checked_at"),
+                               ("name", "sha256", "expectations")),
+                        (name, sha256, self._key(fmt, expectations), int(record.passed),
+                         json.dumps([asdict(r) for r in results], default=str),
+                         record.checked_at))
+            if not record.passed:
+                self.store.record_events(cur, [Event(
+                    "data.expectations_failed", f"data.{name}", with_see(
+                        {"data": name, "sha256": sha256,
+                         "failed": [r.describe() for r in record.failures]},
+                        f"mlinfra data validate {name}"), record.checked_at)])
+
+        self.store.cache_write(write)
         return record
 
     def require(self, name: str, sha256: str, path: Path, fmt: str,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.data.checks import DataCheckFailed, DataChecks
+from mlinfra.data.remote import ObjectData, datastore_location
 from mlinfra.data.versions import DataVersions, describe
 from mlinfra.errors import MlinfraError
 from mlinfra.graph import default_datastore
@@ -20,20 +21,69 @@ class DataHandler(BaseHandler):
     """A version is the sha256 of the file or folder; new content that passes its
     expectations takes the next number."""
 
-    def path(self, res: Resource, ctx: Context) -> Path:
+    def _datastore(self, res: Resource, ctx: Context) -> Resource:
         store_name = res.spec.get("datastore") or default_datastore(ctx.config)
         store = ctx.config.get("Datastore", str(store_name))
         if store is None:
             raise ProviderError(res.address, "no datastore to read it from")
-        return datastore_path(ctx, store.spec) / str(res.spec["path"])
+        return store
+
+    def _remote(self, store: Resource, ctx: Context) -> ObjectData | None:
+        location = datastore_location(store.name, store.spec)
+        if location is None:
+            return None
+        return ObjectData(ctx.writer, location, datastore_path(ctx, store.spec))
+
+    def locate(self, res: Resource, ctx: Context, fetch: bool = True,
+               fresh: bool = False) -> tuple[str, Path]:
+        """The sha256 of the asset's content and the local file holding it. On object
+        storage the sha256 comes from the object's ETag when the state knows it, and
+        the file is the local mirror, downloaded only with `fetch` (a plan reads no
+        object it has seen). `fresh`: a local file is read from its bytes, whatever this
+        machine remembers of it (a version about to be registered)."""
+        store = self._datastore(res, ctx)
+        rel = str(res.spec["path"])
+        remote = self._remote(store, ctx)
+        if remote is None:
+            path = datastore_path(ctx, store.spec) / rel
+            if not path.exists():
+                raise ProviderError(res.address, f"{rel} not found in its datastore "
+                                    f"({path})")
+            return DataVersions(ctx.writer).content_sha256(path, fresh=fresh), path
+        found = remote.stat(rel)
+        if found is None:
+            raise ProviderError(res.address, f"{rel} not found in its datastore "
+                                f"({remote.url(rel)})")
+        sha = remote.sha256(res.name, rel, found)
+        if not fetch:
+            return sha, remote.mirror / rel
+        try:
+            return sha, remote.fetch(rel, sha)
+        except ValueError as err:
+            raise ProviderError(res.address, str(err)) from None
+
+    def path(self, res: Resource, ctx: Context) -> Path:
+        """The local file holding the asset's current content (downloaded from object
+        storage when it is there)."""
+        return self.locate(res, ctx)[1]
+
+    def object_metadata(self, res: Resource, ctx: Context) -> dict[str, Any]:
+        """For an asset on object storage, its object's ETag (the fast key a later plan
+        reads instead of the bytes); {} for a file."""
+        remote = self._remote(self._datastore(res, ctx), ctx)
+        found = remote.stat(str(res.spec["path"])) if remote else None
+        return {"etag": found[0]} if found else {}
+
+    def where(self, res: Resource, ctx: Context) -> str:
+        """Where the asset lives, as its datastore names it: a path or a URL."""
+        store = self._datastore(res, ctx)
+        remote = self._remote(store, ctx)
+        rel = str(res.spec["path"])
+        return remote.url(rel) if remote else str(datastore_path(ctx, store.spec) / rel)
 
     def facts(self, res: Resource, ctx: Context) -> dict[str, Any]:
-        path = self.path(res, ctx)
-        if not path.exists():
-            raise ProviderError(res.address, f"{res.spec['path']} not found in its datastore "
-                                f"({path})")
+        sha, _ = self.locate(res, ctx, fetch=False)
         versions = DataVersions(ctx.writer)
-        sha = versions.content_sha256(path)
         if res.spec.get("expectations"):
             _refuse_known_failure(res, ctx, sha)
         version = versions.find(res.name, sha) or versions.next_version(res.name)
@@ -44,12 +94,11 @@ class DataHandler(BaseHandler):
         res = ctx.config.get("Data", change.name)
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
-        path = self.path(res, ctx)
+        sha, path = self.locate(res, ctx, fresh=True)
         versions = DataVersions(ctx.writer)
-        sha = versions.content_sha256(path, fresh=True)
         if sha != after.get("sha256"):
-            raise ProviderError(change.address, f"{path} changed since the plan was made: "
-                                "plan again")
+            raise ProviderError(change.address, f"{self.where(res, ctx)} changed since the "
+                                "plan was made: plan again")
         fmt = str(res.spec.get("format", "csv"))
         expectations = res.spec.get("expectations") or []
         if expectations:
@@ -65,8 +114,10 @@ class DataHandler(BaseHandler):
             except MlinfraError as err:
                 raise ProviderError(change.address, err.message) from err
         metadata = describe(path, fmt)
-        version = versions.register(change.name, sha, {**metadata, "path": str(path)})
-        return Applied({"version": version, "sha256": sha, "path": str(path), **metadata},
+        where = self.where(res, ctx)
+        metadata.update(self.object_metadata(res, ctx))
+        version = versions.register(change.name, sha, {**metadata, "path": where})
+        return Applied({"version": version, "sha256": sha, "path": where, **metadata},
                        provider_id=f"{change.name}:{version}")
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:

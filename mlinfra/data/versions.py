@@ -92,8 +92,8 @@ class DataVersions:
                 self.store.keep_number(cur, "data_versions", name, version)
 
             self.writer.write(insert)
-            self.writer.emit("data.versioned", f"data.{name}",
-                             {"version": version, "sha256": sha256})
+            self.writer.emit("data.version_created", f"data.{name}",
+                             {"data": name, "version": version, "sha256": sha256})
         return version
 
     def list(self, name: str) -> list[DataVersion]:

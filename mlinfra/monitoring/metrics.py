@@ -96,22 +96,23 @@ def _shares(reference: dict[str, Any], current: Current) -> tuple[np.ndarray, np
 def wasserstein(quantiles: np.ndarray, values: np.ndarray) -> float:
     """The 1-Wasserstein distance between the distribution a quantile sketch describes
     and a sample, the integral of |F_ref - F_cur|, without sorting the sample: inside the
-    sketch's range on its grid of quantiles (the trapezoid rule, the sample's CDF at each
-    grid point from one searchsorted), beyond it from the sample's tails exactly."""
+    sketch's range on its points (the trapezoid rule; the sample's CDF at each point
+    from one searchsorted; tied points, a discrete column's, are steps), beyond it from
+    the sample's tails exactly."""
     if not len(values):
         return float("nan")
     grid = np.asarray(quantiles, dtype=np.float64)
     n, last = len(values), len(grid) - 1
     # v <= grid[i] exactly when fewer grid points than the first of grid[i]'s ties are
     # below v: F_cur at each grid point from the count of grid points below each value
-    below = np.cumsum(np.bincount(np.searchsorted(grid, values, side="left"),
-                                  minlength=len(grid) + 1))
+    slot = np.searchsorted(grid, values, side="left")
+    below = np.cumsum(np.bincount(slot, minlength=len(grid) + 1))
     cur = below[np.searchsorted(grid, grid, side="left")] / n
     ref = (np.searchsorted(grid, grid, side="right") - 1) / last  # F_ref, ties at their top
     gaps = np.abs(ref - cur)
     inside = float(np.sum(np.diff(grid) * (gaps[:-1] + gaps[1:]) / 2))
-    tails = (float(np.sum(np.clip(grid[0] - values, 0, None)))
-             + float(np.sum(np.clip(values - grid[-1], 0, None)))) / n
+    low, high = values[slot == 0], values[slot == len(grid)]  # at or past the ends
+    tails = (float(np.sum(grid[0] - low)) + float(np.sum(high - grid[-1]))) / n
     return inside + tails
 
 

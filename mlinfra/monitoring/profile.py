@@ -56,7 +56,9 @@ def numeric(values: np.ndarray) -> dict[str, Any]:
                                "null_rate": (count - len(finite)) / count if count else 0.0}
     if not len(finite):
         return {**profile, "quantiles": [], "edges": [], "shares": []}
-    quantiles = np.quantile(finite, np.linspace(0, 1, QUANTILES))
+    # NOTE: values of the column itself (inverted CDF), not interpolations between
+    # them: the sketch is then an even sample of the column, exact for discrete ones.
+    quantiles = np.quantile(finite, np.linspace(0, 1, QUANTILES), method="inverted_cdf")
     edges = np.unique(quantiles[np.linspace(0, QUANTILES - 1, BINS + 1).astype(int)][1:-1])
     counts = np.bincount(np.searchsorted(edges, finite, side="right"),
                          minlength=len(edges) + 1)

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.state.store import Cursor, StateStore, row_json, upsert
-from mlinfra.state.work import Writer
+from mlinfra.state.work import Event, Writer
 
 OK, DRIFT, INSUFFICIENT, SKIPPED = "ok", "drift", "insufficient", "skipped"
 
@@ -90,9 +91,10 @@ def profile_of(store: StateStore, name: str, version: int) -> dict[str, Any] | N
     return dict(row_json(rows[0][0], f"profile of {name}:{version}")) if rows else None
 
 
-def save_windows(writer: Writer, windows: list[Window]) -> None:
+def save_windows(writer: Writer, windows: list[Window], events: Sequence[Event] = ()
+                 ) -> None:
     """Each window with its signals, in one transaction (a window computed again
-    replaces what was kept of it)."""
+    replaces what was kept of it), with the events they cause (a breach)."""
     if not windows:
         return
 
@@ -110,6 +112,8 @@ def save_windows(writer: Writer, windows: list[Window]) -> None:
                 "value, threshold, verdict, rows) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(w.monitor, w.start, s.signal, s.feature, s.metric, _number(s.value),
                   s.threshold, s.verdict, s.rows) for s in w.signals])
+        if events:
+            writer.store.record_events(cur, events)
 
     writer.write(insert)
 

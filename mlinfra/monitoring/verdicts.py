@@ -17,6 +17,7 @@ from mlinfra.monitoring.monitor import BASE_COLUMNS, Settings, describe, judge, 
 from mlinfra.monitoring.records import DRIFT, OK, SKIPPED, Window
 from mlinfra.spec.model import Config
 from mlinfra.state.store import StateStore
+from mlinfra.state.work import Event
 
 
 class HasState(Protocol):
@@ -85,10 +86,16 @@ def settings(config: Config, name: str) -> Settings:
 
 
 def status(store: StateStore, config: Config, name: str,
-           computed: list[Window] | None = None) -> Verdict:
-    """What the state says of monitor `name` now."""
+           computed: list[Window] | None = None, adding: list[Window] | None = None
+           ) -> Verdict:
+    """What the state says of monitor `name` now (with `adding`: once those windows,
+    not saved yet, are)."""
     chosen = settings(config, name)
     kept = records.windows(store, name, limit=max(50, chosen.alert_after * 4))
+    if adding:
+        starts = {w.start for w in adding}
+        kept = sorted([w for w in kept if w.start not in starts] + adding,
+                      key=lambda w: w.start)
     streak = 0
     for window in reversed(kept):
         if window.status == DRIFT:
@@ -110,9 +117,12 @@ def run(session: HasState, name: str | None = None, *, captures_base: Path | Non
     out = []
     for monitor in names:
         chosen = settings(config, monitor)
+        before = status(store, config, monitor)
         found = _compute(config, store, chosen, captures_base,
                          time.time() if now is None else now)
-        records.save_windows(store, found)
+        records.save_windows(store, found,
+                             _changes(before, status(store, config, monitor, adding=found),
+                                      chosen))
         out.append(status(store, config, monitor, found))
     return out
 
@@ -134,6 +144,8 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
     if not paths:
         return []
     wanted = _capture_columns(paths[-1])
+    if chosen.rows is None and "performance" not in chosen.signals:
+        wanted = [c for c in wanted if c not in ("request_id", "row")]  # not needed: not read
     read = captures.read(paths, wanted)
     reasons = "; ".join(read.skipped)
     if read.table is None:
@@ -169,10 +181,10 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
 
 def _served(part: Any) -> str:
     """The model version (`fraud:3`) that scored most of the window's rows."""
-    groups = part.group_by(["model", "version"]).aggregate([("row", "count")])
+    groups = part.group_by(["model", "version"]).aggregate([("model", "count")])
     if not groups.num_rows:
         return ""
-    best = int(np.argmax(groups.column("row_count").to_numpy()))
+    best = int(np.argmax(groups.column("model_count").to_numpy()))
     return f"{groups.column('model')[best].as_py()}:{groups.column('version')[best].as_py()}"
 
 
@@ -323,3 +335,22 @@ def _data_window(config: Config, store: StateStore, chosen: Settings) -> list[Wi
         window.reason = f"model {version.ref} has no reference profile"
         return [window]
     return [judge(chosen, window, table, reference, {})]
+
+
+def _changes(before: Verdict, after: Verdict, chosen: Settings) -> list[Event]:
+    """monitor.breached when the new windows breach the monitor, monitor.recovered when
+    a breached one is within its thresholds again: saved with the windows."""
+    if after.breached == before.breached or (not after.breached and after.latest is None):
+        return []
+    data: dict[str, Any] = {"monitor": after.monitor, "streak": after.streak,
+                            "see": f"mlinfra monitors show {after.monitor}"}
+    if chosen.endpoint:
+        data["endpoint"] = chosen.endpoint
+    if after.breached:
+        latest = after.latest
+        data["signals"] = {f"{s.signal}:{s.feature}": s.value for s in
+                           (latest.signals if latest else []) if s.verdict == DRIFT}
+        data["summary"] = after.summary()
+        data["on_breach"] = chosen.on_breach
+        return [Event("monitor.breached", f"monitor.{after.monitor}", data, time.time())]
+    return [Event("monitor.recovered", f"monitor.{after.monitor}", data, time.time())]

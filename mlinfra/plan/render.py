@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from mlinfra.plan.diff import flatten, masked
@@ -30,10 +31,14 @@ def _change_lines(change: Change) -> list[Line]:
     if change.kind in ("Job", "Pipeline") and change.action in (Action.CREATE, Action.UPDATE) \
             and {"run_hash", "steps_resolved"} & set(change.after or {}):
         verb = "run"  # creating or updating it runs it (a job used as a step does not)
+    reason = change.reason
+    if change.kind == "BatchScore" and change.action in (Action.CREATE, Action.UPDATE,
+                                                         Action.REPLACE):
+        verb, reason = _scoring(change)
     header = f"  # {change.address} will {verb}"
     lines: list[Line] = [(header, "bold")]
-    if change.action is not Action.CREATE or change.reason != "new resource":
-        lines.append((f"  #   ({change.reason})", "dim"))
+    if change.action is not Action.CREATE or reason != "new resource":
+        lines.append((f"  #   ({reason})", "dim"))
     symbol = change.action.value
     lines.append((f"{symbol:>3} {change.kind.lower()} \"{change.name}\" {{", style))
     if change.action in (Action.CREATE, Action.DELETE):
@@ -56,6 +61,30 @@ def _change_lines(change: Change) -> list[Line]:
     lines.append(("    }", style))
     lines.append(("", ""))
     return lines
+
+
+def _scoring(change: Change) -> tuple[str, str]:
+    """A declared scoring says what it will score with what, and why: "will score
+    transactions:8 with fraud:3" (fraud@champion moved 2 -> 3)."""
+    after, before = change.after or {}, change.before or {}
+    model = str(after.get("model"))
+    reasons = []
+    moved = _MOVED.search(change.reason)
+    if moved:  # refresh found the reference naming another version (see BatchScore.read)
+        model = moved.group(2)
+        reasons.append(moved.group(1))
+    if before and before.get("input") != after.get("input"):
+        reasons.append(f"new data: {before.get('input')} -> {after.get('input')}")
+    if before and before.get("scoring") != after.get("scoring"):
+        reasons.append("the output's form changed")
+    if before and before.get("model") != after.get("model"):
+        reasons.append(f"model {before.get('model')} -> {after.get('model')}")
+    if before and before.get("model_source") != after.get("model_source") and not reasons:
+        reasons.append(f"{model} may name a new version after this apply")
+    return f"score {after.get('input')} with {model}", "; ".join(reasons) or change.reason
+
+
+_MOVED = re.compile(r"(\S+ moved \S+ -> \S+): it scored \S+, \S+ is (\S+) now")
 
 
 def summary_line(plan: Plan) -> str:

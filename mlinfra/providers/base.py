@@ -21,6 +21,7 @@ from mlinfra.handler import (
     Handler,
     ProviderError,
     ProviderErrors,
+    ScoringLauncher,
 )
 from mlinfra.spec.model import Config, Resource
 
@@ -73,6 +74,10 @@ class Provider:
         return {"endpoint": str(settings.get("endpoint")), "steps": [], "replayed": 0,
                 "status": "skipped",
                 "why": f"the {self.name} provider does not roll out on endpoints"}
+
+    def scoring_launcher(self, ctx: Context, score: Resource) -> ScoringLauncher | None:
+        """What scores a staged scoring in containers; None scores on this machine."""
+        return None
 
     def find(self, kind: str) -> Handler | None:
         found = self.handlers.get(kind)

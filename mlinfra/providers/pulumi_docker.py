@@ -27,6 +27,18 @@ class DockerProvider(PulumiProvider):
         return docker_program(objects, contexts, push=bool(settings.get("registry")),
                               held=held)
 
+    def scoring_objects(self, ctx: Context, score: Resource, job_id: str, folder: Path,
+                        shards: int, settings: dict[str, Any], image: str
+                        ) -> list[RenderedObject]:
+        from mlinfra.providers.manifests.docker import scoring_container
+
+        endpoint = ctx.config.get("BatchEndpoint", str(score.spec["endpoint"]))
+        compute = endpoint.spec.get("compute") if endpoint else None
+        found = scoring_container(ctx.config, score.name, job_id, str(folder), image,
+                                  settings, compute)
+        return [RenderedObject(found.key, found.owner, found.kind, found.body,
+                               depends_on=("image-scoring",))]
+
     def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
                     ) -> list[RenderedObject]:
         return [run_container(ctx.config, run, image, job.spec.get("compute"))]

@@ -23,8 +23,15 @@ from mlinfra.runs.containers import ContainerRun, Finished
 from mlinfra.spec.model import Config, Resource
 
 
+def _on_s3(ctx: Context) -> bool:
+    shared = ctx.config.stack.artifacts
+    return bool(shared) and str(shared).startswith("s3://")
+
+
 def artifacts_folder(ctx: Context) -> Path | None:
     shared = ctx.config.stack.artifacts
+    if _on_s3(ctx):
+        return None
     return (ctx.root / os.path.expanduser(shared)).resolve() if shared else None
 
 
@@ -46,17 +53,36 @@ class KubernetesProvider(PulumiProvider):
 
     def check_jobs(self, ctx: Context, job: Resource) -> None:
         settings = ctx.config.stack.settings.get("kubernetes") or {}
+        if _on_s3(ctx):
+            return  # the run's files go through the artifact store (runs/transfer.py)
         if artifacts_folder(ctx) is None or not settings.get("artifacts_claim"):
             raise ProviderError(job.address, "a Job reads its code and inputs and writes "
-                                "its outputs in the stack's artifacts folder, which the "
-                                "cluster must mount too: set `artifacts:` in the stack to "
+                                "its outputs through the stack's artifacts: set "
+                                "`artifacts:` in the stack to s3://BUCKET/PREFIX, or to "
                                 "a folder this machine and the cluster share (NFS...) and "
                                 "`kubernetes.artifacts_claim` to the PersistentVolumeClaim "
                                 f"in namespace {namespace(ctx.config)} that holds it")
 
+    def scoring_objects(self, ctx: Context, score: Resource, job_id: str, folder: Path,
+                        shards: int, settings: dict[str, Any], image: str
+                        ) -> list[RenderedObject]:
+        from mlinfra.providers.manifests.kubernetes import scoring_job
+
+        claim = (ctx.config.stack.settings.get("kubernetes") or {})["artifacts_claim"]
+        artifacts = artifacts_folder(ctx)
+        assert artifacts is not None  # check_jobs
+        endpoint = ctx.config.get("BatchEndpoint", str(score.spec["endpoint"]))
+        compute = endpoint.spec.get("compute") if endpoint else None
+        job = scoring_job(ctx.config, score.name, job_id, folder, image, shards, settings,
+                          compute, str(claim), artifacts)
+        return [RenderedObject(job.key, job.owner, job.kind, job.body,
+                               depends_on=("image-scoring",))]
+
     def run_objects(self, ctx: Context, job: Resource, run: ContainerRun, image: str
                     ) -> list[RenderedObject]:
         settings = ctx.config.stack.settings.get("kubernetes") or {}
+        if not run.mounts:  # through the artifact store: no claim
+            return run_job(ctx.config, run, image, job.spec.get("compute"), None, None)
         folder = artifacts_folder(ctx)
         assert folder is not None  # check_jobs
         return run_job(ctx.config, run, image, job.spec.get("compute"),

@@ -27,8 +27,11 @@ import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
+from mlinfra.batch.handler import BatchEndpointHandler, BatchScoreHandler
 from mlinfra.data.handler import DataHandler
 from mlinfra.errors import MlinfraError
+from mlinfra.events.handler import ScheduleHandler, WebhookHandler
+from mlinfra.handler import ScoringLauncher
 from mlinfra.monitoring.handler import MonitorHandler
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import (
@@ -64,7 +67,10 @@ _APPLIED: dict[str, type[Handler] | None] = {
 # The domain's kinds, handled on this machine as on every provider.
 _DOMAIN_KINDS: dict[str, str | type[Handler]] = {
     "Data": DataHandler, "Job": JobHandler, "Pipeline": PipelineHandler,
-    "Model": ModelHandler, "Promotion": PromotionHandler}
+    "Model": ModelHandler, "Promotion": PromotionHandler,
+    "Webhook": WebhookHandler, "Schedule": ScheduleHandler,
+    # NOTE: scorings run on this machine on every stack so far.
+    "BatchEndpoint": BatchEndpointHandler, "BatchScore": BatchScoreHandler}
 COMMANDS_NEEDING_PULUMI = ("plan", "apply", "destroy")
 
 
@@ -196,6 +202,49 @@ class PulumiProvider(Provider, abc.ABC):
     def check_jobs(self, ctx: Context, job: Resource) -> None:
         """Raise ProviderError when `job`'s runs cannot be launched on this stack."""
 
+    @abc.abstractmethod
+    def scoring_objects(self, ctx: Context, score: Resource, job_id: str, folder: Path,
+                        shards: int, settings: dict[str, Any], image: str
+                        ) -> list[RenderedObject]:
+        """The objects that score a staged scoring's shards (its container, its Job)."""
+
+    def scoring_launcher(self, ctx: Context, score: Resource) -> ScoringLauncher:
+        """A staged scoring is a Pulumi stack of its own (STACK-run-score-JOB) holding the
+        scoring image (mlinfra.batch.shard) and the objects that run it: `up` builds the
+        image and waits for the containers' end; then the stack is destroyed and
+        removed. What they scored is in the job's folder, whatever Pulumi says."""
+        self.check_jobs(ctx, score)
+
+        def launch(job_id: str, folder: Path, shards: int, settings: dict[str, Any]) -> str:
+            from pulumi.automation.errors import CommandError
+
+            from mlinfra.providers.manifests.files import write_contexts
+            from mlinfra.providers.manifests.images import image_name, scoring_context
+
+            files = scoring_context(ctx.config)
+            image = image_name(ctx.config, "scoring", files)
+            objects = [RenderedObject("image-scoring", "", "Image", {"name": image},
+                                      context=files),
+                       *self.scoring_objects(ctx, score, job_id, folder, shards, settings,
+                                             image)]
+            contexts = write_contexts(objects, ctx.state_dir / "render" / f"score-{job_id}")
+            program = self.program(objects, contexts, ctx.config, held={})
+            stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=f"score-{job_id}")
+            error = ""
+            try:
+                stack.up(program, [])
+            except CommandError as err:
+                error = _pulumi_error(err)
+            try:
+                stack.destroy(program, remove=True)
+            except CommandError as err:
+                ctx.log(f"{score.address}: the Pulumi stack {stack.name} was not removed "
+                        f"({_pulumi_error(err)}): `pulumi stack rm {stack.name} --force` "
+                        "removes it")
+            return error
+
+        return launch
+
     def job_launcher(self, ctx: Context, job: Resource) -> Launcher:
         """Each run is a Pulumi stack of its own (STACK-run-RUN) holding only the run's
         objects: `up` starts them and waits for the run's end, then the stack is
@@ -211,17 +260,31 @@ class PulumiProvider(Provider, abc.ABC):
             from pulumi.automation.errors import CommandError
 
             from mlinfra.providers.manifests.images import environment_context, image_name
+            from mlinfra.providers.manifests.locks import environment_locks
+            from mlinfra.runs.jobs import artifact_store
+            from mlinfra.runs.transfer import run_transfer
 
             assert env is not None
+            lock = environment_locks(ctx.config, ctx.store)[0].get(env.name)
             image = image_name(ctx.config, f"{ctx.config.name}-{env.name}",
-                               environment_context(ctx.config, env))
+                               environment_context(ctx.config, env, lock))
+            # With artifacts on S3 the run's files go through the artifact store, not
+            # through mounts (runs/transfer.py).
+            transfer = run_transfer(artifact_store(ctx), run)
+            if transfer is not None:
+                run = transfer.container_run()
             objects = self.run_objects(ctx, job, run, image)
             program = self.program(objects, {}, ctx.config,
                                    held={name: run.env[name] for name in run.secret_env})
             stack = PulumiStack(ctx.config, ctx.state_dir, ctx.log, run=run.run_id)
             try:
-                ended = self.run_ended(run, objects, stack.up(program, []), "")
+                outputs = stack.up(program, [])
+                if transfer is not None:
+                    transfer.collect()
+                ended = self.run_ended(run, objects, outputs, "")
             except CommandError as err:
+                if transfer is not None:
+                    transfer.collect()
                 ended = self.run_ended(run, objects, {}, _pulumi_error(err))
             try:
                 stack.destroy(program, remove=True)
@@ -346,7 +409,14 @@ class PulumiHandler(BaseHandler):
                 raise ProviderError(res.address, f"type '{kind}' needs the {kind} provider; "
                                     f"this stack ({ctx.config.stack.name}) uses the "
                                     f"{self.provider.name} provider")
-        return self.local.facts(res, ctx) if self.local is not None else {}
+        found = self.local.facts(res, ctx) if self.local is not None else {}
+        if self.kind == "Workspace" and self.provider.name == "kubernetes":
+            from mlinfra.providers.manifests.agent import agent_image
+
+            agent = agent_image(ctx.config)
+            if agent is not None:
+                found = {**found, "agent_image": agent}
+        return found
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
         if self.local is not None and self.kind != "Endpoint":

@@ -165,6 +165,18 @@ class ArtifactStore:
         return found.keys() == manifest.keys() and all(
             file_sha256(found[rel]) == file_sha for rel, file_sha in manifest.items())
 
+    # Where the store is, for other machines and pods (an object store overrides these).
+
+    def url(self, sha: str) -> str | None:
+        """The object holding `sha` where other machines and pods read it, or None for
+        a folder store (the file itself travels)."""
+        return None
+
+    @property
+    def where(self) -> str:
+        """How messages name the store."""
+        return str(self.root)
+
 
     def _manifest(self, sha: str) -> dict[str, str] | None:
         """A folder artifact's manifest, or None for a file. A manifest whose paths

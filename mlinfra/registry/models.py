@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlinfra.errors import MlinfraError
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.store import Cursor, row_json, upsert
-from mlinfra.state.work import Writer
+from mlinfra.state.work import Event, Writer
 
 _COLUMNS = ("name", "version", "sha256", "format", "signature", "run_id", "lineage",
             "metrics", "tags", "created_at", "archived")
@@ -85,6 +86,9 @@ class ModelRegistry:
             self.store.keep_number(cur, "models", name, number)
 
         self.writer.write(insert)
+        self.writer.emit("model.version_registered", f"model.{name}", with_see(
+            {"model": name, "version": number, "run": run_id, "sha256": sha256},
+            f"mlinfra models show {name}:{number}"))
         return version, created
 
     def set_metrics(self, name: str, version: int, metrics: dict[str, float]) -> None:
@@ -108,6 +112,12 @@ class ModelRegistry:
     def aliases(self, name: str) -> dict[str, int]:
         return {alias: version for alias, version in self.store.query(
             "SELECT alias, version FROM aliases WHERE name=? ORDER BY alias", (name,))}
+
+    def alias_reason(self, name: str, alias: str) -> str:
+        """Why the alias names the version it names now (the reason of its last move)."""
+        rows = self.store.query("SELECT reason FROM aliases WHERE name=? AND alias=?",
+                                (name, alias))
+        return str(rows[0][0]) if rows else ""
 
     def resolve(self, name: str, version: int | None = None,
                 alias: str | None = None) -> ModelVersion:
@@ -140,10 +150,14 @@ class ModelRegistry:
             self.store.advance(cur, f"model.{name}", "alias", json.dumps(
                 {"model": name, "alias": alias, "from": was, "to": version,
                  "reason": reason[:1500]}, sort_keys=True))
+            # Every alias move is announced, with the version it replaced (read here,
+            # in the transaction that moves it).
+            self.store.record_events(cur, [Event("model.promoted", f"model.{name}", with_see(
+                {"model": name, "alias": alias, "version": version,
+                 "previous": int(was) if was is not None else None, "reason": reason},
+                f"mlinfra models show {name}@{alias}"), at)])
 
         self.writer.write(move)
-        self.writer.emit("model.alias_moved", f"model.{name}",
-                         {"alias": alias, "version": version, "reason": reason})
 
     def set_tags(self, name: str, version: int, tags: dict[str, Any]) -> None:
         found = self.get(name, version)
@@ -175,3 +189,5 @@ class ModelRegistry:
             self.store.advance(cur, f"model.{name}", "archive", f"{name}:{version}")
 
         self.writer.write(archive)
+        self.writer.emit("model.archived", f"model.{name}", with_see(
+            {"model": name, "version": version}, f"mlinfra models list {name}"))

@@ -111,7 +111,10 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
         return Verdict("promoted", f"{candidate.ref} passed the gates and the alias was "
                        "empty", gates)
     if champion.version == candidate.version:
-        return Verdict("kept", f"{candidate.ref} is already the alias' version", gates)
+        alias = str(res.spec.get("alias", "champion"))
+        why = ModelRegistry(ctx.store).alias_reason(candidate.name, alias)
+        return Verdict("kept", f"{candidate.ref} is already the alias' version"
+                       + (f" ({why})" if why else ""), gates)
     compare = res.spec.get("compare") or {}
     metric = compare.get("metric")
     if metric is None:
@@ -247,11 +250,13 @@ class PromotionHandler(BaseHandler):
             else:
                 reason = str(detail["reason"])
         DecisionLog(ctx.writer).record(change.address, PROMOTION, detail)
+        if not verdict.promoted and verdict.outcome in ("gates failed", "rejected"):
+            # (a promotion's alias move announces itself: model.promoted)
+            ctx.writer.emit("model.rejected", f"model.{model}", {
+                "model": model, "candidate": candidate.version, "champion": current,
+                "outcome": verdict.outcome, "reason": reason, "see": "mlinfra history"})
         promoted = verdict.promoted and not pending
         outcome = "pending" if pending else verdict.outcome
-        ctx.writer.emit("model.promoted" if promoted else "model.kept",
-                        f"model.{model}", {"alias": alias, "candidate": candidate.version,
-                                           "outcome": outcome, "reason": reason})
         kept = champion or lost
         now = candidate.ref if promoted else (kept.ref if kept else "nothing")
         ctx.log(f"{change.address}: {'promoted' if promoted else 'kept'} "
@@ -343,8 +348,8 @@ class PromotionHandler(BaseHandler):
         if record["status"] == "inconclusive":
             # Not a rejection: the traffic is back, the candidate waits to be judged.
             why = (f"rollout inconclusive: {record['why']}; {candidate.ref} is pending: the "
-                   "next apply or ci run judges it again (rollout.replay: true judges "
-                   "captured requests; on_no_traffic: promote promotes it unjudged)")
+                   "next apply or ci run judges it again (rollout.on_no_traffic: promote "
+                   "promotes it unjudged)")
             registry.set_tags(model, candidate.version, {ROLLOUT_TAG: "inconclusive"})
             detail.update(outcome="pending", to=champion.version, reason=why)
             ctx.log(f"{change.address}: {why}")
@@ -355,8 +360,7 @@ class PromotionHandler(BaseHandler):
         ModelRegistry(kept).set_tags(model, candidate.version,
                                      {REJECTED_TAG: why, ROLLOUT_TAG: record["status"]})
         detail.update(outcome=record["status"], to=champion.version, reason=why)
+        # (the endpoint's rollback announces itself: rollout.rolled_back)
         DecisionLog(kept).record(change.address, PROMOTION, detail)
-        kept.emit("rollout.rolled_back", f"model.{model}",
-                  {"candidate": candidate.version, "alias": alias, "reason": why})
         raise ProviderError(change.address, f"{why}; traffic and {model}@{alias} are back "
                             f"on {champion.ref}")

@@ -31,6 +31,7 @@ from mlinfra.runs.snapshot import CodeRefused, code_digest
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import OUTPUT_REF, Ref, Resource, duration_s
+from mlinfra.spec.storage import is_object_url
 from mlinfra.state.model import ResourceState, digest
 from mlinfra.state.store import HOST
 
@@ -39,7 +40,18 @@ _SLOTS_LOCK = threading.Lock()
 
 
 def artifact_store(ctx: Context) -> ArtifactStore:
-    return ArtifactStore(workspace_dir(ctx, ctx.config.workspace) / "artifacts")
+    """The workspace's artifact store: a folder, or the object storage the stack's
+    `artifacts:` names (with this machine's cache of it)."""
+    folder = workspace_dir(ctx, ctx.config.workspace) / "artifacts"
+    stack = ctx.config.stack
+    if stack.artifacts and is_object_url(stack.artifacts):
+        from mlinfra.data.objects import location_of
+        from mlinfra.registry.object_artifacts import ObjectArtifactStore
+
+        location = location_of(stack.artifacts, stack.settings.get("storage"),
+                               f"{stack.file}: artifacts")
+        return ObjectArtifactStore(location, folder)
+    return ArtifactStore(folder)
 
 
 def runs_root(ctx: Context) -> Path:
@@ -78,10 +90,12 @@ class Resolver:
         data = self.ctx.config.get("Data", ref.name) if ref else None
         if ref is None or data is None:
             raise ProviderError(res.address, f"input '{text}' names no Data")
-        path = DataHandler().path(data, self.ctx)
-        if not path.exists():
-            raise ProviderError(res.address, f"input data {ref.name}: {path} not found")
-        sha = self.versions.content_sha256(path)
+        # A plan reads no object storage content it has seen; an apply reads the data.
+        try:
+            sha, path = DataHandler().locate(data, self.ctx,
+                                             fetch=not self.ctx.store.readonly)
+        except ProviderError as err:
+            raise ProviderError(res.address, f"input data {ref.name}: {err.reason}") from None
         current = self.versions.find(ref.name, sha) or self.versions.next_version(ref.name)
         if ref.version is not None and ref.version != current:
             pinned = self.versions.get(ref.name, ref.version)

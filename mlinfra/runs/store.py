@@ -8,8 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.store import Cursor, StateStore, row_json, upsert
-from mlinfra.state.work import UnitOfWork
+from mlinfra.state.work import Event, UnitOfWork
 
 _JSON = ("params", "inputs", "outputs", "git", "environment")
 _COLUMNS = ("id", "job", "experiment", "pipeline", "step", "parent", "run_hash", "status",
@@ -81,7 +82,13 @@ class RunStore:
     def save(self, run: Run) -> None:
         values = [json.dumps(getattr(run, c)) if c in _JSON else getattr(run, c)
                   for c in _COLUMNS]
-        self._now(lambda cur: cur.execute(upsert("runs", _COLUMNS, ("id",)), values))
+        def write(cur: Cursor) -> None:
+            row = cur.execute("SELECT status FROM runs WHERE id=?", (run.id,)).fetchone()
+            cur.execute(upsert("runs", _COLUMNS, ("id",)), values)
+            if row is None or row[0] != run.status:  # announced with the change
+                _announce_status(self.store, cur, run, run.status, run.error)
+
+        self._now(write)
 
     def get(self, run_id: str) -> Run | None:
         rows = self.store.query(f"SELECT {_SELECT} FROM runs WHERE id=?", (run_id,))
@@ -112,7 +119,12 @@ class RunStore:
         def end(cur: Cursor) -> bool:
             cur.execute("UPDATE runs SET status=?, error=?, ended_at=? WHERE id=? AND "
                         "status IN ('queued', 'running')", (status, error, time.time(), run_id))
-            return cur.rowcount == 1
+            ended = cur.rowcount == 1
+            if ended:
+                row = cur.execute(f"SELECT {_SELECT} FROM runs WHERE id=?",
+                                  (run_id,)).fetchone()
+                _announce_status(self.store, cur, _run(row), status, error)
+            return ended
 
         return bool(self._now(end))
 
@@ -179,3 +191,25 @@ def _run(row: tuple[Any, ...]) -> Run:
     for key in _JSON:
         values[key] = row_json(values[key] or "{}", f"run {values['id']}")
     return Run(**values)
+
+
+# A run's status -> the event announcing it (queued announces nothing).
+_STATUS_EVENTS = {"running": "run.started", "completed": "run.completed",
+                  "failed": "run.failed", "canceled": "run.canceled"}
+
+
+def _announce_status(store: StateStore, cur: Cursor, run: Run, status: str,
+                     error: str) -> None:
+    """Within the transaction that records a run's new status: its event."""
+    event_type = _STATUS_EVENTS.get(status)
+    if event_type is None or run.reused_from:
+        return
+    data: dict[str, Any] = {"run": run.id, "job": run.job}
+    if event_type == "run.started":
+        data["pipeline"] = run.pipeline
+    elif event_type == "run.completed":
+        data["duration_s"] = run.duration
+    elif event_type == "run.failed":
+        data["error"] = error
+    store.record_events(cur, [Event(event_type, f"job.{run.job}", with_see(
+        data, f"mlinfra runs show {run.id}"), time.time())])

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlinfra.serving.columns import MissingColumns, feed_columns
 from mlinfra.serving.errors import ClientError
 from mlinfra.serving.http import parse_json
 from mlinfra.serving.model import LoadedModel
@@ -131,11 +132,7 @@ def table(columns: Any, rows: Any, model: LoadedModel) -> dict[str, np.ndarray]:
         spec = model.inputs[0]
         features = model.features
         if features is not None and columns is not None:
-            missing = [f for f in features if f not in index]
-            if missing:
-                raise ClientError(422, f"missing columns {missing}: the model's features are "
-                                  f"{features}")
-            order = [index[f] for f in features]
+            order = [index[f] for f in _fed(list(index), model)[spec.name]]
             rows = [[row[i] for i in order] for row in rows]
         array = from_json(spec.name, rows, spec.dtype)
         if not rows and columns is not None:  # a header alone: no rows of that width
@@ -143,16 +140,20 @@ def table(columns: Any, rows: Any, model: LoadedModel) -> dict[str, np.ndarray]:
         if len(spec.shape) == 1 and array.ndim == 2 and array.shape[1] == 1:
             array = array[:, 0]  # one column for a 1-D input
         return {spec.name: array}
-    missing = [s.name for s in model.inputs if s.name not in index]
-    if missing:
-        raise ClientError(422, f"missing columns {missing}: the model's inputs are "
-                          f"{[s.name for s in model.inputs]}, one column each")
+    fed = _fed(list(index), model)
     feeds = {}
     for spec in model.inputs:
-        i = index[spec.name]
+        i = index[fed[spec.name][0]]
         array = from_json(spec.name, [row[i] for row in rows], spec.dtype)
         feeds[spec.name] = array.reshape(-1, 1) if len(spec.shape) == 2 else array
     return feeds
+
+
+def _fed(columns: list[str], model: LoadedModel) -> dict[str, list[str]]:
+    try:
+        return feed_columns(columns, model.inputs, model.features)
+    except MissingColumns as err:
+        raise ClientError(422, str(err)) from None
 
 
 def encode(names: list[str], outputs: list[np.ndarray], records: bool) -> bytes:

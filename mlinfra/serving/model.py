@@ -25,9 +25,12 @@ class ModelLoadError(Exception):
     pass
 
 
-def load_session(path: Path, sha256: str | None = None) -> tuple[Any, dict[str, Labels]]:
+def load_session(path: Path, sha256: str | None = None, threads: int = 1
+                 ) -> tuple[Any, dict[str, Labels]]:
     """An onnxruntime session of the model at `path`, its ZipMap outputs served dense
-    (mlinfra.serving.zipmap), and the class labels of each of those."""
+    (mlinfra.serving.zipmap), and the class labels of each of those. `threads`: its
+    intra-op threads (a server's workers use one each; a batch worker its share of the
+    cores)."""
     import onnxruntime as ort
 
     data = path.read_bytes()
@@ -42,7 +45,7 @@ def load_session(path: Path, sha256: str | None = None) -> tuple[Any, dict[str, 
         raise ModelLoadError(f"{path.name}: it is not an ONNX model (its protobuf cannot "
                              "be read)") from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     providers = ["CPUExecutionProvider"]
@@ -107,8 +110,9 @@ class LoadedModel:
     labels: dict[str, Labels] = field(default_factory=dict)  # ZipMap outputs' columns
 
     @classmethod
-    def load(cls, name: str, version: int, path: Path, sha256: str) -> LoadedModel:
-        session, labels = load_session(path, sha256)
+    def load(cls, name: str, version: int, path: Path, sha256: str,
+             threads: int = 1) -> LoadedModel:
+        session, labels = load_session(path, sha256, threads)
         inputs = _describe(session.get_inputs())
         metadata = session.get_modelmeta().custom_metadata_map
         model = cls(name, version, sha256, session, inputs, _describe(session.get_outputs()),

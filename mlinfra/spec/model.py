@@ -84,7 +84,8 @@ class Stack(Record):
     """A binding of the project to a provider, a state location and variables.
     `file` None: the implicit local stack."""
 
-    __slots__ = ("name", "provider", "state", "variables", "settings", "file", "artifacts")
+    __slots__ = ("name", "provider", "state", "variables", "settings", "file", "artifacts",
+                 "warnings")
 
     def __init__(self, name: str, provider: str = "local", state: str | None = None,
                  variables: dict[str, Any] | None = None,
@@ -92,6 +93,7 @@ class Stack(Record):
                  artifacts: str | None = None) -> None:
         self.name, self.provider, self.state, self.file = name, provider, state, file
         self.artifacts = artifacts
+        self.warnings: list[Any] = []  # Diagnostics that do not stop a load
         self.variables = variables if variables is not None else {}
         self.settings = settings if settings is not None else {}
 

@@ -93,10 +93,10 @@ class Loader:
         self.problems.extend(yf.problems)
         return yf
 
-    def diagnostics(self) -> list[Diagnostic]:
+    def diagnostics(self, problems: list[Problem] | None = None) -> list[Diagnostic]:
         locators: dict[str, Locator] = {}
         out = []
-        for p in self.problems:
+        for p in self.problems if problems is None else problems:
             line, column = p.line, p.column
             if not line:
                 yf = self.files.get(p.file)
@@ -179,11 +179,52 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
             yf.rel, f"the stack is named '{name}' but its file is {path.name}: a stack's "
             f"name is its file's name (name: {path.stem}, or rename the file)", 0,
             ("name",), f"stack/{name}"))
-    settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi")
-                                if k in doc}
-    return Stack(name=str(doc.get("name", path.stem)), provider=str(doc.get("provider", "local")),
-                 state=doc.get("state"), variables=dict(doc.get("variables") or {}),
-                 settings=settings, file=yf.rel, artifacts=doc.get("artifacts"))
+    artifacts = doc.get("artifacts")
+    if isinstance(artifacts, str) and "://" in artifacts:
+        from mlinfra.spec.storage import scheme_problem
+
+        problem = scheme_problem(artifacts)
+        if problem:
+            loader.problems.append(Problem(yf.rel, problem, 0, ("artifacts",)))
+    if isinstance(doc.get("storage"), dict):
+        from mlinfra.spec.storage import whole_secret
+
+        for field, value in (doc["storage"].get("credentials") or {}).items():
+            if not whole_secret(value):
+                loader.problems.append(Problem(
+                    yf.rel, "a credential is a whole ${secret.NAME}, read from the "
+                    "environment, never written here", 0, ("storage", "credentials", field)))
+    if "storage" in doc and not (isinstance(artifacts, str) and "://" in artifacts):
+        loader.problems.append(Problem(yf.rel, "storage: says how to reach object storage, "
+                                       "but artifacts: names none", 0, ("storage",), "",
+                                       True))
+    settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi",
+                                                    "storage") if k in doc}
+    loaded = Stack(name=str(doc.get("name", path.stem)),
+                   provider=str(doc.get("provider", "local")),
+                   state=doc.get("state"), variables=dict(doc.get("variables") or {}),
+                   settings=settings, file=yf.rel, artifacts=artifacts)
+    loaded.warnings = loader.diagnostics(_shared_state_warnings(yf.rel, doc))
+    return loaded
+
+
+def _shared_state_warnings(rel: str, doc: dict[str, Any]) -> list[Problem]:
+    """A state other machines share (PostgreSQL) with artifacts only this machine sees:
+    a clone elsewhere finds the registry's versions but not their files, and trains and
+    promotes its own models instead of comparing with this one's."""
+    state, artifacts = doc.get("state"), doc.get("artifacts")
+    if not (isinstance(state, str) and state.split("://", 1)[0] in ("postgresql", "postgres")):
+        return []
+    if isinstance(artifacts, str) and "://" in artifacts:
+        return []
+    where = (f"a local path ({artifacts})" if isinstance(artifacts, str) else
+             "not set (so .mlinfra/<stack>/ on each machine)")
+    return [Problem(rel, f"the state is shared (PostgreSQL) but artifacts: is "
+                    f"{where}, which other machines cannot see unless they mount it: a clone "
+                    "elsewhere would retrain and promote without this machine's models; set "
+                    "artifacts: to object storage (s3://BUCKET/PREFIX) or a folder every "
+                    "machine mounts", 0, ("artifacts",) if artifacts is not None else
+                    ("state",), "", artifacts is None)]
 
 
 class _Substitution:
@@ -299,7 +340,24 @@ def load(start: Path, stack: str | None = None) -> Config:
                     sensitive={n: variables[n] for n in sensitive_names if n in variables})
     loader.problems.extend(check_references(config))
     loader.fail_if_problems()
+    config.resources["BatchScore"] = _scorings(config)
     return config
+
+
+def _scorings(config: Config) -> dict[str, Resource]:
+    """Each `score:` entry of a BatchEndpoint as a BatchScore resource named after its
+    output, located at the endpoint's document."""
+    out = {}
+    for endpoint in config.of("BatchEndpoint").values():
+        deployments = [d["name"] for d in endpoint.spec["deployments"]]
+        default = endpoint.spec.get("default") or deployments[0]
+        for entry in endpoint.spec.get("score") or []:
+            spec = {"kind": "BatchScore", "name": entry["output"],
+                    "endpoint": endpoint.name, "data": entry["data"],
+                    "deployment": entry.get("deployment") or default}
+            out[entry["output"]] = Resource("BatchScore", entry["output"], spec,
+                                            endpoint.file, endpoint.doc)
+    return out
 
 
 def _resource(loader: Loader, rel: str, index: int, doc: Any) -> Resource | None:

@@ -124,10 +124,14 @@ def _stack() -> Schema:
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
                          "team (the password from ${secret.X} or PGPASSWORD). Default: "
                          ".mlinfra/<stack>/state.db."),
-        "artifacts": _string("Folder holding the workspace's artifacts and run folders "
-                             "(relative to the project, or absolute): with a shared state, "
-                             "a folder every machine that applies the stack mounts. "
-                             "Default: .mlinfra/<stack>.", minLength=1),
+        "artifacts": _string("Where the workspace's artifacts are kept: a folder "
+                             "(relative to the project, or absolute; it holds the run "
+                             "folders too), or object storage, s3://BUCKET/PREFIX, "
+                             "gs://... or az://... (`storage` says how to reach it). With "
+                             "a shared state, a place every machine that applies the "
+                             "stack reaches. Default: .mlinfra/<stack>.", minLength=1),
+        "storage": _obj("How to reach the object storage `artifacts:` names.",
+                        _object_options()),
         "variables": _variables(),
         "docker": _obj("Settings of the docker provider.", {
             "host": _string("Docker daemon address, e.g. unix:///var/run/docker.sock."),
@@ -186,12 +190,34 @@ def _compute() -> Schema:
     })
 
 
+def _object_options() -> dict[str, Schema]:
+    return {
+        "endpoint_url": _string("Object storage endpoint, for S3-compatible servers "
+                                "(MinIO, Ceph) or a local emulator; default: the cloud's."),
+        "region": _string("s3: the bucket's region (default: the AWS chain's)."),
+        "profile": _string("s3: the AWS profile (~/.aws); gcs: the Google Cloud project."),
+        "credentials": _map_of(
+            "Credentials, each a ${secret.NAME} (read from the environment when the "
+            "storage is opened, never written): s3 access_key_id, secret_access_key, "
+            "session_token; gcs token; azure_blob account_name, account_key, "
+            "connection_string, sas_token. Without it, the cloud's own chain (environment "
+            "variables, profiles, workload identity).", _string("A credential."),
+            propertyNames={"enum": ["access_key_id", "secret_access_key", "session_token",
+                                    "token", "account_name", "account_key",
+                                    "connection_string", "sas_token"]}),
+    }
+
+
 def _datastore() -> Schema:
-    return _kind("Datastore", "A place data lives.", {
-        "type": _replace(_string("Kind of datastore (s3, gcs and azure_blob are planned).",
-                                 enum=["local"], default="local")),
-        "path": _replace(_string("local: folder, relative to the project, or absolute.",
-                                 minLength=1)),
+    return _kind("Datastore", "A place data lives: a folder, or object storage through "
+                 "fsspec (s3fs, gcsfs, adlfs: pip install 'mlinfra[s3]', [gcs] or [azure]).", {
+        "type": _replace(_string("Kind of datastore.", enum=["local", "s3", "gcs",
+                                                             "azure_blob"],
+                                 default="local")),
+        "path": _replace(_string("local: folder, relative to the project, or absolute; "
+                                 "s3: s3://BUCKET/PREFIX; gcs: gs://BUCKET/PREFIX; "
+                                 "azure_blob: az://CONTAINER/PREFIX.", minLength=1)),
+        **_object_options(),
     }, ["path"])
 
 
@@ -433,6 +459,54 @@ def _promotion() -> Schema:
     }, ["model"])
 
 
+def _webhook() -> Schema:
+    return _kind("Webhook", "Events delivered over HTTP as they happen, signed as Standard "
+                 "Webhooks specifies (webhook-id, webhook-timestamp, webhook-signature), "
+                 "at least once, retried with backoff for up to a day.", {
+        "url": _string("Where events are POSTed: an http:// or https:// URL (a "
+                       "${secret.X} when the URL itself is a credential, as Slack's are).",
+                       minLength=1),
+        "secret": _string("The signing key, as ${secret.NAME} (a whsec_... key of Standard "
+                          "Webhooks, or any text). Without it, events are sent unsigned."),
+        "events": _s("Event types delivered (the catalog's names, e.g. model.promoted); "
+                     "* globs: rollout.*, *.", type="array", minItems=1,
+                     items={"type": "string", "minLength": 1}, default=["*"]),
+        "format": _string("cloudevents: the CloudEvents 1.0 JSON envelope (structured "
+                          "mode); slack: a Slack incoming-webhook message.",
+                          enum=["cloudevents", "slack"], default="cloudevents"),
+        "retry": _obj("How failed deliveries are retried (5xx, 408, 429, connection "
+                      "errors): exponential backoff with jitter.", {
+            "first": {**_DURATION, "description": "Wait before the second try. "
+                      + _DURATION_TEXT, "default": "5s"},
+            "max": {**_DURATION, "description": "Longest wait between tries. "
+                    + _DURATION_TEXT, "default": "1h"},
+            "for": {**_DURATION, "description": "How long after the first try tries go "
+                    "on; then the event is dead-lettered. " + _DURATION_TEXT,
+                    "default": "24h"},
+        }),
+    }, ["url"])
+
+
+def _schedule() -> Schema:
+    return _kind("Schedule", "Work run on a clock by `mlinfra agent` (or `agent --once` from "
+                 "cron, a Kubernetes CronJob or a GitHub Actions schedule).", {
+        "cron": _string("Five-field cron expression, in `timezone`.", minLength=1),
+        "every": {**_DURATION, "description": "Or: an interval, fired at its multiples "
+                  "since the Unix epoch. " + _DURATION_TEXT},
+        "timezone": _string("IANA time zone the cron expression is read in.",
+                            default="UTC", minLength=1),
+        "run": _s("What fires: {monitor: NAME}, {pipeline: NAME} (retrain on the latest "
+                  "data) or {apply: true}.", type="object", minProperties=1,
+                  maxProperties=1, additionalProperties=False, properties={
+                      "monitor": _name_ref("Monitor to run"),
+                      "pipeline": _name_ref("Pipeline to run on the latest data"),
+                      "apply": _s("Apply the whole stack.", const=True)}),
+        "catchup": _s("Fire every instant missed while no agent ran (at most 100); "
+                      "false fires only the newest.", type="boolean", default=False),
+        "overlap": _string("forbid: an instant is not fired while the schedule's previous "
+                           "run is still under way; allow: it is.",
+                           enum=["forbid", "allow"], default="forbid"),
+    }, ["run"], oneOf=[{"required": ["cron"]}, {"required": ["every"]}])
 def _monitor() -> Schema:
     numeric = ["normalized_wasserstein", "jensen_shannon", "psi", "ks"]
     categorical = ["jensen_shannon", "psi", "l_infinity", "chi_squared"]
@@ -524,22 +598,87 @@ def _monitor() -> Schema:
                                          "mlinfra monitor run (cron syntax; default: "
                                          "every window, or hourly).", minLength=9),
                  })
+def _batch_endpoint() -> Schema:
+    deployment = _obj("A model that scores, with Azure ML's batch deployment settings.", {
+        "name": _string("Deployment name.", pattern=NAME_PATTERN),
+        "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
+                         pattern=VERSIONED_REF_PATTERN),
+        "mini_batch_size": _s("Rows in one mini-batch: the unit a worker scores, retries "
+                              "and a resumed job skips.", type="integer", minimum=1,
+                              default=10000),
+        "max_concurrency": _s("Worker processes scoring at once on this compute, each "
+                              "with one onnxruntime session using cores / max_concurrency "
+                              "threads (Azure ML: max_concurrency_per_instance).",
+                              type="integer", minimum=1, default=2),
+        "error_threshold": _s("Rows whose mini-batch failed every attempt that are "
+                              "tolerated; past it the job stops and fails. -1: any number.",
+                              type="integer", minimum=-1, default=0),
+        "retries": _s("Further attempts of a mini-batch that failed (Azure ML: "
+                      "retry_settings.max_retries).", type="integer", minimum=0, default=3),
+        "timeout": {**_DURATION, "description": "Longest one mini-batch may take; then its "
+                    "worker is stopped and the mini-batch tried again. " + _DURATION_TEXT},
+        "output_action": _string("append_row: write every scored row to the output; "
+                                 "summary_only: only the summary and the errors.",
+                                 enum=["append_row", "summary_only"], default="append_row"),
+        "output_file_name": _string("The output's file name (default: predictions.FORMAT).",
+                                    pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"),
+    }, ["name", "model"])
+    score = _obj("A declared scoring: the data scored with the default (or named) "
+                 "deployment, kept current by plan and apply; its output is a new version "
+                 "of the Data asset `output`, with lineage.", {
+                     "data": _string("Data reference scored: transactions (latest), "
+                                     "transactions:3.", pattern=VERSIONED_REF_PATTERN),
+                     "output": _string("Name of the Data asset whose versions hold the "
+                                       "scores (not a declared Data).", pattern=NAME_PATTERN),
+                     "deployment": _string("Deployment that scores (default: `default`).",
+                                           pattern=NAME_PATTERN),
+                 }, ["data", "output"])
+    return _kind("BatchEndpoint", "A batch endpoint (Azure ML's names): deployments that "
+                 "score whole data assets or files in mini-batches, and the scorings plan "
+                 "and apply keep current.", {
+                     "compute": _name_ref("Compute the scoring runs on"),
+                     "deployments": _s("Deployments.", type="array", minItems=1,
+                                       items=deployment),
+                     "default": _string("Deployment used when none is named (default: the "
+                                        "first).", pattern=NAME_PATTERN),
+                     "output": _obj("What a scoring writes.", {
+                         "format": _string("The output file's format.",
+                                           enum=["csv", "parquet", "jsonl"], default="csv"),
+                         "columns": _s("Columns of the output, in order, among row_id, the "
+                                       "model's outputs (a 2-D output gives one column per "
+                                       "class: probabilities_0, ...) and the kept input "
+                                       "columns. Default: row_id, the kept columns, every "
+                                       "output.", type="array", minItems=1, uniqueItems=True,
+                                       items={"type": "string", "minLength": 1}),
+                         "keep_input_columns": _s("Input columns copied to the output "
+                                                  "(e.g. an id).", type="array",
+                                                  uniqueItems=True,
+                                                  items={"type": "string", "minLength": 1}),
+                     }),
+                     "score": _s("Declared scorings.", type="array", items=score),
+                 }, ["deployments"])
 
 
 SCHEMAS: dict[str, Schema] = {s["title"]: s for s in (
     _project(), _stack(), _workspace(), _compute(), _datastore(), _data(), _environment(),
-    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor())}
+    _job(), _pipeline(), _model(), _endpoint(), _promotion(), _monitor(),
+    _batch_endpoint(), _webhook(), _schedule())}
 
 KINDS: tuple[str, ...] = tuple(SCHEMAS)
 
 # Kinds that live in the project folder as resources (Project and Stack are settings).
 RESOURCE_KINDS: tuple[str, ...] = tuple(k for k in KINDS if k not in ("Project", "Stack"))
 
+# Kinds no file declares: made from others when a project is loaded (a BatchEndpoint's
+# `score:` entries are BatchScore resources, so plan and apply treat each as one).
+DERIVED_KINDS: tuple[str, ...] = ("BatchScore",)
 
-@cache
+
 @cache
 def replace_fields(kind: str) -> frozenset[str]:
     """Top-level fields of `kind` whose change forces replacement."""
+    if kind not in SCHEMAS:  # a derived kind
+        return frozenset()
     props = SCHEMAS[kind]["properties"]
     return frozenset(name for name, spec in props.items() if spec.get(REPLACE))
 

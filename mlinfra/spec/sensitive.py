@@ -35,8 +35,11 @@ ALLOWED_FIELDS: dict[str, tuple[tuple[str, ...], ...]] = {
     "Job": (("command",), ("params", "*"), ("env", "*")),
     "Pipeline": (("steps", "*", "params", "*"),),
     "Environment": (("requirements", "*"), ("env", "*")),
+    "Webhook": (("url",), ("secret",)),
+    "Datastore": (("credentials", "*"),),
 }
-ALLOWED_TEXT = "command, params, env and requirements"
+ALLOWED_TEXT = ("command, params, env, requirements, a datastore's credentials and a "
+                "webhook's url and secret")
 
 
 class MissingSecret(MlinfraError):

@@ -106,6 +106,9 @@ def _messages(err: ValidationError) -> Iterator[tuple[Path_, str, bool]]:
     elif kind == "oneOf" and path[-2:] == ("evaluation", "data"):
         yield path, ("must be a Data reference (NAME or NAME:VERSION), {job: NAME, output: "
                      "NAME} or {pipeline: NAME, step: NAME, output: NAME}"), False
+    elif kind == "oneOf" and path == () and isinstance(instance, dict) and (
+            instance.get("kind") == "Schedule"):
+        yield path, "give either cron: (with timezone:) or every:, not both", False
     elif kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         word = "at least" if "inimum" in kind else "at most"
         yield path, f"must be {word} {err.validator_value} (got {instance})", False
@@ -168,6 +171,7 @@ class _References:
         self.config = config
         self.problems: list[Problem] = []
         self.default_datastore: str | None = None
+        self.score_outputs: dict[str, str] = {}  # a scoring's output -> who writes it
 
     def add(self, res: Resource, path: Path_, message: str, at_key: bool = False) -> None:
         self.problems.append(Problem(res.file, message, res.doc, path, res.label, at_key))
@@ -219,7 +223,8 @@ class _References:
                      f"workspace/{workspaces[0].name} is already defined in "
                      f"{workspaces[0].file}")
         for kind in ("Workspace", "Datastore", "Data", "Environment", "Job", "Pipeline",
-                     "Model", "Endpoint", "Promotion", "Monitor"):
+                     "Model", "Endpoint", "Promotion", "Monitor", "BatchEndpoint", "Webhook",
+                     "Schedule"):
             check = getattr(self, f"_{kind.lower()}")
             for res in self.config.of(kind).values():
                 check(res, res.spec)
@@ -232,7 +237,41 @@ class _References:
             self.default_datastore = store
 
     def _datastore(self, res: Resource, spec: dict[str, Any]) -> None:
-        self.inside(res, ("path",), spec.get("path"), allow_absolute=True)
+        kind, path = spec.get("type", "local"), spec.get("path")
+        if kind == "local":
+            if isinstance(path, str) and "://" in path:
+                self.add(res, ("path",), f"'{path}' is a URL: set `type:` to s3, gcs or "
+                         "azure_blob for object storage, or give a folder")
+            else:
+                self.inside(res, ("path",), path, allow_absolute=True)
+            for field in ("endpoint_url", "region", "profile", "credentials"):
+                if field in spec:
+                    self.add(res, (field,), f"{field} is for object storage; this "
+                             "datastore is a local folder", at_key=True)
+            return
+        from mlinfra.spec.storage import (
+            CREDENTIALS,
+            SCHEME_OF_TYPE,
+            scheme_problem,
+            whole_secret,
+        )
+
+        scheme = SCHEME_OF_TYPE[str(kind)]
+        if isinstance(path, str):
+            problem = scheme_problem(path)
+            if "://" not in path or path.split("://", 1)[0] not in (scheme, *(
+                    {"gcs": ("gcs",), "azure_blob": ("abfs",)}.get(str(kind), ()))):
+                self.add(res, ("path",), f"a {kind} datastore's path is "
+                         f"{scheme}://BUCKET/PREFIX, not '{path}'")
+            elif problem:
+                self.add(res, ("path",), problem)
+        for field, value in (spec.get("credentials") or {}).items():
+            if field not in CREDENTIALS[str(kind)]:
+                self.add(res, ("credentials", field), f"'{field}' is not a {kind} "
+                         f"credential: use {', '.join(CREDENTIALS[str(kind)])}", at_key=True)
+            elif not whole_secret(value):
+                self.add(res, ("credentials", field), "a credential is a whole "
+                         "${secret.NAME}, read from the environment, never written here")
 
     def _data(self, res: Resource, spec: dict[str, Any]) -> None:
         stores = self.config.of("Datastore")
@@ -439,6 +478,28 @@ class _References:
                          f"deployment of model '{model}'")
 
 
+    def _webhook(self, res: Resource, spec: dict[str, Any]) -> None:
+        from mlinfra.spec.events import event_problems, url_problem
+
+        url = spec.get("url")
+        if isinstance(url, str):
+            problem = url_problem(url)
+            if problem:
+                self.add(res, ("url",), problem)
+        for index, message in event_problems(spec.get("events")):
+            self.add(res, ("events", index), message)
+
+    def _schedule(self, res: Resource, spec: dict[str, Any]) -> None:
+        from mlinfra.spec.events import schedule_problems
+
+        for path, message in schedule_problems(spec):
+            self.add(res, path, message)
+        run = spec.get("run") or {}
+        if isinstance(run, dict):
+            if "pipeline" in run:
+                self.name(res, ("run", "pipeline"), "Pipeline", run["pipeline"])
+            if "monitor" in run:
+                self.name(res, ("run", "monitor"), "Monitor", run["monitor"])
     def _monitor(self, res: Resource, spec: dict[str, Any]) -> None:
         """What a monitor watches must exist and be able to give it rows: an endpoint
         with collect:, or a model and a Data asset; its features must be the model's; a
@@ -555,6 +616,48 @@ class _References:
         if header is None:
             return None
         return [c for c in header if c != evaluation.get("label")]
+    def _batchendpoint(self, res: Resource, spec: dict[str, Any]) -> None:
+        if "compute" in spec:
+            self.name(res, ("compute",), "Compute", spec["compute"])
+        deployments: dict[str, dict[str, Any]] = {}
+        for index, deployment in enumerate(spec.get("deployments") or []):
+            if not isinstance(deployment, dict):
+                continue
+            name = str(deployment.get("name"))
+            if name in deployments:
+                self.add(res, ("deployments", index, "name"), f"duplicate deployment '{name}'")
+            deployments[name] = deployment
+            self.ref(res, ("deployments", index, "model"), "Model", deployment.get("model"))
+        default = spec.get("default")
+        if isinstance(default, str) and deployments and default not in deployments:
+            self.add(res, ("default",), f"unknown deployment '{default}'"
+                     + did_you_mean(default, deployments))
+        chosen_default = default if isinstance(default, str) else next(iter(deployments), None)
+        for index, entry in enumerate(spec.get("score") or []):
+            if not isinstance(entry, dict):
+                continue
+            self.ref(res, ("score", index, "data"), "Data", entry.get("data"))
+            output = entry.get("output")
+            if isinstance(output, str):
+                if self.config.get("Data", output) is not None:
+                    self.add(res, ("score", index, "output"), f"'{output}' is a declared "
+                             "Data (a file in a datastore): a scoring's output is a Data "
+                             "asset of its own; name another")
+                first = self.score_outputs.setdefault(output, res.label)
+                if first != res.label or sum(
+                        1 for e in spec.get("score") or []
+                        if isinstance(e, dict) and e.get("output") == output) > 1:
+                    self.add(res, ("score", index, "output"), f"output '{output}' is "
+                             f"written by another scoring too ({first}): each scoring "
+                             "writes its own Data asset")
+            name = str(entry.get("deployment", chosen_default))
+            if "deployment" in entry and name not in deployments:
+                self.add(res, ("score", index, "deployment"), f"unknown deployment "
+                         f"'{name}'" + did_you_mean(str(name), deployments))
+            elif deployments.get(str(name), {}).get("output_action") == "summary_only":
+                self.add(res, ("score", index), f"deployment '{name}' has output_action: "
+                         "summary_only, so a declared scoring would keep no scores: use "
+                         "append_row, or score it with mlinfra batch invoke")
 
     def _evaluated(self, res: Resource, path: Path_, model: Resource, metric: str) -> None:
         """A promotion judges the metrics its model's evaluation produces: one it does not

@@ -89,3 +89,14 @@ class JournalEntry(NamedTuple):
     started_at: float
     status: str
     detail: str = ""
+
+
+class OutboxEvent(NamedTuple):
+    """An event as the outbox keeps it: its id (unique, the CloudEvents `id`), type,
+    subject (an address), time, and the whole CloudEvents envelope as JSON text."""
+
+    event_id: str
+    type: str
+    subject: str
+    at: float
+    envelope: str

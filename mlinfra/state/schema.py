@@ -92,15 +92,42 @@ INDEXES: tuple[str, ...] = (
     "CREATE INDEX metrics_run ON metrics(run_id)",
 )
 
+# Tables added after BASE_VERSION, each created by its migration below.
+# The outbox: every event, written in the transaction of the change it announces
+# (`event_id` is the CloudEvents id, `envelope` the whole event as JSON). Deliveries:
+# one row per event and webhook, its tries and outcome. Webhooks: how far each webhook
+# has taken events from the outbox, and whether a 410 disabled it. Schedule fires: one
+# row per schedule and instant, so an instant is never run twice.
+EVENT_TABLES: dict[str, str] = {
+    "outbox": """CREATE TABLE outbox (
+      id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+      type TEXT NOT NULL, subject TEXT NOT NULL, at REAL NOT NULL,
+      envelope TEXT NOT NULL)""",
+    "deliveries": """CREATE TABLE deliveries (
+      event_id TEXT NOT NULL, webhook TEXT NOT NULL, status TEXT NOT NULL,
+      attempts INTEGER NOT NULL DEFAULT 0, first_try_at REAL, next_at REAL NOT NULL,
+      lease_until REAL NOT NULL DEFAULT 0, last_status INTEGER,
+      last_error TEXT NOT NULL DEFAULT '', delivered_at REAL,
+      PRIMARY KEY (event_id, webhook))""",
+    "webhooks": """CREATE TABLE webhooks (
+      name TEXT PRIMARY KEY, taken INTEGER NOT NULL, disabled_at REAL,
+      disabled_reason TEXT NOT NULL DEFAULT '')""",
+    "schedule_fires": """CREATE TABLE schedule_fires (
+      schedule TEXT NOT NULL, instant REAL NOT NULL, run_name TEXT NOT NULL,
+      status TEXT NOT NULL, pid INTEGER, host TEXT, started_at REAL, ended_at REAL,
+      detail TEXT NOT NULL DEFAULT '', PRIMARY KEY (schedule, instant))""",
+}
+
 # What a workspace holds besides its files: destroying the workspace empties them.
 WORKSPACE_TABLES = ("runs", "metrics", "run_params", "models", "aliases", "data_versions",
                     "data_checks", "model_profiles", "monitor_windows", "monitor_signals")
 # Tables that migrations create, in the order they do.
-ADDED_TABLES = ("journal_steps", "model_profiles", "monitor_windows", "monitor_signals")
+ADDED_TABLES = ("journal_steps", "model_profiles", "monitor_windows", "monitor_signals",
+                *EVENT_TABLES)
 # What `state migrate` copies: everything but who holds the lock now.
 COPIED_TABLES = (*(name for name in TABLES if name != "locks"), *ADDED_TABLES)
 # Tables whose `id` the database numbers (the next one follows the largest).
-NUMBERED_TABLES = ("journal", "audit", "metrics")
+NUMBERED_TABLES = ("journal", "audit", "metrics", "outbox")
 
 
 class Migration(NamedTuple):
@@ -128,22 +155,27 @@ MIGRATIONS: tuple[Migration, ...] = (
           journal_id INTEGER NOT NULL, seq INTEGER NOT NULL, name TEXT NOT NULL,
           data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (journal_id, seq))""",)),
     Migration(4, "monitoring: reference profiles, monitor windows and their signals", (
-        """CREATE TABLE model_profiles (
+        """CREATE TABLE IF NOT EXISTS model_profiles (
           name TEXT NOT NULL, version INTEGER NOT NULL, source TEXT NOT NULL,
           profile TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (name, version))""",
-        """CREATE TABLE monitor_windows (
+        """CREATE TABLE IF NOT EXISTS monitor_windows (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, window_end REAL NOT NULL,
           rows INTEGER NOT NULL, status TEXT NOT NULL, model TEXT NOT NULL,
           reason TEXT NOT NULL, cursor TEXT NOT NULL, computed_at REAL NOT NULL,
           PRIMARY KEY (monitor, window_start))""",
-        """CREATE TABLE monitor_signals (
+        """CREATE TABLE IF NOT EXISTS monitor_signals (
           monitor TEXT NOT NULL, window_start REAL NOT NULL, signal TEXT NOT NULL,
           feature TEXT NOT NULL, metric TEXT NOT NULL, value REAL,
           threshold REAL NOT NULL, verdict TEXT NOT NULL, rows INTEGER NOT NULL,
           PRIMARY KEY (monitor, window_start, signal, feature, metric))""")),
+    # IF NOT EXISTS: a state whose version was set back by hand may hold them already.
+    Migration(5, "events: outbox, deliveries, webhooks, schedule_fires",
+              (*(t.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
+                 for t in EVENT_TABLES.values()),
+               "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_at)")),
     # File hashes are remembered per machine (mlinfra.data.hashes), never in a state
     # that other machines share.
-    Migration(5, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
+    Migration(6, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
 )
 
 

@@ -23,7 +23,13 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state.model import JournalEntry, LockInfo, ResourceState, StateVersion
+from mlinfra.state.model import (
+    JournalEntry,
+    LockInfo,
+    OutboxEvent,
+    ResourceState,
+    StateVersion,
+)
 from mlinfra.state.schema import WORKSPACE_TABLES
 
 if TYPE_CHECKING:
@@ -177,6 +183,9 @@ class StateStore(ABC):
         self.readonly = readonly
         # Refuse every write that is not the engine's (handler tests set it).
         self.engine_only = False
+        # Who and what the events written through this store name: project, stack,
+        # actor, the project's folder (for its commit); the session fills them in.
+        self.origin: dict[str, Any] = {}
         self._reserved: dict[tuple[str, str], set[int]] = {}
         self._reserved_lock = threading.Lock()
 
@@ -311,15 +320,18 @@ class StateStore(ABC):
 
     def record_events(self, cur: Cursor, events: Sequence[Event]) -> None:
         """Within a transaction: keep `events` for delivery. The one place events are
-        written: they join the audit log as `event` rows (detail: type, subject, data)
-        until the outbox takes them."""
-        from mlinfra.state.work import event_json
+        written: each gets its CloudEvents envelope and joins the outbox, so an event is
+        kept exactly when its change is (a transactional outbox), and delivered after
+        the commit (`mlinfra.events`)."""
+        from mlinfra.state.cloudevents import outbox_row
 
-        serial = cur.execute("SELECT value FROM meta WHERE key='serial'").fetchone()[0]
-        cur.executemany("INSERT INTO audit (at, username, host, command, address, action, "
-                        "serial, detail) VALUES (?, ?, ?, ?, ?, 'event', ?, ?)",
-                        [(e.at, current_user(), HOST, self.command, e.subject, int(serial),
-                          event_json(e)[:2000]) for e in events])
+        self.add_events(cur, [outbox_row(self.origin, e) for e in events])
+
+    def add_events(self, cur: Cursor, events: Sequence[OutboxEvent]) -> None:
+        """Within a transaction: rows of the outbox, envelopes made."""
+        if events:
+            cur.executemany("INSERT INTO outbox (event_id, type, subject, at, envelope) "
+                            "VALUES (?, ?, ?, ?, ?)", [tuple(e) for e in events])
 
     def add_step(self, journal_id: int, name: str, data: dict[str, Any],
                  also: Callable[[Cursor], Any] | None = None) -> None:
@@ -480,15 +492,17 @@ class StateStore(ABC):
                           "LIMIT ?", (limit,))
 
     def events(self, after: int = 0) -> list[tuple[int, Event]]:
-        """The events recorded (`record_events`) with an id past `after`, oldest first."""
+        """The events recorded (`record_events`) with a sequence number past `after`,
+        oldest first."""
         from mlinfra.state.work import Event
 
         out = []
-        for row_id, detail in self.query("SELECT id, detail FROM audit WHERE action='event' "
-                                         "AND id>? ORDER BY id", (after,)):
-            item = row_json(detail, f"event {row_id}")
-            out.append((int(row_id), Event(str(item["type"]), str(item["subject"]),
-                                           dict(item["data"]), float(item["at"]))))
+        for row_id, kind, subject, at, envelope in self.query(
+                "SELECT id, type, subject, at, envelope FROM outbox WHERE id>? ORDER BY id",
+                (after,)):
+            item = row_json(envelope, f"outbox event {row_id}")
+            out.append((int(row_id), Event(str(kind), str(subject), dict(item["data"]),
+                                           float(at))))
         return out
 
     # --- copying a whole state (mlinfra state migrate) ---------------------------

@@ -33,7 +33,11 @@ class LocalProvider(Provider):
         "Model": "mlinfra.registry.register:ModelHandler",
         "Promotion": "mlinfra.registry.promotion:PromotionHandler",
         "Endpoint": _LOCAL + "endpoint.handler:EndpointHandler",
+        "Webhook": "mlinfra.events.handler:WebhookHandler",
+        "Schedule": "mlinfra.events.handler:ScheduleHandler",
         "Monitor": "mlinfra.monitoring.handler:MonitorHandler",
+        "BatchEndpoint": "mlinfra.batch.handler:BatchEndpointHandler",
+        "BatchScore": "mlinfra.batch.handler:BatchScoreHandler",
     }
 
     def cancel(self, force: bool = False) -> None:

@@ -31,14 +31,16 @@ from mlinfra.providers.manifests.images import (
     image_name,
     serving_context,
 )
-from mlinfra.providers.manifests.inputs import StackInputs
+from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, StackInputs
 from mlinfra.providers.manifests.workloads import (
     collect_datastore,
     compute_resources,
     datastore_mount,
     endpoint_config,
+    fetched_model_path,
     job_runs,
     keys_secret,
+    storage_env,
 )
 from mlinfra.runs.containers import ContainerRun
 from mlinfra.spec.model import Config, Resource
@@ -145,15 +147,20 @@ def run_container(config: Config, run: ContainerRun, image: str, compute: str | 
 def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_image: str,
               network: str, objects: list[RenderedObject]) -> None:
     models = inputs.models[endpoint.name]
-    paths = {name: f"/models/{name}.onnx" for name in models}
+    # A model in an object-storage artifact store is fetched by the server when it
+    # starts; one in a folder store is mounted read-only.
+    paths = {name: fetched_model_path(name) if m.url else f"/models/{name}.onnx"
+             for name, m in models.items()}
     server = endpoint_config(config, endpoint, models, paths)
     env: dict[str, str | SecretValue] = {"MLINFRA_ENDPOINT": json.dumps(server,
                                                                         sort_keys=True)}
     keys = keys_secret(endpoint)
     if keys is not None:
         env["MLINFRA_ENDPOINT_KEYS"] = keys
-    mounts = [{"source": str(models[name].path), "target": paths[name], "read_only": True}
-              for name in sorted(models)]
+    if any(m.url for m in models.values()):
+        env.update(storage_env(config))
+    mounts = [{"source": str(models[name].path or KNOWN_AFTER_APPLY), "target": paths[name],
+               "read_only": True} for name in sorted(models) if not models[name].url]
     store = collect_datastore(config, endpoint)
     if store:
         mounts += _store_mounts(inputs, [store])
@@ -179,7 +186,7 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
         "name": network, "labels": labels(config.name, config.stack.name)}))
     env_images = {}
     for env in config.of("Environment").values():
-        files = environment_context(config, env)
+        files = environment_context(config, env, inputs.locks.get(env.name))
         env_images[env.name] = image_name(config, f"{config.name}-{env.name}", files)
         objects.append(RenderedObject(f"image-{env.name}", env.address, "Image",
                                       {"name": env_images[env.name]}, context=files))
@@ -238,3 +245,19 @@ def docker_run_args(body: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
     args.append(body["image"])
     args += body.get("command", [])
     return args, secrets
+
+
+def scoring_container(config: Config, score: str, job_id: str, folder: str, image: str,
+                      settings: dict[str, Any], compute: str | None) -> RenderedObject:
+    """A staged scoring (mlinfra.batch.shard) as one container run to completion: its
+    job's folder mounted, every shard scored in it, one session on the container's
+    cores; the scorer on this machine then writes the output from the shards."""
+    owner = f"batchscore.{score}"
+    body: dict[str, Any] = {
+        "name": container_name(config, f"score-{job_id}"), "image": image,
+        "command": ["python", "-m", "mlinfra.batch.shard", "/mlinfra/job", "--all"],
+        "mounts": [{"source": folder, "target": "/mlinfra/job", "read_only": False}],
+        "env": {}, "run_to_completion": True,
+        "labels": labels(config.name, config.stack.name, owner, run=job_id),
+        **_limits(config, compute)}
+    return RenderedObject(f"container-score-{job_id}", owner, "Container", body)

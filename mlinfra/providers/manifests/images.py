@@ -12,13 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlinfra.providers.manifests import ContextFile, content_tag
-from mlinfra.providers.manifests.inputs import DEFAULT_BASE_IMAGE, StackInputs
+from mlinfra.providers.manifests.inputs import (
+    DEFAULT_BASE_IMAGE,
+    StackInputs,
+    fetch_requirements,
+)
 from mlinfra.spec.model import Config, Resource
 
 SERVER_PORT = 8080
 VENV = "/opt/mlinfra/venv"
+HELPER_DIR = "/opt/mlinfra/helper"
 
-_INSTALL = f"""\
+INSTALL = f"""\
 COPY requirements.txt /opt/mlinfra/requirements.txt
 COPY wheels/ /opt/mlinfra/wheels/
 RUN python3 -m venv {VENV} \\
@@ -57,6 +62,14 @@ if collect.get("path"):
     collect["path"] = collect["path"].replace("{{host}}", socket.gethostname())
     os.makedirs(os.path.dirname(collect["path"]), exist_ok=True)
 os.makedirs(config["status_dir"], exist_ok=True)
+if any(d.get("url") for d in config["deployments"].values()):
+    # The models are in the artifact store: fetched now, each checked against its sha256.
+    from mlinfra.serving.fetch import FetchFailed, fetch_models
+
+    try:
+        fetch_models(config)
+    except FetchFailed as err:
+        sys.exit(f"mlinfra: {{err}}")
 path = "/tmp/mlinfra/config.json"
 with open(path, "w") as f:
     json.dump(config, f)
@@ -100,17 +113,32 @@ def _requirements(config: Config, env: Resource) -> str:
     return "\n".join(lines) + "\n"
 
 
-def environment_context(config: Config, env: Resource) -> tuple[ContextFile, ...]:
+def run_helper() -> Path:
+    """The zero-dependency `mlinfra_run` module training scripts import."""
+    return Path(__file__).resolve().parent.parent.parent / "runs" / "helper" / "mlinfra_run.py"
+
+
+def environment_context(config: Config, env: Resource, lock: list[str] | None = None
+                        ) -> tuple[ContextFile, ...]:
+    """An Environment's image: its requirements (`lock`: pinned, see locks.py), and the
+    run helper (`from mlinfra_run import log_metric`) on its PYTHONPATH, so a job's
+    script runs in it as it runs locally."""
+    requirements = ("".join(line + "\n" for line in lock) if lock
+                    else _requirements(config, env))
     dockerfile = (f"# mlinfra environment {env.name}\nFROM {base_image(config, env)}\n"
-                  + _INSTALL + "WORKDIR /code\n")
+                  + INSTALL
+                  + f"COPY helper/ {HELPER_DIR}/\n"
+                  + f"ENV PYTHONPATH={HELPER_DIR}\n"
+                  + "WORKDIR /code\n")
     return (ContextFile("Dockerfile", dockerfile),
-            ContextFile("requirements.txt", _requirements(config, env)),
+            ContextFile("requirements.txt", requirements),
+            ContextFile("helper/mlinfra_run.py", source=run_helper()),
             ContextFile("wheels/README", WHEELS_README))
 
 
 def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, ...]:
     dockerfile = (f"# the mlinfra endpoint server (ONNX Runtime)\nFROM {base_image(config)}\n"
-                  + _INSTALL
+                  + INSTALL
                   + "COPY src/ /opt/mlinfra/src/\n"
                   + "COPY entrypoint.py /opt/mlinfra/entrypoint.py\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n"
@@ -118,7 +146,8 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
                   + "USER 65534:65534\n"
                   + 'ENTRYPOINT ["python", "/opt/mlinfra/entrypoint.py"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
-             ContextFile("requirements.txt", "\n".join(inputs.serving_requirements) + "\n"),
+             ContextFile("requirements.txt", "\n".join(
+                 [*inputs.serving_requirements, *fetch_requirements(inputs)]) + "\n"),
              ContextFile("entrypoint.py", ENTRYPOINT),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/{rel}", source=path) for rel, path in inputs.serving_sources]
@@ -167,7 +196,7 @@ def monitor_context(config: Config) -> tuple[ContextFile, ...]:
     """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
     monitor run` loads the project as on this machine."""
     package = Path(__file__).resolve().parent.parent.parent
-    dockerfile = (f"# mlinfra monitor run\nFROM {base_image(config)}\n" + _INSTALL
+    dockerfile = (f"# mlinfra monitor run\nFROM {base_image(config)}\n" + INSTALL
                   + "COPY src/ /opt/mlinfra/src/\n"
                   + f"COPY project/ {PROJECT_DIR}/\n"
                   + "ENV PYTHONPATH=/opt/mlinfra/src\n"
@@ -201,3 +230,34 @@ def image_name(config: Config, what: str, files: tuple[ContextFile, ...]) -> str
 
 def context_dir(out: Path, key: str) -> Path:
     return out / "images" / key
+
+
+# What a scoring's pods import of mlinfra (mlinfra.batch.shard): the batch package, the
+# serving code it scores with, and the error hierarchy.
+_SCORING_MODULES = ("__init__.py", "errors.py", "batch/*.py", "serving/*.py")
+
+
+def scoring_context(config: Config) -> tuple[ContextFile, ...]:
+    """The image a staged scoring runs in (mlinfra.batch.shard): the endpoint server's
+    requirements and pyarrow, and the part of mlinfra it imports."""
+    import importlib.metadata
+    from pathlib import Path
+
+    from mlinfra.providers.manifests.inputs import serving_requirements_pinned
+
+    try:
+        arrow = f"pyarrow=={importlib.metadata.version('pyarrow')}"
+    except importlib.metadata.PackageNotFoundError:
+        arrow = "pyarrow"
+    dockerfile = (f"# mlinfra batch scoring (ONNX Runtime, pyarrow)\nFROM {base_image(config)}\n"
+                  + INSTALL + "COPY src/ /opt/mlinfra/src/\n"
+                  + "ENV PYTHONPATH=/opt/mlinfra/src\n")
+    package = Path(__file__).resolve().parent.parent.parent
+    files = [ContextFile("Dockerfile", dockerfile),
+             ContextFile("requirements.txt",
+                         "\n".join([*serving_requirements_pinned(), arrow]) + "\n"),
+             ContextFile("wheels/README", WHEELS_README)]
+    for pattern in _SCORING_MODULES:
+        files += [ContextFile(f"src/mlinfra/{p.relative_to(package).as_posix()}", source=p)
+                  for p in sorted(package.glob(pattern))]
+    return tuple(files)

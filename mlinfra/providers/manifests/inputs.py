@@ -16,15 +16,27 @@ from mlinfra.spec.model import Config, Ref
 SERVING_DISTRIBUTIONS = ("onnxruntime", "numpy", "uvicorn", "uvloop", "httptools", "orjson",
                          "pyarrow")
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
+# What a rendered object shows for a value that only the apply can know (a model
+# version the apply trains and registers), as Terraform shows it.
+KNOWN_AFTER_APPLY = "(known after apply)"
 
 
 class ModelFile(Record):
-    """The version a deployment serves and the stored file holding it."""
+    """The version a deployment serves and the stored file holding it. `url`: the
+    object holding it in the artifact store, when that is object storage (servers then
+    fetch it when they start); None for a folder store (the file travels with the
+    objects). `path` None: the version is known only after apply."""
 
-    __slots__ = ("name", "version", "sha256", "path")
+    __slots__ = ("name", "version", "sha256", "path", "url")
 
-    def __init__(self, name: str, version: int, sha256: str, path: Path) -> None:
+    def __init__(self, name: str, version: int | str, sha256: str, path: Path | None,
+                 url: str | None = None) -> None:
         self.name, self.version, self.sha256, self.path = name, version, sha256, path
+        self.url = url
+
+    @property
+    def known(self) -> bool:
+        return self.path is not None
 
     @property
     def ref(self) -> str:
@@ -37,13 +49,15 @@ class StackInputs(Record):
     out until its models resolve."""
 
     __slots__ = ("models", "unresolved", "datastores", "serving_requirements",
-                 "serving_sources")
+                 "serving_sources", "locks", "notes")
 
     def __init__(self, models: dict[str, dict[str, ModelFile]] | None = None,
                  unresolved: dict[str, str] | None = None,
                  datastores: dict[str, Path] | None = None,
                  serving_requirements: list[str] | None = None,
-                 serving_sources: list[tuple[str, Path]] | None = None) -> None:
+                 serving_sources: list[tuple[str, Path]] | None = None,
+                 locks: dict[str, list[str]] | None = None,
+                 notes: list[str] | None = None) -> None:
         self.models = models if models is not None else {}
         self.unresolved = unresolved if unresolved is not None else {}
         self.datastores = datastores if datastores is not None else {}
@@ -51,11 +65,29 @@ class StackInputs(Record):
                                      else serving_requirements_pinned())
         self.serving_sources = (serving_sources if serving_sources is not None
                                 else serving_source_files())
+        self.locks = locks if locks is not None else {}  # Environment -> pinned lines
+        self.notes = notes if notes is not None else []
 
 
 def serving_requirements_pinned() -> list[str]:
     out = []
     for name in SERVING_DISTRIBUTIONS:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
+
+
+def fetch_requirements(inputs: StackInputs) -> list[str]:
+    """The fsspec package a server needs to fetch its models from object storage,
+    pinned to the version this machine reaches the store with."""
+    from mlinfra.spec.storage import SCHEMES
+
+    packages = sorted({SCHEMES[m.url.split("://", 1)[0]][1] for files in inputs.models.values()
+                       for m in files.values() if m.url})
+    out = []
+    for name in packages:
         try:
             out.append(f"{name}=={importlib.metadata.version(name)}")
         except importlib.metadata.PackageNotFoundError:
@@ -90,6 +122,11 @@ def resolve(config: Config, store: Any, artifacts: Any, datastore_root: Any
             try:
                 version = registry.resolve(ref.name, ref.version, ref.alias)
             except RegistryError as err:
+                if _applied_later(config, ref):
+                    files[deployment["name"]] = ModelFile(ref.name, KNOWN_AFTER_APPLY,
+                                                          KNOWN_AFTER_APPLY, None,
+                                                          _url(artifacts, None))
+                    continue
                 unresolved[endpoint.address] = (f"deployment {deployment['name']}: "
                                                 f"{err.message}")
                 break
@@ -100,8 +137,34 @@ def resolve(config: Config, store: Any, artifacts: Any, datastore_root: Any
                 break
             files[deployment["name"]] = ModelFile(version.name, version.version,
                                                   version.sha256,
-                                                  artifacts.path(version.sha256, verify=False))
+                                                  artifacts.path(version.sha256, verify=False),
+                                                  _url(artifacts, version.sha256))
         else:
             models[endpoint.name] = files
     datastores = {d.name: datastore_root(d.spec) for d in config.of("Datastore").values()}
-    return StackInputs(models=models, unresolved=unresolved, datastores=datastores)
+    from mlinfra.providers.manifests.locks import environment_locks
+
+    locks, notes = environment_locks(config, store)
+    return StackInputs(models=models, unresolved=unresolved, datastores=datastores,
+                       locks=locks, notes=notes)
+
+
+def _applied_later(config: Config, ref: Ref) -> bool:
+    """Whether the apply makes the version `ref` names: a Model of this project that
+    registers versions, referred to as its latest or by the alias its Promotion moves
+    (the first version that passes the gates takes an empty alias)."""
+    model = config.get("Model", ref.name)
+    if model is None or ref.version is not None:
+        return False
+    if ref.alias in (None, "latest"):
+        return True
+    return any(p.spec.get("model") == ref.name and p.spec.get("alias", "champion") == ref.alias
+               for p in config.of("Promotion").values())
+
+
+def _url(artifacts: Any, sha256: str | None) -> str | None:
+    """The object of a blob in an object store; for a version known after apply, the
+    store's blobs with the sha256 left to the apply."""
+    url_of = getattr(artifacts, "url", None)
+    found = url_of(sha256 or KNOWN_AFTER_APPLY) if url_of is not None else None
+    return None if found is None else str(found)

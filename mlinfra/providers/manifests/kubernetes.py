@@ -7,7 +7,8 @@ default datastore; as apply runs it: one Job per run, `run_job`, reading and wri
 the run's folder in the stack's artifacts folder through a PersistentVolumeClaim);
 Endpoint -> per deployment a ConfigMap (its config), a ConfigMap with its model, a
 Deployment, a Service and a HorizontalPodAutoscaler, plus a Secret with its keys and one
-Gateway API HTTPRoute whose backend weights carry `traffic`.
+Gateway API HTTPRoute whose backend weights carry `traffic`. Schedules and webhooks ->
+the agent's image and one-replica Deployment (`agent.py`), with a state on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from mlinfra.providers.manifests import (
+    LABEL_PREFIX,
     RenderedObject,
     RenderError,
     SecretValue,
     labels,
 )
+from mlinfra.providers.manifests.agent import render_agent
 from mlinfra.providers.manifests.images import (
     PROJECT_DIR,
     SERVER_PORT,
@@ -36,14 +39,16 @@ from mlinfra.providers.manifests.images import (
     monitor_context,
     serving_context,
 )
-from mlinfra.providers.manifests.inputs import StackInputs
+from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, ModelFile, StackInputs
 from mlinfra.providers.manifests.workloads import (
     collect_datastore,
     compute_resources,
     datastore_mount,
     endpoint_config,
+    fetched_model_path,
     job_runs,
     keys_secret,
+    storage_env,
 )
 from mlinfra.runs.containers import RUN_DIR, ContainerRun
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, duration_s
@@ -53,6 +58,14 @@ GATEWAY_API = "gateway.networking.k8s.io/v1"
 MAX_MODEL_BYTES = 700_000
 DATASTORE_SIZE = "10Gi"
 SECRETS = "mlinfra-secrets"
+JOB_TTL_S = 86400
+# Jobs run as this user and group (the images' files are readable by all), and the
+# datastores' volumes are given its group, so a run can write its outputs there.
+NON_ROOT = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000}
+# What a serving pod requests when its Compute names no resources: the HPA scales on
+# CPU use as a share of the request, and with none it never scales.
+DEFAULT_SERVING_CPU = "250m"
+POD_CAPTURES = "/tmp/mlinfra/captures"
 
 
 def namespace(config: Config) -> str:
@@ -92,6 +105,30 @@ def _resources(config: Config, compute: str | None) -> dict[str, Any]:
     return out
 
 
+def serving_resources(config: Config, compute: str | None) -> dict[str, Any]:
+    """A serving pod's requests and limits: its Compute's, with a CPU request of
+    DEFAULT_SERVING_CPU when the Compute names none (the HPA needs one to scale)."""
+    resources = _resources(config, compute)
+    requests = resources.setdefault("requests", {})
+    requests.setdefault("cpu", DEFAULT_SERVING_CPU)
+    return resources
+
+
+def notes(config: Config, inputs: StackInputs) -> list[str]:
+    """What a person applying the rendered objects should know."""
+    out = []
+    for endpoint in config.of("Endpoint").values():
+        if endpoint.name not in inputs.models:
+            continue
+        compute = str(endpoint.spec.get("compute") or "")
+        if "cpu" not in compute_resources(config, compute):
+            out.append(f"{endpoint.address}: compute.{compute or '(none)'} names no cpu in "
+                       f"resources:, so its serving pods request cpu {DEFAULT_SERVING_CPU} "
+                       "(the HorizontalPodAutoscaler scales on CPU use against the request); "
+                       "set resources: {cpu: ...} on the Compute to choose")
+    return out
+
+
 def _env(variables: dict[str, str | SecretValue]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for name, value in variables.items():
@@ -124,7 +161,10 @@ def _workspace(config: Config, objects: list[RenderedObject]) -> None:
         "metadata": _meta(config, ns, ws, namespaced=False)}))
     for compute in config.of("Compute").values():
         wanted = compute_resources(config, compute.name)
-        most = int(compute.spec.get("max_instances", 4))
+        # Room for every replica the HPA may start, one more for a rolling update's
+        # surge pod, and the jobs that run at once (max_concurrency).
+        most = (int(compute.spec.get("max_instances", 4)) + 1
+                + int(compute.spec.get("max_concurrency", 2)))
         hard = {}
         for field, key in (("cpu", "cpu"), ("memory", "memory")):
             if field in wanted:
@@ -168,11 +208,12 @@ def _secrets(config: Config, objects: list[RenderedObject],
         depends_on=(f"namespace-{namespace(config)}",)))
 
 
-def _images(config: Config, objects: list[RenderedObject]) -> dict[str, str]:
+def _images(config: Config, objects: list[RenderedObject], inputs: StackInputs
+            ) -> dict[str, str]:
     """Environment name -> its image; one Image object each."""
     out = {}
     for env in config.of("Environment").values():
-        files = environment_context(config, env)
+        files = environment_context(config, env, inputs.locks.get(env.name))
         out[env.name] = image_name(config, f"{config.name}-{env.name}", files)
         objects.append(RenderedObject(f"image-{env.name}", env.address, "Image",
                                       {"name": out[env.name]}, context=files))
@@ -204,21 +245,28 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
         resources = _resources(config, job.spec.get("compute"))
         if resources:
             container["resources"] = resources
-        spec: dict[str, Any] = {"backoffLimit": 0, "template": {
-            "metadata": {"labels": labels(config.name, config.stack.name, run.owner,
-                                          run=run.key)},
-            "spec": {"restartPolicy": "Never", "containers": [container],
-                     "volumes": volumes}}}
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
+        # A rendered Job is created by jobs.sh, in order (`kubectl create`, so the API
+        # server gives each run a name of its own from generateName) and removed a day
+        # after it finished.
+        spec: dict[str, Any] = {
+            "backoffLimit": 0, "ttlSecondsAfterFinished": JOB_TTL_S, "template": {
+                "metadata": {"labels": labels(config.name, config.stack.name, run.owner,
+                                              run=run.key)},
+                "spec": {"restartPolicy": "Never", "containers": [container],
+                         "volumes": volumes, "securityContext": NON_ROOT}}}
         if run.timeout_s:
             spec["activeDeadlineSeconds"] = max(1, int(run.timeout_s))
         depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores),
                    *(f"job-{a}" for a in run.after)]
         if any(isinstance(v, SecretValue) for v in run.env.values()):
             depends.append(f"secret-{SECRETS}")
+        meta = _meta(config, "", run.owner, run=run.key)
+        del meta["name"]
+        meta["generateName"] = f"run-{run.key}-"[:58]
         objects.append(RenderedObject(f"job-{run.key}", run.owner, "Job", {
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": _meta(config, f"run-{run.key}", run.owner, run=run.key),
-            "spec": spec}, depends_on=tuple(depends)))
+            "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec},
+            depends_on=tuple(depends)))
 
 
 def run_name(run_id: str) -> str:
@@ -228,7 +276,7 @@ def run_name(run_id: str) -> str:
 
 
 def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
-            claim: str, artifacts: Path) -> list[RenderedObject]:
+            claim: str | None, artifacts: Path | None) -> list[RenderedObject]:
     """One run of a job as a batch/v1 Job, and a Secret with its sensitive variables.
     Its mounts are subPaths of `claim`, the PersistentVolumeClaim holding the stack's
     artifacts folder (`artifacts` on this machine), so what the pod writes in the run's
@@ -237,6 +285,7 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
     owner, name = f"job.{run.job}", run_name(run.run_id)
     mounts = []
     for mount in run.mounts:
+        assert artifacts is not None and claim is not None  # a run with mounts has both
         try:
             sub = mount.source.relative_to(artifacts)
         except ValueError:
@@ -254,17 +303,25 @@ def run_job(config: Config, run: ContainerRun, image: str, compute: str | None,
             env.append({"name": variable, "value": value})
     container: dict[str, Any] = {
         "name": "run", "image": image,
-        "command": ["sh", "-c", f"exec >{RUN_DIR}/output.log 2>&1\n{run.command}"],
+        "command": ["sh", "-c", ("" if run.mounts else f"mkdir -p {RUN_DIR}\n")
+                    + f"exec >{RUN_DIR}/output.log 2>&1\n{run.command}"],
         "workingDir": run.working_dir, "env": env, "volumeMounts": mounts}
     resources = _resources(config, compute)
     if resources:
         container["resources"] = resources
     run_labels = labels(config.name, config.stack.name, owner, run=run.run_id)
+    pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if claim:
+        pod["volumes"] = [{"name": "artifacts", "persistentVolumeClaim": {"claimName": claim}}]
+    else:
+        # Through the artifact store: the run's files land in a volume of the pod's own,
+        # which its non-root user owns (fsGroup), so the run needs no root.
+        pod["volumes"] = [{"name": "run", "emptyDir": {}}]
+        pod["securityContext"] = NON_ROOT
+        container["volumeMounts"] = [{"name": "run", "mountPath": "/mlinfra"}]
+        container["securityContext"] = {"allowPrivilegeEscalation": False}
     spec: dict[str, Any] = {"backoffLimit": 0, "template": {
-        "metadata": {"labels": run_labels},
-        "spec": {"restartPolicy": "Never", "containers": [container],
-                 "volumes": [{"name": "artifacts",
-                              "persistentVolumeClaim": {"claimName": claim}}]}}}
+        "metadata": {"labels": run_labels}, "spec": pod}}
     wait_s = 24 * 3600
     if run.timeout_s:
         spec["activeDeadlineSeconds"] = max(1, math.ceil(run.timeout_s))
@@ -299,46 +356,54 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             "metadata": _meta(config, keys_name, address),
             "stringData": {"keys": keys}}, depends_on=(ns_key,)))
         common.append(f"secret-{keys_name}")
+    storage = storage_env(config)
     capture_store = collect_datastore(config, endpoint)
+    monitored = any(m.spec.get("endpoint") == endpoint.name
+                    for m in config.of("Monitor").values())
     backends = []
     for deployment in endpoint.spec["deployments"]:
         name = deployment["name"]
         model = models[name]
-        size = model.path.stat().st_size
-        if size > MAX_MODEL_BYTES:
-            raise RenderError(f"{address}: deployment {name}: model {model.ref} is {size} "
-                              f"bytes; on kubernetes a model travels in a ConfigMap, which "
-                              f"holds at most {MAX_MODEL_BYTES} bytes of model")
         full = f"{endpoint.name}-{name}"
         extra = {"deployment": name}
-        config_json = endpoint_config(config, endpoint, models,
-                                      {name: f"/models/{name}/model.onnx"}, only=name)
+        fetched = model.url is not None
+        path = fetched_model_path(name) if fetched else f"/models/{name}/model.onnx"
+        config_json = endpoint_config(config, endpoint, models, {name: path}, only=name,
+                                      captures=None if monitored else POD_CAPTURES)
         objects.append(RenderedObject(f"configmap-{full}", address, "ConfigMap", {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": _meta(config, f"{full}-config", address, **extra),
             "data": {"endpoint.json": json.dumps(config_json, indent=2, sort_keys=True)}},
             depends_on=(ns_key,)))
-        objects.append(RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(config, f"{full}-model", address, model=model.ref.replace(
-                ":", "-"), **extra),
-            "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()}},
-            depends_on=(ns_key,)))
+        if not fetched:
+            objects.append(_model_configmap(config, address, full, model, extra, name))
         selector = labels(config.name, config.stack.name, address, **extra)
         env: list[dict[str, Any]] = []
         if keys is not None:
             env.append({"name": "MLINFRA_ENDPOINT_KEYS", "valueFrom": {"secretKeyRef": {
                 "name": f"{endpoint.name}-keys", "key": "keys"}}})
+        # NOTE: a fetched model lands in /tmp (an emptyDir of the pod): each pod reads it
+        # from the artifact store when it starts, whatever its size.
         volumes: list[dict[str, Any]] = [
             {"name": "config", "configMap": {"name": f"{full}-config"}},
-            {"name": "model", "configMap": {"name": f"{full}-model"}},
             {"name": "tmp", "emptyDir": {}}]
         mounts: list[dict[str, Any]] = [
             {"name": "config", "mountPath": "/etc/mlinfra", "readOnly": True},
-            {"name": "model", "mountPath": f"/models/{name}", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"}]
-        depends = [*common, f"configmap-{full}", f"configmap-{full}-model"]
-        if capture_store:
+        depends = [*common, f"configmap-{full}"]
+        if fetched:
+            env += _env(storage)
+            if any(isinstance(v, SecretValue) for v in storage.values()):
+                depends.append(f"secret-{SECRETS}")
+        else:
+            volumes.insert(1, {"name": "model", "configMap": {"name": f"{full}-model"}})
+            mounts.insert(1, {"name": "model", "mountPath": f"/models/{name}",
+                              "readOnly": True})
+            depends.append(f"configmap-{full}-model")
+        # NOTE: no datastore volume unless a Monitor reads the captures: a ReadWriteOnce
+        # claim cannot follow replicas the HPA places on other nodes. Otherwise captures
+        # are written inside the pod (its /tmp).
+        if monitored and capture_store:
             more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
             volumes += more_volumes
             mounts += more_mounts
@@ -355,9 +420,7 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
                               "initialDelaySeconds": 5},
             "securityContext": {"runAsNonRoot": True, "runAsUser": 65534,
                                 "allowPrivilegeEscalation": False}}
-        resources = _resources(config, endpoint.spec.get("compute"))
-        if resources:
-            container["resources"] = resources
+        container["resources"] = serving_resources(config, endpoint.spec.get("compute"))
         # Replicas start at the Compute's fewest (one at least); the HPA moves them
         # between its fewest and most.
         replicas = max(1, fewest)
@@ -390,6 +453,30 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             depends_on=(f"deployment-{full}",)))
         backends.append((name, full))
     objects.append(_route(config, endpoint, backends))
+
+
+def _model_configmap(config: Config, address: str, full: str, model: ModelFile,
+                     extra: dict[str, str], name: str) -> RenderedObject:
+    """A model carried in a ConfigMap (artifacts in a folder, not object storage): at
+    most MAX_MODEL_BYTES. A version known only after apply is shown as such."""
+    ns_key = f"namespace-{namespace(config)}"
+    meta = _meta(config, f"{full}-model", address, True, **extra)
+    if model.path is None:
+        return RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+            "data": {"model.onnx": KNOWN_AFTER_APPLY}}, depends_on=(ns_key,))
+    size = model.path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        raise RenderError(f"{address}: deployment {name}: model {model.ref} is {size} "
+                          f"bytes; with artifacts in a folder a model travels to the pods "
+                          f"in a ConfigMap, which holds at most {MAX_MODEL_BYTES} bytes of "
+                          "model: set the stack's artifacts: to object storage "
+                          "(s3://BUCKET/PREFIX) and the pods fetch it when they start")
+    meta["labels"][LABEL_PREFIX + "model"] = model.ref.replace(":", "-")
+    return RenderedObject(f"configmap-{full}-model", address, "ConfigMap", {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta,
+        "binaryData": {"model.onnx": base64.b64encode(model.path.read_bytes()).decode()}},
+        depends_on=(ns_key,))
 
 
 def _route(config: Config, endpoint: Resource, backends: list[tuple[str, str]]
@@ -510,12 +597,15 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     objects: list[RenderedObject] = []
     _workspace(config, objects)
     _datastores(config, objects)
-    env_images = _images(config, objects)
+    env_images = _images(config, objects, inputs)
     secrets: list[SecretValue] = []
     _jobs(config, objects, env_images, secrets)
+    render_agent(config, objects, namespace(config), secrets, SECRETS)
     _monitors(config, objects, inputs, secrets)
-    _secrets(config, objects, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
+    if any(m.url for e in endpoints for m in inputs.models[e.name].values()):
+        secrets += [v for v in storage_env(config).values() if isinstance(v, SecretValue)]
+    _secrets(config, objects, secrets)
     if endpoints:
         files = serving_context(config, inputs)
         objects.append(RenderedObject("image-serving", "", "Image", {
@@ -524,3 +614,51 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
         for endpoint in endpoints:
             _endpoint(config, endpoint, inputs, serving, objects)
     return objects
+
+
+SCORING_DIR = "/mlinfra/job"
+
+
+def scoring_job(config: Config, score: str, job_id: str, folder: Path, image: str,
+                shards: int, settings: dict[str, Any], compute: str | None, claim: str,
+                artifacts: Path) -> RenderedObject:
+    """A staged scoring (mlinfra.batch.shard) as an Indexed Job: pod N scores shard N
+    (`completions` = the shards), `max_concurrency` pods at once, each shard retried
+    `retries` times on its own (`backoffLimitPerIndex`), and past the error threshold
+    (in whole mini-batches) the Job stops (`maxFailedIndexes`). The job's folder is a
+    subPath of `claim`, the PersistentVolumeClaim holding the stack's artifacts."""
+    owner = f"batchscore.{score}"
+    try:
+        sub = folder.relative_to(artifacts)
+    except ValueError:
+        raise RenderError(f"{owner}: {folder} is outside the stack's artifacts folder "
+                          f"{artifacts}, the only folder a Job reaches (through the claim "
+                          f"{claim})") from None
+    container: dict[str, Any] = {
+        "name": "score", "image": image,
+        "command": ["python", "-m", "mlinfra.batch.shard", SCORING_DIR],
+        "volumeMounts": [{"name": "artifacts", "mountPath": SCORING_DIR,
+                          "subPath": sub.as_posix()}]}
+    resources = _resources(config, compute)
+    if resources:
+        container["resources"] = resources
+    name = ("score-" + job_id)[:63]
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed", "completions": max(1, shards),
+        "parallelism": int(settings.get("max_concurrency", 2)),
+        "backoffLimitPerIndex": int(settings.get("retries", 3)),
+        "template": {
+            "metadata": {"labels": labels(config.name, config.stack.name, owner,
+                                          run=job_id)},
+            "spec": {"restartPolicy": "Never", "containers": [container],
+                     "volumes": [{"name": "artifacts",
+                                  "persistentVolumeClaim": {"claimName": claim}}]}}}
+    threshold = int(settings.get("error_threshold", 0))
+    if threshold != -1:
+        spec["maxFailedIndexes"] = threshold // int(settings.get("mini_batch_size", 10000))
+    meta = _meta(config, name, owner, run=job_id)
+    timeout = float(settings.get("timeout_s", 600))
+    waves = math.ceil(max(1, shards) / spec["parallelism"]) * (spec["backoffLimitPerIndex"] + 1)
+    meta["annotations"] = {"pulumi.com/timeoutSeconds": str(math.ceil(timeout * waves))}
+    return RenderedObject(f"job-{name}", owner, "Job", {
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec})

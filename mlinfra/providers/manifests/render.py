@@ -41,9 +41,13 @@ def render_stack(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     return kubernetes.render(config, inputs)
 
 
-def write_stack(config: Config, objects: list[RenderedObject], out: Path) -> list[Path]:
+def write_stack(config: Config, objects: list[RenderedObject], out: Path,
+                inputs: StackInputs | None = None) -> list[Path]:
     from mlinfra.providers.manifests import files
 
     if platform(config) == "docker":
         return files.write_docker(objects, out)
-    return files.write_kubernetes(objects, out)
+    local = {d.name: inputs.datastores[d.name] for d in config.of("Datastore").values()
+             if inputs is not None and d.name in inputs.datastores
+             and d.spec.get("type", "local") == "local"}
+    return files.write_kubernetes(objects, out, local)

@@ -162,7 +162,8 @@ def job_runs(config: Config) -> list[JobRun]:
 
 
 def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelFile],
-                    model_path: dict[str, str], only: str | None = None) -> dict[str, Any]:
+                    model_path: dict[str, str], only: str | None = None,
+                    captures: str | None = None) -> dict[str, Any]:
     """The server's config without its key hashes (the image's entry point adds them).
     `only`: a server for that one deployment, taking all of its traffic (kubernetes,
     where the HTTPRoute splits the traffic between deployments)."""
@@ -178,13 +179,16 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
             "path": model_path[name], "timeout_ms": request.get("timeout_ms", 5000),
             "max_batch_size": request.get("max_batch_size", 32),
             "max_batch_delay_ms": request.get("max_batch_delay_ms", 2)}
+        if model.url:
+            deployments[name]["url"] = model.url
     collect = dict(endpoint.spec.get("collect") or {})
     if collect.get("sample"):
         store = collect.pop("datastore", None) or default_datastore(config)
         if store is None:
             raise RenderError(f"{endpoint.address}: collect needs a datastore: name one in "
                               "collect.datastore or set the workspace's default_datastore")
-        collect["path"] = f"{datastore_mount(str(store))}/captures/{endpoint.name}"
+        folder = captures or f"{datastore_mount(str(store))}/captures"
+        collect["path"] = f"{folder}/{endpoint.name}"
         size, seconds = retention(collect.pop("retention", None))
         if size is not None:
             collect["retention_bytes"] = size
@@ -214,3 +218,41 @@ def keys_secret(endpoint: Resource) -> SecretValue | None:
     if endpoint.spec.get("auth", "key") == "none":
         return None
     return SecretValue(generated=f"{endpoint.name}-keys")
+
+
+FETCHED_MODELS = "/tmp/mlinfra/models"
+
+# credentials: field -> the variable the cloud's SDK reads
+_SDK_VARIABLES = {"access_key_id": "AWS_ACCESS_KEY_ID",
+                  "secret_access_key": "AWS_SECRET_ACCESS_KEY",
+                  "session_token": "AWS_SESSION_TOKEN",
+                  "token": "GOOGLE_APPLICATION_CREDENTIALS",
+                  "account_name": "AZURE_STORAGE_ACCOUNT_NAME",
+                  "account_key": "AZURE_STORAGE_ACCOUNT_KEY",
+                  "connection_string": "AZURE_STORAGE_CONNECTION_STRING",
+                  "sas_token": "AZURE_STORAGE_SAS_TOKEN"}
+
+
+def fetched_model_path(deployment: str) -> str:
+    """Where a server puts the model it fetches from the artifact store at start."""
+    return f"{FETCHED_MODELS}/{deployment}/model.onnx"
+
+
+def storage_env(config: Config) -> dict[str, str | SecretValue]:
+    """What a container needs to read the stack's object-storage `artifacts:` as this
+    machine does: the `storage:` credentials (each a ${secret.X}, a SecretValue here)
+    as the SDK's own variables, the endpoint and the region. Without credentials the
+    container uses the cloud's chain (workload identity, instance role)."""
+    storage = config.stack.settings.get("storage") or {}
+    env: dict[str, str | SecretValue] = {}
+    for field, value in sorted((storage.get("credentials") or {}).items()):
+        match = INTERPOLATION.fullmatch(str(value).strip())
+        if not (match and match.group(1) == "secret"):
+            raise RenderError(f"{config.stack.file}: storage.credentials.{field}: a "
+                              "credential is a whole ${secret.NAME}, read at apply time")
+        env[_SDK_VARIABLES[field]] = SecretValue(env=match.group(2)[1:])
+    if storage.get("endpoint_url"):
+        env["AWS_ENDPOINT_URL"] = str(storage["endpoint_url"])
+    if storage.get("region"):
+        env["AWS_DEFAULT_REGION"] = str(storage["region"])
+    return env

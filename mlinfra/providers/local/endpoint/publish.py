@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from mlinfra.providers.base import Context, ProviderError
@@ -23,6 +24,7 @@ from mlinfra.providers.local.endpoint.observe import worker_statuses
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, log_tail, running
 from mlinfra.state.model import ResourceState
 from mlinfra.state.store import Cursor, fault_point
+from mlinfra.state.work import Event
 
 READY_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 10.0
@@ -99,16 +101,19 @@ def publish(folder: EndpointFolder, server: ServerInstance, config: dict[str, An
         raise
 
 
-def record_live(ctx: Context, state: ResourceState, action: str, detail: str) -> None:
+def record_live(ctx: Context, state: ResourceState, action: str, detail: str,
+                events: Sequence[Event] = ()) -> None:
     """Record a change of a running endpoint as the next step of the operation under
     way (apply's change, or a command's journaled operation), with the endpoint's state
-    as the step leaves it, in one transaction."""
+    as the step leaves it and the events announcing it, in one transaction."""
     kept = ResourceState(state.address, state.kind, state.name, dict(state.attributes),
                          state.inputs_hash, dict(state.outputs), state.provider_id,
                          list(state.dependencies))
 
     def write(cur: Cursor) -> None:
         ctx.store.put_resource(cur, kept.address, action, kept, detail)
+        if events:
+            ctx.store.record_events(cur, events)
 
     data = {"address": state.address, "detail": detail,
             **{k: state.outputs.get(k) for k in ("generation", "traffic", "served")}}

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from mlinfra.events.envelope import announce
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import worker_statuses
@@ -31,7 +32,9 @@ from mlinfra.providers.local.endpoint.publish import (
     record_live,
 )
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
+from mlinfra.state.cloudevents import with_see
 from mlinfra.state.model import ResourceState
+from mlinfra.state.work import Event
 
 MIN_REQUESTS = 100
 INCONCLUSIVE_HOLDS = 10
@@ -159,21 +162,37 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
         config.update(generation=generation, traffic=traffic)
         publish(folder, server, config, workers, state.address)
 
-    def record(action: str, traffic: dict[str, int], detail: str) -> None:
+    served = _served(config, to)
+    restored = ", ".join(_served(config, d) for d, share in start.items() if share and d != to)
+
+    def record(action: str, traffic: dict[str, int], detail: str,
+               event: tuple[str, dict[str, Any]]) -> None:
         state.outputs = {**state.outputs, "generation": generation, "traffic": traffic}
-        record_live(ctx, state, action, detail)
+        event_type, data = event
+        record_live(ctx, state, action, detail, [Event(
+            event_type, state.address, with_see({"endpoint": state.name, **data},
+                                                f"mlinfra endpoints show {state.name}"),
+            time.time())])
+
+    def stepped(share: int) -> None:
+        announce(ctx.store, "rollout.step", state.address,
+                 {"endpoint": state.name, "deployment": to, "share": share, "model": served},
+                 see=f"mlinfra endpoints show {state.name}")
 
     windows: list[dict[str, Any]] = []
     try:
         for share in steps:
             serve(shifted(start, to, share))
+            stepped(share)
             verdict = _judge_step(folder, server, to, share, hold_s, max_error_rate,
                                   max_p99_ms, min_requests, log, quiet, windows)
             if verdict is not None:
                 status, reason = verdict
                 serve(start)
                 record("rollback" if status == "rolled back" else "rollout-stopped", start,
-                       f"{status} {to}: {reason}")
+                       f"{status} {to}: {reason}",
+                       ("rollout.rolled_back", {"model": served, "restored": restored,
+                                                "reason": f"{status}: {reason}"}))
                 return Outcome(status, reason, start, tuple(windows))
     except BaseException:  # Ctrl-C or a failed publish: the split it started from
         if running(server):
@@ -181,7 +200,8 @@ def rollout(ctx: Context, state: ResourceState, to: str, steps: list[int], hold_
                 serve(start)
         raise
     current = shifted(start, to, steps[-1])
-    record("rollout", current, f"{to} now takes {current[to]}%")
+    record("rollout", current, f"{to} now takes {current[to]}%",
+           ("rollout.completed", {"model": served}))
     return Outcome("complete", f"{to} takes {current[to]}% of traffic", current, tuple(windows))
 
 
@@ -244,3 +264,11 @@ def _snapshot_since(folder: EndpointFolder, server: ServerInstance, since: float
                 time.monotonic() > deadline):
             return snapshot(statuses)
         time.sleep(0.02)
+
+
+def _served(config: dict[str, Any], deployment: str) -> str:
+    """What a deployment serves, as name:version (its name when unknown)."""
+    entry = config.get("deployments", {}).get(deployment) or {}
+    if entry.get("model") and entry.get("version"):
+        return f"{entry['model']}:{entry['version']}"
+    return deployment

@@ -1,0 +1,290 @@
+"""Batch scoring speed and memory: mlinfra's scorer beside what users run instead, on
+the same model and the same files, in the same run.
+
+The quickstart's model (its training script's pipeline: StandardScaler + logistic
+regression, ONNX with feature names) scores a table of the quickstart's five feature
+columns, as CSV and as Parquet, of --rows rows (default 1,000,000). Each contender runs
+in its own process; its time is the wall clock of that process and its peak memory
+the largest sum of the resident memory of the process and its children, sampled every
+20 ms.
+
+- mlinfra: `mlinfra.batch` (the deployment's defaults: mini-batches of 10,000 rows,
+  max_concurrency = the cores), output CSV with row_id;
+- `mlflow models predict` (MLflow 3, --env-manager local, the same ONNX file saved with
+  mlflow.onnx), from its own virtual environment under benchmarks/.work made with uv;
+  it reads CSV or JSON only, so it has no Parquet figure;
+- the plain loop a user would write: pandas read_csv (read_parquet) of the whole file,
+  one onnxruntime session, to_csv, one process;
+- the in-memory limit: the whole file read with pyarrow (all cores), one session with
+  every core over the whole array, the output written with pyarrow. Its inference
+  alone is also printed.
+
+Then mlinfra's peak memory at --big rows (default 10,000,000), CSV and Parquet, to show
+that it does not grow with the input.
+
+    .venv/bin/python benchmarks/batch.py [--rows 1000000] [--big 10000000] [--no-mlflow]
+
+Goals: at least 10x MLflow's rows/s, at least the plain loop's, at least 70% of the
+limit's, and a peak under 500 MB at 1M and 10M rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work" / "batch"
+REPO = HERE.parent
+FEATURES = ["amount", "hour", "merchant_risk", "distance_km", "card_age_days"]
+MLFLOW_VENV = WORK / "mlflow-venv"
+
+
+def train_model(path: Path) -> None:
+    """The quickstart's model, trained as its train.py trains it."""
+    import csv
+
+    import numpy as np
+    from onnx.helper import set_model_props
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    with open(REPO / "examples" / "quickstart" / "data" / "transactions.csv") as f:
+        rows = list(csv.DictReader(f))
+    x = np.array([[float(r[c]) for c in FEATURES] for r in rows], dtype=np.float32)
+    y = np.array([int(r["is_fraud"]) for r in rows])
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=200)).fit(x, y)
+    onnx_model = convert_sklearn(
+        model, initial_types=[("features", FloatTensorType([None, len(FEATURES)]))],
+        options={LogisticRegression: {"zipmap": False}}, target_opset=17)
+    set_model_props(onnx_model, {"feature_names": json.dumps(FEATURES)})
+    path.write_bytes(onnx_model.SerializeToString())
+
+
+def make_table(rows: int, csv_path: Path, parquet_path: Path) -> None:
+    """Rows like the quickstart's transactions, written a million at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    if csv_path.exists() and parquet_path.exists():
+        return
+    rng = np.random.default_rng(0)
+    schema = pa.schema([(c, pa.float64()) for c in FEATURES])
+    with pcsv.CSVWriter(str(csv_path), schema) as cw, pq.ParquetWriter(
+            str(parquet_path), schema) as pw:
+        done = 0
+        while done < rows:
+            n = min(1_000_000, rows - done)
+            table = pa.table({
+                "amount": np.round(rng.gamma(2.0, 60.0, n), 2),
+                "hour": rng.integers(0, 24, n).astype(float),
+                "merchant_risk": np.round(rng.random(n), 3),
+                "distance_km": np.round(rng.gamma(1.5, 20.0, n), 1),
+                "card_age_days": rng.integers(1, 4000, n).astype(float)}, schema=schema)
+            cw.write_table(table)
+            pw.write_table(table)
+            done += n
+
+
+def measure(command: list[str], env: dict[str, str] | None = None
+            ) -> tuple[float, float, float, float]:
+    """(seconds, CPU seconds, peak PSS MB, peak RSS MB of the process tree) of running
+    `command`. PSS counts a page shared by several processes (a library each maps) once
+    in all; the sum of RSS counts it in each. CPU seconds (user + system of every
+    process of the tree, as last sampled) tell what it costs on a machine shared with
+    other work, where the wall clock does not."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    peak = [0, 0]
+    cpu: dict[int, float] = {}  # pid -> CPU seconds last seen
+    stop = threading.Event()
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while not stop.is_set():
+            pss = rss = 0
+            try:
+                for p in [root, *root.children(recursive=True)]:
+                    info = p.memory_full_info()
+                    pss, rss = pss + info.pss, rss + info.rss
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
+            except psutil.Error:
+                pass
+            peak[0], peak[1] = max(peak[0], pss), max(peak[1], rss)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return elapsed, sum(cpu.values()), peak[0] / 2**20, peak[1] / 2**20
+
+
+MLINFRA = """
+import sys, os
+from pathlib import Path
+from mlinfra.batch.scoring import Output, Scorer, Scoring, Settings, cores
+from mlinfra.data.versions import file_sha256
+model, source, jobs, fmt = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+if __name__ == "__main__":
+    scoring = Scoring("bench", "main", "fraud", 1, model, file_sha256(model), source,
+                      fmt, str(source), file_sha256(source),
+                      Settings(max_concurrency=cores()), Output(format="csv"))
+    summary = Scorer(scoring, jobs).run()
+    assert summary.scored_rows > 0, summary
+"""
+
+PLAIN = """
+import sys
+import numpy as np, onnxruntime as ort, pandas as pd
+model, source, out = sys.argv[1], sys.argv[2], sys.argv[3]
+frame = pd.read_parquet(source) if source.endswith(".parquet") else pd.read_csv(source)
+session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+x = frame[FEATURES].to_numpy(dtype=np.float32)
+label, probabilities = session.run(None, {"features": x})
+result = pd.DataFrame({"label": label, "probabilities_0": probabilities[:, 0],
+                       "probabilities_1": probabilities[:, 1]})
+result.to_csv(out, index_label="row_id")
+""".replace("FEATURES", repr(FEATURES))
+
+LIMIT = """
+import os, sys, time
+import numpy as np, onnxruntime as ort, pyarrow as pa, pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+model, source, out = sys.argv[1], sys.argv[2], sys.argv[3]
+table = pq.read_table(source) if source.endswith(".parquet") else pcsv.read_csv(source)
+options = ort.SessionOptions()
+options.intra_op_num_threads = len(os.sched_getaffinity(0))
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+x = np.column_stack([table[c].to_numpy() for c in FEATURES]).astype(np.float32)
+start = time.perf_counter()
+label, probabilities = session.run(None, {"features": x})
+print(f"inference {time.perf_counter() - start:.4f}", file=sys.stderr)
+pcsv.write_csv(pa.table({"row_id": np.arange(len(x)), "label": label,
+                         "probabilities_0": probabilities[:, 0],
+                         "probabilities_1": probabilities[:, 1]}), out)
+""".replace("FEATURES", repr(FEATURES))
+
+
+def mlflow_ready(model: Path) -> Path | None:
+    """MLflow in its own virtual environment, and the model saved by mlflow.onnx."""
+    python = MLFLOW_VENV / "bin" / "python"
+    if not python.exists():
+        subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(MLFLOW_VENV)],
+                       check=True)
+        subprocess.run(["uv", "pip", "install", "-q", "--python", str(python),
+                        "mlflow-skinny>=3", "onnx", "onnxruntime", "pandas", "pyarrow"],
+                       check=True)
+    saved = WORK / "mlflow-model"
+    if not saved.exists():
+        subprocess.run([str(python), "-c", SAVE_FOR_MLFLOW, str(model), str(saved)],
+                       check=True, capture_output=True)
+    return saved
+
+
+# NOTE: MLflow's ONNX flavor answers a DataFrame with one column per output and fails
+# on a 2-D one ("All arrays must be of the same length"): it is given the same model
+# with the probability of class 1 as a 1-D output instead of the [N, 2] one (less to
+# write than the others write).
+SAVE_FOR_MLFLOW = """
+import sys, onnx, mlflow.onnx
+from onnx import TensorProto, helper
+model = onnx.load(sys.argv[1])
+graph = model.graph
+graph.initializer.append(helper.make_tensor("one", TensorProto.INT64, [], [1]))
+graph.node.append(helper.make_node("Gather", ["probabilities", "one"], ["probability_1"],
+                                   axis=1))
+outputs = [o for o in graph.output if o.name != "probabilities"]
+del graph.output[:]
+graph.output.extend(outputs + [helper.make_tensor_value_info(
+    "probability_1", TensorProto.FLOAT, [None])])
+onnx.checker.check_model(model)
+mlflow.onnx.save_model(model, sys.argv[2])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--big", type=int, default=10_000_000,
+                        help="rows of the memory check (0: skip it)")
+    parser.add_argument("--no-mlflow", action="store_true")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+    model = WORK / "fraud.onnx"
+    if not model.exists():
+        train_model(model)
+    python = sys.executable
+    results: list[tuple[str, str, int, float, float, float, float]] = []
+
+    def mlinfra_run(rows: int, fmt: str, source: Path) -> tuple[float, float, float, float]:
+        jobs = WORK / f"jobs-{rows}-{fmt}"
+        subprocess.run(["rm", "-rf", str(jobs)], check=True)
+        found = measure([python, "-c", MLINFRA, str(model), str(source), str(jobs), fmt])
+        subprocess.run(["rm", "-rf", str(jobs)], check=True)
+        return found
+
+    saved = None if args.no_mlflow else mlflow_ready(model)
+    csv_path, parquet_path = WORK / f"rows-{args.rows}.csv", WORK / f"rows-{args.rows}.parquet"
+    make_table(args.rows, csv_path, parquet_path)
+    out = WORK / "out.csv"
+    for fmt, source in (("csv", csv_path), ("parquet", parquet_path)):
+        results.append(("mlinfra", fmt, args.rows, *mlinfra_run(args.rows, fmt, source)))
+        results.append(("plain loop (pandas + onnxruntime)", fmt, args.rows,
+                        *measure([python, "-c", PLAIN, str(model), str(source), str(out)])))
+        results.append(("limit (in memory, all cores)", fmt, args.rows,
+                        *measure([python, "-c", LIMIT, str(model), str(source), str(out)])))
+        if saved is not None and fmt == "csv":
+            mlflow = MLFLOW_VENV / "bin" / "mlflow"
+            env = {**os.environ, "MLFLOW_TRACKING_URI": f"file://{WORK / 'mlruns'}"}
+            results.append(("mlflow models predict", fmt, args.rows, *measure(
+                [str(mlflow), "models", "predict", "-m", str(saved), "-i", str(source),
+                 "-t", "csv", "-o", str(WORK / "mlflow-out.json"), "--env-manager",
+                 "local"], env)))
+    inference = subprocess.run([python, "-c", LIMIT, str(model), str(parquet_path),
+                                str(out)], capture_output=True, text=True, check=True)
+    print(f"\nbatch scoring, {args.rows:,} rows, {os.cpu_count()} cores\n")
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"{'contender':36} {'input':8} {'seconds':>8} {'rows/s':>12} {'CPU s':>7} "
+          f"{'PSS MB':>7} {'RSS MB':>7} {'mlinfra / it':>12}")
+    ours = {fmt: r[2] / r[3] for r in results if r[0] == "mlinfra" for fmt in [r[1]]}
+    for name, fmt, rows, seconds, cpu, pss, rss in results:
+        rate = rows / seconds
+        print(f"{name:36} {fmt:8} {seconds:8.2f} {rate:12,.0f} {cpu:7.2f} {pss:7.0f} "
+              f"{rss:7.0f} {ours[fmt] / rate:12.2f}")
+    print(f"(the limit's {inference.stderr.strip()} s, on the whole array)")
+    if args.big:
+        big_csv, big_parquet = (WORK / f"rows-{args.big}.csv",
+                                WORK / f"rows-{args.big}.parquet")
+        make_table(args.big, big_csv, big_parquet)
+        print("\nmlinfra's peak memory by input size (max_concurrency = cores)\n")
+        for fmt, small, big in (("csv", csv_path, big_csv),
+                                ("parquet", parquet_path, big_parquet)):
+            for rows, source in ((args.rows, small), (args.big, big)):
+                seconds, cpu, pss, rss = mlinfra_run(rows, fmt, source)
+                print(f"  {fmt:8} {rows:>12,} rows  {seconds:7.2f} s ({cpu:.1f} CPU s)  "
+                      f"{rows / seconds:12,.0f} rows/s  peak PSS {pss:5.0f} MB, "
+                      f"RSS {rss:5.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""mlinfra batch: invoke (score a file or a data version now), jobs (what ran)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlinfra.cli.console import echo, print_table, session_for, when
+from mlinfra.errors import MlinfraError
+
+if TYPE_CHECKING:
+    from mlinfra.batch.scoring import Progress
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    session = session_for(args, f"batch {args.batch_command}", write=False)
+    try:
+        if args.batch_command == "jobs":
+            return _jobs(session.ctx, args)
+        return _invoke(session.ctx, args)
+    finally:
+        session.close()
+
+
+def _invoke(ctx: Any, args: argparse.Namespace) -> int:
+    from mlinfra.batch.handler import (
+        deployment_of,
+        input_of,
+        jobs_root,
+        resolve_model,
+        scoring,
+    )
+    from mlinfra.batch.scoring import Scorer, render
+
+    address = f"batchendpoint.{args.name}"
+    endpoint = ctx.config.get("BatchEndpoint", args.name)
+    if endpoint is None:
+        known = ", ".join(sorted(ctx.config.of("BatchEndpoint"))) or "none"
+        raise MlinfraError(f"no batch endpoint '{args.name}' in the project (batch "
+                           f"endpoints: {known})")
+    deployment = deployment_of(ctx, endpoint, args.deployment, address)
+    model = resolve_model(ctx, deployment, address)
+    if model is None:
+        raise MlinfraError(f"{deployment['model']} names no version yet: apply the project "
+                           "first")
+    path, fmt, label, sha = input_of(ctx, args.input, address)
+    job = scoring(ctx, endpoint, deployment, model, path, fmt, label, sha, address)
+    _check_output_name(args.output, job.output.format, endpoint.name)
+    with _ProgressBar(f"{model.ref} over {label}") as bar:
+        summary = Scorer(job, jobs_root(ctx), bar.update).run()
+    if args.output and summary.output:
+        _deliver(Path(summary.output), Path(args.output))
+        summary.output = str(Path(args.output))
+    echo(json.dumps(summary.to_json(), indent=2) if args.json else render(summary))
+    return 0
+
+
+def _check_output_name(output: str | None, fmt: str, endpoint: str) -> None:
+    """--output names a file of the format the endpoint writes, or one mlinfra cannot
+    tell the format of: never a .csv holding Parquet."""
+    from mlinfra.batch.source import BatchInputError, format_of
+
+    if output is None:
+        return
+    try:
+        named = format_of(Path(output))
+    except BatchInputError:
+        return
+    if named != fmt:
+        raise MlinfraError(f"--output {output}: batch endpoint {endpoint} writes {fmt} (its "
+                           f"output.format): name a .{fmt} file, or change output.format")
+
+
+def _deliver(source: Path, target: Path) -> None:
+    """The output at `target`: a hard link when it can be, else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+class _ProgressBar:
+    """rows/s, mini-batches done and failed, on a terminal (rich); nothing otherwise."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.bar: Any = None
+        self.task: Any = None
+
+    def __enter__(self) -> _ProgressBar:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed:,.0f} rows"),
+                                TextColumn("{task.fields[rate]:,.0f} rows/s"),
+                                TextColumn("{task.fields[batches]} mini-batches"),
+                                TextColumn("{task.fields[failed]} failed"),
+                                TimeElapsedColumn(), console=Console(stderr=True),
+                                transient=False)
+            self.bar.start()
+            self.task = self.bar.add_task(self.what, total=None, rate=0.0, batches=0,
+                                          failed=0)
+        return self
+
+    def update(self, progress: Progress) -> None:
+        if self.bar is None:
+            return
+        rate = progress.rows / progress.elapsed_s if progress.elapsed_s else 0.0
+        self.bar.update(self.task, completed=progress.rows, total=progress.total_rows,
+                        rate=rate, batches=progress.mini_batches,
+                        failed=progress.failed_mini_batches)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _jobs(ctx: Any, args: argparse.Namespace) -> int:
+    from mlinfra.batch.handler import jobs_root
+    from mlinfra.batch.jobs import list_jobs
+
+    jobs = list_jobs(jobs_root(ctx))
+    if args.json:
+        echo(json.dumps([j.to_json() for j in jobs], indent=2))
+        return 0
+    print_table(["JOB", "STATUS", "ENDPOINT", "MODEL", "INPUT", "ROWS", "FAILED", "STARTED"],
+                [[j.job, j.status, f"{j.endpoint}/{j.deployment}", j.model, j.input,
+                  "-" if j.rows is None else str(j.rows),
+                  "-" if j.failed_rows is None else str(j.failed_rows), when(j.started_at)]
+                 for j in jobs])
+    return 0

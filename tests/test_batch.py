@@ -1,0 +1,420 @@
+"""Batch endpoints: declared scorings kept current by plan and apply, `batch invoke` on
+files and data versions, resuming after kill -9, retries and the error threshold."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import Files, Result, onnx_model
+
+ENDPOINT = """\
+kind: Data
+name: daily
+datastore: main
+path: daily.csv
+---
+kind: Model
+name: scorer
+from: {path: models/scorer.onnx}
+---
+kind: BatchEndpoint
+name: nightly
+compute: cpu
+deployments:
+  - {name: main, model: scorer@champion, mini_batch_size: 700, max_concurrency: 2,
+     error_threshold: 0, retries: 1}
+  - {name: count, model: scorer@champion, output_action: summary_only}
+default: main
+output: {format: csv, keep_input_columns: [customer_id]}
+score:
+  - {data: daily, output: daily-scores}
+"""
+
+
+def _named(model: bytes, features: list[str]) -> bytes:
+    """The model with its feature names in its metadata, as the quickstart writes them."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "feature_names", json.dumps(features)
+    return bytes(proto.SerializeToString())
+
+
+def _table(rows: int, seed: int = 0) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    # columns in another order than the model's features: matched by name
+    return pa.table({"x2": rng.normal(size=rows), "customer_id": [f"c{i}" for i in
+                                                                 range(rows)],
+                     "x1": rng.normal(size=rows)})
+
+
+def _expected(model: bytes, table: pa.Table) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    x = np.column_stack([table["x1"].to_numpy(), table["x2"].to_numpy()]).astype(np.float32)
+    label, probabilities = session.run(None, {"features": x})
+    return {"label": label, "probabilities": probabilities}
+
+
+def _check_output(path: Path, model: bytes, table: pa.Table, fmt: str = "") -> None:
+    """Row for row what onnxruntime gives in-process, in input order with row_id."""
+    fmt = fmt or path.suffix.lstrip(".")
+    got = pcsv.read_csv(path) if fmt == "csv" else pq.read_table(path)
+    want = _expected(model, table)
+    assert got.column_names == ["row_id", "customer_id", "label", "probabilities_0",
+                                "probabilities_1"]
+    assert got["row_id"].to_pylist() == list(range(table.num_rows))
+    assert got["customer_id"].to_pylist() == table["customer_id"].to_pylist()
+    assert got["label"].to_pylist() == want["label"].tolist()
+    np.testing.assert_allclose(got["probabilities_1"].to_numpy(), want["probabilities"][:, 1],
+                               rtol=1e-6)
+
+
+@pytest.fixture
+def batch_project(project: Callable[..., Path]) -> Callable[..., Path]:
+    def make(extra: Files | None = None, rows: int = 3000,
+             model: bytes | None = None) -> Path:
+        root = project({"batch.yaml": ENDPOINT, **(extra or {})})
+        (root / "models").mkdir(exist_ok=True)
+        (root / "models" / "scorer.onnx").write_bytes(
+            model or _named(onnx_model(), ["x1", "x2"]))
+        pcsv.write_csv(_table(rows), root / "data" / "daily.csv")
+        return root
+
+    return make
+
+
+def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_changes(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    root = batch_project()
+    first = _named(onnx_model(), ["x1", "x2"])
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    plan = cli("plan")
+    assert plan.code == 1 and "alias scorer@champion points nowhere" in plan.err
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+
+    plan = cli("plan")
+    assert "# batchscore.daily-scores will score daily:1 with scorer@champion" in plan.out
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    out = _scores(cli)
+    assert out["version"] == 1 and out["rows"] == 3000 and out["model"] == "scorer:1"
+    _check_output(Path(str(out["path"])), first, _table(3000), "csv")
+
+    assert "No changes" in cli("plan").out  # same model, same data: not scored again
+
+    second = _named(onnx_model((-1.0, 2.0), 0.3), ["x1", "x2"])
+    (root / "models" / "scorer.onnx").write_bytes(second)
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    assert cli("models", "alias", "scorer@champion", "2").code == 0
+    plan = cli("plan")
+    assert "# batchscore.daily-scores will score daily:1 with scorer:2" in plan.out
+    assert "(scorer@champion moved 1 -> 2)" in plan.out
+    assert cli("apply", "--auto-approve").code == 0
+    out = _scores(cli)
+    assert (out["version"], out["model"], out["input"]) == (2, "scorer:2", "daily:1")
+    _check_output(Path(str(out["path"])), second, _table(3000), "csv")
+
+    # the alias moves back: that scoring was done, and is not done again
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+    applied = cli("apply", "--auto-approve")
+    assert "was scored before (daily-scores:1): not scored again" in applied.out
+    assert _scores(cli)["version"] == 1
+
+    pcsv.write_csv(_table(1200, seed=5), root / "data" / "daily.csv")
+    plan = cli("plan")
+    assert "will score daily:2 with scorer@champion" in plan.out
+    assert "new data: daily:1 -> daily:2" in plan.out
+    assert cli("apply", "--auto-approve").code == 0
+    out = _scores(cli)
+    assert (out["version"], out["input"], out["rows"]) == (3, "daily:2", 1200)
+    _check_output(Path(str(out["path"])), first, _table(1200, seed=5), "csv")
+    assert "No changes" in cli("plan").out
+
+
+def _scores(cli: Callable[..., Result]) -> dict[str, object]:
+    found: dict[str, object] = json.loads(cli("output", "batchscore.daily-scores", "--json"
+                                              ).out)["batchscore.daily-scores"]
+    return found
+
+
+def _applied_with_champion(cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+
+
+def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project()
+    _applied_with_champion(cli)
+    model = (root / "models" / "scorer.onnx").read_bytes()
+    table = _table(2500, seed=3)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    pq.write_table(table, tmp_path / "in.parquet")
+    for source in ("in.csv", "in.parquet"):
+        target = tmp_path / f"out-{source}.csv"
+        done = cli("batch", "invoke", "nightly", "--input", str(tmp_path / source),
+                   "--output", str(target))
+        assert done.code == 0, done.err
+        assert "2500 scored, 0 failed" in done.out
+        _check_output(target, model, table)
+    done = cli("batch", "invoke", "nightly", "--input", "daily:1", "--json",
+               "--output", str(tmp_path / "daily.csv"))
+    summary = json.loads(done.out)
+    assert (summary["input"], summary["mini_batches"], summary["status"]) == (
+        "daily:1", 5, "completed")
+    _check_output(tmp_path / "daily.csv", model, _table(3000))
+    counted = json.loads(cli("batch", "invoke", "nightly", "--deployment", "count",
+                             "--input", "daily", "--json").out)
+    assert (counted["scored_rows"], counted["output"]) == (3000, None)
+    assert not list(Path(counted["folder"]).glob("predictions.*"))
+    jobs = json.loads(cli("batch", "jobs", "--json").out)
+    assert sorted(j["input"] for j in jobs) == sorted(
+        ["daily:1", "daily:1", str(tmp_path / "in.csv"), str(tmp_path / "in.parquet")])
+    assert {j["status"] for j in jobs} == {"completed"}
+
+
+def _slow_model() -> bytes:
+    """Two features through two dense layers of 384: slow enough that a kill lands
+    while it scores."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    w1 = rng.normal(size=(2, 384)).astype(np.float32)
+    w2 = rng.normal(size=(384, 384)).astype(np.float32) / 20
+    w3 = rng.normal(size=(384, 2)).astype(np.float32) / 20
+    nodes = [helper.make_node("MatMul", ["features", "W1"], ["h1"]),
+             helper.make_node("Relu", ["h1"], ["a1"]),
+             helper.make_node("MatMul", ["a1", "W2"], ["h2"]),
+             helper.make_node("Relu", ["h2"], ["a2"]),
+             helper.make_node("MatMul", ["a2", "W3"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1),
+             helper.make_node("ArgMax", ["probabilities"], ["label"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("label", TensorProto.INT64, [None]),
+         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
+         numpy_helper.from_array(w3, "W3")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return _named(bytes(model.SerializeToString()), ["x1", "x2"])
+
+
+def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    import psutil
+
+    model = _slow_model()
+    root = batch_project(model=model)
+    _applied_with_champion(cli)
+    table = _table(60_000, seed=7)
+    pcsv.write_csv(table, tmp_path / "big.csv")
+    command = [sys.executable, "-m", "mlinfra", "batch", "invoke", "nightly", "--input",
+               str(tmp_path / "big.csv"), "--output", str(tmp_path / "out.csv"), "--json"]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    jobs = root / ".mlinfra" / "dev" / "workspaces" / "ws" / "batch" / "jobs"
+    deadline = time.monotonic() + 60
+    scored: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        scored = list(jobs.glob("*/shards/*.arrow"))
+        if len(scored) >= 8:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the scoring ended before it could be killed"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == [], "workers outlived their scorer"
+    folder = next(jobs.iterdir())
+    manifest = json.loads((folder / "job.json").read_text())
+    assert manifest["status"] == "running"  # what kill -9 leaves
+    kept = len(list(folder.glob("shards/*.arrow")))
+    assert 8 <= kept < 86 and not (tmp_path / "out.csv").exists()
+    (folder / ".predictions.csv.99999.tmp").write_text("row_id\n0\n")  # a cut-short output
+
+    again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["resumed_mini_batches"] >= kept
+    assert summary["mini_batches"] == 86 and summary["scored_rows"] == 60_000
+    _check_output(tmp_path / "out.csv", model, table)
+    assert not list(folder.glob(".*.tmp"))
+
+
+def _failing_model() -> bytes:
+    """Looks a row's x1 up in a table of 10: a row with x1 >= 10 makes onnxruntime fail
+    its whole call, as a model fails on data it cannot take."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Slice", ["features", "s", "e", "a"], ["x1"]),
+             helper.make_node("Cast", ["x1"], ["i"], to=TensorProto.INT64),
+             helper.make_node("Squeeze", ["i", "a"], ["idx"]),
+             helper.make_node("Gather", ["table", "idx"], ["score"], axis=0)]
+    graph = helper.make_graph(
+        nodes, "lookup",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, 2])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [None])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [10], [float(i) for i in range(10)]),
+         helper.make_tensor("s", TensorProto.INT64, [1], [0]),
+         helper.make_tensor("e", TensorProto.INT64, [1], [1]),
+         helper.make_tensor("a", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return _named(bytes(model.SerializeToString()), ["x1", "x2"])
+
+
+def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project(model=_failing_model())
+    _applied_with_champion(cli)
+    rows = 2000
+    x1 = np.arange(rows) % 10
+    x1[1500] = 42  # in the third mini-batch of 700: rows 1400..1999
+    table = pa.table({"customer_id": [f"c{i}" for i in range(rows)], "x1": x1.astype(float),
+                      "x2": np.zeros(rows)})
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    failed = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"))
+    assert failed.code == 1
+    assert "600 rows failed, more than error_threshold 0" in failed.err
+    assert "1 failed, 1 retries" in failed.err  # tried twice (retries: 1)
+    folder = next((root / ".mlinfra" / "dev" / "workspaces" / "ws" / "batch" / "jobs"
+                   ).iterdir())
+    errors = [json.loads(line) for line in (folder / "errors.jsonl").read_text().splitlines()]
+    assert [e["row_id"] for e in errors] == list(range(1400, 2000))
+    assert errors[0]["attempts"] == 2
+    assert "indices element out of data bounds, idx=42" in errors[0]["error"]
+    assert len(list(folder.glob("shards/*.arrow"))) == 2  # what it scored is kept
+
+    batch = (root / "batch.yaml").read_text().replace("error_threshold: 0",
+                                                      "error_threshold: 600")
+    (root / "batch.yaml").write_text(batch)
+    done = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json",
+               "--output", str(tmp_path / "out.csv"))
+    assert done.code == 0, done.err
+    summary = json.loads(done.out)
+    assert (summary["scored_rows"], summary["failed_rows"], summary["retries"]) == (
+        1400, 600, 1)
+    got = pcsv.read_csv(tmp_path / "out.csv")
+    assert got["row_id"].to_pylist() == list(range(1400))
+    assert got["score"].to_pylist() == [float(v) for v in x1[:1400]]
+
+
+def test_bad_input_is_named_before_any_row_is_scored(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    batch_project()
+    _applied_with_champion(cli)
+    pcsv.write_csv(pa.table({"x1": [1.0], "customer_id": ["a"]}), tmp_path / "no-x2.csv")
+    missing = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "no-x2.csv"))
+    assert missing.code == 1
+    assert "missing columns ['x2']: the model's features are ['x1', 'x2']" in missing.err
+    (tmp_path / "text.csv").write_text("x1,x2,customer_id\n1,2,a\n3,4,b\n5,oops,c\n")
+    text = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "text.csv"))
+    assert text.code == 1
+    assert "column x2: row 3 (row_id 2) holds 'oops', not a number" in text.err
+    assert "Traceback" not in text.err
+    (tmp_path / "hole.csv").write_text("x1,x2,customer_id\n1,2,a\n3,,b\n")
+    hole = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "hole.csv"))
+    assert hole.code == 1 and "column x2: row 2 (row_id 1) is empty" in hole.err
+    (tmp_path / "empty.csv").write_text("x1,x2,customer_id\n")
+    empty = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "empty.csv"),
+                "--output", str(tmp_path / "empty-out.csv"))
+    assert empty.code == 0, empty.err
+    assert (tmp_path / "empty-out.csv").read_text().splitlines() == [
+        '"row_id","customer_id","label","probabilities_0","probabilities_1"'
+    ] or pcsv.read_csv(tmp_path / "empty-out.csv").num_rows == 0
+    wrong = cli("batch", "invoke", "nightly", "--input", "daily", "--output", "out.parquet")
+    assert wrong.code == 1 and "writes csv (its output.format)" in wrong.err
+    nowhere = cli("batch", "invoke", "nightly", "--input", "nothing.csv")
+    assert nowhere.code == 1 and "neither a file nor a Data" in nowhere.err
+    pinned = cli("batch", "invoke", "nightly", "--deployment", "other", "--input", "daily")
+    assert pinned.code == 1 and "has no deployment 'other'" in pinned.err
+
+
+def test_validate_names_file_line_and_field(project: Callable[..., Path],
+                                            cli: Callable[..., Result]) -> None:
+    project({"batch.yaml": ENDPOINT.replace("default: main", "default: mian").replace(
+        "output: daily-scores", "output: daily"), "models/scorer.onnx": b""})
+    found = cli("validate")
+    assert found.code == 1
+    assert ("batch.yaml:17:10: batchendpoint/nightly: default: unknown deployment 'mian' "
+            "(did you mean 'main'?)") in found.err
+    assert "batch.yaml:20:27: batchendpoint/nightly: score[0].output: 'daily' is a declared " \
+        "Data" in found.err
+    project({"batch.yaml": ENDPOINT + "  - {data: daily, output: daily-scores}\n",
+             "models/scorer.onnx": b""})
+    twice = cli("validate")
+    assert "score[1].output: output 'daily-scores' is written by another scoring too" \
+        in twice.err
+
+
+def test_a_mini_batch_past_its_timeout_is_stopped_tried_again_then_counted(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project(model=_slow_model())
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text(ENDPOINT.replace(
+        "mini_batch_size: 700, max_concurrency: 2,\n     error_threshold: 0, retries: 1",
+        "mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, retries: 1, "
+        "timeout: 50ms"))
+    pcsv.write_csv(_table(40000), tmp_path / "in.csv")
+    done = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
+    assert done.code == 0, done.err
+    summary = json.loads(done.out)
+    assert (summary["failed_mini_batches"], summary["retries"], summary["failed_rows"]) == (
+        1, 1, 40000)
+    first = json.loads(Path(summary["errors"]).read_text().splitlines()[0])
+    assert (first["error"], first["attempts"]) == ("timed out after 0.05s", 2)
+
+
+def test_the_progress_bar_shows_rows_rate_and_mini_batches(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlinfra.batch.scoring import Progress
+    from mlinfra.cli.batch import _ProgressBar
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with _ProgressBar("scorer:1 over daily:1") as bar:
+        bar.update(Progress(rows=20000, mini_batches=2, failed_mini_batches=1,
+                            elapsed_s=2.0))
+    shown = capsys.readouterr().err
+    assert "scorer:1 over daily:1" in shown and "20,000 rows" in shown
+    assert "10,000 rows/s" in shown and "2 mini-batches" in shown and "1 failed" in shown
+
+
+def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    from mlinfra.data.versions import DataVersions
+    from mlinfra.engine import execute, open_session, plan
+
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    session = open_session(root, None, "apply", write=True)
+    try:
+        session.store.engine_only = True  # any write but the engine's is refused
+        result = execute(session, plan(session))
+        assert result.ok, (result.failed, result.skipped)
+        scores = DataVersions(session.store).get("daily-scores")
+        assert scores is not None and scores.metadata["lineage"]["model"] == "scorer:1"
+        assert ("data.versioned", "data.daily-scores") in {
+            (e.type, e.subject) for _, e in session.store.events()}
+    finally:
+        session.close()
