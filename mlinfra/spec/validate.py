@@ -9,9 +9,9 @@ import graphlib
 import os
 from collections.abc import Iterator
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from mlinfra.spec.fastcheck import Check, compile_schema
+from mlinfra.spec.fastcheck import Check, compile_schema, ecma_regex
 from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
@@ -39,9 +39,14 @@ def did_you_mean(word: str, candidates: Any) -> str:
 def _validator(kind: str) -> Draft202012Validator:
     # NOTE: imported here: jsonschema costs more to import than a plan of 1,000
     # resources takes, and is needed only to explain an invalid document.
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, ValidationError, validators
 
-    return Draft202012Validator(SCHEMAS[kind])
+    def pattern(_: Any, expected: str, instance: Any, __: Any) -> Iterator[ValidationError]:
+        if isinstance(instance, str) and not ecma_regex(expected).search(instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    ecma = validators.extend(Draft202012Validator, {"pattern": pattern})  # type: ignore[no-untyped-call]
+    return cast("Draft202012Validator", ecma(SCHEMAS[kind]))
 
 
 @cache
