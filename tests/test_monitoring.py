@@ -325,6 +325,12 @@ def test_a_verdict_line_says_its_state_once() -> None:
     ("endpoint: api\nsignals: {performance: {labels: nolabels, metric: auc, min: 0.7}}",
      "labels 'nolabels' have no request_id column"),
     ("endpoint: api\non_breach: [{retrain: trian}]", "no pipeline or job 'trian'"),
+    ("endpoint: api\nsignals: {performance: {metric: rmse, max: 5}}",
+     "signals.performance.metric: rmse is a regressor's metric; model 'fraud' is a "
+     "classifier (its evaluation gives auc)"),
+    ("endpoint: api\nsignals: {performance: {metric: accuracy, max: 0.9}}",
+     "signals.performance: accuracy is better higher: give min: (the lowest accuracy that "
+     "passes)"),
     ("endpoint: api\nwindow: 1h\nrows: 10", "give window: (time) or rows:, not both"),
 ])
 def test_a_bad_monitor_is_a_validation_error_with_its_line(
