@@ -515,9 +515,9 @@ def recover(session: Session) -> list[JournalEntry]:
     from mlinfra.state.store import engine_writing
 
     entries = session.store.interrupted_operations()
-    if entries:
-        session.store.close_interrupted(entries)
+    if entries:  # recovered first: one whose recovery failed is tried again next time
         _clean_abandoned(session, entries)
+        session.store.close_interrupted(entries)
     with engine_writing():  # a job started by a killed apply never runs beside another
         stop_orphans(RunStore(session.store), session.ctx.log)
     return entries

@@ -251,6 +251,7 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     assert manifest["status"] == "running"  # what kill -9 leaves
     kept = len(list(folder.glob("shards/*.arrow")))
     assert 8 <= kept < 86 and not (tmp_path / "out.csv").exists()
+    (folder / ".predictions.csv.99999.tmp").write_text("row_id\n0\n")  # a cut-short output
 
     again = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
@@ -258,6 +259,7 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     assert summary["resumed_mini_batches"] >= kept
     assert summary["mini_batches"] == 86 and summary["scored_rows"] == 60_000
     _check_output(tmp_path / "out.csv", model, table)
+    assert not list(folder.glob(".*.tmp"))
 
 
 def _failing_model() -> bytes:

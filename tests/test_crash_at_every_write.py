@@ -230,7 +230,8 @@ def test_apply_killed_after_every_commit_converges(stack: Any, cli: Cli) -> None
 @pytest.mark.slow
 def test_kills_inside_provider_calls_converge(stack: Any, cli: Cli) -> None:
     """Right after a job's process started (before its pid was recorded), and right
-    after a server got a new config (a rollout's step, before it was recorded)."""
+    after a server got a new config (a rollout's step, before it was recorded); then
+    destroy leaves no process of the stack."""
     root, keys = stack
     for n, point in enumerate(("popen", "published"), start=1):
         (root / "data" / "events.csv").write_text(_csv([*ROWS, *[(0.3, 0.1, 0)] * n]))
@@ -242,6 +243,15 @@ def test_kills_inside_provider_calls_converge(stack: Any, cli: Cli) -> None:
                                     ).fetchall()
         if point == "popen":
             assert any("orphaned" in e for (e,) in canceled), canceled
+    # Destroy, after a job's process was left running with its pid never recorded.
+    (root / "data" / "events.csv").write_text(_csv([*ROWS, (0.2, 0.2, 1)]))
+    assert _run(root, "apply", "--auto-approve", env={"MLINFRA_TEST_KILL_AT": "popen"}) == -9
+    assert _stack_processes(root)
+    assert cli("destroy", "--auto-approve").code == 0
+    deadline = time.monotonic() + 10
+    while _stack_processes(root) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _stack_processes(root) == []  # no process of the stack is left
 
 
 @pytest.mark.slow
@@ -292,17 +302,3 @@ def test_state_migrate_killed_after_every_commit_completes_on_rerun(
             conn.execute("DELETE FROM meta WHERE key='moved_to'")
     print(f"\nstate migrate: {tried} kill points tried, {tried} held")
     assert tried >= 2
-
-
-@pytest.mark.slow
-def test_destroy_leaves_no_process_of_the_stack(stack: Any, cli: Cli) -> None:
-    root, _ = stack
-    (root / "data" / "events.csv").write_text(_csv([*ROWS, (0.2, 0.2, 1)]))
-    code = _run(root, "apply", "--auto-approve", env={"MLINFRA_TEST_KILL_AT": "popen"})
-    assert code == -9  # a job's process left running, its pid never recorded
-    assert _stack_processes(root)
-    assert cli("destroy", "--auto-approve").code == 0
-    deadline = time.monotonic() + 10
-    while _stack_processes(root) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _stack_processes(root) == []

@@ -85,7 +85,7 @@ def test_every_handler_write_goes_through_the_unit_of_work(
         types = [e.type for _, e in session.store.events()]
         assert [t for t in types if not t.startswith("run.")] == [
             "data.version_created", "model.version_registered", "model.promoted",
-            "apply.completed"]
+            "endpoint.created", "apply.completed"]
         assert {"run.started", "run.completed"} <= set(types)
         with pytest.raises(StateWriteRefused):  # a write of its own: refused
             registry.set_alias("fraud", "champion", 1, "by hand")

@@ -384,7 +384,8 @@ def test_the_studio_never_writes(studio_project: Path, client: TestClient) -> No
     before = (state.read_bytes(), state.stat().st_mtime_ns)
     for path in ("/", "/overview/drift", "/plan", "/runs", "/runs/train-0001",
                  "/runs/train-0001/log", "/compare?run=train-0001&run=train-0002", "/models",
-                 "/models/m/1", "/data", "/endpoints", "/api/runs/train-0001/metrics/auc"):
+                 "/models/m/1", "/data", "/endpoints", "/monitors", "/events",
+                 "/api/runs/train-0001/metrics/auc"):
         assert client.get(path).status_code == 200, path
         assert client.post(path).status_code == 405, path
         assert client.delete(path).status_code == 405, path
@@ -522,3 +523,73 @@ def test_the_studio_reads_a_state_on_postgresql(postgres: PostgresServer,
         assert "m:1" in test_client.get("/models").text
         chart = test_client.get("/api/runs/train-0008/metrics/auc").json()
         assert chart["x"] == [1, 2, 3, 4]
+
+
+def _write_windows(root: Path, monitor: str) -> None:
+    """Three hourly windows of a monitor, as `mlinfra monitor run` records them: the
+    second drifted on amount."""
+    session = open_session(root, None, "test", write=True)
+    try:
+        with session.store.transaction() as cur:
+            for i, (value, verdict) in enumerate([(0.02, "ok"), (0.31, "drift"),
+                                                  (0.05, "ok")]):
+                start = 1_700_000_000 + i * 3600
+                cur.execute("INSERT INTO monitor_windows (monitor, window_start, window_end, "
+                            "rows, status, model, reason, cursor, computed_at) VALUES "
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (monitor, start, start + 3600, 800, verdict, "m:1", "", "",
+                             start + 3600))
+                cur.execute("INSERT INTO monitor_signals (monitor, window_start, signal, "
+                            "feature, metric, value, threshold, verdict, rows) VALUES "
+                            "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (monitor, start, "data_drift", "amount", "wasserstein", value,
+                             0.1, verdict, 800))
+    finally:
+        session.close()
+
+
+def test_monitors_page_draws_each_signal_per_window(studio_project: Path,
+                                                     client: TestClient) -> None:
+    assert "No monitor declared" in client.get("/monitors").text
+    _write_windows(studio_project, "watch")
+    page = client.get("/monitors")
+    assert page.status_code == 200
+    assert "watch" in page.text and "no longer declared" in page.text
+    assert "data_drift · amount · wasserstein" in page.text and "drifted in 1" in page.text
+    data = json.loads(page.text.split('id="monitor-watch-1">')[1].split("</script>")[0])
+    assert data["x"] == [1_700_000_000, 1_700_003_600, 1_700_007_200]
+    assert data["series"][0]["values"] == [0.02, 0.31, 0.05]
+    assert data["series"][1]["values"] == [0.1, 0.1, 0.1]
+    assert page.text.count('class="badge monitor-drift"') == 1
+
+
+def test_events_page_shows_each_delivery(studio_project: Path, client: TestClient) -> None:
+    session = open_session(studio_project, None, "test", write=True)
+    try:
+        with session.store.transaction() as cur:
+            for seq, (kind, subject) in enumerate([("model.promoted", "model/m"),
+                                                   ("run.failed", "run/train-0007")], 1):
+                envelope = {"specversion": "1.0", "id": f"ev-{seq}", "type": kind,
+                            "data": {"subject": subject, "password": "pw-should-not-show"}}
+                cur.execute("INSERT INTO outbox (event_id, type, subject, at, envelope) "
+                            "VALUES (?, ?, ?, ?, ?)", (f"ev-{seq}", kind, subject,
+                                                       1_700_000_000 + seq,
+                                                       json.dumps(envelope)))
+            cur.execute("INSERT INTO deliveries (event_id, webhook, status, attempts, "
+                        "next_at, last_status, delivered_at) VALUES "
+                        "('ev-1', 'ops', 'delivered', 1, 0, 204, 1700000002)")
+            cur.execute("INSERT INTO deliveries (event_id, webhook, status, attempts, "
+                        "next_at, last_status, last_error) VALUES "
+                        "('ev-2', 'ops', 'failed', 8, 0, 500, 'HTTP 500')")
+    finally:
+        session.close()
+    page = client.get("/events")
+    assert page.status_code == 200
+    total = int(page.text.split(" events in the outbox")[0].rsplit(">", 1)[1])
+    assert total >= 2  # the apply's own events, and these two
+    for text in ("model.promoted", "run/train-0007",
+                 "delivered (HTTP 204, try 1)", "failed after 8 tries: HTTP 500"):
+        assert text in page.text, text
+    assert "pw-should-not-show" not in page.text
+    failed = client.get("/events", params={"failed": "1"})
+    assert "run.failed" in failed.text and "model.promoted" not in failed.text

@@ -169,7 +169,8 @@ def test_every_page_loads_without_a_console_error(page: Page, studio: Studio) ->
     pages = {"overview": "/", "plan": "/plan", "runs": "/runs", "run": f"/runs/{train[0]}",
              "code": f"/runs/{train[0]}/code?path=train.py",
              "compare": f"/compare?run={train[0]}&run={train[1]}", "models": "/models",
-             "model": "/models/fraud/1", "data": "/data", "endpoints": "/endpoints"}
+             "model": "/models/fraud/1", "data": "/data", "endpoints": "/endpoints",
+             "monitors": "/monitors", "events": "/events"}
     for name, path in pages.items():
         tab = page.open(path)
         if name in ("run", "compare"):

@@ -52,7 +52,8 @@ class JobFolder:
 
     def create(self) -> None:
         self.shards.mkdir(parents=True, exist_ok=True)
-        for stale in self.shards.glob(".*.tmp"):  # a write cut short by a kill
+        # writes cut short by a kill: a shard's, the output's, a manifest's
+        for stale in [*self.shards.glob(".*.tmp"), *self.root.glob(".*.tmp")]:
             stale.unlink(missing_ok=True)
 
     @contextmanager

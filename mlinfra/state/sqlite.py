@@ -62,6 +62,7 @@ class SqliteStore(StateStore):
                                f"this Python uses SQLite {sqlite3.sqlite_version}")
         self.path = path
         self._lock = threading.RLock()
+        self._backed_up_at: tuple[str, int] | None = None
         try:
             if not path.exists() and readonly:
                 self.conn = _memory()
@@ -165,10 +166,14 @@ class SqliteStore(StateStore):
     def backup(self) -> str:
         """Copy the (checked) state aside before a session that writes to it. A backup
         of another lineage or of a later serial is never overwritten by this state: it
-        is kept aside as `state.db.backup.LINEAGE-SERIAL`."""
+        is kept aside as `state.db.backup.LINEAGE-SERIAL`. A state this store already
+        copied at its current serial is not copied again: the copy stays the state as the
+        session found it, before an upgrade of its format too."""
         with self._lock:
-            previous = _version_of(self.backup_path)
             mine = self.version()
+            if self._backed_up_at == (mine.lineage, mine.serial):
+                return str(self.backup_path)
+            previous = _version_of(self.backup_path)
             if previous is not None and (previous.lineage != mine.lineage
                                          or previous.serial > mine.serial):
                 os.replace(self.backup_path, self.backup_path.with_name(
@@ -181,6 +186,7 @@ class SqliteStore(StateStore):
             finally:
                 dest.close()
             os.replace(tmp, self.backup_path)
+            self._backed_up_at = (mine.lineage, mine.serial)
         return str(self.backup_path)
 
     @contextmanager

@@ -478,8 +478,8 @@ class StateStore(ABC):
 
     def close_interrupted(self, entries: list[JournalEntry]) -> None:
         with engine_writing(), self.transaction() as cur:
-            cur.executemany("UPDATE journal SET status='interrupted', finished_at=? WHERE id=?",
-                            [(time.time(), e.id) for e in entries])
+            cur.executemany("UPDATE journal SET status='interrupted', finished_at=? WHERE id=? "
+                            "AND status='pending'", [(time.time(), e.id) for e in entries])
 
     def audit_log(self, limit: int = 50) -> list[tuple[Any, ...]]:
         return self.query("SELECT at, username, host, command, address, action, serial, "

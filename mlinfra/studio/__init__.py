@@ -10,5 +10,5 @@ One concept per module: `context` (what every page reads), `security` (token, he
 hosts), `filters` and `runs_index` (the runs table), `charts` (downsampled curves),
 `lineage` (a model version's graph), `endpoint_metrics` (the servers' /metrics), and
 one module of pages per area (`overview`, `plan_pages`, `run_pages`, `model_pages`,
-`data_pages`, `endpoint_pages`), joined by `app`.
+`data_pages`, `endpoint_pages`, `monitor_pages`), joined by `app`.
 """

@@ -25,7 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mlinfra.studio import (
     data_pages,
     endpoint_pages,
+    event_pages,
     model_pages,
+    monitor_pages,
     overview,
     plan_pages,
     run_pages,
@@ -36,7 +38,8 @@ from mlinfra.studio.security import LoopbackHosts, SecurityHeaders, TokenGate, i
 HERE = Path(__file__).parent
 NAV = (("overview", "/", "Overview"), ("plan", "/plan", "Plan"), ("runs", "/runs", "Runs"),
        ("models", "/models", "Models"), ("data", "/data", "Data"),
-       ("endpoints", "/endpoints", "Endpoints"))
+       ("endpoints", "/endpoints", "Endpoints"), ("monitors", "/monitors", "Monitors"),
+       ("events", "/events", "Events"))
 
 
 def _when(ts: float | None) -> str:
@@ -127,7 +130,8 @@ class ServerTiming:
 def routes(pages: Pages) -> list[BaseRoute]:
     return [*overview.routes(pages), *plan_pages.routes(pages), *run_pages.routes(pages),
             *model_pages.routes(pages), *data_pages.routes(pages),
-            *endpoint_pages.routes(pages),
+            *endpoint_pages.routes(pages), *monitor_pages.routes(pages),
+            *event_pages.routes(pages),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static")]
 
 

@@ -16,6 +16,7 @@ from mlinfra.plan.model import Action, Plan
 from mlinfra.plan.render import render, summary_line
 
 if TYPE_CHECKING:
+    from mlinfra.engine import Session
     from mlinfra.studio.app import Pages
 
 
@@ -54,6 +55,20 @@ def text(plan: Plan) -> list[tuple[str, str]]:
     return render(plan)
 
 
+def plan_notes(session: Session, plan: Plan) -> list[str]:
+    """The lines `mlinfra plan` prints under the plan: the provider's (what Pulumi would
+    change), each schedule's next firings, and each monitor's standing with what a
+    breach would retrain."""
+    from mlinfra.monitoring.planning import notes
+
+    found = list(session.provider.plan_notes(session.ctx))
+    if session.config.of("Schedule"):
+        from mlinfra.events.schedules import plan_notes as schedule_notes
+
+        found += schedule_notes(session.config)
+    return [*found, *notes(session.config, session.store, plan)]
+
+
 def saved_plan(root: Path, name: str) -> Plan:
     """A plan file saved by `mlinfra plan --out`, which must lie inside the project."""
     from mlinfra.plan import planfile
@@ -76,6 +91,7 @@ def routes(pages: Pages) -> list[BaseRoute]:
         name = request.query_params.get("file", "").strip()
         error = ""
         the_plan: Plan | None = None
+        notes: list[str] = []
         stale = ""
         try:
             if name:
@@ -89,6 +105,7 @@ def routes(pages: Pages) -> list[BaseRoute]:
                 session = studio.fresh_session()
                 try:
                     the_plan = make_plan(session)
+                    notes = plan_notes(session, the_plan)
                 finally:
                     session.close()
         except ConfigurationError as err:
@@ -100,7 +117,8 @@ def routes(pages: Pages) -> list[BaseRoute]:
             request, "plan.html", "plan", plan=the_plan, file=name, error=error,
             stale=stale, counts=counts,
             graph=graph(the_plan) if the_plan is not None else {"nodes": [], "edges": []},
-            lines=text(the_plan) if the_plan is not None else [],
+            lines=[*text(the_plan), *((n, "") for n in notes)] if the_plan is not None
+            else [],
             summary=summary_line(the_plan) if the_plan is not None else "",
             actions=[a for a in Action if a is not Action.NOOP])
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from mlinfra.state.store import StateStore
@@ -233,10 +234,13 @@ class RunIndex:
             runs = [r for r in runs if predicate(r)]
         if key:
             get = _getter(key)
-            keyed = [(_sort_key(get(r)), r) for r in runs]
-            present = [pair for pair in keyed if pair[0][0] != 2]
-            present.sort(key=lambda pair: pair[0], reverse=descending)
-            runs = [r for _, r in present] + [r for k, r in keyed if k[0] == 2]
+            valued = [(get(r), r) for r in runs]
+            present = [pair for pair in valued if pair[0] is not None]
+            if all(type(v) in (int, float) for v, _ in present):  # numbers: compared as is
+                present.sort(key=itemgetter(0), reverse=descending)
+            else:
+                present.sort(key=lambda pair: _sort_key(pair[0]), reverse=descending)
+            runs = [r for _, r in present] + [r for v, r in valued if v is None]
         elif not descending:
             runs = list(reversed(runs))
         shown = runs[offset:offset + limit]

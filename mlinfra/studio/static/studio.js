@@ -57,6 +57,30 @@
     }).catch(function (err) { note(fig, String(err), "error"); });
   }
 
+  // A chart whose data the page holds: {x, series: [{label, values, dash?}], time?}
+  // (a monitor's value per window against its threshold).
+  function drawSeries(fig) {
+    if (fig.dataset.drawn) { return; }
+    fig.dataset.drawn = "1";
+    var source = document.getElementById(fig.dataset.source);
+    if (!source) { return; }
+    var data = JSON.parse(source.textContent);
+    if (!data.x.length) { note(fig, "no windows"); return; }
+    var width = Math.max(fig.clientWidth - 8, 240);
+    var series = [{label: data.time ? "window" : "x"}];
+    data.series.forEach(function (s, i) {
+      series.push({label: s.label, stroke: COLORS[i % COLORS.length], width: 1.5,
+                   dash: s.dash ? [6, 4] : undefined, spanGaps: false,
+                   points: {show: !s.dash && data.x.length < 60}});
+    });
+    var chart = new uPlot({width: width, height: 200, series: series,
+                           scales: {x: {time: !!data.time}}, legend: {live: true}},
+                          [data.x].concat(data.series.map(function (s) { return s.values; })),
+                          fig);
+    fig.dataset.series = String(data.series.length);
+    fig.chart = chart;
+  }
+
   function svg(tag, attrs, parent) {
     var el = document.createElementNS(SVG, tag);
     Object.keys(attrs).forEach(function (k) { el.setAttribute(k, attrs[k]); });
@@ -130,7 +154,8 @@
   }
 
   function init(root) {
-    (root || document).querySelectorAll("figure.chart").forEach(drawChart);
+    (root || document).querySelectorAll("figure.chart:not(.series)").forEach(drawChart);
+    (root || document).querySelectorAll("figure.chart.series").forEach(drawSeries);
     (root || document).querySelectorAll("div.graph").forEach(drawGraph);
   }
 
