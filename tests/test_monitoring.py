@@ -74,6 +74,22 @@ def test_profile_of_a_column_and_its_quality() -> None:
     assert profile.column(["1", "2", ""])["type"] == profile.NUMERIC
 
 
+def test_accuracy_compares_class_labels_as_they_are() -> None:
+    from mlinfra.monitoring.monitor import _performance
+
+    table = pa.table({"request_id": ["a", "b", "c", "d"], "row": [0, 0, 0, 0],
+                      "output.output_label": ["cheap", "mid", "luxury", "mid"],
+                      "output.output_probability.cheap": [0.9, 0.1, 0.0, 0.2]})
+    labels = {("a", 0): "cheap", ("b", 0): "mid", ("c", 0): "luxury", ("d", 0): "cheap"}
+    found = _performance({"metric": "accuracy", "min": 0.5}, table, labels)
+    assert found is not None and found.value == pytest.approx(0.75) and found.verdict == "ok"
+    numeric = pa.table({"request_id": ["a", "b"], "row": [0, 0],
+                        "output.label": [1, 0], "output.probabilities.1": [0.8, 0.3]})
+    found = _performance({"metric": "accuracy", "min": 0.9}, numeric,
+                         {("a", 0): "1.0", ("b", 0): "1"})
+    assert found is not None and found.value == pytest.approx(0.5) and found.verdict == "drift"
+
+
 def test_retention_reads_sizes_and_days() -> None:
     assert retention("500Mi") == (500 << 20, None)
     assert retention("7d") == (None, 7 * 86400.0)

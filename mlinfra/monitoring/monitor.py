@@ -189,11 +189,12 @@ def _performance(spec: dict[str, Any], table: Any, labels: dict[tuple[str, int],
             value = auc(truth[keep].astype(int), score[keep])
         except Exception:  # one class only among the labels: no auc yet
             value = float("nan")
+    elif metric == "accuracy" and narrow:
+        said = table.column(narrow[0]).to_pylist()
+        value = float(np.mean([_same(said[i], label) for i, label in picked]))
     elif narrow:
         guess = _numbers(table, narrow[0])[index]
-        if metric == "accuracy":
-            value = float(np.mean(guess == truth))
-        elif metric == "rmse":
+        if metric == "rmse":
             value = float(np.sqrt(np.mean((guess - truth) ** 2)))
         elif metric == "mae":
             value = float(np.mean(np.abs(guess - truth)))
@@ -214,6 +215,16 @@ def _numbers(table: Any, name: str) -> np.ndarray:
     found = column_values(table, name, NUMERIC)
     assert isinstance(found, np.ndarray)
     return found
+
+
+def _same(said: Any, label: str) -> bool:
+    """A predicted label equals the given one: as numbers when both are (1 and 1.0),
+    else as text (`cat`)."""
+    if said is None:
+        return False
+    if _number(str(said)) and _number(label):
+        return float(said) == float(label)
+    return str(said) == label
 
 
 def _number(text: str) -> bool:
