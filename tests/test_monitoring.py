@@ -90,6 +90,28 @@ def test_accuracy_compares_class_labels_as_they_are() -> None:
     assert found is not None and found.value == pytest.approx(0.5) and found.verdict == "drift"
 
 
+def test_auc_of_a_multiclass_model_is_one_vs_rest_macro() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from mlinfra.monitoring.monitor import _performance
+
+    rng = np.random.default_rng(11)
+    classes = ["cheap", "luxury", "mid"]
+    truth = rng.integers(0, 3, 300)
+    raw = rng.random((300, 3)) + np.eye(3)[truth] * rng.random(300)[:, None]
+    probabilities = raw / raw.sum(axis=1, keepdims=True)
+    ids = [f"r{i}" for i in range(300)]
+    table = pa.table({"request_id": ids, "row": [0] * 300,
+                      "output.output_label": [classes[k] for k in probabilities.argmax(1)],
+                      **{f"output.output_probability.{c}": probabilities[:, k]
+                         for k, c in enumerate(classes)}})
+    labels = {(rid, 0): classes[k] for rid, k in zip(ids, truth, strict=True)}
+    found = _performance({"metric": "auc", "min": 0.99}, table, labels)
+    expected = roc_auc_score(truth, probabilities, multi_class="ovr", average="macro")
+    assert found is not None and found.value == pytest.approx(expected)
+    assert found.verdict == "drift" and 0.6 < found.value < 0.99
+
+
 def test_retention_reads_sizes_and_days() -> None:
     assert retention("500Mi") == (500 << 20, None)
     assert retention("7d") == (None, 7 * 86400.0)
