@@ -112,6 +112,15 @@ def test_auc_of_a_multiclass_model_is_one_vs_rest_macro() -> None:
     assert found.verdict == "drift" and 0.6 < found.value < 0.99
 
 
+def test_a_window_line_with_a_score_and_no_reason_ends_with_the_score() -> None:
+    from mlinfra.cli.monitoring import _window_line
+    from mlinfra.monitoring.records import Signal
+
+    window = Window("watch", 0.0, 60.0, 100, "ok", model="fraud:1",
+                    signals=[Signal("performance", "*", "auc", 0.9, 0.8, "ok", 100)])
+    assert _window_line(window).endswith("auc 0.9 >= 0.8 (100 labelled rows)")
+
+
 def test_retention_reads_sizes_and_days() -> None:
     assert retention("500Mi") == (500 << 20, None)
     assert retention("7d") == (None, 7 * 86400.0)

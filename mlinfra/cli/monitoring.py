@@ -30,7 +30,8 @@ def _window_line(window: Window) -> str:
 
     drifted = [describe(s) for s in window.signals if s.verdict == DRIFT]
     scored = [describe(s) for s in window.signals if s.signal == "performance"]
-    what = "; ".join(drifted[:3]) if drifted else "; ".join([*scored, window.reason][:2])
+    said = [w for w in (*scored, window.reason) if w]
+    what = "; ".join(drifted[:3]) if drifted else "; ".join(said[:2])
     return (f"{when(window.start)}  {window.status:<12} {window.rows:>7} rows  "
             f"{window.model:<12} {what}")
 
