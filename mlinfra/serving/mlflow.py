@@ -4,8 +4,9 @@ JSON bodies hold exactly one of `dataframe_split`, `dataframe_records` (tables: 
 column per feature, or per input of a model with several), `instances` or `inputs`
 (tensors: a list for a model's single input, or a dict by input name, or a list of such
 dicts; for a single input with feature names, named columns or records are a table, as
-MLflow reads a model with a column signature); CSV bodies are a table with a header. A table's columns are matched by name, to the model's inputs or,
-for a single 2-D input, to its `feature_names`: reordered columns give the same answer.
+MLflow reads a model with a column signature); CSV bodies are a table with a header.
+A table's columns are matched by name, to the model's inputs or, for a single 2-D
+input, to its `feature_names`: reordered columns give the same answer.
 Tables are answered as records (one object per row), tensors as a dict by output name.
 """
 
