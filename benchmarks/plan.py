@@ -10,7 +10,7 @@ bytecode is compiled first, as pip and uv do when they install a package.
     .venv/bin/python benchmarks/plan.py                 # N = 1000, 3000 (both), 10000 (mlinfra)
     .venv/bin/python benchmarks/plan.py --sizes 1000    # quicker
 
-Goals (issue 3): a no-change plan of 10,000 resources under 2 s; at least 10x faster
+Goals: a no-change plan of 10,000 resources under 2 s; at least 10x faster
 than Terraform on every row. With the state on PostgreSQL, rows marked "postgres" (for
 the sizes in --postgres-sizes), read through psycopg like every session: a no-change
 plan at least 5x faster than Terraform's.

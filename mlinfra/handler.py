@@ -107,6 +107,9 @@ class Context:
         self.log, self.provider = log, provider
         self.work: UnitOfWork | None = None
         self._facts: dict[str, dict[str, Any] | ProviderError] = {}
+        # What this plan replaces on request (`-replace ADDR`): its facts are read anew
+        # (an environment resolves its requirements again).
+        self.replacing: frozenset[str] = frozenset()
 
     def for_change(self, work: UnitOfWork) -> Context:
         """This context for one change: its writes staged in `work`."""

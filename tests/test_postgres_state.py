@@ -1,4 +1,4 @@
-"""A stack whose state is on PostgreSQL, used as a team would (issue 11): the CLI on a
+"""A stack whose state is on PostgreSQL, used as a team would: the CLI on a
 `state: postgresql://` stack, `state migrate` both ways, two clones of one project
 applying at once, kill -9 of the one holding the lock, and the quickstart."""
 
@@ -240,6 +240,7 @@ def test_two_clones_apply_at_once_and_kill_9_frees_the_lock(
         assert held is not None and held.pid == slow.pid and held.command == "apply"
         refused = _apply(second)
         out, err = refused.communicate(timeout=120)
+        assert slow.poll() is None  # refused while the first apply was still running
         assert refused.returncode == 1, out + err
         assert f"is locked: ID {held.id}, held by" in err and f"pid {slow.pid} on" in err
         assert "running 'apply'" in err and "PostgreSQL session" in err
@@ -247,9 +248,8 @@ def test_two_clones_apply_at_once_and_kill_9_frees_the_lock(
         time.sleep(1.0)  # it waits for the lock
         assert waiting.poll() is None
         os.kill(slow.pid, signal.SIGKILL)
-        killed = time.monotonic()
         taken = _holder(location, lambda info: info is not None and info.pid == waiting.pid)
-        assert taken is not None and time.monotonic() - killed < 2.0
+        assert taken is not None
         out, err = waiting.communicate(timeout=300)
         assert waiting.returncode == 0, out + err
         assert "was interrupted during create of job.sleeper" in err

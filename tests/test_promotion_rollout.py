@@ -1,4 +1,4 @@
-"""Promotions decide, record and roll out by themselves (issue 12, items 3-5): a rejected
+"""Promotions decide, record and roll out by themselves: a rejected
 candidate is tagged with why, every decision is in `mlinfra history`, and a promoted
 version goes live on its endpoint step by step, rolled back (traffic and alias) when it
 answers with errors; a quiet endpoint is judged on its replayed captures."""
@@ -170,7 +170,7 @@ def operator_key(root: Path) -> str:
     return (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
 
 
-# --- item 4: a rejected candidate stays registered with why; the first is promoted -----
+# --- a rejected candidate stays registered with why; the first is promoted -----
 
 def test_a_rejected_candidate_is_tagged_with_why(promoted: Path, cli: Cli) -> None:
     assert champion(cli) == 1  # the first version, with no champion, passed its gates
@@ -186,7 +186,7 @@ def test_a_rejected_candidate_is_tagged_with_why(promoted: Path, cli: Cli) -> No
     assert json.loads(cli("models", "show", "fraud").out)["version"] == 2  # still latest
 
 
-# --- item 5: history -------------------------------------------------------------------
+# --- history -------------------------------------------------------------------
 
 def test_history_shows_every_decision(promoted: Path, cli: Cli) -> None:
     (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["poor"]))
@@ -207,7 +207,7 @@ def test_history_shows_every_decision(promoted: Path, cli: Cli) -> None:
     assert f"why: {second['reason']}" in text
 
 
-# --- item 3: a promotion rolls out by itself -------------------------------------------
+# --- a promotion rolls out by itself -------------------------------------------
 
 def test_a_promoted_version_rolls_out_step_by_step_without_a_failed_request(
         promoted: Path, cli: Cli) -> None:

@@ -25,7 +25,7 @@ from mlinfra.spec.model import Resource
 @dataclass
 class Outcome:
     report: str
-    ok: bool  # validated and planned
+    ok: bool  # validated and planned, and the data passes its expectations
     stack: str
     project: str
 
@@ -197,12 +197,16 @@ def ci_plan(directory: Path, stack: str | None, base: str | None,
         promotions = [verdict_in_advance(session, res, the_plan)
                       for res in sorted(session.config.of("Promotion").values(),
                                         key=lambda r: r.name)]
+        verdicts = data_verdicts(session, the_plan)
         text = report.plan_report(
             project, stack_name, changes, direct, downstream,
             summary_line(the_plan) if the_plan.has_changes() else
             "No changes. The stack matches the configuration.",
-            plan_text(session, the_plan), runs_started(the_plan), promotions,
-            data_verdicts(session, the_plan), [], monitor_lines(session, the_plan))
-        return Outcome(text, True, stack_name, project)
+            plan_text(session, the_plan), runs_started(the_plan), promotions, verdicts, [],
+            monitor_lines(session, the_plan))
+        # Data that fails its expectations fails the check: apply would refuse it after
+        # the merge.
+        return Outcome(text, not any(v.passed is False for v in verdicts), stack_name,
+                       project)
     finally:
         session.close()

@@ -59,6 +59,12 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    help="only this resource and what it depends on (repeatable)")
     p.add_argument("--refresh", type=_bool, default=True, metavar="BOOL",
                    help="read the actual state first (default true)")
+    p.add_argument("-replace", "--replace", action="append", default=[], metavar="ADDR",
+                   help="replace this resource even if unchanged (an environment resolves "
+                        "its requirements again); repeatable")
+    p.add_argument("--new-state", action="store_true",
+                   help="start over with a new state when the state file is gone but "
+                        "its backup is still there")
 
 
 def _terminal_columns() -> int:

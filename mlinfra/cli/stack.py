@@ -75,7 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     session = session_for(args, "plan", write=False)
     try:
         the_plan = plan(session, targets=args.target, destroy=args.destroy,
-                        do_refresh=args.refresh)
+                        do_refresh=args.refresh, replace=args.replace)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
         if not args.json and session.config.of("Schedule") and not args.destroy:
@@ -123,7 +123,7 @@ def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
                 args.auto_approve = True  # a saved plan was reviewed already
             else:
                 the_plan = plan(session, targets=args.target, destroy=destroy,
-                                do_refresh=args.refresh)
+                                do_refresh=args.refresh, replace=args.replace)
             _print_plan(the_plan)
             if not the_plan.has_changes():
                 return 0

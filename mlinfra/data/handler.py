@@ -35,11 +35,13 @@ class DataHandler(BaseHandler):
             return None
         return ObjectData(ctx.writer, location, datastore_path(ctx, store.spec))
 
-    def locate(self, res: Resource, ctx: Context, fetch: bool = True) -> tuple[str, Path]:
+    def locate(self, res: Resource, ctx: Context, fetch: bool = True,
+               fresh: bool = False) -> tuple[str, Path]:
         """The sha256 of the asset's content and the local file holding it. On object
         storage the sha256 comes from the object's ETag when the state knows it, and
         the file is the local mirror, downloaded only with `fetch` (a plan reads no
-        object it has seen)."""
+        object it has seen). `fresh`: a local file is read from its bytes, whatever this
+        machine remembers of it (a version about to be registered)."""
         store = self._datastore(res, ctx)
         rel = str(res.spec["path"])
         remote = self._remote(store, ctx)
@@ -50,7 +52,7 @@ class DataHandler(BaseHandler):
             if not path.exists():
                 raise ProviderError(res.address, f"{rel} not found in its datastore "
                                     f"({path})")
-            return DataVersions(ctx.writer).content_sha256(path), path
+            return DataVersions(ctx.writer).content_sha256(path, fresh=fresh), path
         found = remote.stat(rel)
         if found is None:
             raise ProviderError(res.address, f"{rel} not found in its datastore "
@@ -95,7 +97,7 @@ class DataHandler(BaseHandler):
         res = ctx.config.get("Data", change.name)
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
-        sha, path = self.locate(res, ctx)
+        sha, path = self.locate(res, ctx, fresh=True)
         versions = DataVersions(ctx.writer)
         if sha != after.get("sha256"):
             raise ProviderError(change.address, f"{self.where(res, ctx)} changed since the "

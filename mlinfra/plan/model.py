@@ -141,8 +141,9 @@ def tally(changes: list[Change]) -> dict[str, int]:
 class Plan:
     """Changes in dependency order (deletions in reverse order), the drift refresh
     found, and what the plan was made against: the state's version (lineage "" for a
-    stack with no state yet), the `--target`s, and `resolved`, what each model
-    reference of the configuration (`fraud@champion`, `fraud`) named at that time."""
+    stack with no state yet), the `--target`s, the `-replace`s, and `resolved`, what
+    each model reference of the configuration (`fraud@champion`, `fraud`) named at that
+    time."""
 
     changes: list[Change]
     drift: list[Drift]
@@ -152,17 +153,20 @@ class Plan:
     destroy: bool
     targets: list[str]
     resolved: dict[str, int | None]
+    replace: list[str]
 
     def __init__(self, changes: list[Change], drift: list[Drift] | None = None,
                  lineage: str = "", serial: int = 0, stack: str = "", destroy: bool = False,
                  targets: list[str] | None = None,
-                 resolved: dict[str, int | None] | None = None) -> None:
+                 resolved: dict[str, int | None] | None = None,
+                 replace: list[str] | None = None) -> None:
         self.changes = changes
         self.drift = drift if drift is not None else []
         self.lineage, self.serial = lineage, serial
         self.stack, self.destroy = stack, destroy
         self.targets = targets if targets is not None else []
         self.resolved = resolved if resolved is not None else {}
+        self.replace = replace if replace is not None else []
 
     @property
     def actionable(self) -> list[Change]:
@@ -182,9 +186,12 @@ class Plan:
             "serial": self.serial,
             "destroy": self.destroy,
             "targets": self.targets,
+            "replace": self.replace,
             "resolved": self.resolved,
             "summary": self.counts(),
-            "changes": [c.to_json() for c in self.actionable],
+            # NOTE: no-ops are kept, as in Terraform's saved plans: apply orders its
+            # changes through the unchanged resources between them.
+            "changes": [c.to_json() for c in self.changes],
             "drift": [d._asdict() for d in self.drift],
         }
 
@@ -194,4 +201,4 @@ class Plan:
                    drift=[Drift(**d) for d in data.get("drift", [])],
                    lineage=data["lineage"], serial=data["serial"], stack=data["stack"],
                    destroy=bool(data["destroy"]), targets=list(data["targets"]),
-                   resolved=dict(data["resolved"]))
+                   resolved=dict(data["resolved"]), replace=list(data.get("replace") or []))

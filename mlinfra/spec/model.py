@@ -11,11 +11,11 @@ from typing import Any, NamedTuple
 INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
 # Another job's or step's output used as an input: ${jobs.NAME.outputs.OUT}.
 OUTPUT_REF = re.compile(
-    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
+    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}\Z")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 VERSIONED_REF = re.compile(
-    r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
+    r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?\Z")
 
 
 def duration_s(value: Any) -> float | None:
@@ -92,7 +92,8 @@ class Resource:
     @property
     def label(self) -> str:
         """How diagnostics name it: `job/train-fraud`."""
-        return f"{self.kind.lower()}/{self.name}"
+        name = self.name if self.name.isprintable() else repr(self.name)
+        return f"{self.kind.lower()}/{name}"
 
 
 @dataclass(slots=True, init=False)

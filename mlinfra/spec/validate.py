@@ -9,9 +9,9 @@ import graphlib
 import os
 from collections.abc import Iterator
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from mlinfra.spec.fastcheck import Check, compile_schema
+from mlinfra.spec.fastcheck import Check, compile_schema, ecma_regex
 from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
@@ -39,9 +39,14 @@ def did_you_mean(word: str, candidates: Any) -> str:
 def _validator(kind: str) -> Draft202012Validator:
     # NOTE: imported here: jsonschema costs more to import than a plan of 1,000
     # resources takes, and is needed only to explain an invalid document.
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, ValidationError, validators
 
-    return Draft202012Validator(SCHEMAS[kind])
+    def pattern(_: Any, expected: str, instance: Any, __: Any) -> Iterator[ValidationError]:
+        if isinstance(instance, str) and not ecma_regex(expected).search(instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    ecma = validators.extend(Draft202012Validator, {"pattern": pattern})  # type: ignore[no-untyped-call]
+    return cast("Draft202012Validator", ecma(SCHEMAS[kind]))
 
 
 @cache
@@ -588,8 +593,27 @@ class _References:
                          "would never drift")
         performance = signals.get("performance")
         if isinstance(performance, dict):
+            metric = str(performance.get("metric", "auc"))
             if "min" not in performance and "max" not in performance:
                 self.add(res, ("signals", "performance"), "give min: or max: for the metric")
+            elif metric in ("rmse", "mae") and "max" not in performance:
+                self.add(res, ("signals", "performance"), f"{metric} is better lower: give "
+                         f"max: (the highest {metric} that passes)")
+            elif metric in ("auc", "accuracy", "r2") and "min" not in performance:
+                self.add(res, ("signals", "performance"), f"{metric} is better higher: give "
+                         f"min: (the lowest {metric} that passes)")
+            evaluation = model.spec.get("evaluation") if model is not None else None
+            declared = [str(m) for m in (evaluation or {}).get("metrics") or []] \
+                if isinstance(evaluation, dict) else []
+            tasks = {_task_of(m) for m in declared} - {None}
+            wanted = _task_of(metric)
+            if model is not None and len(tasks) == 1 and wanted is not None \
+                    and wanted not in tasks:
+                kind = "regressor's" if wanted == "regression" else "classifier's"
+                task = "a regressor" if "regression" in tasks else "a classifier"
+                self.add(res, ("signals", "performance", "metric"), f"{metric} is a {kind} "
+                         f"metric; model '{model.name}' is {task} (its evaluation gives "
+                         f"{', '.join(declared)})")
             labels = self.ref(res, ("signals", "performance", "labels"), "Data",
                               performance.get("labels"))
             if labels is not None:

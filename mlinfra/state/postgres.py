@@ -50,7 +50,7 @@ from mlinfra.state.store import (
 if TYPE_CHECKING:
     import psycopg
 
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 _LOCK_COLUMNS = ("stack", "id", "owner", "host", "pid", "command", "created_at", "backend_pid")
 # How long a second apply waits for the holder's row to appear (it is written just
 # after the advisory lock is taken) before naming the holder by its session alone.

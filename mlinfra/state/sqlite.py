@@ -36,6 +36,7 @@ from mlinfra.state.store import (
     HOST,
     Cursor,
     StateCorrupted,
+    StateMissing,
     StateStore,
     current_user,
     new_lineage,
@@ -58,7 +59,8 @@ class SqliteStore(StateStore):
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
+    def __init__(self, path: Path, command: str = "", readonly: bool = False,
+                 new_state: bool = False) -> None:
         super().__init__(str(path), command, readonly)
         if sqlite3.sqlite_version_info < _OLDEST:
             raise MlinfraError(f"mlinfra needs SQLite {'.'.join(map(str, _OLDEST))} or newer; "
@@ -66,6 +68,8 @@ class SqliteStore(StateStore):
         self.path = path
         self._lock = threading.RLock()
         self._backed_up_at: tuple[str, int] | None = None
+        if not path.exists() and not new_state and self.backup_path.exists():
+            raise StateMissing(self._missing_message())
         try:
             if not path.exists() and readonly:
                 self.conn = _memory()
@@ -151,6 +155,16 @@ class SqliteStore(StateStore):
                 _format_1_to_2(cur)
                 version = BASE_VERSION
             upgrade(cur, self.dialect, version)
+
+    def _missing_message(self) -> str:
+        backup = self.backup_path
+        kept = _version_of(backup)
+        what = (f" (lineage {kept.lineage[:8]}, serial {kept.serial}, saved "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(backup.stat().st_mtime))})"
+                if kept is not None else "")
+        return (f"the state {self.path} is missing, but its backup {backup} is beside it"
+                f"{what}. Restore it with\n  cp {backup} {self.path}\nor, to start this "
+                "stack over with a new, empty state, run the command again with --new-state")
 
     def _corrupted_message(self, err: Exception) -> str:
         backup = self.backup_path

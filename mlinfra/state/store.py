@@ -89,6 +89,11 @@ class StateCorrupted(MlinfraError):
     """The state cannot be read as an mlinfra state."""
 
 
+class StateMissing(MlinfraError):
+    """The state file is gone but its backup is beside it: taking that for a new stack
+    would forget everything the stack made."""
+
+
 class StateUnavailable(MlinfraError):
     """The state's server cannot be reached, or refused the connection."""
 
