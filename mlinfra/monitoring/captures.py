@@ -103,13 +103,14 @@ def read(paths: list[Path], columns: list[str], dictionary: tuple[str, ...] = ()
                            f"{', '.join(missing[:3])})")
             continue
         # NOTE: reading text features dictionary-encoded cuts the read of a 1M-row
-        # window's 5 categorical columns from 90 to 20 ms of CPU in
-        # benchmarks/monitoring.py ("mlinfra monitor run" at 1M rows).
+        # window's 5 categorical columns from 90 to 20 ms of CPU, and reading each
+        # column's pages as they are decoded (pre_buffer=False) the read's peak memory
+        # from 264 to 200 MB, in benchmarks/monitoring.py ("mlinfra monitor run" at 1M
+        # rows, its peak).
         encoded = [c for c in columns if c in dictionary
                    and pa.types.is_string(file.schema_arrow.field(c).type)]
         try:
-            if encoded:
-                file = pq.ParquetFile(path, read_dictionary=encoded)
+            file = pq.ParquetFile(path, read_dictionary=encoded or None, pre_buffer=False)
             table = file.read(columns=columns)
         except (OSError, pa.ArrowException) as err:
             skipped.append(f"{path.name}: damaged ({str(err).splitlines()[0][:120]})")
