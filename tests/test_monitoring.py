@@ -473,6 +473,30 @@ print(verdicts._served(t), "pandas" in sys.modules)
     assert out[4] == "m:2 False"
 
 
+def test_a_window_read_from_several_files_counts_across_their_dictionaries(
+        tmp_path: Path) -> None:
+    from mlinfra.monitoring import captures, monitor, verdicts
+
+    pq.write_table(pa.table({"c": ["a", "b", "a"], "x": [1.0, 2.0, 3.0],
+                             "model": ["m", "m", "m"], "version": [1, 1, 1]}),
+                   tmp_path / "one.parquet")
+    pq.write_table(pa.table({"c": ["b", "c", "b", "b", "c"], "x": [4.0, None, 6.0, 7.0, 8.0],
+                             "model": ["m", "m", "n", "m", "m"], "version": [2] * 5}),
+                   tmp_path / "two.parquet")
+    read = captures.read([tmp_path / "one.parquet", tmp_path / "two.parquet"],
+                         ["c", "x", "model", "version"], ("c", "model"))
+    table = read.table
+    counts = monitor.column_values(table, "c", "categorical")
+    assert isinstance(counts, metrics.Counts)
+    assert sorted(zip(counts.kinds, counts.counts.tolist(), strict=True)) == [
+        ("a", 2), ("b", 4), ("c", 2)]
+    values = monitor.column_values(table, "x", "numeric")
+    assert isinstance(values, np.ndarray)
+    assert np.array_equal(values, [1, 2, 3, 4, np.nan, 6, 7, 8], equal_nan=True)
+    assert verdicts._served(table) == "m:2"  # 4 rows of m:2, 3 of m:1, 1 of n:2
+    assert verdicts._served(table.slice(0, 3)) == "m:1"
+
+
 def test_a_value_that_could_not_be_computed_is_kept_as_null(tmp_path: Path) -> None:
     from mlinfra.monitoring import records
     from mlinfra.state.sqlite import SqliteStore
