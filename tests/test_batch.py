@@ -414,7 +414,7 @@ def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(
         assert result.ok, (result.failed, result.skipped)
         scores = DataVersions(session.store).get("daily-scores")
         assert scores is not None and scores.metadata["lineage"]["model"] == "scorer:1"
-        assert ("data.versioned", "data.daily-scores") in {
+        assert ("data.version_created", "data.daily-scores") in {
             (e.type, e.subject) for _, e in session.store.events()}
     finally:
         session.close()

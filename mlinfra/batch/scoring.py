@@ -277,6 +277,18 @@ class Scorer:
             return int(pq.ParquetFile(self.scoring.input_path).metadata.num_rows)
         return None
 
+    def _most_mini_batches(self, columns: int) -> int:
+        """At most how many mini-batches the input holds: Parquet says its rows; a CSV
+        or JSON line holds at least two bytes per column read (a digit and a comma, a
+        newline, a brace). NOTE: a worker fewer when the input fills fewer mini-batches
+        than max_concurrency: each worker costs a model load and 0.1-0.2 CPU s to start
+        (benchmarks/batch.py prints the CPU s; a 1,000-row CSV runs one worker)."""
+        s = self.scoring
+        rows = self.progress.total_rows
+        if rows is None:
+            rows = s.input_path.stat().st_size // (2 * max(1, columns)) + 1
+        return max(1, -(-rows // max(1, s.settings.mini_batch_size)))
+
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> Summary:
@@ -372,7 +384,8 @@ class Scorer:
         keep = list(s.output.keep)
         batches = mini_batches(s.input_path, s.input_format, settings.mini_batch_size,
                                numeric, keep)
-        concurrency = max(1, settings.max_concurrency)
+        concurrency = max(1, min(settings.max_concurrency,
+                                 self._most_mini_batches(len(numeric)) - len(scored)))
         spec = {"parent": os.getpid(), "folder": str(folder.root), "model": s.model,
                 "version": s.version, "path": str(s.model_path), "sha256": s.model_sha256,
                 "threads": max(1, cores() // concurrency), "fed": fed, "keep": keep,
