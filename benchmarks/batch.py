@@ -199,6 +199,11 @@ def mlflow_ready(model: Path) -> Path | None:
         subprocess.run(["uv", "pip", "install", "-q", "--python", str(python),
                         "mlflow-skinny>=3", "onnx", "onnxruntime", "pandas", "pyarrow"],
                        check=True)
+    # each contender reads its modules' bytecode as an installed package would, even
+    # where PYTHONDONTWRITEBYTECODE keeps Python from writing it
+    subprocess.run([str(python), "-m", "compileall", "-q", "-j", "0", str(
+        next((MLFLOW_VENV / "lib").glob("python3*/site-packages")))], check=False,
+        capture_output=True)
     saved = WORK / "mlflow-model"
     if not saved.exists():
         subprocess.run([str(python), "-c", SAVE_FOR_MLFLOW, str(model), str(saved)],
@@ -248,6 +253,8 @@ def main() -> None:
         subprocess.run(["rm", "-rf", str(jobs)], check=True)
         return found
 
+    subprocess.run([python, "-m", "compileall", "-q", "-j", "0", str(REPO / "mlinfra")],
+                   check=False, capture_output=True)
     saved = None if args.no_mlflow else mlflow_ready(model)
     csv_path, parquet_path = WORK / f"rows-{args.rows}.csv", WORK / f"rows-{args.rows}.parquet"
     make_table(args.rows, csv_path, parquet_path)
