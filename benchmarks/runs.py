@@ -10,7 +10,7 @@ changes a param so the job runs again. Measured per round:
 
     .venv/bin/python benchmarks/runs.py [--rounds 5]
 
-Goal (issue 4): under 1 s of overhead per run with a cached environment.
+Goal: under 1 s of overhead per run with a cached environment.
 """
 
 from __future__ import annotations

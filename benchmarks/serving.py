@@ -24,9 +24,9 @@ single run by up to 20%.
 
     .venv/bin/python benchmarks/serving.py [--duration 10] [--rounds 3] [--connections 8,64]
 
-Needs wrk (apt-get install wrk). Goals (issue 10): at 64 connections, at least 3x the
+Needs wrk (apt-get install wrk). Goals: at 64 connections, at least 3x the
 requests/s of the faster of MLServer and KServe with p99 no higher and no non-2xx
-answer; (issue 5) at least 10x MLflow's requests/s with p99 at most a tenth of
+answer; at least 10x MLflow's requests/s with p99 at most a tenth of
 MLflow's, and at least 50% of the ceiling's requests/s.
 """
 

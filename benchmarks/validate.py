@@ -3,7 +3,7 @@ just loading the same files, measured in the same run.
 
     .venv/bin/python benchmarks/validate.py [--resources N] [--repeat R]
 
-Goal (issue 2): validate / load at most 2.
+Goal: validate / load at most 2.
 """
 
 from __future__ import annotations

@@ -126,12 +126,13 @@ def state_location(config: Config, location: str | None = None) -> str:
     return INTERPOLATION.sub(resolve, text)
 
 
-def open_store_at(config: Config, location: str, command: str, *, write: bool) -> StateStore:
+def open_store_at(config: Config, location: str, command: str, *, write: bool,
+                  new_state: bool = False) -> StateStore:
     """The state at a resolved `state_location`, for this project and stack."""
     from mlinfra.state.backends import open_store
 
     return open_store(location, project=config.name, stack=config.stack.name,
-                      command=command, readonly=not write)
+                      command=command, readonly=not write, new_state=new_state)
 
 
 # What still runs on a state that `state migrate` moved elsewhere (a migration to where
@@ -140,15 +141,18 @@ READS_A_MOVED_STATE = ("state list", "state show", "state migrate")
 
 
 def open_session(directory: Path, stack: str | None, command: str, *, write: bool,
-                 log: Callable[[str], None] = lambda _: None) -> Session:
+                 log: Callable[[str], None] = lambda _: None,
+                 new_state: bool = False) -> Session:
     """Load the project and open its stack's state: for writing (apply, destroy, the
     commands that move aliases or edit state) or only for reading (plan, output, the
-    listing commands), which never creates nor changes the state."""
+    listing commands), which never creates nor changes the state. A state file that is
+    gone while its backup is beside it is refused unless `new_state`."""
     config = load(directory, stack)
     provider = get_provider(config.stack.provider)
     provider.prepare(config, command)
     try:
-        store = open_store_at(config, state_location(config), command, write=write)
+        store = open_store_at(config, state_location(config), command, write=write,
+                              new_state=new_state)
     except StateUnavailable as err:  # say where the location came from
         raise StateUnavailable(f"{err.message} (the `state:` of "
                                f"{config.stack.file or 'the stack'})") from err
@@ -296,17 +300,28 @@ def refresh(session: Session, state: dict[str, ResourceState]) -> dict[str, Obse
 
 
 def plan(session: Session, *, targets: Iterable[str] = (), destroy: bool = False,
-         do_refresh: bool = True, saved: Plan | None = None) -> Plan:
+         do_refresh: bool = True, saved: Plan | None = None,
+         replace: Iterable[str] = ()) -> Plan:
     """Refresh and diff. `saved`: a saved plan being checked, whose secrets' salts are
     reused so an unchanged secret hashes the same. Destroying wants nothing: it reads
     neither the configuration's facts nor its secrets, so a missing data file, a secret
     not set or data that failed its checks never stops a destroy."""
+    if not session.store.readonly:
+        # A session that writes (apply, destroy, ci run; under the lock) first stops the
+        # runs whose mlinfra was killed and records them, whatever it then applies: a
+        # reconciled state never shows a run `running` that nothing runs.
+        from mlinfra.runs.processes import stop_orphans
+        from mlinfra.runs.store import RunStore
+
+        stop_orphans(RunStore(session.store), session.ctx.log)
+    replace = sorted(set(replace))
+    session.ctx.replacing = frozenset(replace)
     desired = {} if destroy else desired_state(session, targets, saved=saved)
     state = session.store.resources()
     observed = refresh(session, state) if do_refresh else {}
     return make_plan(desired, state, observed, session.store.version(), targets=targets,
                      destroy=destroy, stack=session.stack,
-                     resolved=resolved_references(session))
+                     resolved=resolved_references(session), replace=replace)
 
 
 def _comparable(the_plan: Plan) -> str:
@@ -333,7 +348,8 @@ def check_fresh(session: Session, saved: Plan) -> None:
             what = (f"was made at state serial {saved.serial}; the state is now at "
                     f"{version.serial}")
         raise StalePlan(f"the saved plan is stale: it {what}. Run mlinfra plan again.")
-    current = plan(session, targets=saved.targets, destroy=saved.destroy, saved=saved)
+    current = plan(session, targets=saved.targets, destroy=saved.destroy, saved=saved,
+                   replace=saved.replace)
     moved = sorted(ref for ref in set(saved.resolved) | set(current.resolved)
                    if saved.resolved.get(ref) != current.resolved.get(ref))
     if moved:
@@ -612,10 +628,21 @@ def execute(session: Session, the_plan: Plan, parallelism: int = 4,
                     change, started = running.pop(future)
                     finished(change, future.exception(), time.monotonic() - started)
         except KeyboardInterrupt:
+            # Ctrl-C: runs get SIGTERM, then SIGKILL after a grace period; a second
+            # Ctrl-C kills them now and stops waiting for anything else.
             session.provider.cancel()
             for change, _ in running.values():
-                on_event("wait", change, 0.0, "interrupted: waiting for it to finish")
-            wait(running)
+                on_event("wait", change, 0.0, "interrupted: waiting for it to stop (Ctrl-C "
+                         "again to kill it now)")
+            try:
+                wait(running)
+            except KeyboardInterrupt:
+                session.provider.cancel(force=True)
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise Interrupted("Interrupted twice: the runs under way were killed; a "
+                                  "change still under way is journaled, and the next plan "
+                                  "reconciles it. Run apply again to finish the rest."
+                                  ) from None
             raise Interrupted("Interrupted: the changes under way were stopped (a canceled "
                               "run) or finished, and what finished was saved; run apply "
                               "again to finish the rest.") from None

@@ -39,25 +39,6 @@ class ProjectNotFound(MlinfraError):
     """No `mlinfra.yaml` in the folder given, nor in any of its parents."""
 
 
-class Record:
-    """Plain data with a readable repr and field equality, for the objects a plan is made
-    of. It is what @dataclass gives, without its import and per-class code generation,
-    which were a fifth of a small plan's time. A subclass lists its fields in
-    `__slots__` and sets them in `__init__`."""
-
-    __slots__: tuple[str, ...] = ()
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"{type(self).__name__}({fields})"
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and all(
-            getattr(self, k) == getattr(other, k) for k in self.__slots__)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 class Diagnostic(NamedTuple):
     """One problem in the configuration, located in a file.
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlinfra import cache_dir as cache_dir  # re-exported: handlers import it from here
-from mlinfra.errors import MlinfraError, Record
+from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import Change, Observed
 from mlinfra.spec import sensitive
 from mlinfra.spec.model import Config, Resource
@@ -82,10 +83,12 @@ class ProviderErrors(MlinfraError):
                          + f"\n{n} resource{'s' if n != 1 else ''} cannot be planned")
 
 
-class Applied(Record):
+@dataclass(slots=True, init=False)
+class Applied:
     """What a create or update returns: outputs kept in state (paths, versions...)."""
 
-    __slots__ = ("outputs", "provider_id")
+    outputs: dict[str, Any]
+    provider_id: str
 
     def __init__(self, outputs: dict[str, Any] | None = None, provider_id: str = "") -> None:
         self.outputs = outputs if outputs is not None else {}
@@ -104,6 +107,9 @@ class Context:
         self.log, self.provider = log, provider
         self.work: UnitOfWork | None = None
         self._facts: dict[str, dict[str, Any] | ProviderError] = {}
+        # What this plan replaces on request (`-replace ADDR`): its facts are read anew
+        # (an environment resolves its requirements again).
+        self.replacing: frozenset[str] = frozenset()
 
     def for_change(self, work: UnitOfWork) -> Context:
         """This context for one change: its writes staged in `work`."""

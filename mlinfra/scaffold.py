@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from mlinfra.errors import MlinfraError
+from mlinfra.spec.fastcheck import ecma_regex
 from mlinfra.spec.project import PROJECT_FILE
 from mlinfra.spec.schemas import NAME_PATTERN, export
 
@@ -54,7 +55,7 @@ def project_name(folder: Path) -> str:
 def init_project(folder: Path, name: str | None = None) -> list[Path]:
     """Create the project's files in `folder`; refuses to overwrite a project."""
     name = name or project_name(folder)
-    if not re.match(NAME_PATTERN, name):
+    if not ecma_regex(NAME_PATTERN).search(name):
         raise MlinfraError(f"'{name}' is not a valid project name: use lowercase letters, "
                            "digits and '-', starting with a letter (--name NAME)")
     if (folder / PROJECT_FILE).exists():

@@ -1,4 +1,4 @@
-"""The artifact store shared by several writers (issue 11, item 5): a stack's
+"""The artifact store shared by several writers: a stack's
 `artifacts:` folder that the machines applying one shared state all mount."""
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ root, names = Path(sys.argv[1]), Path(sys.argv[2])
 deadline, torn, reads = time.monotonic() + float(sys.argv[3]), 0, 0
 while time.monotonic() < deadline:
     for sha in set(names.read_text().split()):
-        blob = root / "blobs" / sha[:2] / sha
-        if blob.exists():
-            reads += 1
-            torn += hashlib.sha256(blob.read_bytes()).hexdigest() != sha
+        for kind, prefix in (("trees", b"mlinfra folder\\n"), ("blobs", b"")):
+            blob = root / kind / sha[:2] / sha
+            if blob.exists():
+                reads += 1
+                torn += hashlib.sha256(prefix + blob.read_bytes()).hexdigest() != sha
 print(torn, reads)
 """
 

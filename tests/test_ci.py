@@ -1,5 +1,5 @@
-"""`mlinfra ci plan` and `ci run` on a small project in a real Git repository (issue 12,
-items 1, 2 and their bad input): the plan report and the PR comment (against a local
+"""`mlinfra ci plan` and `ci run` on a small project in a real Git repository (and
+their bad input): the plan report and the PR comment (against a local
 HTTP server that records GitHub API calls), runs that fail, dirty trees, missing bases,
 shallow clones, and two runs at once."""
 
@@ -9,7 +9,6 @@ import json
 import re
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -136,11 +135,9 @@ def test_ci_run_applies_records_the_commit_and_does_nothing_on_it_again(
     text = (tmp_path / "run.md").read_text()
     assert "stack `dev`: ✅ applied" in text and "scorer:1 promoted" in text
     assert "| `train-" in text  # the run, with its status
-    started = time.perf_counter()
     again = cli("ci", "run")
-    elapsed = time.perf_counter() - started
     assert again.code == 0 and "was processed by ci run" in again.out, again.out
-    assert "nothing to do" in again.out and elapsed < 2.0, elapsed
+    assert "nothing to do" in again.out
     # A new commit is processed: the poor model is rejected, with the comparison table.
     set_variant(repo, "poor")
     commit(repo, "poor")
@@ -212,6 +209,58 @@ def test_ci_run_refuses_a_dirty_tree_unless_allowed(repo: Path, cli: Cli) -> Non
     assert "was processed" not in again.out
 
 
+def test_ci_run_plans_again_once_the_state_moved_since_the_commit_was_processed(
+        repo: Path, cli: Cli) -> None:
+    assert cli("ci", "run").code == 0
+    assert "was processed" in cli("ci", "run").out
+    assert cli("destroy", "--auto-approve").code == 0
+    after_destroy = cli("ci", "run")  # the stack is empty: the commit is applied again
+    assert after_destroy.code == 0 and "was processed" not in after_destroy.out
+    assert "workspace.ws" in cli("state", "list").out
+    assert cli("plan", "--detailed-exitcode").code == 0
+    # an apply by hand of uncommitted files that fails halfway moves the state too
+    set_variant(repo, "broken")
+    (repo / "extra.yaml").write_text("kind: Data\nname: extra\npath: holdout.csv\n")
+    assert cli("apply", "--auto-approve").code == 1
+    assert "data.extra" in cli("state", "list").out
+    git(repo, "checkout", "--", "training.yaml")
+    (repo / "extra.yaml").unlink()
+    again = cli("ci", "run")
+    assert again.code == 0 and "was processed" not in again.out, again.out
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_ci_run_plans_again_after_a_run_of_a_dirty_tree(repo: Path, cli: Cli) -> None:
+    assert cli("ci", "run").code == 0
+    set_variant(repo, "good")
+    assert cli("ci", "run", "--allow-dirty").code == 0
+    assert json.loads(cli("models", "show", "scorer@champion").out)["version"] == 2
+    git(repo, "checkout", "--", "training.yaml")  # back to the commit as it is
+    clean = cli("ci", "run")
+    assert clean.code == 0 and "was processed" not in clean.out, clean.out
+    assert cli("plan", "--detailed-exitcode").code == 0
+
+
+def test_mlinfra_own_folder_never_makes_the_tree_dirty(repo: Path, cli: Cli) -> None:
+    (repo / ".gitignore").unlink()  # a project made without init's .gitignore
+    commit(repo, "no .gitignore")
+    assert cli("ci", "run").code == 0
+    second = cli("ci", "run")
+    assert second.code == 0 and "was processed" in second.out, second.out + second.err
+
+
+def test_ci_run_in_a_depth_1_clone_says_what_to_fetch(repo: Path, cli: Cli,
+                                                      tmp_path: Path) -> None:
+    set_variant(repo, "good")
+    commit(repo, "good")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(clone))
+    (clone / "data").mkdir(exist_ok=True)
+    result = cli("ci", "run", "-C", str(clone))
+    assert result.code == 1, result.err
+    assert "shallow clone" in result.err and "fetch-depth: 0" in result.err, result.err
+
+
 def test_two_ci_runs_at_once_one_fails_naming_the_holder(repo: Path, cli: Cli) -> None:
     assert cli("ci", "run").code == 0
     set_variant(repo, "good")
@@ -281,7 +330,7 @@ def test_ci_plan_checks_new_data_against_its_expectations(repo: Path, cli: Cli,
     (repo / "data" / "train.csv").write_text(DATA + "9.0,0.1,1\n")
     commit(repo, "bad rows")
     planned = cli("ci", "plan", "--report", str(tmp_path / "plan.md"))
-    assert planned.code == 0
+    assert planned.code == 1  # the check is red: the merge would fail to apply
     text = (tmp_path / "plan.md").read_text()
     row = next(line for line in text.splitlines() if line.startswith("| `train-set`"))
     assert "(new: version 1)" in row and "❌ failed" in row and "1 of 11 rows fail" in row

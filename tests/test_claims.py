@@ -1,4 +1,4 @@
-"""What the README and the shipped files say is true (issue 9, item 13)."""
+"""What the README and the shipped files say is true."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_the_state_path_a_stack_names_is_its_default(tmp_path: Path,
 def test_pulumi_stacks_without_the_cli_say_what_is_missing_and_touch_nothing(
         quickstart: Path, cli: Callable[..., Result], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue 13, item 5: plan and apply on docker and kubernetes stop before anything,
+    """Plan and apply on docker and kubernetes stop before anything,
     with one message naming what is missing and how to install it; validate works."""
     empty = tmp_path / "bin"
     empty.mkdir()

@@ -356,6 +356,8 @@ def test_workers_take_effect_on_a_running_endpoint(endpoint: Any) -> None:
     assert after["pid"] != before["pid"] and gone(before["pid"])
     assert json.loads(cli("endpoints", "show", "api").out)["workers"] == 2
     assert load.total > 0 and set(load.statuses) == {200}, (load.statuses, load.dropped)
+    # The old server drains its connections and new ones go to the new server only.
+    assert load.dropped == 0, (load.statuses, load.dropped)
 
 
 def test_instances_is_not_a_field_of_a_deployment(project: Callable[..., Path],

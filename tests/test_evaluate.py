@@ -453,3 +453,30 @@ def test_validate_checks_evaluation_data(tmp_path: Path, project: Callable[..., 
     checked = cli("validate")
     assert checked.code == 1
     assert f"model/species: {message}" in checked.err, checked.err
+
+
+def test_every_metric_is_computed_by_scikit_learn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No metric of mlinfra's own: each goes through sklearn.metrics."""
+    from sklearn import metrics as skm
+
+    from mlinfra.registry.evaluate import compute
+
+    called: list[str] = []
+    for name in ("accuracy_score", "precision_score", "recall_score", "f1_score", "log_loss",
+                 "roc_auc_score", "mean_squared_error", "mean_absolute_error", "r2_score"):
+        real = getattr(skm, name)
+
+        def spy(*args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
+            called.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(skm, name, spy)
+    probabilities = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9]], dtype=np.float32)
+    outputs = {"label": ("tensor(int64)", np.array([0, 1, 0, 1])),
+               "probabilities": ("tensor(float)", probabilities)}
+    compute(outputs, [0, 1, 1, 1], ["accuracy", "precision", "recall", "f1", "logloss", "auc"])
+    compute({"y": ("tensor(float)", np.array([[1.0], [2.0], [2.5]], dtype=np.float32))},
+            [1.0, 2.5, 2.0], ["rmse", "mae", "r2"])
+    assert sorted(called) == sorted(["accuracy_score", "precision_score", "recall_score",
+                                     "f1_score", "log_loss", "roc_auc_score",
+                                     "mean_squared_error", "mean_absolute_error", "r2_score"])

@@ -1,4 +1,4 @@
-"""The whole life of a stack keeps its promises (issue 9): destroy and apply again,
+"""The whole life of a stack keeps its promises: destroy and apply again,
 damaged state files, read-only plans, locks on registry commands, saved plans, and
 promotions of the version an apply resolved."""
 
@@ -106,7 +106,7 @@ def aliases(cli: Callable[..., Result]) -> dict[str, str]:
     return {"champion": f"scorer:{json.loads(shown.out)['version']}"}
 
 
-# --- item 1: destroy, then apply again -------------------------------------------------
+# --- destroy, then apply again -------------------------------------------------
 
 def test_destroy_then_apply_rebuilds_everything(scored: Path,
                                                 cli: Callable[..., Result]) -> None:
@@ -322,7 +322,7 @@ def test_a_venv_whose_python_was_removed_converges(project: Callable[..., Path],
     assert cli("plan", "--detailed-exitcode").code == 0
 
 
-# --- item 2: a damaged state is never a fresh stack; plan never writes -------------------
+# --- a damaged state is never a fresh stack; plan never writes -------------------
 
 def test_an_empty_state_file_is_damaged_not_a_fresh_stack(scored: Path,
                                                            cli: Callable[..., Result]) -> None:
@@ -374,14 +374,19 @@ def test_a_backup_is_never_replaced_by_an_unrelated_state(scored: Path,
     for path in db.parent.glob("state.db*"):
         if path != backup:
             path.unlink()  # the state is lost; its backup is all that is left
-    assert cli("apply", "--auto-approve").code == 0  # a new lineage
+    for args in (("plan",), ("apply", "--auto-approve"), ("models", "list")):
+        refused = cli(*args)  # never silently a new, empty stack
+        assert refused.code == 1, (args, refused.out)
+        assert f"cp {backup} {db}" in refused.err and "--new-state" in refused.err
+        assert not db.exists()
+    assert cli("apply", "--auto-approve", "--new-state").code == 0  # a new lineage
     kept = [p for p in db.parent.glob("state.db.backup.*")]
     assert len(kept) == 1 and kept[0].read_bytes() == old
     assert not [p for p in db.parent.glob("state.db.backup*") if p.name.endswith(
         ("-wal", "-shm"))]  # a backup is one file, and reading it leaves nothing beside
 
 
-# --- item 4: commands that change the registry take the lock -------------------------
+# --- commands that change the registry take the lock -------------------------
 
 def test_registry_commands_take_the_lock_and_move_the_serial(
         scored: Path, cli: Callable[..., Result]) -> None:
@@ -419,7 +424,7 @@ def test_damaged_json_in_a_state_row_is_a_damaged_state(scored: Path,
         assert "damaged" in result.err and "invalid JSON" in result.err, result.err
 
 
-# --- item 5: saved plans record what apply needs -------------------------------------
+# --- saved plans record what apply needs -------------------------------------
 
 def test_a_saved_targeted_plan_applies(scored: Path, cli: Callable[..., Result]) -> None:
     saved = cli("plan", "--target", "data.holdout", "--out", "p.json")
@@ -460,7 +465,7 @@ def test_plan_json_has_no_empty_paths(project: Callable[..., Path],
     assert plan["changes"] and "" not in paths, paths
 
 
-# --- item 7: promotion judges the version this apply resolved ------------------------
+# --- promotion judges the version this apply resolved ------------------------
 
 def test_promotion_judges_the_version_the_apply_resolved(scored: Path,
                                                          cli: Callable[..., Result]) -> None:

@@ -77,3 +77,29 @@ def test_the_schedule_follows_the_window(quickstart: Path) -> None:
         assert monitor_schedule(monitor) == schedule
     monitor.spec["schedule"] = "0 3 * * *"
     assert monitor_schedule(monitor) == "0 3 * * *"
+
+
+def test_the_monitor_image_installs_what_monitor_run_imports(quickstart: Path) -> None:
+    """Every third-party module `mlinfra monitor run` loads on a kubernetes stack is
+    installed by the monitor image (and Pulumi, onnxruntime and GX are not needed)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    from mlinfra.providers.manifests.images import MONITOR_DISTRIBUTIONS
+
+    command = [sys.executable, "-X", "importtime", "-m", "mlinfra", "monitor", "run", "-s",
+               "kubernetes", "-C", str(quickstart)]
+    # once to fill the caches (Great Expectations' table, which an image without GX
+    # does without), then measured
+    subprocess.run(command, capture_output=True, check=False)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    roots = {line.split("|")[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+             if line.startswith("import time:")}
+    owners = importlib.metadata.packages_distributions()
+    needed = {dist.lower() for root in roots for dist in owners.get(root, [])
+              if dist.lower() != "mlinfra"}
+    installed = {name for name, _ in MONITOR_DISTRIBUTIONS}
+    assert needed <= installed, needed - installed
+    assert not {"pulumi", "onnxruntime", "great-expectations"} & needed

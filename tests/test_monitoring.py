@@ -442,3 +442,27 @@ def test_captures_are_hourly_parquet_files_kept_for_their_retention(tmp_path: Pa
     assert request_id_of([(b"x-request-id", b"abc-1")]) == "abc-1"
     assert len(request_id_of([(b"x-request-id", b"x" * 201)])) == 32
     assert len(request_id_of([])) == 32
+
+
+def test_a_version_without_reference_data_is_registered_and_its_windows_skipped(
+        project: Callable[..., Path], cli: Cli) -> None:
+    root = project({"models/fraud.onnx": named_model(),
+                    "serving.yaml": MONITORED.format(alert_after=1).replace(
+                        "evaluation: {data: reference, label: is_fraud, features: [amount, "
+                        "age], metrics: [auc]}\n", "").split("---\n", 1)[1].replace(
+                        "  performance: {metric: auc, min: 0.6}\n", "")})
+    result = cli("apply", "--auto-approve")
+    try:
+        assert result.code == 0, result.out + result.err
+        assert "no reference profile for monitoring: no data to profile" in result.out
+        url = json.loads(cli("output", "endpoint.api", "--json").out)["endpoint.api"]["url"]
+        key = (root / ".mlinfra" / "dev" / "endpoints" / "api" / "operator.key").read_text()
+        send(url, key.strip(), np.column_stack([np.full(500, 50.0), np.full(500, 40.0)]))
+        wait_captured(root, 500)
+        found = cli("monitor", "run", "watch", "--json")
+        assert found.code == 0, found.out + found.err
+        window = json.loads(found.out)[0]["computed"][0]
+        assert window["status"] == "skipped"
+        assert window["reason"].startswith("model fraud:1 has no reference profile")
+    finally:
+        cli("destroy", "--auto-approve")

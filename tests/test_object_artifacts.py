@@ -47,7 +47,7 @@ def test_put_then_read_from_another_machine(s3_server: S3Server, tmp_path: Path)
 
     reader = _store(tmp_path, f"s3://{bucket}/team", s3_server.url)  # an empty cache
     assert reader.exists(sha) and reader.present(sha)
-    assert not (reader.root / "blobs" / sha[:2] / sha).exists()  # present read 13 bytes
+    assert not (reader.root / "blobs" / sha[:2] / sha).exists()  # present read no byte
     assert reader.intact(sha)
     assert reader.path(sha).read_bytes() == src.read_bytes()
     out = reader.materialize(sha, tmp_path / "copy" / "model.onnx")
@@ -174,3 +174,16 @@ def test_missing_secret_names_it(s3_server: S3Server, tmp_path: Path,
                    credentials={"access_key_id": "${secret.NOT_SET_ANYWHERE}"})
     with pytest.raises(Exception, match="secret 'NOT_SET_ANYWHERE' is not set"):
         store.check()
+
+
+def test_a_file_that_looks_like_a_folder_manifest_is_a_file(s3_server: S3Server,
+                                                            tmp_path: Path) -> None:
+    bucket = s3_server.bucket()
+    lookalike = tmp_path / "out.json"
+    lookalike.write_text('{"manifest": {"../x": "y"}}')
+    writer = _store(tmp_path, f"s3://{bucket}/k", s3_server.url)
+    sha = writer.put(lookalike)
+    reader = _store(tmp_path, f"s3://{bucket}/k", s3_server.url)
+    assert reader.present(sha) and reader.intact(sha)
+    copy = reader.materialize(sha, tmp_path / "copy.json")
+    assert copy.read_text() == lookalike.read_text() and reader.is_copy(sha, copy)

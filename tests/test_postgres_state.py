@@ -1,4 +1,4 @@
-"""A stack whose state is on PostgreSQL, used as a team would (issue 11): the CLI on a
+"""A stack whose state is on PostgreSQL, used as a team would: the CLI on a
 `state: postgresql://` stack, `state migrate` both ways, two clones of one project
 applying at once, kill -9 of the one holding the lock, and the quickstart."""
 
@@ -153,10 +153,10 @@ def test_a_sqlite_stack_never_imports_psycopg(project: Callable[..., Path]) -> N
     assert done.returncode == 0, done.stderr
 
 
-def test_a_plan_on_postgresql_never_imports_psycopg(postgres: PostgresServer,
-                                                    project: Callable[..., Path]) -> None:
-    """A plan only reads: it goes through libpq directly, without psycopg's import (a
-    tenth of a second, more than the rest of a plan of 1,000 resources)."""
+def test_a_plan_on_postgresql_reads_in_a_read_only_session(
+        postgres: PostgresServer, project: Callable[..., Path]) -> None:
+    """A plan only reads, on a psycopg session like every other one (no second SQL
+    path), and finds no changes after an apply."""
     root = project({**_model_files(f"lean-{os.urandom(3).hex()}"),
                     "stacks/dev.yaml": _stack(postgres)})
     env = {**os.environ, SECRET: PASSWORD}
@@ -165,7 +165,7 @@ def test_a_plan_on_postgresql_never_imports_psycopg(postgres: PostgresServer,
     assert applied.returncode == 0, applied.stderr
     code = ("import sys; from mlinfra.cli import main; "
             f"code = main(['plan', '--detailed-exitcode', '-C', {str(root)!r}]); "
-            "assert code == 0, code; assert 'psycopg' not in sys.modules, 'imported'")
+            "assert code == 0, code; assert 'mlinfra.state.libpq' not in sys.modules")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env=env, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
@@ -235,10 +235,12 @@ def test_two_clones_apply_at_once_and_kill_9_frees_the_lock(
     slow = _apply(first, sleep=60)
     waiting = None
     try:
-        held = _holder(location, lambda info: info is not None and info.id != "")
+        # its row written (until then the holder is named by its session alone)
+        held = _holder(location, lambda info: info is not None and info.pid != 0)
         assert held is not None and held.pid == slow.pid and held.command == "apply"
         refused = _apply(second)
         out, err = refused.communicate(timeout=120)
+        assert slow.poll() is None  # refused while the first apply was still running
         assert refused.returncode == 1, out + err
         assert f"is locked: ID {held.id}, held by" in err and f"pid {slow.pid} on" in err
         assert "running 'apply'" in err and "PostgreSQL session" in err
@@ -246,9 +248,8 @@ def test_two_clones_apply_at_once_and_kill_9_frees_the_lock(
         time.sleep(1.0)  # it waits for the lock
         assert waiting.poll() is None
         os.kill(slow.pid, signal.SIGKILL)
-        killed = time.monotonic()
         taken = _holder(location, lambda info: info is not None and info.pid == waiting.pid)
-        assert taken is not None and time.monotonic() - killed < 2.0
+        assert taken is not None
         out, err = waiting.communicate(timeout=300)
         assert waiting.returncode == 0, out + err
         assert "was interrupted during create of job.sleeper" in err

@@ -1,4 +1,4 @@
-"""Promotions decide, record and roll out by themselves (issue 12, items 3-5): a rejected
+"""Promotions decide, record and roll out by themselves: a rejected
 candidate is tagged with why, every decision is in `mlinfra history`, and a promoted
 version goes live on its endpoint step by step, rolled back (traffic and alias) when it
 answers with errors; a quiet endpoint is judged on its replayed captures."""
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from mlinfra.registry.decisions import figures
 from mlinfra.registry.evaluate import auc
 from tests.conftest import Result, onnx_model
 from tests.test_serving import Client, call
@@ -169,7 +170,7 @@ def operator_key(root: Path) -> str:
     return (root / ".mlinfra/dev/endpoints/api/operator.key").read_text().strip()
 
 
-# --- item 4: a rejected candidate stays registered with why; the first is promoted -----
+# --- a rejected candidate stays registered with why; the first is promoted -----
 
 def test_a_rejected_candidate_is_tagged_with_why(promoted: Path, cli: Cli) -> None:
     assert champion(cli) == 1  # the first version, with no champion, passed its gates
@@ -178,14 +179,14 @@ def test_a_rejected_candidate_is_tagged_with_why(promoted: Path, cli: Cli) -> No
     assert applied.code == 0, applied.err  # rightly rejected is not a failure
     assert champion(cli) == 1
     tags = json.loads(cli("models", "show", "fraud:2").out)["tags"]
-    expected = (f"auc {model_auc(WEIGHTS['poor']):.4g} < champion "
-                f"{model_auc(WEIGHTS['fair']):.4g} + 0.01")
+    poor, fair = figures(model_auc(WEIGHTS["poor"]), model_auc(WEIGHTS["fair"]))
+    expected = f"auc {poor} < champion {fair} + 0.01"
     assert tags["mlinfra.rejected"] == expected, tags
     assert "mlinfra.gates" not in tags
     assert json.loads(cli("models", "show", "fraud").out)["version"] == 2  # still latest
 
 
-# --- item 5: history -------------------------------------------------------------------
+# --- history -------------------------------------------------------------------
 
 def test_history_shows_every_decision(promoted: Path, cli: Cli) -> None:
     (promoted / "models" / "fraud.onnx").write_bytes(onnx_model(WEIGHTS["poor"]))
@@ -206,7 +207,7 @@ def test_history_shows_every_decision(promoted: Path, cli: Cli) -> None:
     assert f"why: {second['reason']}" in text
 
 
-# --- item 3: a promotion rolls out by itself -------------------------------------------
+# --- a promotion rolls out by itself -------------------------------------------
 
 def test_a_promoted_version_rolls_out_step_by_step_without_a_failed_request(
         promoted: Path, cli: Cli) -> None:

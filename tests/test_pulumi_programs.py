@@ -1,4 +1,4 @@
-"""The Pulumi programs with Pulumi's mocks, no CLI (issue 13, items 1 to 4): the
+"""The Pulumi programs with Pulumi's mocks, no CLI: the
 resources each kind produces and their key fields, exactly the rendered objects, and
 secrets that reach Pulumi only as secrets."""
 

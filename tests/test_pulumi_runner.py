@@ -1,4 +1,4 @@
-"""The Automation API runner without the CLI (issue 13, item 1): every Pulumi call in a
+"""The Automation API runner without the CLI: every Pulumi call in a
 thread with its own event loop, the backend's location, preview events named back to
 the rendered objects."""
 

@@ -1,5 +1,5 @@
 """`mlinfra apply` through the real Pulumi engine, on Docker and on a kind cluster
-(issue 13, items 1 to 3). They need the Pulumi CLI, which cannot be installed on
+They need the Pulumi CLI, which cannot be installed on
 mlinfra's development machines: there they are skipped with the reason, and
 .github/workflows/pulumi.yml runs them on GitHub, where the CLI, Docker and kind are.
 

@@ -1,4 +1,4 @@
-"""`mlinfra endpoints` on docker and kubernetes stacks (issue 13): the endpoint's URL is
+"""`mlinfra endpoints` on docker and kubernetes stacks: the endpoint's URL is
 the one apply mapped back from Pulumi's outputs into mlinfra's state; where no URL is
 known (kubernetes) the command says how to make one. The container itself is scored in
 tests/test_docker_integration.py; here a plain HTTP server stands at the URL."""

@@ -1,4 +1,4 @@
-"""The docker and kubernetes stacks' objects as data (issue 13, items 2, 3 and 4): what
+"""The docker and kubernetes stacks' objects as data: what
 each kind becomes, valid against the real Kubernetes schemas, and `mlinfra render`."""
 
 from __future__ import annotations
@@ -271,3 +271,25 @@ def test_a_compute_for_another_platform_is_refused(quickstart: Path) -> None:
             plan(session)
     finally:
         session.close()
+
+
+def test_the_httproute_check_never_passes_unchecked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without node: the errors found for other kinds are still reported, and in CI a
+    missing node fails rather than skips."""
+    import shutil
+
+    from tests import stacks
+
+    route = {"kind": "HTTPRoute", "apiVersion": "gateway.networking.k8s.io/v1",
+             "metadata": {"name": "r"}, "spec": {}}
+    broken = {"kind": "Service", "apiVersion": "v1", "metadata": {"name": "s"},
+              "spec": {"ports": "not a list"}}
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    errors = stacks.invalid_manifests([broken, route])
+    assert errors[0].startswith("Service s:") and "HTTPRoute was not checked" in errors[-1]
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="needs node"):
+        stacks.invalid_manifests([route])
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        stacks.invalid_manifests([route])

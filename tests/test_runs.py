@@ -20,6 +20,7 @@ import pytest
 
 from mlinfra.registry.artifacts import ArtifactCorrupted, ArtifactStore
 from mlinfra.runs.execute import JobSpec, RunFailed, execute
+from mlinfra.runs.processes import started_at
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.state.sqlite import HOST, SqliteStore
 from tests.conftest import Files, Result, onnx_model
@@ -41,7 +42,7 @@ def ran(result: Result) -> list[str]:
     return [line.split(": ")[1] for line in result.out.splitlines() if ": ran " in line]
 
 
-# --- item 1: a run whose outputs are gone is not reused -------------------------------
+# --- a run whose outputs are gone is not reused -------------------------------
 
 def test_a_run_whose_output_blob_is_gone_runs_again(project: Callable[[Files], Path],
                                                     cli: Callable[..., Result]) -> None:
@@ -104,7 +105,7 @@ def test_a_damaged_output_is_not_reused_either(project: Callable[[Files], Path],
     assert "ran a" in ran(again) and "ran ctwo" in ran(again)
 
 
-# --- item 6: a run records what it read ----------------------------------------------
+# --- a run records what it read ----------------------------------------------
 
 def test_a_standalone_job_reads_another_jobs_output(project: Callable[[Files], Path],
                                                    cli: Callable[..., Result]) -> None:
@@ -217,7 +218,7 @@ def test_data_changed_after_the_plan_is_never_run_under_the_plans_hash(
     assert run["inputs"]["data"] == "transactions:2"
 
 
-@pytest.mark.parametrize("output", ["../../escaped.txt", "/tmp/mlinfra-escaped.txt", "."])
+@pytest.mark.parametrize("output", ["../../escaped.txt", "/var/mlinfra-escaped.txt", "."])
 def test_outputs_cannot_leave_the_run_folder(project: Callable[[Files], Path],
                                              cli: Callable[..., Result], output: str) -> None:
     project({"j.yaml": f"kind: Job\nname: j\ncommand: echo hi > ${{outputs.m}}\n"
@@ -248,9 +249,10 @@ def test_a_run_refuses_outputs_outside_its_folder(tmp_path: Path) -> None:
 
 
 def _put_manifest(store: ArtifactStore, manifest: dict[str, str]) -> str:
+    """A folder manifest written as the store writes one, whatever it lists."""
     data = json.dumps({"manifest": manifest}, sort_keys=True).encode()
-    sha = hashlib.sha256(data).hexdigest()
-    blob = store.root / "blobs" / sha[:2] / sha
+    sha = hashlib.sha256(b"mlinfra folder\n" + data).hexdigest()
+    blob = store.root / "trees" / sha[:2] / sha
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     return sha
@@ -275,7 +277,7 @@ def test_a_crafted_manifest_cannot_write_outside_its_target(tmp_path: Path, rel:
     assert store.intact(good) and store.is_copy(good, tmp_path / "good")
 
 
-# --- item 3: orphans ------------------------------------------------------------------
+# --- orphans ------------------------------------------------------------------
 
 # The first run takes the hold file and waits (until it is stopped); a later run ends.
 SLEEPER = """\
@@ -380,7 +382,8 @@ def test_a_reused_pid_is_never_signalled(project: Callable[[Files], Path],
     try:
         session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
         runs = RunStore(session)
-        started = psutil.Process(stranger.pid).create_time()
+        started = started_at(stranger.pid)
+        assert started is not None
         for run_id in ("old-1", "old-2"):
             runs.save(Run(id=run_id, job="j", experiment="j", run_hash="h", status="running",
                           pid=stranger.pid, pid_started=started - 100.0, host=HOST,
@@ -391,14 +394,8 @@ def test_a_reused_pid_is_never_signalled(project: Callable[[Files], Path],
         assert "its process had ended" in canceled.out
         assert stranger.poll() is None
         assert json.loads(cli("runs", "show", "old-1").out)["status"] == "canceled"
-        assert cli("apply", "--auto-approve").code == 0  # no job: nothing sweeps
-        session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
-        try:
-            from mlinfra.runs.processes import stop_orphans
-
-            assert [r.id for r in stop_orphans(RunStore(session))] == ["old-2"]
-        finally:
-            session.close()
+        assert cli("apply", "--auto-approve").code == 0  # every apply sweeps orphans
+        assert json.loads(cli("runs", "show", "old-2").out)["status"] == "canceled"
         assert stranger.poll() is None
     finally:
         stranger.kill()
@@ -458,7 +455,8 @@ def test_runs_cancel_explains_a_process_it_may_not_signal(
     job = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         session = SqliteStore(root / ".mlinfra" / "dev" / "state.db")
-        started = psutil.Process(job.pid).create_time()
+        started = started_at(job.pid)
+        assert started is not None
         RunStore(session).save(Run(id="theirs-1", job="j", experiment="j", run_hash="h",
                                    status="running", pid=job.pid, pid_started=started,
                                    host=HOST, owner_pid=job.pid, owner_started=started - 1))
@@ -538,3 +536,120 @@ def test_runs_cancel_of_a_run_its_apply_still_watches(project: Callable[[Files],
     assert proc.wait(timeout=30) == 1, out
     assert f"run {run_id} canceled" in out
     assert json.loads(cli("runs", "show", run_id).out)["status"] == "canceled"
+
+
+MANIFEST_LOOKALIKE = """\
+kind: Job
+name: make
+code: ./steps
+command: sh make.sh ${outputs.o}
+outputs: {o: out.json}
+"""
+
+
+def test_a_file_that_looks_like_a_folder_manifest_is_a_file(
+        project: Callable[[Files], Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts")
+    lookalike = tmp_path / "out.json"
+    lookalike.write_text('{"manifest": {"../x": "y"}}')
+    sha = store.put(lookalike)
+    assert store.intact(sha) and store.present(sha)
+    copy = store.materialize(sha, tmp_path / "copy.json")
+    assert copy.read_text() == lookalike.read_text() and store.is_copy(sha, copy)
+    root = project({"j.yaml": MANIFEST_LOOKALIKE,
+                    "steps/make.sh": "printf '{\"manifest\": {\"../x\": \"y\"}}' > $1\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    assert cli("plan", "--detailed-exitcode").code == 0  # not rerun on every apply
+    out = output_of(cli, "job.make")["outputs"]
+    stored = ArtifactStore(root / WORKSPACE / "artifacts")
+    assert stored.intact(str(out["o"]))  # type: ignore[index]
+
+
+COPY_JOB = """\
+kind: Data
+name: d
+path: d.csv
+---
+kind: Job
+name: copy
+code: ./steps
+command: sh copy.sh ${{inputs.d}} ${{outputs.o}}
+inputs: {{d: d}}
+params: {{n: {n}}}
+outputs: {{o: o.txt}}
+"""
+
+
+def _rewrite_keeping_size_and_mtime(path: Path, content: str) -> None:
+    """What `rsync -a`, `cp -p` or a restore do: other bytes, same size and mtime."""
+    before = path.stat()
+    assert len(content.encode()) == before.st_size
+    path.write_text(content)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.fixture
+def hashes_kept_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remember hashes of files written just now (tests write and plan within a second)."""
+    monkeypatch.setattr("mlinfra.data.hashes._RACY_NS", 0)
+
+
+@pytest.mark.usefixtures("hashes_kept_at_once")
+def test_a_same_size_edit_that_keeps_the_mtime_is_seen(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    root = project({"j.yaml": COPY_JOB.format(n=1), "steps/copy.sh": "cat $1 > $2\n",
+                    "data/d.csv": "a,b\n1,2\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    assert cli("plan", "--detailed-exitcode").code == 0  # the hashes are remembered
+    _rewrite_keeping_size_and_mtime(root / "data" / "d.csv", "a,b\n7,9\n")
+    plan = cli("plan", "--detailed-exitcode")
+    assert plan.code == 2 and "data.d will be updated" in plan.out, plan.out
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    run = json.loads(cli("runs", "show", str(output_of(cli, "job.copy")["run_id"])).out)
+    assert Path(run["run_dir"], "outputs", "o.txt").read_text() == "a,b\n7,9\n"
+
+
+@pytest.mark.usefixtures("hashes_kept_at_once")
+def test_a_wrong_remembered_hash_is_refreshed_by_the_run_that_finds_it(
+        project: Callable[[Files], Path], cli: Callable[..., Result]) -> None:
+    from mlinfra import cache_dir
+
+    root = project({"j.yaml": COPY_JOB.format(n=1), "steps/copy.sh": "cat $1 > $2\n",
+                    "data/d.csv": "a,b\n1,2\n"})
+    assert cli("apply", "--auto-approve").code == 0
+    # This machine remembers hashes the files do not have (a file system that kept
+    # every part of their identity through an edit): the data's and the code's.
+    db = sqlite3.connect(cache_dir() / "file-hashes.db")
+    db.execute("UPDATE file_hashes SET sha256=? WHERE path LIKE ?",
+               ("0" * 64, f"{root.resolve()}/%"))
+    db.commit()
+    db.close()
+    (root / "j.yaml").write_text(COPY_JOB.format(n=2))  # the job runs for another reason
+    failed = cli("apply", "--auto-approve")
+    assert failed.code == 1 and "changed since the plan" in failed.err, failed.err
+    # Not forever: each file found wrong is read again by the next plan (the data's,
+    # then the code's, which the job reaches only once its data was applied).
+    tries = [cli("apply", "--auto-approve") for _ in range(2)]
+    assert tries[-1].code == 0, [t.err for t in tries]
+    assert cli("plan", "--detailed-exitcode").code == 0
+    assert output_of(cli, "data.d")["version"] == 1  # none registered under a wrong hash
+
+
+def test_a_process_is_known_after_the_system_clock_was_stepped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.runs.processes import is_running
+
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        started = started_at(child.pid)
+        stepped = psutil.Process.create_time
+        # psutil >= 7.0.1 moves create_time with the clock (NTP stepped it an hour)
+        monkeypatch.setattr(psutil.Process, "create_time",
+                            lambda self: stepped(self) + 3600.0)
+        assert is_running(child.pid, started)
+        assert not is_running(child.pid, (started or 0.0) + 5.0)  # another process
+    finally:
+        child.kill()
+        child.wait()
+    assert not is_running(child.pid, started)

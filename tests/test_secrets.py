@@ -295,7 +295,7 @@ def test_install_error_does_not_show_the_secret(project: Callable[..., Path],
                        "tinypkg-0.1-py3-none-any.whl\n"})
     result = cli("apply", "--auto-approve")
     assert result.code == 1
-    assert "cannot install the requirements" in result.err
+    assert "cannot resolve the requirements" in result.err
     assert "/nonexistent/(sensitive)/tinypkg" in result.err and WHEEL_DIR not in result.err
 
 

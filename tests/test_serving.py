@@ -417,7 +417,7 @@ def test_rollout_of_a_good_deployment_completes(served: Any) -> None:
 
 
 def test_a_rollout_with_no_traffic_says_so_and_stops(served: Any) -> None:
-    """Item 14: a hold with no request at all is not a success."""
+    """A hold with no request at all is not a success."""
     _, cli, url, key = served
     result = cli("endpoints", "rollout", "api", "--to", "green", "--steps", "50,100",
                  "--hold", "0.3s")
@@ -430,7 +430,7 @@ def test_a_rollout_with_no_traffic_says_so_and_stops(served: Any) -> None:
 
 
 def test_a_hold_with_too_few_requests_is_inconclusive(served: Any) -> None:
-    """Item 14: traffic that never reaches the deployment (every request pinned to blue)
+    """Traffic that never reaches the deployment (every request pinned to blue)
     holds the step again, then stops as inconclusive."""
     _, cli, url, key = served
     with Load(url, key, threads=2, headers={"mlinfra-deployment": "blue"}):
@@ -482,7 +482,7 @@ def slow_when_asked(products: int = 100) -> bytes:
 
 def test_a_rollout_judges_each_hold_on_its_own_requests(
         project: Callable[..., Path], cli: Callable[..., Result]) -> None:
-    """Item 14: green answered slowly before the rollout, fast during it. Its lifetime p99
+    """Green answered slowly before the rollout, fast during it. Its lifetime p99
     is high; each hold window's is low, and the rollout completes."""
     project({"models/fraud.onnx": onnx_model(), "models/other.onnx": slow_when_asked(),
              "serving.yaml": ENDPOINT.format(workers=1, traffic="{blue: 100, green: 0}",
@@ -560,10 +560,9 @@ def test_a_slow_model_stalls_nothing_else(project: Callable[..., Path],
         time.sleep(slow_s / 4)
         for path, headers in (("/v2/health/ready", {}), ("/invocations",
                                                          {"mlinfra-deployment": "blue"})):
-            tick = time.monotonic()
             body = {"inputs": [[1, 2]]} if path == "/invocations" else None
             got = call(url, key, "POST" if body else "GET", path, body, headers)[0]
-            assert got == 200 and time.monotonic() - tick < slow_s / 3, path
+            assert got == 200, path
         assert slow.is_alive()  # those answers came while the slow one was computing
         slow.join()
         assert result["answer"][0] == 200
@@ -624,7 +623,7 @@ def test_a_batch_fills_while_requests_keep_coming(tmp_path: Path) -> None:
     for row, (label, probabilities) in zip(rows, answers, strict=True):
         expected = model.run({"features": row})
         assert np.array_equal(label, expected[0]) and np.allclose(probabilities, expected[1])
-    started = time.monotonic()
-    asyncio.run(batcher.infer({"features": rows[0]}))
-    assert time.monotonic() - started < 1.0 and batcher.batch_sizes[-1] == 1
+    # A lone request is not held for the 30 s delay (it would time out here).
+    asyncio.run(asyncio.wait_for(batcher.infer({"features": rows[0]}), timeout=20))
+    assert batcher.batch_sizes[-1] == 1
     batcher.close()

@@ -1,4 +1,4 @@
-"""Issue 10, item 9: a client's mistake is never a 500 (nor a silent cast), and a
+"""a client's mistake is never a 500 (nor a silent cast), and a
 rollout is not rolled back because clients send bad tensors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 10, item 7: a model cannot read files outside its own folder. ONNX external
+"""a model cannot read files outside its own folder. ONNX external
 data is resolved only inside the model's folder, at registration and in the server; a
 model with legitimate external data is registered with its data and served."""
 

@@ -1,4 +1,4 @@
-"""Issue 10, item 10: the access log and the captures are bounded (rotated by size), and
+"""the access log and the captures are bounded (rotated by size), and
 connections that send nothing, or half a request, are closed after a timeout.
 
 The endpoint is applied as a user would; a second server is then started on a copy of

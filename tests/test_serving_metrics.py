@@ -1,4 +1,4 @@
-"""Issue 10, item 13: /metrics is one view of the endpoint, whichever worker answers
+"""/metrics is one view of the endpoint, whichever worker answers
 the scrape, and its counters do not reset when a worker is replaced."""
 
 from __future__ import annotations

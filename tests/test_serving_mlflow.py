@@ -1,4 +1,4 @@
-"""Issue 10, item 11: MLflow's scoring protocol as `mlflow models serve` answers it.
+"""MLflow's scoring protocol as `mlflow models serve` answers it.
 
 The request bodies marked "MLflow docs" are byte for byte those of MLflow's
 documentation (Deploy MLflow Model as a Local Inference Server, and the serving quick

@@ -1,4 +1,4 @@
-"""Issue 10, item 12: Triton's client (tritonclient.http) with its defaults, which send
+"""Triton's client (tritonclient.http) with its defaults, which send
 and ask for the binary tensor data extension, and model metadata that lists the
 versions actually served."""
 

@@ -55,7 +55,7 @@ def test_stack_by_path_and_missing_default_stack(project: Callable[[Files], Path
                                                  tmp_path: Path) -> None:
     root = project({})
     assert load(root).stack.name == "dev"  # no stacks/dev.yaml: the implicit local stack
-    other = tmp_path / "elsewhere.yaml"
+    other = tmp_path / "staging.yaml"
     other.write_text("kind: Stack\nname: staging\nprovider: docker\n")
     config = load(root, str(other))
     assert (config.stack.name, config.stack.provider) == ("staging", "docker")

@@ -1,4 +1,4 @@
-"""A state written by the previous schema opens and upgrades (issue 11, item 3).
+"""A state written by the previous schema opens and upgrades.
 
 tests/fixtures/format-1 holds a project and the SQLite state that mlinfra wrote for
 it before versioned migrations (format 1): an apply that ran a job logging a param, a

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -175,21 +174,19 @@ def test_failed_runs(trainable: Path, cli: Callable[..., Result], script: str,
 
 
 def test_timeout_kills_the_process_group(trainable: Path, cli: Callable[..., Result]) -> None:
+    pid_file = trainable / "child.pid"
     (trainable / "train" / "train.py").write_text(
         "import subprocess, time\n"
         "child = subprocess.Popen(['sleep', '60'])\n"
-        "open('/tmp/mlinfra-test-child.pid', 'w').write(str(child.pid))\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(60)\n")
     text = (trainable / "training.yaml").read_text()
     (trainable / "training.yaml").write_text(text.replace("outputs: {model: model.onnx}",
                                                           "outputs: {model: model.onnx}\n"
                                                           "timeout: 1s"))
-    started = time.monotonic()
     result = cli("apply", "--auto-approve")
     assert result.code == 1 and "timed out after 1s" in result.err
-    assert time.monotonic() - started < 20
-    child = int(Path("/tmp/mlinfra-test-child.pid").read_text())
-    time.sleep(0.2)
+    child = int(pid_file.read_text())
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(
         f"/proc/{child}/stat").read_text().split(")")[1].split()[0]
 

@@ -63,7 +63,14 @@ CASES: list[tuple[str, Files, str, str]] = [
                               .replace("model: fraud:2", "model: Fraud:v2")},
      "a.yaml:11:12: endpoint/api: deployments[1].model:", "is not a reference"),
     ("duplicate-name", {"a.yaml": JOB, "b.yaml": "kind: Job\nname: train\ncommand: x\n"},
-     "b.yaml:2:7: job/train: name:", "also defined in a.yaml"),
+     "b.yaml:2:7:", "job/train is already defined at a.yaml:6"),
+    ("name-ends-in-newline", {"a.yaml": 'kind: Compute\nname: "ep\\n"\n'},
+     "a.yaml:2:7:", "is not a name"),
+    ("reference-ends-in-newline", {"a.yaml": ENDPOINT.format(
+        traffic="{blue: 100}", mirror="{}").replace("model: fraud:2", 'model: "fraud:2\\n"')},
+     "a.yaml:11:12: endpoint/api: deployments[1].model:", "is not a reference"),
+    ("stack-named-as-another", {"stacks/dev.yaml": "kind: Stack\nname: prod\n"},
+     "stacks/dev.yaml:2:7: stack/prod: name:", "its file is dev.yaml"),
     ("duplicate-key", {"a.yaml": "kind: Job\nname: x\ncommand: a\ncommand: b\n"},
      "a.yaml:4:1:", "duplicate key 'command'"),
     ("empty-file", {"a.yaml": ""}, "a.yaml:1:1:", "empty file"),
@@ -212,3 +219,18 @@ def test_unknown_stack_lists_known(quickstart: Path, cli: Callable[..., Result])
     assert result.code == 1
     assert "stack 'prod' not found" in result.err
     assert "dev, docker, kubernetes" in result.err
+
+
+def test_a_duplicate_brings_no_other_error(project: Callable[[Files], Path],
+                                           cli: Callable[..., Result]) -> None:
+    model = ("kind: Model\nname: churn\nfrom: {job: train, output: model}\n"
+             "evaluation: {data: holdout, label: y, metrics: [auc]}\n")
+    project({"pipeline.yaml": JOB + "outputs: {model: m.onnx}\n---\n" + model
+             + "---\nkind: Data\nname: holdout\npath: h.csv\n",
+             "zz.yaml": model.replace("job: train", "job: train2")})
+    (Path("data") / "h.csv").write_text("a,y\n1,0\n")
+    result = cli("validate")
+    assert result.code == 1
+    lines = [line for line in result.err.splitlines() if ": " in line and ".yaml:" in line]
+    assert lines == ["zz.yaml:2:7: model/churn is already defined at pipeline.yaml:12"], \
+        result.err

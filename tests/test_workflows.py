@@ -1,4 +1,4 @@
-"""The GitHub Actions workflows (issue 12, item 6): this project's, and the one users copy.
+"""The GitHub Actions workflows: this project's, and the one users copy.
 Both pass check-jsonschema's vendored schema of GitHub workflows, and the users' one
 keeps the promises the README makes: plan on pull requests, run on pushes to main, one
 concurrency group per stack, and no more permission than needed."""

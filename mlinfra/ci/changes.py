@@ -74,20 +74,24 @@ class Repository:
 
     def dirty(self) -> list[str]:
         """Uncommitted changes in the project: staged, modified and untracked files (those
-        .gitignore does not exclude)."""
+        .gitignore does not exclude), except mlinfra's own `.mlinfra/` (state, cache,
+        workspaces), which is never the project's content."""
         paths: set[str] = set()
         for diff in (self.repo.index.diff(None), self.repo.index.diff("HEAD")):
             for item in diff:
                 paths.update(p for p in (item.a_path, item.b_path) if p)
         paths.update(self.repo.untracked_files)
-        return sorted(p for p in (self._inside(p) for p in paths) if p is not None)
+        return sorted(p for p in (self._inside(p) for p in paths)
+                      if p is not None and p.split("/", 1)[0] != ".mlinfra")
 
     def commit(self, rev: str) -> str | None:
         """The commit `rev` names, or None when it names none here."""
         import git
 
         try:
-            return str(self.repo.commit(rev).hexsha)
+            found = self.repo.commit(rev)
+            found.tree  # noqa: B018  (a shallow clone names parents it does not hold)
+            return str(found.hexsha)
         except (git.BadName, git.BadObject, ValueError):
             return None
 

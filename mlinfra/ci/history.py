@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mlinfra.registry.decisions import PROMOTION, DecisionLog
+from mlinfra.registry.decisions import PROMOTION, DecisionLog, figures
 from mlinfra.state.store import StateStore
 
 # The commands whose alias moves are promotion decisions, recorded as such.
@@ -69,8 +69,11 @@ def render(entries: list[dict[str, Any]]) -> list[str]:
         candidate, champion = metrics.get("candidate") or {}, metrics.get("champion") or {}
         for name in sorted(candidate):
             old = champion.get(name)
-            versus = f" (champion {old:.4g})" if isinstance(old, int | float) else ""
-            lines.append(f"    {name}: {candidate[name]:.4g}{versus}")
+            if isinstance(old, int | float):
+                new, was = figures(candidate[name], old)
+                lines.append(f"    {name}: {new} (champion {was})")
+            else:
+                lines.append(f"    {name}: {figures(candidate[name])[0]}")
         rollout = entry.get("rollout") or {}
         if rollout:
             lines.append(f"    rollout on {rollout.get('endpoint')}: {rollout.get('status')}"

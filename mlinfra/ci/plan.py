@@ -25,7 +25,7 @@ from mlinfra.spec.model import Resource
 @dataclass
 class Outcome:
     report: str
-    ok: bool  # validated and planned
+    ok: bool  # validated and planned, and the data passes its expectations
     stack: str
     project: str
 
@@ -108,13 +108,15 @@ def verdict_in_advance(session: Session, res: Resource, the_plan: Plan) -> str:
     rollout = spec.get("rollout")
     if rollout:
         from mlinfra.providers.local.endpoint.canary import DEFAULT_ERROR_RATE, DEFAULT_STEPS
+        from mlinfra.spec.model import duration_in
 
         limits = rollout.get("rollback_on") or {}
         thresholds = [f"error rate {limits.get('error_rate', DEFAULT_ERROR_RATE)}"]
         if limits.get("p99_ms") is not None:
-            thresholds.append(f"p99 {limits['p99_ms']} ms")
+            thresholds.append(f"p99 {duration_in(limits['p99_ms'], 0.001, 0):g} ms")
         steps = "/".join(str(s) for s in rollout.get("steps") or DEFAULT_STEPS)
-        text += (f"; rollout {steps} on {rollout['endpoint']} (hold {rollout.get('hold_s', 5)}s"
+        hold = duration_in(rollout.get("hold_s"), 1.0, 5)
+        text += (f"; rollout {steps} on {rollout['endpoint']} (hold {hold:g}s"
                  f" each, rolled back above {' or '.join(thresholds)}"
                  + (", replaying captured requests when quiet" if rollout.get("replay")
                     else "") + ")")
@@ -195,12 +197,16 @@ def ci_plan(directory: Path, stack: str | None, base: str | None,
         promotions = [verdict_in_advance(session, res, the_plan)
                       for res in sorted(session.config.of("Promotion").values(),
                                         key=lambda r: r.name)]
+        verdicts = data_verdicts(session, the_plan)
         text = report.plan_report(
             project, stack_name, changes, direct, downstream,
             summary_line(the_plan) if the_plan.has_changes() else
             "No changes. The stack matches the configuration.",
-            plan_text(session, the_plan), runs_started(the_plan), promotions,
-            data_verdicts(session, the_plan), [], monitor_lines(session, the_plan))
-        return Outcome(text, True, stack_name, project)
+            plan_text(session, the_plan), runs_started(the_plan), promotions, verdicts, [],
+            monitor_lines(session, the_plan))
+        # Data that fails its expectations fails the check: apply would refuse it after
+        # the merge.
+        return Outcome(text, not any(v.passed is False for v in verdicts), stack_name,
+                       project)
     finally:
         session.close()

@@ -2,8 +2,10 @@
 
 The working tree must be clean (the state records what a commit did, so a run of
 uncommitted files would be recorded against the wrong commit) unless allowed. A commit
-processed without failure is recorded per stack in the audit log; running again on it
-does nothing and says so, without planning. Otherwise, under the stack's lock: what
+processed without failure, from a clean tree, is recorded per stack in the audit log
+with the state's serial after it; running again on it does nothing and says so while
+the state is still at that serial and a plan shows no change (after a destroy, an apply
+by hand or a failed one, the commit is applied again). Otherwise, under the stack's lock: what
 changed since the last processed commit, the same plan and apply as `mlinfra apply`,
 then the report: runs and their metrics, failed runs with the end of their logs, each
 promotion decision with champion and candidate on every evaluated metric (differences
@@ -18,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlinfra.ci import report
-from mlinfra.ci.changes import ChangeSet, GitProblem, Repository, affected
+from mlinfra.ci.changes import SHALLOW_HINT, ChangeSet, GitProblem, Repository, affected
 from mlinfra.ci.plan import monitor_lines, plan_text
 from mlinfra.engine import Event, Session, execute, open_session, plan, workspace_address
 from mlinfra.errors import MlinfraError
 from mlinfra.plan.model import tally
 from mlinfra.registry.decisions import CI_RUN, PROMOTION, Decision, DecisionLog, trigger
+from mlinfra.state.model import StateVersion
 
 
 @dataclass
@@ -34,11 +37,17 @@ class Outcome:
     stack: str = ""
 
 
-def processed(log: DecisionLog, stack: str, commit: str) -> Decision | None:
+def processed(log: DecisionLog, stack: str, commit: str, version: StateVersion
+              ) -> Decision | None:
     """The record of `commit` when the last ci run of `stack` processed it without
-    failure, else None."""
+    failure from a clean tree and nothing changed the state since, else None."""
     last = log.last(CI_RUN, f"stack.{stack}")
-    if last is not None and last.detail.get("commit") == commit and last.detail.get("ok"):
+    if last is None:
+        return None
+    detail = last.detail
+    if (detail.get("commit") == commit and detail.get("ok") and not detail.get("dirty")
+            and detail.get("lineage") == version.lineage
+            and detail.get("serial") == version.serial):
         return last
     return None
 
@@ -118,13 +127,16 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
         session = open_session(directory, stack, "ci run", write=True, log=log)
         try:
             decisions = DecisionLog(session.store)
-            record = None if dirty else processed(decisions, session.stack, head)
-            if record is not None:
+            store = session.store
+            record = None if dirty else processed(decisions, session.stack, head,
+                                                  store.version())
+            if record is not None and not plan(session).has_changes():
                 return _skipped(session.stack, head, record)
             with writing(session, "ci run", lock_timeout):
                 # Another ci run may have processed it while this one waited for the lock.
-                record = None if dirty else processed(decisions, session.stack, head)
-                if record is not None:
+                record = None if dirty else processed(decisions, session.stack, head,
+                                                      store.version())
+                if record is not None and not plan(session).has_changes():
                     return _skipped(session.stack, head, record)
                 done = [r for r in decisions.read(CI_RUN, address=f"stack.{session.stack}")
                         if r.detail.get("ok")]
@@ -134,14 +146,20 @@ def ci_run(directory: Path, stack: str | None, allow_dirty: bool = False,
                                            "failure", allow_dirty)
                 else:
                     parent = repo.commit("HEAD^")
+                    if parent is None and repo.shallow:
+                        raise GitProblem("the commit before HEAD is not here, so what "
+                                         f"changed cannot be told: {SHALLOW_HINT}")
                     changes = repo.changes(parent, "HEAD^" if parent else "", allow_dirty)
                 # Runs made from here on are this apply's (not those of a ci run that
                 # held the lock before).
                 outcome = _apply(session, changes, decisions, time.time(), parallelism,
                                  on_event)
+                # The record is the state's next change: the serial it leaves is known.
+                version = store.version()
                 decisions.record(f"stack.{session.stack}", CI_RUN, {
                     "commit": head, "ok": outcome.ok, "dirty": bool(dirty),
-                    "trigger": trigger("ci run")})
+                    "trigger": trigger("ci run"), "lineage": version.lineage,
+                    "serial": version.serial + 1})
                 return outcome
         finally:
             session.close()

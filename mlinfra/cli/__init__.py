@@ -59,6 +59,12 @@ def _plan_options(p: argparse.ArgumentParser) -> None:
                    help="only this resource and what it depends on (repeatable)")
     p.add_argument("--refresh", type=_bool, default=True, metavar="BOOL",
                    help="read the actual state first (default true)")
+    p.add_argument("-replace", "--replace", action="append", default=[], metavar="ADDR",
+                   help="replace this resource even if unchanged (an environment resolves "
+                        "its requirements again); repeatable")
+    p.add_argument("--new-state", action="store_true",
+                   help="start over with a new state when the state file is gone but "
+                        "its backup is still there")
 
 
 def _terminal_columns() -> int:
@@ -202,7 +208,8 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     invoke = eps.add_parser("invoke", parents=[common],
                             help="send a request (v2 or MLflow format) and print the answer")
     invoke.add_argument("name")
-    invoke.add_argument("--data", required=True, metavar="FILE", help="request body, - for stdin")
+    invoke.add_argument("--data", required=True, metavar="FILE",
+                        help="request body: JSON (v2 or MLflow), a .csv table, - for stdin")
     invoke.add_argument("--deployment", help="pin a deployment")
     invoke.add_argument("--key", help="a key (default: mlinfra's operator key)")
     invoke.add_argument("--url", help="the endpoint's address (default: from the state; on "
@@ -227,7 +234,8 @@ def _endpoints(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> N
     keys = eps.add_parser("keys", parents=[common],
                           help="make the keys and show them once, or make a new one")
     keys.add_argument("name")
-    keys.add_argument("--regenerate", choices=["primary", "secondary"])
+    keys.add_argument("--regenerate", choices=["primary", "secondary", "operator"],
+                      help="a new key in place of this one (operator: mlinfra's own)")
     _lock_option(keys)
 
 
@@ -310,8 +318,11 @@ def _studio(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None
 
 
 def _output(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
-    p.add_argument("address", nargs="?", help="one resource only")
+    p.add_argument("address", nargs="?", help="one resource (ADDR), or one of its outputs "
+                   "(ADDR.FIELD)")
     p.add_argument("--json", action="store_true", help="print as JSON")
+    p.add_argument("-raw", "--raw", action="store_true",
+                   help="one output's value as plain text, for scripts (as Terraform's)")
 
 
 def _events(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:

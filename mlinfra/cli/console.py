@@ -57,7 +57,8 @@ def session_for(args: argparse.Namespace, command: str, *, write: bool) -> Sessi
     from mlinfra.engine import open_session
 
     return open_session(directory(args), stack_name(args), command, write=write,
-                        log=lambda line: emit(line, "dim"))
+                        log=lambda line: emit(line, "dim"),
+                        new_state=bool(getattr(args, "new_state", False)))
 
 
 def confirm(question: str) -> bool:

@@ -117,13 +117,18 @@ def _show(session: Session, state: ResourceState) -> int:
 
 def _keys(session: Session, state: ResourceState, args: argparse.Namespace) -> int:
     from mlinfra.engine import operation, writing
-    from mlinfra.providers.local.endpoint.keys import KEY_NAMES, issue
+    from mlinfra.providers.local.endpoint.keys import KEY_NAMES, issue, rotate_operator
 
     # A key rotation is a journaled operation whose key set is recorded before the
     # server gets it: after a crash at any instant, a revoked key stays revoked.
     with writing(session, "endpoints keys", args.lock_timeout), \
             operation(session, state.address, "keys") as work:
         current = session.store.get(state.address) or state  # as it is under the lock
+        if args.regenerate == "operator":
+            rotate_operator(session.ctx.for_change(work), current)
+            echo("operator: replaced (mlinfra's commands use the new key; the server no "
+                 "longer accepts the old one)")
+            return 0
         if args.regenerate:
             names = [args.regenerate]
         else:
@@ -173,16 +178,28 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
     except OSError as err:
         raise MlinfraError(f"cannot read the request body {args.data}: "
                            f"{err.strerror or err}") from err
-    try:
-        sent = json.loads(body)
-    except ValueError:
-        raise MlinfraError(f"{args.data} is not JSON") from None
-    v2 = isinstance(sent, dict) and isinstance(sent.get("inputs"), list) and all(
-        isinstance(i, dict) and "datatype" in i for i in sent["inputs"])
+    content_type = "application/json"
+    if args.data.lower().endswith(".csv"):  # a table with a header, as MLflow takes it
+        content_type, v2 = "text/csv", False
+    else:
+        try:
+            sent = json.loads(body)
+        except ValueError:
+            raise MlinfraError(f"{args.data} is neither JSON nor a .csv file") from None
+        v2 = isinstance(sent, dict) and isinstance(sent.get("inputs"), list) and all(
+            isinstance(i, dict) and "datatype" in i for i in sent["inputs"])
     path = f"/v2/models/{state.name}/infer" if v2 else "/invocations"
     if session.config.stack.provider == "local":
-        url = (args.url or state.outputs["url"]).rstrip("/") + path
-        key = args.key or operator_key(EndpointFolder.of(session.ctx, state.name))
+        own = str(state.outputs["url"])
+        url = (args.url or own).rstrip("/") + path
+        key = args.key
+        if not key and state.outputs.get("auth", "key") != "none":
+            if not _same_origin(url, own):
+                raise MlinfraError(
+                    f"--url {args.url} is not endpoint {state.name}'s own address ({own}): "
+                    "mlinfra never sends its operator key to another address; give the key "
+                    "that one takes with --key")
+            key = operator_key(EndpointFolder.of(session.ctx, state.name))
     else:
         from mlinfra.providers.pulumi_stack import endpoint_url, keys_hint
 
@@ -190,7 +207,9 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
         key = args.key
         if not key and state.attributes.get("auth", "key") != "none":
             raise MlinfraError(keys_hint(session.config, session.ctx.state_dir, state.name))
-    headers = {"mlinfra-deployment": args.deployment} if args.deployment else {}
+    headers = {"content-type": content_type}
+    if args.deployment:
+        headers["mlinfra-deployment"] = args.deployment
     started = time.perf_counter()
     try:
         answer = request(url, key, body, headers, timeout=args.timeout)
@@ -202,3 +221,18 @@ def _invoke(session: Session, state: ResourceState, args: argparse.Namespace) ->
     served = answer.headers.get("mlinfra-model", "")
     echo_err(f"HTTP {answer.status} in {elapsed:.1f} ms" + (f" from {served}" if served else ""))
     return 0 if answer.status == 200 else 1
+
+
+def _same_origin(url: str, own: str) -> bool:
+    """Scheme, host and port alike: where the operator key may be sent."""
+    from urllib.parse import urlsplit
+
+    def origin(text: str) -> tuple[str, str, int | None]:
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            return ("", "", None)
+        return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+    return origin(url) == origin(own) and origin(own)[1] != ""

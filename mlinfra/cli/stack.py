@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlinfra.cli.console import confirm, echo, echo_err, emit, print_lines, session_for
 from mlinfra.errors import MlinfraError
@@ -74,7 +75,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     session = session_for(args, "plan", write=False)
     try:
         the_plan = plan(session, targets=args.target, destroy=args.destroy,
-                        do_refresh=args.refresh)
+                        do_refresh=args.refresh, replace=args.replace)
         interrupted = session.store.interrupted_operations()
         notes = [] if args.json else session.provider.plan_notes(session.ctx)
         if not args.json and session.config.of("Schedule") and not args.destroy:
@@ -122,7 +123,7 @@ def _apply_or_destroy(args: argparse.Namespace, destroy: bool) -> int:
                 args.auto_approve = True  # a saved plan was reviewed already
             else:
                 the_plan = plan(session, targets=args.target, destroy=destroy,
-                                do_refresh=args.refresh)
+                                do_refresh=args.refresh, replace=args.replace)
             _print_plan(the_plan)
             if not the_plan.has_changes():
                 return 0
@@ -251,12 +252,42 @@ def _without_password(url: str) -> str:
             "keep the password in the file)")
 
 
+def _one_output(args: argparse.Namespace, address: str, field: str,
+                outputs: dict[str, Any]) -> int:
+    """`output ADDRESS.FIELD`: the value alone (JSON), or with -raw as plain text, as
+    `terraform output -raw` prints a string, number or boolean."""
+    if field not in outputs:
+        raise MlinfraError(f"{address} has no output {field}; its outputs: "
+                           f"{', '.join(sorted(outputs)) or 'none'}")
+    value = outputs[field]
+    if not args.raw:
+        echo(json.dumps(value, indent=2 if args.json else None, default=str))
+        return 0
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, str | int | float):
+        text = str(value)
+    else:
+        raise MlinfraError(f"{address}.{field} is {type(value).__name__}, not a string, "
+                           "number or boolean: -raw prints only those; use --json")
+    sys.stdout.write(text)  # no newline, as Terraform's -raw, for $(...)
+    sys.stdout.flush()
+    return 0
+
+
 def cmd_output(args: argparse.Namespace) -> int:
     session = session_for(args, "output", write=False)
     try:
         resources = session.store.resources()
     finally:
         session.close()
+    if args.address and args.address not in resources and "." in args.address:
+        address, _, field = args.address.rpartition(".")
+        if address in resources:
+            return _one_output(args, address, field, resources[address].outputs)
+    if args.raw:
+        raise MlinfraError("-raw prints one output: give it as ADDRESS.FIELD "
+                           "(mlinfra output -raw endpoint.api.url)")
     if args.address:
         if args.address not in resources:
             raise MlinfraError(f"{args.address} is not in the state")

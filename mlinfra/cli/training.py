@@ -111,11 +111,23 @@ def cmd_models(args: argparse.Namespace) -> int:
     try:
         registry = ModelRegistry(session.store)
         if args.models_command == "list":
+            from mlinfra.registry.decisions import figures
+
             rows = []
-            for version in registry.versions(args.name):
+            versions = registry.versions(args.name)
+            # Each metric with the digits that tell apart the versions listed beside it.
+            shown: dict[tuple[str, int, str], str] = {}
+            for key in {k for v in versions for k in v.metrics}:
+                listed = [(v, v.metrics[key]) for v in versions
+                          if isinstance(v.metrics.get(key), int | float)]
+                for (version, _), text in zip(listed, figures(*(m for _, m in listed)),
+                                              strict=True):
+                    shown[(version.name, version.version, key)] = text
+            for version in versions:
                 aliases = [a for a, v in registry.aliases(version.name).items()
                            if v == version.version]
-                metrics = ", ".join(f"{k}={v:.4g}" for k, v in version.metrics.items()
+                metrics = ", ".join(f"{k}={shown[(version.name, version.version, k)]}"
+                                    for k, v in version.metrics.items()
                                     if isinstance(v, int | float))
                 status = ("archived" if version.archived else "gates failed" if
                           version.tags.get(GATES_TAG) == "failed" else "")

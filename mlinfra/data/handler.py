@@ -3,6 +3,7 @@ datastore; content that fails the asset's expectations takes no version."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,24 @@ class DataHandler(BaseHandler):
             return None
         return ObjectData(ctx.writer, location, datastore_path(ctx, store.spec))
 
-    def locate(self, res: Resource, ctx: Context, fetch: bool = True) -> tuple[str, Path]:
+    def locate(self, res: Resource, ctx: Context, fetch: bool = True,
+               fresh: bool = False) -> tuple[str, Path]:
         """The sha256 of the asset's content and the local file holding it. On object
         storage the sha256 comes from the object's ETag when the state knows it, and
         the file is the local mirror, downloaded only with `fetch` (a plan reads no
-        object it has seen)."""
+        object it has seen). `fresh`: a local file is read from its bytes, whatever this
+        machine remembers of it (a version about to be registered)."""
         store = self._datastore(res, ctx)
         rel = str(res.spec["path"])
         remote = self._remote(store, ctx)
         if remote is None:
-            path = datastore_path(ctx, store.spec) / rel
+            root = datastore_path(ctx, store.spec)
+            path = root / rel
+            _refuse_leaving(res.address, path, root)
             if not path.exists():
                 raise ProviderError(res.address, f"{rel} not found in its datastore "
                                     f"({path})")
-            return DataVersions(ctx.writer).content_sha256(path), path
+            return DataVersions(ctx.writer).content_sha256(path, fresh=fresh), path
         found = remote.stat(rel)
         if found is None:
             raise ProviderError(res.address, f"{rel} not found in its datastore "
@@ -92,7 +97,7 @@ class DataHandler(BaseHandler):
         res = ctx.config.get("Data", change.name)
         if res is None:
             raise ProviderError(change.address, "not in the configuration")
-        sha, path = self.locate(res, ctx)
+        sha, path = self.locate(res, ctx, fresh=True)
         versions = DataVersions(ctx.writer)
         if sha != after.get("sha256"):
             raise ProviderError(change.address, f"{self.where(res, ctx)} changed since the "
@@ -136,3 +141,33 @@ def _refuse_known_failure(res: Resource, ctx: Context, sha: str) -> None:
         raise ProviderError(res.address, DataCheckFailed(
             f"{res.name} (sha256 {sha[:12]}, checked before)", found.failures).message
             + "\nfix the data, or its expectations")
+
+
+def _real(address: str, path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop of links
+        raise ProviderError(address, f"{path} is a loop of symbolic links") from None
+
+
+def _refuse_leaving(address: str, path: Path, root: Path) -> None:
+    """A Data path, and every link in a Data folder, stays inside its datastore, as a
+    job's code stays inside the project: no file elsewhere on the machine is versioned
+    (nor read by a job) through a link or `..`."""
+    top = _real(address, root)
+
+    def check(candidate: Path) -> None:
+        real = _real(address, candidate)
+        if real != top and top not in real.parents:
+            how = (f"is a symbolic link to {os.readlink(candidate)}" if candidate.is_symlink()
+                   else f"leads to {real}")
+            raise ProviderError(address, f"{candidate} {how}, outside its datastore ({root}):"
+                                " copy what it points at into the datastore")
+
+    check(path)
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            for name in dirs + files:
+                entry = Path(folder) / name
+                if entry.is_symlink():
+                    check(entry)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.state.store import Cursor, row_json, upsert
+from mlinfra.data.hashes import machine_hashes
+from mlinfra.state.store import Cursor, row_json
 from mlinfra.state.work import Writer
 
 _CHUNK = 1 << 20
@@ -41,23 +42,21 @@ class DataVersions:
         self.writer, self.store = writer, writer.store
 
     def _cached_sha256(self, path: Path) -> str:
-        """sha256 of a file, reusing the last one while size and mtime are unchanged."""
-        stat = path.stat()
-        key = str(path.resolve())
-        rows = self.store.query("SELECT size, mtime_ns, sha256 FROM file_hashes WHERE path=?",
-                                (key,))
-        if rows and rows[0][0] == stat.st_size and rows[0][1] == stat.st_mtime_ns:
-            return str(rows[0][2])
-        sha = file_sha256(path)
-        if self.store.readonly:  # a plan reads; the next apply keeps the hash
-            return sha
-        self.store.cache_write(lambda cur: cur.execute(
-            upsert("file_hashes", ("path", "size", "mtime_ns", "sha256"), ("path",)),
-            (key, stat.st_size, stat.st_mtime_ns, sha)))
-        return sha
+        """sha256 of a file, remembered on this machine while the file's identity
+        (inode, size, mtime, ctime) is unchanged."""
+        return machine_hashes().sha256(path, file_sha256)
 
-    def content_sha256(self, path: Path) -> str:
-        """A file's sha256, or for a folder the sha256 of its files' paths and hashes."""
+    def forget(self, path: Path) -> None:
+        """Hash `path` (a file or folder) from its bytes next time: what it holds now
+        is not what was remembered."""
+        machine_hashes().forget(path)
+
+    def content_sha256(self, path: Path, fresh: bool = False) -> str:
+        """A file's sha256, or for a folder the sha256 of its files' paths and hashes.
+        `fresh`: read from the bytes, whatever this machine remembers (a version about
+        to be registered)."""
+        if fresh:
+            self.forget(path)
         if path.is_file():
             return self._cached_sha256(path)
         digest = hashlib.sha256()

@@ -118,17 +118,23 @@ def _plan_desired(want: Desired, have: ResourceState | None,
 def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
               observed: dict[str, Observed], version: StateVersion, *,
               targets: Iterable[str] = (), destroy: bool = False, stack: str = "",
-              resolved: dict[str, int | None] | None = None) -> Plan:
+              resolved: dict[str, int | None] | None = None,
+              replace: Iterable[str] = ()) -> Plan:
     """Compare what the configuration wants with what the state holds and refresh saw.
 
     With `targets`, only those addresses and what they depend on are planned (for
     destroy: those addresses and what depends on them is refused). With `destroy`,
-    everything in the state is deleted.
+    everything in the state is deleted. Each of `replace` that the state holds is
+    replaced even when unchanged (Terraform's `-replace`).
     """
-    targets = set(targets)
+    targets, replace = set(targets), set(replace)
     unknown = targets - set(desired) - set(state)
     if unknown:
         raise PlanError(f"--target names no resource: {', '.join(sorted(unknown))}")
+    unknown = replace - set(desired)
+    if unknown:
+        raise PlanError(f"-replace names no resource of the configuration: "
+                        f"{', '.join(sorted(unknown))}")
     if destroy:
         wanted: dict[str, Desired] = {}
     elif targets:
@@ -144,6 +150,11 @@ def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
     for address in order:
         want = wanted[address]
         change, found = _plan_desired(want, state.get(address), observed.get(address))
+        if address in replace and change.action in (Action.NOOP, Action.UPDATE):
+            change = Change(want.address, want.kind, want.name, Action.REPLACE,
+                            "replacement requested (-replace)", change.before,
+                            want.attributes, change.fields, list(want.dependencies),
+                            want.inputs_hash)
         if found is not None:
             drift.append(found)
             repaired.add(address)
@@ -173,7 +184,8 @@ def make_plan(desired: dict[str, Desired], state: dict[str, ResourceState],
                               field_changes(have.attributes, {}, frozenset()),
                               list(have.dependencies), have.inputs_hash))
     return Plan(changes=changes, drift=drift, lineage=version.lineage, serial=version.serial,
-                stack=stack, destroy=destroy, targets=sorted(targets), resolved=resolved)
+                stack=stack, destroy=destroy, targets=sorted(targets), resolved=resolved,
+                replace=sorted(replace))
 
 
 def _refuse_used(gone: set[str], state: dict[str, ResourceState]) -> None:

@@ -7,9 +7,8 @@ only and never decides what apply does.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from mlinfra.errors import Record
 
 FORMAT_VERSION = "1.0"
 SENSITIVE = "(sensitive)"
@@ -40,7 +39,8 @@ class FieldChange(NamedTuple):
     sensitive: bool = False
 
 
-class Desired(Record):
+@dataclass(slots=True, init=False)
+class Desired:
     """A resource as the configuration wants it.
 
     `attributes` are its fields plus the facts a provider derives from the world
@@ -48,8 +48,13 @@ class Desired(Record):
     `inputs_hash` is their digest.
     """
 
-    __slots__ = ("address", "kind", "name", "attributes", "inputs_hash", "dependencies",
-                 "replace_fields")
+    address: str
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    inputs_hash: str
+    dependencies: list[str]
+    replace_fields: frozenset[str]
 
     def __init__(self, address: str, kind: str, name: str, attributes: dict[str, Any],
                  inputs_hash: str, dependencies: list[str] | None = None,
@@ -73,12 +78,21 @@ class Observed(NamedTuple):
     update: bool = False
 
 
-class Change(Record):
+@dataclass(slots=True, init=False)
+class Change:
     """One resource's planned change. Invariant: `before` is None for CREATE,
     `after` is None for DELETE."""
 
-    __slots__ = ("address", "kind", "name", "action", "reason", "before", "after",
-                 "fields", "dependencies", "inputs_hash")
+    address: str
+    kind: str
+    name: str
+    action: Action
+    reason: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    fields: list[FieldChange]
+    dependencies: list[str]
+    inputs_hash: str
 
     def __init__(self, address: str, kind: str, name: str, action: Action, reason: str,
                  before: dict[str, Any] | None = None, after: dict[str, Any] | None = None,
@@ -123,25 +137,36 @@ def tally(changes: list[Change]) -> dict[str, int]:
     return found
 
 
-class Plan(Record):
+@dataclass(slots=True, init=False)
+class Plan:
     """Changes in dependency order (deletions in reverse order), the drift refresh
     found, and what the plan was made against: the state's version (lineage "" for a
-    stack with no state yet), the `--target`s, and `resolved`, what each model
-    reference of the configuration (`fraud@champion`, `fraud`) named at that time."""
+    stack with no state yet), the `--target`s, the `-replace`s, and `resolved`, what
+    each model reference of the configuration (`fraud@champion`, `fraud`) named at that
+    time."""
 
-    __slots__ = ("changes", "drift", "lineage", "serial", "stack", "destroy", "targets",
-                 "resolved")
+    changes: list[Change]
+    drift: list[Drift]
+    lineage: str
+    serial: int
+    stack: str
+    destroy: bool
+    targets: list[str]
+    resolved: dict[str, int | None]
+    replace: list[str]
 
     def __init__(self, changes: list[Change], drift: list[Drift] | None = None,
                  lineage: str = "", serial: int = 0, stack: str = "", destroy: bool = False,
                  targets: list[str] | None = None,
-                 resolved: dict[str, int | None] | None = None) -> None:
+                 resolved: dict[str, int | None] | None = None,
+                 replace: list[str] | None = None) -> None:
         self.changes = changes
         self.drift = drift if drift is not None else []
         self.lineage, self.serial = lineage, serial
         self.stack, self.destroy = stack, destroy
         self.targets = targets if targets is not None else []
         self.resolved = resolved if resolved is not None else {}
+        self.replace = replace if replace is not None else []
 
     @property
     def actionable(self) -> list[Change]:
@@ -161,9 +186,12 @@ class Plan(Record):
             "serial": self.serial,
             "destroy": self.destroy,
             "targets": self.targets,
+            "replace": self.replace,
             "resolved": self.resolved,
             "summary": self.counts(),
-            "changes": [c.to_json() for c in self.actionable],
+            # NOTE: no-ops are kept, as in Terraform's saved plans: apply orders its
+            # changes through the unchanged resources between them.
+            "changes": [c.to_json() for c in self.changes],
             "drift": [d._asdict() for d in self.drift],
         }
 
@@ -173,4 +201,4 @@ class Plan(Record):
                    drift=[Drift(**d) for d in data.get("drift", [])],
                    lineage=data["lineage"], serial=data["serial"], stack=data["stack"],
                    destroy=bool(data["destroy"]), targets=list(data["targets"]),
-                   resolved=dict(data["resolved"]))
+                   resolved=dict(data["resolved"]), replace=list(data.get("replace") or []))

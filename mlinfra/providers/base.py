@@ -48,8 +48,9 @@ class Provider:
     def __init__(self) -> None:
         self.handlers: dict[str, Handler] = {}
 
-    def cancel(self) -> None:
-        """Stop long operations under way (Ctrl-C during apply)."""
+    def cancel(self, force: bool = False) -> None:
+        """Stop long operations under way (Ctrl-C during apply): gracefully, then for
+        good after a grace period; `force` (a second Ctrl-C): for good, now."""
 
     def prepare(self, config: Config, command: str) -> None:
         """Refuse `command` before the state is opened when something the provider needs

@@ -14,10 +14,11 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mlinfra.errors import MlinfraError, Record
+from mlinfra.errors import MlinfraError
 from mlinfra.spec.model import Config
 
 T = TypeVar("T")
@@ -91,12 +92,16 @@ def in_own_loop(work: Callable[[], T]) -> T:
     return result[0]
 
 
-class Step(Record):
+@dataclass(slots=True, init=False)
+class Step:
     """One Pulumi resource that an operation changes: `key` is its name (the rendered
     object's key), `op` Pulumi's (create, update, replace, delete, same...), `diffs`
     the properties that change."""
 
-    __slots__ = ("key", "op", "type", "diffs")
+    key: str
+    op: str
+    type: str
+    diffs: list[str]
 
     def __init__(self, key: str, op: str, type: str, diffs: list[str]) -> None:
         self.key, self.op, self.type, self.diffs = key, op, type, diffs

@@ -168,11 +168,11 @@ class PulumiProvider(Provider, abc.ABC):
         super().__init__()
         self._rendered: tuple[int, list[RenderedObject]] | None = None
 
-    def cancel(self) -> None:
+    def cancel(self, force: bool = False) -> None:
         """Ctrl-C: the training runs under way on this machine stop, as on local."""
         from mlinfra.runs.execute import cancel_all
 
-        cancel_all()
+        cancel_all(force)
 
     def prepare(self, config: Config, command: str) -> None:
         if command in COMMANDS_NEEDING_PULUMI:

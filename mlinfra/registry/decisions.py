@@ -110,3 +110,18 @@ class DecisionLog:
         """The id of the newest audit row: records made later have a greater one."""
         rows = self.store.query("SELECT MAX(id) FROM audit")
         return int(rows[0][0] or 0) if rows else 0
+
+
+def figures(*values: float) -> list[str]:
+    """Metric values as a decision shows them: every digit before the point and at least
+    four significant ones, and as many more as it takes for values that differ to read
+    differently (rmse 25541.3 > 25538.9, never 2.554e+04 > 2.554e+04)."""
+    def at(value: float, digits: int) -> str:
+        whole = len(str(int(abs(value)))) if abs(value) >= 1 else 0
+        return f"{value:.{max(digits, whole + 1)}g}"
+
+    for digits in range(4, 18):
+        shown = [at(v, digits) for v in values]
+        if len(set(shown)) == len(set(values)):
+            return shown
+    return [repr(v) for v in values]

@@ -3,13 +3,13 @@
 The task is read from the model's outputs: a label output or class probabilities
 make a classifier (binary with two classes, multiclass with more), one number per
 row a regressor. The classes are the label values as they are in the data. Metrics
-are computed with NumPy alone and follow scikit-learn's definitions; the tests
-compare every one with scikit-learn's on the same data.
+are scikit-learn's (sklearn.metrics), imported only when a model is scored.
 """
 
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -428,36 +428,42 @@ def _integer(value: Any) -> int | None:
 
 
 def _classifier(metric: str, y: list[Any], prediction: _Prediction, pos: Any) -> float:
+    from sklearn import metrics as sk
+
     predicted = prediction.predicted
     if metric == "accuracy":
-        return float(np.mean([p == t for p, t in zip(predicted, y, strict=True)]))
+        return float(sk.accuracy_score(_encoded(y), _encoded(predicted)))
     if metric in _PROBABILISTIC:
         assert prediction.probabilities is not None
         return _probabilistic(metric, y, prediction.classes, prediction.probabilities, pos)
     name, _, average = metric.partition("_")
-    labels = sorted(set(y) | set(predicted)) if average else [pos]
-    truth, guess = np.array(y, dtype=object), np.array(predicted, dtype=object)
-    values, support = [], []
-    for label in labels:
-        tp = float(np.sum((guess == label) & (truth == label)))
-        fp = float(np.sum((guess == label) & (truth != label)))
-        fn = float(np.sum((guess != label) & (truth == label)))
-        if name == "precision":
-            values.append(tp / (tp + fp) if tp + fp else 0.0)
-        elif name == "recall":
-            values.append(tp / (tp + fn) if tp + fn else 0.0)
-        else:
-            values.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-        support.append(tp + fn)
-    if average == "weighted":
-        total = sum(support)
-        return sum(v * s for v, s in zip(values, support, strict=True)) / total if total \
-            else 0.0
-    return float(np.mean(values))
+    scorer = {"precision": sk.precision_score, "recall": sk.recall_score,
+              "f1": sk.f1_score}[name]
+    # Classes as their index in one sorted list: scikit-learn compares labels of one
+    # type, and the data's labels and the model's may be ints and strings alike.
+    labels = sorted(set(y) | set(predicted), key=_order)
+    index = {label: i for i, label in enumerate(labels)}
+    truth, guess = [index[v] for v in y], [index[v] for v in predicted]
+    if average:
+        return float(scorer(truth, guess, labels=list(range(len(labels))), average=average,
+                            zero_division=0.0))
+    return float(scorer(truth, guess, labels=[index.get(pos, len(labels))], average="macro",
+                        zero_division=0.0))
+
+
+def _order(value: Any) -> tuple[str, Any]:
+    return (type(value).__name__, value)
+
+
+def _encoded(values: list[Any]) -> list[str]:
+    """Labels as text with their type, so that 1 and "1" stay apart, as == keeps them."""
+    return [f"{type(v).__name__}:{v}" for v in values]
 
 
 def _probabilistic(metric: str, y: list[Any], classes: list[Any], probabilities: np.ndarray,
                    pos: Any) -> float:
+    from sklearn import metrics as sk
+
     unknown = sorted({str(v) for v in y if v not in classes})
     if unknown:
         raise ModelInvalid(f"metric {metric}: the evaluation data holds class "
@@ -466,9 +472,14 @@ def _probabilistic(metric: str, y: list[Any], classes: list[Any], probabilities:
     index = {c: i for i, c in enumerate(classes)}
     truth = np.array([index[v] for v in y])
     if metric == "logloss":
-        eps = np.finfo(np.float64).eps
-        chosen = np.clip(probabilities[np.arange(len(y)), truth], eps, 1 - eps)
-        return float(-np.mean(np.log(chosen)))
+        if len(classes) == 1:  # a one-class model is sure of it: no loss
+            return 0.0
+        with warnings.catch_warnings():
+            # ONNX computes in float32: a row sums to 1 within float32's precision only,
+            # which scikit-learn warns about without changing anything.
+            warnings.filterwarnings("ignore", "The y_prob values do not sum to one")
+            return float(sk.log_loss(truth, probabilities,
+                                     labels=list(range(len(classes)))))
     if len(classes) <= 2:
         return auc((truth == index[pos]).astype(int), probabilities[:, index[pos]])
     absent = [str(c) for i, c in enumerate(classes) if not np.any(truth == i)]
@@ -481,30 +492,27 @@ def _probabilistic(metric: str, y: list[Any], classes: list[Any], probabilities:
 
 
 def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """Area under the ROC curve: the Mann-Whitney U statistic, ties counted half."""
+    """Area under the ROC curve (scikit-learn's roc_auc_score), for 0/1 labels `y`."""
+    from sklearn.metrics import roc_auc_score
+
     positives, negatives = int(np.sum(y == 1)), int(np.sum(y == 0))
     if not positives or not negatives:
         raise ModelInvalid("auc needs both classes in the evaluation data")
-    # Rank of each score, tied scores sharing the average of their ranks (1-based).
-    _, group, counts = np.unique(p, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    ranks = (ends - (counts - 1) / 2.0)[group.reshape(-1)]
-    u = ranks[y == 1].sum() - positives * (positives + 1) / 2
-    return float(u / (positives * negatives))
+    return float(roc_auc_score(y, p))
 
 
 def _regression(metrics: list[str], y: np.ndarray, predicted: np.ndarray
                 ) -> dict[str, float]:
+    from sklearn import metrics as sk
+
     out = {}
     for metric in metrics:
-        error = predicted - y
         if metric == "rmse":
-            out[metric] = float(np.sqrt(np.mean(error ** 2)))
+            out[metric] = float(np.sqrt(sk.mean_squared_error(y, predicted)))
         elif metric == "mae":
-            out[metric] = float(np.mean(np.abs(error)))
+            out[metric] = float(sk.mean_absolute_error(y, predicted))
         else:
-            total, residual = float(np.sum((y - y.mean()) ** 2)), float(np.sum(error ** 2))
             # scikit-learn's convention for constant truth: 1 when exact, else 0.
-            out[metric] = (1.0 - residual / total if total else
-                           1.0 if residual == 0 else 0.0)
+            out[metric] = float(sk.r2_score(y, predicted)) if len(y) > 1 else (
+                1.0 if bool(np.all(y == predicted)) else 0.0)
     return out

@@ -60,7 +60,7 @@ class ModelRegistry:
         for row in rows:
             values = dict(zip(_COLUMNS, row, strict=True))
             for key in _JSON:
-                values[key] = row_json(values[key], f"model {row[0]}:{row[1]}")
+                values[key] = row_json(values[key], f"model {row[0]}:{row[1]} {key}", dict)
             out.append(ModelVersion(**values))
         return out
 

@@ -19,26 +19,29 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from mlinfra.data.objects import ObjectLocation
 from mlinfra.data.versions import file_sha256
 from mlinfra.registry.artifacts import (
-    _MANIFEST_START,
     ArtifactCorrupted,
     ArtifactStore,
-    _manifest,
+    _tree_sha256,
 )
 
 # A PUT of one request up to this size (s3fs sends larger files as multipart uploads,
 # where a whole-object checksum is not a PUT header).
 _SINGLE_PUT = 64 << 20
+# Where each kind of artifact is kept, under the location as in a folder store: a
+# folder's manifest apart from files, so its kind is where it is, never its bytes.
+_KINDS = ("trees", "blobs")
 
 
 class ObjectArtifactStore(ArtifactStore):
-    """Invariant: the object at blobs/<aa>/<sha256> under the location has that sha256
-    (checked on every download); the local cache holds only verified blobs."""
+    """Invariant: the object at blobs/<aa>/<sha256> under the location has that sha256,
+    a folder's manifest at trees/<aa>/<address> has that address (checked on every
+    download); the local cache holds only verified copies."""
 
     def __init__(self, location: ObjectLocation, cache: Path) -> None:
         super().__init__(cache)
@@ -48,11 +51,12 @@ class ObjectArtifactStore(ArtifactStore):
     def where(self) -> str:
         return self.location.url
 
-    def _key(self, sha: str) -> str:
-        return self.location.key("blobs", sha[:2], sha)
+    def _key(self, sha: str, kind: str = "blobs") -> str:
+        return self.location.key(kind, sha[:2], sha)
 
     def url(self, sha: str) -> str | None:
-        return self.location.url_of(self._key(sha))
+        found = self._remote(sha)
+        return self.location.url_of(self._key(sha, found[0] if found else "blobs"))
 
     def check(self, write: bool = False) -> None:
         """Reach the store (bucket, credentials, network), or raise a StorageError that
@@ -66,104 +70,119 @@ class ObjectArtifactStore(ArtifactStore):
             loc.call("write to", lambda: fs.rm_file(probe))
 
     def remove_all(self) -> None:
-        """Delete every blob of the store (destroying the workspace)."""
+        """Delete every blob and folder manifest of the store (destroying the
+        workspace)."""
         loc = self.location
         fs = loc.call("open", loc.filesystem)
-        blobs = loc.key("blobs")
-        if loc.call("read", lambda: fs.exists(blobs)):
-            loc.call("delete from", lambda: fs.rm(blobs, recursive=True))
+        for kind in _KINDS:
+            top = loc.key(kind)
+            if loc.call("read", partial(fs.exists, top)):
+                loc.call("delete from", partial(fs.rm, top, recursive=True))
 
-    def _put_in_place(self, tmp: Path, sha: str, *args: Any, **kwargs: Any) -> None:
-        super()._put_in_place(tmp, sha, *args, **kwargs)
-        self._publish(sha)
+    def _put_in_place(self, tmp: Path, sha: str, folder: bool = False) -> None:
+        super()._put_in_place(tmp, sha, folder)
+        self._publish(sha, folder)
 
-    def _publish(self, sha: str) -> None:
-        """Upload the blob just put in place in the cache, unless the store has it."""
+    def _publish(self, sha: str, folder: bool = False) -> None:
+        """Upload what was just put in place in the cache, unless the store has it."""
         loc = self.location
         fs = loc.call("open", loc.filesystem)
-        key = self._key(sha)
+        key = self._key(sha, "trees" if folder else "blobs")
         if loc.call("read", lambda: fs.exists(key)):
             return
-        blob = super()._blob(sha)
-        size = blob.stat().st_size
+        local = super()._tree(sha) if folder else super()._blob(sha)
+        size = local.stat().st_size
         extra: dict[str, str] = {}
         if loc.kind == "s3" and size < _SINGLE_PUT:
-            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha)).decode()
+            content_sha = file_sha256(local) if folder else sha
+            extra["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(content_sha)).decode()
         # FileExistsError: another writer created it first, under the same content's name
         with contextlib.suppress(FileExistsError):
-            loc.call("upload to", lambda: fs.put_file(str(blob), key, mode="create", **extra),
+            loc.call("upload to", lambda: fs.put_file(str(local), key, mode="create", **extra),
                      passing=(FileExistsError,))
         fs.invalidate_cache(key)
 
-    def _remote_info(self, sha: str) -> dict[str, object] | None:
+    def _remote(self, sha: str) -> tuple[str, dict[str, object]] | None:
+        """(kind, object info) of `sha` in the store, or None."""
         loc = self.location
         fs = loc.call("open", loc.filesystem)
-        key = self._key(sha)
-        try:
-            return dict(loc.call("read", lambda: fs.info(key, refresh=True),
-                                 passing=(FileNotFoundError,)))
-        except FileNotFoundError:
-            return None
+        for kind in _KINDS:
+            key = self._key(sha, kind)
+            try:
+                return kind, dict(loc.call("read", partial(fs.info, key, refresh=True),
+                                           passing=(FileNotFoundError,)))
+            except FileNotFoundError:
+                continue
+        return None
 
     def exists(self, sha: str) -> bool:
-        return self._remote_info(sha) is not None
+        return self._remote(sha) is not None
 
     def present(self, sha: str) -> bool:
         """The object, and for a folder every object its manifest lists, exists (and
         has the size of the cached copy, when this machine has one). A file is not
-        downloaded: its first bytes show it is no folder manifest."""
-        info = self._remote_info(sha)
-        if info is None:
+        downloaded: where it is kept says it is a file."""
+        found = self._remote(sha)
+        if found is None:
             return False
-        cached = super()._blob(sha)
+        kind, info = found
+        cached = super()._tree(sha) if kind == "trees" else super()._blob(sha)
         if cached.is_file() and cached.stat().st_size != info.get("size"):
             return False
-        if not cached.is_file() and not self._starts_as_manifest(sha):
-            return True  # a file: its first bytes say so, without downloading it
+        if kind == "blobs":
+            return True
         try:
-            manifest = _manifest(self.path(sha), sha)
+            manifest = self._manifest(sha)
         except ArtifactCorrupted:
             return False
         return manifest is None or all(self.exists(f) for f in manifest.values())
 
-    def _starts_as_manifest(self, sha: str) -> bool:
-        loc = self.location
-        fs = loc.call("open", loc.filesystem)
-        head = loc.call("read", lambda: fs.cat_file(self._key(sha), start=0,
-                                                    end=len(_MANIFEST_START)))
-        return bytes(head) == _MANIFEST_START
+    def _manifest(self, sha: str) -> dict[str, str] | None:
+        if not super()._tree(sha).is_file():
+            found = self._remote(sha)
+            if found is None or found[0] != "trees":
+                return None
+            self.path(sha)
+        return super()._manifest(sha)
 
     def intact(self, sha: str) -> bool:
         """Downloads the object (and a folder's files) again and hashes them."""
-        blob = super()._blob(sha)
-        blob.unlink(missing_ok=True)
+        super()._blob(sha).unlink(missing_ok=True)
+        super()._tree(sha).unlink(missing_ok=True)
         try:
-            manifest = _manifest(self.path(sha), sha)
+            self.path(sha)
+            manifest = self._manifest(sha)
         except ArtifactCorrupted:
             return False
         return manifest is None or all(self.intact(f) for f in manifest.values())
 
     def path(self, sha: str, verify: bool = True) -> Path:
-        """The cached copy of `sha`, downloaded and verified first when missing."""
-        blob = super()._blob(sha)
-        if blob.is_file() and (not verify or file_sha256(blob) == sha):
-            return blob
+        """The cached copy of `sha` (a folder's: its manifest), downloaded and verified
+        first when missing."""
+        for cached in (super()._tree(sha), super()._blob(sha)):
+            if cached.is_file() and (not verify or self._verified(sha)):
+                return cached
         loc = self.location
         fs = loc.call("open", loc.filesystem)
+        found = self._remote(sha)
+        if found is None:
+            raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from {loc.url}")
+        kind = found[0]
         tmp = self._incoming()
         try:
             try:
-                loc.call("download from", lambda: fs.get_file(self._key(sha), str(tmp)),
+                loc.call("download from", lambda: fs.get_file(self._key(sha, kind), str(tmp)),
                          passing=(FileNotFoundError,))
             except FileNotFoundError:
                 raise ArtifactCorrupted(f"artifact {sha[:12]} is missing from "
                                         f"{loc.url}") from None
-            if file_sha256(tmp) != sha:
+            got = _tree_sha256(tmp.read_bytes()) if kind == "trees" else file_sha256(tmp)
+            if got != sha:
                 raise ArtifactCorrupted(f"artifact {sha[:12]} in {loc.url} does not match "
                                         "its sha256: the object was changed outside mlinfra")
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, blob)
+            target = super()._tree(sha) if kind == "trees" else super()._blob(sha)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
         finally:
             tmp.unlink(missing_ok=True)
-        return blob
-
+        return target

@@ -17,7 +17,7 @@ from mlinfra.data import checks
 from mlinfra.graph import address
 from mlinfra.handler import Applied, BaseHandler, Context, ProviderError
 from mlinfra.plan.model import Change, Observed
-from mlinfra.registry.decisions import PROMOTION, DecisionLog, trigger
+from mlinfra.registry.decisions import PROMOTION, DecisionLog, figures, trigger
 from mlinfra.registry.models import GATES_TAG, ModelRegistry, ModelVersion
 from mlinfra.runs.jobs import Resolver, artifact_store
 from mlinfra.spec.model import Resource
@@ -61,8 +61,8 @@ def _gates(res: Resource, ctx: Context, candidate: ModelVersion) -> list[dict[st
                 continue
             passed = value >= bounds[side] if side == "min" else value <= bounds[side]
             worse = "<" if side == "min" else ">"
-            detail = f"{metric} {value:.4g}" + (
-                "" if passed else f" {worse} {side} {bounds[side]}")
+            shown, limit = figures(value, bounds[side])
+            detail = f"{metric} {shown}" + ("" if passed else f" {worse} {side} {limit}")
             out.append({"gate": gate, "passed": passed, "detail": detail})
     resolver = Resolver(ctx)
     for text in gates.get("data") or []:
@@ -128,14 +128,16 @@ def judge(res: Resource, ctx: Context, candidate: ModelVersion,
     maximize = compare.get("direction", "max") == "max"
     gain = new - old if maximize else old - new
     # Better means a gain, and at least min_delta of it: a tie never moves the alias.
+    shown_new, shown_old = figures(new, old)
     if gain > 0 and gain >= delta:
-        return Verdict("promoted", f"{metric} {new:.4g} beats champion {champion.ref}'s "
-                       f"{old:.4g} by {gain:.4g} (at least {delta:g} needed)", gates)
+        return Verdict("promoted", f"{metric} {shown_new} beats champion {champion.ref}'s "
+                       f"{shown_old} by {figures(gain)[0]} (at least {delta:g} needed)",
+                       gates)
     if gain == 0:
-        return Verdict("rejected", f"{metric} {new:.4g} = champion {old:.4g}: a tie never "
-                       "wins", gates)
+        return Verdict("rejected", f"{metric} {shown_new} = champion {shown_old}: a tie "
+                       "never wins", gates)
     worse, bound = ("<", f"+ {delta:g}") if maximize else (">", f"- {delta:g}")
-    return Verdict("rejected", f"{metric} {new:.4g} {worse} champion {old:.4g} {bound}",
+    return Verdict("rejected", f"{metric} {shown_new} {worse} champion {shown_old} {bound}",
                    gates)
 
 

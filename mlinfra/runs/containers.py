@@ -12,31 +12,41 @@ read-write), its code snapshot at /mlinfra/run/code and the metrics helper at
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-from mlinfra.errors import Record
 
 RUN_DIR = "/mlinfra/run"
 INPUTS_DIR = "/mlinfra/inputs"
 
 
-class Mount(Record):
+@dataclass(slots=True, init=False)
+class Mount:
     """A file or folder of this machine (`source`, absolute) at `target` in the
     container."""
 
-    __slots__ = ("source", "target", "read_only")
+    source: Path
+    target: str
+    read_only: bool
 
     def __init__(self, source: Path, target: str, read_only: bool) -> None:
         self.source, self.target, self.read_only = source, target, read_only
 
 
-class ContainerRun(Record):
+@dataclass(slots=True, init=False)
+class ContainerRun:
     """One run to start. `command` and `env` use the container's paths; `secret_env`
     names the variables of `env` whose values are sensitive (the provider keeps them
     secret: a Pulumi secret, a Kubernetes Secret); `run_dir` is the run's folder here."""
 
-    __slots__ = ("run_id", "job", "command", "env", "secret_env", "mounts", "working_dir",
-                 "timeout_s", "run_dir")
+    run_id: str
+    job: str
+    command: str
+    env: dict[str, str]
+    secret_env: tuple[str, ...]
+    mounts: list[Mount]
+    working_dir: str
+    timeout_s: float | None
+    run_dir: Path
 
     def __init__(self, run_id: str, job: str, command: str, env: dict[str, str],
                  secret_env: tuple[str, ...], mounts: list[Mount], working_dir: str,
@@ -49,13 +59,18 @@ class ContainerRun(Record):
         return f"ContainerRun(run_id={self.run_id!r}, job={self.job!r})"
 
 
-class Finished(Record):
+@dataclass(slots=True, init=False)
+class Finished:
     """How a container run ended: its exit code (None when the provider reports only
     failure, as a Kubernetes Job does), its output, the provider's own error when the
     run could not be started or awaited, whether it ran out of time, and where it ran
     (the container's or Job's name and image, for the run record)."""
 
-    __slots__ = ("exit_code", "logs", "error", "timed_out", "where")
+    exit_code: int | None
+    logs: str
+    error: str
+    timed_out: bool
+    where: str
 
     def __init__(self, exit_code: int | None, logs: str, error: str = "",
                  timed_out: bool = False, where: str = "") -> None:

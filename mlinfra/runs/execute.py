@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mlinfra.data.hashes import machine_hashes
 from mlinfra.errors import MlinfraError
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.runs.containers import INPUTS_DIR, RUN_DIR, ContainerRun, Finished, Launcher, Mount
-from mlinfra.runs.processes import started_at, this_process
+from mlinfra.runs.processes import end_run, signal_run, started_at, this_process
 from mlinfra.runs.snapshot import CodeRefused, git_info, snapshot
 from mlinfra.runs.store import Run, RunStore
 from mlinfra.spec.model import INTERPOLATION
@@ -35,6 +36,8 @@ _POLL_S = 0.05
 # Processes of the runs under way in this process, so Ctrl-C can stop them all.
 _RUNNING: dict[str, subprocess.Popen[bytes]] = {}
 _RUNNING_LOCK = threading.Lock()
+# Runs stopped by Ctrl-C: canceled, whatever signal ended them.
+_CANCELED: set[str] = set()
 
 
 class RunFailed(MlinfraError):
@@ -93,12 +96,27 @@ def substitute(command: str, spec: JobSpec, out_dir: Path) -> str:
     return INTERPOLATION.sub(fill, command)
 
 
-def cancel_all() -> None:
-    """Stop every run under way in this process (Ctrl-C)."""
+def cancel_all(force: bool = False, grace_s: float = _KILL_GRACE_S) -> None:
+    """Stop every run under way in this process (Ctrl-C): SIGTERM to each run's
+    processes, then SIGKILL to those still there after `grace_s`; with `force` (a
+    second Ctrl-C), SIGKILL now."""
     with _RUNNING_LOCK:
-        procs = list(_RUNNING.values())
-    for proc in procs:
-        _kill_group(proc, signal.SIGTERM)
+        running = list(_RUNNING.items())
+        _CANCELED.update(run_id for run_id, _ in running)
+    for run_id, proc in running:
+        signal_run(run_id, proc.pid, signal.SIGKILL if force else signal.SIGTERM)
+    if force or not running:
+        return
+
+    def kill_the_rest() -> None:
+        with _RUNNING_LOCK:
+            still = [(r, p) for r, p in running if _RUNNING.get(r) is p]
+        for run_id, proc in still:
+            signal_run(run_id, proc.pid, signal.SIGKILL)
+
+    timer = threading.Timer(grace_s, kill_the_rest)
+    timer.daemon = True
+    timer.start()
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
@@ -166,6 +184,7 @@ def execute(spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, runs_root: 
         if not refused:
             copied = snapshot(spec.code, spec.root, work, run_dir / "snapshot.zip")
             if spec.code_digest is not None and copied != spec.code_digest:
+                machine_hashes().forget(spec.code)  # the next plan reads it again
                 refused = "its code changed since the plan: plan again"
     except CodeRefused as err:
         refused = err.message
@@ -221,9 +240,10 @@ def _in_process(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
         pump = threading.Thread(target=_pump, args=(proc.stdout, log, on_line), daemon=True)
         pump.start()
         timed_out = False
+        began = time.monotonic()
         try:
             while proc.poll() is None:
-                if spec.timeout_s is not None and time.time() - run.started_at > spec.timeout_s:
+                if spec.timeout_s is not None and time.monotonic() - began > spec.timeout_s:
                     timed_out = True
                     _stop(proc)
                     break
@@ -236,11 +256,20 @@ def _in_process(run: Run, spec: JobSpec, runs: RunStore, reader: MetricsReader,
             raise
         finally:
             proc.wait()
+            # The job ends with its command: what it left running (a background child in
+            # its process group, a daemon that left it) is stopped, so a timeout holds
+            # and nothing keeps the log's pipe open.
+            left = end_run(run.id, proc.pid, _KILL_GRACE_S)
             with _RUNNING_LOCK:
                 _RUNNING.pop(run.id, None)
             pump.join(timeout=5)
             proc.stdout.close()
             run.exit_code = proc.returncode
+            if left:
+                note = (f"mlinfra: the job left {left} process{'es' if left > 1 else ''} "
+                        "running after its command ended; stopped")
+                log.write(f"{note}\n".encode())
+                on_line(note)
     return timed_out
 
 
@@ -312,7 +341,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _finish(run: Run, spec: JobSpec, runs: RunStore, artifacts: ArtifactStore, out_dir: Path,
             timed_out: bool, reader: MetricsReader, launch_error: str = "") -> None:
     stored = runs.get(run.id)
-    canceled = stored is not None and stored.cancel_requested
+    with _RUNNING_LOCK:
+        interrupted = run.id in _CANCELED
+        _CANCELED.discard(run.id)
+    canceled = interrupted or (stored is not None and stored.cancel_requested)
     if timed_out:
         run.status, run.error = "failed", f"timed out after {spec.timeout_s:g}s"
     elif canceled or (run.exit_code is not None and run.exit_code < 0 and

@@ -110,13 +110,16 @@ class Resolver:
         return DataInput(ref.name, current, sha, path)
 
     def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, Any]]:
-        """The environment's spec hash, venv and `env` (secrets still references)."""
+        """The environment's identity (its lock's hash), venv and `env` (secrets still
+        references)."""
         name = job.spec.get("environment")
         env = self.ctx.config.get("Environment", name) if name else None
         if env is None:
             return f"python{CURRENT_PYTHON}", None, {}
-        spec_hash = str(self.ctx.facts(env)["spec_hash"])
-        return spec_hash, env_dir(spec_hash), dict(env.spec.get("env") or {})
+        facts = self.ctx.facts(env)
+        # An environment is what it resolved: its lock's hash, not its requirement list.
+        env_hash = str(facts.get("env_hash") or facts["spec_hash"])
+        return env_hash, env_dir(env_hash), dict(env.spec.get("env") or {})
 
     def code(self, job: Resource) -> str:
         code = self.ctx.root / str(job.spec.get("code", "."))
@@ -300,6 +303,11 @@ def run_job(ctx: Context, res: Resource, run_hash: str, resolver: Resolver,
                   **{k: sha for k, (_, sha, _) in staged.items()}}
     actual, parts = resolver.run_hash(res, identities, params)
     if actual != run_hash:
+        # What this machine remembered of the files was wrong (or they changed since the
+        # plan): the next plan reads them again rather than failing here forever.
+        for data, _, _ in staged.values():
+            resolver.versions.forget(data.path)
+        resolver.versions.forget(ctx.root / str(spec.get("code", ".")))
         reading = ", ".join(f"{d.name} (sha256 {sha[:12]})" for d, sha, _ in staged.values())
         raise ProviderError(res.address, "its inputs, code or environment changed since the "
                             f"plan: plan again (it would read {reading or 'no data'}; run hash "
@@ -466,7 +474,12 @@ class PipelineHandler(BaseHandler):
                     ctx.log(f"{change.address}/{name}: reused (inputs unchanged)")
                 results[name] = {"run_id": run.id, "outputs": run.outputs, "reused": reused}
         except BaseException as err:
-            parent.status, parent.error = "failed", str(err)[:500]
+            # A canceled step (Ctrl-C, `mlinfra runs cancel`) cancels its pipeline run.
+            canceled = isinstance(err, KeyboardInterrupt) or any(
+                r.parent == parent.id and r.status == "canceled"
+                for r in runs.recent(limit=200))
+            parent.status = "canceled" if canceled else "failed"
+            parent.error = str(err)[:500] or "canceled"
             parent.ended_at = time.time()
             parent.outputs = {"steps": results}
             runs.save(parent)

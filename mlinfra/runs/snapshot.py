@@ -35,9 +35,13 @@ def code_files(code: Path, root: Path) -> Iterator[tuple[str, Path]]:
     top = root.resolve()
     rules = IgnoreRules(root, IGNORE_FILES)
     base = Path(os.path.relpath(code, root)).as_posix()
-    if not _inside(code.resolve(), top):
-        raise CodeRefused(f"code {base} leads outside the project ({code.resolve()})")
-    yield from _walk(code, "", base, top, rules, (code.resolve(),))
+    try:
+        real = code.resolve()
+    except (RuntimeError, OSError):  # RuntimeError until Python 3.13
+        raise CodeRefused(f"code {base} is a loop of symbolic links") from None
+    if not _inside(real, top):
+        raise CodeRefused(f"code {base} leads outside the project ({real})")
+    yield from _walk(code, "", base, top, rules, (real,))
 
 
 def _inside(path: Path, top: Path) -> bool:
@@ -55,10 +59,16 @@ def _walk(folder: Path, rel: str, base: str, top: Path, rules: IgnoreRules,
         child = f"{rel}/{entry.name}" if rel else entry.name
         in_root = child if base == "." else f"{base}/{child}"
         path = Path(entry.path)
-        is_dir = entry.is_dir()  # follows a link
+        try:
+            is_dir = entry.is_dir()  # follows a link
+        except OSError:  # ELOOP
+            raise CodeRefused(f"{in_root} is a loop of symbolic links") from None
         if rules.ignored(in_root, is_dir):
             continue
-        real = path.resolve() if entry.is_symlink() else None
+        try:
+            real = path.resolve() if entry.is_symlink() else None
+        except (RuntimeError, OSError):  # RuntimeError until Python 3.13
+            raise CodeRefused(f"{in_root} is a loop of symbolic links") from None
         if real is not None:
             target = os.readlink(path)
             if not _inside(real, top):

@@ -159,7 +159,7 @@ class RunStore:
         return out
 
     def logged_params(self, run_id: str) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.store.query(
+        return {k: row_json(v, f"run {run_id} param {k}") for k, v in self.store.query(
             "SELECT key, value FROM run_params WHERE run_id=?", (run_id,))}
 
     def data_read(self, run: Run) -> list[str]:
@@ -189,7 +189,8 @@ class RunStore:
 def _run(row: tuple[Any, ...]) -> Run:
     values = dict(zip(_COLUMNS, row, strict=True))
     for key in _JSON:
-        values[key] = row_json(values[key] or "{}", f"run {values['id']}")
+        text = values[key] if values[key] not in (None, "", "null") else "{}"
+        values[key] = row_json(text, f"run {values['id']} {key}", dict)
     return Run(**values)
 
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import shutil
 import socket
+import struct
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -25,14 +28,38 @@ from mlinfra.serving.connections import BoundedHttpProtocol
 from mlinfra.serving.limits import Limits
 from mlinfra.serving.shared import METRICS_DIR
 
+BACKLOG = 2048  # uvicorn's
+SO_ATTACH_REUSEPORT_CBPF = 51  # Linux, asm-generic/socket.h
+
 
 def listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
+    sock.listen(BACKLOG)
+    _newest_takes_connections(sock)
     sock.set_inheritable(True)
     return sock
+
+
+def _newest_takes_connections(sock: socket.socket) -> None:
+    """Steer every new connection on this port to the socket that joined it last.
+
+    A server replacing another listens beside it (SO_REUSEPORT), and the kernel would
+    spread new connections over both; those waiting in the old server's queue when it
+    stops would be reset. A classic BPF program on the port's socket group picks
+    socket 1: the new one while two listen (the old is 0), and, once the old one
+    closed, an index past the group, for which the kernel falls back to its usual
+    choice among the one socket left. Connections the new server receives before it is
+    ready wait in its queue; none reaches the old one after this."""
+    if not sys.platform.startswith("linux"):
+        return
+    program = (ctypes.c_ubyte * 8).from_buffer_copy(
+        struct.pack("=HBBI", 0x06, 0, 0, 1))  # BPF_RET | BPF_K: return 1
+    fprog = struct.pack("@HP", 1, ctypes.addressof(program))  # struct sock_fprog
+    with contextlib.suppress(OSError):  # a kernel without it spreads them as before
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
 
 
 def main() -> None:

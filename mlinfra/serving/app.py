@@ -23,6 +23,7 @@ from mlinfra.serving import feedback, status, v2
 from mlinfra.serving.access_log import AccessLog
 from mlinfra.serving.auth import authorized, bearer
 from mlinfra.serving.captures import Captures
+from mlinfra.serving.catchall import CatchAll
 from mlinfra.serving.connections import ClientNoise
 from mlinfra.serving.errors import ClientError, InferenceFailed
 from mlinfra.serving.http import JSON, Answer, error_answer, read_body
@@ -225,8 +226,8 @@ def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-def create_app() -> EndpointApp:
+def create_app() -> CatchAll:
     """uvicorn's factory, in each worker: the config file comes from
     MLINFRA_ENDPOINT_CONFIG."""
     logging.getLogger("uvicorn.error").addFilter(ClientNoise())
-    return EndpointApp(Path(os.environ["MLINFRA_ENDPOINT_CONFIG"]))
+    return CatchAll(EndpointApp(Path(os.environ["MLINFRA_ENDPOINT_CONFIG"])))

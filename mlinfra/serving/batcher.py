@@ -3,7 +3,8 @@
 A model slower than half a millisecond runs on its deployment's own thread, so health
 checks and other deployments keep answering while it computes; a faster one runs on
 the event loop, where a thread hand-off would cost more than its inference. Requests
-that arrive together are concatenated and scored in one onnxruntime call.
+that arrive together, with inputs of the same shapes past their first axis, are
+concatenated and scored in one onnxruntime call; each gets back its own rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ from typing import Any
 import numpy as np
 
 from mlinfra.serving.model import LoadedModel
+
+Outcome = list[np.ndarray] | Exception  # a request's outputs, or why the model failed it
+Waiting = tuple[dict[str, np.ndarray], "asyncio.Future[list[np.ndarray]]"]
+
+
+def _shapes(feeds: dict[str, np.ndarray]) -> tuple[tuple[str, tuple[int, ...], str], ...]:
+    """What requests scored together share: each input's name, dimensions past the first
+    and dtype."""
+    return tuple((name, array.shape[1:], array.dtype.str) for name, array in feeds.items())
 
 
 class Batcher:
@@ -80,20 +90,11 @@ class Batcher:
             asyncio.get_running_loop().call_soon(self._flush)
             return
         self._joined = 0
-        batch, self.pending = self.pending[:self.max_batch], self.pending[self.max_batch:]
+        batch = self._take()
         self.batch_sizes.append(len(batch))
         requests = [f for f, _ in batch]
         if self.inline:
-            try:
-                results = self._run_batch(requests)
-            except Exception as err:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(err)
-            else:
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+            self._deliver_results(batch, self._run_batch(requests))
             if self.pending:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -103,30 +104,74 @@ class Batcher:
         task = loop.run_in_executor(self.executor, self._run_batch, requests)
         task.add_done_callback(lambda done: self._deliver(batch, done))
 
-    def _run_batch(self, requests: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    def _take(self) -> list[Waiting]:
+        """The oldest pending request and, up to `max_batch`, the later ones whose inputs
+        have its shapes past the first axis and its dtypes; the others keep waiting, in
+        order."""
+        if self.max_batch == 1:
+            first, self.pending = self.pending[:1], self.pending[1:]
+            return first
+        key = _shapes(self.pending[0][0])
+        batch: list[Waiting] = []
+        rest: list[Waiting] = []
+        for entry in self.pending:
+            if len(batch) < self.max_batch and _shapes(entry[0]) == key:
+                batch.append(entry)
+            else:
+                rest.append(entry)
+        self.pending = rest
+        return batch
+
+    def _run_batch(self, requests: list[dict[str, np.ndarray]]) -> list[Outcome]:
+        """Each request's outputs, or the error that scoring it raised. A batch the model
+        fails on (or answers with other rows than it was given) is scored again one
+        request at a time, so a request that makes the model fail fails alone."""
         if len(requests) == 1:
-            return [self.model.run(requests[0])]
+            return [self._run_alone(requests[0])]
         names = list(requests[0])
-        joined = {n: np.concatenate([r[n] for r in requests]) for n in names}
-        outputs = self.model.run(joined)
-        answers, start = [], 0
-        for request in requests:
-            end = start + len(request[names[0]])
-            answers.append([o[start:end] for o in outputs])
-            start = end
+        rows = [len(r[names[0]]) for r in requests]
+        total = sum(rows)
+        try:
+            outputs = self.model.run({n: np.concatenate([r[n] for r in requests])
+                                      for n in names})
+        except Exception:
+            return [self._run_alone(r) for r in requests]
+        if any(o.ndim == 0 or len(o) != total for o in outputs):
+            return [self._run_alone(r) for r in requests]
+        answers: list[Outcome] = []
+        start = 0
+        for count in rows:
+            answers.append([o[start:start + count] for o in outputs])
+            start += count
         return answers
 
-    def _deliver(self, batch: list[tuple[Any, asyncio.Future[list[np.ndarray]]]],
-                 done: asyncio.Future[list[list[np.ndarray]]]) -> None:
-        self._busy = False
-        error = done.exception()
-        for index, (_, future) in enumerate(batch):
+    def _run_alone(self, feeds: dict[str, np.ndarray]) -> Outcome:
+        try:
+            return self.model.run(feeds)
+        except Exception as err:
+            return err
+
+    @staticmethod
+    def _deliver_results(batch: list[tuple[Any, asyncio.Future[list[np.ndarray]]]],
+                         results: list[Outcome]) -> None:
+        for (_, future), result in zip(batch, results, strict=True):
             if future.done():
                 continue  # its caller timed out
-            if error is not None:
-                future.set_exception(error)
+            if isinstance(result, Exception):
+                future.set_exception(result)
             else:
-                future.set_result(done.result()[index])
+                future.set_result(result)
+
+    def _deliver(self, batch: list[tuple[Any, asyncio.Future[list[np.ndarray]]]],
+                 done: asyncio.Future[list[Outcome]]) -> None:
+        self._busy = False
+        error = done.exception()
+        if error is not None:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            self._deliver_results(batch, done.result())
         if self.pending:
             self._flush()  # the requests that arrived meanwhile
 

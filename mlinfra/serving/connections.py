@@ -7,6 +7,11 @@ stops (slowloris). Here a connection is closed when it sends nothing for
 `Limits.idle_timeout_s` after it opens, and when a request has not arrived in full
 within `Limits.request_timeout_s` of its first byte. A request that arrives in one
 read, as nearly all do, arms no timer.
+
+A server that stops (another with a new worker count has taken its place) drains its
+connections rather than closing them: each request it still receives is answered with
+`Connection: close`, and a connection that stays quiet for DRAIN_IDLE_S is closed, so
+no client sends a request on a connection the server has just closed.
 """
 
 from __future__ import annotations
@@ -29,12 +34,38 @@ def _request_timeout_s() -> float:
     return Limits.from_environment().request_timeout_s
 
 
+DRAIN_IDLE_S = 1.0
+
+
 class BoundedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._receiving = False  # between a request's first byte and its last
         self._started = 0.0
         self._deadline: asyncio.TimerHandle | None = None
+        self._draining = False
+        self._drain_close: asyncio.TimerHandle | None = None
+
+    def shutdown(self) -> None:
+        """The server stops: answer what still comes with `Connection: close` instead
+        of closing a quiet keep-alive connection at once (uvicorn's way), which a client
+        may be sending its next request on."""
+        self._draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            self._drain_close = self.loop.call_later(DRAIN_IDLE_S, self._close_if_quiet)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_if_quiet(self) -> None:
+        self._drain_close = None
+        if (self.cycle is None or self.cycle.response_complete) and not self._receiving \
+                and not self.transport.is_closing():
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self._draining and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered, then closed
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -44,6 +75,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
     def data_received(self, data: bytes) -> None:
+        if self._drain_close is not None:  # a request comes: it is answered first
+            self._drain_close.cancel()
+            self._drain_close = None
         super().data_received(data)
         if self._receiving and self._deadline is None:
             left = self._started + _request_timeout_s() - time.monotonic()
@@ -62,6 +96,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._drain_close is not None:
+            self._drain_close.cancel()
+            self._drain_close = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None

@@ -17,7 +17,7 @@ from mlinfra.serving.metrics import Metrics
 from mlinfra.serving.mirror import mirror
 from mlinfra.serving.reload import Spawn
 from mlinfra.serving.table import Deployment, Table
-from mlinfra.serving.tensors import check_inputs
+from mlinfra.serving.tensors import check_inputs, check_rows
 
 MAX_PENDING = 1024  # requests waiting per deployment before 503
 
@@ -60,6 +60,8 @@ class Inference:
                 request = v2.decode(body, headers.get(v2.HEADER_LENGTH), model)
                 feeds = request.feeds
             check_inputs(feeds, model.inputs)
+            if model.batch_major:
+                check_rows(feeds)
             outputs = await score(deployment, feeds)
         except ClientError as err:
             err.deployment = deployment.name

@@ -33,11 +33,12 @@ def decode(body: bytes, content_type: bytes | None, model: LoadedModel
     mime = _mime(content_type)
     if mime in _CSV:
         columns, rows = _read_csv(body)
-        return table(columns, rows, model), True
+        return table(columns, rows, model, bools=False), True
     if mime not in (b"application/json", b""):
         raise ClientError(415, f"content type {mime.decode('latin-1')} is not one of "
                           "application/json, text/csv")
     data = parse_json(body)
+    bools = b"true" in body or b"false" in body  # else none can hide among numbers
     given = [key for key in FORMATS if key in data] if isinstance(data, dict) else []
     if len(given) != 1:
         what = f"keys {list(data)}" if isinstance(data, dict) else type(data).__name__
@@ -48,18 +49,19 @@ def decode(body: bytes, content_type: bytes | None, model: LoadedModel
         if not isinstance(payload, dict) or "data" not in payload:
             raise ClientError(400, "dataframe_split is {\"columns\": [...], \"data\": "
                               "[[...], ...]} (pandas' split orientation)")
-        return table(payload.get("columns"), payload["data"], model), True
+        return table(payload.get("columns"), payload["data"], model, bools), True
     if given[0] == "dataframe_records":
         if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
             raise ClientError(400, "dataframe_records is [{\"column\": value, ...}, ...] "
                               "(pandas' records orientation)")
         columns = list(dict.fromkeys(key for record in payload for key in record))
-        return table(columns, [[r.get(c) for c in columns] for r in payload], model), True
+        return table(columns, [[r.get(c) for c in columns] for r in payload], model,
+                     bools), True
     if given[0] == "instances" and isinstance(payload, list) and payload and all(
             isinstance(i, dict) for i in payload):
         keys = dict.fromkeys(key for instance in payload for key in instance)
         payload = {key: [instance.get(key) for instance in payload] for key in keys}
-    return tensors(payload, model), False
+    return tensors(payload, model, bools), False
 
 
 def _mime(content_type: bytes | None) -> bytes:
@@ -99,7 +101,7 @@ def _number(cell: str, line: int) -> int | float:
                           ) from None
 
 
-def tensors(payload: Any, model: LoadedModel) -> dict[str, np.ndarray]:
+def tensors(payload: Any, model: LoadedModel, bools: bool = True) -> dict[str, np.ndarray]:
     """`inputs` or `instances`: a dict by input name, or the value of a single input."""
     if isinstance(payload, dict):
         feeds = {}
@@ -107,16 +109,17 @@ def tensors(payload: Any, model: LoadedModel) -> dict[str, np.ndarray]:
             spec = model.input_specs.get(name)
             if spec is None:
                 raise names_error(list(payload), model.inputs)
-            feeds[name] = from_json(name, value, spec.dtype)
+            feeds[name] = from_json(name, value, spec.dtype, bools)
         return feeds
     if len(model.inputs) != 1:
         raise ClientError(422, f"the model has inputs {[s.name for s in model.inputs]}: send "
                           "them by name, {\"inputs\": {\"NAME\": [...], ...}}")
     spec = model.inputs[0]
-    return {spec.name: from_json(spec.name, payload, spec.dtype)}
+    return {spec.name: from_json(spec.name, payload, spec.dtype, bools)}
 
 
-def table(columns: Any, rows: Any, model: LoadedModel) -> dict[str, np.ndarray]:
+def table(columns: Any, rows: Any, model: LoadedModel, bools: bool = True
+          ) -> dict[str, np.ndarray]:
     """A table's columns matched by name to the model's inputs (each column one input)
     or, for a single input, to its feature names; extra columns are left out. Without
     feature names, a single input takes the columns in the order given."""
@@ -134,7 +137,7 @@ def table(columns: Any, rows: Any, model: LoadedModel) -> dict[str, np.ndarray]:
         if features is not None and columns is not None:
             order = [index[f] for f in _fed(list(index), model)[spec.name]]
             rows = [[row[i] for i in order] for row in rows]
-        array = from_json(spec.name, rows, spec.dtype)
+        array = from_json(spec.name, rows, spec.dtype, bools)
         if not rows and columns is not None:  # a header alone: no rows of that width
             array = array.reshape(0, len(features) if features is not None else len(columns))
         if len(spec.shape) == 1 and array.ndim == 2 and array.shape[1] == 1:
@@ -144,7 +147,7 @@ def table(columns: Any, rows: Any, model: LoadedModel) -> dict[str, np.ndarray]:
     feeds = {}
     for spec in model.inputs:
         i = index[fed[spec.name][0]]
-        array = from_json(spec.name, [row[i] for row in rows], spec.dtype)
+        array = from_json(spec.name, [row[i] for row in rows], spec.dtype, bools)
         feeds[spec.name] = array.reshape(-1, 1) if len(spec.shape) == 2 else array
     return feeds
 

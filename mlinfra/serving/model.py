@@ -129,6 +129,7 @@ class LoadedModel:
         self._output_names = [o.name for o in self.outputs]
         self.input_specs = {i.name: i for i in self.inputs}
         self._binding = getattr(self.session, "_sess", None)
+        self.batch_major = self.batchable()
 
     def warm_up(self) -> None:
         feeds: dict[str, np.ndarray] = {}

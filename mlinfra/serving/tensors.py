@@ -22,6 +22,7 @@ ONNX_TO_V2 = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(float16
               "tensor(int8)": "INT8", "tensor(uint64)": "UINT64", "tensor(uint32)": "UINT32",
               "tensor(uint16)": "UINT16", "tensor(uint8)": "UINT8", "tensor(bool)": "BOOL"}
 V2_NAMES = {np.dtype(v): k for k, v in V2_TYPES.items()}
+EXACT = 2 ** 53  # floats past this are not every integer: one may have been rounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,35 +46,81 @@ class TensorSpec:
         return "[" + ", ".join("-1" if d is None else str(d) for d in self.shape) + "]"
 
 
-def from_json(name: str, values: Any, dtype: np.dtype[Any]) -> np.ndarray:
-    """JSON `values` (nested lists of numbers) as an array of `dtype`. Numbers convert to
-    a wider or floating type; an integer that does not fit, a fraction for an integer
-    type, a number for BOOL, null, text or ragged rows are a 422 naming the input."""
+def from_json(name: str, values: Any, dtype: np.dtype[Any], bools: bool = True) -> np.ndarray:
+    """JSON `values` (nested lists of numbers) as an array of `dtype`, exactly. Numbers
+    convert to a wider or floating type; an integer that does not fit (or would be
+    rounded on the way), a fraction for an integer type, a number past a float type's
+    range, `true` among numbers, a number for BOOL, null, text or ragged rows are a 422
+    naming the input. `bools=False` says the body holds no `true` nor `false` at all,
+    which spares the look for them."""
     try:
         array = np.asarray(values)
     except (ValueError, TypeError, OverflowError):
         raise ClientError(422, f"input {name}: rows must all have the same length") from None
     have, want = array.dtype.kind, dtype.kind
+    if want == "b":
+        if have == "b":
+            return array
+        raise ClientError(422, f"input {name}: {_misfit(values, dtype)}")
+    if bools and have in "iuf" and _holds_bool(values):
+        raise ClientError(422, f"input {name}: {_misfit(values, dtype)}")
     if want == "f" and have in "fiu":
+        with np.errstate(over="ignore"):
+            result = array.astype(dtype, copy=False)
+        if result.size and not np.isfinite(result).all():
+            raise ClientError(422, f"input {name}: {_misfit(values, dtype)}")
+        return result
+    if want in "iu" and have in "iu" and _fits_integers(array, dtype):
         return array.astype(dtype, copy=False)
-    if want in "iu" and have in "iuf" and _fits_integers(array, dtype):
-        return array.astype(dtype, copy=False)
-    if want == "b" and have == "b":
-        return array
+    if want in "iu" and have in "fO":
+        # NOTE: numbers of several kinds (2**63-1 beside 0.0) made a float64 array, which
+        # rounds large integers: they are taken one by one from what the client sent.
+        exact = _exact_integers(values, array.shape, dtype)
+        if exact is not None:
+            return exact
     raise ClientError(422, f"input {name}: {_misfit(values, dtype)}")
+
+
+def _holds_bool(values: Any) -> bool:
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            if bool in set(map(type, value)):
+                return True
+            stack.extend(v for v in value if type(v) is list)
+        elif type(value) is bool:
+            return True
+    return False
+
+
+def _exact_integers(values: Any, shape: tuple[int, ...], dtype: np.dtype[Any]
+                    ) -> np.ndarray | None:
+    """`values` as integers of `dtype` without rounding, or None when one is not an
+    integer within its range."""
+    info = np.iinfo(dtype)
+    flat: list[int] = []
+    stack = [values]
+    while stack:
+        value = stack.pop()
+        if type(value) is list:
+            stack.extend(reversed(value))
+        elif type(value) is int:
+            flat.append(value)
+        elif type(value) is float and abs(value) <= EXACT and value == int(value):
+            flat.append(int(value))
+        else:
+            return None
+    if any(not info.min <= v <= info.max for v in flat):
+        return None
+    return np.array(flat, dtype=dtype).reshape(shape)
 
 
 def _fits_integers(array: np.ndarray, dtype: np.dtype[Any]) -> bool:
     if array.size == 0 or array.dtype == dtype:
         return True
     info = np.iinfo(dtype)
-    low, high = array.min(), array.max()
-    if array.dtype.kind == "f":
-        # NOTE: float(info.max) rounds up to 2**63 for INT64: compare with the first
-        # value past the range, which is exact, and never with info.max.
-        return bool(np.all(array == np.trunc(array))) and (
-            float(info.min) <= low and high < float(info.max) + 1.0)
-    return bool(low >= info.min) and bool(high <= info.max)
+    return bool(array.min() >= info.min) and bool(array.max() <= info.max)
 
 
 def _misfit(values: Any, dtype: np.dtype[Any]) -> str:
@@ -97,8 +144,17 @@ def _misfit(values: Any, dtype: np.dtype[Any]) -> str:
                                                      and value == int(value)):
                     return f"{value} is not an integer ({datatype})"
                 info = np.iinfo(dtype)
+                if isinstance(value, float) and abs(value) > EXACT:
+                    # NOTE: a JSON integer past 64 bits reaches here as a float, rounded
+                    return (f"{value} is out of range for {datatype} [{info.min}, "
+                            f"{info.max}], or was written with a fraction or exponent "
+                            "past 2**53, where it is no longer exact")
                 if not info.min <= value <= info.max:
                     return f"{value} is out of range for {datatype} [{info.min}, {info.max}]"
+            elif dtype.kind == "f":
+                limit = float(np.finfo(dtype).max)
+                if not -limit <= value <= limit:
+                    return f"{value} is out of range for {datatype} [{-limit:g}, {limit:g}]"
         else:
             return f"{_short(value)} is not a number"
     return f"the values do not make an array of {datatype}"
@@ -137,3 +193,16 @@ def check_inputs(feeds: dict[str, np.ndarray], signature: list[TensorSpec]) -> N
         if not fits:
             raise ClientError(422, f"input {spec.name}: expected shape {spec.pretty_shape()}, "
                               f"got {list(array.shape)}")
+
+
+def check_rows(feeds: dict[str, np.ndarray]) -> None:
+    """A batch-major model's inputs hold one row per example each: they must agree on
+    their number of rows (422 otherwise), or a batch could not be split back into its
+    requests' answers."""
+    rows = -1
+    for name, array in feeds.items():
+        if rows < 0:
+            rows, first = len(array), name
+        elif len(array) != rows:
+            raise ClientError(422, f"inputs {first} and {name} must have the same number "
+                              f"of rows: {rows} and {len(array)}")

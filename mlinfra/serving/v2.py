@@ -25,6 +25,8 @@ from mlinfra.serving.tensors import V2_NAMES, V2_TYPES, TensorSpec, from_json, n
 
 HEADER_LENGTH = b"inference-header-content-length"
 _BINARY = b"application/octet-stream"
+MAX_DIMS = 64  # NumPy's and so onnxruntime's limit
+MAX_EXTENT = 1 << 62  # bytes; NumPy refuses arrays past 2**63
 _LITTLE = sys.byteorder == "little"  # the wire's order: arrays as they are, no conversion
 
 
@@ -46,7 +48,9 @@ def decode(body: bytes, header_length: bytes | None, model: LoadedModel) -> Requ
             raise ClientError(400, f"Inference-Header-Content-Length must be the length of "
                               f"the JSON header, at most the body's {len(body)} bytes")
         end = int(header_length)
-    data = parse_json(body[:end] if end < len(body) else body)
+    text = body[:end] if end < len(body) else body
+    data = parse_json(text)
+    bools = b"true" in text or b"false" in text  # else none can hide among numbers
     if not isinstance(data, dict) or not isinstance(data.get("inputs"), list):
         raise ClientError(400, "a v2 request is {\"inputs\": [{name, shape, datatype, data}]}")
     feeds: dict[str, np.ndarray] = {}
@@ -75,7 +79,7 @@ def decode(body: bytes, header_length: bytes | None, model: LoadedModel) -> Requ
             continue
         if "data" not in item:
             raise ClientError(400, f"input {name}: no data and no binary_data_size")
-        array = from_json(name, item["data"], spec.dtype)
+        array = from_json(name, item["data"], spec.dtype, bools)
         if array.size != count:
             raise ClientError(422, f"input {name}: data does not fit shape {shape}: "
                               f"{array.size} values for {count}")
@@ -99,11 +103,19 @@ def _count(spec: TensorSpec, shape: Any, datatype: Any) -> int:
                           f"{spec.datatype}")
     count = 1
     if isinstance(shape, list):
+        if len(shape) > MAX_DIMS:
+            raise ClientError(422, f"input {spec.name}: shape has {len(shape)} dimensions, "
+                              f"at most {MAX_DIMS} are possible")
+        extent = spec.dtype.itemsize  # the bytes the shape spans with its zeros as ones
         for dim in shape:
             if type(dim) is not int or dim < 0:
                 break
             count *= dim
+            extent *= max(dim, 1)
         else:
+            if extent >= MAX_EXTENT:
+                raise ClientError(422, f"input {spec.name}: shape {shape} is larger than "
+                                  "any array can be")
             return count
     raise ClientError(422, f"input {spec.name}: shape must be a list of non-negative "
                       f"integers, got {orjson.dumps(shape).decode()[:60]}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 Check = Callable[[Any], bool]
@@ -122,8 +123,30 @@ def _const(expected: Any, _: dict[str, Any]) -> Check:
     return lambda v: _same(v, expected)
 
 
+@cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """A JSON Schema `pattern` compiled as ECMA-262 reads it: `$` is the end of the
+    string, never the place before a final newline as in Python (`"ep\\n"` is not a
+    name)."""
+    out, in_class, escaped = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "[":
+            in_class = True
+        elif char == "]":
+            in_class = False
+        elif char == "$" and not in_class:
+            out.append(r"\Z")
+            continue
+        out.append(char)
+    return re.compile("".join(out))
+
+
 def _pattern(pattern: str, _: dict[str, Any]) -> Check:
-    search = re.compile(pattern).search
+    search = ecma_regex(pattern).search
     return lambda v: not isinstance(v, str) or search(v) is not None
 
 

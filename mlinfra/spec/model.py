@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
-
-from mlinfra.errors import Record
 
 # Interpolations: ${var.X}, ${secret.X}, ${inputs.X}, ${steps.S.outputs.O}, ...
 INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][A-Za-z0-9_]*)((?:\.[A-Za-z0-9_-]+)*)\s*\}")
 # Another job's or step's output used as an input: ${jobs.NAME.outputs.OUT}.
 OUTPUT_REF = re.compile(
-    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}$")
+    r"^\$\{\s*(jobs|steps)\.([a-z][a-z0-9-]*)\.outputs\.([A-Za-z0-9_-]+)\s*\}\Z")
 DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 VERSIONED_REF = re.compile(
-    r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?$")
+    r"^(?P<name>[a-z][a-z0-9-]{0,62})(?::(?P<version>[1-9][0-9]*)|@(?P<alias>[a-z][a-z0-9_-]{0,62}))?\Z")
 
 
 def duration_s(value: Any) -> float | None:
@@ -28,6 +27,17 @@ def duration_s(value: Any) -> float | None:
     if match is None:
         return None
     return float(match.group(1)) * _UNIT_S[match.group(2) or "s"]
+
+
+def duration_in(value: Any, unit_s: float, default: float) -> float:
+    """A duration field in the unit its name gives (`_ms`: 0.001, `_s`: 1): a number in
+    that unit, or a string with its own unit ('2s' in a `_ms` field is 2000)."""
+    if value is None:
+        return default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    seconds = duration_s(value)
+    return default if seconds is None else seconds / unit_s
 
 
 class Ref(NamedTuple):
@@ -59,14 +69,20 @@ class Ref(NamedTuple):
         return self.name
 
 
-class Resource(Record):
+@dataclass(slots=True, init=False)
+class Resource:
     """One document of the project: a kind, a unique name within it, and its fields.
 
     `spec` holds the document after variables are filled in; `${secret.X}` and a
     sensitive `${var.X}` stay as written (see spec.sensitive).
     """
 
-    __slots__ = ("kind", "name", "spec", "file", "doc", "address")
+    kind: str
+    name: str
+    spec: dict[str, Any]
+    file: str
+    doc: int
+    address: str
 
     def __init__(self, kind: str, name: str, spec: dict[str, Any], file: str,
                  doc: int) -> None:
@@ -76,15 +92,23 @@ class Resource(Record):
     @property
     def label(self) -> str:
         """How diagnostics name it: `job/train-fraud`."""
-        return f"{self.kind.lower()}/{self.name}"
+        name = self.name if self.name.isprintable() else repr(self.name)
+        return f"{self.kind.lower()}/{name}"
 
 
-class Stack(Record):
+@dataclass(slots=True, init=False)
+class Stack:
     """A binding of the project to a provider, a state location and variables.
     `file` None: the implicit local stack."""
 
-    __slots__ = ("name", "provider", "state", "variables", "settings", "file", "artifacts",
-                 "warnings")
+    name: str
+    provider: str
+    state: str | None
+    variables: dict[str, Any]
+    settings: dict[str, Any]
+    file: str | None
+    artifacts: str | None
+    warnings: list[Any]
 
     def __init__(self, name: str, provider: str = "local", state: str | None = None,
                  variables: dict[str, Any] | None = None,
@@ -97,14 +121,20 @@ class Stack(Record):
         self.settings = settings if settings is not None else {}
 
 
-class Config(Record):
+@dataclass(slots=True, init=False)
+class Config:
     """A loaded and valid project: every resource, by kind then name.
 
     `sensitive` holds the values of the variables declared `sensitive: true`; specs keep
     `${var.NAME}` for them, as for secrets, and only a process that needs one gets it.
     """
 
-    __slots__ = ("root", "name", "stack", "resources", "files", "sensitive")
+    root: Path
+    name: str
+    stack: Stack
+    resources: dict[str, dict[str, Resource]]
+    files: list[str]
+    sensitive: dict[str, Any]
 
     def __init__(self, root: Path, name: str, stack: Stack,
                  resources: dict[str, dict[str, Resource]], files: list[str],

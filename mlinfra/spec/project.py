@@ -13,6 +13,8 @@ from mlinfra.spec import sensitive
 from mlinfra.spec.expectations import installed_version
 from mlinfra.spec.ignore import IgnoreRules
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
+from mlinfra.spec.providers import BUILT_IN as BUILT_IN_PROVIDERS
+from mlinfra.spec.providers import installed_providers
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
 from mlinfra.spec.yamlfile import (
@@ -107,6 +109,21 @@ class Loader:
                                   field_name(p.path)))
         return out
 
+    def duplicate(self, again: Resource, first: Resource) -> None:
+        """A second definition of a name: reported there, naming the first, and
+        otherwise ignored (its fields are not checked against the first's)."""
+        line, column = self._locate(again.file, again.doc, ("name",))
+        first_line, _ = self._locate(first.file, first.doc, ("name",))
+        self.problems.append(Problem(again.file, f"{again.label} is already defined at "
+                                     f"{first.file}:{first_line}", again.doc, line=line,
+                                     column=column))
+
+    def _locate(self, rel: str, doc: int, path: Path_) -> tuple[int, int]:
+        yf = self.files.get(rel)
+        if yf is None or not yf.text:
+            return 1, 1
+        return Locator(yf.text).locate(doc, path)
+
     def fail_if_problems(self) -> None:
         if self.problems:
             raise ConfigurationError(self.diagnostics())
@@ -156,6 +173,14 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
         if problem:
             loader.problems.append(Problem(yf.rel, problem.removeprefix("state: "), 0,
                                            ("state",)))
+    name = doc.get("name", path.stem)
+    if isinstance(name, str) and name != path.stem:
+        # NOTE: the name picks the state; a copied stack file keeping its old name would
+        # apply to (and destroy) the other stack's state.
+        loader.problems.append(Problem(
+            yf.rel, f"the stack is named '{name}' but its file is {path.name}: a stack's "
+            f"name is its file's name (name: {path.stem}, or rename the file)", 0,
+            ("name",), f"stack/{name}"))
     artifacts = doc.get("artifacts")
     if isinstance(artifacts, str) and "://" in artifacts:
         from mlinfra.spec.storage import scheme_problem
@@ -175,6 +200,14 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
         loader.problems.append(Problem(yf.rel, "storage: says how to reach object storage, "
                                        "but artifacts: names none", 0, ("storage",), "",
                                        True))
+    provider = doc.get("provider", "local")
+    if isinstance(provider, str) and provider not in BUILT_IN_PROVIDERS:
+        installed = installed_providers()
+        if provider not in installed:
+            loader.problems.append(Problem(
+                yf.rel, f"provider '{provider}' is not installed; installed providers: "
+                f"{', '.join(installed)}{did_you_mean(provider, installed)}", 0,
+                ("provider",)))
     settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi",
                                                     "storage") if k in doc}
     loaded = Stack(name=str(doc.get("name", path.stem)),
@@ -301,9 +334,7 @@ def load(start: Path, stack: str | None = None) -> Config:
                 passed = passed and not found
             first = resources[resource.kind].get(resource.name)
             if first is not None:
-                loader.problems.append(Problem(
-                    yf.rel, f"duplicate name: {resource.label} is also defined in "
-                    f"{first.file}", index, ("name",), resource.label))
+                loader.duplicate(resource, first)
                 continue
             resources[resource.kind][resource.name] = resource
         if passed and not has_interpolation and loader.cache is not None:

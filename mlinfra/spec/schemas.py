@@ -79,6 +79,19 @@ _DURATION: Schema = {"description": _DURATION_TEXT,
                        {"type": "string", "pattern": DURATION_PATTERN}]}
 
 
+def _duration_in(unit: str, description: str, minimum: float,
+                 default: float | None = None) -> Schema:
+    """A duration field whose name gives its unit (`_ms`, `_s`): a number in that unit,
+    or a string with its own unit, as every duration may be written ('200ms', '2s')."""
+    schema: Schema = {"description": f"{description} A number of {unit}, or a duration "
+                      "such as '500ms', '2s', '1m'.",
+                      "anyOf": [{"type": "number", "minimum": minimum},
+                                {"type": "string", "pattern": DURATION_PATTERN}]}
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
 def _kind(kind: str, description: str, properties: dict[str, Schema],
           required: list[str] | None = None, **kw: Any) -> Schema:
     props = {"kind": _s(f"Always '{kind}'.", const=kind), **_COMMON, **properties}
@@ -118,8 +131,10 @@ def _stack() -> Schema:
     return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
         "provider": _replace(_string("Where resources are created: `local` (this machine), "
                                      "`docker` or `kubernetes` (applied through Pulumi; "
-                                     "plan and apply need the Pulumi CLI).",
-                                     enum=["local", "docker", "kubernetes"], default="local")),
+                                     "plan and apply need the Pulumi CLI), or a provider "
+                                     "another package installs (the `mlinfra.providers` "
+                                     "entry points).",
+                                     pattern=NAME_PATTERN, default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
                          "team (the password from ${secret.X} or PGPASSWORD). Default: "
@@ -360,17 +375,16 @@ def _endpoint() -> Schema:
         "model": _string("Model reference: fraud (latest), fraud:3, fraud@champion.",
                          pattern=VERSIONED_REF_PATTERN),
         "request": _obj("Request handling.", {
-            "timeout_ms": _s("Longest a request may take (504 after). A model that "
-                             "answers in under 0.5 ms is scored on the server's event "
-                             "loop within max_batch_delay_ms and is not timed out.",
-                             type="integer", minimum=1, default=5000),
+            "timeout_ms": _duration_in(
+                "ms", "Longest a request may take (504 after). A model that answers in "
+                "under 0.5 ms is scored on the server's event loop within "
+                "max_batch_delay_ms and is not timed out.", 1, 5000),
             "max_batch_size": _s("Most requests scored in one call.", type="integer",
                                  minimum=1, default=32),
-            "max_batch_delay_ms": _s("Longest a request may wait for a batch to fill. "
-                                     "A batch is scored as soon as a turn of the server's "
-                                     "event loop brings no new request, so it rarely "
-                                     "waits this long, and never on a timer.",
-                                     type="number", minimum=0, default=2),
+            "max_batch_delay_ms": _duration_in(
+                "ms", "Longest a request may wait for a batch to fill. A batch is scored as "
+                "soon as a turn of the server's event loop brings no new request, so it "
+                "rarely waits this long, and never on a timer.", 0, 2),
         }),
     }, ["name", "model"])
     percent = {"type": "integer", "minimum": 0, "maximum": 100}
@@ -437,8 +451,7 @@ def _promotion() -> Schema:
             "steps": _s("Traffic percentages, ending at 100.", type="array", minItems=1,
                         items={"type": "integer", "minimum": 1, "maximum": 100},
                         default=[10, 50, 100]),
-            "hold_s": _s("Seconds each step is watched.", type="number", minimum=0,
-                         default=5),
+            "hold_s": _duration_in("s", "How long each step is watched.", 0, 5),
             "min_requests": _s("Fewest requests to the new version a hold is judged on; "
                                "fewer is inconclusive and the step holds again.",
                                type="integer", minimum=1, default=100),
@@ -453,7 +466,7 @@ def _promotion() -> Schema:
             "rollback_on": _obj("Thresholds that roll back.", {
                 "error_rate": _s("Error (5xx) share.", type="number", minimum=0, maximum=1,
                                  default=0.02),
-                "p99_ms": _s("p99 latency.", type="number", minimum=0),
+                "p99_ms": _duration_in("ms", "p99 latency.", 0),
             }),
         }, ["endpoint"]),
     }, ["model"])

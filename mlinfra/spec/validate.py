@@ -9,9 +9,9 @@ import graphlib
 import os
 from collections.abc import Iterator
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from mlinfra.spec.fastcheck import Check, compile_schema
+from mlinfra.spec.fastcheck import Check, compile_schema, ecma_regex
 from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource
 from mlinfra.spec.schemas import NAME_PATTERN, SCHEMAS, VERSIONED_REF_PATTERN
 from mlinfra.spec.yamlfile import Path_, Problem
@@ -39,9 +39,14 @@ def did_you_mean(word: str, candidates: Any) -> str:
 def _validator(kind: str) -> Draft202012Validator:
     # NOTE: imported here: jsonschema costs more to import than a plan of 1,000
     # resources takes, and is needed only to explain an invalid document.
-    from jsonschema import Draft202012Validator
+    from jsonschema import Draft202012Validator, ValidationError, validators
 
-    return Draft202012Validator(SCHEMAS[kind])
+    def pattern(_: Any, expected: str, instance: Any, __: Any) -> Iterator[ValidationError]:
+        if isinstance(instance, str) and not ecma_regex(expected).search(instance):
+            yield ValidationError(f"{instance!r} does not match {expected!r}")
+
+    ecma = validators.extend(Draft202012Validator, {"pattern": pattern})  # type: ignore[no-untyped-call]
+    return cast("Draft202012Validator", ecma(SCHEMAS[kind]))
 
 
 @cache
@@ -209,7 +214,9 @@ class _References:
         if os.path.commonpath([root, target]) != root:
             self.add(res, path, f"'{value}' escapes the project folder")
         elif must_exist and not os.path.exists(target):
-            self.add(res, path, f"'{value}' does not exist")
+            looped = os.path.islink(target)  # realpath stops where a loop of links starts
+            self.add(res, path, f"'{value}' is a loop of symbolic links" if looped
+                     else f"'{value}' does not exist")
 
     def run(self) -> list[Problem]:
         workspaces = list(self.config.of("Workspace").values())
@@ -384,6 +391,40 @@ class _References:
                 self._run_output(res, ("evaluation", "data"), data)
             else:
                 self.ref(res, ("evaluation", "data"), "Data", data)
+            metrics: list[tuple[Path_, str]] = [
+                (("evaluation", "metrics", i), m)
+                for i, m in enumerate(evaluation.get("metrics") or []) if isinstance(m, str)]
+            self._one_task(res, metrics)
+            if isinstance(source, dict) and isinstance(source.get("path"), str) and metrics:
+                self._task_of_file(res, source["path"], metrics)
+
+    def _task_of_file(self, res: Resource, rel: str, metrics: list[tuple[Path_, str]]
+                      ) -> None:
+        """A model given as a file says what it is: its metrics must be of its task."""
+        path = self.config.root / rel
+        task = _file_task(path) if path.is_file() else None
+        for where, metric in metrics:
+            other = _task_of(metric)
+            if task is not None and other is not None and other != task:
+                self.add(res, where, f"'{metric}' is a {other} metric and {rel} is a "
+                         f"{task} model (judged by its outputs)")
+                return
+
+    def _one_task(self, res: Resource, metrics: list[tuple[Path_, str]]) -> None:
+        """A model is a classifier or a regressor: metrics of both can never all be
+        computed, so the first of the other task than the first metric's is refused."""
+        first: tuple[str, str] | None = None
+        for path, metric in metrics:
+            task = _task_of(metric)
+            if task is None:
+                continue
+            if first is None:
+                first = (metric, task)
+            elif task != first[1]:
+                self.add(res, path, f"'{metric}' is a {task} metric and '{first[0]}' a "
+                         f"{first[1]} one: a model is a classifier or a regressor, never "
+                         "both")
+                return
 
     def _run_output(self, res: Resource, path: Path_, source: dict[str, Any]) -> None:
         """{job, output} or {pipeline, step, output}: each name must exist."""
@@ -455,6 +496,7 @@ class _References:
             for path, metric in compared + bounded:
                 if isinstance(metric, str):
                     self._evaluated(res, path, found, metric)
+            self._one_task(res, [(p, m) for p, m in compared + bounded if isinstance(m, str)])
         for index, data in enumerate(gates.get("data") or []):
             self.ref(res, ("gates", "data", index), "Data", data)
         rollout = spec.get("rollout")
@@ -668,6 +710,43 @@ class _References:
             self.add(res, path, f"the evaluation of model '{model.name}' does not produce "
                      f"'{metric}' (it produces {', '.join(produced)})"
                      f"{did_you_mean(metric, produced)}: add it to its evaluation.metrics")
+
+
+def _file_task(path: os.PathLike[str]) -> str | None:
+    """"classifier" or "regression" as an ONNX file's outputs say (as evaluation reads
+    them: labels, class maps or a probability table make a classifier; one number a
+    row, a regressor), or None when the file cannot be read."""
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        model = onnx.load(os.fspath(path), load_external_data=False)
+    except Exception:  # not ONNX: registration says why
+        return None
+    floats = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16)
+    for output in model.graph.output:
+        kind = output.type.WhichOneof("value")
+        if kind in ("sequence_type", "map_type"):
+            return "classifier"
+        if kind != "tensor_type":
+            continue
+        tensor = output.type.tensor_type
+        if tensor.elem_type not in floats:
+            return "classifier"
+        dims = tensor.shape.dim
+        if len(dims) == 2 and dims[1].HasField("dim_value") and dims[1].dim_value >= 2:
+            return "classifier"
+    return "regression" if model.graph.output else None
+
+
+def _task_of(metric: str) -> str | None:
+    from mlinfra.spec.schemas import EVALUATION_METRICS
+
+    if metric in EVALUATION_METRICS["regression"]:
+        return "regression"
+    if metric in EVALUATION_METRICS["binary"] or metric in EVALUATION_METRICS["multiclass"]:
+        return "classifier"
+    return None
 
 
 def check_references(config: Config) -> list[Problem]:

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 MAX_FILE_BYTES = 5 * 1024 * 1024
 # Nodes one document may expand to through aliases; far above any real resource.
 MAX_EXPANDED_NODES = 100_000
+# Mappings and sequences within each other; far above any real resource, far below
+# what recursive code (PyYAML's composer, JSON Schema) can follow.
+MAX_DEPTH = 64
 
 Path_ = tuple[str | int, ...]
 
@@ -57,13 +60,30 @@ def field_name(path: Path_) -> str:
     return out
 
 
+def safe_loader() -> type[yaml.SafeLoader]:
+    """PyYAML's C loader, or its pure-Python one where PyYAML was built without libyaml
+    (same values, slower)."""
+    import yaml
+
+    loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return loader
+
+
+class TooDeep(Exception):
+    """A document nested deeper than MAX_DEPTH, at `mark`."""
+
+    def __init__(self, mark: Any) -> None:
+        super().__init__(f"nested deeper than {MAX_DEPTH} levels")
+        self.mark = mark
+
+
 def _full_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
     """Documents and duplicate keys, by PyYAML's C loader: every YAML feature."""
     import yaml
 
     duplicates: list[tuple[yaml.Mark, str]] = []
 
-    class Loader(yaml.CSafeLoader):
+    class Loader(safe_loader()):  # type: ignore[misc]
         def construct_mapping(self, node: yaml.MappingNode,
                               deep: bool = False) -> dict[Any, Any]:
             seen: set[str] = set()
@@ -72,12 +92,12 @@ def _full_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
                     if key_node.value in seen:
                         duplicates.append((key_node.start_mark, key_node.value))
                     seen.add(key_node.value)
-            return super().construct_mapping(node, deep=deep)
+            return dict(super().construct_mapping(node, deep=deep))
 
     loader = Loader(text)
     try:
         documents = []
-        while loader.check_data():  # type: ignore[no-untyped-call]
+        while loader.check_data():
             documents.append(loader.get_data())
     finally:
         loader.dispose()
@@ -98,7 +118,11 @@ def _event_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
     raise _NotPlain; errors raise YAMLError: the caller then uses the full loader.
     """
     import yaml
-    from yaml._yaml import CParser
+
+    try:
+        from yaml._yaml import CParser
+    except ImportError:  # PyYAML without libyaml: the full (pure) loader does it all
+        raise _NotPlain from None
     from yaml.constructor import SafeConstructor
     from yaml.resolver import Resolver
 
@@ -158,6 +182,8 @@ def _event_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
                 else:
                     container[key] = value
                 stack.append((container, key, seen))
+                if len(stack) > MAX_DEPTH:
+                    raise TooDeep(event.start_mark)
                 container, key, seen = value, (_NotPlain if kind is mapping_start
                                                else None), set()
                 continue
@@ -183,13 +209,15 @@ def _event_load(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
 
 def load_documents(text: str) -> tuple[list[Any], list[tuple[yaml.Mark, str]]]:
     """Every document of `text` and its duplicate keys in file order; raises
-    yaml.YAMLError."""
+    yaml.YAMLError, TooDeep or RecursionError."""
     import yaml
 
     try:
         documents, duplicates = _event_load(text)
     except (_NotPlain, yaml.YAMLError):
         documents, duplicates = _full_load(text)
+        if _deeper_than(documents, MAX_DEPTH):  # the full loader does not count
+            raise TooDeep(None) from None
     duplicates.sort(key=lambda found: (found[0].line, found[0].column))
     return documents, duplicates
 
@@ -249,10 +277,27 @@ def _expanded_size(obj: Any, memo: dict[int, int], active: set[int]) -> int:
     return total
 
 
+def _deeper_than(documents: list[Any], limit: int) -> bool:
+    """Whether a value nests mappings and sequences more than `limit` deep (no
+    recursion; shared values, from aliases, are looked at once)."""
+    stack: list[tuple[Any, int]] = [(doc, 1) for doc in documents]
+    seen: set[int] = set()
+    while stack:
+        value, depth = stack.pop()
+        if not isinstance(value, dict | list) or id(value) in seen:
+            continue
+        if depth > limit:
+            return True
+        seen.add(id(value))
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
 def _first_alias_line(text: str) -> tuple[int, int]:
     import yaml
 
-    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+    for event in yaml.parse(text, Loader=safe_loader()):
         if isinstance(event, yaml.AliasEvent):
             mark = event.start_mark
             return (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -348,6 +393,13 @@ def read_yaml(path: Path, rel: str, cache: ParseCache | None = None) -> YamlFile
         documents, duplicates = load_documents(text)
     except yaml.YAMLError as err:
         return YamlFile(rel, [], [_syntax_problem(rel, err)], text)
+    except TooDeep as err:
+        line, column = (err.mark.line + 1, err.mark.column + 1) if err.mark else (1, 1)
+        return YamlFile(rel, [], [Problem(rel, f"{err}: refused", line=line, column=column)],
+                        text)
+    except RecursionError:  # the full loader's composer, on an anchor-bearing file
+        return YamlFile(rel, [], [Problem(rel, f"nested deeper than {MAX_DEPTH} levels: "
+                                          "refused", line=1, column=1)], text)
     problems = [Problem(rel, f"duplicate key '{key}'", line=mark.line + 1,
                         column=mark.column + 1) for mark, key in duplicates]
     if "*" in text:  # no alias can exist without one
@@ -383,8 +435,8 @@ class Locator:
 
         if self._docs is None:
             try:
-                self._docs = list(yaml.compose_all(self._text, Loader=yaml.CSafeLoader))
-            except yaml.YAMLError:
+                self._docs = list(yaml.compose_all(self._text, Loader=safe_loader()))
+            except (yaml.YAMLError, RecursionError):
                 self._docs = []
         return self._docs
 

@@ -34,9 +34,10 @@ def location_problem(location: str) -> str | None:
 
 
 def open_store(location: str, *, project: str, stack: str, command: str,
-               readonly: bool) -> StateStore:
+               readonly: bool, new_state: bool = False) -> StateStore:
     """The state at `location` (a SQLite file's path, or a database URL with its
-    secrets resolved), for writing or only for reading."""
+    secrets resolved), for writing or only for reading. `new_state`: a SQLite file that
+    is gone while its backup is still there starts over (otherwise that is refused)."""
     if is_url(location):
         scheme = location.split("://", 1)[0]
         if scheme not in POSTGRES_SCHEMES:
@@ -47,4 +48,5 @@ def open_store(location: str, *, project: str, stack: str, command: str,
                              readonly=readonly)
     from mlinfra.state.sqlite import SqliteStore
 
-    return SqliteStore(Path(location), command=command, readonly=readonly)
+    return SqliteStore(Path(location), command=command, readonly=readonly,
+                       new_state=new_state)

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, NamedTuple
-
-from mlinfra.errors import Record
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)
 
@@ -25,7 +24,8 @@ def digest(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
-class ResourceState(Record):
+@dataclass(slots=True, init=False)
+class ResourceState:
     """One resource as last applied.
 
     `attributes` are the desired attributes that were applied (secrets masked);
@@ -33,8 +33,15 @@ class ResourceState(Record):
     diff. `outputs` are what the provider computed (paths, versions, ports).
     """
 
-    __slots__ = ("address", "kind", "name", "attributes", "inputs_hash", "outputs",
-                 "provider_id", "dependencies", "updated_at")
+    address: str
+    kind: str
+    name: str
+    attributes: dict[str, Any]
+    inputs_hash: str
+    outputs: dict[str, Any]
+    provider_id: str
+    dependencies: list[str]
+    updated_at: float
 
     def __init__(self, address: str, kind: str, name: str, attributes: dict[str, Any],
                  inputs_hash: str, outputs: dict[str, Any] | None = None,

@@ -13,8 +13,8 @@ own: the server releases it the moment that session ends, so a holder killed wit
 frees it at once. Who holds it (user, host, pid, command, since, backend pid) is a row
 of `locks`, so a second apply names the holder.
 
-A session that only reads (plan, output, the listings) goes through libpq directly
-(`libpq.py`): it needs no psycopg, whose import alone costs more than a whole plan.
+A session that only reads (plan, output, the listings) is a psycopg session too, whose
+transactions the server keeps read-only (`default_transaction_read_only`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
-from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from mlinfra.errors import MlinfraError
-from mlinfra.state import libpq
 from mlinfra.state.model import LockInfo
 from mlinfra.state.schema import NUMBERED_TABLES, create_tables, latest_version, upgrade
 from mlinfra.state.store import (
@@ -43,6 +42,7 @@ from mlinfra.state.store import (
     StateStore,
     StateUnavailable,
     current_user,
+    meta_int,
     new_lineage,
     upsert,
 )
@@ -50,11 +50,18 @@ from mlinfra.state.store import (
 if TYPE_CHECKING:
     import psycopg
 
-_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}\Z")
 _LOCK_COLUMNS = ("stack", "id", "owner", "host", "pid", "command", "created_at", "backend_pid")
 # How long a second apply waits for the holder's row to appear (it is written just
 # after the advisory lock is taken) before naming the holder by its session alone.
 _HOLDER_ROW_WAIT_S = 1.0
+KEEPALIVES = {"keepalives": "1", "keepalives_idle": "15", "keepalives_interval": "5",
+              "keepalives_count": "3", "tcp_user_timeout": "30000"}
+
+
+class LockLost(MlinfraError):
+    """The session holding the stack's lock ended (the server restarted, the network
+    went away, `state unlock`): nothing more is committed without the lock."""
 
 
 def default_schema(project: str, stack: str) -> str:
@@ -70,7 +77,17 @@ class PostgresLocation:
     is shown (without its password)."""
 
     def __init__(self, url: str, project: str, stack: str) -> None:
-        parts = urlsplit(url)
+        scheme, user, password, rest = _credentials(url)
+        # What is shown of the URL never holds its password, whatever it holds.
+        masked = f"{scheme}://{user}{':***' if password is not None else ''}" \
+                 f"{'@' if user or password is not None else ''}"
+        try:
+            parts = urlsplit(f"{scheme}://{user}{'@' if user else ''}{rest}")
+            parts.port  # noqa: B018 (a port that is not a number raises here)
+        except ValueError as err:
+            raise MlinfraError(f"state: the URL {masked}{rest} is malformed ({err}): "
+                               "postgresql://USER@HOST[:PORT]/DB, an IPv6 host in "
+                               "brackets ([::1])") from None
         query = parse_qsl(parts.query, keep_blank_values=True)
         named = [value for key, value in query if key == "schema"]
         if len(named) > 1:
@@ -82,19 +99,37 @@ class PostgresLocation:
                                "name: use lowercase letters, digits and _ (at most 63), "
                                "e.g. ?schema=mlinfra_fraud_prod")
         self.options = " ".join(value for key, value in query if key == "options")
-        rest = [(key, value) for key, value in query if key not in ("schema", "options")]
-        if not any(key == "connect_timeout" for key, _ in rest) and \
+        rest_query = [(key, value) for key, value in query if key not in ("schema", "options")]
+        if not any(key == "connect_timeout" for key, _ in rest_query) and \
                 "PGCONNECT_TIMEOUT" not in os.environ:
-            rest.append(("connect_timeout", "10"))
-        self.conninfo = _unsplit(parts._replace(query=urlencode(rest)))
+            rest_query.append(("connect_timeout", "10"))
         netloc = parts.netloc
-        if parts.password is not None:
-            netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
-        self.display = _unsplit(parts._replace(netloc=netloc, query=urlencode(
+        if password is not None:  # percent-encoded, so #, / and @ in it reach libpq whole
+            netloc = f"{user}:{quote(password, safe=_PASSWORD_SAFE)}@{parts.netloc[len(user) + 1:]}"
+        self.conninfo = _unsplit(parts._replace(netloc=netloc, query=urlencode(rest_query)))
+        hidden = f"{user}:***@{parts.netloc[len(user) + 1:]}" if password is not None \
+            else parts.netloc
+        self.display = _unsplit(parts._replace(netloc=hidden, query=urlencode(
             [(k, "***" if k == "password" else v) for k, v in query if k != "options"],
             safe="*")))
         if not named:
             self.display += ("&" if parts.query else "?") + f"schema={self.schema}"
+
+
+# NOTE: `%` stays as written: a password may already be percent-encoded, as RFC 3986
+# asks; whatever else it holds is encoded here.
+_PASSWORD_SAFE = "%!$&'()*+,;=~-._"
+
+
+def _credentials(url: str) -> tuple[str, str, str | None, str]:
+    """(scheme, user, password or None, the rest) of a URL whose password may hold any
+    character, `#`, `/` and `@` included: the credentials end at the URL's last `@`."""
+    scheme, _, remainder = url.partition("://")
+    if "@" not in remainder:
+        return scheme, "", None, remainder
+    userinfo, _, rest = remainder.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    return scheme, user, password if colon else None, rest
 
 
 def _unsplit(parts: SplitResult) -> str:
@@ -118,19 +153,6 @@ def _translate(sql: str, with_args: bool) -> str:
     parts = sql.replace("%", "%%").split("'")
     for i in range(0, len(parts), 2):
         parts[i] = parts[i].replace("?", "%s")
-    return "'".join(parts)
-
-
-@lru_cache(maxsize=512)
-def _numbered(sql: str) -> str:
-    """`?` placeholders (outside quoted strings) as libpq's `$1`, `$2`..."""
-    parts, count = sql.split("'"), 0
-    for i in range(0, len(parts), 2):
-        pieces = parts[i].split("?")
-        for j in range(1, len(pieces)):
-            count += 1
-            pieces[j] = f"${count}{pieces[j]}"
-        parts[i] = "".join(pieces)
     return "'".join(parts)
 
 
@@ -228,61 +250,9 @@ class _PostgresSession(StateStore):
         return self._holder(stack, self._lock_key(stack))
 
 
-class _Refused(MlinfraError):
-    def __init__(self, message: str, sqlstate: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-class PostgresReader(_PostgresSession):
-    """A read-only session, on libpq itself (see libpq.py)."""
-
-    def __init__(self, where: PostgresLocation, command: str) -> None:
-        super().__init__(where, command, readonly=True)
-        try:
-            self.conn = libpq.Connection(where.conninfo, options=self._options(),
-                                         application_name="mlinfra state")
-        except libpq.PgError as err:
-            raise StateUnavailable(f"cannot open the state at {self.location}: {err}") from err
-
-    def inspect(self) -> tuple[dict[str, str] | None, int]:
-        try:
-            return self.meta(), 0
-        except _Refused as err:
-            if err.sqlstate != "42P01":  # undefined_table: no state here yet
-                raise
-            return None, self._count_tables()
-
-    def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            try:
-                return self.conn.execute(_numbered(sql) if args else sql, args)
-            except libpq.PgError as err:
-                if err.sqlstate[:2] in ("", "08", "57"):  # connection lost, shutdown
-                    raise StateUnavailable(f"the PostgreSQL state {self.location} failed: "
-                                           f"{err}") from err
-                raise _Refused(f"the PostgreSQL state {self.location} refused: {err}",
-                               err.sqlstate) from err
-
-    def transaction(self) -> AbstractContextManager[Cursor]:
-        raise MlinfraError(f"the state {self.location} was opened only to read")
-
-    def close(self) -> None:
-        with self._lock:
-            self.conn.close()
-
-    def try_lock(self, stack: str, command: str) -> tuple[str | None, LockInfo | None]:
-        raise MlinfraError(f"the state {self.location} was opened only to read")
-
-    def release_lock(self, stack: str, lock_id: str) -> None:
-        return None  # a reader never holds the lock
-
-    def break_lock(self, stack: str, info: LockInfo) -> None:
-        raise MlinfraError(f"the state {self.location} was opened only to read")
-
-
 class PostgresStore(_PostgresSession):
     """The state of one stack in its own schema of a PostgreSQL database, on psycopg.
+    A read-only store's session cannot write (the server refuses it) and takes no lock.
 
     Open it with `open_postgres`, which also decides what a read-only session of a
     missing or older state reads instead."""
@@ -294,13 +264,20 @@ class PostgresStore(_PostgresSession):
         self._psycopg = psycopg
         self._write_key = _key(f"mlinfra write {self.schema}")
         self._lock_conn: psycopg.Connection[Any] | None = None
+        self._held: tuple[str, int, int] | None = None  # stack, lock key, backend pid
         self.conn = self._connect("state")
 
     def _connect(self, purpose: str) -> psycopg.Connection[Any]:
+        # TCP keepalives: a server or network that went away is noticed within a minute
+        # on an idle session (the lock's is idle for a whole apply), not hours later.
+        from psycopg.conninfo import make_conninfo
+
         try:
-            return self._psycopg.connect(self.where.conninfo, autocommit=True,
-                                         options=self._options(),
-                                         application_name=f"mlinfra {purpose}")
+            conninfo = make_conninfo(self.where.conninfo, options=self._options(),
+                                     application_name=f"mlinfra {purpose}",
+                                     **({} if "keepalives" in self.where.conninfo
+                                        else KEEPALIVES))
+            return self._psycopg.connect(conninfo, autocommit=True)
         except self._psycopg.Error as err:
             raise StateUnavailable(f"cannot open the state at {self.location}: "
                                    f"{_reason(err)}") from err
@@ -355,15 +332,40 @@ class PostgresStore(_PostgresSession):
 
     # --- the StateStore interface --------------------------------------------------
 
+    def _writes(self) -> None:
+        if self.readonly:
+            raise MlinfraError(f"the state {self.location} was opened only to read")
+
+    def transaction(self) -> AbstractContextManager[Cursor]:
+        self._writes()
+        return self._transaction()
+
     @contextmanager
-    def transaction(self) -> Iterator[Cursor]:
+    def _transaction(self) -> Iterator[Cursor]:
         self._check_writer()
         with self._lock, self._errors():
             with self.conn.transaction():
                 cur = self.conn.cursor()
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (self._write_key,))
+                if self._held is not None:
+                    self._check_held(cur)
                 yield _PgCursor(cur)
             self._committed()
+
+    def _check_held(self, cur: psycopg.Cursor[Any]) -> None:
+        """Within the transaction about to commit: the stack's lock is still held by
+        the session that took it, or nothing is committed."""
+        assert self._held is not None
+        stack, key, backend = self._held
+        cur.execute("SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND "
+                    "pid = %s AND classid::bigint = %s AND objid::bigint = %s AND "
+                    "objsubid = 1", (backend, (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+        if cur.fetchone() is None:
+            raise LockLost(f"the lock of stack '{stack}' was lost: its PostgreSQL session "
+                           f"(backend {backend}) ended (the server restarted, the network "
+                           "went away, or mlinfra state unlock ended it), so another apply "
+                           "may hold it now. Nothing more is committed: run the command "
+                           "again.")
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock, self._errors():
@@ -386,11 +388,15 @@ class PostgresStore(_PostgresSession):
     # --- the lock ------------------------------------------------------------------
 
     def try_lock(self, stack: str, command: str) -> tuple[str | None, LockInfo | None]:
+        self._writes()
         key = self._lock_key(stack)
         with self._lock, self._errors():
             if self._lock_conn is None:
                 self._lock_conn = self._connect("lock")
-            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s), pg_backend_pid()",
+                                          (key,)).fetchone()
+            if row and row[0]:
+                self._refuse_pooling(key, int(row[1]))
             if not (row and row[0]):
                 deadline = time.monotonic() + _HOLDER_ROW_WAIT_S
                 while True:
@@ -406,15 +412,44 @@ class PostgresStore(_PostgresSession):
             for conn in (self._lock_conn, self.conn):
                 conn.execute("SELECT set_config('application_name', %s, false)",
                              (f"mlinfra lock {lock_id}",))
+            backend = int(row[1])
             with self.transaction() as cur:
                 cur.execute(upsert("locks", _LOCK_COLUMNS, ("stack",)),
                             (stack, lock_id, current_user(), HOST, os.getpid(), command,
-                             time.time(), self._lock_conn.info.backend_pid))
+                             time.time(), backend))
+            self._held = (stack, key, backend)
         return lock_id, None
+
+    def _refuse_pooling(self, key: int, backend: int) -> None:
+        """A session-level lock needs a session: through a transaction pooler (PgBouncer's
+        pool_mode=transaction or statement) each statement may run on another server
+        session, which another client shares. Seen as a lock session whose backend or
+        settings do not last from one statement to the next, or whose backend is the
+        state session's."""
+        assert self._lock_conn is not None
+        lock_conn = self._lock_conn
+        lock_conn.execute("SELECT set_config('mlinfra.session', %s, false)", (str(backend),))
+        again = lock_conn.execute("SELECT pg_backend_pid(), current_setting('mlinfra.session', "
+                                  "true)").fetchone()
+        state = self.conn.execute("SELECT pg_backend_pid()").fetchone()
+        if again is not None and state is not None and int(again[0]) == backend and \
+                again[1] == str(backend) and int(state[0]) != backend:
+            return
+        with contextlib.suppress(self._psycopg.Error):
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        self._lock_conn = None
+        if lock_conn is not self.conn:
+            lock_conn.close()
+        raise MlinfraError(
+            f"the state {self.location} is reached through a transaction pooler (PgBouncer "
+            "with pool_mode=transaction or statement): its server sessions are shared "
+            "between clients, so the stack's lock, held by a session, would not keep two "
+            "applies apart. Connect to PostgreSQL directly, or through a pool in "
+            "pool_mode=session.")
 
     def release_lock(self, stack: str, lock_id: str) -> None:
         with self._lock:
-            lock_conn, self._lock_conn = self._lock_conn, None
+            lock_conn, self._lock_conn, self._held = self._lock_conn, None, None
             # A session that is gone (`state unlock` ended it, or the server went away)
             # took the lock with it, and a row names no holder once no session holds
             # the lock: nothing is left to undo then.
@@ -432,6 +467,7 @@ class PostgresStore(_PostgresSession):
     def break_lock(self, stack: str, info: LockInfo) -> None:
         """End the holder's sessions (its lock's and its state's): the server releases
         the lock, and the holder can no longer write without it."""
+        self._writes()
         key = self._lock_key(stack)
         with self._errors():
             self.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
@@ -459,8 +495,7 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
     does not exist yet reads an empty state, and one of an older schema reads an
     upgraded copy in memory, so neither changes the database."""
     where = PostgresLocation(url, project, stack)
-    store = (PostgresReader(where, command) if readonly and libpq.load()
-             else PostgresStore(where, command, readonly))
+    store = PostgresStore(where, command, readonly)
     try:
         meta, tables = store.inspect()
         if meta is None and tables:
@@ -473,7 +508,7 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
 
             store.close()
             return SqliteStore.in_memory(where.display, command)
-        if meta is None and isinstance(store, PostgresStore):
+        if meta is None:
             meta = store.create()
         version = _format_version(meta or {}, store)
         if version < latest_version() and readonly:
@@ -482,7 +517,7 @@ def open_postgres(url: str, *, project: str, stack: str, command: str,
             copy = upgraded_copy(store, version)
             store.close()
             return copy
-        if version < latest_version() and isinstance(store, PostgresStore):
+        if version < latest_version():
             store.upgrade()
         return store
     except BaseException:
@@ -494,7 +529,8 @@ def _format_version(meta: dict[str, str], store: _PostgresSession) -> int:
     if not meta.get("lineage") or "format_version" not in meta:
         raise StateCorrupted(f"the schema '{store.schema}' of {store.location} is not an "
                              "mlinfra state: it has no lineage or format version")
-    version = int(meta["format_version"])
+    meta_int(meta.get("serial"), "serial", store.location)
+    version = meta_int(meta["format_version"], "format_version", store.location)
     if version > latest_version():
         raise MlinfraError(f"the state {store.location} has schema version {version}; "
                            f"this mlinfra reads up to version {latest_version()}: "

@@ -84,9 +84,6 @@ TABLES: dict[str, str] = {
       name TEXT NOT NULL, sha256 TEXT NOT NULL, expectations TEXT NOT NULL,
       passed INTEGER NOT NULL, results TEXT NOT NULL, checked_at REAL NOT NULL,
       PRIMARY KEY (name, sha256, expectations))""",
-    "file_hashes": """CREATE TABLE file_hashes (
-      path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-      sha256 TEXT NOT NULL)""",
 }
 
 INDEXES: tuple[str, ...] = (
@@ -176,6 +173,9 @@ MIGRATIONS: tuple[Migration, ...] = (
               (*(t.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1)
                  for t in EVENT_TABLES.values()),
                "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(status, next_at)")),
+    # File hashes are remembered per machine (mlinfra.data.hashes), never in a state
+    # that other machines share.
+    Migration(6, "file_hashes dropped", ("DROP TABLE IF EXISTS file_hashes",)),
 )
 
 

@@ -8,6 +8,8 @@ holder; a lock of a process gone from this host is taken over.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import re
 import sqlite3
@@ -34,9 +36,11 @@ from mlinfra.state.store import (
     HOST,
     Cursor,
     StateCorrupted,
+    StateMissing,
     StateStore,
     current_user,
     new_lineage,
+    on_this_machine,
     pid_alive,
 )
 
@@ -55,13 +59,17 @@ class SqliteStore(StateStore):
 
     dialect = "sqlite"
 
-    def __init__(self, path: Path, command: str = "", readonly: bool = False) -> None:
+    def __init__(self, path: Path, command: str = "", readonly: bool = False,
+                 new_state: bool = False) -> None:
         super().__init__(str(path), command, readonly)
         if sqlite3.sqlite_version_info < _OLDEST:
             raise MlinfraError(f"mlinfra needs SQLite {'.'.join(map(str, _OLDEST))} or newer; "
                                f"this Python uses SQLite {sqlite3.sqlite_version}")
         self.path = path
         self._lock = threading.RLock()
+        self._backed_up_at: tuple[str, int] | None = None
+        if not path.exists() and not new_state and self.backup_path.exists():
+            raise StateMissing(self._missing_message())
         try:
             if not path.exists() and readonly:
                 self.conn = _memory()
@@ -118,6 +126,10 @@ class SqliteStore(StateStore):
         if len(meta) != 3 or not meta["lineage"]:
             raise sqlite3.DatabaseError("it is not an mlinfra state: it has no lineage, "
                                         "serial or format version")
+        for key in ("serial", "format_version"):
+            if not str(meta[key]).isdigit():
+                raise sqlite3.DatabaseError(f"its {key} is {str(meta[key])[:40]!r}, not a "
+                                            "number")
         version = int(meta["format_version"])
         if version > latest_version():
             raise MlinfraError(f"the state file {self.path} has schema version {version}; "
@@ -144,10 +156,20 @@ class SqliteStore(StateStore):
                 version = BASE_VERSION
             upgrade(cur, self.dialect, version)
 
+    def _missing_message(self) -> str:
+        backup = self.backup_path
+        kept = _version_of(backup)
+        what = (f" (lineage {kept.lineage[:8]}, serial {kept.serial}, saved "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(backup.stat().st_mtime))})"
+                if kept is not None else "")
+        return (f"the state {self.path} is missing, but its backup {backup} is beside it"
+                f"{what}. Restore it with\n  cp {backup} {self.path}\nor, to start this "
+                "stack over with a new, empty state, run the command again with --new-state")
+
     def _corrupted_message(self, err: Exception) -> str:
         backup = self.backup_path
         message = f"the state file {self.path} is damaged ({err})."
-        if backup.exists():
+        if backup.is_file():
             message += (f" The last good copy is {backup}: look at it, then restore it "
                         f"with\n  cp {backup} {self.path}")
         else:
@@ -165,10 +187,19 @@ class SqliteStore(StateStore):
     def backup(self) -> str:
         """Copy the (checked) state aside before a session that writes to it. A backup
         of another lineage or of a later serial is never overwritten by this state: it
-        is kept aside as `state.db.backup.LINEAGE-SERIAL`."""
+        is kept aside as `state.db.backup.LINEAGE-SERIAL`. A state this store already
+        copied at its current serial is not copied again: the copy stays the state as the
+        session found it, before an upgrade of its format too."""
         with self._lock:
-            previous = _version_of(self.backup_path)
+            if self.backup_path.is_symlink() or (self.backup_path.exists()
+                                                 and not self.backup_path.is_file()):
+                raise StateCorrupted(f"{self.backup_path} is not a file: mlinfra keeps its "
+                                     f"backup copy of {self.path} there. Move it away, then "
+                                     "run the command again.")
             mine = self.version()
+            if self._backed_up_at == (mine.lineage, mine.serial):
+                return str(self.backup_path)
+            previous = _version_of(self.backup_path)
             if previous is not None and (previous.lineage != mine.lineage
                                          or previous.serial > mine.serial):
                 os.replace(self.backup_path, self.backup_path.with_name(
@@ -181,6 +212,7 @@ class SqliteStore(StateStore):
             finally:
                 dest.close()
             os.replace(tmp, self.backup_path)
+            self._backed_up_at = (mine.lineage, mine.serial)
         return str(self.backup_path)
 
     @contextmanager
@@ -244,7 +276,7 @@ class SqliteStore(StateStore):
 
 def _is_stale(info: LockInfo) -> bool:
     """A lock taken on this host by a process that no longer runs."""
-    return info.host == HOST and not pid_alive(info.pid)
+    return on_this_machine(info.host) and not pid_alive(info.pid)
 
 
 def _memory() -> sqlite3.Connection:
@@ -273,8 +305,20 @@ def _create(path: Path) -> None:
         os.link(tmp, path)  # never replaces a state another process created meanwhile
     except FileExistsError:
         pass
+    except OSError:
+        _place_without_link(tmp, path)  # vfat, some SMB and FUSE mounts: no hard links
     finally:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _place_without_link(tmp: Path, path: Path) -> None:
+    """Put `tmp` at `path` unless a state is there already, where hard links cannot be
+    made: under an exclusive lock beside it, which every creator takes."""
+    with open(path.with_name(f".{path.name}.create.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+        if not path.exists():
+            os.rename(tmp, path)
 
 
 def _format_1_to_2(cur: Cursor) -> None:

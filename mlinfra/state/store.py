@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 from mlinfra.errors import MlinfraError
@@ -88,11 +89,65 @@ class StateCorrupted(MlinfraError):
     """The state cannot be read as an mlinfra state."""
 
 
+class StateMissing(MlinfraError):
+    """The state file is gone but its backup is beside it: taking that for a new stack
+    would forget everything the stack made."""
+
+
 class StateUnavailable(MlinfraError):
     """The state's server cannot be reached, or refused the connection."""
 
 
-HOST = os.uname().nodename
+def machine_id() -> str:
+    """This machine's persistent identity: systemd's /etc/machine-id (or D-Bus's copy),
+    else an id made once and kept in mlinfra's cache. Never the host name, which two
+    machines (containers, CI runners) may share and which changes with the network."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if len(text) >= 16 and text.isalnum():
+            return text.lower()
+    from mlinfra import cache_dir
+
+    kept = cache_dir() / "machine-id"
+    try:
+        text = kept.read_text().strip()
+        if len(text) >= 16 and text.isalnum():
+            return text
+    except OSError:
+        pass
+    made = os.urandom(16).hex()
+    tmp = kept.with_name(f".machine-id.{os.getpid()}")
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(made + "\n")
+        os.link(tmp, kept)  # the first one made wins
+    except FileExistsError:
+        return kept.read_text().strip()
+    except OSError:
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return made
+
+
+MACHINE = machine_id()[:12]
+# How runs, locks and journal entries name the machine they belong to: its name for
+# people, and after `~` its identity, which decides.
+HOST = f"{os.uname().nodename}~{MACHINE}"
+
+
+def on_this_machine(host: str | None) -> bool:
+    """Whether `host` (as HOST was recorded) is this machine. A row written before
+    machines had an identity names only the host name."""
+    if not host:
+        return False
+    if "~" in host:
+        return host.rsplit("~", 1)[1] == MACHINE
+    return host == os.uname().nodename
 
 
 def current_user() -> str:
@@ -122,15 +177,33 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def row_json(text: str, where: str) -> Any:
-    """A JSON column of a state row; a damaged one is a damaged state, not a crash."""
+RESTORE = ("Restore the backup copy (state.db.backup, or the database's own backup) or "
+           "remove the row with mlinfra state rm.")
+
+
+def row_json(text: str, where: str, kind: type | None = None) -> Any:
+    """A JSON column of a state row, of `kind` (dict, list) when given; a damaged one is
+    a damaged state, not a crash."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (TypeError, ValueError) as err:
         raise StateCorrupted(f"the state is damaged: {where} holds invalid JSON ({err}). "
-                             "Restore the backup copy (state.db.backup, or the database's "
-                             "own backup) or remove the row with mlinfra state rm.",
-                             where=where) from err
+                             + RESTORE, where=where) from err
+    if kind is not None and not isinstance(value, kind):
+        raise StateCorrupted(f"the state is damaged: {where} holds {type(value).__name__} "
+                             f"JSON where {'an object' if kind is dict else 'a list'} "
+                             "belongs. " + RESTORE, where=where)
+    return value
+
+
+def meta_int(value: Any, key: str, location: str) -> int:
+    """A number kept in the meta table (serial, format_version)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError) as err:
+        raise StateCorrupted(f"the state {location} is damaged: its {key} is "
+                             f"{str(value)[:40]!r}, not a number. " + RESTORE,
+                             field=key) from err
 
 
 def upsert(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -373,19 +446,17 @@ class StateStore(ABC):
 
     def version(self) -> StateVersion:
         rows = dict(self.query("SELECT key, value FROM meta WHERE key IN ('lineage','serial')"))
-        return StateVersion(lineage=rows["lineage"], serial=int(rows["serial"]))
+        if "lineage" not in rows or "serial" not in rows:
+            raise StateCorrupted(f"the state {self.location} is damaged: its meta table has "
+                                 f"no {'lineage' if 'lineage' not in rows else 'serial'}. "
+                                 + RESTORE)
+        return StateVersion(lineage=str(rows["lineage"]),
+                            serial=meta_int(rows["serial"], "serial", self.location))
 
     def resources(self) -> dict[str, ResourceState]:
-        rows = self.query(_SELECT_RESOURCES)
-        # The JSON columns of every row in one parse: a third of the time of one each.
-        try:
-            values = json.loads("[" + ",".join(f"[{r[3]},{r[5]},{r[7]}]" for r in rows) + "]")
-        except ValueError:
-            for row in rows:  # name the damaged row
-                _resource(row)
-            raise
-        return {r[0]: ResourceState(r[0], r[1], r[2], v[0], r[4], v[1], r[6], v[2], r[8])
-                for r, v in zip(rows, values, strict=True)}
+        # NOTE: each JSON column is parsed on its own: a damaged value parsed with its
+        # neighbours could be read as other columns.
+        return {row[0]: _resource(row) for row in self.query(_SELECT_RESOURCES)}
 
     def get(self, address: str) -> ResourceState | None:
         rows = self.query(_SELECT_RESOURCES + " WHERE address=?", (address,))
@@ -474,7 +545,7 @@ class StateStore(ABC):
         rows = self.query("SELECT id, address, action, pid, host, started_at, status, detail "
                           "FROM journal WHERE status='pending'")
         entries = [JournalEntry(*row) for row in rows]
-        return [e for e in entries if not (e.host == HOST and pid_alive(e.pid))]
+        return [e for e in entries if not (on_this_machine(e.host) and pid_alive(e.pid))]
 
     def close_interrupted(self, entries: list[JournalEntry]) -> None:
         with engine_writing(), self.transaction() as cur:
@@ -536,9 +607,11 @@ class StateStore(ABC):
 def _resource(row: tuple[Any, ...]) -> ResourceState:
     where = f"resource {row[0]}"
     return ResourceState(address=row[0], kind=row[1], name=row[2],
-                         attributes=row_json(row[3], where), inputs_hash=row[4],
-                         outputs=row_json(row[5], where), provider_id=row[6],
-                         dependencies=row_json(row[7], where), updated_at=row[8])
+                         attributes=row_json(row[3], f"{where} attributes", dict),
+                         inputs_hash=row[4], outputs=row_json(row[5], f"{where} outputs", dict),
+                         provider_id=row[6],
+                         dependencies=row_json(row[7], f"{where} dependencies", list),
+                         updated_at=row[8])
 
 
 def new_lineage() -> str:

@@ -40,10 +40,10 @@ class LocalProvider(Provider):
         "BatchScore": "mlinfra.batch.handler:BatchScoreHandler",
     }
 
-    def cancel(self) -> None:
+    def cancel(self, force: bool = False) -> None:
         from mlinfra.runs.execute import cancel_all
 
-        cancel_all()
+        cancel_all(force)
 
     def roll_out(self, ctx: Context, settings: dict[str, Any], alias: str,
                  candidate: ModelVersion, previous: ModelVersion,

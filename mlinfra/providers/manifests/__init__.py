@@ -16,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.errors import MlinfraError, Record
+from mlinfra.errors import MlinfraError
 
 MANAGED_BY = "mlinfra"
 LABEL_PREFIX = "mlinfra.dev/"
@@ -29,12 +30,14 @@ class RenderError(MlinfraError):
     """The project cannot be turned into objects (a model too large for a ConfigMap)."""
 
 
-class SecretValue(Record):
+@dataclass(slots=True, init=False)
+class SecretValue:
     """A value known only at apply time. `env`: the environment variable it is read
     from (`${secret.NAME}` reads NAME); `generated`: a key the provider makes once and
     keeps encrypted in the Pulumi stack's config under that name."""
 
-    __slots__ = ("env", "generated")
+    env: str
+    generated: str
 
     def __init__(self, env: str = "", generated: str = "") -> None:
         self.env, self.generated = env, generated
@@ -50,11 +53,14 @@ class SecretValue(Record):
         return f"<secret from ${self.source}>"
 
 
-class ContextFile(Record):
+@dataclass(slots=True, init=False)
+class ContextFile:
     """One file of a Docker build context: its text, or a file of this machine copied
     as it is (`source`)."""
 
-    __slots__ = ("path", "text", "source")
+    path: str
+    text: str | None
+    source: Path | None
 
     def __init__(self, path: str, text: str | None = None, source: Path | None = None) -> None:
         self.path, self.text, self.source = path, text, source
@@ -65,14 +71,20 @@ class ContextFile(Record):
         return (self.text or "").encode()
 
 
-class RenderedObject(Record):
+@dataclass(slots=True, init=False)
+class RenderedObject:
     """One object of the stack. `key` is unique in the stack and names the Pulumi
     resource; `owner` is the address of the mlinfra resource it belongs to, or "" for
     objects every resource shares (the serving image); `kind` is the Kubernetes kind or
     the Docker object type (Image, Container, Network); `body` is the manifest or the
     object's spec; `depends_on` lists keys of objects that must exist first."""
 
-    __slots__ = ("key", "owner", "kind", "body", "depends_on", "context")
+    key: str
+    owner: str
+    kind: str
+    body: dict[str, Any]
+    depends_on: tuple[str, ...]
+    context: tuple[ContextFile, ...]
 
     def __init__(self, key: str, owner: str, kind: str, body: dict[str, Any],
                  depends_on: tuple[str, ...] = (),

@@ -157,8 +157,8 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
 # What `mlinfra monitor run` imports (pyarrow and scipy for the windows, psycopg for a
 # team's state): the monitor image installs these, not Pulumi nor onnxruntime.
 MONITOR_DISTRIBUTIONS = (("pyyaml", ""), ("jsonschema", ""), ("pathspec", ""),
-                         ("numpy", ""), ("scipy", ""), ("pyarrow", ""),
-                         ("psycopg", "[binary]"))
+                         ("cronsim", ""), ("tzdata", ""), ("numpy", ""), ("scipy", ""),
+                         ("pyarrow", ""), ("psycopg", "[binary]"))
 PROJECT_DIR = "/opt/mlinfra/project"
 
 

@@ -5,10 +5,10 @@ the registry and the artifact store; rendering itself reads nothing."""
 from __future__ import annotations
 
 import importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlinfra.errors import Record
 from mlinfra.spec.model import Config, Ref
 
 # What the endpoint server imports (mlinfra.serving stands apart from the rest of
@@ -21,13 +21,18 @@ DEFAULT_BASE_IMAGE = "python:3.11-slim"
 KNOWN_AFTER_APPLY = "(known after apply)"
 
 
-class ModelFile(Record):
+@dataclass(slots=True, init=False)
+class ModelFile:
     """The version a deployment serves and the stored file holding it. `url`: the
     object holding it in the artifact store, when that is object storage (servers then
     fetch it when they start); None for a folder store (the file travels with the
     objects). `path` None: the version is known only after apply."""
 
-    __slots__ = ("name", "version", "sha256", "path", "url")
+    name: str
+    version: int | str
+    sha256: str
+    path: Path | None
+    url: str | None
 
     def __init__(self, name: str, version: int | str, sha256: str, path: Path | None,
                  url: str | None = None) -> None:
@@ -43,13 +48,19 @@ class ModelFile(Record):
         return f"{self.name}:{self.version}"
 
 
-class StackInputs(Record):
+@dataclass(slots=True, init=False)
+class StackInputs:
     """Everything rendering reads besides the configuration. `models` maps an endpoint's
     name to its deployments' files; an endpoint in `unresolved` (address -> why) is left
     out until its models resolve."""
 
-    __slots__ = ("models", "unresolved", "datastores", "serving_requirements",
-                 "serving_sources", "locks", "notes")
+    models: dict[str, dict[str, ModelFile]]
+    unresolved: dict[str, str]
+    datastores: dict[str, Path]
+    serving_requirements: list[str]
+    serving_sources: list[tuple[str, Path]]
+    locks: dict[str, list[str]]
+    notes: list[str]
 
     def __init__(self, models: dict[str, dict[str, ModelFile]] | None = None,
                  unresolved: dict[str, str] | None = None,

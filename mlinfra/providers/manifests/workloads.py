@@ -10,14 +10,22 @@ its outputs to runs/RUN/ in the default datastore, where a later step reads them
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import Any
 
-from mlinfra.errors import Record
 from mlinfra.graph import default_datastore
 from mlinfra.monitoring.captures import retention
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
-from mlinfra.spec.model import INTERPOLATION, OUTPUT_REF, Config, Ref, Resource, duration_s
+from mlinfra.spec.model import (
+    INTERPOLATION,
+    OUTPUT_REF,
+    Config,
+    Ref,
+    Resource,
+    duration_in,
+    duration_s,
+)
 
 DATASTORES = "/mnt/datastores"
 STATUS_DIR = "/tmp/mlinfra/status"
@@ -27,11 +35,18 @@ def datastore_mount(name: str) -> str:
     return f"{DATASTORES}/{name}"
 
 
-class JobRun(Record):
+@dataclass(slots=True, init=False)
+class JobRun:
     """One container run to completion: a job, or a pipeline's step (`key` is the job's
     name or PIPELINE-STEP). `after` names the runs whose outputs it reads."""
 
-    __slots__ = ("key", "owner", "job", "command", "after", "env", "timeout_s")
+    key: str
+    owner: str
+    job: Resource
+    command: str
+    after: tuple[str, ...]
+    env: dict[str, str | SecretValue]
+    timeout_s: float | None
 
     def __init__(self, key: str, owner: str, job: Resource, command: str,
                  after: tuple[str, ...], env: dict[str, str | SecretValue],
@@ -176,9 +191,10 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         model = models[name]
         deployments[name] = {
             "model": model.name, "version": model.version, "sha256": model.sha256,
-            "path": model_path[name], "timeout_ms": request.get("timeout_ms", 5000),
+            "path": model_path[name],
+            "timeout_ms": duration_in(request.get("timeout_ms"), 0.001, 5000),
             "max_batch_size": request.get("max_batch_size", 32),
-            "max_batch_delay_ms": request.get("max_batch_delay_ms", 2)}
+            "max_batch_delay_ms": duration_in(request.get("max_batch_delay_ms"), 0.001, 2)}
         if model.url:
             deployments[name]["url"] = model.url
     collect = dict(endpoint.spec.get("collect") or {})

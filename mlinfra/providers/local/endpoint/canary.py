@@ -24,7 +24,7 @@ from mlinfra.providers.local.endpoint.rollout import MIN_REQUESTS, rollout
 from mlinfra.providers.local.endpoint.supervisor import ServerInstance, running
 from mlinfra.registry.models import ModelVersion
 from mlinfra.runs.jobs import artifact_store
-from mlinfra.spec.model import Ref
+from mlinfra.spec.model import Ref, duration_in
 
 DEFAULT_STEPS = [10, 50, 100]
 DEFAULT_ERROR_RATE = 0.02
@@ -92,7 +92,7 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
                  "traffic": {**start, canary: 0}},
                 {"served": {**served, canary: candidate.ref}, "traffic": {**start, canary: 0}})
     steps = [int(s) for s in settings.get("steps") or DEFAULT_STEPS]
-    hold_s = float(settings.get("hold_s", 5))
+    hold_s = duration_in(settings.get("hold_s"), 1.0, 5)
     min_requests = int(settings.get("min_requests", MIN_REQUESTS))
     limits = settings.get("rollback_on") or {}
     replay = None
@@ -104,7 +104,9 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
     finished = False
     try:
         outcome = rollout(ctx, state, canary, steps, hold_s,
-                          limits.get("error_rate", DEFAULT_ERROR_RATE), limits.get("p99_ms"),
+                          limits.get("error_rate", DEFAULT_ERROR_RATE),
+                          None if limits.get("p99_ms") is None
+                          else duration_in(limits["p99_ms"], 0.001, 0.0),
                           min_requests, log, replay.start if replay is not None else None)
         promote = outcome.status == "complete" or (
             outcome.status == "inconclusive" and settings.get("on_no_traffic") == "promote")

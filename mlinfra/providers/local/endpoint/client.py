@@ -35,8 +35,12 @@ def request(url: str, key: str | None = None, body: bytes | None = None,
     sent = urllib.request.Request(url, data=body, headers={
         "content-type": "application/json", **(headers or {}),
         **({"authorization": f"Bearer {key}"} if key else {})})
+    # NOTE: a server on this machine is never reached through http_proxy (whose proxy
+    # cannot reach this machine's loopback), whatever no_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if _loopback(
+        sent.host) else urllib.request.build_opener()
     try:
-        with urllib.request.urlopen(sent, timeout=timeout) as response:
+        with opener.open(sent, timeout=timeout) as response:
             return Response(response.status, _parse(response.read()), dict(response.headers))
     except urllib.error.HTTPError as err:
         return Response(err.code, _parse(err.read()), dict(err.headers))
@@ -48,6 +52,19 @@ def request(url: str, key: str | None = None, body: bytes | None = None,
         raise Unreachable(f"{url} cannot be reached: {err.reason}") from err
     except (http.client.HTTPException, OSError) as err:
         raise Unreachable(f"{url} dropped the connection: {err}") from err
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+    name = name.strip("[]").split("]")[0]
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse(payload: bytes) -> Any:

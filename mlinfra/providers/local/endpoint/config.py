@@ -17,7 +17,7 @@ from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFol
 from mlinfra.registry.artifacts import ArtifactCorrupted
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
 from mlinfra.runs.jobs import artifact_store
-from mlinfra.spec.model import Ref, Resource
+from mlinfra.spec.model import Ref, Resource, duration_in
 
 
 def governed(ctx: Context, model: str, alias: str) -> bool:
@@ -89,9 +89,9 @@ def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
         deployments[deployment["name"]] = {
             "model": version.name, "version": version.version, "sha256": version.sha256,
             "path": _stored(ctx, res, deployment, version),
-            "timeout_ms": request.get("timeout_ms", 5000),
+            "timeout_ms": duration_in(request.get("timeout_ms"), 0.001, 5000),
             "max_batch_size": request.get("max_batch_size", 32),
-            "max_batch_delay_ms": request.get("max_batch_delay_ms", 2)}
+            "max_batch_delay_ms": duration_in(request.get("max_batch_delay_ms"), 0.001, 2)}
         served[deployment["name"]] = version.ref
     collect = dict(res.spec.get("collect") or {})
     if collect.get("sample"):

@@ -46,12 +46,12 @@ from mlinfra.registry.models import ModelRegistry, RegistryError
 from mlinfra.runs.jobs import artifact_store
 from mlinfra.spec.model import Ref, Resource
 from mlinfra.state.model import ResourceState
-from mlinfra.state.store import HOST
+from mlinfra.state.store import HOST, on_this_machine
 
 
 def _elsewhere(state: ResourceState) -> bool:
     """Whether the endpoint's server was started on another machine."""
-    return str(state.outputs.get("host") or HOST) != HOST
+    return not on_this_machine(str(state.outputs.get("host") or HOST))
 
 
 def _refuse_elsewhere(address: str, state: ResourceState) -> None:

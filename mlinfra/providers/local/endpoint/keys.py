@@ -2,8 +2,9 @@
 
 `auth: key` gives an endpoint two user keys (primary, secondary), made and shown once by
 `mlinfra endpoints keys NAME` (or `--regenerate` for a new one), and mlinfra's own
-operator key, a 0600 file its commands read (invoke, rollouts). The state and the
-server's config hold hashes only; a server accepts a key whose hash it holds.
+operator key, a 0600 file its commands read (invoke, rollouts), which `--regenerate
+operator` replaces. The state and the server's config hold hashes only; a server
+accepts a key whose hash it holds.
 """
 
 from __future__ import annotations
@@ -64,3 +65,23 @@ def issue(ctx: Context, state: ResourceState, names: list[str]) -> dict[str, str
                 {"key_hashes": accepted(outputs, folder)},
                 {"key_hashes": outputs["key_hashes"]}, record_first=True)
     return made
+
+
+def rotate_operator(ctx: Context, state: ResourceState) -> None:
+    """A new operator key in place of the old one, which the server no longer accepts
+    once every worker serves the new config. The new key is kept beside the old until
+    then, so a failure leaves mlinfra's commands with the key the server accepts."""
+    if state.outputs.get("auth", "key") == "none":
+        raise ProviderError(state.address, "it has auth: none: it takes no keys")
+    folder = EndpointFolder.of(ctx, state.name)
+    operator_key(folder)  # the folder and the file exist
+    pending = folder.operator_key.with_name(folder.operator_key.name + ".new")
+    pending.unlink(missing_ok=True)
+    key = new_key()
+    fd = os.open(pending, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    user = list((state.outputs.get("key_hashes") or {}).values())
+    change_live(ctx, state, "regenerate-key", "new operator key",
+                {"key_hashes": [*user, key_hash(key)]}, {})
+    os.replace(pending, folder.operator_key)

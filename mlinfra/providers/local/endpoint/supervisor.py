@@ -72,11 +72,22 @@ def environment(folder: EndpointFolder, instance_id: str) -> dict[str, str]:
     return env
 
 
-_LAUNCHER = """\
-import subprocess, sys
-log = open(sys.argv[1], "ab")
-server = subprocess.Popen(sys.argv[2:], stdout=log, stderr=subprocess.STDOUT,
+# The server's output goes through a pipe to mlinfra.serving.server_log, which rotates
+# the log; that pump carries neither of the server's variables nor the endpoint's folder
+# in its command line, so it is never taken for one of its processes, and it ends with
+# the server's last process.
+_LAUNCHER = f"""\
+import os, subprocess, sys
+read, write = os.pipe()
+env = {{k: v for k, v in os.environ.items() if k not in ("{FOLDER_VAR}", "{INSTANCE_VAR}")}}
+env["MLINFRA_SERVER_LOG"] = sys.argv[1]
+subprocess.Popen([sys.executable, "-m", "mlinfra.serving.server_log"],
+                 stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                 start_new_session=True, env=env)
+os.close(read)
+server = subprocess.Popen(sys.argv[2:], stdout=write, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL, start_new_session=True)
+os.close(write)
 print(server.pid)
 """
 
