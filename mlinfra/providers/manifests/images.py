@@ -147,7 +147,8 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
                   + 'ENTRYPOINT ["python", "/opt/mlinfra/entrypoint.py"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
              ContextFile("requirements.txt", "\n".join(
-                 [*inputs.serving_requirements, *fetch_requirements(inputs)]) + "\n"),
+                 [*inputs.serving_requirements,
+                  *fetch_requirements(inputs, _collected_captures(config))]) + "\n"),
              ContextFile("entrypoint.py", ENTRYPOINT),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/{rel}", source=path) for rel, path in inputs.serving_sources]
@@ -160,6 +161,17 @@ MONITOR_DISTRIBUTIONS = (("pyyaml", ""), ("jsonschema", ""), ("pathspec", ""),
                          ("cronsim", ""), ("tzdata", ""), ("numpy", ""), ("scipy", ""),
                          ("pyarrow", ""), ("psycopg", "[binary]"))
 PROJECT_DIR = "/opt/mlinfra/project"
+
+
+def _storage_packages(config: Config) -> list[str]:
+    """The fsspec package (pinned) that reads captures on the stack's object storage."""
+    from mlinfra.monitoring.captures import object_captures
+    from mlinfra.spec.storage import SCHEMES
+
+    url = object_captures(config)
+    if url is None:
+        return []
+    return _pinned(((SCHEMES[url.split("://", 1)[0]][1], ""),))
 
 
 def _pinned(distributions: tuple[tuple[str, str], ...]) -> list[str]:
@@ -192,6 +204,16 @@ def _project_files(config: Config) -> list[ContextFile]:
     return files
 
 
+def _collected_captures(config: Config) -> str | None:
+    """The object-storage URL the stack's endpoints write their captures to, if any."""
+    from mlinfra.monitoring.captures import object_captures
+
+    if not any((e.spec.get("collect") or {}).get("sample")
+               for e in config.of("Endpoint").values()):
+        return None
+    return object_captures(config)
+
+
 def monitor_context(config: Config) -> tuple[ContextFile, ...]:
     """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
     monitor run` loads the project as on this machine."""
@@ -203,7 +225,8 @@ def monitor_context(config: Config) -> tuple[ContextFile, ...]:
                   + "USER 65534:65534\n"
                   + 'ENTRYPOINT ["python", "-m", "mlinfra"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
-             ContextFile("requirements.txt", "\n".join(_pinned(MONITOR_DISTRIBUTIONS)) + "\n"),
+             ContextFile("requirements.txt", "\n".join(
+                 _pinned(MONITOR_DISTRIBUTIONS) + _storage_packages(config)) + "\n"),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/mlinfra/{p.relative_to(package).as_posix()}", source=p)
               for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts]

@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from mlinfra.monitoring.captures import object_captures
 from mlinfra.providers.manifests import (
     LABEL_PREFIX,
     RenderedObject,
@@ -391,7 +392,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             {"name": "config", "mountPath": "/etc/mlinfra", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"}]
         depends = [*common, f"configmap-{full}"]
-        if fetched:
+        remote_captures = config_json["collect"].get("storage") is not None
+        if fetched or remote_captures:
             env += _env(storage)
             if any(isinstance(v, SecretValue) for v in storage.values()):
                 depends.append(f"secret-{SECRETS}")
@@ -402,8 +404,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             depends.append(f"configmap-{full}-model")
         # NOTE: no datastore volume unless a Monitor reads the captures: a ReadWriteOnce
         # claim cannot follow replicas the HPA places on other nodes. Otherwise captures
-        # are written inside the pod (its /tmp).
-        if monitored and capture_store:
+        # are written inside the pod (its /tmp), or to the object-storage artifact store.
+        if monitored and capture_store and not remote_captures:
             more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
             volumes += more_volumes
             mounts += more_mounts
@@ -564,14 +566,22 @@ def _monitors(config: Config, objects: list[RenderedObject], inputs: StackInputs
         store = collect_datastore(config, endpoint) if endpoint is not None else None
         if store is None:
             continue  # validate refuses a monitor of an endpoint without collect:
-        volumes, mounts = _datastore_volumes(config, [store])
+        args = ["monitor", "run", monitor.name, "-C", PROJECT_DIR, "-s", stack_file]
+        monitor_env: dict[str, str | SecretValue] = {s.env: s for s in state_secrets}
+        depends = [f"namespace-{namespace(config)}", "image-monitor"]
+        if object_captures(config) is not None:
+            # the captures are in the object-storage artifact store: no claim
+            volumes: list[dict[str, Any]] = []
+            mounts: list[dict[str, Any]] = []
+            monitor_env.update(storage_env(config))
+        else:
+            volumes, mounts = _datastore_volumes(config, [store])
+            args += ["--captures", datastore_mount(store)]
+            depends.append(f"pvc-{store}")
         container: dict[str, Any] = {
-            "name": "monitor", "image": image,
-            "args": ["monitor", "run", monitor.name, "-C", PROJECT_DIR, "-s", stack_file,
-                     "--captures", datastore_mount(store)],
-            "env": _env({s.env: s for s in state_secrets}), "volumeMounts": mounts}
-        depends = [f"namespace-{namespace(config)}", "image-monitor", f"pvc-{store}"]
-        if state_secrets:
+            "name": "monitor", "image": image, "args": args,
+            "env": _env(monitor_env), "volumeMounts": mounts}
+        if any(isinstance(v, SecretValue) for v in monitor_env.values()):
             depends.append(f"secret-{SECRETS}")
         objects.append(RenderedObject(f"cronjob-{monitor.name}", monitor.address, "CronJob", {
             "apiVersion": "batch/v1", "kind": "CronJob",
@@ -603,7 +613,10 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     render_agent(config, objects, namespace(config), secrets, SECRETS)
     _monitors(config, objects, inputs, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
-    if any(m.url for e in endpoints for m in inputs.models[e.name].values()):
+    remote_captures = object_captures(config) is not None and (
+        any(collect_datastore(config, e) for e in endpoints)
+        or any(m.spec.get("endpoint") for m in config.of("Monitor").values()))
+    if remote_captures or any(m.url for e in endpoints for m in inputs.models[e.name].values()):
         secrets += [v for v in storage_env(config).values() if isinstance(v, SecretValue)]
     _secrets(config, objects, secrets)
     if endpoints:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlinfra.graph import default_datastore
-from mlinfra.monitoring.captures import retention
+from mlinfra.monitoring.captures import object_captures, retention
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
 from mlinfra.spec.model import (
@@ -203,8 +203,11 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         if store is None:
             raise RenderError(f"{endpoint.address}: collect needs a datastore: name one in "
                               "collect.datastore or set the workspace's default_datastore")
-        folder = captures or f"{datastore_mount(str(store))}/captures"
+        remote = object_captures(config)
+        folder = remote or captures or f"{datastore_mount(str(store))}/captures"
         collect["path"] = f"{folder}/{endpoint.name}"
+        if remote is not None:
+            collect["storage"] = capture_storage(config)
         size, seconds = retention(collect.pop("retention", None))
         if size is not None:
             collect["retention_bytes"] = size
@@ -219,6 +222,12 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
             "traffic": traffic, "mirror": mirror, "collect": collect,
             "max_request_bytes": int(endpoint.spec.get("max_request_bytes", 1 << 20)),
             "status_dir": STATUS_DIR}
+
+
+def capture_storage(config: Config) -> dict[str, str]:
+    """The endpoint and region a server writes its object-storage captures with."""
+    storage = config.stack.settings.get("storage") or {}
+    return {k: str(storage[k]) for k in ("endpoint_url", "region") if storage.get(k)}
 
 
 def collect_datastore(config: Config, endpoint: Resource) -> str | None:

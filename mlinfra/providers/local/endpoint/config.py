@@ -11,7 +11,7 @@ from typing import Any
 
 from mlinfra.graph import default_datastore
 from mlinfra.handler import datastore_path
-from mlinfra.monitoring.captures import retention
+from mlinfra.monitoring.captures import object_captures, retention
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
 from mlinfra.registry.artifacts import ArtifactCorrupted
@@ -99,6 +99,12 @@ def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
         datastore = ctx.config.get("Datastore", str(store_name)) if store_name else None
         base = datastore_path(ctx, datastore.spec) if datastore else folder.path
         collect["path"] = str(base / "captures" / res.name)
+        remote = object_captures(ctx.config)
+        if remote is not None:  # the stack's artifacts: on object storage
+            collect["path"] = f"{remote}/{res.name}"
+            storage = ctx.config.stack.settings.get("storage") or {}
+            collect["storage"] = {k: str(storage[k]) for k in ("endpoint_url", "region")
+                                  if storage.get(k)}
         collect.update(retention_fields(collect.pop("retention", None)))
     config = {"endpoint": res.name, "generation": generation, "port": port,
               "deployments": deployments, "traffic": res.spec.get("traffic") or {},

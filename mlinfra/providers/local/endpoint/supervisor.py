@@ -36,7 +36,13 @@ FOLDER_VAR = "MLINFRA_ENDPOINT_DIR"
 INSTANCE_VAR = "MLINFRA_ENDPOINT_INSTANCE"
 # What a server needs from the caller's environment; nothing else is passed on.
 PASSED_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "TZ",
-               "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH")
+               "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH",
+               # the object-storage SDKs' own variables: captures on object storage
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+               "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
+               "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
 STOP_GRACE_S = 10.0
 
 
