@@ -17,7 +17,7 @@ from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFol
 from mlinfra.registry.artifacts import ArtifactCorrupted
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
 from mlinfra.runs.jobs import artifact_store
-from mlinfra.spec.model import Ref, Resource, duration_in
+from mlinfra.spec.model import Config, Ref, Resource, duration_in
 
 
 def governed(ctx: Context, model: str, alias: str) -> bool:
@@ -65,6 +65,17 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
                 f"file, or to an alias ({others})")
     raise ProviderError(res.address, f"deployment {deployment['name']}: {version.ref}'s "
                         f"file is gone from the artifact store {store.root}; {what}")
+
+
+def capture_environment(config: Config) -> dict[str, str]:
+    """The variables a server needs to write its captures to the stack's object-storage
+    `artifacts:` as this machine reaches it (its `storage:` credentials, resolved)."""
+    from mlinfra.data.objects import environment_credentials, location_of
+
+    stack = config.stack
+    return environment_credentials(location_of(str(stack.artifacts),
+                                               stack.settings.get("storage"),
+                                               f"{stack.file}: artifacts"))
 
 
 def retention_fields(text: Any) -> dict[str, Any]:

@@ -70,8 +70,10 @@ def new_instance_id() -> str:
     return time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def environment(folder: EndpointFolder, instance_id: str) -> dict[str, str]:
+def environment(folder: EndpointFolder, instance_id: str,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_VARS if k in os.environ}
+    env.update(extra or {})
     env.setdefault("PATH", os.defpath)
     env[FOLDER_VAR] = str(folder.path.resolve())
     env[INSTANCE_VAR] = instance_id
@@ -99,14 +101,14 @@ print(server.pid)
 
 
 def launch(folder: EndpointFolder, instance: InstanceFolder, port: int, workers: int,
-           address: str) -> ServerInstance:
+           address: str, extra_env: dict[str, str] | None = None) -> ServerInstance:
     """Start a server in its own session through a launcher that exits at once, so the
     server belongs to init, not to this process (no zombie, nothing to wait for)."""
 
     argv = [sys.executable, "-m", "mlinfra.serving", "--config", str(instance.config),
             "--port", str(port), "--workers", str(workers)]
     done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(folder.log), *argv],
-                          cwd=instance.path, env=environment(folder, instance.id),
+                          cwd=instance.path, env=environment(folder, instance.id, extra_env),
                           capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise ProviderError(address, f"cannot start the server: {done.stderr[-500:]}")
