@@ -293,3 +293,70 @@ def test_a_monitored_endpoint_and_its_cronjob_mount_no_claim_under_pulumis_mocks
     assert "persistentVolumeClaim" not in json.dumps(manifest)
     assert SECRET_KEY not in json.dumps(sent)
     assert invalid_manifests([{"apiVersion": "batch/v1", "kind": "CronJob", **manifest}]) == []
+
+
+def _datastore_on_s3(quickstart: Path, s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    for csv in sorted((quickstart / "data").glob("*.csv")):
+        client.put_object(Bucket=bucket, Key=f"data/{csv.name}", Body=csv.read_bytes())
+    workspace = quickstart / "workspace.yaml"
+    text = workspace.read_text().replace(
+        "type: local\npath: ./data\n",
+        f"type: s3\npath: s3://{bucket}/data\nendpoint_url: {s3.url}\nregion: us-east-1\n"
+        "credentials: {access_key_id: '${secret.DATA_S3_KEY}', "
+        "secret_access_key: '${secret.DATA_S3_SECRET}'}\n")
+    assert text != workspace.read_text()
+    workspace.write_text(text)
+
+
+def test_a_rendered_job_fetches_its_s3_data_in_an_init_container(
+        quickstart: Path, s3_server: S3Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    monkeypatch.setenv("DATA_S3_KEY", ACCESS_KEY)
+    monkeypatch.setenv("DATA_S3_SECRET", SECRET_KEY)
+    bucket = s3_server.bucket("data")
+    _datastore_on_s3(quickstart, s3_server, bucket)
+    objects = {o.key: o for o in render(quickstart, "kubernetes")}
+    job = objects["job-fraud-prep"]
+    pod = job.body["spec"]["template"]["spec"]
+    # the datastore's claim is replaced by an emptyDir the init container fills
+    assert {"name": "datastore-main", "emptyDir": {}} in pod["volumes"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    init = pod["initContainers"][0]
+    data_file = (quickstart / "data.yaml").read_text().split("path: ", 1)[1].split()[0]
+    assert init["args"] == [f"s3://{bucket}/data/{data_file}",
+                            f"/mnt/datastores/main/{data_file}"]
+    assert init["volumeMounts"] == pod["containers"][0]["volumeMounts"]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlinfra-secrets", "key": "DATA_S3_SECRET"}
+    assert env["AWS_ENDPOINT_URL"]["value"] == s3_server.url
+    assert "image-fetch" in job.depends_on and "pvc-main" not in job.depends_on
+    assert {"DATA_S3_KEY", "DATA_S3_SECRET"} <= set(
+        objects["secret-mlinfra-secrets"].body["stringData"])
+    fetch = objects["image-fetch"].context
+    requirements = next(f.text for f in fetch if f.path == "requirements.txt") or ""
+    assert "s3fs==" in requirements and "fsspec==" in requirements
+    assert invalid_manifests(manifests(list(objects.values()))) == []
+    # the init container's program, run here with the variables the pod would get
+    script = next(f.text for f in fetch if f.path == "fetch.py") or ""
+    target = tmp_path / "mnt" / data_file
+    done = subprocess.run(
+        [sys.executable, "-c", script, init["args"][0], str(target)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+             "AWS_ENDPOINT_URL": s3_server.url, "AWS_DEFAULT_REGION": "us-east-1"})
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == (quickstart / "data" / data_file).read_bytes()
+    assert not list(target.parent.glob("*.part"))
+    missing = subprocess.run(
+        [sys.executable, "-c", script.replace("time.sleep(2 ** attempt)", "pass"),
+         f"s3://{bucket}/data/none.csv", str(tmp_path / "none.csv")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+             "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.url})
+    assert missing.returncode != 0 and "none.csv could not be fetched" in missing.stderr

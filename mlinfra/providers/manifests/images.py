@@ -214,6 +214,52 @@ def _collected_captures(config: Config) -> str | None:
     return object_captures(config)
 
 
+FETCH_PY = """\
+\"\"\"mlinfra: a Job's Data inputs on object storage, downloaded before it runs
+(arguments: URL TARGET ...; credentials from the SDK's own variables).\"\"\"
+import os, sys, time
+import fsspec
+args = sys.argv[1:]
+for url, target in zip(args[::2], args[1::2]):
+    scheme = url.split("://", 1)[0]
+    options = {}
+    if scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    fs = fsspec.filesystem(scheme, **options)
+    path = url.split("://", 1)[1]
+    for attempt in range(5):
+        try:
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", target.rstrip("/") + "/", recursive=True)
+            else:
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                fs.get_file(path, target + ".part")
+                os.replace(target + ".part", target)
+            break
+        except Exception as err:  # the SDKs raise many kinds; each is retried
+            if attempt == 4:
+                first = str(err).splitlines()[0] if str(err) else ""
+                sys.exit(f"mlinfra: {url} could not be fetched: {type(err).__name__}: {first}")
+            time.sleep(2 ** attempt)
+    print(f"mlinfra: fetched {url} to {target}", flush=True)
+"""
+
+
+def fetch_context(config: Config, packages: list[str]) -> tuple[ContextFile, ...]:
+    """The image of a Job's init container that downloads its Data inputs from an
+    object-storage Datastore: the base image with the fsspec package (pinned)."""
+    dockerfile = (f"# mlinfra: Data inputs fetched from object storage\n"
+                  f"FROM {base_image(config)}\n" + INSTALL
+                  + "COPY fetch.py /opt/mlinfra/fetch.py\n"
+                  + "USER 65534:65534\n"
+                  + 'ENTRYPOINT ["python", "/opt/mlinfra/fetch.py"]\n')
+    return (ContextFile("Dockerfile", dockerfile),
+            ContextFile("requirements.txt", "\n".join(
+                _pinned(tuple((p, "") for p in ("fsspec", *packages)))) + "\n"),
+            ContextFile("fetch.py", FETCH_PY),
+            ContextFile("wheels/README", WHEELS_README))
+
+
 def monitor_context(config: Config) -> tuple[ContextFile, ...]:
     """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
     monitor run` loads the project as on this machine."""

@@ -35,6 +35,7 @@ from mlinfra.providers.manifests.images import (
     PROJECT_DIR,
     SERVER_PORT,
     environment_context,
+    fetch_context,
     image_name,
     job_code_context,
     monitor_context,
@@ -42,13 +43,16 @@ from mlinfra.providers.manifests.images import (
 )
 from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, ModelFile, StackInputs
 from mlinfra.providers.manifests.workloads import (
+    JobRun,
     collect_datastore,
     compute_resources,
+    datastore_env,
     datastore_mount,
     endpoint_config,
     fetched_model_path,
     job_runs,
     keys_secret,
+    object_datastore,
     storage_env,
 )
 from mlinfra.runs.containers import RUN_DIR, ContainerRun
@@ -238,7 +242,9 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
             objects.append(RenderedObject(image_key, job.address, "Image", {"name": image},
                                           depends_on=(f"image-{env_name}",), context=files))
         secrets += [v for v in run.env.values() if isinstance(v, SecretValue)]
-        volumes, mounts = _datastore_volumes(config, stores)
+        remote = sorted({store for store, _ in run.data if object_datastore(config, store)})
+        volumes, mounts = _datastore_volumes(config, [s for s in stores if s not in remote])
+        init = _fetch_data(config, objects, run, remote, volumes, mounts, secrets)
         container: dict[str, Any] = {"name": "run", "image": image,
                                      "command": ["sh", "-c", run.command],
                                      "workingDir": "/code", "env": _env(run.env),
@@ -256,11 +262,16 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
                                               run=run.key)},
                 "spec": {"restartPolicy": "Never", "containers": [container],
                          "volumes": volumes, "securityContext": NON_ROOT}}}
+        if init is not None:
+            spec["template"]["spec"]["initContainers"] = [init]
         if run.timeout_s:
             spec["activeDeadlineSeconds"] = max(1, int(run.timeout_s))
-        depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores),
+        depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores if s not in remote),
                    *(f"job-{a}" for a in run.after)]
-        if any(isinstance(v, SecretValue) for v in run.env.values()):
+        if init is not None:
+            depends.append("image-fetch")
+        if any(isinstance(v, SecretValue) for v in run.env.values()) or (
+                init is not None and any("valueFrom" in e for e in init["env"])):
             depends.append(f"secret-{SECRETS}")
         meta = _meta(config, "", run.owner, run=run.key)
         del meta["name"]
@@ -268,6 +279,41 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
         objects.append(RenderedObject(f"job-{run.key}", run.owner, "Job", {
             "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec},
             depends_on=tuple(depends)))
+
+
+def _fetch_data(config: Config, objects: list[RenderedObject], run: JobRun,
+                remote: list[str], volumes: list[Any], mounts: list[Any],
+                secrets: list[SecretValue]) -> dict[str, Any] | None:
+    """A Job whose Data inputs are on an object-storage Datastore: an emptyDir where the
+    datastore's claim would be, filled by an init container that downloads each input
+    with the datastore's credentials (the Secret's variables the README names)."""
+    if not remote:
+        return None
+    from mlinfra.spec.storage import SCHEMES
+
+    env: dict[str, str | SecretValue] = {}
+    args: list[str] = []
+    packages = set()
+    for name in remote:
+        store = object_datastore(config, name)
+        assert store is not None
+        base = str(store.spec["path"]).rstrip("/")
+        packages.add(SCHEMES[base.split("://", 1)[0]][1])
+        env.update(datastore_env(config, store))
+        volumes.append({"name": _claim(name), "emptyDir": {}})
+        mounts.append({"name": _claim(name), "mountPath": datastore_mount(name)})
+        for store_name, path in run.data:
+            if store_name == name:
+                args += [f"{base}/{path}", f"{datastore_mount(name)}/{path}"]
+    secrets += [v for v in env.values() if isinstance(v, SecretValue)]
+    if not any(o.key == "image-fetch" for o in objects):
+        files = fetch_context(config, sorted(packages))
+        objects.append(RenderedObject("image-fetch", "", "Image", {
+            "name": image_name(config, "fetch", files)}, context=files))
+    image = next(o.body["name"] for o in objects if o.key == "image-fetch")
+    return {"name": "fetch-data", "image": image, "args": args, "env": _env(env),
+            "volumeMounts": list(mounts),
+            "securityContext": {"allowPrivilegeEscalation": False}}
 
 
 def run_name(run_id: str) -> str:
