@@ -94,14 +94,15 @@ def test_providers_are_found_through_their_entry_point_group(monkeypatch) -> Non
     import mlinfra.providers as providers
     from mlinfra.errors import MlinfraError
     from mlinfra.providers.local import LocalProvider
+    from mlinfra.spec import providers as names
 
-    declared = {ep.name: ep.value for ep in entry_points(group=providers.GROUP)}
-    assert {k: declared.get(k) for k in providers.BUILT_IN} == providers.BUILT_IN
+    declared = {ep.name: ep.value for ep in entry_points(group=names.GROUP)}
+    assert {k: declared.get(k) for k in names.BUILT_IN} == names.BUILT_IN
     assert isinstance(providers.get_provider("local"), LocalProvider)
-    monkeypatch.setattr(providers, "_entry_points", lambda: {
+    monkeypatch.setattr(names, "entry_points", lambda: {
         **declared, "mine": "mlinfra.providers.local:LocalProvider",
         "wrong": "mlinfra.errors:MlinfraError"})
-    assert "mine" in providers.provider_names()
+    assert "mine" in names.installed_providers()
     assert isinstance(providers.get_provider("mine"), LocalProvider)
     for name, says in (("wrong", "is not an mlinfra Provider"), ("nope", "not available")):
         try:
@@ -110,6 +111,33 @@ def test_providers_are_found_through_their_entry_point_group(monkeypatch) -> Non
             assert says in err.message
         else:
             raise AssertionError(name)
+
+
+def test_a_stack_may_name_an_installed_third_party_provider(monkeypatch,
+                                                            tmp_path: Path) -> None:
+    """validate takes a provider another package declares, and names the installed ones
+    (with a guess) for one that is not, at the stack file's line."""
+    from mlinfra.errors import ConfigurationError
+    from mlinfra.spec import load
+    from mlinfra.spec import providers as names
+
+    (tmp_path / "mlinfra.yaml").write_text("kind: Project\nname: p\ndefault_stack: dev\n")
+    (tmp_path / "stacks").mkdir()
+    stack = tmp_path / "stacks" / "dev.yaml"
+    stack.write_text("kind: Stack\nname: dev\nprovider: nomad\n")
+    monkeypatch.setattr(names, "entry_points",
+                        lambda: {"nomad": "mlinfra.providers.local:LocalProvider"})
+    assert load(tmp_path, None).stack.provider == "nomad"
+    stack.write_text("kind: Stack\nname: dev\nprovider: nomda\n")
+    try:
+        load(tmp_path, None)
+    except ConfigurationError as err:
+        shown = err.render()
+        assert "stacks/dev.yaml:3:" in shown, shown
+        assert "provider 'nomda' is not installed" in shown
+        assert "did you mean 'nomad'" in shown
+    else:
+        raise AssertionError("an unknown provider validated")
 
 
 def test_the_domain_is_not_in_the_local_provider() -> None:

@@ -13,6 +13,8 @@ from mlinfra.spec import sensitive
 from mlinfra.spec.expectations import installed_version
 from mlinfra.spec.ignore import IgnoreRules
 from mlinfra.spec.model import INTERPOLATION, Config, Resource, Stack
+from mlinfra.spec.providers import BUILT_IN as BUILT_IN_PROVIDERS
+from mlinfra.spec.providers import installed_providers
 from mlinfra.spec.schemas import KINDS
 from mlinfra.spec.validate import check_references, check_schema, did_you_mean
 from mlinfra.spec.yamlfile import (
@@ -198,6 +200,14 @@ def _load_stack(loader: Loader, root: Path, stack: str | None, default: str) -> 
         loader.problems.append(Problem(yf.rel, "storage: says how to reach object storage, "
                                        "but artifacts: names none", 0, ("storage",), "",
                                        True))
+    provider = doc.get("provider", "local")
+    if isinstance(provider, str) and provider not in BUILT_IN_PROVIDERS:
+        installed = installed_providers()
+        if provider not in installed:
+            loader.problems.append(Problem(
+                yf.rel, f"provider '{provider}' is not installed; installed providers: "
+                f"{', '.join(installed)}{did_you_mean(provider, installed)}", 0,
+                ("provider",)))
     settings: dict[str, Any] = {k: doc[k] for k in ("docker", "kubernetes", "pulumi",
                                                     "storage") if k in doc}
     loaded = Stack(name=str(doc.get("name", path.stem)),

@@ -131,8 +131,10 @@ def _stack() -> Schema:
     return _kind("Stack", "Binds a project to a provider, a state location and variables.", {
         "provider": _replace(_string("Where resources are created: `local` (this machine), "
                                      "`docker` or `kubernetes` (applied through Pulumi; "
-                                     "plan and apply need the Pulumi CLI).",
-                                     enum=["local", "docker", "kubernetes"], default="local")),
+                                     "plan and apply need the Pulumi CLI), or a provider "
+                                     "another package installs (the `mlinfra.providers` "
+                                     "entry points).",
+                                     pattern=NAME_PATTERN, default="local")),
         "state": _string("Where state is kept: a path to a SQLite file (relative to the "
                          "project), or postgresql://USER@HOST/DB[?schema=NAME] for a "
                          "team (the password from ${secret.X} or PGPASSWORD). Default: "
