@@ -7,9 +7,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import shutil
+import socket
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,65 @@ from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server, credentials_env
 from tests.test_monitoring import monitored, named_model, send
 
 Cli = Callable[..., Result]
+AZURITE = "azurite@3.37.0"
+# Azurite's well-known development account (public, in Azure's documentation)
+AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/"
+               "KBHBeksoGMGw==")
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def azurite(tmp_path: Path) -> Iterator[str]:
+    """Azurite's blob service on a free port of 127.0.0.1 (installed once per virtualenv
+    with npm); yields its connection string, and stops it."""
+    try:
+        import adlfs  # noqa: F401
+    except ImportError:
+        _missing("adlfs is not installed: pip install -e '.[dev]'")
+    folder = Path(__file__).resolve().parent.parent / ".venv" / "azurite"
+    program = folder / "node_modules" / ".bin" / "azurite-blob"
+    if not program.exists():
+        if shutil.which("npm") is None:
+            _missing("Azurite is an npm package: npm is not installed (.ci/run installs it)")
+        folder.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent",
+                               "--prefix", str(folder), AZURITE], capture_output=True,
+                              text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            _missing(f"npm could not install {AZURITE}: {done.stderr[-300:]}")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(program), "--blobHost", "127.0.0.1", "--blobPort",
+                               str(port), "--location", str(tmp_path / "azurite"),
+                               "--silent", "--skipApiVersionCheck", "--loose"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("Azurite did not start") from None
+                time.sleep(0.1)
+        yield ("DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+               f"AccountKey={AZURITE_KEY};"
+               f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=3)
+        except subprocess.TimeoutExpired:  # node waits on open keep-alive connections
+            server.kill()
+            server.wait(timeout=10)
 
 
 def _keys(s3: S3Server, bucket: str, prefix: str) -> list[str]:
@@ -137,3 +200,40 @@ def test_a_served_endpoints_captures_land_in_s3_and_monitor_alike(
         assert [status for status, _ in over_s3] == ["ok", "ok"]
         assert any(signal == "performance" for _, signals in over_s3
                    for signal, _, _ in signals)
+
+
+def test_captures_on_azure_blob_through_adlfs_against_azurite(
+        azurite: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fsspec
+
+    from mlinfra.data.objects import ObjectLocation
+    from mlinfra.monitoring.captures import RemoteFolder, files, read
+    from mlinfra.serving.batcher import Batcher
+    from mlinfra.serving.captures import Captures
+    from mlinfra.serving.model import LoadedModel
+    from mlinfra.serving.table import Deployment, Table
+
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite)  # the server's SDK
+    monkeypatch.setenv("TEAM_AZ", azurite)
+    fsspec.filesystem("az", connection_string=azurite, skip_instance_cache=True).mkdir("team")
+    model_file = tmp_path / "m.onnx"
+    model_file.write_bytes(named_model())
+    model = LoadedModel.load("fraud", 3, model_file,
+                             hashlib.sha256(model_file.read_bytes()).hexdigest())
+    deployment = Deployment("blue", model, Batcher(model, 8), 5.0)
+    try:
+        table = Table("api", 1, {"blue": deployment}, [("blue", 100.0)],
+                      collect_sample=1.0, collect_path="az://team/captures/api")
+        captures = Captures(retention_bytes=1 << 30)
+        features = {"features": np.array([[50.0, 40.0], [61.0, 42.0]], dtype=np.float32)}
+        captures.write(table, "req-az", deployment, features, model.run(features))
+        captures.close()
+    finally:
+        deployment.batcher.close()
+    folder = RemoteFolder(ObjectLocation("az://team/captures/api", {
+        "credentials": {"connection_string": "${secret.TEAM_AZ}"}}))
+    found = files(folder, "requests")
+    assert len(found) == 1 and found[0].name.endswith(".parquet")
+    rows = read(found, ["request_id", "row", "amount"]).table.to_pylist()
+    assert rows == [{"request_id": "req-az", "row": 0, "amount": 50.0},
+                    {"request_id": "req-az", "row": 1, "amount": 61.0}]
