@@ -141,6 +141,13 @@ def test_the_server_writes_whole_objects_and_keeps_their_retention(
         ("req-1", 0, 50.0), ("req-1", 1, 60.0)]
     # the hour older than the 7 days kept went
     assert not [k for k in keys if "2000-01-01" in k]
+    # a canary's shadow replay reads them back from there
+    from mlinfra.providers.local.endpoint.replay import captured_requests
+
+    bodies = captured_requests(f"s3://{bucket}/team/captures/api", storage={
+        "endpoint_url": s3_server.url, "region": "us-east-1"})
+    assert [json.loads(b)["dataframe_split"]["data"] for b in bodies] == [
+        [[50.0, 40.0], [60.0, 41.0]]]
 
 
 def _verdicts(result: Result) -> list[tuple[str, list[tuple[str, str | None, str]]]]:
