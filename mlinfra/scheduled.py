@@ -84,4 +84,4 @@ class ScheduledWork:
         with locked(self.session.store, self.session.stack, f"agent: {name}",
                     self.lock_timeout):
             verdicts = run(self.session, monitor)
-        return "; ".join(f"monitor.{v.monitor}: {v.state}, {v.summary()}" for v in verdicts)
+        return "; ".join(v.line() for v in verdicts)

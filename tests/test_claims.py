@@ -98,3 +98,53 @@ def test_make_clean_stops_the_endpoint_before_deleting_state(
     except ProcessLookupError:
         alive = False
     assert not alive, "the endpoint server outlived make clean"
+
+
+def _section(title: str) -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start:end if end > 0 else None]
+
+
+def test_the_command_table_names_each_command_once() -> None:
+    commands = []
+    for line in _section("Command line").splitlines():
+        cell = re.match(r"\| `(mlinfra [^`]+)` \|", line)
+        if not cell:
+            continue
+        words = []
+        for token in cell.group(1).split():
+            if token[0] in "[-\\|" or token.isupper():
+                break
+            words.append(token)
+        commands.append(" ".join(words))
+    assert len(commands) > 20
+    assert sorted({c for c in commands if commands.count(c) > 1}) == []
+
+
+def test_the_layout_names_each_part_once_and_each_part_exists() -> None:
+    block = _section("Layout").split("```")[1]
+    parts = re.findall(r"^  (\w+(?:/|\.py))", block, re.M)
+    assert len(parts) > 10
+    assert sorted({p for p in parts if parts.count(p) > 1}) == []
+    assert [p for p in parts if not (REPO / "mlinfra" / p).exists()] == []
+
+
+def test_the_serving_layer_imports_what_the_layout_says() -> None:
+    import ast
+
+    line = re.search(r"serving/ +the endpoint server: imports only ([^\n]+\n[^\n]+)",
+                     _section("Layout"))
+    assert line is not None
+    named = {w.lower() for w in re.findall(r"[A-Za-z]+", line.group(1))}
+    found = set()
+    for path in (REPO / "mlinfra" / "serving").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    third_party = {m for m in found if m not in sys.stdlib_module_names
+                   and m not in ("mlinfra", "__future__")}
+    assert sorted(third_party - named) == []

@@ -88,6 +88,21 @@ def test_plan_apply_converge_and_repair_drift(infra: Path, cli: Callable[..., Re
     assert cli("plan", "--detailed-exitcode").code == 0
 
 
+def test_a_deleted_artifact_store_is_named_as_such(infra: Path,
+                                                   cli: Callable[..., Result]) -> None:
+    assert cli("apply", "--auto-approve").code == 0
+    import shutil
+
+    workspace = infra / ".mlinfra" / "dev" / "workspaces" / "ws"
+    shutil.rmtree(workspace / "artifacts")
+    drift = cli("plan")
+    assert "# workspace.ws: its artifact store .mlinfra/dev/workspaces/ws/artifacts was " \
+           "deleted" in drift.out, drift.out
+    assert "its folder .mlinfra/dev/workspaces/ws was deleted" not in drift.out
+    assert cli("apply", "--auto-approve").code == 0
+    assert (workspace / "artifacts").is_dir()
+
+
 def test_refresh_false_does_not_see_drift(infra: Path, cli: Callable[..., Result]) -> None:
     assert cli("apply", "--auto-approve").code == 0
     import shutil

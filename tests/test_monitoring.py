@@ -16,6 +16,8 @@ import pytest
 
 from mlinfra.monitoring import metrics, profile
 from mlinfra.monitoring.captures import hour_start, retention
+from mlinfra.monitoring.records import Window
+from mlinfra.monitoring.verdicts import Verdict
 from tests.conftest import Result, onnx_model
 from tests.endpoint_client import Client, applied, call
 
@@ -70,6 +72,53 @@ def test_profile_of_a_column_and_its_quality() -> None:
     assert nulls == pytest.approx(0.25) and outside == pytest.approx(2 / 3)
     assert profile.column(["1", "2", "x"])["type"] == profile.CATEGORICAL
     assert profile.column(["1", "2", ""])["type"] == profile.NUMERIC
+
+
+def test_accuracy_compares_class_labels_as_they_are() -> None:
+    from mlinfra.monitoring.monitor import _performance
+
+    table = pa.table({"request_id": ["a", "b", "c", "d"], "row": [0, 0, 0, 0],
+                      "output.output_label": ["cheap", "mid", "luxury", "mid"],
+                      "output.output_probability.cheap": [0.9, 0.1, 0.0, 0.2]})
+    labels = {("a", 0): "cheap", ("b", 0): "mid", ("c", 0): "luxury", ("d", 0): "cheap"}
+    found = _performance({"metric": "accuracy", "min": 0.5}, table, labels)
+    assert found is not None and found.value == pytest.approx(0.75) and found.verdict == "ok"
+    numeric = pa.table({"request_id": ["a", "b"], "row": [0, 0],
+                        "output.label": [1, 0], "output.probabilities.1": [0.8, 0.3]})
+    found = _performance({"metric": "accuracy", "min": 0.9}, numeric,
+                         {("a", 0): "1.0", ("b", 0): "1"})
+    assert found is not None and found.value == pytest.approx(0.5) and found.verdict == "drift"
+
+
+def test_auc_of_a_multiclass_model_is_one_vs_rest_macro() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from mlinfra.monitoring.monitor import _performance
+
+    rng = np.random.default_rng(11)
+    classes = ["cheap", "luxury", "mid"]
+    truth = rng.integers(0, 3, 300)
+    raw = rng.random((300, 3)) + np.eye(3)[truth] * rng.random(300)[:, None]
+    probabilities = raw / raw.sum(axis=1, keepdims=True)
+    ids = [f"r{i}" for i in range(300)]
+    table = pa.table({"request_id": ids, "row": [0] * 300,
+                      "output.output_label": [classes[k] for k in probabilities.argmax(1)],
+                      **{f"output.output_probability.{c}": probabilities[:, k]
+                         for k, c in enumerate(classes)}})
+    labels = {(rid, 0): classes[k] for rid, k in zip(ids, truth, strict=True)}
+    found = _performance({"metric": "auc", "min": 0.99}, table, labels)
+    expected = roc_auc_score(truth, probabilities, multi_class="ovr", average="macro")
+    assert found is not None and found.value == pytest.approx(expected)
+    assert found.verdict == "drift" and 0.6 < found.value < 0.99
+
+
+def test_a_window_line_with_a_score_and_no_reason_ends_with_the_score() -> None:
+    from mlinfra.cli.monitoring import _window_line
+    from mlinfra.monitoring.records import Signal
+
+    window = Window("watch", 0.0, 60.0, 100, "ok", model="fraud:1",
+                    signals=[Signal("performance", "*", "auc", 0.9, 0.8, "ok", 100)])
+    assert _window_line(window).endswith("auc 0.9 >= 0.8 (100 labelled rows)")
 
 
 def test_retention_reads_sizes_and_days() -> None:
@@ -266,6 +315,24 @@ def test_damaged_and_foreign_captures_are_skipped_with_the_reason(
         assert "part-foreign.parquet: another schema" in window["reason"]
 
 
+def test_captures_of_a_version_a_destroy_forgot_are_skipped_saying_so(
+        project: Callable[..., Path], cli: Cli) -> None:
+    root = monitored(project, alert_after=1)
+    rng = np.random.default_rng(4)
+    with applied(cli) as (url, key):
+        send(url, key, np.column_stack([rng.normal(50, 10, 500), rng.normal(40, 8, 500)]))
+        wait_captured(root, 500)
+    assert cli("apply", "--auto-approve").code == 0       # fraud:2 now; fraud:1 forgotten
+    try:
+        result = cli("monitor", "run", "watch", "--json")
+        assert result.code == 0, result.out + result.err
+        window = json.loads(result.out)[0]["computed"][0]
+        assert window["status"] == "skipped" and window["model"] == "fraud:1"
+        assert "fraud:1 is not in the registry" in window["reason"], window["reason"]
+    finally:
+        cli("destroy", "--auto-approve")
+
+
 def test_too_few_rows_is_insufficient_never_an_alert(project: Callable[..., Path],
                                                      cli: Cli) -> None:
     root = project({"models/fraud.onnx": named_model(),
@@ -281,6 +348,17 @@ def test_too_few_rows_is_insufficient_never_an_alert(project: Callable[..., Path
         assert "insufficient: 100 rows, fewer than min_rows 1000" in result.out
 
 
+def test_a_verdict_line_says_its_state_once() -> None:
+    skipped = Window("watch", 0.0, 60.0, 200, "skipped", model="fraud:4",
+                     reason="model fraud:4 has no reference profile")
+    line = Verdict("watch", [], skipped, 0, 1).line()
+    assert line == "monitor.watch: skipped: model fraud:4 has no reference profile"
+    few = Window("watch", 0.0, 60.0, 10, "insufficient", reason="10 rows")
+    assert Verdict("watch", [], few, 0, 1).line() == "monitor.watch: insufficient: 10 rows"
+    assert Verdict("watch", [], None, 0, 1).line() == (
+        "monitor.watch: no data: no window computed yet")
+
+
 # --- bad input ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("monitor", "message"), [
@@ -294,6 +372,12 @@ def test_too_few_rows_is_insufficient_never_an_alert(project: Callable[..., Path
     ("endpoint: api\nsignals: {performance: {labels: nolabels, metric: auc, min: 0.7}}",
      "labels 'nolabels' have no request_id column"),
     ("endpoint: api\non_breach: [{retrain: trian}]", "no pipeline or job 'trian'"),
+    ("endpoint: api\nsignals: {performance: {metric: rmse, max: 5}}",
+     "signals.performance.metric: rmse is a regressor's metric; model 'fraud' is a "
+     "classifier (its evaluation gives auc)"),
+    ("endpoint: api\nsignals: {performance: {metric: accuracy, max: 0.9}}",
+     "signals.performance: accuracy is better higher: give min: (the lowest accuracy that "
+     "passes)"),
     ("endpoint: api\nwindow: 1h\nrows: 10", "give window: (time) or rows:, not both"),
 ])
 def test_a_bad_monitor_is_a_validation_error_with_its_line(

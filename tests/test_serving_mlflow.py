@@ -109,6 +109,18 @@ def test_mlflow_scoring_protocol(project: Callable[..., Path],
         status, answer = invoke("four", json.dumps({"dataframe_split": {
             "columns": ["feature1", "feature2", "feature3"], "data": [[1, 2, 3]]}}).encode())
         assert status == 422 and "missing columns ['feature4']" in answer["error"]
+        # a single input with feature names: named columns or records in inputs and
+        # instances are a table, as MLflow reads a model with a column signature
+        for named in ({"instances": [{"feature3": 3, "feature1": 1, "feature4": 4,
+                                      "feature2": 2}]},
+                      {"inputs": [{"feature3": 3, "feature1": 1, "feature4": 4,
+                                   "feature2": 2}]},
+                      {"inputs": {"feature2": [2], "feature1": [1], "feature4": [4],
+                                  "feature3": [3]}}):
+            assert invoke("four", json.dumps(named).encode()) == (200, {"predictions": [
+                {"y": 4321.0}]}), named
+        status, answer = invoke("four", b'{"inputs": {"feature1": [1, 2], "feature2": [2]}}')
+        assert status == 422 and "one length" in answer["error"], answer
         # MLflow docs: {"instances": [1.0, 2.0, 5.0]}
         assert invoke("vector", b'{"instances": [1.0, 2.0, 5.0]}') == (200, {
             "predictions": {"y": [2.0, 4.0, 10.0]}})

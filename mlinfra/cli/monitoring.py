@@ -30,14 +30,15 @@ def _window_line(window: Window) -> str:
 
     drifted = [describe(s) for s in window.signals if s.verdict == DRIFT]
     scored = [describe(s) for s in window.signals if s.signal == "performance"]
-    what = "; ".join(drifted[:3]) if drifted else "; ".join([*scored, window.reason][:2])
+    said = [w for w in (*scored, window.reason) if w]
+    what = "; ".join(drifted[:3]) if drifted else "; ".join(said[:2])
     return (f"{when(window.start)}  {window.status:<12} {window.rows:>7} rows  "
             f"{window.model:<12} {what}")
 
 
 def _print_verdict(verdict: Verdict) -> None:
     style = "bold red" if verdict.breached else "yellow" if verdict.streak else "green"
-    emit(f"monitor.{verdict.monitor}: {verdict.state}: {verdict.summary()}", style)
+    emit(verdict.line(), style)
     for window in verdict.computed:
         echo("  " + _window_line(window))
 

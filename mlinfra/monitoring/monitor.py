@@ -182,18 +182,21 @@ def _performance(spec: dict[str, Any], table: Any, labels: dict[tuple[str, int],
     wide = [c for c in outputs if c.count(".") >= 2]
     narrow = [c for c in outputs if c.count(".") == 1]
     value = float("nan")
-    if metric == "auc" and wide:
+    if metric == "auc" and len(wide) > 2:
+        value = _multiclass_auc(table, wide, picked)
+    elif metric == "auc" and wide:
         score = _numbers(table, wide[-1])[index]  # the greater class
         keep = ~np.isnan(truth)
         try:
             value = auc(truth[keep].astype(int), score[keep])
         except Exception:  # one class only among the labels: no auc yet
             value = float("nan")
+    elif metric == "accuracy" and narrow:
+        said = table.column(narrow[0]).to_pylist()
+        value = float(np.mean([_same(said[i], label) for i, label in picked]))
     elif narrow:
         guess = _numbers(table, narrow[0])[index]
-        if metric == "accuracy":
-            value = float(np.mean(guess == truth))
-        elif metric == "rmse":
+        if metric == "rmse":
             value = float(np.sqrt(np.mean((guess - truth) ** 2)))
         elif metric == "mae":
             value = float(np.mean(np.abs(guess - truth)))
@@ -214,6 +217,40 @@ def _numbers(table: Any, name: str) -> np.ndarray:
     found = column_values(table, name, NUMERIC)
     assert isinstance(found, np.ndarray)
     return found
+
+
+def _multiclass_auc(table: Any, wide: list[str], picked: list[tuple[int, str]]) -> float:
+    """One-vs-rest macro AUC (as evaluation computes it) over a probability column per
+    class (`output.probabilities.cat`), on the labelled rows whose label is a class;
+    NaN while some class has no labelled row."""
+    from sklearn.metrics import roc_auc_score
+
+    classes = [c.rsplit(".", 1)[1] for c in wide]
+    truth, rows = [], []
+    for i, label in picked:
+        found = next((k for k, name in enumerate(classes) if _same(name, label)), None)
+        if found is not None:
+            truth.append(found)
+            rows.append(i)
+    if len(set(truth)) < len(classes):
+        return float("nan")
+    scores = np.column_stack([_numbers(table, c)[np.array(rows)] for c in wide])
+    scores = scores / scores.sum(axis=1, keepdims=True)
+    try:
+        return float(roc_auc_score(truth, scores, multi_class="ovr", average="macro",
+                                   labels=list(range(len(classes)))))
+    except ValueError:
+        return float("nan")
+
+
+def _same(said: Any, label: str) -> bool:
+    """A predicted label equals the given one: as numbers when both are (1 and 1.0),
+    else as text (`cat`)."""
+    if said is None:
+        return False
+    if _number(str(said)) and _number(label):
+        return float(said) == float(label)
+    return str(said) == label
 
 
 def _number(text: str) -> bool:

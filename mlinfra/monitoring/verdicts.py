@@ -69,6 +69,14 @@ class Verdict:
             return f"{self.latest.status}: {self.latest.reason}"
         return f"{self.latest.rows} rows in the last window, no drift"
 
+    def line(self) -> str:
+        """`monitor.NAME: STATE: SUMMARY`, the state said once (a skipped or insufficient
+        window's summary starts with it already)."""
+        summary = self.summary()
+        if summary.startswith(f"{self.state}:"):
+            return f"monitor.{self.monitor}: {summary}"
+        return f"monitor.{self.monitor}: {self.state}: {summary}"
+
     def to_json(self) -> dict[str, Any]:
         return {"monitor": self.monitor, "state": self.state, "breached": self.breached,
                 "streak": self.streak, "alert_after": self.alert_after,
@@ -168,8 +176,7 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
         reference = records.profile_of(store, model, int(version)) if version else None
         if reference is None:
             window.status = SKIPPED
-            window.reason = (f"model {served} has no reference profile (registered before "
-                             "monitoring, or its training data could not be read)")
+            window.reason = _no_profile(store, served)
         else:
             judge(chosen, window, part, reference, labels)
         if reasons and window.status != SKIPPED:
@@ -177,6 +184,17 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
                 f"files left out: {reasons}"
         windows.append(window)
     return windows
+
+
+def _no_profile(store: StateStore, served: str) -> str:
+    """Why the version that scored a window has no reference profile."""
+    model, _, version = served.rpartition(":")
+    if not version or not store.query("SELECT 1 FROM models WHERE name=? AND version=?",
+                                      (model, int(version))):
+        return (f"model {served} is not in the registry (a destroy forgot it, or the "
+                "captures are of another stack)")
+    return (f"model {served} has no reference profile (registered before monitoring, or "
+            "its training data could not be read)")
 
 
 def _served(part: Any) -> str:

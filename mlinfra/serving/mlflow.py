@@ -2,9 +2,11 @@
 
 JSON bodies hold exactly one of `dataframe_split`, `dataframe_records` (tables: one
 column per feature, or per input of a model with several), `instances` or `inputs`
-(tensors: a list for a model's single input, or a dict by input name); CSV bodies are a
-table with a header. A table's columns are matched by name, to the model's inputs or,
-for a single 2-D input, to its `feature_names`: reordered columns give the same answer.
+(tensors: a list for a model's single input, or a dict by input name, or a list of such
+dicts; for a single input with feature names, named columns or records are a table, as
+MLflow reads a model with a column signature); CSV bodies are a table with a header.
+A table's columns are matched by name, to the model's inputs or, for a single 2-D
+input, to its `feature_names`: reordered columns give the same answer.
 Tables are answered as records (one object per row), tensors as a dict by output name.
 """
 
@@ -57,11 +59,27 @@ def decode(body: bytes, content_type: bytes | None, model: LoadedModel
         columns = list(dict.fromkeys(key for record in payload for key in record))
         return table(columns, [[r.get(c) for c in columns] for r in payload], model,
                      bools), True
-    if given[0] == "instances" and isinstance(payload, list) and payload and all(
-            isinstance(i, dict) for i in payload):
+    if isinstance(payload, list) and payload and all(isinstance(i, dict) for i in payload):
         keys = dict.fromkeys(key for instance in payload for key in instance)
         payload = {key: [instance.get(key) for instance in payload] for key in keys}
+    if _feature_columns(payload, model):
+        # As MLflow reads a model with a column signature: named columns are a table,
+        # matched to the single input's feature names.
+        columns = list(payload)
+        values = [payload[c] for c in columns]
+        if not all(isinstance(v, list) and len(v) == len(values[0]) for v in values):
+            raise ClientError(422, "named columns are lists of one length, one value a row")
+        return table(columns, [list(row) for row in zip(*values, strict=True)], model,
+                     bools), True
     return tensors(payload, model, bools), False
+
+
+def _feature_columns(payload: Any, model: LoadedModel) -> bool:
+    """Whether `payload` names the columns of a single input's features rather than the
+    model's inputs."""
+    return (isinstance(payload, dict) and len(model.inputs) == 1
+            and model.features is not None and model.inputs[0].name not in payload
+            and any(name in model.features for name in payload))
 
 
 def _mime(content_type: bytes | None) -> bytes:

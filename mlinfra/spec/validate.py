@@ -593,8 +593,27 @@ class _References:
                          "would never drift")
         performance = signals.get("performance")
         if isinstance(performance, dict):
+            metric = str(performance.get("metric", "auc"))
             if "min" not in performance and "max" not in performance:
                 self.add(res, ("signals", "performance"), "give min: or max: for the metric")
+            elif metric in ("rmse", "mae") and "max" not in performance:
+                self.add(res, ("signals", "performance"), f"{metric} is better lower: give "
+                         f"max: (the highest {metric} that passes)")
+            elif metric in ("auc", "accuracy", "r2") and "min" not in performance:
+                self.add(res, ("signals", "performance"), f"{metric} is better higher: give "
+                         f"min: (the lowest {metric} that passes)")
+            evaluation = model.spec.get("evaluation") if model is not None else None
+            declared = [str(m) for m in (evaluation or {}).get("metrics") or []] \
+                if isinstance(evaluation, dict) else []
+            tasks = {_task_of(m) for m in declared} - {None}
+            wanted = _task_of(metric)
+            if model is not None and len(tasks) == 1 and wanted is not None \
+                    and wanted not in tasks:
+                kind = "regressor's" if wanted == "regression" else "classifier's"
+                task = "a regressor" if "regression" in tasks else "a classifier"
+                self.add(res, ("signals", "performance", "metric"), f"{metric} is a {kind} "
+                         f"metric; model '{model.name}' is {task} (its evaluation gives "
+                         f"{', '.join(declared)})")
             labels = self.ref(res, ("signals", "performance", "labels"), "Data",
                               performance.get("labels"))
             if labels is not None:

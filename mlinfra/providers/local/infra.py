@@ -41,8 +41,10 @@ class WorkspaceHandler(BaseHandler):
             store.check()  # a store that cannot be reached stops the plan, saying why
             (folder / "artifacts").mkdir(parents=True, exist_ok=True)  # this machine's cache
             return Observed()
-        if not (folder / "artifacts").is_dir():
+        if not folder.is_dir():
             return Observed(False, f"its folder {_rel(folder)} was deleted")
+        if not (folder / "artifacts").is_dir():
+            return Observed(False, f"its artifact store {_rel(folder / 'artifacts')} was deleted")
         return Observed()
 
     def delete(self, state: ResourceState, ctx: Context) -> None:
