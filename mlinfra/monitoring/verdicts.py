@@ -220,13 +220,13 @@ def _served(part: Any) -> str:
     return str(pairs.field("values")[best].as_py() or "")
 
 
-def _capture_columns(path: Path) -> list[str]:
+def _capture_columns(path: captures.File) -> list[str]:
     """The columns a window needs, from the newest capture file's schema metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.ParquetFile(path).schema_arrow
+        schema = pq.ParquetFile(captures.source(path)).schema_arrow
     except (OSError, pa.ArrowException):
         return list(BASE_COLUMNS)
     meta = schema.metadata or {}
@@ -275,7 +275,7 @@ def _slices(table: Any, seconds: np.ndarray, chosen: Settings, since: float,
     return out
 
 
-def _labels(config: Config, store: StateStore, chosen: Settings, folder: Path
+def _labels(config: Config, store: StateStore, chosen: Settings, folder: captures.Folder
             ) -> dict[tuple[str, int], str]:
     """Labels by (request id, row): posted to the endpoint's feedback route, and the
     rows of the performance signal's `labels:` Data asset."""
