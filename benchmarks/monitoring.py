@@ -7,8 +7,9 @@ mlinfra reads the window as an endpoint's Parquet captures (hour-partitioned, as
 server writes them) and judges it against the reference profile (computed once, as
 registration does: its time is shown apart); Evidently (in a virtual environment of its
 own, pandas<3) runs DataDriftPreset on the same two tables. Each side runs in its own
-process, so its peak memory (ru_maxrss) is its own. Printed per size: seconds, peak
-MB, the ratio, and each column's verdict on both sides.
+process, so its peak memory (ru_maxrss) is its own. Printed per size: seconds (wall,
+and CPU: on a shared machine the CPU time is the steadier figure), peak MB, the ratios,
+and each column's verdict on both sides.
 
 Calm: `--resamples` (default 50) fresh samples of the reference's distribution with no
 shift, at `--calm-rows` (default 100k), judged with mlinfra's defaults (false alarms per
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -109,16 +111,16 @@ import mlinfra.monitoring as monitoring
 # first conversion); the command's own wall time, imports included, is measured apart
 import mlinfra.monitoring.verdicts, numpy, pandas, pyarrow.compute, pyarrow.parquet
 session = open_session(root, None, "monitor run", write=True)
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 if os.environ.get("MLINFRA_BENCH_PROFILE"):
     import cProfile, pstats
     cProfile.run('verdict = monitoring.run(session, "watch")[0]', "/tmp/mon.prof")
     pstats.Stats("/tmp/mon.prof", stream=sys.stderr).sort_stats("cumulative").print_stats(30)
 else:
     verdict = monitoring.run(session, "watch")[0]
-elapsed = time.perf_counter() - started
+elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 window = verdict.computed[0]
-print(json.dumps({"seconds": elapsed,
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "rows": window.rows,
                   "drift": {s.feature: s.verdict == "drift" for s in window.signals},
@@ -132,9 +134,9 @@ import pandas as pd
 from evidently import Report
 from evidently.presets import DataDriftPreset
 reference = pd.read_parquet(sys.argv[1]); current = pd.read_parquet(sys.argv[2])
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 result = Report([DataDriftPreset()]).run(current, reference)
-elapsed = time.perf_counter() - started
+elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
 drift, values = {}, {}
 for metric in result.dict()["metrics"]:
     config = metric.get("config") or {}
@@ -145,7 +147,7 @@ for metric in result.dict()["metrics"]:
     values[column] = value
     tested = "p_value" in method or "test" in method.lower()
     drift[column] = value < threshold if tested else value >= threshold
-print(json.dumps({"seconds": elapsed, "drift": drift, "values": values,
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "drift": drift, "values": values,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -214,22 +216,28 @@ def compare(rows: int, work: Path, evidently: Path | None) -> None:
     again = work / f"project-{rows}-cli"
     shutil.copytree(root, again)
     mine = {**run_json([sys.executable, "-c", MLINFRA, str(root)]), **prepared}
-    started = time.perf_counter()
+    started, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run([str(Path(sys.executable).parent / "mlinfra"), "monitor", "run",
                            "-C", str(again)], capture_output=True, text=True, check=False)
     command_s = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    command_cpu = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     assert done.returncode == 3, done.stdout + done.stderr  # breached: three columns moved
     print(f"\n{rows:,} rows x {NUMERIC + CATEGORICAL} columns")
-    print(f"  mlinfra monitor run: {mine['seconds']:.3f} s, peak {mine['peak_mb']:.0f} MB "
-          f"(the command, Python's start and imports included: {command_s:.2f} s; the "
-          f"reference profile, once at registration: {mine['profile_seconds']:.2f} s)")
+    print(f"  mlinfra monitor run: {mine['seconds']:.3f} s ({mine['cpu_seconds']:.3f} s CPU), "
+          f"peak {mine['peak_mb']:.0f} MB (the command, Python's start and imports "
+          f"included: {command_s:.2f} s, {command_cpu:.2f} s CPU; the reference profile, "
+          f"once at registration: {mine['profile_seconds']:.2f} s)")
     theirs: dict[str, object] = {}
     if evidently is not None:
         theirs = run_json([str(evidently), "-c", EVIDENTLY, str(reference), str(current)])
         ratio = float(theirs["seconds"]) / float(mine["seconds"])  # type: ignore[arg-type]
-        print(f"  Evidently DataDriftPreset: {theirs['seconds']:.2f} s, peak "
-              f"{theirs['peak_mb']:.0f} MB; mlinfra is {ratio:.0f}x faster "
-              f"({float(theirs['seconds']) / command_s:.0f}x counting the command's start)")  # type: ignore[arg-type]
+        cpu_ratio = float(theirs["cpu_seconds"]) / float(mine["cpu_seconds"])  # type: ignore[arg-type]
+        print(f"  Evidently DataDriftPreset: {theirs['seconds']:.2f} s "
+              f"({theirs['cpu_seconds']:.2f} s CPU), peak {theirs['peak_mb']:.0f} MB; "
+              f"mlinfra is {ratio:.0f}x faster ({cpu_ratio:.0f}x in CPU time; "
+              f"{float(theirs['seconds']) / command_s:.0f}x counting the command's start, "  # type: ignore[arg-type]
+              f"{float(theirs['cpu_seconds']) / command_cpu:.0f}x in CPU time)")  # type: ignore[arg-type]
     drift_mine: dict[str, bool] = mine["drift"]  # type: ignore[assignment]
     drift_theirs: dict[str, bool] = theirs.get("drift", {})  # type: ignore[assignment]
     values_mine: dict[str, float] = mine["values"]  # type: ignore[assignment]

@@ -414,7 +414,35 @@ def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(
         assert result.ok, (result.failed, result.skipped)
         scores = DataVersions(session.store).get("daily-scores")
         assert scores is not None and scores.metadata["lineage"]["model"] == "scorer:1"
-        assert ("data.versioned", "data.daily-scores") in {
+        assert ("data.version_created", "data.daily-scores") in {
             (e.type, e.subject) for _, e in session.store.events()}
     finally:
         session.close()
+
+
+def test_an_input_of_fewer_mini_batches_than_max_concurrency_starts_fewer_workers(
+        tmp_path: Path) -> None:
+    from mlinfra.batch.scoring import Progress, Scorer, Scoring, Settings
+    from mlinfra.batch.worker import _numpy
+
+    def most(path: Path, fmt: str, size: int, total: int | None = None) -> int:
+        scoring = Scoring("e", "main", "scorer", 1, tmp_path / "m.onnx", "0", path, fmt,
+                          str(path), "0", Settings(mini_batch_size=size, max_concurrency=4))
+        scorer = Scorer(scoring, tmp_path / "jobs")
+        scorer.progress = Progress(total_rows=total)
+        return scorer._most_mini_batches(2)
+
+    table = _table(3000)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    pq.write_table(table, tmp_path / "in.parquet")
+    # an upper bound from the file's size (two bytes a column read at least): never
+    # fewer mini-batches than the file holds
+    assert most(tmp_path / "in.csv", "csv", 40_000) == 1
+    assert most(tmp_path / "in.csv", "csv", 700) >= 5
+    assert most(tmp_path / "in.parquet", "parquet", 700, total=3000) == 5
+    # the workers read columns from Arrow's buffers, slices and booleans included
+    for array in (pa.array(np.arange(10.0)), pa.array(np.arange(10)),
+                  pa.array([True, False, True] * 4)):
+        part = array.slice(3, 6)
+        got = _numpy(part)
+        assert got.tolist() == part.to_pylist()

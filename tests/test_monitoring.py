@@ -422,6 +422,81 @@ def test_the_distances_are_scipys() -> None:
     assert metrics.jensen_shannon(p, q) == pytest.approx(distance.jensenshannon(p, q))
 
 
+def test_counting_a_window_below_each_sketch_point_is_exact() -> None:
+    rng = np.random.default_rng(7)
+    cases = [(rng.normal(100, 5, 200_000), rng.normal(102, 5, 100_000)),
+             (rng.integers(0, 6, 50_000).astype(float), rng.integers(1, 7, 30_000)
+              .astype(float)),
+             (rng.exponential(3, 50_000), rng.exponential(4, 30_000)),
+             (np.round(rng.normal(0, 1, 50_000), 1), np.round(rng.normal(0.5, 1, 30_000), 2)),
+             (rng.normal(0, 1, 50_000), np.concatenate([rng.normal(0, 1, 30_000),
+                                                        [np.inf, -np.inf, 1e300, -1e300]])),
+             (np.full(5_000, 3.0), rng.normal(3, 1, 30_000))]
+    for reference, window in cases:
+        grid = np.asarray(profile.numeric(reference)["quantiles"])
+        # the points themselves and their neighbours: where a bucket could misplace one
+        window = np.concatenate([window, grid, np.nextafter(grid, np.inf),
+                                 np.nextafter(grid, -np.inf)])
+        expected = np.searchsorted(np.sort(window), grid, side="right")
+        assert np.array_equal(metrics.at_or_below(grid, window), expected)
+
+
+def test_window_columns_are_read_from_arrow_without_pandas(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    table = pa.table({"x": pa.chunked_array([[1.0, None, 3.0], [4.0]]),
+                      "n": pa.array([1, 2, None, 4], pa.int64()),
+                      "c": pa.array(["a", "", None, "b"]),
+                      "model": ["m"] * 4, "version": [2] * 4})
+    pq.write_table(table, tmp_path / "part.parquet")
+    script = f"""
+import sys
+from pathlib import Path
+from mlinfra.monitoring import captures, monitor, verdicts
+read = captures.read([Path({str(tmp_path / "part.parquet")!r})], ["x", "n", "c", "model",
+                     "version"], ("c", "model"))
+t = read.table
+print(t.schema.field("c").type, t.schema.field("model").type)
+print(monitor.column_values(t, "x", "numeric").tolist())
+print(monitor.column_values(t, "n", "numeric").tolist())
+counts = monitor.column_values(t, "c", "categorical")
+print(sorted(zip(counts.kinds, counts.counts.tolist())), counts.nulls)
+print(verdicts._served(t), "pandas" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    assert out[0].startswith("dictionary<values=string") and out[0].count("dictionary") == 2
+    assert out[1] == "[1.0, nan, 3.0, 4.0]"
+    assert out[2] == "[1.0, 2.0, nan, 4.0]"
+    assert out[3] == "[('a', 1), ('b', 1)] 2"
+    assert out[4] == "m:2 False"
+
+
+def test_a_window_read_from_several_files_counts_across_their_dictionaries(
+        tmp_path: Path) -> None:
+    from mlinfra.monitoring import captures, monitor, verdicts
+
+    pq.write_table(pa.table({"c": ["a", "b", "a"], "x": [1.0, 2.0, 3.0],
+                             "model": ["m", "m", "m"], "version": [1, 1, 1]}),
+                   tmp_path / "one.parquet")
+    pq.write_table(pa.table({"c": ["b", "c", "b", "b", "c"], "x": [4.0, None, 6.0, 7.0, 8.0],
+                             "model": ["m", "m", "n", "m", "m"], "version": [2] * 5}),
+                   tmp_path / "two.parquet")
+    read = captures.read([tmp_path / "one.parquet", tmp_path / "two.parquet"],
+                         ["c", "x", "model", "version"], ("c", "model"))
+    table = read.table
+    counts = monitor.column_values(table, "c", "categorical")
+    assert isinstance(counts, metrics.Counts)
+    assert sorted(zip(counts.kinds, counts.counts.tolist(), strict=True)) == [
+        ("a", 2), ("b", 4), ("c", 2)]
+    values = monitor.column_values(table, "x", "numeric")
+    assert isinstance(values, np.ndarray)
+    assert np.array_equal(values, [1, 2, 3, 4, np.nan, 6, 7, 8], equal_nan=True)
+    assert verdicts._served(table) == "m:2"  # 4 rows of m:2, 3 of m:1, 1 of n:2
+    assert verdicts._served(table.slice(0, 3)) == "m:1"
+
+
 def test_a_value_that_could_not_be_computed_is_kept_as_null(tmp_path: Path) -> None:
     from mlinfra.monitoring import records
     from mlinfra.state.sqlite import SqliteStore

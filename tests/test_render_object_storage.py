@@ -60,7 +60,10 @@ def test_serving_pods_fetch_a_large_model_from_the_artifact_store(
     assert env["AWS_ENDPOINT_URL"]["value"] == s3_server.url
     # No ReadWriteOnce claim on serving pods: the HPA may place replicas anywhere.
     assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
-    assert config["collect"]["path"] == "/tmp/mlinfra/captures/fraud-api"
+    # captures go to the artifact store, not the pod
+    assert config["collect"]["path"] == f"s3://{bucket}/team/captures/fraud-api"
+    assert config["collect"]["storage"] == {"endpoint_url": s3_server.url,
+                                            "region": "us-east-1"}
     assert set(objects["secret-mlinfra-secrets"].body["stringData"]) >= {
         "TEAM_S3_KEY", "TEAM_S3_SECRET"}
     assert invalid_manifests(manifests(list(objects.values()))) == []
@@ -244,3 +247,116 @@ def test_a_job_run_through_s3_is_a_job_without_volumes_under_pulumis_mocks(
     assert spec["put"] not in json.dumps(job)  # the URLs only in the Secret
     secret = made["secret-run-train-1a2b3c4d"][1]["stringData"]
     assert _is_secret(secret) and TRANSFER_ENV in _unwrap(secret)
+
+
+@pytest.mark.usefixtures("s3_env")
+def test_a_monitored_endpoint_and_its_cronjob_mount_no_claim_under_pulumis_mocks(
+        quickstart: Path, s3_server: S3Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.providers.manifests.files import write_contexts
+    from mlinfra.providers.manifests.inputs import StackInputs
+    from mlinfra.providers.manifests.kubernetes import render as render_objects
+    from mlinfra.providers.pulumi_program import kubernetes_program
+    from mlinfra.spec import load
+    from tests.test_monitor_cronjob import TEAM_STATE
+    from tests.test_pulumi_programs import _unwrap, run
+
+    monkeypatch.setenv("MLINFRA_DB_PASSWORD", "db-password-value")
+    bucket = s3_server.bucket("k8s")
+    _kubernetes_on_s3(quickstart, s3_server, bucket)
+    _register_on_s3_as(quickstart, s3_server, bucket, _large_model())
+    objects = {o.key: o for o in render(quickstart, "kubernetes")}
+    pod = objects["deployment-fraud-api-blue"].body["spec"]["template"]["spec"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    config = json.loads(objects["configmap-fraud-api-blue"].body["data"]["endpoint.json"])
+    assert config["collect"]["path"] == f"s3://{bucket}/team/captures/fraud-api"
+
+    stack = load(quickstart, "kubernetes")
+    stack.stack.state = TEAM_STATE
+    rendered = render_objects(stack, StackInputs(models={}))
+    cronjob = next(o for o in rendered if o.kind == "CronJob")
+    job_pod = cronjob.body["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = job_pod["containers"][0]
+    assert "--captures" not in container["args"]  # read from the artifact store
+    assert job_pod["volumes"] == [] and container["volumeMounts"] == []
+    env = {e["name"]: e for e in container["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == s3_server.url
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["key"] == "TEAM_S3_SECRET"
+    assert "pvc-main" not in cronjob.depends_on
+    image = next(o for o in rendered if o.key == "image-monitor")
+    requirements = next(f for f in image.context if f.path == "requirements.txt").text or ""
+    assert "s3fs==" in requirements
+    contexts = write_contexts(rendered, tmp_path / "render")
+    made = run(kubernetes_program(rendered, contexts, push=False), "kubernetes").resources
+    sent = _unwrap(made["cronjob-fraud-watch"][1])
+    manifest = {k: v for k, v in sent.items() if k != "__meta"}
+    assert "persistentVolumeClaim" not in json.dumps(manifest)
+    assert SECRET_KEY not in json.dumps(sent)
+    assert invalid_manifests([{"apiVersion": "batch/v1", "kind": "CronJob", **manifest}]) == []
+
+
+def _datastore_on_s3(quickstart: Path, s3: S3Server, bucket: str) -> None:
+    client = s3.client()
+    for csv in sorted((quickstart / "data").glob("*.csv")):
+        client.put_object(Bucket=bucket, Key=f"data/{csv.name}", Body=csv.read_bytes())
+    workspace = quickstart / "workspace.yaml"
+    text = workspace.read_text().replace(
+        "type: local\npath: ./data\n",
+        f"type: s3\npath: s3://{bucket}/data\nendpoint_url: {s3.url}\nregion: us-east-1\n"
+        "credentials: {access_key_id: '${secret.DATA_S3_KEY}', "
+        "secret_access_key: '${secret.DATA_S3_SECRET}'}\n")
+    assert text != workspace.read_text()
+    workspace.write_text(text)
+
+
+def test_a_rendered_job_fetches_its_s3_data_in_an_init_container(
+        quickstart: Path, s3_server: S3Server, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import sys
+
+    monkeypatch.setenv("DATA_S3_KEY", ACCESS_KEY)
+    monkeypatch.setenv("DATA_S3_SECRET", SECRET_KEY)
+    bucket = s3_server.bucket("data")
+    _datastore_on_s3(quickstart, s3_server, bucket)
+    objects = {o.key: o for o in render(quickstart, "kubernetes")}
+    job = objects["job-fraud-prep"]
+    pod = job.body["spec"]["template"]["spec"]
+    # the datastore's claim is replaced by an emptyDir the init container fills
+    assert {"name": "datastore-main", "emptyDir": {}} in pod["volumes"]
+    assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    init = pod["initContainers"][0]
+    data_file = (quickstart / "data.yaml").read_text().split("path: ", 1)[1].split()[0]
+    assert init["args"] == [f"s3://{bucket}/data/{data_file}",
+                            f"/mnt/datastores/main/{data_file}"]
+    assert init["volumeMounts"] == pod["containers"][0]["volumeMounts"]
+    env = {e["name"]: e for e in init["env"]}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "mlinfra-secrets", "key": "DATA_S3_SECRET"}
+    assert env["AWS_ENDPOINT_URL"]["value"] == s3_server.url
+    assert "image-fetch" in job.depends_on and "pvc-main" not in job.depends_on
+    assert {"DATA_S3_KEY", "DATA_S3_SECRET"} <= set(
+        objects["secret-mlinfra-secrets"].body["stringData"])
+    fetch = objects["image-fetch"].context
+    requirements = next(f.text for f in fetch if f.path == "requirements.txt") or ""
+    assert "s3fs==" in requirements and "fsspec==" in requirements
+    assert invalid_manifests(manifests(list(objects.values()))) == []
+    # the init container's program, run here with the variables the pod would get
+    script = next(f.text for f in fetch if f.path == "fetch.py") or ""
+    target = tmp_path / "mnt" / data_file
+    done = subprocess.run(
+        [sys.executable, "-c", script, init["args"][0], str(target)],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+             "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+             "AWS_ENDPOINT_URL": s3_server.url, "AWS_DEFAULT_REGION": "us-east-1"})
+    assert done.returncode == 0, done.stderr
+    assert target.read_bytes() == (quickstart / "data" / data_file).read_bytes()
+    assert not list(target.parent.glob("*.part"))
+    missing = subprocess.run(
+        [sys.executable, "-c", script.replace("time.sleep(2 ** attempt)", "pass"),
+         f"s3://{bucket}/data/none.csv", str(tmp_path / "none.csv")],
+        capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+             "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3_server.url})
+    assert missing.returncode != 0 and "none.csv could not be fetched" in missing.stderr

@@ -277,6 +277,18 @@ class Scorer:
             return int(pq.ParquetFile(self.scoring.input_path).metadata.num_rows)
         return None
 
+    def _most_mini_batches(self, columns: int) -> int:
+        """At most how many mini-batches the input holds: Parquet says its rows; a CSV
+        or JSON line holds at least two bytes per column read (a digit and a comma, a
+        newline, a brace). NOTE: a worker fewer when the input fills fewer mini-batches
+        than max_concurrency: each worker costs a model load and 0.1-0.2 CPU s to start
+        (benchmarks/batch.py prints the CPU s; a 1,000-row CSV runs one worker)."""
+        s = self.scoring
+        rows = self.progress.total_rows
+        if rows is None:
+            rows = s.input_path.stat().st_size // (2 * max(1, columns)) + 1
+        return max(1, -(-rows // max(1, s.settings.mini_batch_size)))
+
     # --- running ---------------------------------------------------------------------
 
     def run(self) -> Summary:
@@ -291,6 +303,7 @@ class Scorer:
                 if done:
                     return Summary(**{**done, "message": "already scored: not scored "
                                       "again"})
+            context = _workers_context()
             fed, numeric, columns, schema = self._prepare()
             folder.create()
             scored = folder.scored()
@@ -308,7 +321,8 @@ class Scorer:
             writer = None if s.settings.output_action == "summary_only" else _Writer(
                 output_path, s.output.format)
             try:
-                failures = self._score(fed, numeric, columns, scored, writer, started)
+                failures = self._score(context, fed, numeric, columns, scored, writer,
+                                       started)
             except BaseException:
                 if writer is not None:
                     writer.discard()
@@ -361,27 +375,22 @@ class Scorer:
             folder.remove_shards()
         return summary
 
-    def _score(self, fed: dict[str, list[str]], numeric: dict[str, pa.DataType],
+    def _score(self, context: Any, fed: dict[str, list[str]],
+               numeric: dict[str, pa.DataType],
                columns: list[str],
                scored: set[int], writer: _Writer | None, started: float
                ) -> list[dict[str, Any]]:
-        import multiprocessing
-
         s, folder, p = self.scoring, self.folder, self.progress
         settings = s.settings
         keep = list(s.output.keep)
         batches = mini_batches(s.input_path, s.input_format, settings.mini_batch_size,
                                numeric, keep)
-        concurrency = max(1, settings.max_concurrency)
+        concurrency = max(1, min(settings.max_concurrency,
+                                 self._most_mini_batches(len(numeric)) - len(scored)))
         spec = {"parent": os.getpid(), "folder": str(folder.root), "model": s.model,
                 "version": s.version, "path": str(s.model_path), "sha256": s.model_sha256,
                 "threads": max(1, cores() // concurrency), "fed": fed, "keep": keep,
                 "columns": columns}
-        # NOTE: a fork server started clean (never a fork of this process, whose pyarrow
-        # and apply threads a fork would copy mid-flight) imports the worker's modules
-        # once; each worker is a fork of it, sharing those pages.
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["mlinfra.batch.worker"])
         results: Any = context.Queue()
         pool = _Pool(context, results, spec, concurrency)
         retry: deque[_Task] = deque()
@@ -447,6 +456,24 @@ class Scorer:
     def _report(self, started: float) -> None:
         self.progress.elapsed_s = time.monotonic() - started
         self.on_progress(self.progress)
+
+
+def _workers_context() -> Any:
+    """The fork server the workers are forked from, started now.
+
+    NOTE: a fork server started clean (never a fork of this process, whose pyarrow and
+    apply threads a fork would copy mid-flight) imports the worker's modules once; each
+    worker is a fork of it, sharing those pages. It is started before the scorer loads
+    the model to check the columns, so its imports (0.6 s the scorer used to wait for,
+    blocked in its first Process.start) run beside that check on another core
+    (benchmarks/batch.py, the mlinfra rows: seconds)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mlinfra.batch.worker"])
+    forkserver.ensure_running()
+    return context
 
 
 def _numbered(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[_Task]:

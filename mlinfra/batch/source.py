@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mlinfra.errors import MlinfraError
 from mlinfra.serving.columns import MissingColumns, feed_columns
@@ -176,6 +175,8 @@ def _batches(path: Path, fmt: str, numeric: dict[str, pa.DataType], text: Sequen
 
 
 def _cast(batch: pa.RecordBatch, numeric: dict[str, pa.DataType]) -> pa.RecordBatch:
+    import pyarrow.compute as pc  # NOTE: lazily, as in _check_numbers
+
     arrays = [batch.column(i) if name not in numeric or batch.column(i).type == numeric[name]
               else pc.cast(batch.column(i), numeric[name])
               for i, name in enumerate(batch.schema.names)]
@@ -187,6 +188,11 @@ def _check_numbers(path: Path, batch: pa.RecordBatch, numeric: dict[str, pa.Data
     for column in numeric:
         values = batch.column(batch.schema.get_field_index(column))
         if values.null_count:
+            # NOTE: imported only here (and in _cast): pyarrow.compute builds its
+            # functions when imported, 0.1-0.2 CPU s of the scorer's start-up
+            # (benchmarks/batch.py, the mlinfra csv row: CPU s)
+            import pyarrow.compute as pc
+
             row = offset + int(pc.index(values.is_null(), True).as_py())
             raise BatchInputError(f"{path}: column {column}: row {row + 1} (row_id {row}) "
                                   "is empty: every column the model reads needs a number")

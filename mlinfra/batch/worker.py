@@ -42,14 +42,32 @@ def feeds(batch: pa.RecordBatch, fed: dict[str, list[str]], inputs: dict[str, Te
     return out
 
 
+_NUMPY_TYPES: dict[pa.DataType, np.dtype[Any]] = {
+    pa.float64(): np.dtype(np.float64), pa.int64(): np.dtype(np.int64),
+    pa.float32(): np.dtype(np.float32), pa.int32(): np.dtype(np.int32)}
+
+
 def _numpy(column: pa.Array) -> np.ndarray:
     """A column's values over its own memory: numbers without nulls (the scorer checked
-    that) need no copy. NOTE: to_numpy(zero_copy_only=False) takes 60 ms for a column of
-    10,000 doubles (measured), a hundred times the model's call."""
-    try:
-        found: np.ndarray = column.to_numpy(zero_copy_only=True)
-    except pa.ArrowInvalid:  # booleans are bits: copied
-        found = np.asarray(column)
+    that) need no copy; booleans (bits) are unpacked.
+
+    NOTE: read from the Arrow buffers directly, never with to_numpy() nor np.asarray():
+    both import pandas, which cost each worker about a second of CPU, more than half
+    of its work on 1M rows (benchmarks/batch.py, the mlinfra csv row: CPU s). And
+    to_numpy(zero_copy_only=False) takes 60 ms for 10,000 doubles, a hundred times the
+    model's call (measured)."""
+    buffers = column.buffers()
+    dtype = _NUMPY_TYPES.get(column.type)
+    if dtype is not None and len(buffers) == 2 and buffers[1] is not None:
+        values: np.ndarray = np.frombuffer(memoryview(buffers[1]), dtype=dtype,
+                                           count=len(column),
+                                           offset=column.offset * dtype.itemsize)
+        return values
+    if column.type == pa.bool_() and len(buffers) == 2 and buffers[1] is not None:
+        bits = np.unpackbits(np.frombuffer(memoryview(buffers[1]), dtype=np.uint8),
+                             bitorder="little")
+        return bits[column.offset:column.offset + len(column)].astype(bool)
+    found: np.ndarray = np.asarray(column)  # another type: pyarrow converts it
     return found
 
 

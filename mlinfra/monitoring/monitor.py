@@ -54,6 +54,41 @@ class Settings:
                    list(spec.get("on_breach") or []))
 
 
+def numbers(column: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A numeric (or timestamp) Arrow column as a NumPy array of `dtype`, nulls as NaN
+    for floats.
+
+    NOTE: read from the Arrow buffers (zero-copy for one float64 chunk without nulls)
+    rather than with `to_numpy()`, which imports pandas on its first call: 0.3 s of
+    the `mlinfra monitor run` command's wall time in benchmarks/monitoring.py ("the
+    command, Python's start and imports included")."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    target = pa.from_numpy_dtype(np.dtype(dtype))
+    parts = []
+    for chunk in (column.chunks if hasattr(column, "chunks") else [column]):
+        if pa.types.is_timestamp(chunk.type):
+            chunk = chunk.view(pa.int64())
+        if chunk.type != target:
+            chunk = pc.cast(chunk, target)
+        if not len(chunk):
+            continue
+        validity, data = chunk.buffers()[:2]
+        values = np.frombuffer(data, dtype=dtype, count=len(chunk),
+                               offset=chunk.offset * np.dtype(dtype).itemsize)
+        if chunk.null_count:  # the validity bitmap's zero bits (a Python fill value
+            # converted to a pyarrow scalar would import pandas)
+            bits = np.unpackbits(np.frombuffer(validity, dtype=np.uint8),
+                                 bitorder="little")[chunk.offset:chunk.offset + len(chunk)]
+            values = values.copy()
+            values[bits == 0] = np.nan if values.dtype.kind == "f" else 0
+        parts.append(values)
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
 def column_values(table: Any, name: str, kind: str) -> metrics.Current:
     """A window's column as the metrics read it: float64 with NaN, or counted values
     (pyarrow counts them: no Python object per row)."""
@@ -62,20 +97,27 @@ def column_values(table: Any, name: str, kind: str) -> metrics.Current:
 
     column = table.column(name)
     if kind == CATEGORICAL:
-        text = column if pa.types.is_string(column.type) else pc.cast(column, pa.string())
-        empty = pc.equal(text, "")
-        nulls = text.null_count + int(pc.sum(empty).as_py() or 0)
-        counted = pc.value_counts(pc.drop_null(pc.if_else(empty, None, text)))
-        return metrics.Counts([str(k) for k in counted.field("values").to_pylist()],
-                              np.asarray(counted.field("counts").to_numpy(), dtype=np.int64),
+        text = (column if pa.types.is_string(column.type)
+                or pa.types.is_dictionary(column.type) else pc.cast(column, pa.string()))
+        # NOTE: nulls and "" picked out of the counts, not by comparing each row with ""
+        # first (a Python scalar in pc.equal imports pandas: 0.3 s of the command in
+        # benchmarks/monitoring.py), and counted once.
+        counted = pc.value_counts(text)
+        seen: dict[str, int] = {}  # (chunks read from several files: one key each)
+        for kind, count in zip(counted.field("values").to_pylist(),
+                               counted.field("counts").to_pylist(), strict=True):
+            key = "" if kind is None else str(kind)
+            seen[key] = seen.get(key, 0) + count
+        nulls = seen.pop("", 0)
+        return metrics.Counts(list(seen), np.asarray(list(seen.values()), dtype=np.int64),
                               nulls)
     if kind == NUMERIC:
         if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
-            return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+            return numbers(column)
         from mlinfra.monitoring.profile import as_numbers
 
-        numbers = as_numbers(column.to_pylist())
-        return numbers if numbers is not None else np.full(len(column), np.nan)
+        parsed = as_numbers(column.to_pylist())
+        return parsed if parsed is not None else np.full(len(column), np.nan)
     return metrics.Counts.of(as_text(column.to_pylist()))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from mlinfra.errors import MlinfraError
 from mlinfra.monitoring import captures, records
-from mlinfra.monitoring.monitor import BASE_COLUMNS, Settings, describe, judge, skipped
+from mlinfra.monitoring.monitor import BASE_COLUMNS, Settings, describe, judge, numbers, skipped
 from mlinfra.monitoring.records import DRIFT, OK, SKIPPED, Window
 from mlinfra.spec.model import Config
 from mlinfra.state.store import StateStore
@@ -154,7 +154,7 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
     wanted = _capture_columns(paths[-1])
     if chosen.rows is None and "performance" not in chosen.signals:
         wanted = [c for c in wanted if c not in ("request_id", "row")]  # not needed: not read
-    read = captures.read(paths, wanted)
+    read = captures.read(paths, wanted, tuple(c for c in wanted if c != "request_id"))
     reasons = "; ".join(read.skipped)
     if read.table is None:
         if not read.skipped:
@@ -162,7 +162,7 @@ def _compute(config: Config, store: StateStore, chosen: Settings,
         start = math.floor(now / (chosen.window_s or 3600)) * (chosen.window_s or 3600)
         return [skipped(chosen.name, start, start, f"no readable captures: {reasons}")]
     table = read.table
-    seconds = table.column("time").cast("int64").to_numpy() / 1000.0
+    seconds = numbers(table.column("time"), np.int64) / 1000.0
     labels = _labels(config, store, chosen, folder)
     windows: list[Window] = []
     for start, end, rows, cursor in _slices(table, seconds, chosen, since, last, now):
@@ -199,20 +199,34 @@ def _no_profile(store: StateStore, served: str) -> str:
 
 def _served(part: Any) -> str:
     """The model version (`fraud:3`) that scored most of the window's rows."""
-    groups = part.group_by(["model", "version"]).aggregate([("model", "count")])
-    if not groups.num_rows:
+    import pyarrow.compute as pc
+
+    if not part.num_rows:
         return ""
-    best = int(np.argmax(groups.column("model_count").to_numpy()))
-    return f"{groups.column('model')[best].as_py()}:{groups.column('version')[best].as_py()}"
+    model, version = part.column("model"), part.column("version")
+    # NOTE: one model version in the window (the usual case) is seen from the counted
+    # names (dictionary-encoded: a count per index) and the versions' min and max;
+    # counting the pairs (group_by) imports pyarrow.acero, pyarrow.dataset and
+    # pandas, a third of the command's time in benchmarks/monitoring.py ("the command,
+    # Python's start and imports included").
+    names, versions = pc.value_counts(model), pc.min_max(version)
+    if (model.null_count == 0 and version.null_count == 0 and len(names) == 1
+            and versions["min"] == versions["max"]):
+        return f"{names.field('values')[0].as_py()}:{versions['min'].as_py()}"
+    pairs = pc.value_counts(pc.binary_join_element_wise(
+        pc.cast(model, "string"), pc.cast(version, "string"), ":"))
+    counts = pairs.field("counts").to_pylist()
+    best = max(range(len(counts)), key=counts.__getitem__)
+    return str(pairs.field("values")[best].as_py() or "")
 
 
-def _capture_columns(path: Path) -> list[str]:
+def _capture_columns(path: captures.File) -> list[str]:
     """The columns a window needs, from the newest capture file's schema metadata."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        schema = pq.ParquetFile(path).schema_arrow
+        schema = pq.ParquetFile(captures.source(path)).schema_arrow
     except (OSError, pa.ArrowException):
         return list(BASE_COLUMNS)
     meta = schema.metadata or {}
@@ -232,14 +246,19 @@ def _slices(table: Any, seconds: np.ndarray, chosen: Settings, since: float,
             return out
         slot = np.floor(seconds[keep] / size)
         complete = slot < math.floor(now / size)
-        for value in np.unique(slot[complete]):
-            rows = keep[slot == value]
+        # NOTE: a window's rows in one slot (captures read since the last window, the
+        # usual case) need no sort of the slots: np.unique of a million rows is a tenth
+        # of `monitor run`'s time at 1M rows in benchmarks/monitoring.py.
+        first, last_slot = (float(slot.min()), float(slot.max())) if len(slot) else (0, 0)
+        single = first == last_slot and bool(np.all(complete))
+        for value in ([first] if single else np.unique(slot[complete])):
+            rows = keep if single else keep[slot == value]
             start = float(value) * size
             out.append((start, start + size, rows, ""))
         return out
     size = int(chosen.rows or 1)
     ids = np.array(table.column("request_id").to_pylist(), dtype=object)
-    row = table.column("row").to_numpy()
+    row = numbers(table.column("row"), np.int64)
     order = np.lexsort((row, ids.astype(str), seconds))
     if last and last[0].cursor:
         at_text, rest = last[0].cursor.split("|", 1)
@@ -256,7 +275,7 @@ def _slices(table: Any, seconds: np.ndarray, chosen: Settings, since: float,
     return out
 
 
-def _labels(config: Config, store: StateStore, chosen: Settings, folder: Path
+def _labels(config: Config, store: StateStore, chosen: Settings, folder: captures.Folder
             ) -> dict[tuple[str, int], str]:
     """Labels by (request id, row): posted to the endpoint's feedback route, and the
     rows of the performance signal's `labels:` Data asset."""

@@ -21,6 +21,12 @@ place, so a reader never sees half of one. Retention: hour folders past the days
 then the oldest files while the captures take more than their size
 (`collect.retention`: a size such as 500Mi, or days such as 7d; by default the
 server's `--captures-bytes` x (backups + 1)).
+
+When the collect folder is on object storage (`s3://BUCKET/PREFIX/captures/NAME`: the
+stack's `artifacts:` there), each file is one object written whole in one request
+through fsspec (s3fs, gcsfs or adlfs in the server's image; credentials from the SDK's
+own variables or the pod's identity), so no reader sees half of one and no pod needs a
+volume; retention lists and deletes objects the same way.
 """
 
 from __future__ import annotations
@@ -92,9 +98,9 @@ def _columns(deployment: Deployment, feeds: dict[str, np.ndarray],
 class _Buffer:
     """Rows of one schema waiting to be written."""
 
-    def __init__(self, folder: Path, kind: str, features: list[str], outputs: list[str]
+    def __init__(self, folder: str, kind: str, features: list[str], outputs: list[str]
                  ) -> None:
-        self.folder, self.kind = folder, kind
+        self.where, self.folder, self.kind = folder, Path(folder), kind
         self.features, self.outputs = features, outputs
         self.chunks: dict[str, list[Any]] = {}
         self.rows = 0
@@ -119,11 +125,15 @@ class Captures:
         self._written = 0
         self._swept: dict[Path, float] = {}
         self._retention: dict[Path, tuple[int, float | None]] = {}
+        self._remote: dict[str, _Remote] = {}
 
     def _folder(self, table: Table) -> str:
         assert table.collect_path is not None
         self._retention[Path(table.collect_path)] = (
             table.collect_retention_bytes or self.retention_bytes, table.collect_retention_s)
+        if "://" in table.collect_path and table.collect_path not in self._remote:
+            self._remote[table.collect_path] = _Remote(table.collect_path,
+                                                       table.collect_storage)
         return table.collect_path
 
     def write(self, table: Table, request_id: str, deployment: Deployment,
@@ -136,7 +146,7 @@ class Captures:
         key = (folder, "requests", deployment.label, *columns)
         buffer = self._buffers.get(key)
         if buffer is None:
-            buffer = self._buffers[key] = _Buffer(Path(folder), "requests", features,
+            buffer = self._buffers[key] = _Buffer(folder, "requests", features,
                                                   produced)
         now = time.time()
         buffer.add({"request_id": [request_id] * rows, "row": np.arange(rows, dtype=np.int32),
@@ -151,7 +161,7 @@ class Captures:
                  labels: list[str]) -> None:
         """Labels for rows captured earlier, written at once (they are few and late)."""
         folder = self._folder(table)
-        buffer = _Buffer(Path(folder), "feedback", [], [])
+        buffer = _Buffer(folder, "feedback", [], [])
         buffer.add({"request_id": request_ids, "row": np.asarray(rows, dtype=np.int32),
                     "time": np.full(len(labels), time.time()), "label": labels}, len(labels))
         self._write(("feedback",), buffer, keep=False)
@@ -195,8 +205,15 @@ class Captures:
                     b"mlinfra.outputs": ",".join(buffer.outputs).encode()}
         table = pa.table(arrays).replace_schema_metadata(metadata)
         hours = np.array([hour_of(s) for s in seconds]) if len(seconds) else np.array([])
+        remote = self._remote.get(buffer.where)
         for hour in dict.fromkeys(hours.tolist()):
             part = table.filter(pa.array(hours == hour)) if len(set(hours)) > 1 else table
+            if remote is not None:
+                self._written += 1
+                name = (f"part-{_HOST}-{os.getpid()}-{int(time.time() * 1000)}-"
+                        f"{self._written}.parquet")
+                remote.put(f"{buffer.kind}/{hour}/{name}", part)
+                continue
             target = buffer.folder / buffer.kind / hour
             self._written += 1
             name = f"part-{_HOST}-{os.getpid()}-{int(time.time() * 1000)}-{self._written}"
@@ -209,7 +226,31 @@ class Captures:
                 with contextlib.suppress(OSError):
                     os.unlink(target / f".{name}.tmp")
                 continue
-        self._sweep(buffer.folder, buffer.folder / buffer.kind)
+        if remote is not None:
+            self._sweep_remote(remote, buffer.folder, buffer.kind)
+        else:
+            self._sweep(buffer.folder, buffer.folder / buffer.kind)
+
+    def _sweep_remote(self, remote: _Remote, root: Path, kind: str) -> None:
+        """Retention on object storage: as `_sweep`, by listing and deleting objects."""
+        now = time.monotonic()
+        marker = Path(f"{remote.url}/{kind}")
+        if now - self._swept.get(marker, -SWEEP_S) < SWEEP_S:
+            return
+        self._swept[marker] = now
+        limit, seconds = self._retention.get(root, (self.retention_bytes, None))
+        oldest = hour_of(time.time() - seconds) if seconds is not None else ""
+        found = remote.listing(kind)  # (hour, modified, key, size), oldest first
+        newest = found[-1][0] if found else ""
+        doomed = [f for f in found if f[0] < oldest and f[0] != newest]
+        kept = [f for f in found if f not in doomed]
+        total = sum(size for *_, size in kept)
+        for entry in kept[:-1]:
+            if total <= limit:
+                break
+            doomed.append(entry)
+            total -= entry[3]
+        remote.remove([key for _, _, key, _ in doomed])
 
     def _sweep(self, root: Path, folder: Path) -> None:
         """Retention: hour folders older than the endpoint's days go; then the oldest
@@ -243,3 +284,64 @@ class Captures:
             for hour in hours[:-1]:
                 with contextlib.suppress(OSError):
                     hour.rmdir()  # only when emptied
+
+
+class _Remote:
+    """A collect folder on object storage, reached through fsspec."""
+
+    def __init__(self, url: str, storage: dict[str, str]) -> None:
+        self.url = url.rstrip("/")
+        self.scheme, self.path = self.url.split("://", 1)
+        self.storage = storage
+        self._fs: Any = None
+
+    def fs(self) -> Any:
+        if self._fs is None:
+            import fsspec
+
+            options: dict[str, Any] = {}
+            if self.scheme == "s3":
+                client: dict[str, str] = {}
+                if self.storage.get("endpoint_url"):
+                    client["endpoint_url"] = self.storage["endpoint_url"]
+                if self.storage.get("region"):
+                    client["region_name"] = self.storage["region"]
+                if client:
+                    options["client_kwargs"] = client
+            self._fs = fsspec.filesystem(self.scheme, **options)
+        return self._fs
+
+    def put(self, key: str, table: Any) -> None:
+        """One object, written whole in one request; an object store that cannot be
+        reached loses these rows rather than stopping the server."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        data = sink.getvalue().to_pybytes()
+        with contextlib.suppress(Exception):  # the SDKs raise many kinds
+            self.fs().pipe_file(f"{self.path}/{key}", data)
+
+    def listing(self, kind: str) -> list[tuple[str, float, str, int]]:
+        found: list[tuple[str, float, str, int]] = []
+        try:
+            entries = self.fs().find(f"{self.path}/{kind}", detail=True, refresh=True)
+        except Exception:  # the SDKs raise many kinds; retention waits for the next sweep
+            return []
+        for key, info in entries.items():
+            parts = key.rsplit("/", 2)
+            if len(parts) < 3 or not parts[1].startswith("hour=") \
+                    or not parts[2].endswith(".parquet"):
+                continue
+            modified = info.get("LastModified") or info.get("last_modified") or info.get(
+                "mtime") or 0
+            stamp = modified.timestamp() if hasattr(modified, "timestamp") else float(modified)
+            found.append((parts[1], stamp, key, int(info.get("size") or 0)))
+        found.sort()
+        return found
+
+    def remove(self, keys: list[str]) -> None:
+        if keys:
+            with contextlib.suppress(Exception):
+                self.fs().rm(keys)

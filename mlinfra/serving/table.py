@@ -51,6 +51,8 @@ class Table:
     collect_path: str | None = None  # the captures' folder (serving.captures)
     collect_retention_bytes: int | None = None
     collect_retention_s: float | None = None
+    # an object-storage collect_path (s3://...): the endpoint and region to reach it
+    collect_storage: dict[str, str] = field(default_factory=dict)
 
     def pick(self, pinned: str | None = None) -> Deployment | None:
         if pinned is not None:
@@ -122,7 +124,8 @@ def build(config: dict[str, Any], previous: Table | None = None) -> Table:
         max_request_bytes=int(config.get("max_request_bytes", 1 << 20)),
         collect_sample=float(collect.get("sample", 0.0)), collect_path=collect.get("path"),
         collect_retention_bytes=collect.get("retention_bytes"),
-        collect_retention_s=collect.get("retention_s"))
+        collect_retention_s=collect.get("retention_s"),
+        collect_storage=dict(collect.get("storage") or {}))
 
 
 def retired(previous: Table, current: Table) -> list[Deployment]:

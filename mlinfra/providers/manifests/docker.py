@@ -157,12 +157,13 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
     keys = keys_secret(endpoint)
     if keys is not None:
         env["MLINFRA_ENDPOINT_KEYS"] = keys
-    if any(m.url for m in models.values()):
+    remote_captures = bool(server["collect"].get("storage") is not None)
+    if any(m.url for m in models.values()) or remote_captures:
         env.update(storage_env(config))
     mounts = [{"source": str(models[name].path or KNOWN_AFTER_APPLY), "target": paths[name],
                "read_only": True} for name in sorted(models) if not models[name].url]
     store = collect_datastore(config, endpoint)
-    if store:
+    if store and not remote_captures:  # captures on object storage need no mount
         mounts += _store_mounts(inputs, [store])
     port = endpoint.spec.get("port")
     body: dict[str, Any] = {

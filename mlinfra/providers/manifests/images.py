@@ -147,7 +147,8 @@ def serving_context(config: Config, inputs: StackInputs) -> tuple[ContextFile, .
                   + 'ENTRYPOINT ["python", "/opt/mlinfra/entrypoint.py"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
              ContextFile("requirements.txt", "\n".join(
-                 [*inputs.serving_requirements, *fetch_requirements(inputs)]) + "\n"),
+                 [*inputs.serving_requirements,
+                  *fetch_requirements(inputs, _collected_captures(config))]) + "\n"),
              ContextFile("entrypoint.py", ENTRYPOINT),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/{rel}", source=path) for rel, path in inputs.serving_sources]
@@ -160,6 +161,17 @@ MONITOR_DISTRIBUTIONS = (("pyyaml", ""), ("jsonschema", ""), ("pathspec", ""),
                          ("cronsim", ""), ("tzdata", ""), ("numpy", ""), ("scipy", ""),
                          ("pyarrow", ""), ("psycopg", "[binary]"))
 PROJECT_DIR = "/opt/mlinfra/project"
+
+
+def _storage_packages(config: Config) -> list[str]:
+    """The fsspec package (pinned) that reads captures on the stack's object storage."""
+    from mlinfra.monitoring.captures import object_captures
+    from mlinfra.spec.storage import SCHEMES
+
+    url = object_captures(config)
+    if url is None:
+        return []
+    return _pinned(((SCHEMES[url.split("://", 1)[0]][1], ""),))
 
 
 def _pinned(distributions: tuple[tuple[str, str], ...]) -> list[str]:
@@ -192,6 +204,62 @@ def _project_files(config: Config) -> list[ContextFile]:
     return files
 
 
+def _collected_captures(config: Config) -> str | None:
+    """The object-storage URL the stack's endpoints write their captures to, if any."""
+    from mlinfra.monitoring.captures import object_captures
+
+    if not any((e.spec.get("collect") or {}).get("sample")
+               for e in config.of("Endpoint").values()):
+        return None
+    return object_captures(config)
+
+
+FETCH_PY = """\
+\"\"\"mlinfra: a Job's Data inputs on object storage, downloaded before it runs
+(arguments: URL TARGET ...; credentials from the SDK's own variables).\"\"\"
+import os, sys, time
+import fsspec
+args = sys.argv[1:]
+for url, target in zip(args[::2], args[1::2]):
+    scheme = url.split("://", 1)[0]
+    options = {}
+    if scheme == "s3" and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    fs = fsspec.filesystem(scheme, **options)
+    path = url.split("://", 1)[1]
+    for attempt in range(5):
+        try:
+            if fs.isdir(path):
+                fs.get(path.rstrip("/") + "/", target.rstrip("/") + "/", recursive=True)
+            else:
+                os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+                fs.get_file(path, target + ".part")
+                os.replace(target + ".part", target)
+            break
+        except Exception as err:  # the SDKs raise many kinds; each is retried
+            if attempt == 4:
+                first = str(err).splitlines()[0] if str(err) else ""
+                sys.exit(f"mlinfra: {url} could not be fetched: {type(err).__name__}: {first}")
+            time.sleep(2 ** attempt)
+    print(f"mlinfra: fetched {url} to {target}", flush=True)
+"""
+
+
+def fetch_context(config: Config, packages: list[str]) -> tuple[ContextFile, ...]:
+    """The image of a Job's init container that downloads its Data inputs from an
+    object-storage Datastore: the base image with the fsspec package (pinned)."""
+    dockerfile = (f"# mlinfra: Data inputs fetched from object storage\n"
+                  f"FROM {base_image(config)}\n" + INSTALL
+                  + "COPY fetch.py /opt/mlinfra/fetch.py\n"
+                  + "USER 65534:65534\n"
+                  + 'ENTRYPOINT ["python", "/opt/mlinfra/fetch.py"]\n')
+    return (ContextFile("Dockerfile", dockerfile),
+            ContextFile("requirements.txt", "\n".join(
+                _pinned(tuple((p, "") for p in ("fsspec", *packages)))) + "\n"),
+            ContextFile("fetch.py", FETCH_PY),
+            ContextFile("wheels/README", WHEELS_README))
+
+
 def monitor_context(config: Config) -> tuple[ContextFile, ...]:
     """The image a monitor's CronJob runs: mlinfra's code and the project, so `mlinfra
     monitor run` loads the project as on this machine."""
@@ -203,7 +271,8 @@ def monitor_context(config: Config) -> tuple[ContextFile, ...]:
                   + "USER 65534:65534\n"
                   + 'ENTRYPOINT ["python", "-m", "mlinfra"]\n')
     files = [ContextFile("Dockerfile", dockerfile),
-             ContextFile("requirements.txt", "\n".join(_pinned(MONITOR_DISTRIBUTIONS)) + "\n"),
+             ContextFile("requirements.txt", "\n".join(
+                 _pinned(MONITOR_DISTRIBUTIONS) + _storage_packages(config)) + "\n"),
              ContextFile("wheels/README", WHEELS_README)]
     files += [ContextFile(f"src/mlinfra/{p.relative_to(package).as_posix()}", source=p)
               for p in sorted(package.rglob("*.py")) if "__pycache__" not in p.parts]

@@ -90,13 +90,16 @@ def serving_requirements_pinned() -> list[str]:
     return out
 
 
-def fetch_requirements(inputs: StackInputs) -> list[str]:
-    """The fsspec package a server needs to fetch its models from object storage,
-    pinned to the version this machine reaches the store with."""
+def fetch_requirements(inputs: StackInputs, captures: str | None = None) -> list[str]:
+    """The fsspec package a server needs to fetch its models from object storage (and
+    to write its captures there, `captures` their URL), pinned to the version this
+    machine reaches the store with."""
     from mlinfra.spec.storage import SCHEMES
 
-    packages = sorted({SCHEMES[m.url.split("://", 1)[0]][1] for files in inputs.models.values()
-                       for m in files.values() if m.url})
+    urls = [m.url for files in inputs.models.values() for m in files.values() if m.url]
+    if captures:
+        urls.append(captures)
+    packages = sorted({SCHEMES[url.split("://", 1)[0]][1] for url in urls})
     out = []
     for name in packages:
         try:

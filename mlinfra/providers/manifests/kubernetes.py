@@ -22,6 +22,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from mlinfra.monitoring.captures import object_captures
 from mlinfra.providers.manifests import (
     LABEL_PREFIX,
     RenderedObject,
@@ -34,6 +35,7 @@ from mlinfra.providers.manifests.images import (
     PROJECT_DIR,
     SERVER_PORT,
     environment_context,
+    fetch_context,
     image_name,
     job_code_context,
     monitor_context,
@@ -41,13 +43,16 @@ from mlinfra.providers.manifests.images import (
 )
 from mlinfra.providers.manifests.inputs import KNOWN_AFTER_APPLY, ModelFile, StackInputs
 from mlinfra.providers.manifests.workloads import (
+    JobRun,
     collect_datastore,
     compute_resources,
+    datastore_env,
     datastore_mount,
     endpoint_config,
     fetched_model_path,
     job_runs,
     keys_secret,
+    object_datastore,
     storage_env,
 )
 from mlinfra.runs.containers import RUN_DIR, ContainerRun
@@ -237,7 +242,9 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
             objects.append(RenderedObject(image_key, job.address, "Image", {"name": image},
                                           depends_on=(f"image-{env_name}",), context=files))
         secrets += [v for v in run.env.values() if isinstance(v, SecretValue)]
-        volumes, mounts = _datastore_volumes(config, stores)
+        remote = sorted({store for store, _ in run.data if object_datastore(config, store)})
+        volumes, mounts = _datastore_volumes(config, [s for s in stores if s not in remote])
+        init = _fetch_data(config, objects, run, remote, volumes, mounts, secrets)
         container: dict[str, Any] = {"name": "run", "image": image,
                                      "command": ["sh", "-c", run.command],
                                      "workingDir": "/code", "env": _env(run.env),
@@ -255,11 +262,16 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
                                               run=run.key)},
                 "spec": {"restartPolicy": "Never", "containers": [container],
                          "volumes": volumes, "securityContext": NON_ROOT}}}
+        if init is not None:
+            spec["template"]["spec"]["initContainers"] = [init]
         if run.timeout_s:
             spec["activeDeadlineSeconds"] = max(1, int(run.timeout_s))
-        depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores),
+        depends = [ns_key, image_key, *(f"pvc-{s}" for s in stores if s not in remote),
                    *(f"job-{a}" for a in run.after)]
-        if any(isinstance(v, SecretValue) for v in run.env.values()):
+        if init is not None:
+            depends.append("image-fetch")
+        if any(isinstance(v, SecretValue) for v in run.env.values()) or (
+                init is not None and any("valueFrom" in e for e in init["env"])):
             depends.append(f"secret-{SECRETS}")
         meta = _meta(config, "", run.owner, run=run.key)
         del meta["name"]
@@ -267,6 +279,41 @@ def _jobs(config: Config, objects: list[RenderedObject], env_images: dict[str, s
         objects.append(RenderedObject(f"job-{run.key}", run.owner, "Job", {
             "apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec},
             depends_on=tuple(depends)))
+
+
+def _fetch_data(config: Config, objects: list[RenderedObject], run: JobRun,
+                remote: list[str], volumes: list[Any], mounts: list[Any],
+                secrets: list[SecretValue]) -> dict[str, Any] | None:
+    """A Job whose Data inputs are on an object-storage Datastore: an emptyDir where the
+    datastore's claim would be, filled by an init container that downloads each input
+    with the datastore's credentials (the Secret's variables the README names)."""
+    if not remote:
+        return None
+    from mlinfra.spec.storage import SCHEMES
+
+    env: dict[str, str | SecretValue] = {}
+    args: list[str] = []
+    packages = set()
+    for name in remote:
+        store = object_datastore(config, name)
+        assert store is not None
+        base = str(store.spec["path"]).rstrip("/")
+        packages.add(SCHEMES[base.split("://", 1)[0]][1])
+        env.update(datastore_env(config, store))
+        volumes.append({"name": _claim(name), "emptyDir": {}})
+        mounts.append({"name": _claim(name), "mountPath": datastore_mount(name)})
+        for store_name, path in run.data:
+            if store_name == name:
+                args += [f"{base}/{path}", f"{datastore_mount(name)}/{path}"]
+    secrets += [v for v in env.values() if isinstance(v, SecretValue)]
+    if not any(o.key == "image-fetch" for o in objects):
+        files = fetch_context(config, sorted(packages))
+        objects.append(RenderedObject("image-fetch", "", "Image", {
+            "name": image_name(config, "fetch", files)}, context=files))
+    image = next(o.body["name"] for o in objects if o.key == "image-fetch")
+    return {"name": "fetch-data", "image": image, "args": args, "env": _env(env),
+            "volumeMounts": list(mounts),
+            "securityContext": {"allowPrivilegeEscalation": False}}
 
 
 def run_name(run_id: str) -> str:
@@ -391,7 +438,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             {"name": "config", "mountPath": "/etc/mlinfra", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"}]
         depends = [*common, f"configmap-{full}"]
-        if fetched:
+        remote_captures = config_json["collect"].get("storage") is not None
+        if fetched or remote_captures:
             env += _env(storage)
             if any(isinstance(v, SecretValue) for v in storage.values()):
                 depends.append(f"secret-{SECRETS}")
@@ -402,8 +450,8 @@ def _endpoint(config: Config, endpoint: Resource, inputs: StackInputs, serving_i
             depends.append(f"configmap-{full}-model")
         # NOTE: no datastore volume unless a Monitor reads the captures: a ReadWriteOnce
         # claim cannot follow replicas the HPA places on other nodes. Otherwise captures
-        # are written inside the pod (its /tmp).
-        if monitored and capture_store:
+        # are written inside the pod (its /tmp), or to the object-storage artifact store.
+        if monitored and capture_store and not remote_captures:
             more_volumes, more_mounts = _datastore_volumes(config, [capture_store])
             volumes += more_volumes
             mounts += more_mounts
@@ -564,14 +612,22 @@ def _monitors(config: Config, objects: list[RenderedObject], inputs: StackInputs
         store = collect_datastore(config, endpoint) if endpoint is not None else None
         if store is None:
             continue  # validate refuses a monitor of an endpoint without collect:
-        volumes, mounts = _datastore_volumes(config, [store])
+        args = ["monitor", "run", monitor.name, "-C", PROJECT_DIR, "-s", stack_file]
+        monitor_env: dict[str, str | SecretValue] = {s.env: s for s in state_secrets}
+        depends = [f"namespace-{namespace(config)}", "image-monitor"]
+        if object_captures(config) is not None:
+            # the captures are in the object-storage artifact store: no claim
+            volumes: list[dict[str, Any]] = []
+            mounts: list[dict[str, Any]] = []
+            monitor_env.update(storage_env(config))
+        else:
+            volumes, mounts = _datastore_volumes(config, [store])
+            args += ["--captures", datastore_mount(store)]
+            depends.append(f"pvc-{store}")
         container: dict[str, Any] = {
-            "name": "monitor", "image": image,
-            "args": ["monitor", "run", monitor.name, "-C", PROJECT_DIR, "-s", stack_file,
-                     "--captures", datastore_mount(store)],
-            "env": _env({s.env: s for s in state_secrets}), "volumeMounts": mounts}
-        depends = [f"namespace-{namespace(config)}", "image-monitor", f"pvc-{store}"]
-        if state_secrets:
+            "name": "monitor", "image": image, "args": args,
+            "env": _env(monitor_env), "volumeMounts": mounts}
+        if any(isinstance(v, SecretValue) for v in monitor_env.values()):
             depends.append(f"secret-{SECRETS}")
         objects.append(RenderedObject(f"cronjob-{monitor.name}", monitor.address, "CronJob", {
             "apiVersion": "batch/v1", "kind": "CronJob",
@@ -603,7 +659,10 @@ def render(config: Config, inputs: StackInputs) -> list[RenderedObject]:
     render_agent(config, objects, namespace(config), secrets, SECRETS)
     _monitors(config, objects, inputs, secrets)
     endpoints = [e for e in config.of("Endpoint").values() if e.name in inputs.models]
-    if any(m.url for e in endpoints for m in inputs.models[e.name].values()):
+    remote_captures = object_captures(config) is not None and (
+        any(collect_datastore(config, e) for e in endpoints)
+        or any(m.spec.get("endpoint") for m in config.of("Monitor").values()))
+    if remote_captures or any(m.url for e in endpoints for m in inputs.models[e.name].values()):
         secrets += [v for v in storage_env(config).values() if isinstance(v, SecretValue)]
     _secrets(config, objects, secrets)
     if endpoints:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlinfra.graph import default_datastore
-from mlinfra.monitoring.captures import retention
+from mlinfra.monitoring.captures import object_captures, retention
 from mlinfra.providers.manifests import RenderError, SecretValue
 from mlinfra.providers.manifests.inputs import ModelFile
 from mlinfra.spec.model import (
@@ -47,12 +47,14 @@ class JobRun:
     after: tuple[str, ...]
     env: dict[str, str | SecretValue]
     timeout_s: float | None
+    data: tuple[tuple[str, str], ...]  # (datastore, path in it) of each Data input
 
     def __init__(self, key: str, owner: str, job: Resource, command: str,
                  after: tuple[str, ...], env: dict[str, str | SecretValue],
-                 timeout_s: float | None) -> None:
+                 timeout_s: float | None, data: tuple[tuple[str, str], ...] = ()) -> None:
         self.key, self.owner, self.job, self.command = key, owner, job, command
         self.after, self.env, self.timeout_s = after, env, timeout_s
+        self.data = data
 
 
 def environment_variables(*specs: dict[str, Any]) -> dict[str, str | SecretValue]:
@@ -96,12 +98,36 @@ def _data_path(config: Config, text: str) -> str:
     return f"{datastore_mount(store)}/{data.spec['path']}"
 
 
+def _data_of(config: Config, text: str) -> tuple[str, str]:
+    ref = Ref.parse(text)
+    data = config.get("Data", ref.name) if ref else None
+    assert data is not None  # _data_path said which input names no Data
+    store = str(data.spec.get("datastore") or default_datastore(config) or "")
+    return store, str(data.spec["path"])
+
+
+def object_datastore(config: Config, name: str) -> Resource | None:
+    """The Datastore `name` when it is on object storage (its path an s3:// URL)."""
+    from mlinfra.spec.storage import is_object_url
+
+    store = config.get("Datastore", name)
+    return store if store is not None and is_object_url(str(store.spec.get("path", ""))) \
+        else None
+
+
+def datastore_env(config: Config, store: Resource) -> dict[str, str | SecretValue]:
+    """What a container needs to read an object-storage Datastore: its credentials
+    (each a ${secret.X}) as the SDK's own variables, its endpoint and region."""
+    return _object_env(store.spec, f"{store.address}")
+
+
 def _run(config: Config, key: str, owner: str, job: Resource, inputs: dict[str, str],
          params: dict[str, Any], upstream: dict[str, tuple[str, str]]) -> JobRun:
     """`upstream`: input name -> (run key, output file) for inputs another run makes."""
     outputs = {k: str(v) for k, v in (job.spec.get("outputs") or {}).items()}
     paths: dict[str, str] = {}
     after = []
+    data: list[tuple[str, str]] = []
     for name, value in inputs.items():
         if name in upstream:
             run, filename = upstream[name]
@@ -109,6 +135,7 @@ def _run(config: Config, key: str, owner: str, job: Resource, inputs: dict[str, 
             after.append(run)
         else:
             paths[name] = _data_path(config, value)
+            data.append(_data_of(config, value))
     out_dir = _outputs_dir(config, key) if outputs else ""
 
     def fill(match: Any) -> str:
@@ -132,7 +159,7 @@ def _run(config: Config, key: str, owner: str, job: Resource, inputs: dict[str, 
     except RenderError as err:
         raise RenderError(f"{owner}: {err.message}") from err
     return JobRun(key, owner, job, command, tuple(sorted(set(after))), variables,
-                  duration_s(job.spec.get("timeout")))
+                  duration_s(job.spec.get("timeout")), tuple(sorted(set(data))))
 
 
 def _output_file(job: Resource | None, output: str) -> str:
@@ -203,8 +230,11 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
         if store is None:
             raise RenderError(f"{endpoint.address}: collect needs a datastore: name one in "
                               "collect.datastore or set the workspace's default_datastore")
-        folder = captures or f"{datastore_mount(str(store))}/captures"
+        remote = object_captures(config)
+        folder = remote or captures or f"{datastore_mount(str(store))}/captures"
         collect["path"] = f"{folder}/{endpoint.name}"
+        if remote is not None:
+            collect["storage"] = capture_storage(config)
         size, seconds = retention(collect.pop("retention", None))
         if size is not None:
             collect["retention_bytes"] = size
@@ -219,6 +249,12 @@ def endpoint_config(config: Config, endpoint: Resource, models: dict[str, ModelF
             "traffic": traffic, "mirror": mirror, "collect": collect,
             "max_request_bytes": int(endpoint.spec.get("max_request_bytes", 1 << 20)),
             "status_dir": STATUS_DIR}
+
+
+def capture_storage(config: Config) -> dict[str, str]:
+    """The endpoint and region a server writes its object-storage captures with."""
+    storage = config.stack.settings.get("storage") or {}
+    return {k: str(storage[k]) for k in ("endpoint_url", "region") if storage.get(k)}
 
 
 def collect_datastore(config: Config, endpoint: Resource) -> str | None:
@@ -259,12 +295,16 @@ def storage_env(config: Config) -> dict[str, str | SecretValue]:
     machine does: the `storage:` credentials (each a ${secret.X}, a SecretValue here)
     as the SDK's own variables, the endpoint and the region. Without credentials the
     container uses the cloud's chain (workload identity, instance role)."""
-    storage = config.stack.settings.get("storage") or {}
+    return _object_env(config.stack.settings.get("storage") or {},
+                       f"{config.stack.file}: storage")
+
+
+def _object_env(storage: dict[str, Any], owner: str) -> dict[str, str | SecretValue]:
     env: dict[str, str | SecretValue] = {}
     for field, value in sorted((storage.get("credentials") or {}).items()):
         match = INTERPOLATION.fullmatch(str(value).strip())
         if not (match and match.group(1) == "secret"):
-            raise RenderError(f"{config.stack.file}: storage.credentials.{field}: a "
+            raise RenderError(f"{owner}.credentials.{field}: a "
                               "credential is a whole ${secret.NAME}, read at apply time")
         env[_SDK_VARIABLES[field]] = SecretValue(env=match.group(2)[1:])
     if storage.get("endpoint_url"):

@@ -99,7 +99,9 @@ def roll_out(ctx: Context, settings: dict[str, Any], alias: str, candidate: Mode
     if settings.get("replay"):
         key = None if state.outputs.get("auth", "key") == "none" else operator_key(folder)
         replay = ShadowReplay(server.port, key, canary,
-                              captured_requests((config.get("collect") or {}).get("path")),
+                              captured_requests((config.get("collect") or {}).get("path"),
+                                                storage=ctx.config.stack.settings.get(
+                                                    "storage")),
                               rate=1.5 * min_requests / max(hold_s, 0.1))
     finished = False
     try:

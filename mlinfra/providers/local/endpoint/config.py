@@ -11,13 +11,13 @@ from typing import Any
 
 from mlinfra.graph import default_datastore
 from mlinfra.handler import datastore_path
-from mlinfra.monitoring.captures import retention
+from mlinfra.monitoring.captures import object_captures, retention
 from mlinfra.providers.base import Context, ProviderError
 from mlinfra.providers.local.endpoint.folders import EndpointFolder, InstanceFolder
 from mlinfra.registry.artifacts import ArtifactCorrupted
 from mlinfra.registry.models import ModelRegistry, ModelVersion, RegistryError
 from mlinfra.runs.jobs import artifact_store
-from mlinfra.spec.model import Ref, Resource, duration_in
+from mlinfra.spec.model import Config, Ref, Resource, duration_in
 
 
 def governed(ctx: Context, model: str, alias: str) -> bool:
@@ -67,6 +67,17 @@ def _stored(ctx: Context, res: Resource, deployment: dict[str, Any],
                         f"file is gone from the artifact store {store.root}; {what}")
 
 
+def capture_environment(config: Config) -> dict[str, str]:
+    """The variables a server needs to write its captures to the stack's object-storage
+    `artifacts:` as this machine reaches it (its `storage:` credentials, resolved)."""
+    from mlinfra.data.objects import environment_credentials, location_of
+
+    stack = config.stack
+    return environment_credentials(location_of(str(stack.artifacts),
+                                               stack.settings.get("storage"),
+                                               f"{stack.file}: artifacts"))
+
+
 def retention_fields(text: Any) -> dict[str, Any]:
     """`collect.retention` as the server's config has it (validated by its schema)."""
     size, seconds = retention(text)
@@ -99,6 +110,12 @@ def server_config(ctx: Context, res: Resource, folder: EndpointFolder,
         datastore = ctx.config.get("Datastore", str(store_name)) if store_name else None
         base = datastore_path(ctx, datastore.spec) if datastore else folder.path
         collect["path"] = str(base / "captures" / res.name)
+        remote = object_captures(ctx.config)
+        if remote is not None:  # the stack's artifacts: on object storage
+            collect["path"] = f"{remote}/{res.name}"
+            storage = ctx.config.stack.settings.get("storage") or {}
+            collect["storage"] = {k: str(storage[k]) for k in ("endpoint_url", "region")
+                                  if storage.get(k)}
         collect.update(retention_fields(collect.pop("retention", None)))
     config = {"endpoint": res.name, "generation": generation, "port": port,
               "deployments": deployments, "traffic": res.spec.get("traffic") or {},

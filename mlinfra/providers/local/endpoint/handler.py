@@ -15,7 +15,11 @@ from typing import Any
 from mlinfra.plan.model import Change, Observed
 from mlinfra.providers.base import Applied, BaseHandler, Context, ProviderError
 from mlinfra.providers.local.endpoint import keys
-from mlinfra.providers.local.endpoint.config import governed, server_config
+from mlinfra.providers.local.endpoint.config import (
+    capture_environment,
+    governed,
+    server_config,
+)
 from mlinfra.providers.local.endpoint.folders import EndpointFolder
 from mlinfra.providers.local.endpoint.observe import (
     Serving,
@@ -120,7 +124,9 @@ class EndpointHandler(BaseHandler):
         write_config(instance, config)
         workers = int(res.spec.get("workers", 2))
         log_from = log_size(folder)
-        server = launch(folder, instance, port, workers, address)
+        server = launch(folder, instance, port, workers, address,
+                        capture_environment(ctx.config) if config["collect"].get("storage")
+                        is not None else None)
         try:
             wait_generation(folder, server, generation, workers, address, log_from)
         except BaseException:

@@ -22,7 +22,7 @@ MAX_RATE = 400.0  # requests per second, at most
 
 
 def captured_requests(collect_path: str | None, limit: int = SAMPLE,
-                      seed: int = 0) -> list[bytes]:
+                      seed: int = 0, storage: dict[str, Any] | None = None) -> list[bytes]:
     """Up to `limit` captured requests as MLflow `/invocations` bodies (a table of the
     request's feature columns), a uniform sample (reservoir) of every capture file."""
     if not collect_path:
@@ -30,14 +30,20 @@ def captured_requests(collect_path: str | None, limit: int = SAMPLE,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlinfra.monitoring.captures import REQUESTS, files
+    from mlinfra.monitoring.captures import REQUESTS, Folder, RemoteFolder, files, source
+
+    root: Folder = Path(collect_path)
+    if "://" in collect_path:  # on the stack's object-storage artifacts (`storage`: how)
+        from mlinfra.data.objects import location_of
+
+        root = RemoteFolder(location_of(collect_path, storage, "captures"))
 
     rng = random.Random(seed)
     kept: list[bytes] = []
     seen = 0
-    for path in files(Path(collect_path), REQUESTS):
+    for path in files(root, REQUESTS):
         try:
-            table = pq.read_table(path)
+            table = pq.read_table(source(path))
         except (OSError, pa.ArrowException):
             continue  # a damaged file: the others still replay
         meta = table.schema.metadata or {}

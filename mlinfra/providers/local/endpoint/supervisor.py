@@ -36,7 +36,13 @@ FOLDER_VAR = "MLINFRA_ENDPOINT_DIR"
 INSTANCE_VAR = "MLINFRA_ENDPOINT_INSTANCE"
 # What a server needs from the caller's environment; nothing else is passed on.
 PASSED_VARS = ("PATH", "HOME", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_NUMERIC", "TZ",
-               "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH")
+               "TMPDIR", "PYTHONPATH", "LD_LIBRARY_PATH",
+               # the object-storage SDKs' own variables: captures on object storage
+               "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+               "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+               "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_CONNECTION_STRING",
+               "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY")
 STOP_GRACE_S = 10.0
 
 
@@ -64,8 +70,10 @@ def new_instance_id() -> str:
     return time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def environment(folder: EndpointFolder, instance_id: str) -> dict[str, str]:
+def environment(folder: EndpointFolder, instance_id: str,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: os.environ[k] for k in PASSED_VARS if k in os.environ}
+    env.update(extra or {})
     env.setdefault("PATH", os.defpath)
     env[FOLDER_VAR] = str(folder.path.resolve())
     env[INSTANCE_VAR] = instance_id
@@ -93,14 +101,14 @@ print(server.pid)
 
 
 def launch(folder: EndpointFolder, instance: InstanceFolder, port: int, workers: int,
-           address: str) -> ServerInstance:
+           address: str, extra_env: dict[str, str] | None = None) -> ServerInstance:
     """Start a server in its own session through a launcher that exits at once, so the
     server belongs to init, not to this process (no zombie, nothing to wait for)."""
 
     argv = [sys.executable, "-m", "mlinfra.serving", "--config", str(instance.config),
             "--port", str(port), "--workers", str(workers)]
     done = subprocess.run([sys.executable, "-c", _LAUNCHER, str(folder.log), *argv],
-                          cwd=instance.path, env=environment(folder, instance.id),
+                          cwd=instance.path, env=environment(folder, instance.id, extra_env),
                           capture_output=True, text=True, timeout=30, check=False)
     if done.returncode != 0 or not done.stdout.strip().isdigit():
         raise ProviderError(address, f"cannot start the server: {done.stderr[-500:]}")
