@@ -390,7 +390,7 @@ class Scorer:
         spec = {"parent": os.getpid(), "folder": str(folder.root), "model": s.model,
                 "version": s.version, "path": str(s.model_path), "sha256": s.model_sha256,
                 "threads": max(1, cores() // concurrency), "fed": fed, "keep": keep,
-                "columns": columns}
+                "columns": columns, "timeout_s": settings.timeout_s}
         results: Any = context.Queue()
         pool = _Pool(context, results, spec, concurrency)
         retry: deque[_Task] = deque()

@@ -155,6 +155,7 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     fed: dict[str, list[str]] = spec["fed"]
     keep: list[str] = spec["keep"]
     columns: list[str] = spec["columns"]
+    timeout_s = float(spec.get("timeout_s") or "inf")
     results.put(("ready", -1, 0, "", 0.0, os.getpid()))
     while True:
         try:
@@ -168,6 +169,13 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
         began = time.perf_counter()
         try:
             outputs = model.run(feeds(batch, fed, model.input_specs))
+            if time.perf_counter() - began > timeout_s:
+                # Late, though the scorer has not stopped it yet: a timeout all the
+                # same, whatever instant the scorer looks at it.
+                results.put(("failed", index, batch.num_rows,
+                             f"timed out after {timeout_s:g}s",
+                             time.perf_counter() - began, os.getpid()))
+                continue
             kept = batch.select(keep) if keep else None
             table = output_table(start, kept, model.output_names, outputs, model.labels,
                                  columns)
