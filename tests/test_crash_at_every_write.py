@@ -123,7 +123,7 @@ def stack(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Any:
     for a in (0.5, -0.5, 1.5):
         assert call(url, keys["primary"], "POST", "/invocations", {"inputs": [[a, 0.2]]}
                     )[0] == 200
-    time.sleep(0.5)
+    time.sleep(1.6)  # captures are written once a worker took no row for a second
     yield root, keys
     destroyed = cli("destroy", "--auto-approve")  # no server of the test is left running
     assert destroyed.code == 0, destroyed.out + destroyed.err
