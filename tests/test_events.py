@@ -444,3 +444,26 @@ def test_a_receiver_down_for_ten_minutes_gets_the_event_when_it_returns(
         sender.close()
         session.close()
     assert [r.type for r in back.accepted] == ["model.promoted"] and back.bad == []
+
+
+def test_an_id_whose_first_characters_are_digits_is_found_by_its_short_form(
+        project: Callable[..., Path], cli: Cli) -> None:
+    """`events list` shows 8 characters of an id; a uuid's may all be digits, and they
+    name that event, not a sequence number; a shorter number is a sequence number."""
+    root = project({"models/fraud.onnx": onnx_model(), "data/holdout.csv": DATA,
+                    "model.yaml": MODEL})
+    assert cli("apply", "--auto-approve").code == 0
+    outbox, close = outbox_of(root)
+    try:
+        first = outbox.find("1")
+        digits = "31415926-5358-4979-8323-846264338327"
+        envelope = json.dumps({**first.envelope, "id": digits})
+        outbox.store.write_now(lambda cur: cur.execute(
+            "UPDATE outbox SET event_id=?, envelope=? WHERE id=?",
+            (digits, envelope, first.seq)))
+    finally:
+        close()
+    shown = cli("events", "show", digits[:8])
+    assert shown.code == 0, shown.err
+    assert json.loads(shown.out)["id"] == digits
+    assert json.loads(cli("events", "show", "1").out)["id"] == digits

@@ -77,8 +77,10 @@ class EventOutbox:
         return [_event(row) for row in rows]
 
     def find(self, text: str) -> StoredEvent:
-        """An event by its id, a unique prefix of it, or its sequence number."""
-        if text.isdigit():
+        """An event by its id, a unique prefix of it (8 characters or more, as `events
+        list` shows them), or its sequence number (a shorter number: an id's first
+        characters may all be digits)."""
+        if text.isdigit() and len(text) < 8:
             rows = self.store.query("SELECT id, event_id, type, subject, at, envelope FROM "
                                     "outbox WHERE id=?", (int(text),))
         else:

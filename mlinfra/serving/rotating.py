@@ -87,4 +87,7 @@ class RotatingFile:
                 with contextlib.suppress(FileNotFoundError):
                     os.replace(numbered(self.path, index), numbered(self.path, index + 1))
             os.replace(self.path, numbered(self.path, 1))
+            # The newest file is always there, empty until the next line, as logrotate's
+            # `create` leaves it: a reader never finds the log gone after a rotation.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644))
         self.close()
