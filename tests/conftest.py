@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -51,6 +52,14 @@ def write_files(root: Path, files: Files) -> None:
             path.write_bytes(content)
         else:
             path.write_text(textwrap.dedent(content))
+
+
+def missing(reason: str) -> NoReturn:
+    """A system part a test needs is not here: skipped, saying why; in CI (CI=true) a
+    failure, so a missing part is never a silent pass."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @pytest.fixture(autouse=True)
@@ -132,9 +141,7 @@ def postgres() -> Iterator[PostgresServer]:
     if bindir is None:
         reason = ("PostgreSQL is not installed: no initdb in $MLINFRA_PG_BIN, "
                   "/usr/lib/postgresql/*/bin or PATH (.ci/run installs postgresql-15)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing(reason)
     server = PostgresServer(bindir)
     try:
         server.start()

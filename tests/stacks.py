@@ -12,13 +12,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from mlinfra.providers.manifests import RenderedObject, redact
 from mlinfra.registry.artifacts import ArtifactStore
 from mlinfra.registry.models import ModelRegistry
 from mlinfra.state.sqlite import SqliteStore
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 
 GATEWAY_API_PACKAGE = "@kubernetes-models/gateway-api@2.0.0"
 _VALIDATE_JS = """\
@@ -124,9 +122,7 @@ def invalid_manifests(objects: list[dict[str, Any]]) -> list[str]:
             # The errors found for the other kinds are reported whatever happens here.
             if errors:
                 return [*errors, f"(and HTTPRoute was not checked: {why})"]
-            if os.environ.get("CI") == "true":
-                pytest.fail(why)
-            pytest.skip(why)
+            missing(why)
         done = subprocess.run(["node", str(folder / "validate.mjs")], input=json.dumps(routes),
                               capture_output=True, text=True, timeout=60, check=True,
                               cwd=folder, env={**os.environ, "NODE_PATH": str(folder)})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
 import socket
 import sqlite3
@@ -20,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import Result
+from tests.conftest import Result, missing
 from tests.endpoint_client import applied, call
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server, credentials_env
 from tests.test_monitoring import monitored, named_model, send
@@ -32,12 +31,6 @@ AZURITE_KEY = ("Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K
                "KBHBeksoGMGw==")
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture
 def azurite(tmp_path: Path) -> Iterator[str]:
     """Azurite's blob service on a free port of 127.0.0.1 (installed once per virtualenv
@@ -45,18 +38,18 @@ def azurite(tmp_path: Path) -> Iterator[str]:
     try:
         import adlfs  # noqa: F401
     except ImportError:
-        _missing("adlfs is not installed: pip install -e '.[dev]'")
+        missing("adlfs is not installed: pip install -e '.[dev]'")
     folder = Path(__file__).resolve().parent.parent / ".venv" / "azurite"
     program = folder / "node_modules" / ".bin" / "azurite-blob"
     if not program.exists():
         if shutil.which("npm") is None:
-            _missing("Azurite is an npm package: npm is not installed (.ci/run installs it)")
+            missing("Azurite is an npm package: npm is not installed (.ci/run installs it)")
         folder.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent",
                                "--prefix", str(folder), AZURITE], capture_output=True,
                               text=True, timeout=300, check=False)
         if done.returncode != 0:
-            _missing(f"npm could not install {AZURITE}: {done.stderr[-300:]}")
+            missing(f"npm could not install {AZURITE}: {done.stderr[-300:]}")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
