@@ -8,9 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -233,7 +235,7 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     deadline = time.monotonic() + 60
     scored: list[Path] = []
     while time.monotonic() < deadline and proc.poll() is None:
-        scored = list(jobs.glob("*/shards/*.arrow"))
+        scored = list(jobs.glob("*/shards/*.csv"))
         if len(scored) >= 8:
             break
         time.sleep(0.01)
@@ -249,7 +251,7 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     folder = next(jobs.iterdir())
     manifest = json.loads((folder / "job.json").read_text())
     assert manifest["status"] == "running"  # what kill -9 leaves
-    kept = len(list(folder.glob("shards/*.arrow")))
+    kept = len(list(folder.glob("shards/*.csv")))
     assert 8 <= kept < 86 and not (tmp_path / "out.csv").exists()
     (folder / ".predictions.csv.99999.tmp").write_text("row_id\n0\n")  # a cut-short output
 
@@ -304,7 +306,7 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
     assert [e["row_id"] for e in errors] == list(range(1400, 2000))
     assert errors[0]["attempts"] == 2
     assert "indices element out of data bounds, idx=42" in errors[0]["error"]
-    assert len(list(folder.glob("shards/*.arrow"))) == 2  # what it scored is kept
+    assert len(list(folder.glob("shards/*.csv"))) == 2  # what it scored is kept
 
     batch = (root / "batch.yaml").read_text().replace("error_threshold: 0",
                                                       "error_threshold: 600")
@@ -446,3 +448,132 @@ def test_an_input_of_fewer_mini_batches_than_max_concurrency_starts_fewer_worker
         part = array.slice(3, 6)
         got = _numpy(part)
         assert got.tolist() == part.to_pylist()
+
+
+def _scoring(tmp_path: Path, model: bytes, source: Path, fmt: str, **settings: object
+             ) -> Any:
+    """A Scoring of `model` over `source` through the API, as `batch invoke` makes it."""
+    from mlinfra.batch.scoring import Output, Scoring, Settings
+    from mlinfra.data.versions import file_sha256
+
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model)
+    return Scoring("e", "main", "scorer", 1, path, file_sha256(path), source,
+                   source.suffix.lstrip("."), str(source), file_sha256(source),
+                   Settings(**settings),  # type: ignore[arg-type]
+                   Output(format=fmt, keep=("customer_id",)))
+
+
+def _path(found: str | None) -> Path:
+    assert found is not None
+    return Path(found)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "parquet"])
+def test_every_output_format_is_the_shards_in_order_with_one_header(
+        tmp_path: Path, fmt: str) -> None:
+    """CSV and JSON lines shards are the output's own bytes, appended; Parquet shards
+    are Arrow files written as row groups. Either way: every row once, in order."""
+    import pyarrow.json as pjson
+
+    from mlinfra.batch.scoring import Scorer
+
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(3000)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    scoring = _scoring(tmp_path, model, tmp_path / "in.csv", fmt, mini_batch_size=700,
+                       max_concurrency=2)
+    summary = Scorer(scoring, tmp_path / "jobs").run()
+    assert summary.mini_batches == 5 and summary.scored_rows == 3000
+    out = _path(summary.output)
+    if fmt == "csv":
+        assert out.read_text().count("row_id") == 1  # one header, not one a shard
+        _check_output(out, model, table)
+    elif fmt == "parquet":
+        _check_output(out, model, table)
+    else:
+        got = pjson.read_json(out)
+        want = _expected(model, table)
+        assert got["row_id"].to_pylist() == list(range(3000))
+        assert got["customer_id"].to_pylist() == table["customer_id"].to_pylist()
+        assert got["label"].to_pylist() == want["label"].tolist()
+    assert not (out.parent / "shards").exists()  # removed once the output is whole
+
+
+def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.batch import scoring as module
+
+    started: list[int] = []
+    monkeypatch.setattr(module._Pool, "_start", lambda pool: started.append(1))
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(500)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    summary = module.Scorer(_scoring(tmp_path, model, tmp_path / "in.csv", "csv"),
+                            tmp_path / "jobs").run()
+    assert summary.scored_rows == 500 and started == []
+    _check_output(_path(summary.output), model, table)
+
+
+def test_a_mini_batch_that_fails_in_the_head_start_is_retried_by_the_workers(
+        tmp_path: Path) -> None:
+    """The scorer scores the first mini-batches itself while its workers start; one that
+    fails there counts as an attempt, and the workers try it again: retries + 1 in all,
+    and every other row scored."""
+    from mlinfra.batch.scoring import Scorer
+
+    x1 = np.arange(2000) % 10
+    x1[3] = 42  # the first mini-batch, always the head start's first
+    table = pa.table({"customer_id": [f"c{i}" for i in range(2000)],
+                      "x1": x1.astype(float), "x2": np.zeros(2000)})
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    scoring = _scoring(tmp_path, _failing_model(), tmp_path / "in.csv", "csv",
+                       mini_batch_size=700, retries=2, error_threshold=-1)
+    summary = Scorer(scoring, tmp_path / "jobs").run()
+    assert (summary.failed_mini_batches, summary.retries, summary.failed_rows) == (1, 2, 700)
+    errors = [json.loads(line) for line in _path(summary.errors).read_text().splitlines()]
+    assert errors[0]["row_id"] == 0 and errors[0]["attempts"] == 3
+    assert [e["row_id"] for e in errors] == list(range(700))
+    got = pcsv.read_csv(_path(summary.output))
+    assert got["row_id"].to_pylist() == list(range(700, 2000))
+
+
+def test_a_worker_killed_with_two_mini_batches_counts_one_attempt_and_loses_no_row(
+        tmp_path: Path) -> None:
+    """A worker holds the mini-batch it scores and the next; killed, the first counts as
+    a failed attempt (retried), the second comes back untried."""
+    import psutil
+
+    from mlinfra.batch.scoring import Scorer
+
+    model = _slow_model()
+    table = _table(140_000, seed=3)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    scoring = _scoring(tmp_path, model, tmp_path / "in.csv", "csv", mini_batch_size=7000,
+                       max_concurrency=2, retries=1)
+    killed: list[int] = []
+
+    def kill_a_worker() -> None:
+        # a worker (the fork server's child) that has spent CPU is scoring: it was sent
+        # two mini-batches at once when it became ready
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not killed:
+            for process in psutil.Process().children(recursive=True):
+                try:
+                    busy = process.ppid() != os.getpid() and sum(
+                        process.cpu_times()[:2]) > 0.1
+                except psutil.Error:
+                    continue
+                if busy:
+                    process.kill()
+                    killed.append(process.pid)
+                    break
+            time.sleep(0.005)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    summary = Scorer(scoring, tmp_path / "jobs").run()
+    killer.join()
+    assert killed, "no worker was killed"
+    assert (summary.scored_rows, summary.failed_rows, summary.retries) == (140_000, 0, 1)
+    _check_output(_path(summary.output), model, table)

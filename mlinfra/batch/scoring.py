@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mlinfra.batch.shards import JobFolder, read_json, write_json
+from mlinfra.batch.shards import JobFolder, csv_header, read_json, write_json
 from mlinfra.batch.source import fed_columns, header, mini_batches, numeric_types
 from mlinfra.batch.worker import ROW_ID, output_table
 from mlinfra.errors import MlinfraError
@@ -156,53 +157,49 @@ class _Task:
 
 
 class _Writer:
-    """The output, shard after shard in index order, to a temporary file."""
+    """The output, shard after shard in index order, to a temporary file: a CSV or JSON
+    lines shard's bytes are appended as they are (after a CSV header of `schema`'s
+    names); a Parquet shard is read and written as a row group."""
 
-    def __init__(self, path: Path, fmt: str) -> None:
-        self.path, self.fmt = path, fmt
+    def __init__(self, folder: JobFolder, path: Path, fmt: str, schema: pa.Schema) -> None:
+        self.folder, self.path, self.fmt = folder, path, fmt
         self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        self._writer: Any = None
+        self._parquet: Any = None
         self._file: Any = None
-        self.schema: pa.Schema | None = None
+        if fmt != "parquet":
+            self._file = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish)
+            if fmt == "csv":
+                self._file.write(csv_header(schema))
+        self.schema = schema
 
-    def write(self, table: pa.Table) -> None:
-        if self.schema is None:
-            self.schema = table.schema
-            self._open()
-        elif table.schema != self.schema:
-            table = table.cast(self.schema)
-        if self.fmt == "jsonl":
-            import orjson
-
-            for row in table.to_pylist():
-                self._file.write(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        else:
-            self._writer.write_table(table)
-
-    def _open(self) -> None:
-        assert self.schema is not None
-        if self.fmt == "parquet":
+    def append(self, index: int) -> None:
+        if self._file is not None:
+            self._file.write(self.folder.shard(index).read_bytes())
+            return
+        table = self.folder.read_shard(index)
+        if self._parquet is None:
             import pyarrow.parquet as pq
 
-            self._writer = pq.ParquetWriter(str(self.tmp), self.schema)
-        elif self.fmt == "csv":
-            import pyarrow.csv as pcsv
-
-            self._writer = pcsv.CSVWriter(str(self.tmp), self.schema,
-                                          write_options=pcsv.WriteOptions(
-                                              quoting_style="needed"))
-        else:
-            self._file = open(self.tmp, "wb")  # noqa: SIM115 (closed in finish)
+            # the shards' own schema: a kept column's type is known only from the data
+            self.schema = table.schema
+            self._parquet = pq.ParquetWriter(str(self.tmp), self.schema)
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        self._parquet.write_table(table)
 
     def finish(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
         if self._file is not None:
             self._file.close()
+        else:
+            if self._parquet is None:  # no row scored: the columns alone
+                import pyarrow.parquet as pq
+
+                self._parquet = pq.ParquetWriter(str(self.tmp), self.schema)
+            self._parquet.close()
         os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
-        for handle in (self._writer, self._file):
+        for handle in (self._parquet, self._file):
             if handle is not None:
                 handle.close()
         self.tmp.unlink(missing_ok=True)
@@ -225,9 +222,11 @@ class Scorer:
     def __init__(self, scoring: Scoring, jobs_root: Path,
                  on_progress: Callable[[Progress], None] = lambda _: None) -> None:
         self.scoring = scoring
-        self.folder = JobFolder(jobs_root / scoring.job_id)
+        self.folder = JobFolder(jobs_root / scoring.job_id, scoring.output.format if
+                                scoring.settings.output_action == "append_row" else "")
         self.on_progress = on_progress
         self.progress = Progress()
+        self.model: Any = None
 
     # --- what the job reads and writes ----------------------------------------------
 
@@ -267,7 +266,7 @@ class Scorer:
         empty = output_table(0, kept, model.output_names, [o[:1] for o in outputs],
                              model.labels, columns).slice(0, 0)
         numeric = numeric_types(fed, model.inputs)
-        del model
+        self.model = model  # scores while the workers start (_head_start)
         return fed, numeric, columns, empty.schema
 
     def _total_rows(self) -> int | None:
@@ -319,7 +318,7 @@ class Scorer:
             self.progress = Progress(total_rows=self._total_rows(), resumed=len(scored))
             started = time.monotonic()
             writer = None if s.settings.output_action == "summary_only" else _Writer(
-                output_path, s.output.format)
+                folder, output_path, s.output.format, schema)
             try:
                 failures = self._score(context, fed, numeric, columns, scored, writer,
                                        started)
@@ -329,10 +328,10 @@ class Scorer:
                 write_json(folder.manifest, {**read_json(folder.manifest),
                                              "status": "interrupted"})
                 raise
-            return self._finish(failures, writer, schema, started)
+            return self._finish(failures, writer, started)
 
     def _finish(self, failures: list[dict[str, Any]], writer: _Writer | None,
-                schema: pa.Schema, started: float) -> Summary:
+                started: float) -> Summary:
         s, folder, p = self.scoring, self.folder, self.progress
         folder.errors.unlink(missing_ok=True)
         with open(folder.errors, "w") if failures else _nowhere() as errors:
@@ -344,8 +343,6 @@ class Scorer:
         threshold = s.settings.error_threshold
         over = threshold != -1 and p.failed_rows > threshold
         if writer is not None and not over:
-            if writer.schema is None:
-                writer.write(schema.empty_table())
             writer.finish()
         elif writer is not None:
             writer.discard()
@@ -385,73 +382,104 @@ class Scorer:
         keep = list(s.output.keep)
         batches = mini_batches(s.input_path, s.input_format, settings.mini_batch_size,
                                numeric, keep)
-        concurrency = max(1, min(settings.max_concurrency,
-                                 self._most_mini_batches(len(numeric)) - len(scored)))
-        spec = {"parent": os.getpid(), "folder": str(folder.root), "model": s.model,
+        most = self._most_mini_batches(len(numeric)) - len(scored)
+        concurrency = max(1, min(settings.max_concurrency, most))
+        spec = {"parent": os.getpid(), "folder": str(folder.root), "shards": folder.suffix,
+                "model": s.model,
                 "version": s.version, "path": str(s.model_path), "sha256": s.model_sha256,
                 "threads": max(1, cores() // concurrency), "fed": fed, "keep": keep,
                 "columns": columns, "timeout_s": settings.timeout_s}
-        results: Any = context.Queue()
-        pool = _Pool(context, results, spec, concurrency)
-        retry: deque[_Task] = deque()
+        pool = _Pool(context, context.Queue(), spec, concurrency)
         failures: list[dict[str, Any]] = []
         resolved: dict[int, bool] = {}  # index -> scored (True) or failed (False)
+        backlog = _Backlog(_numbered(batches, settings.mini_batch_size), scored, p,
+                           resolved)
         next_out = 0
-        exhausted = False
-        source = _numbered(batches, settings.mini_batch_size)
         threshold = settings.error_threshold
+
+        def over() -> bool:
+            return threshold != -1 and p.failed_rows > threshold
 
         def advance() -> None:
             nonlocal next_out
             while next_out in resolved:
                 if resolved.pop(next_out) and writer is not None:
-                    writer.write(folder.read_shard(next_out))
+                    writer.append(next_out)
                 next_out += 1
+            self._report(started)
+
+        def settle(kind: str, task: _Task, message: str) -> None:
+            if kind == "again":
+                backlog.retry.appendleft(task)
+            elif kind == "done":
+                p.rows += task.batch.num_rows
+                p.mini_batches += 1
+                resolved[task.index] = True
+            elif task.attempts <= settings.retries:
+                p.retries += 1
+                backlog.retry.append(task)
+            else:
+                p.failed_mini_batches += 1
+                p.failed_rows += task.batch.num_rows
+                failure = {"index": task.index, "start": task.start,
+                           "rows": task.batch.num_rows, "attempts": task.attempts,
+                           "error": message}
+                write_json(folder.failed_record(task.index), failure)
+                failures.append(failure)
+                resolved[task.index] = False
 
         try:
+            if most > 1:
+                pool.start()
+            self._head_start(pool, backlog, spec, settle, advance)
+            if not backlog.empty:
+                pool.start()
+                pool.wait_started()
             while True:
-                over = threshold != -1 and p.failed_rows > threshold
-                while not over and pool.idle():
-                    task = retry.popleft() if retry else None
-                    while task is None and not exhausted:
-                        found = next(source, None)
-                        if found is None:
-                            exhausted = True
-                        elif found.index in scored:  # resumed: scored before the kill
-                            p.rows += found.batch.num_rows
-                            p.mini_batches += 1
-                            resolved[found.index] = True
-                        else:
-                            task = found
+                while not over() and pool.idle():
+                    task = backlog.take()
                     if task is None:
                         break
                     pool.send(task)
                 advance()
-                self._report(started)
-                if not pool.busy() and (exhausted or over) and not retry:
+                if not pool.busy() and (backlog.empty or over()):
                     break
                 for kind, task, message in pool.collect(settings.timeout_s):
-                    if kind == "done":
-                        p.rows += task.batch.num_rows
-                        p.mini_batches += 1
-                        resolved[task.index] = True
-                    elif task.attempts <= settings.retries:
-                        p.retries += 1
-                        retry.append(task)
-                    else:
-                        p.failed_mini_batches += 1
-                        p.failed_rows += task.batch.num_rows
-                        failure = {"index": task.index, "start": task.start,
-                                   "rows": task.batch.num_rows, "attempts": task.attempts,
-                                   "error": message}
-                        write_json(folder.failed_record(task.index), failure)
-                        failures.append(failure)
-                        resolved[task.index] = False
+                    settle(kind, task, message)
             advance()
-            self._report(started)
         finally:
             pool.close()
         return failures
+
+    def _head_start(self, pool: _Pool, backlog: _Backlog, spec: dict[str, Any],
+                    settle: Callable[[str, _Task, str], None],
+                    advance: Callable[[], None]) -> None:
+        """Scores mini-batches here, with the session that checked the columns, until a
+        worker is ready (an input of one mini-batch starts none). An attempt here
+        counts as any other; one that fails (or outlives the timeout, which nothing here
+        can stop) ends the head start, leaving what follows to the workers.
+
+        NOTE: the fork server's imports and the workers' start take a fifth of a second
+        or more, in which this process had nothing to do (benchmarks/batch.py, the
+        mlinfra rows: seconds; the start-up row)."""
+        from mlinfra.batch.worker import attempt
+
+        model, self.model = self.model, None
+        while model is not None:
+            if pool.started():
+                for item in pool.collect(0.0, wait=0.0):  # ready messages: none was sent
+                    settle(*item)
+                if pool.idle():
+                    return
+            task = backlog.take()
+            if task is None:
+                return
+            task.attempts += 1
+            why = attempt(model, self.folder, spec, task.index, task.start, task.batch)
+            settle("failed" if why else "done", task, why or "")
+            if why:
+                return
+            advance()
 
     def _report(self, started: float) -> None:
         self.progress.elapsed_s = time.monotonic() - started
@@ -471,9 +499,41 @@ def _workers_context() -> Any:
     from multiprocessing import forkserver
 
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mlinfra.batch.worker"])
+    context.set_forkserver_preload(["mlinfra.batch.forkserver", "mlinfra.batch.worker",
+                                     "onnxruntime"])
     forkserver.ensure_running()
     return context
+
+
+class _Backlog:
+    """The mini-batches still to score: those to try again first, then the input's next
+    ones, past those a killed run had scored (which count as scored)."""
+
+    def __init__(self, source: Iterator[_Task], scored: set[int], progress: Progress,
+                 resolved: dict[int, bool]) -> None:
+        self.source, self.scored, self.progress, self.resolved = (source, scored,
+                                                                  progress, resolved)
+        self.retry: deque[_Task] = deque()
+        self.exhausted = False
+
+    @property
+    def empty(self) -> bool:
+        return self.exhausted and not self.retry
+
+    def take(self) -> _Task | None:
+        if self.retry:
+            return self.retry.popleft()
+        while not self.exhausted:
+            found = next(self.source, None)
+            if found is None:
+                self.exhausted = True
+            elif found.index in self.scored:  # resumed: scored before the kill
+                self.progress.rows += found.batch.num_rows
+                self.progress.mini_batches += 1
+                self.resolved[found.index] = True
+            else:
+                return found
+        return None
 
 
 def _numbered(batches: Iterator[pa.RecordBatch], size: int) -> Iterator[_Task]:
@@ -491,19 +551,55 @@ def _compact(batch: pa.RecordBatch) -> pa.Buffer:
     return sink.getvalue()
 
 
+# Mini-batches a worker holds at once: the one it scores and the next, so it never
+# waits for the scorer between two. NOTE: with one, each worker was busy about half of
+# the scoring (benchmarks/batch.py, the mlinfra rows: seconds).
+DEPTH = 2
+
+
 class _Pool:
-    """The worker processes, each fed one task at a time through its own queue, so
-    the scorer knows which task each holds (for timeouts and deaths)."""
+    """The worker processes, each fed through its own queue, so the scorer knows which
+    tasks each holds: the first is being scored (since `since`), for timeouts and
+    deaths; the others wait behind it."""
 
     def __init__(self, context: Any, results: Any, spec: dict[str, Any], size: int) -> None:
         from mlinfra.batch.worker import main
 
         self.context, self.results, self.spec, self.main = context, results, spec, main
         self.workers: dict[int, tuple[Any, Any]] = {}  # pid -> (process, queue)
-        self.holding: dict[int, tuple[_Task, float]] = {}  # pid -> task, since
+        self.holding: dict[int, deque[_Task]] = {}  # pid -> its tasks, in order
+        self.since: dict[int, float] = {}  # pid -> when it began its first task
         self.ready: set[int] = set()
-        for _ in range(size):
-            self._start()
+        self.size = size
+        self._starter: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def start(self) -> None:
+        """Starts the workers, in the background (each start waits for the fork server,
+        which may still be importing); nothing once started."""
+        if self._starter is None:
+            self._starter = threading.Thread(target=self._start_all, daemon=True)
+            self._starter.start()
+
+    def _start_all(self) -> None:
+        try:
+            for _ in range(self.size):
+                self._start()
+        except BaseException as err:  # raised in the scorer's thread (started())
+            self._failed = err
+
+    def started(self) -> bool:
+        """Whether every worker was started (not necessarily ready yet)."""
+        if self._starter is None or self._starter.is_alive():
+            return False
+        if self._failed is not None:
+            raise self._failed
+        return True
+
+    def wait_started(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
+        self.started()
 
     def _start(self) -> None:
         tasks = self.context.Queue()
@@ -512,69 +608,89 @@ class _Pool:
         process.start()
         assert process.pid is not None
         self.workers[process.pid] = (process, tasks)
+        self.holding[process.pid] = deque()
 
     def idle(self) -> bool:
-        return any(pid not in self.holding for pid in self.ready)
+        return self.started() and any(len(self.holding[pid]) < DEPTH for pid in self.ready)
 
     def busy(self) -> bool:
-        return bool(self.holding)
+        return any(self.holding.values())
 
     def send(self, task: _Task) -> None:
-        pid = next(pid for pid in sorted(self.ready) if pid not in self.holding)
+        pid = min((pid for pid in self.ready if len(self.holding[pid]) < DEPTH),
+                  key=lambda pid: (len(self.holding[pid]), pid))
         task.attempts += 1
-        self.holding[pid] = (task, time.monotonic())
+        if not self.holding[pid]:
+            self.since[pid] = time.monotonic()
+        self.holding[pid].append(task)
         self.workers[pid][1].put((task.index, task.start, _compact(task.batch)))
 
-    def collect(self, timeout_s: float) -> list[tuple[str, _Task, str]]:
-        """What the workers finished (or failed) since the last call, waiting a little
-        for the first; a task past `timeout_s` or whose worker died is failed."""
+    def collect(self, timeout_s: float, wait: float = 0.2) -> list[tuple[str, _Task, str]]:
+        """What the workers finished (or failed) since the last call, waiting up to
+        `wait` for the first; a task past `timeout_s` or whose worker died is failed, and
+        the tasks waiting behind it come back as `again` (not tried, not counted). Only
+        once started()."""
         out: list[tuple[str, _Task, str]] = []
         try:
-            item = self.results.get(timeout=0.2)
+            item = self.results.get(timeout=wait) if wait else self.results.get_nowait()
             while True:
                 kind, _, _, message, _, pid = item
                 if kind == "ready":
                     self.ready.add(pid)
-                elif pid in self.holding:
-                    task, _ = self.holding.pop(pid)
-                    out.append((kind, task, message))
+                elif self.holding.get(pid):
+                    out.append((kind, self.holding[pid].popleft(), message))
+                    self.since[pid] = time.monotonic()
                 item = self.results.get_nowait()
         except queue.Empty:
             pass
         now = time.monotonic()
         for pid, (process, _) in list(self.workers.items()):
-            held = self.holding.get(pid)
-            late = held is not None and now - held[1] > timeout_s
+            held = self.holding[pid]
+            late = bool(held) and now - self.since[pid] > timeout_s
             if process.is_alive() and not late:
                 continue
-            if not process.is_alive() and pid not in self.ready and held is None:
+            if not process.is_alive() and pid not in self.ready and not held:
                 if process.exitcode is None:
                     continue
                 raise MlinfraError(f"a scoring worker could not start (exit code "
                                    f"{process.exitcode}): see the messages above")
             process.kill()
             process.join()
-            del self.workers[pid]
+            _abandon(self.workers[pid][1])
+            del self.workers[pid], self.holding[pid]
             self.ready.discard(pid)
-            if held is not None:
-                self.holding.pop(pid)
+            if held:
                 why = (f"timed out after {timeout_s:g}s" if late else
                        f"its worker died (exit code {process.exitcode})")
-                out.append(("failed", held[0], why))
+                out.append(("failed", held.popleft(), why))
+                for task in held:
+                    task.attempts -= 1
+                    out.append(("again", task, ""))
             self._start()
         return out
 
     def close(self) -> None:
+        if self._starter is not None:
+            self._starter.join()
         for process, tasks in self.workers.values():
             if process.is_alive():
                 tasks.put(None)
         deadline = time.monotonic() + 5
-        for process, _ in self.workers.values():
+        for process, tasks in self.workers.values():
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.kill()
                 process.join()
+            _abandon(tasks)
         self.results.close()
+
+
+def _abandon(tasks: Any) -> None:
+    """A worker's queue once the worker is gone: what it did not read is dropped. (A
+    queue's thread writes a mini-batch into its pipe in the background, and this
+    process would wait for it at exit, forever, once no worker reads the pipe.)"""
+    tasks.cancel_join_thread()
+    tasks.close()
 
 
 def render(summary: Summary) -> str:

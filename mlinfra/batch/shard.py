@@ -64,6 +64,7 @@ def stage(scoring: Scoring, root: Path) -> int:
         "model": scoring.model, "version": scoring.version,
         "sha256": scoring.model_sha256, "fed": fed, "keep": keep, "columns": columns,
         "mini_batch_size": scoring.settings.mini_batch_size, "shards": shards,
+        "shard_format": folder.suffix,
         "settings": asdict(scoring.settings), "schema": schema.to_string()})
     return shards
 
@@ -85,7 +86,7 @@ def assemble(scoring: Scoring, root: Path) -> Summary:
     source = pq.ParquetFile(folder.root / INPUT) if int(task.get("shards", 0)) else None
     started = time.monotonic()
     writer = None if scoring.settings.output_action == "summary_only" else _Writer(
-        folder.root / scoring.file_name, scoring.output.format)
+        folder, folder.root / scoring.file_name, scoring.output.format, schema)
     failures: list[dict[str, object]] = []
     with folder.locked():
         for index in range(int(task.get("shards", 0))):
@@ -93,7 +94,7 @@ def assemble(scoring: Scoring, root: Path) -> Summary:
             rows = source.metadata.row_group(index).num_rows
             if folder.shard(index).exists():
                 if writer is not None:
-                    writer.write(folder.read_shard(index))
+                    writer.append(index)
                 progress.rows += rows
                 progress.mini_batches += 1
                 continue
@@ -102,18 +103,18 @@ def assemble(scoring: Scoring, root: Path) -> Summary:
             failures.append({"index": index, "start": index * int(task["mini_batch_size"]),
                              "rows": rows, "attempts": scoring.settings.retries + 1,
                              "error": "its pod failed every attempt: see the Job's pods"})
-        return scorer._finish(failures, writer, schema, started)
+        return scorer._finish(failures, writer, started)
 
 
 def score_shards(root: Path, indexes: list[int], threads: int) -> list[int]:
     """Score `indexes` of the staged job at `root`; returns those that failed."""
     import pyarrow.parquet as pq
 
-    from mlinfra.batch.worker import feeds, output_table
+    from mlinfra.batch.worker import attempt
     from mlinfra.serving.model import LoadedModel
 
-    folder = JobFolder(root)
     task = read_json(root / TASK)
+    folder = JobFolder(root, str(task.get("shard_format", "arrow")))
     model = LoadedModel.load(task["model"], int(task["version"]), root / MODEL,
                              task["sha256"], threads)
     source = pq.ParquetFile(root / INPUT)
@@ -125,12 +126,11 @@ def score_shards(root: Path, indexes: list[int], threads: int) -> list[int]:
         try:
             batch = pa.Table.from_batches(
                 source.read_row_group(index).to_batches()).combine_chunks().to_batches()[0]
-            outputs = model.run(feeds(batch, task["fed"], model.input_specs))
-            kept = batch.select(task["keep"]) if task["keep"] else None
-            folder.write_shard(index, output_table(index * size, kept, model.output_names,
-                                                   outputs, model.labels, task["columns"]))
-        except Exception as err:  # reported; the Job's backoffLimitPerIndex retries it
-            print(f"mini-batch {index}: {type(err).__name__}: {err}", file=sys.stderr)
+            why = attempt(model, folder, task, index, index * size, batch)
+        except Exception as err:  # an unreadable row group
+            why = f"{type(err).__name__}: {err}"
+        if why is not None:  # reported; the Job's backoffLimitPerIndex retries it
+            print(f"mini-batch {index}: {why}", file=sys.stderr)
             failed.append(index)
     return failed
 

@@ -4,6 +4,11 @@ A shard's file is written beside its place and renamed into it, so it is whole o
 absent: the shards present are exactly the mini-batches scored, and a job killed at
 any instant resumes by scoring the others. A shard that failed all its attempts has a
 `.failed.json` record instead, which a resumed job tries again.
+
+A shard of a CSV or JSON lines output holds that output's own bytes for its rows (no
+header), so the output is the shards' bytes one after the other: the workers encode
+it, side by side, and the scorer only appends. A Parquet output's shards are Arrow
+files, read back and written as row groups.
 """
 
 from __future__ import annotations
@@ -40,11 +45,42 @@ def read_json(path: Path) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
-class JobFolder:
-    """Invariant: shards/NNNNNNNN.arrow exists only once shard N was scored in full."""
+def encode(table: pa.Table, fmt: str) -> bytes:
+    """`table`'s rows as CSV (quoted where needed, no header) or JSON lines."""
+    if fmt == "csv":
+        import pyarrow.csv as pcsv
 
-    def __init__(self, root: Path) -> None:
+        sink = pa.BufferOutputStream()
+        pcsv.write_csv(table, sink, pcsv.WriteOptions(include_header=False,
+                                                      quoting_style="needed"))
+        return bytes(sink.getvalue())
+    import orjson
+
+    return b"".join(orjson.dumps(row, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                    for row in table.to_pylist())
+
+
+def csv_header(schema: pa.Schema) -> bytes:
+    """The header line pyarrow writes for `schema`. (From a writer of the schema, not
+    of an empty table: making a table asks whether pandas is there, and importing it
+    costs a second.)"""
+    import pyarrow.csv as pcsv
+
+    sink = pa.BufferOutputStream()
+    pcsv.CSVWriter(sink, schema, write_options=pcsv.WriteOptions(
+        include_header=True, quoting_style="needed")).close()
+    return bytes(sink.getvalue())
+
+
+class JobFolder:
+    """Invariant: shards/NNNNNNNN.SUFFIX exists only once shard N was scored in full.
+
+    SUFFIX is the output's format for CSV and JSON lines (the shard is those bytes),
+    `arrow` for Parquet and for a summary only."""
+
+    def __init__(self, root: Path, output_format: str = "parquet") -> None:
         self.root = root
+        self.suffix = output_format if output_format in ("csv", "jsonl") else "arrow"
         self.shards = root / "shards"
         self.manifest = root / "job.json"
         self.summary = root / "summary.json"
@@ -74,7 +110,7 @@ class JobFolder:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def shard(self, index: int) -> Path:
-        return self.shards / f"{index:08d}.arrow"
+        return self.shards / f"{index:08d}.{self.suffix}"
 
     def failed_record(self, index: int) -> Path:
         return self.shards / f"{index:08d}.failed.json"
@@ -82,13 +118,17 @@ class JobFolder:
     def scored(self) -> set[int]:
         if not self.shards.is_dir():
             return set()
-        return {int(p.name[:8]) for p in self.shards.glob("*.arrow")}
+        return {int(p.name[:8]) for p in self.shards.glob(f"*.{self.suffix}")}
 
     def write_shard(self, index: int, table: pa.Table) -> None:
         target = self.shard(index)
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
+        if self.suffix == "arrow":
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(
+                    sink, table.schema) as writer:
+                writer.write_table(table)
+        else:
+            tmp.write_bytes(encode(table, self.suffix))
         os.replace(tmp, target)
 
     def read_shard(self, index: int) -> pa.Table:

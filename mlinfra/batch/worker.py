@@ -140,6 +140,28 @@ def _orphaned(scorer: int) -> None:
         time.sleep(0.2)
 
 
+def attempt(model: LoadedModel, folder: JobFolder, job: dict[str, Any], index: int,
+            start: int, batch: pa.RecordBatch) -> str | None:
+    """Scores mini-batch `index` (its first row is row `start`) into its shard; returns
+    None, or why it failed: the model's error, or that its call outlived the timeout
+    (late, though nothing stopped it: a timeout all the same, whenever the scorer looks
+    at it). `job`: the columns fed, kept and written, and the timeout."""
+    began = time.perf_counter()
+    try:
+        outputs = model.run(feeds(batch, job["fed"], model.input_specs))
+        timeout_s = float(job.get("timeout_s") or "inf")
+        if time.perf_counter() - began > timeout_s:
+            return f"timed out after {timeout_s:g}s"
+        keep = job["keep"]
+        kept = batch.select(keep) if keep else None
+        folder.write_shard(index, output_table(start, kept, model.output_names, outputs,
+                                               model.labels, job["columns"]))
+    except Exception as err:  # the model failed on these rows: the scorer decides
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"{type(err).__name__}: {message}"[:500]
+    return None
+
+
 def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     """The worker's loop: (index, start row, batch) in, ("done"|"failed", ...) out."""
     import onnxruntime as ort
@@ -149,13 +171,9 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     ort.set_default_logger_severity(4)
     parent = int(spec["parent"])
     threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
-    folder = JobFolder(Path(spec["folder"]))
+    folder = JobFolder(Path(spec["folder"]), spec["shards"])
     model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
                              spec["sha256"], int(spec["threads"]))
-    fed: dict[str, list[str]] = spec["fed"]
-    keep: list[str] = spec["keep"]
-    columns: list[str] = spec["columns"]
-    timeout_s = float(spec.get("timeout_s") or "inf")
     results.put(("ready", -1, 0, "", 0.0, os.getpid()))
     while True:
         try:
@@ -167,24 +185,6 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
         index, start, payload = task
         batch = pa.ipc.open_stream(payload).read_next_batch()
         began = time.perf_counter()
-        try:
-            outputs = model.run(feeds(batch, fed, model.input_specs))
-            if time.perf_counter() - began > timeout_s:
-                # Late, though the scorer has not stopped it yet: a timeout all the
-                # same, whatever instant the scorer looks at it.
-                results.put(("failed", index, batch.num_rows,
-                             f"timed out after {timeout_s:g}s",
-                             time.perf_counter() - began, os.getpid()))
-                continue
-            kept = batch.select(keep) if keep else None
-            table = output_table(start, kept, model.output_names, outputs, model.labels,
-                                 columns)
-            folder.write_shard(index, table)
-        except Exception as err:  # the model failed on these rows: the scorer decides
-            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            results.put(("failed", index, batch.num_rows,
-                         f"{type(err).__name__}: {message}"[:500],
-                         time.perf_counter() - began, os.getpid()))
-            continue
-        results.put(("done", index, batch.num_rows, "", time.perf_counter() - began,
-                     os.getpid()))
+        why = attempt(model, folder, spec, index, start, batch)
+        results.put(("failed" if why else "done", index, batch.num_rows, why or "",
+                     time.perf_counter() - began, os.getpid()))
