@@ -133,6 +133,10 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
 
     # the alias moves back: that scoring was done, and is not done again
     assert cli("models", "alias", "scorer@champion", "1").code == 0
+    plan = cli("plan")
+    assert ("# batchscore.daily-scores will take daily-scores:1 again, scorer:1 over "
+            "daily:1 scored before") in plan.out
+    assert "(scorer@champion moved 2 -> 1)" in plan.out
     applied = cli("apply", "--auto-approve")
     assert "was scored before (daily-scores:1): not scored again" in applied.out
     assert _scores(cli)["version"] == 1

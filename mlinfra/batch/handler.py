@@ -224,7 +224,7 @@ class BatchScoreHandler(BaseHandler):
         deployment = deployments.get(str(res.spec["deployment"]))
         ref = Ref.parse(str(deployment["model"])) if deployment else None
         scored = str(state.outputs.get("model") or "")
-        if ref is None or not scored:
+        if ref is None or not scored or deployment is None:
             return Observed()
         try:
             now = ModelRegistry(ctx.writer).resolve(ref.name, ref.version, ref.alias)
@@ -233,8 +233,25 @@ class BatchScoreHandler(BaseHandler):
         if now.ref == scored:
             return Observed()
         before = scored.rpartition(":")[2]
-        return Observed(True, f"{ref} moved {before} -> {now.version}: it scored {scored}, "
-                        f"{ref} is {now.ref} now", update=True)
+        message = f"{ref} moved {before} -> {now.version}: it scored {scored}, {ref} is " \
+            f"{now.ref} now"
+        kept = self._kept_for(ctx, res, endpoint, deployment, now)
+        if kept is not None:  # the alias moved back: apply takes that version again
+            message += (f"; {now.ref} over {kept['input']} was scored before: "
+                        f"{state.name}:{kept['version']}")
+        return Observed(True, message, update=True)
+
+    def _kept_for(self, ctx: Context, res: Resource, endpoint: Resource,
+                  deployment: dict[str, Any], model: ModelVersion) -> dict[str, Any] | None:
+        """The version of the output that `model` gave for the input as it is now, if
+        one was scored (and is kept): what apply takes instead of scoring again."""
+        data = Resolver(ctx).data(res, str(res.spec["data"]))
+        try:
+            job = scoring(ctx, endpoint, deployment, model, data.path,
+                          data_format(ctx, data.name), data.label, data.sha256, res.address)
+        except ProviderError:  # its file is gone: scored again, or refused, by apply
+            return None
+        return self._scored_before(ctx, res.name, job.job_id)
 
 
 def _in_containers(ctx: Context, job: Scoring, launcher: ScoringLauncher, address: str

@@ -81,10 +81,16 @@ def _scoring(change: Change) -> tuple[str, str]:
         reasons.append(f"model {before.get('model')} -> {after.get('model')}")
     if before and before.get("model_source") != after.get("model_source") and not reasons:
         reasons.append(f"{model} may name a new version after this apply")
-    return f"score {after.get('input')} with {model}", "; ".join(reasons) or change.reason
+    why = "; ".join(reasons) or change.reason
+    kept = _KEPT.search(change.reason)
+    if kept:  # that model scored that data before: taken again, not scored
+        return (f"take {kept.group(1)} again, {model} over {after.get('input')} scored "
+                "before", why)
+    return f"score {after.get('input')} with {model}", why
 
 
 _MOVED = re.compile(r"(\S+ moved \S+ -> \S+): it scored \S+, \S+ is (\S+) now")
+_KEPT = re.compile(r"; \S+ over \S+ was scored before: (\S+)$")
 
 
 def summary_line(plan: Plan) -> str:
