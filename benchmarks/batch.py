@@ -4,9 +4,9 @@ the same model and the same files, in the same run.
 The quickstart's model (its training script's pipeline: StandardScaler + logistic
 regression, ONNX with feature names) scores a table of the quickstart's five feature
 columns, as CSV and as Parquet, of --rows rows (default 1,000,000). Each contender runs
-in its own process, twice: once alone, for the wall clock and the CPU time of its
-process tree, and once sampled every 50 ms for its peak memory (the largest sum of the
-memory of the process and its children).
+in its own process: --repeat times alone (default 3; the median is reported), for the
+wall clock and the CPU time of its process tree, then once sampled every 50 ms for its
+peak memory (the largest sum of the memory of the process and its children).
 
 - mlinfra: `mlinfra.batch` (the deployment's defaults: mini-batches of 10,000 rows,
   max_concurrency = the cores), output CSV with row_id;
@@ -104,27 +104,20 @@ def make_table(rows: int, csv_path: Path, parquet_path: Path) -> None:
             done += n
 
 
+REPEAT = 3  # timed runs of each contender: its median is reported (--repeat)
+
+
 def measure(command: list[str], env: dict[str, str] | None = None,
             fresh: Callable[[], None] = lambda: None) -> tuple[float, float, float, float]:
-    """(seconds, CPU seconds, peak PSS MB, peak RSS MB) of running `command`, from two
-    runs (`fresh` is called before each): one alone, for its seconds and CPU seconds
-    (user + system of every process of its tree, counted by the kernel as each exits),
-    and one sampled every 50 ms for its memory. (Sampling memory reads each process's
-    smaps: on two cores the sampler took CPU from a contender that uses both.) PSS counts
-    a page shared by several processes (a library each maps) once in all; the sum of
-    RSS counts it in each."""
-    fresh()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    _, err = proc.communicate()
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
-    _reap_orphans()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    """(seconds, CPU seconds, peak PSS MB, peak RSS MB) of running `command`: the median
+    of REPEAT runs alone, for its seconds and CPU seconds (user + system of every
+    process of its tree, counted by the kernel as each exits), then one run sampled
+    every 50 ms for its memory (`fresh` is called before each). Sampling memory reads
+    each process's smaps: on two cores the sampler took CPU from a contender that uses
+    both. PSS counts a page shared by several processes (a library each maps) once in
+    all; the sum of RSS counts it in each."""
+    timed = sorted(_timed(command, env, fresh) for _ in range(REPEAT))
+    elapsed, cpu = timed[len(timed) // 2]
     fresh()
     sampled = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
@@ -142,6 +135,22 @@ def measure(command: list[str], env: dict[str, str] | None = None,
         time.sleep(0.05)
     _reap_orphans()
     return elapsed, cpu, peak[0] / 2**20, peak[1] / 2**20
+
+
+def _timed(command: list[str], env: dict[str, str] | None,
+           fresh: Callable[[], None]) -> tuple[float, float]:
+    fresh()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate()
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    _reap_orphans()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def _become_subreaper() -> None:
@@ -256,12 +265,16 @@ mlflow.onnx.save_model(model, sys.argv[2])
 
 
 def main() -> None:
+    global REPEAT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--big", type=int, default=10_000_000,
                         help="rows of the memory check (0: skip it)")
     parser.add_argument("--no-mlflow", action="store_true")
+    parser.add_argument("--repeat", type=int, default=REPEAT,
+                        help="timed runs of each contender; the median is reported")
     args = parser.parse_args()
+    REPEAT = max(1, args.repeat)
     _become_subreaper()
     WORK.mkdir(parents=True, exist_ok=True)
     model = WORK / "fraud.onnx"
