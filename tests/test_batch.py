@@ -357,6 +357,27 @@ def test_bad_input_is_named_before_any_row_is_scored(
     assert pinned.code == 1 and "has no deployment 'other'" in pinned.err
 
 
+def test_text_in_a_number_field_of_json_lines_is_named_with_its_row(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    """pyarrow infers a JSON lines block's types and fails on a field holding a number on
+    one line and text on the next: the value and its row are named all the same, in the
+    first block as further on, and a JSON string spelling a number is not a number."""
+    batch_project()
+    _applied_with_champion(cli)
+    lines = [json.dumps({"x1": 1.0, "x2": float(i), "customer_id": f"c{i}"})
+             for i in range(30_000)]
+    for name, row, value in [("first.jsonl", 2, "oops"), ("later.jsonl", 25_000, "oops"),
+                             ("quoted.jsonl", 1, "3")]:
+        bad = list(lines)
+        bad[row] = json.dumps({"x1": 1.0, "x2": value, "customer_id": "c"})
+        (tmp_path / name).write_text("\n".join(bad) + "\n")
+        text = cli("batch", "invoke", "nightly", "--input", str(tmp_path / name))
+        assert text.code == 1
+        assert (f"{name}: column x2: row {row + 1} (row_id {row}) holds {value!r}, not a "
+                "number") in text.err, text.err
+        assert "Traceback" not in text.err
+
+
 def test_validate_names_file_line_and_field(project: Callable[..., Path],
                                             cli: Callable[..., Result]) -> None:
     project({"batch.yaml": ENDPOINT.replace("default: main", "default: mian").replace(

@@ -56,6 +56,13 @@ def header(path: Path, fmt: str) -> list[str]:
     try:
         return list(_open(path, fmt, {}, None).schema.names)
     except pa.ArrowException as err:
+        if fmt == "jsonl":
+            # NOTE: pyarrow infers the first block's types, and fails on a field that
+            # holds a number on one line and text on another: the names are read
+            # here, and the scoring names the value that is not a number
+            names = _jsonl_names(path)
+            if names is not None:
+                return names
         raise BatchInputError(f"{path}: cannot be read as {fmt}: {_first_line(err)}") from None
 
 
@@ -207,11 +214,7 @@ def _explain(path: Path, fmt: str, numeric: dict[str, pa.DataType], rows: int,
             reader = _open(path, fmt, {}, [column])
             values: Iterator[pa.Array] = (b.column(0) for b in reader)
         else:
-            import pyarrow.json as pjson
-
-            reader = pjson.open_json(path, read_options=pjson.ReadOptions(block_size=_BLOCK))
-            values = (b.column(b.schema.get_field_index(column)).cast(pa.string())
-                      for b in reader)
+            values = _jsonl_values(path, column)
         try:
             _raise_first_bad(path, column, values, "")
         except pa.ArrowInvalid:
@@ -220,13 +223,60 @@ def _explain(path: Path, fmt: str, numeric: dict[str, pa.DataType], rows: int,
                           f"{_first_line(err)}") from None
 
 
+def _jsonl_names(path: Path) -> list[str] | None:
+    """The fields of the lines of a JSON lines file's first block, in order of first
+    appearance; None when a line there is not a JSON object."""
+    import json
+
+    names: dict[str, None] = {}
+    with open(path, "rb") as file:
+        block = file.read(_BLOCK)
+        whole = not file.read(1)
+    lines = block.splitlines()
+    for line in lines if whole or len(lines) == 1 else lines[:-1]:  # not a cut line
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            return None
+        if not isinstance(row, dict):
+            return None
+        names.update(dict.fromkeys(row))
+    return list(names)
+
+
+def _jsonl_values(path: Path, column: str) -> Iterator[pa.Array]:
+    """A JSON lines field's values, a line each (None where a line lacks it or holds
+    ""), as text; a JSON string is text even when it spells a number ('"3"')."""
+    import json
+
+    chunk: list[str | None] = []
+    with open(path, "rb") as file:
+        for line in file:
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line).get(column)
+            except (ValueError, AttributeError):  # not an object: pyarrow's error says
+                return
+            chunk.append(None if value in (None, "") else f"\x00{value}" if isinstance(
+                value, str) else json.dumps(value))
+            if len(chunk) == 10_000:
+                yield pa.array(chunk, pa.string())
+                chunk = []
+    if chunk:
+        yield pa.array(chunk, pa.string())
+
+
 def _raise_first_bad(path: Path, column: str, chunks: Iterator[pa.Array], what: str) -> None:
     offset = 0
     for chunk in chunks:
         for i, value in enumerate(chunk.to_pylist()):
             if not _number(value):
                 where = f"row {offset + i + 1} (row_id {offset + i})"
-                shown = "is empty" if value in (None, "") else f"holds {str(value)[:40]!r}"
+                shown = "is empty" if value in (None, "") else \
+                    f"holds {str(value).removeprefix(chr(0))[:40]!r}"
                 raise BatchInputError(f"{path}: column {column}{' ' + what if what else ''}"
                                       f": {where} {shown}, not a number")
         offset += len(chunk)
@@ -237,6 +287,8 @@ def _number(value: Any) -> bool:
         return isinstance(value, bool)
     if isinstance(value, int | float):
         return True
+    if str(value).startswith("\x00"):  # a JSON string (_jsonl_values)
+        return False
     try:
         float(str(value))
     except ValueError:
