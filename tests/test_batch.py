@@ -525,6 +525,29 @@ def test_every_output_format_is_the_shards_in_order_with_one_header(
     assert not (out.parent / "shards").exists()  # removed once the output is whole
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_kept_column_the_model_reads_is_kept_and_scored(tmp_path: Path, fmt: str) -> None:
+    """keep_input_columns may name a column the model reads: a CSV input's is read once,
+    as a number (it was read twice, and every mini-batch failed on the duplicate)."""
+    import dataclasses
+
+    from mlinfra.batch.scoring import Output, Scorer
+
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(1500)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    scoring = dataclasses.replace(
+        _scoring(tmp_path, model, tmp_path / "in.csv", fmt, mini_batch_size=700),
+        output=Output(format=fmt, keep=("customer_id", "x1")))
+    summary = Scorer(scoring, tmp_path / "jobs").run()
+    assert (summary.scored_rows, summary.failed_rows) == (1500, 0)
+    out = _path(summary.output)
+    got = pcsv.read_csv(out) if fmt == "csv" else pq.read_table(out)
+    assert got.column_names[:3] == ["row_id", "customer_id", "x1"]
+    np.testing.assert_allclose(got["x1"].to_numpy(), table["x1"].to_numpy())
+    assert got["label"].to_pylist() == _expected(model, table)["label"].tolist()
+
+
 def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlinfra.batch import scoring as module

@@ -258,14 +258,15 @@ class Scorer:
                                f"{s.model}:{s.version} ({model.output_names}) nor a kept "
                                "input column")
         columns = list(s.output.columns) or [ROW_ID, *s.output.keep, *model.output_names]
-        kept_types = {c: pa.string() for c in s.output.keep} if s.input_format == "csv" \
-            else {}
+        numeric = numeric_types(fed, model.inputs)
+        # a CSV's kept columns are text, but for those the model reads: numbers
+        kept_types = {c: numeric.get(c, pa.string()) for c in s.output.keep} \
+            if s.input_format == "csv" else {}
         kept = pa.RecordBatch.from_arrays(
             [pa.array([None], type=kept_types.get(c, pa.null())) for c in s.output.keep],
             names=list(s.output.keep)) if s.output.keep else None
         empty = output_table(0, kept, model.output_names, [o[:1] for o in outputs],
                              model.labels, columns).slice(0, 0)
-        numeric = numeric_types(fed, model.inputs)
         self.model = model  # scores while the workers start (_head_start)
         return fed, numeric, columns, empty.schema
 

@@ -112,8 +112,10 @@ def _open(path: Path, fmt: str, numeric: dict[str, pa.DataType],
     if fmt == "csv":
         import pyarrow.csv as pcsv
 
-        include = None if text is None else [*numeric, *text]
-        types = {**numeric, **{c: pa.string() for c in text or ()}}
+        # a kept column the model reads is read once, as a number
+        include = None if text is None else [*numeric, *[c for c in text
+                                                         if c not in numeric]]
+        types = {**{c: pa.string() for c in text or ()}, **numeric}
         return pcsv.open_csv(path, read_options=pcsv.ReadOptions(block_size=_BLOCK),
                              convert_options=pcsv.ConvertOptions(
                                  column_types=types, include_columns=include))
