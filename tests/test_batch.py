@@ -152,6 +152,21 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
     assert "No changes" in cli("plan").out
 
 
+def test_plan_says_which_setting_of_a_scoring_changed(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """A new mini-batch size is a new job (its shards): scored again, and plan says so,
+    not that the output's form changed."""
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    assert cli("apply", "--auto-approve").code == 0
+    (root / "batch.yaml").write_text(ENDPOINT.replace("mini_batch_size: 700",
+                                                      "mini_batch_size: 500"))
+    plan = cli("plan")
+    assert "(mini_batch_size 700 -> 500)" in plan.out, plan.out
+    (root / "batch.yaml").write_text(ENDPOINT.replace("format: csv", "format: parquet"))
+    assert "(the output's form changed)" in cli("plan").out
+
+
 def _scores(cli: Callable[..., Result]) -> dict[str, object]:
     found: dict[str, object] = json.loads(cli("output", "batchscore.daily-scores", "--json"
                                               ).out)["batchscore.daily-scores"]

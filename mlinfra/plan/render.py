@@ -63,6 +63,18 @@ def _change_lines(change: Change) -> list[Line]:
     return lines
 
 
+def _scoring_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What changed in a scoring's settings: the output's form, or the mini-batch size
+    (the job's shards: its output is scored again)."""
+    said = []
+    if before.get("output") != after.get("output"):
+        said.append("the output's form changed")
+    for key in sorted((set(before) | set(after)) - {"output"}):
+        if before.get(key) != after.get(key):
+            said.append(f"{key} {before.get(key, 'default')} -> {after.get(key, 'default')}")
+    return said or ["the output's form changed"]
+
+
 def _scoring(change: Change) -> tuple[str, str]:
     """A declared scoring says what it will score with what, and why: "will score
     transactions:8 with fraud:3" (fraud@champion moved 2 -> 3)."""
@@ -76,7 +88,8 @@ def _scoring(change: Change) -> tuple[str, str]:
     if before and before.get("input") != after.get("input"):
         reasons.append(f"new data: {before.get('input')} -> {after.get('input')}")
     if before and before.get("scoring") != after.get("scoring"):
-        reasons.append("the output's form changed")
+        reasons.extend(_scoring_changes(before.get("scoring") or {},
+                                        after.get("scoring") or {}))
     if before and before.get("model") != after.get("model"):
         reasons.append(f"model {before.get('model')} -> {after.get('model')}")
     if before and before.get("model_source") != after.get("model_source") and not reasons:
