@@ -563,6 +563,56 @@ def test_a_kept_column_the_model_reads_is_kept_and_scored(tmp_path: Path, fmt: s
     assert got["label"].to_pylist() == _expected(model, table)["label"].tolist()
 
 
+def _two_inputs_model() -> bytes:
+    """y = x1 + 2 x2 from two inputs named as the columns, an output of shape [N, 1]."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", ["x2", "two"], ["x2x2"]),
+             helper.make_node("Add", ["x1", "x2x2"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "axis"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "sum",
+        [helper.make_tensor_value_info("x1", TensorProto.FLOAT, [None]),
+         helper.make_tensor_value_info("x2", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+        [helper.make_tensor("two", TensorProto.FLOAT, [], [2.0]),
+         helper.make_tensor("axis", TensorProto.INT64, [1], [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_inputs_by_name_a_column_output_zipmap_labels_and_kept_text(tmp_path: Path) -> None:
+    """Columns by name to a model's inputs; an output of shape [N, 1] is one column; a
+    ZipMap's labels name the probability columns; a CSV's kept column is its text."""
+    import onnx
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from mlinfra.batch.scoring import Scorer
+
+    (tmp_path / "in.csv").write_text(
+        "customer_id,x2,x1\n007,1,0.5\n0.50,-2,3\n\"a,b\",0,0\n")
+    summary = Scorer(_scoring(tmp_path, _two_inputs_model(), tmp_path / "in.csv", "csv"),
+                     tmp_path / "jobs").run()
+    assert _path(summary.output).read_text().splitlines() == [
+        '"row_id","customer_id","y"', '0,"007",2.5', '1,"0.50",-1', '2,"a,b",0']
+
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    fitted = LogisticRegression().fit(x, np.where(x[:, 0] > 0, "yes", "no"))
+    proto = to_onnx(fitted, x[:1], target_opset=17)
+    model = _named(proto.SerializeToString(), ["x1", "x2"])
+    (tmp_path / "clf").mkdir()
+    summary = Scorer(_scoring(tmp_path / "clf", model, tmp_path / "in.csv", "parquet"),
+                     tmp_path / "jobs").run()
+    got = pq.read_table(_path(summary.output))
+    assert got.column_names == ["row_id", "customer_id", "output_label",
+                                "output_probability_no", "output_probability_yes"]
+    assert got["customer_id"].to_pylist() == ["007", "0.50", "a,b"]
+    assert got["output_label"].to_pylist() == ["yes", "yes", "no"]
+    assert onnx.load_from_string(model).graph.output[1].name == "output_probability"
+
+
 def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlinfra.batch import scoring as module
