@@ -116,6 +116,11 @@ def test_a_scoring_on_kubernetes_is_an_indexed_job(quickstart: Path, tmp_path: P
     unbounded = scoring_job(config, "s", "j", folder, "img", 1,
                             {**settings, "error_threshold": -1}, None, "claim", artifacts)
     assert "maxFailedIndexes" not in unbounded.body["spec"]
+    # the API server refuses more failed indexes than completions
+    lenient = scoring_job(config, "s", "j", folder, "img", 42,
+                          {**settings, "error_threshold": 10_000_000}, None, "claim",
+                          artifacts)
+    assert lenient.body["spec"]["maxFailedIndexes"] == 42
 
 
 def test_a_scoring_on_docker_is_one_container_run_to_completion(

@@ -714,7 +714,12 @@ def scoring_job(config: Config, score: str, job_id: str, folder: Path, image: st
                                   "persistentVolumeClaim": {"claimName": claim}}]}}}
     threshold = int(settings.get("error_threshold", 0))
     if threshold != -1:
-        spec["maxFailedIndexes"] = threshold // int(settings.get("mini_batch_size", 10000))
+        # NOTE: Kubernetes refuses a Job whose maxFailedIndexes passes its completions
+        # or 100,000 (a rule of its API server, in no schema), as a threshold of more
+        # rows than the input has would give
+        spec["maxFailedIndexes"] = min(
+            threshold // int(settings.get("mini_batch_size", 10000)), spec["completions"],
+            100_000)
     meta = _meta(config, name, owner, run=job_id)
     timeout = float(settings.get("timeout_s", 600))
     waves = math.ceil(max(1, shards) / spec["parallelism"]) * (spec["backoffLimitPerIndex"] + 1)
