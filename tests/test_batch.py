@@ -315,9 +315,12 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
     table = pa.table({"customer_id": [f"c{i}" for i in range(rows)], "x1": x1.astype(float),
                       "x2": np.zeros(rows)})
     pcsv.write_csv(table, tmp_path / "in.csv")
-    failed = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"))
+    failed = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
     assert failed.code == 1
     assert "600 rows failed, more than error_threshold 0" in failed.err
+    stopped = json.loads(failed.out)  # --json: the summary for a machine, failed or not
+    assert (stopped["status"], stopped["failed_rows"], stopped["output"]) == (
+        "failed", 600, None)
     assert "1 failed, 1 retries" in failed.err  # tried twice (retries: 1)
     folder = next((root / ".mlinfra" / "dev" / "workspaces" / "ws" / "batch" / "jobs"
                    ).iterdir())

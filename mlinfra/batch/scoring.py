@@ -36,7 +36,12 @@ ACTIONS = ("append_row", "summary_only")
 
 
 class BatchFailed(MlinfraError):
-    """The job stopped: more failed rows than its error threshold allows."""
+    """The job stopped: more failed rows than its error threshold allows. `summary`:
+    the job's, as it stopped."""
+
+    def __init__(self, message: str, summary: Summary | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary
 
 
 @dataclass(frozen=True)
@@ -368,7 +373,8 @@ class Scorer:
                                      "finished_at": time.time(), "rows": summary.rows,
                                      "failed_rows": p.failed_rows})
         if over:
-            raise BatchFailed(f"batch job {s.job_id}: {message}\n" + render(summary))
+            raise BatchFailed(f"batch job {s.job_id}: {message}\n" + render(summary),
+                              summary)
         if folder.shards.is_dir():
             folder.remove_shards()
         return summary

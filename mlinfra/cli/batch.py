@@ -35,7 +35,7 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
         resolve_model,
         scoring,
     )
-    from mlinfra.batch.scoring import Scorer, render
+    from mlinfra.batch.scoring import BatchFailed, Scorer, render
 
     address = f"batchendpoint.{args.name}"
     endpoint = ctx.config.get("BatchEndpoint", args.name)
@@ -52,7 +52,12 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
     job = scoring(ctx, endpoint, deployment, model, path, fmt, label, sha, address)
     _check_output_name(args.output, job.output.format, endpoint.name)
     with _ProgressBar(f"{model.ref} over {label}") as bar:
-        summary = Scorer(job, jobs_root(ctx), bar.update).run()
+        try:
+            summary = Scorer(job, jobs_root(ctx), bar.update).run()
+        except BatchFailed as err:
+            if args.json and err.summary is not None:  # the machine's summary too
+                echo(json.dumps(err.summary.to_json(), indent=2))
+            raise
     if args.output and summary.output:
         _deliver(Path(summary.output), Path(args.output))
         summary.output = str(Path(args.output))
