@@ -357,6 +357,8 @@ def test_bad_input_is_named_before_any_row_is_scored(
     assert text.code == 1
     assert "column x2: row 3 (row_id 2) holds 'oops', not a number" in text.err
     assert "Traceback" not in text.err
+    listed = json.loads(cli("batch", "jobs", "--json").out)
+    assert [j["status"] for j in listed if j["input"].endswith("text.csv")] == ["bad input"]
     (tmp_path / "hole.csv").write_text("x1,x2,customer_id\n1,2,a\n3,,b\n")
     hole = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "hole.csv"))
     assert hole.code == 1 and "column x2: row 2 (row_id 1) is empty" in hole.err

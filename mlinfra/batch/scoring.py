@@ -27,7 +27,13 @@ import numpy as np
 import pyarrow as pa
 
 from mlinfra.batch.shards import JobFolder, csv_header, read_json, write_json
-from mlinfra.batch.source import fed_columns, header, mini_batches, numeric_types
+from mlinfra.batch.source import (
+    BatchInputError,
+    fed_columns,
+    header,
+    mini_batches,
+    numeric_types,
+)
 from mlinfra.batch.worker import ROW_ID, output_table
 from mlinfra.errors import MlinfraError
 
@@ -328,11 +334,14 @@ class Scorer:
             try:
                 failures = self._score(context, fed, numeric, columns, scored, writer,
                                        started)
-            except BaseException:
+            except BaseException as err:
                 if writer is not None:
                     writer.discard()
-                write_json(folder.manifest, {**read_json(folder.manifest),
-                                             "status": "interrupted"})
+                # a value that is not a number: the input must change, a new job
+                bad = err.message if isinstance(err, BatchInputError) else None
+                write_json(folder.manifest, {**read_json(folder.manifest), "status":
+                                             "interrupted" if bad is None else "bad input",
+                                             **({"error": bad} if bad else {})})
                 raise
             return self._finish(failures, writer, started)
 
