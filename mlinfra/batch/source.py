@@ -162,12 +162,16 @@ def _batches(path: Path, fmt: str, numeric: dict[str, pa.DataType], text: Sequen
 
         file = pq.ParquetFile(path)
         schema = file.schema_arrow
-        for column in numeric:
+        for column, wanted in numeric.items():
             have = schema.field(column).type
-            if not (pa.types.is_integer(have) or pa.types.is_floating(have)
-                    or pa.types.is_boolean(have)):
+            whole = pa.types.is_integer(wanted) and not pa.types.is_integer(have)
+            if whole or not (pa.types.is_integer(have) or pa.types.is_floating(have)
+                             or pa.types.is_boolean(have)):
+                # NOTE: a float column fed to an integer input is read once more, whole
+                # numbers checked, before pyarrow's cast would fail naming no row
                 _raise_first_bad(path, column, (b.column(0) for b in file.iter_batches(
-                    batch_size=size, columns=[column])), f"of type {have}")
+                    batch_size=size, columns=[column])), f"of type {have}",
+                    whole=pa.types.is_integer(wanted))
         for batch in file.iter_batches(batch_size=size, columns=columns):
             yield _cast(batch, numeric)
         return
@@ -218,7 +222,8 @@ def _explain(path: Path, fmt: str, numeric: dict[str, pa.DataType], rows: int,
         else:
             values = _jsonl_values(path, column)
         try:
-            _raise_first_bad(path, column, values, "")
+            _raise_first_bad(path, column, values, "",
+                             whole=pa.types.is_integer(numeric[column]))
         except pa.ArrowInvalid:
             continue
     raise BatchInputError(f"{path}: cannot be read as {fmt} after row {rows}: "
@@ -271,10 +276,19 @@ def _jsonl_values(path: Path, column: str) -> Iterator[pa.Array]:
         yield pa.array(chunk, pa.string())
 
 
-def _raise_first_bad(path: Path, column: str, chunks: Iterator[pa.Array], what: str) -> None:
+def _raise_first_bad(path: Path, column: str, chunks: Iterator[pa.Array], what: str,
+                     whole: bool = False) -> None:
+    """Raises BatchInputError naming the first value of `column` that is not a number
+    (`whole`: not an integer, for an integer input)."""
     offset = 0
     for chunk in chunks:
         for i, value in enumerate(chunk.to_pylist()):
+            if whole and _number(value) and not _whole(value):
+                raise BatchInputError(
+                    f"{path}: column {column}{' ' + what if what else ''}: row "
+                    f"{offset + i + 1} (row_id {offset + i}) holds "
+                    f"{str(value).removeprefix(chr(0))[:40]!r}, not an integer (the model's "
+                    "input takes integers)")
             if not _number(value):
                 where = f"row {offset + i + 1} (row_id {offset + i})"
                 shown = "is empty" if value in (None, "") else \
@@ -282,6 +296,20 @@ def _raise_first_bad(path: Path, column: str, chunks: Iterator[pa.Array], what: 
                 raise BatchInputError(f"{path}: column {column}{' ' + what if what else ''}"
                                       f": {where} {shown}, not a number")
         offset += len(chunk)
+
+
+def _whole(value: Any) -> bool:
+    """A number (see _number) that an integer input takes as it is: a float without a
+    fraction, or text spelling an integer."""
+    if isinstance(value, bool | int):
+        return True
+    if isinstance(value, float):
+        return value.is_integer()
+    try:
+        int(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _number(value: Any) -> bool:
