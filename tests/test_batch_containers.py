@@ -61,6 +61,24 @@ def test_staged_shards_scored_by_one_process_each_give_the_local_output(
     _check_output(Path(str(summary.output)), model, table, "parquet")
 
 
+def test_the_docker_container_scores_every_shard_with_all(tmp_path: Path) -> None:
+    """On docker one container runs `python -m mlinfra.batch.shard FOLDER --all`: every
+    shard, those already scored skipped."""
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(1000, seed=5)
+    pq.write_table(table, tmp_path / "in.parquet")
+    scoring = _scoring(tmp_path, model, tmp_path / "in.parquet")
+    assert stage(scoring, tmp_path / "jobs") == 3
+    folder = tmp_path / "jobs" / scoring.job_id
+    assert _pod(folder, 1).returncode == 0
+    done = subprocess.run([sys.executable, "-m", "mlinfra.batch.shard", str(folder), "--all"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = assemble(scoring, tmp_path / "jobs")
+    assert (summary.scored_rows, summary.failed_rows) == (1000, 0)
+    _check_output(Path(str(summary.output)), model, table, "parquet")
+
+
 def test_a_pod_whose_shard_fails_exits_non_zero_and_its_rows_count_as_failed(
         tmp_path: Path) -> None:
     rows = 1000
