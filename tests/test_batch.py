@@ -203,6 +203,9 @@ def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
                              "--input", "daily", "--json").out)
     assert (counted["scored_rows"], counted["output"]) == (3000, None)
     assert not list(Path(counted["folder"]).glob("predictions.*"))
+    nothing = cli("batch", "invoke", "nightly", "--deployment", "count", "--input", "daily",
+                  "--output", str(tmp_path / "count.csv"))
+    assert nothing.code == 1 and "has output_action: summary_only" in nothing.err
     jobs = json.loads(cli("batch", "jobs", "--json").out)
     assert sorted(j["input"] for j in jobs) == sorted(
         ["daily:1", "daily:1", str(tmp_path / "in.csv"), str(tmp_path / "in.parquet")])

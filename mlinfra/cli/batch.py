@@ -50,6 +50,10 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
                            "first")
     path, fmt, label, sha = input_of(ctx, args.input, address)
     job = scoring(ctx, endpoint, deployment, model, path, fmt, label, sha, address)
+    if args.output and job.settings.output_action == "summary_only":
+        raise MlinfraError(f"--output {args.output}: deployment {deployment['name']} of "
+                           f"{endpoint.name} has output_action: summary_only, and writes "
+                           "no scores: leave --output out, or use append_row")
     _check_output_name(args.output, job.output.format, endpoint.name)
     with _ProgressBar(f"{model.ref} over {label}") as bar:
         try:
