@@ -657,6 +657,24 @@ def test_a_fraction_fed_to_an_integer_input_is_named(tmp_path: Path, suffix: str
     assert done.scored_rows == 3
 
 
+def test_a_kept_column_a_csv_output_cannot_hold_is_named_before_scoring(
+        tmp_path: Path) -> None:
+    from mlinfra.batch.scoring import Scorer
+    from mlinfra.batch.source import BatchInputError
+
+    table = _table(100).set_column(1, "customer_id", pa.array([[i] for i in range(100)]))
+    pq.write_table(table, tmp_path / "in.parquet")
+    model = _named(onnx_model(), ["x1", "x2"])
+    with pytest.raises(BatchInputError) as raised:
+        Scorer(_scoring(tmp_path, model, tmp_path / "in.parquet", "csv"),
+               tmp_path / "jobs").run()
+    assert "keep_input_columns: column customer_id holds list<element: int64>, which a CSV " \
+        "output cannot" in raised.value.message
+    done = Scorer(_scoring(tmp_path, model, tmp_path / "in.parquet", "jsonl"),
+                  tmp_path / "jobs").run()
+    assert done.scored_rows == 100
+
+
 def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlinfra.batch import scoring as module

@@ -29,6 +29,7 @@ import pyarrow as pa
 from mlinfra.batch.shards import JobFolder, csv_header, read_json, write_json
 from mlinfra.batch.source import (
     BatchInputError,
+    check_kept_for_csv,
     fed_columns,
     header,
     mini_batches,
@@ -254,6 +255,8 @@ class Scorer:
             raise MlinfraError(f"{s.model}:{s.version}: {err}") from None
         fed = fed_columns(s.input_path, header(s.input_path, s.input_format), model.inputs,
                           model.features, s.output.keep)
+        if s.output.format == "csv" and s.settings.output_action == "append_row":
+            check_kept_for_csv(s.input_path, s.input_format, s.output.keep)
         probe = {i.name: np.zeros([1 if d is None else d for d in i.shape], i.dtype)
                  for i in model.inputs}
         outputs = model.run(probe)

@@ -66,6 +66,29 @@ def header(path: Path, fmt: str) -> list[str]:
         raise BatchInputError(f"{path}: cannot be read as {fmt}: {_first_line(err)}") from None
 
 
+def check_kept_for_csv(path: Path, fmt: str, keep: Sequence[str]) -> None:
+    """Raises BatchInputError naming a kept column a CSV output cannot hold: a list, a
+    struct or a map of a Parquet file, or of a JSON lines file's first block."""
+    if not keep or fmt == "csv":
+        return
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.ParquetFile(path).schema_arrow
+        else:
+            schema = _open(path, fmt, {}, None).schema
+    except (pa.ArrowException, OSError):
+        return  # the scoring names what it cannot read
+    for column in keep:
+        index = schema.get_field_index(column)
+        kind = schema.field(index).type if index >= 0 else None
+        if kind is not None and pa.types.is_nested(kind):
+            raise BatchInputError(f"{path}: keep_input_columns: column {column} holds "
+                                  f"{kind}, which a CSV output cannot: keep another column, "
+                                  "or write parquet or jsonl (output.format)")
+
+
 def fed_columns(path: Path, columns: Sequence[str], inputs: Sequence[TensorSpec],
                 features: Sequence[str] | None, keep: Sequence[str]) -> dict[str, list[str]]:
     """Each model input -> its columns, as the server maps a table's columns; raises
