@@ -463,7 +463,15 @@ def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(
         result = execute(session, plan(session))
         assert result.ok, (result.failed, result.skipped)
         scores = DataVersions(session.store).get("daily-scores")
-        assert scores is not None and scores.metadata["lineage"]["model"] == "scorer:1"
+        assert scores is not None
+        lineage = scores.metadata["lineage"]
+        daily = DataVersions(session.store).get("daily")
+        assert daily is not None
+        assert (lineage["model"], lineage["data"], lineage["endpoint"],
+                lineage["deployment"]) == ("scorer:1", "daily:1", "nightly", "main")
+        assert lineage["data_sha256"] == daily.sha256
+        assert (root / ".mlinfra" / "dev" / "workspaces" / "ws" / "batch" / "jobs" /
+                lineage["job"] / "job.json").is_file()
         assert ("data.version_created", "data.daily-scores") in {
             (e.type, e.subject) for _, e in session.store.events()}
     finally:
@@ -673,6 +681,29 @@ def test_a_kept_column_a_csv_output_cannot_hold_is_named_before_scoring(
     done = Scorer(_scoring(tmp_path, model, tmp_path / "in.parquet", "jsonl"),
                   tmp_path / "jobs").run()
     assert done.scored_rows == 100
+
+
+def test_each_worker_gets_the_cores_divided_among_the_workers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlinfra.batch import scoring as module
+
+    specs: list[dict[str, object]] = []
+    start = module._Pool.__init__
+
+    def record(pool: Any, context: Any, results: Any, spec: dict[str, object],
+               size: int) -> None:
+        specs.append({**spec, "workers": size})
+        start(pool, context, results, spec, size)
+
+    monkeypatch.setattr(module._Pool, "__init__", record)
+    monkeypatch.setattr(module, "cores", lambda: 4)
+    model = _named(onnx_model(), ["x1", "x2"])
+    pcsv.write_csv(_table(3000), tmp_path / "in.csv")
+    for concurrency, threads in ((2, 2), (3, 1)):
+        scoring = _scoring(tmp_path, model, tmp_path / "in.csv", "csv",
+                           mini_batch_size=700, max_concurrency=concurrency)
+        module.Scorer(scoring, tmp_path / f"jobs-{concurrency}").run()
+        assert (specs[-1]["workers"], specs[-1]["threads"]) == (concurrency, threads)
 
 
 def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
