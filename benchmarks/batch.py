@@ -8,8 +8,11 @@ in its own process: --repeat times alone (default 3; the median is reported), fo
 wall clock and the CPU time of its process tree, then once sampled every 50 ms for its
 peak memory (the largest sum of the memory of the process and its children).
 
-- mlinfra: `mlinfra.batch` (the deployment's defaults: mini-batches of 10,000 rows,
-  max_concurrency = the cores), output CSV with row_id;
+- `mlinfra batch invoke`: the command a user runs, on a project of the model
+  (registered, its alias set) and a batch endpoint with the deployment's defaults
+  (mini-batches of 10,000 rows, max_concurrency = the cores), output CSV with row_id;
+- mlinfra in-process: the same scoring through `mlinfra.batch.scoring` from Python,
+  without the command's project, state and registry;
 - `mlflow models predict` (MLflow 3, --env-manager local, the same ONNX file saved with
   mlflow.onnx), from its own virtual environment under benchmarks/.work made with uv;
   it reads CSV or JSON only, so it has no Parquet figure;
@@ -26,8 +29,10 @@ that it does not grow with the input.
 
 Goals: at least 10x MLflow's rows/s, at least the plain loop's, at least 70% of the
 limit's, and a peak under 500 MB at 1M and 10M rows, counted both ways (PSS, and the
-sum of RSS, which counts each shared library once per process). The start-up row (the
-first 1,000 rows) shows the fixed cost: imports, the fork server, a worker's start.
+sum of RSS, which counts each shared library once per process). Two ratio columns:
+`batch invoke`'s rows/s over each contender's, and the in-process scoring's. The
+start-up rows (the first 1,000 rows) show the fixed cost: imports, the project and
+state (the command), the fork server, a worker's start.
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ def make_table(rows: int, csv_path: Path, parquet_path: Path) -> None:
             done += n
 
 
+INVOKE, IN_PROCESS = "mlinfra batch invoke", "mlinfra in-process"
 REPEAT = 3  # timed runs of each contender: its median is reported (--repeat)
 
 
@@ -221,6 +227,37 @@ pcsv.write_csv(pa.table({"row_id": np.arange(len(x)), "label": label,
 """.replace("FEATURES", repr(FEATURES))
 
 
+PROJECT = {
+    "mlinfra.yaml": "kind: Project\nname: bench\n",
+    "base.yaml": "kind: Workspace\nname: ws\ndefault_datastore: main\n---\nkind: Compute\n"
+                 "name: cpu\ntype: local\n---\nkind: Datastore\nname: main\npath: ./data\n",
+    "model.yaml": "kind: Model\nname: fraud\nfrom: {path: fraud.onnx}\n",
+    "batch.yaml": "kind: BatchEndpoint\nname: fraud-batch\ncompute: cpu\ndeployments:\n"
+                  "  - {name: main, model: fraud@champion, max_concurrency: CORES}\n"
+                  "default: main\noutput: {format: csv}\n"}
+
+
+def project_ready(model: Path) -> Path:
+    """A project of the model, registered as fraud:1 with fraud@champion, and a batch
+    endpoint scoring with it: what `mlinfra batch invoke` needs."""
+    import shutil
+
+    root = WORK / "project"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "data").mkdir(parents=True)
+    for name, text in PROJECT.items():
+        (root / name).write_text(text.replace("CORES", str(len(os.sched_getaffinity(0)))))
+    shutil.copyfile(model, root / "fraud.onnx")
+    for command in (["apply", "--auto-approve", "--target", "model.fraud"],
+                    ["models", "alias", "fraud@champion", "1"], ["apply", "--auto-approve"]):
+        subprocess.run([str(MLINFRA_CLI), *command, "-C", str(root)], check=True,
+                       capture_output=True)
+    return root
+
+
+MLINFRA_CLI = Path(sys.executable).parent / "mlinfra"
+
+
 def mlflow_ready(model: Path) -> Path | None:
     """MLflow in its own virtual environment, and the model saved by mlflow.onnx."""
     python = MLFLOW_VENV / "bin" / "python"
@@ -294,6 +331,18 @@ def main() -> None:
         fresh()
         return found
 
+    project = project_ready(model)
+
+    def invoke(source: Path) -> tuple[float, float, float, float]:
+        def fresh() -> None:  # a job already scored is not scored again
+            for jobs in project.glob(".mlinfra/*/workspaces/*/batch/jobs"):
+                subprocess.run(["rm", "-rf", str(jobs)], check=True)
+
+        found = measure([str(MLINFRA_CLI), "batch", "invoke", "fraud-batch", "-C",
+                         str(project), "--input", str(source)], fresh=fresh)
+        fresh()
+        return found
+
     subprocess.run([python, "-m", "compileall", "-q", "-j", "0", str(REPO / "mlinfra")],
                    check=False, capture_output=True)
     saved = None if args.no_mlflow else mlflow_ready(model)
@@ -301,7 +350,8 @@ def main() -> None:
     make_table(args.rows, csv_path, parquet_path)
     out = WORK / "out.csv"
     for fmt, source in (("csv", csv_path), ("parquet", parquet_path)):
-        results.append(("mlinfra", fmt, args.rows, *mlinfra_run(args.rows, fmt, source)))
+        results.append((INVOKE, fmt, args.rows, *invoke(source)))
+        results.append((IN_PROCESS, fmt, args.rows, *mlinfra_run(args.rows, fmt, source)))
         results.append(("plain loop (pandas + onnxruntime)", fmt, args.rows,
                         *measure([python, "-c", PLAIN, str(model), str(source), str(out)])))
         results.append(("limit (in memory, all cores)", fmt, args.rows,
@@ -317,30 +367,33 @@ def main() -> None:
     head = WORK / "rows-1000.csv"
     with open(csv_path) as full, open(head, "w") as part:
         part.writelines(line for _, line in zip(range(1001), full, strict=False))
-    results.append(("mlinfra start-up (1,000 rows)", "csv", 1000,
+    results.append(("batch invoke start-up (1,000 rows)", "csv", 1000, *invoke(head)))
+    results.append(("in-process start-up (1,000 rows)", "csv", 1000,
                     *mlinfra_run(1000, "csv", head)))
     inference = subprocess.run([python, "-c", LIMIT, str(model), str(parquet_path),
                                 str(out)], capture_output=True, text=True, check=True)
     print(f"\nbatch scoring, {args.rows:,} rows, {os.cpu_count()} cores\n")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     print(f"{'contender':36} {'input':8} {'seconds':>8} {'rows/s':>12} {'CPU s':>7} "
-          f"{'PSS MB':>7} {'RSS MB':>7} {'mlinfra / it':>12}")
-    ours = {fmt: r[2] / r[3] for r in results if r[0] == "mlinfra" for fmt in [r[1]]}
+          f"{'PSS MB':>7} {'RSS MB':>7} {'invoke / it':>12} {'in-proc / it':>12}")
+    rates = {(r[0], r[1]): r[2] / r[3] for r in results}
     for name, fmt, rows, seconds, cpu, pss, rss in results:
         rate = rows / seconds
-        ratio = f"{ours[fmt] / rate:12.2f}" if rows == args.rows else f"{'':12}"
+        ratios = "".join(f" {rates[(ours, fmt)] / rate:12.2f}" if rows == args.rows else
+                         f" {'':12}" for ours in (INVOKE, IN_PROCESS))
         print(f"{name:36} {fmt:8} {seconds:8.2f} {rate:12,.0f} {cpu:7.2f} {pss:7.0f} "
-              f"{rss:7.0f} {ratio}")
+              f"{rss:7.0f}{ratios}")
     print(f"(the limit's {inference.stderr.strip()} s, on the whole array)")
     if args.big:
         big_csv, big_parquet = (WORK / f"rows-{args.big}.csv",
                                 WORK / f"rows-{args.big}.parquet")
         make_table(args.big, big_csv, big_parquet)
-        print("\nmlinfra's peak memory by input size (max_concurrency = cores)\n")
+        print("\n`mlinfra batch invoke`'s peak memory by input size (max_concurrency = "
+              "cores)\n")
         for fmt, small, big in (("csv", csv_path, big_csv),
                                 ("parquet", parquet_path, big_parquet)):
             for rows, source in ((args.rows, small), (args.big, big)):
-                seconds, cpu, pss, rss = mlinfra_run(rows, fmt, source)
+                seconds, cpu, pss, rss = invoke(source)
                 print(f"  {fmt:8} {rows:>12,} rows  {seconds:7.2f} s ({cpu:.1f} CPU s)  "
                       f"{rows / seconds:12,.0f} rows/s  peak PSS {pss:5.0f} MB, "
                       f"RSS {rss:5.0f} MB")

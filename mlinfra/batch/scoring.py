@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mlinfra.batch import start_fork_server
 from mlinfra.batch.shards import JobFolder, csv_header, read_json, write_json
 from mlinfra.batch.source import (
     BatchInputError,
@@ -317,7 +318,7 @@ class Scorer:
                 if done:
                     return Summary(**{**done, "message": "already scored: not scored "
                                       "again"})
-            context = _workers_context()
+            context = start_fork_server()
             fed, numeric, columns, schema = self._prepare()
             folder.create()
             scored = folder.scored()
@@ -503,25 +504,6 @@ class Scorer:
     def _report(self, started: float) -> None:
         self.progress.elapsed_s = time.monotonic() - started
         self.on_progress(self.progress)
-
-
-def _workers_context() -> Any:
-    """The fork server the workers are forked from, started now.
-
-    NOTE: a fork server started clean (never a fork of this process, whose pyarrow and
-    apply threads a fork would copy mid-flight) imports the worker's modules once; each
-    worker is a fork of it, sharing those pages. It is started before the scorer loads
-    the model to check the columns, so its imports (0.6 s the scorer used to wait for,
-    blocked in its first Process.start) run beside that check on another core
-    (benchmarks/batch.py, the mlinfra rows: seconds)."""
-    import multiprocessing
-    from multiprocessing import forkserver
-
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["mlinfra.batch.forkserver", "mlinfra.batch.worker",
-                                     "onnxruntime"])
-    forkserver.ensure_running()
-    return context
 
 
 class _Backlog:
