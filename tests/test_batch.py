@@ -706,6 +706,32 @@ def test_each_worker_gets_the_cores_divided_among_the_workers(
         assert (specs[-1]["workers"], specs[-1]["threads"]) == (concurrency, threads)
 
 
+def test_batch_invoke_starts_the_fork_server_before_numpy_with_one_blas_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`batch invoke` starts the fork server first of all: the command's module and
+    mlinfra.batch import no NumPy, so the server's imports run beside the command's.
+    OpenBLAS starts one thread in the command's process, unless the user chose."""
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, mlinfra.cli.batch, mlinfra.batch; "
+         "print(sorted({'numpy', 'pyarrow', 'onnxruntime'} & set(sys.modules)))"],
+        capture_output=True, text=True, check=True)
+    assert imported.stdout.strip() == "[]"
+
+    import psutil
+
+    from mlinfra.cli.batch import _before_scoring
+
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "")  # restored as it was, after
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    _before_scoring()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    assert any("multiprocessing.forkserver" in " ".join(p.cmdline())
+               for p in psutil.Process().children())  # running
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    _before_scoring()
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "4"
+
+
 def test_an_input_of_one_mini_batch_is_scored_without_starting_a_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mlinfra.batch import scoring as module
