@@ -212,15 +212,45 @@ def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
     assert {j["status"] for j in jobs} == {"completed"}
 
 
-def _slow_model() -> bytes:
-    """Two features through two dense layers of 384: slow enough that a kill lands
+def test_output_is_a_copy_in_the_file_or_folder_named_never_over_the_input(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    source = root / "data" / "daily.csv"
+    mine = tmp_path / "mine.csv"
+    assert cli("batch", "invoke", "nightly", "--input", str(source), "--output",
+               str(mine)).code == 0
+    scores = mine.read_bytes()
+    with open(mine, "a") as f:  # the user's copy is theirs to change
+        f.write("not,a,score\n")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    again = cli("batch", "invoke", "nightly", "--input", str(source), "--output",
+                str(folder), "--json")  # already scored: handed out again
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["output"] == str(folder / "predictions.csv")
+    assert (folder / "predictions.csv").read_bytes() == scores
+
+    over = cli("batch", "invoke", "nightly", "--input", "daily", "--output", str(source))
+    assert over.code == 1 and "that is the input; name another file" in over.err
+    assert pcsv.read_csv(source).num_rows == 800
+    (tmp_path / "file").write_text("")
+    blocked = cli("batch", "invoke", "nightly", "--input", str(source), "--output",
+                  str(tmp_path / "file" / "x.csv"))
+    assert blocked.code == 1 and "Traceback" not in blocked.err
+    assert f"--output {tmp_path / 'file' / 'x.csv'}: " in blocked.err
+    assert "the scores are in" in blocked.err
+
+
+def _slow_model(width: int = 384) -> bytes:
+    """Two features through two dense layers of `width`: slow enough that a kill lands
     while it scores."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
-    w1 = rng.normal(size=(2, 384)).astype(np.float32)
-    w2 = rng.normal(size=(384, 384)).astype(np.float32) / 20
-    w3 = rng.normal(size=(384, 2)).astype(np.float32) / 20
+    w1 = rng.normal(size=(2, width)).astype(np.float32)
+    w2 = rng.normal(size=(width, width)).astype(np.float32) / 20
+    w3 = rng.normal(size=(width, 2)).astype(np.float32) / 20
     nodes = [helper.make_node("MatMul", ["features", "W1"], ["h1"]),
              helper.make_node("Relu", ["h1"], ["a1"]),
              helper.make_node("MatMul", ["a1", "W2"], ["h2"]),
@@ -347,6 +377,35 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
     assert got["score"].to_pylist() == [float(v) for v in x1[:1400]]
 
 
+def test_a_job_passed_under_a_laxer_threshold_is_judged_again_under_a_stricter_one(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    """The same model over the same input through two deployments: what one let pass
+    (error_threshold: -1) is not taken as passed by one that allows no failed row."""
+    root = batch_project(model=_failing_model())
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text(ENDPOINT.replace(
+        "  - {name: count,", "  - {name: lax, model: scorer@champion, mini_batch_size: 700, "
+        "error_threshold: -1, retries: 1}\n  - {name: count,"))
+    x1 = np.arange(2000) % 10
+    x1[1500] = 42  # fails the third mini-batch: 600 rows
+    pcsv.write_csv(pa.table({"customer_id": [f"c{i}" for i in range(2000)],
+                             "x1": x1.astype(float), "x2": np.zeros(2000)}),
+                   tmp_path / "in.csv")
+    invoke = ("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
+    lax = cli(*invoke, "--deployment", "lax")
+    assert lax.code == 0, lax.err
+    assert json.loads(lax.out)["failed_rows"] == 600
+    again = cli(*invoke, "--deployment", "lax")  # the same deployment: not scored again
+    assert json.loads(again.out)["message"] == "already scored: not scored again"
+
+    strict = cli(*invoke)  # main: error_threshold 0
+    assert strict.code == 1
+    assert "600 rows failed, more than error_threshold 0" in strict.err
+    judged = json.loads(strict.out)
+    assert (judged["deployment"], judged["status"], judged["output"]) == (
+        "main", "failed", None)
+
+
 def test_bad_input_is_named_before_any_row_is_scored(
         batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
     batch_project()
@@ -434,6 +493,37 @@ def test_a_mini_batch_past_its_timeout_is_stopped_tried_again_then_counted(
         1, 1, 40000)
     first = json.loads(Path(summary["errors"]).read_text().splitlines()[0])
     assert (first["error"], first["attempts"]) == ("timed out after 0.05s", 2)
+
+
+def test_the_timeout_holds_for_the_mini_batches_the_scorer_scores_itself(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    """One mini-batch is scored by the scorer's own session (no worker starts): a call
+    past the timeout is a failed attempt when the timeout ends, not when the call does
+    (seconds here: two layers of 2,048 over 40,000 rows)."""
+    root = batch_project(model=_slow_model(2048))
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text(ENDPOINT.replace(
+        "mini_batch_size: 700, max_concurrency: 2,\n     error_threshold: 0, retries: 1",
+        "mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, retries: 0, "
+        "timeout: 100ms"))
+    pcsv.write_csv(_table(40000), tmp_path / "in.csv")
+    command = [sys.executable, "-m", "mlinfra", "batch", "invoke", "nightly", "--input",
+               str(tmp_path / "in.csv"), "--json"]
+    began = time.monotonic()
+    done = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["failed_mini_batches"], summary["failed_rows"]) == (1, 40000)
+    first = json.loads(Path(summary["errors"]).read_text().splitlines()[0])
+    assert (first["error"], first["attempts"]) == ("timed out after 0.1s", 1)
+    session = ort.InferenceSession(_slow_model(2048), providers=["CPUExecutionProvider"])
+    x = np.zeros((40000, 2), dtype=np.float32)
+    full = time.monotonic()
+    session.run(None, {"features": x})
+    full = time.monotonic() - full
+    # the call left to its thread did not hold up the job's end, nor the command's exit
+    assert summary["elapsed_s"] < full / 2 and took < full + 10, (summary, took, full)
 
 
 def test_the_progress_bar_shows_rows_rate_and_mini_batches(

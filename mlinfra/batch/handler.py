@@ -157,7 +157,7 @@ class BatchScoreHandler(BaseHandler):
                                 "after the models and promotions of this apply")
         job = scoring(ctx, endpoint, deployment, model, data.path,
                       data_format(ctx, data.name), data.label, data.sha256, res.address)
-        kept = self._scored_before(ctx, change.name, job.job_id)
+        kept = self._scored_before(ctx, change.name, job)
         if kept is not None:
             ctx.log(f"{change.address}: {model.ref} over {data.label} was scored before "
                     f"({change.name}:{kept['version']}): not scored again")
@@ -176,11 +176,14 @@ class BatchScoreHandler(BaseHandler):
         ctx.log(render(summary))
         return self._register(ctx, change.name, job, summary)
 
-    def _scored_before(self, ctx: Context, name: str, job_id: str) -> dict[str, Any] | None:
+    def _scored_before(self, ctx: Context, name: str, job: Scoring) -> dict[str, Any] | None:
+        """The output's version `job` gave before, if it is kept and passes `job`'s
+        error threshold (one scored under a laxer one is scored again)."""
         store = artifact_store(ctx)
         for version in reversed(DataVersions(ctx.writer).list(name)):
-            if version.metadata.get("lineage", {}).get("job") == job_id and store.exists(
-                    version.sha256):
+            lineage = version.metadata.get("lineage", {})
+            if lineage.get("job") == job.job_id and job.settings.passes(int(
+                    lineage.get("failed_rows") or 0)) and store.exists(version.sha256):
                 return _outputs(version.version, version.sha256, version.metadata)
         return None
 
@@ -251,7 +254,7 @@ class BatchScoreHandler(BaseHandler):
                           data_format(ctx, data.name), data.label, data.sha256, res.address)
         except ProviderError:  # its file is gone: scored again, or refused, by apply
             return None
-        return self._scored_before(ctx, res.name, job.job_id)
+        return self._scored_before(ctx, res.name, job)
 
 
 def _in_containers(ctx: Context, job: Scoring, launcher: ScoringLauncher, address: str

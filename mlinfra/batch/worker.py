@@ -11,6 +11,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,22 +141,60 @@ def _orphaned(scorer: int) -> None:
         time.sleep(0.2)
 
 
+class Late(Exception):
+    """A model call past its timeout, left running in the thread it was made in."""
+
+
+def bounded(run: Callable[[dict[str, np.ndarray]], list[np.ndarray]], timeout_s: float
+            ) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """`run`, made in a thread and waited for `timeout_s` at most; past it, Late is
+    raised and the call is left to end by itself (a daemon thread: it never holds up
+    the process's exit). For the scorer's own attempts, which no kill can stop as the
+    scorer stops a worker past its timeout."""
+
+    def call(feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        found: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                found["outputs"] = run(feed)
+            except BaseException as err:  # raised again in the caller's thread
+                found["error"] = err
+
+        thread = threading.Thread(target=target, name="mlinfra-score", daemon=True)
+        thread.start()
+        thread.join(timeout_s)
+        if thread.is_alive():
+            raise Late
+        if "error" in found:
+            raise found["error"]
+        outputs: list[np.ndarray] = found["outputs"]
+        return outputs
+
+    return call
+
+
 def attempt(model: LoadedModel, folder: JobFolder, job: dict[str, Any], index: int,
-            start: int, batch: pa.RecordBatch) -> str | None:
+            start: int, batch: pa.RecordBatch,
+            run: Callable[[dict[str, np.ndarray]], list[np.ndarray]] | None = None
+            ) -> str | None:
     """Scores mini-batch `index` (its first row is row `start`) into its shard; returns
     None, or why it failed: the model's error, or that its call outlived the timeout
     (late, though nothing stopped it: a timeout all the same, whenever the scorer looks
-    at it). `job`: the columns fed, kept and written, and the timeout."""
+    at it). `job`: the columns fed, kept and written, and the timeout. `run`: how the
+    model is called (default: model.run)."""
     began = time.perf_counter()
+    timeout_s = float(job.get("timeout_s") or "inf")
     try:
-        outputs = model.run(feeds(batch, job["fed"], model.input_specs))
-        timeout_s = float(job.get("timeout_s") or "inf")
+        outputs = (run or model.run)(feeds(batch, job["fed"], model.input_specs))
         if time.perf_counter() - began > timeout_s:
             return f"timed out after {timeout_s:g}s"
         keep = job["keep"]
         kept = batch.select(keep) if keep else None
         folder.write_shard(index, output_table(start, kept, model.output_names, outputs,
                                                model.labels, job["columns"]))
+    except Late:
+        return f"timed out after {timeout_s:g}s"
     except Exception as err:  # the model failed on these rows: the scorer decides
         message = str(err).strip().splitlines()[0] if str(err).strip() else ""
         return f"{type(err).__name__}: {message}"[:500]

@@ -268,7 +268,8 @@ def _batch(p: argparse.ArgumentParser, common: argparse.ArgumentParser) -> None:
     invoke.add_argument("--input", required=True, metavar="FILE|DATA[:V]",
                         help="a .csv, .parquet or .jsonl file, or a Data of the project")
     invoke.add_argument("--deployment", help="the deployment (default: the endpoint's)")
-    invoke.add_argument("--output", metavar="PATH", help="put the output here too")
+    invoke.add_argument("--output", metavar="PATH",
+                        help="put a copy of the output here (in a folder: predictions.EXT)")
     invoke.add_argument("--json", action="store_true", help="print the summary as JSON")
     jobs = batch.add_parser("jobs", parents=[common], help="the batch jobs that ran")
     jobs.add_argument("--json", action="store_true", help="print as JSON")

@@ -71,7 +71,8 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
         raise MlinfraError(f"--output {args.output}: deployment {deployment['name']} of "
                            f"{endpoint.name} has output_action: summary_only, and writes "
                            "no scores: leave --output out, or use append_row")
-    _check_output_name(args.output, job.output.format, endpoint.name)
+    target = _target(args.output, job.file_name, path)
+    _check_output_name(target, job.output.format, endpoint.name)
     with _ProgressBar(f"{model.ref} over {label}") as bar:
         try:
             summary = Scorer(job, jobs_root(ctx), bar.update).run()
@@ -79,14 +80,31 @@ def _invoke(ctx: Any, args: argparse.Namespace) -> int:
             if args.json and err.summary is not None:  # the machine's summary too
                 echo(json.dumps(err.summary.to_json(), indent=2))
             raise
-    if args.output and summary.output:
-        _deliver(Path(summary.output), Path(args.output))
-        summary.output = str(Path(args.output))
+    if target is not None and summary.output:
+        try:
+            _deliver(Path(summary.output), target)
+        except OSError as err:
+            raise MlinfraError(f"--output {args.output}: {err.strerror or err}; the scores "
+                               f"are in {summary.output}") from None
+        summary.output = str(target)
     echo(json.dumps(summary.to_json(), indent=2) if args.json else render(summary))
     return 0
 
 
-def _check_output_name(output: str | None, fmt: str, endpoint: str) -> None:
+def _target(output: str | None, file_name: str, source: Path) -> Path | None:
+    """Where --output puts the scores: the file it names, or in the folder it names
+    the job's file (predictions.csv), as cp would; never over the input."""
+    if output is None:
+        return None
+    target = Path(output).expanduser()
+    if target.is_dir():
+        target = target / file_name
+    if target.resolve() == source.resolve():
+        raise MlinfraError(f"--output {output}: that is the input; name another file")
+    return target
+
+
+def _check_output_name(output: Path | None, fmt: str, endpoint: str) -> None:
     """--output names a file of the format the endpoint writes, or one mlinfra cannot
     tell the format of: never a .csv holding Parquet."""
     from mlinfra.batch.source import BatchInputError, format_of
@@ -94,7 +112,7 @@ def _check_output_name(output: str | None, fmt: str, endpoint: str) -> None:
     if output is None:
         return
     try:
-        named = format_of(Path(output))
+        named = format_of(output)
     except BatchInputError:
         return
     if named != fmt:
@@ -103,14 +121,15 @@ def _check_output_name(output: str | None, fmt: str, endpoint: str) -> None:
 
 
 def _deliver(source: Path, target: Path) -> None:
-    """The output at `target`: a hard link when it can be, else a copy."""
+    """A copy of the output at `target`, put in place whole: the user's own, which
+    they may change, never the job's (which a scoring asked again hands out)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        os.link(source, tmp)
-    except OSError:
         shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 class _ProgressBar:
