@@ -193,6 +193,14 @@ def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
         assert done.code == 0, done.err
         assert "2500 scored, 0 failed" in done.out
         _check_output(target, model, table)
+    source = root / "data" / "daily.csv"
+    unapplied = json.loads(cli("batch", "invoke", "nightly", "--input", "daily",
+                               "--json").out)  # its file: no version yet
+    assert unapplied["input"] == "data/daily.csv (data daily, not applied)"
+    pinned = cli("batch", "invoke", "nightly", "--input", "daily:1")
+    assert pinned.code == 1
+    assert "--input daily:1: data daily has no version 1 yet: apply it first" in pinned.err
+    assert cli("apply", "--auto-approve", "--target", "data.daily").code == 0
     done = cli("batch", "invoke", "nightly", "--input", "daily:1", "--json",
                "--output", str(tmp_path / "daily.csv"))
     summary = json.loads(done.out)
@@ -207,9 +215,31 @@ def test_invoke_scores_a_csv_file_a_parquet_file_and_a_data_version(
                   "--output", str(tmp_path / "count.csv"))
     assert nothing.code == 1 and "has output_action: summary_only" in nothing.err
     jobs = json.loads(cli("batch", "jobs", "--json").out)
-    assert sorted(j["input"] for j in jobs) == sorted(
-        ["daily:1", "daily:1", str(tmp_path / "in.csv"), str(tmp_path / "in.parquet")])
+    assert sorted(j["input"] for j in jobs) == sorted(  # as each job was first asked
+        ["data/daily.csv (data daily, not applied)", "daily:1", str(tmp_path / "in.csv"),
+         str(tmp_path / "in.parquet")])
     assert {j["status"] for j in jobs} == {"completed"}
+    with open(source, "a") as f:  # a row more, not applied: its file, not daily:2
+        f.write('0.5,"c-new",0.5\n')
+    changed = json.loads(cli("batch", "invoke", "nightly", "--input", "daily", "--json").out)
+    assert (changed["input"], changed["rows"]) == (
+        "data/daily.csv (data daily, not applied)", 3001)
+
+
+def test_scores_equal_to_an_earlier_versions_are_that_version_and_apply_says_so(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    assert cli("apply", "--auto-approve").code == 0
+    assert _scores(cli)["version"] == 1
+    table = _table(800).append_column("note", pa.array(["n"] * 800))  # read by nothing
+    pcsv.write_csv(table, root / "data" / "daily.csv")
+    applied = cli("apply", "--auto-approve")
+    assert applied.code == 0, applied.err
+    assert "the scores are those of daily-scores:1, which stays the version, with the " \
+        "lineage of the scoring that wrote it" in applied.out + applied.err
+    assert "registered data version daily-scores:2" not in applied.out + applied.err
+    assert (_scores(cli)["version"], _scores(cli)["input"]) == (1, "daily:2")
 
 
 def test_output_is_a_copy_in_the_file_or_folder_named_never_over_the_input(

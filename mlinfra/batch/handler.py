@@ -200,8 +200,14 @@ class BatchScoreHandler(BaseHandler):
                         "model_sha256": job.model_sha256, "data": job.input_label,
                         "data_sha256": job.input_sha256,
                         "failed_rows": summary.failed_rows}}
-        version = DataVersions(ctx.writer).register(name, sha, metadata)
-        ctx.log(f"batchscore.{name}: registered data version {name}:{version}")
+        versions = DataVersions(ctx.writer)
+        before = versions.find(name, sha)
+        version = versions.register(name, sha, metadata)
+        if before is None:
+            ctx.log(f"batchscore.{name}: registered data version {name}:{version}")
+        else:  # content-addressed, as any Data: its lineage is its first scoring's
+            ctx.log(f"batchscore.{name}: the scores are those of {name}:{version}, which "
+                    "stays the version, with the lineage of the scoring that wrote it")
         return Applied(_outputs(version, sha, metadata), provider_id=f"{name}:{version}")
 
     def read(self, state: ResourceState, ctx: Context) -> Observed:
@@ -296,6 +302,10 @@ def _progress_log(ctx: Context, address: str) -> Any:
     return report
 
 
+def _shown(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
 def input_of(ctx: Context, text: str, address: str) -> tuple[Path, str, str, str]:
     """`--input`: a Data reference (NAME, NAME:VERSION) of the project, or a file.
     Returns its path, format, label and sha256."""
@@ -304,7 +314,14 @@ def input_of(ctx: Context, text: str, address: str) -> tuple[Path, str, str, str
     ref = Ref.parse(text)
     if ref is not None and ref.alias is None and ctx.config.get("Data", ref.name):
         found = Resolver(ctx).data(ctx.config.get("Data", ref.name), text)  # type: ignore[arg-type]
-        return found.path, data_format(ctx, ref.name), found.label, found.sha256
+        label = found.label
+        if DataVersions(ctx.writer).find(ref.name, found.sha256) is None:
+            # plan's name for content that apply will register: not a version yet
+            if ref.version is not None:
+                raise ProviderError(address, f"--input {text}: data {ref.name} has no "
+                                    f"version {ref.version} yet: apply it first")
+            label = f"{_shown(found.path, ctx.root)} (data {ref.name}, not applied)"
+        return found.path, data_format(ctx, ref.name), label, found.sha256
     path = Path(text).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(ctx.config.of("Data"))) or "none"
