@@ -380,7 +380,7 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
     pcsv.write_csv(table, tmp_path / "in.csv")
     failed = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
     assert failed.code == 1
-    assert "600 rows failed, more than error_threshold 0" in failed.err
+    assert failed.err.count("600 rows failed, more than error_threshold 0") == 1
     stopped = json.loads(failed.out)  # --json: the summary for a machine, failed or not
     assert (stopped["status"], stopped["failed_rows"], stopped["output"]) == (
         "failed", 600, None)

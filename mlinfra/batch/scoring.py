@@ -393,8 +393,8 @@ class Scorer:
                                      "finished_at": time.time(), "rows": summary.rows,
                                      "failed_rows": p.failed_rows})
         if over:
-            raise BatchFailed(f"batch job {s.job_id}: {message}\n" + render(summary),
-                              summary)
+            told = render(Summary(**{**summary.to_json(), "message": ""}))  # said once
+            raise BatchFailed(f"batch job {s.job_id}: {message}\n{told}", summary)
         if folder.shards.is_dir():
             folder.remove_shards()
         return summary
