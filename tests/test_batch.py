@@ -467,6 +467,21 @@ def test_bad_input_is_named_before_any_row_is_scored(
     assert nowhere.code == 1 and "neither a file nor a Data" in nowhere.err
     pinned = cli("batch", "invoke", "nightly", "--deployment", "other", "--input", "daily")
     assert pinned.code == 1 and "has no deployment 'other'" in pinned.err
+    (tmp_path / "zero.csv").write_bytes(b"")
+    zero = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "zero.csv"))
+    assert zero.code == 1
+    assert "zero.csv: the file is empty (0 bytes): a CSV holds a header row" in zero.err
+    pq.write_table(_table(10), tmp_path / "parquet.csv")
+    named = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "parquet.csv"))
+    assert named.code == 1
+    assert "parquet.csv: a Parquet file named .csv: name it .parquet" in named.err
+    rows = ["x1,x2,customer_id", *[f"{i},{i},c{i}" for i in range(200_000)]]
+    rows[150_001] = "7,c7"  # a column short, past pyarrow's first blocks
+    (tmp_path / "short.csv").write_text("\n".join(rows) + "\n")
+    short = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "short.csv"))
+    assert short.code == 1
+    assert "short.csv: cannot be read as csv at line 150002: CSV parse error: Expected " \
+        "3 columns, got 2: 7,c7" in short.err
 
 
 def test_text_in_a_number_field_of_json_lines_is_named_with_its_row(

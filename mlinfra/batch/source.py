@@ -8,6 +8,7 @@ first such row. Kept columns of a CSV file are copied as the text they are.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,14 @@ def header(path: Path, fmt: str) -> list[str]:
             return list(pq.ParquetFile(path).schema_arrow.names)
         except (pa.ArrowException, OSError) as err:
             raise BatchInputError(f"{path}: not a Parquet file: {err}") from None
-    if path.stat().st_size == 0:
-        return []
+    with open(path, "rb") as f:
+        start = f.read(4)
+    if not start:
+        raise BatchInputError(f"{path}: the file is empty (0 bytes): "
+                              + ("a CSV holds a header row at least" if fmt == "csv" else
+                                 "a JSON lines file holds one object a line"))
+    if start == b"PAR1":
+        raise BatchInputError(f"{path}: a Parquet file named .{fmt}: name it .parquet")
     try:
         return list(_open(path, fmt, {}, None).schema.names)
     except pa.ArrowException as err:
@@ -151,7 +158,9 @@ def _open(path: Path, fmt: str, numeric: dict[str, pa.DataType],
 
 
 def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    """The error's first line, as text a terminal shows (it may quote binary data)."""
+    line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return "".join(c if c.isprintable() else "?" for c in line)[:300]
 
 
 def mini_batches(path: Path, fmt: str, size: int, numeric: dict[str, pa.DataType],
@@ -249,8 +258,25 @@ def _explain(path: Path, fmt: str, numeric: dict[str, pa.DataType], rows: int,
                              whole=pa.types.is_integer(numeric[column]))
         except pa.ArrowInvalid:
             continue
-    raise BatchInputError(f"{path}: cannot be read as {fmt} after row {rows}: "
+    line = _csv_line(path, rows, str(err)) if fmt == "csv" else None
+    where = f"line {line}" if line is not None else f"a row after row {rows}"
+    raise BatchInputError(f"{path}: cannot be read as {fmt} at {where}: "
                           f"{_first_line(err)}") from None
+
+
+def _csv_line(path: Path, rows: int, error: str) -> int | None:
+    """The line of the row pyarrow quotes in a parse error ("Expected 3 columns, got
+    2: y,1"): the first that reads so past the `rows` rows read before its block. Only
+    on this error: pyarrow's streaming reader knows no row numbers."""
+    marker = re.search(r"Expected \d+ columns, got \d+: (.*)", error)
+    if marker is None:
+        return None
+    wanted = marker.group(1).strip()
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number > rows + 1 and raw.decode(errors="replace").strip() == wanted:
+                return number
+    return None
 
 
 def _jsonl_names(path: Path) -> list[str] | None:
