@@ -242,6 +242,19 @@ def test_scores_equal_to_an_earlier_versions_are_that_version_and_apply_says_so(
     assert (_scores(cli)["version"], _scores(cli)["input"]) == (1, "daily:2")
 
 
+def test_a_new_model_version_behind_an_alias_no_promotion_moves_plans_no_scoring(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    root = batch_project(rows=800)
+    _applied_with_champion(cli)
+    assert cli("apply", "--auto-approve").code == 0
+    (root / "models" / "scorer.onnx").write_bytes(
+        _named(onnx_model((0.5, 0.5)), ["x1", "x2"]))  # scorer:2; champion stays 1
+    plan = cli("plan")
+    assert "model.scorer" in plan.out and "batchscore.daily-scores" not in plan.out
+    assert cli("apply", "--auto-approve").code == 0
+    assert "No changes" in cli("plan").out and _scores(cli)["model"] == "scorer:1"
+
+
 def test_output_is_a_copy_in_the_file_or_folder_named_never_over_the_input(
         batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
     root = batch_project(rows=800)

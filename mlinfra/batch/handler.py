@@ -128,10 +128,13 @@ class BatchScoreHandler(BaseHandler):
         ref = Ref.parse(str(deployment["model"]))
         assert ref is not None
         declared = ctx.config.get("Model", ref.name)
+        # a retrain moves only the latest version, or an alias a Promotion governs
+        moves = ref.version is None and (ref.alias is None or governed(ctx, ref.name,
+                                                                        ref.alias))
         return {
             "input": data.label, "input_sha256": data.sha256,
             "model": str(deployment["model"]),
-            "model_source": ctx.facts(declared) if declared is not None else {},
+            "model_source": ctx.facts(declared) if declared is not None and moves else {},
             "scoring": {k: deployment[k] for k in ("mini_batch_size", "output_action")
                         if k in deployment} | {"output": endpoint.spec.get("output") or {}},
         }
