@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -590,12 +591,21 @@ def test_the_progress_bar_shows_rows_rate_and_mini_batches(
     from mlinfra.cli.batch import _ProgressBar
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    monkeypatch.setenv("COLUMNS", "80")
     with _ProgressBar("scorer:1 over daily:1") as bar:
         bar.update(Progress(rows=20000, mini_batches=2, failed_mini_batches=1,
                             elapsed_s=2.0))
     shown = capsys.readouterr().err
     assert "scorer:1 over daily:1" in shown and "20,000 rows" in shown
-    assert "10,000 rows/s" in shown and "2 mini-batches" in shown and "1 failed" in shown
+    assert "10,000/s" in shown and "2 mini-batches" in shown and "1 failed" in shown
+    with _ProgressBar("scorer:1 over " + "a-long-file-name/" * 5 + "in.parquet") as bar:
+        bar.update(Progress(rows=1_021_000, total_rows=2_000_000, mini_batches=103,
+                            failed_mini_batches=0, elapsed_s=0.5))
+    drawn = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", capsys.readouterr().err)  # no colours
+    line = [part.strip() for part in re.split(r"[\r\n]", drawn) if part.strip()][-1]
+    assert len(line) <= 80 and "…" in line  # the figures whole, the description cut
+    assert "51%" in line and "1,021,000 rows" in line and "2,042,000/s" in line
+    assert "103 mini-batches" in line and "0 failed" in line
 
 
 def test_a_declared_scoring_writes_the_state_only_through_the_unit_of_work(

@@ -133,7 +133,9 @@ def _deliver(source: Path, target: Path) -> None:
 
 
 class _ProgressBar:
-    """rows/s, mini-batches done and failed, on a terminal (rich); nothing otherwise."""
+    """rows/s, mini-batches done and failed, on a terminal (rich); nothing otherwise.
+    On 80 columns: the description gives way (an ellipsis), the figures never; the
+    share done when the input's rows are known (Parquet)."""
 
     def __init__(self, what: str) -> None:
         self.what = what
@@ -144,19 +146,22 @@ class _ProgressBar:
         if sys.stderr.isatty():
             from rich.console import Console
             from rich.progress import (
-                BarColumn,
                 Progress,
+                TaskProgressColumn,
                 TextColumn,
                 TimeElapsedColumn,
             )
+            from rich.table import Column
 
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+            described = Column(ratio=1, no_wrap=True, overflow="ellipsis", min_width=10)
+            self.bar = Progress(TextColumn("{task.description}", table_column=described),
+                                TaskProgressColumn(),
                                 TextColumn("{task.completed:,.0f} rows"),
-                                TextColumn("{task.fields[rate]:,.0f} rows/s"),
+                                TextColumn("{task.fields[rate]:,.0f}/s"),
                                 TextColumn("{task.fields[batches]} mini-batches"),
                                 TextColumn("{task.fields[failed]} failed"),
                                 TimeElapsedColumn(), console=Console(stderr=True),
-                                transient=False)
+                                transient=False, expand=True)
             self.bar.start()
             self.task = self.bar.add_task(self.what, total=None, rate=0.0, batches=0,
                                           failed=0)
