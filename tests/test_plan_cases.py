@@ -74,3 +74,18 @@ def test_waits_follow_dependencies_through_unchanged_resources() -> None:
                Change("pipeline.p", "Pipeline", "p", Action.UPDATE, "",
                       dependencies=["job.j"])]
     assert _waits(changes) == {"data.d": set(), "pipeline.p": {"data.d"}}
+
+
+def test_a_changed_list_of_named_items_is_said_by_item_and_field() -> None:
+    """A deployment's model changed: the reason names it, not the list cut short."""
+    from mlinfra.plan.diff import _reason, field_changes
+
+    before = {"deployments": [{"name": "main", "model": "iris@prod", "mini_batch_size": 10},
+                              {"name": "old", "model": "iris:1"}], "tags": ["a", "b"]}
+    after = {"deployments": [{"name": "main", "model": "iris:2", "mini_batch_size": 10},
+                             {"name": "new", "model": "iris:1"}], "tags": ["a"]}
+    assert _reason(field_changes(before, after, frozenset())) == (
+        "changed: deployments[main].model iris@prod -> iris:2, deployments[old] removed, "
+        "deployments[new] added (+1 more)")
+    assert _reason(field_changes({"tags": ["a", "b"]}, {"tags": ["a"]}, frozenset())) == (
+        "changed: tags ['a', 'b'] -> ['a']")

@@ -77,10 +77,38 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def _named(items: Any) -> dict[str, Any] | None:
+    """A list of mappings each with its own name (deployments), by name; else None."""
+    if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i
+                                              for i in items):
+        return None
+    named = {str(i["name"]): i for i in items}
+    return named if len(named) == len(items) else None
+
+
+def _said(field: FieldChange) -> list[str]:
+    """A field's change in a few words; in a list of named mappings, the item's fields
+    that changed (deployments[main].model a -> b), not the whole list cut short."""
+    old, new = _named(field.before), _named(field.after)
+    if old is None or new is None:
+        return [f"{field.path} {_short(field.before)} -> {_short(field.after)}"]
+    said = []
+    for name in [*old, *[n for n in new if n not in old]]:
+        if name not in new:
+            said.append(f"{field.path}[{name}] removed")
+        elif name not in old:
+            said.append(f"{field.path}[{name}] added")
+        else:
+            said.extend(f"{field.path}[{name}].{c.path} {_short(c.before)} -> "
+                        f"{_short(c.after)}" for c in field_changes(old[name], new[name],
+                                                                     frozenset()))
+    return said or [f"{field.path} reordered"]
+
+
 def _reason(fields: list[FieldChange]) -> str:
-    shown = [f"{f.path} {_short(f.before)} -> {_short(f.after)}" for f in fields[:3]]
-    more = f" (+{len(fields) - 3} more)" if len(fields) > 3 else ""
-    return "changed: " + ", ".join(shown) + more
+    said = [part for f in fields for part in _said(f)]
+    more = f" (+{len(said) - 3} more)" if len(said) > 3 else ""
+    return "changed: " + ", ".join(said[:3]) + more
 
 
 def _plan_desired(want: Desired, have: ResourceState | None,
