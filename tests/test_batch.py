@@ -347,6 +347,30 @@ def test_a_failing_mini_batch_is_retried_then_counted_against_the_threshold(
     assert got["score"].to_pylist() == [float(v) for v in x1[:1400]]
 
 
+def test_onnxruntime_prints_no_error_of_its_own_for_a_failed_mini_batch(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    """A mini-batch the model fails on, in the head start and in the workers, is
+    reported by mlinfra only: onnxruntime's own red [E:onnxruntime:...] line for each
+    attempt is not printed."""
+    root = batch_project(model=_failing_model())
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text((root / "batch.yaml").read_text().replace(
+        "error_threshold: 0", "error_threshold: -1"))
+    rows = 2000
+    x1 = np.arange(rows) % 10
+    x1[3] = x1[1500] = 42  # the head start's first mini-batch, and a worker's
+    pcsv.write_csv(pa.table({"customer_id": [f"c{i}" for i in range(rows)],
+                             "x1": x1.astype(float), "x2": np.zeros(rows)}),
+                   tmp_path / "in.csv")
+    done = subprocess.run([sys.executable, "-m", "mlinfra", "batch", "invoke", "nightly",
+                           "--input", str(tmp_path / "in.csv"), "--json"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["failed_mini_batches"], summary["retries"]) == (2, 2)
+    assert "onnxruntime" not in done.stderr, done.stderr
+
+
 def test_bad_input_is_named_before_any_row_is_scored(
         batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
     batch_project()

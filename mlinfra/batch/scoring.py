@@ -36,7 +36,7 @@ from mlinfra.batch.source import (
     mini_batches,
     numeric_types,
 )
-from mlinfra.batch.worker import ROW_ID, output_table
+from mlinfra.batch.worker import QUIET, ROW_ID, output_table
 from mlinfra.errors import MlinfraError
 
 OUTPUT_FORMATS = ("csv", "parquet", "jsonl")
@@ -251,7 +251,8 @@ class Scorer:
 
         s = self.scoring
         try:
-            model = LoadedModel.load(s.model, s.version, s.model_path, s.model_sha256)
+            model = LoadedModel.load(s.model, s.version, s.model_path, s.model_sha256,
+                                     log_severity=QUIET)
         except ModelLoadError as err:
             raise MlinfraError(f"{s.model}:{s.version}: {err}") from None
         fed = fed_columns(s.input_path, header(s.input_path, s.input_format), model.inputs,
