@@ -273,6 +273,8 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     folder = next(jobs.iterdir())
     manifest = json.loads((folder / "job.json").read_text())
     assert manifest["status"] == "running"  # what kill -9 leaves
+    listed = json.loads(cli("batch", "jobs", "--json").out)
+    assert [(j["job"], j["status"]) for j in listed] == [(folder.name, "interrupted")]
     kept = len(list(folder.glob("shards/*.csv")))
     assert 8 <= kept < 86 and not (tmp_path / "out.csv").exists()
     (folder / ".predictions.csv.99999.tmp").write_text("row_id\n0\n")  # a cut-short output
@@ -284,6 +286,31 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     assert summary["mini_batches"] == 86 and summary["scored_rows"] == 60_000
     _check_output(tmp_path / "out.csv", model, table)
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_jobs_lists_a_job_whose_scorer_is_gone_as_interrupted(tmp_path: Path) -> None:
+    """A job marked running is running while the process recorded with its start time
+    runs: not once it is gone, nor when its pid was given to another process."""
+    from mlinfra.batch.jobs import list_jobs
+    from mlinfra.runs.processes import this_process
+    from mlinfra.state.store import HOST
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pid, started = this_process()
+    assert started is not None
+    for job, manifest in {
+            "alive": {"pid": pid, "pid_started": started, "host": HOST},
+            "killed": {"pid": gone.pid, "pid_started": started, "host": HOST},
+            "reused": {"pid": pid, "pid_started": started - 100, "host": HOST},
+            "elsewhere": {"pid": gone.pid, "pid_started": started, "host": "b~0123456789ab"},
+            "done": {"pid": gone.pid, "pid_started": started, "status": "completed"}}.items():
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "job.json").write_text(json.dumps({"status": "running",
+                                                             **manifest}))
+    assert {j.job: j.status for j in list_jobs(tmp_path)} == {
+        "alive": "running", "killed": "interrupted", "reused": "interrupted",
+        "elsewhere": "running", "done": "completed"}
 
 
 def _failing_model() -> bytes:

@@ -38,6 +38,8 @@ from mlinfra.batch.source import (
 )
 from mlinfra.batch.worker import QUIET, ROW_ID, output_table
 from mlinfra.errors import MlinfraError
+from mlinfra.runs.processes import this_process
+from mlinfra.state.store import HOST
 
 OUTPUT_FORMATS = ("csv", "parquet", "jsonl")
 ACTIONS = ("append_row", "summary_only")
@@ -324,11 +326,13 @@ class Scorer:
             folder.create()
             scored = folder.scored()
             folder.forget_failures()
+            pid, pid_started = this_process()
             write_json(folder.manifest, {
-                "job": s.job_id, "status": "running", "pid": os.getpid(),
-                "started_at": time.time(), "endpoint": s.endpoint,
-                "deployment": s.deployment, "model": f"{s.model}:{s.version}",
-                "model_sha256": s.model_sha256, "input": s.input_label,
+                "job": s.job_id, "status": "running", "pid": pid,
+                "pid_started": pid_started, "host": HOST, "started_at": time.time(),
+                "endpoint": s.endpoint, "deployment": s.deployment,
+                "model": f"{s.model}:{s.version}", "model_sha256": s.model_sha256,
+                "input": s.input_label,
                 "input_path": str(s.input_path), "input_format": s.input_format,
                 "input_sha256": s.input_sha256, "settings": asdict(s.settings),
                 "output": asdict(s.output), "resumed": len(scored)})
