@@ -152,6 +152,24 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
     assert "No changes" in cli("plan").out
 
 
+def test_an_alias_of_a_model_with_no_version_yet_says_the_whole_way_to_set_it(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """On a fresh project `models alias` refuses every version (there is none): the
+    hint says to register the model first, and following it works."""
+    batch_project()
+    fresh = cli("apply", "--auto-approve")
+    assert fresh.code == 1
+    assert ("alias scorer@champion points nowhere, and model scorer has no version yet: "
+            "register it first with mlinfra apply --target model.scorer, then set the "
+            "alias with mlinfra models alias scorer@champion VERSION") in fresh.err
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    plan = cli("plan")
+    assert ("alias scorer@champion points nowhere: set it with mlinfra models alias "
+            "scorer@champion VERSION") in plan.err and "apply --target" not in plan.err
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+    assert cli("plan").code == 0
+
+
 def test_plan_says_which_setting_of_a_scoring_changed(
         batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
     """A new mini-batch size is a new job (its shards): scored again, and plan says so,
