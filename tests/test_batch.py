@@ -698,6 +698,57 @@ def test_inputs_by_name_a_column_output_zipmap_labels_and_kept_text(tmp_path: Pa
     assert onnx.load_from_string(model).graph.output[1].name == "output_probability"
 
 
+def test_output_columns_may_name_the_class_columns_a_user_sees(tmp_path: Path) -> None:
+    """`columns` takes the names the output shows: probabilities_0, ... (or a ZipMap's
+    labels) pick class columns of a 2-D output; a name it does not take is refused with
+    the names it takes."""
+    import dataclasses
+
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from mlinfra.batch.scoring import Output, Scorer
+    from mlinfra.errors import MlinfraError
+
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(1500)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    base = _scoring(tmp_path, model, tmp_path / "in.csv", "csv", mini_batch_size=700)
+
+    def scored(*columns: str, folder: str = "jobs", scoring: Any = base) -> pa.Table:
+        chosen = dataclasses.replace(scoring, output=Output(format="csv", columns=columns,
+                                                            keep=("customer_id",)))
+        return pcsv.read_csv(_path(Scorer(chosen, tmp_path / folder).run().output))
+
+    got = scored("row_id", "label", "probabilities_1")
+    assert got.column_names == ["row_id", "label", "probabilities_1"]
+    want = _expected(model, table)
+    assert got["label"].to_pylist() == want["label"].tolist()
+    np.testing.assert_allclose(got["probabilities_1"].to_numpy(), want["probabilities"][:, 1],
+                               rtol=1e-6)
+    assert scored("customer_id", "probabilities").column_names == [
+        "customer_id", "probabilities_0", "probabilities_1"]  # an output: all its columns
+
+    with pytest.raises(MlinfraError) as refused:
+        scored("row_id", "probabilities_2")
+    assert ("output columns ['probabilities_2'] are neither row_id, an output of scorer:1 "
+            "(label, probabilities (or its columns probabilities_0, probabilities_1)), nor "
+            "a kept input column (customer_id)") in str(refused.value)
+    with pytest.raises(MlinfraError, match=r"name \['probabilities_0'\] twice"):
+        scored("probabilities", "probabilities_0")
+
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    fitted = LogisticRegression().fit(x, np.where(x[:, 0] > 0, "yes", "no"))
+    zipmap = _named(to_onnx(fitted, x[:1], target_opset=17).SerializeToString(), ["x1", "x2"])
+    (tmp_path / "clf").mkdir()
+    clf = _scoring(tmp_path / "clf", zipmap, tmp_path / "in.csv", "csv")
+    got = scored("row_id", "output_probability_yes", folder="clf-jobs", scoring=clf)
+    assert got.column_names == ["row_id", "output_probability_yes"]
+    np.testing.assert_allclose(
+        got["output_probability_yes"].to_numpy(),
+        fitted.predict_proba(np.column_stack([table["x1"], table["x2"]]))[:, 1], atol=1e-5)
+
+
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
 def test_a_fraction_fed_to_an_integer_input_is_named(tmp_path: Path, suffix: str) -> None:
     """An integer input fed 4.5 is bad input named with its row, in every format (a
