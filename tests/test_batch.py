@@ -153,6 +153,24 @@ def test_declared_scoring_is_rescored_only_when_the_champion_moves_or_data_chang
     assert "No changes" in cli("plan").out
 
 
+def test_an_alias_of_a_model_with_no_version_yet_says_the_whole_way_to_set_it(
+        batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """On a fresh project `models alias` refuses every version (there is none): the
+    hint says to register the model first, and following it works."""
+    batch_project()
+    fresh = cli("apply", "--auto-approve")
+    assert fresh.code == 1
+    assert ("alias scorer@champion points nowhere, and model scorer has no version yet: "
+            "register it first with mlinfra apply --target model.scorer, then set the "
+            "alias with mlinfra models alias scorer@champion VERSION") in fresh.err
+    assert cli("apply", "--auto-approve", "--target", "model.scorer").code == 0
+    plan = cli("plan")
+    assert ("alias scorer@champion points nowhere: set it with mlinfra models alias "
+            "scorer@champion VERSION") in plan.err and "apply --target" not in plan.err
+    assert cli("models", "alias", "scorer@champion", "1").code == 0
+    assert cli("plan").code == 0
+
+
 def test_plan_says_which_setting_of_a_scoring_changed(
         batch_project: Callable[..., Path], cli: Callable[..., Result]) -> None:
     """A new mini-batch size is a new job (its shards): scored again, and plan says so,
@@ -347,6 +365,8 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     folder = next(jobs.iterdir())
     manifest = json.loads((folder / "job.json").read_text())
     assert manifest["status"] == "running"  # what kill -9 leaves
+    listed = json.loads(cli("batch", "jobs", "--json").out)
+    assert [(j["job"], j["status"]) for j in listed] == [(folder.name, "interrupted")]
     kept = len(list(folder.glob("shards/*.csv")))
     assert 8 <= kept < 86 and not (tmp_path / "out.csv").exists()
     (folder / ".predictions.csv.99999.tmp").write_text("row_id\n0\n")  # a cut-short output
@@ -358,6 +378,31 @@ def test_a_scoring_killed_with_sigkill_resumes_with_no_row_lost_or_duplicated(
     assert summary["mini_batches"] == 86 and summary["scored_rows"] == 60_000
     _check_output(tmp_path / "out.csv", model, table)
     assert not list(folder.glob(".*.tmp"))
+
+
+def test_jobs_lists_a_job_whose_scorer_is_gone_as_interrupted(tmp_path: Path) -> None:
+    """A job marked running is running while the process recorded with its start time
+    runs: not once it is gone, nor when its pid was given to another process."""
+    from mlinfra.batch.jobs import list_jobs
+    from mlinfra.runs.processes import this_process
+    from mlinfra.state.store import HOST
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    pid, started = this_process()
+    assert started is not None
+    for job, manifest in {
+            "alive": {"pid": pid, "pid_started": started, "host": HOST},
+            "killed": {"pid": gone.pid, "pid_started": started, "host": HOST},
+            "reused": {"pid": pid, "pid_started": started - 100, "host": HOST},
+            "elsewhere": {"pid": gone.pid, "pid_started": started, "host": "b~0123456789ab"},
+            "done": {"pid": gone.pid, "pid_started": started, "status": "completed"}}.items():
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "job.json").write_text(json.dumps({"status": "running",
+                                                             **manifest}))
+    assert {j.job: j.status for j in list_jobs(tmp_path)} == {
+        "alive": "running", "killed": "interrupted", "reused": "interrupted",
+        "elsewhere": "running", "done": "completed"}
 
 
 def _failing_model() -> bytes:
@@ -448,6 +493,30 @@ def test_a_job_passed_under_a_laxer_threshold_is_judged_again_under_a_stricter_o
     judged = json.loads(strict.out)
     assert (judged["deployment"], judged["status"], judged["output"]) == (
         "main", "failed", None)
+
+
+def test_onnxruntime_prints_no_error_of_its_own_for_a_failed_mini_batch(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    """A mini-batch the model fails on, in the head start and in the workers, is
+    reported by mlinfra only: onnxruntime's own red [E:onnxruntime:...] line for each
+    attempt is not printed."""
+    root = batch_project(model=_failing_model())
+    _applied_with_champion(cli)
+    (root / "batch.yaml").write_text((root / "batch.yaml").read_text().replace(
+        "error_threshold: 0", "error_threshold: -1"))
+    rows = 2000
+    x1 = np.arange(rows) % 10
+    x1[3] = x1[1500] = 42  # the head start's first mini-batch, and a worker's
+    pcsv.write_csv(pa.table({"customer_id": [f"c{i}" for i in range(rows)],
+                             "x1": x1.astype(float), "x2": np.zeros(rows)}),
+                   tmp_path / "in.csv")
+    done = subprocess.run([sys.executable, "-m", "mlinfra", "batch", "invoke", "nightly",
+                           "--input", str(tmp_path / "in.csv"), "--json"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert (summary["failed_mini_batches"], summary["retries"]) == (2, 2)
+    assert "onnxruntime" not in done.stderr, done.stderr
 
 
 def test_bad_input_is_named_before_any_row_is_scored(
@@ -785,6 +854,57 @@ def test_inputs_by_name_a_column_output_zipmap_labels_and_kept_text(tmp_path: Pa
     assert got["customer_id"].to_pylist() == ["007", "0.50", "a,b"]
     assert got["output_label"].to_pylist() == ["yes", "yes", "no"]
     assert onnx.load_from_string(model).graph.output[1].name == "output_probability"
+
+
+def test_output_columns_may_name_the_class_columns_a_user_sees(tmp_path: Path) -> None:
+    """`columns` takes the names the output shows: probabilities_0, ... (or a ZipMap's
+    labels) pick class columns of a 2-D output; a name it does not take is refused with
+    the names it takes."""
+    import dataclasses
+
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    from mlinfra.batch.scoring import Output, Scorer
+    from mlinfra.errors import MlinfraError
+
+    model = _named(onnx_model(), ["x1", "x2"])
+    table = _table(1500)
+    pcsv.write_csv(table, tmp_path / "in.csv")
+    base = _scoring(tmp_path, model, tmp_path / "in.csv", "csv", mini_batch_size=700)
+
+    def scored(*columns: str, folder: str = "jobs", scoring: Any = base) -> pa.Table:
+        chosen = dataclasses.replace(scoring, output=Output(format="csv", columns=columns,
+                                                            keep=("customer_id",)))
+        return pcsv.read_csv(_path(Scorer(chosen, tmp_path / folder).run().output))
+
+    got = scored("row_id", "label", "probabilities_1")
+    assert got.column_names == ["row_id", "label", "probabilities_1"]
+    want = _expected(model, table)
+    assert got["label"].to_pylist() == want["label"].tolist()
+    np.testing.assert_allclose(got["probabilities_1"].to_numpy(), want["probabilities"][:, 1],
+                               rtol=1e-6)
+    assert scored("customer_id", "probabilities").column_names == [
+        "customer_id", "probabilities_0", "probabilities_1"]  # an output: all its columns
+
+    with pytest.raises(MlinfraError) as refused:
+        scored("row_id", "probabilities_2")
+    assert ("output columns ['probabilities_2'] are neither row_id, an output of scorer:1 "
+            "(label, probabilities (or its columns probabilities_0, probabilities_1)), nor "
+            "a kept input column (customer_id)") in str(refused.value)
+    with pytest.raises(MlinfraError, match=r"name \['probabilities_0'\] twice"):
+        scored("probabilities", "probabilities_0")
+
+    x = np.random.default_rng(0).normal(size=(200, 2)).astype(np.float32)
+    fitted = LogisticRegression().fit(x, np.where(x[:, 0] > 0, "yes", "no"))
+    zipmap = _named(to_onnx(fitted, x[:1], target_opset=17).SerializeToString(), ["x1", "x2"])
+    (tmp_path / "clf").mkdir()
+    clf = _scoring(tmp_path / "clf", zipmap, tmp_path / "in.csv", "csv")
+    got = scored("row_id", "output_probability_yes", folder="clf-jobs", scoring=clf)
+    assert got.column_names == ["row_id", "output_probability_yes"]
+    np.testing.assert_allclose(
+        got["output_probability_yes"].to_numpy(),
+        fitted.predict_proba(np.column_stack([table["x1"], table["x2"]]))[:, 1], atol=1e-5)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])

@@ -121,6 +121,28 @@ def served(project: Callable[..., Path], cli: Callable[..., Result]
         cli("destroy", "--auto-approve")
 
 
+def test_an_alias_of_a_model_with_no_version_yet_says_the_whole_way_to_set_it(
+        project: Callable[..., Path], cli: Callable[..., Result]) -> None:
+    """An endpoint's alias on a fresh project: `models alias` refuses every version
+    (there is none), so the hint says to register the model first, then set the alias,
+    or add a Promotion; once the model has a version, only the last two."""
+    serving = ENDPOINT.format(workers=1, traffic="{blue: 100}", mirror="{}").replace(
+        "model: fraud\n", "model: fraud@prod\n").replace("model: other", "model: fraud@prod")
+    project({"models/fraud.onnx": onnx_model(), "models/other.onnx": onnx_model(),
+             "serving.yaml": serving})
+    fresh = cli("plan")
+    assert fresh.code == 1
+    assert ("alias fraud@prod points nowhere, and model fraud has no version yet: register "
+            "it first with mlinfra apply --target model.fraud, then set the alias with "
+            "mlinfra models alias fraud@prod VERSION, or add a Promotion") in fresh.err
+    assert cli("apply", "--auto-approve", "--target", "model.fraud").code == 0
+    plan = cli("plan")
+    assert ("alias fraud@prod points nowhere: set it with mlinfra models alias fraud@prod "
+            "VERSION, or add a Promotion") in plan.err
+    assert cli("models", "alias", "fraud@prod", "1").code == 0
+    assert cli("plan").code == 0
+
+
 def test_answers_match_onnxruntime_in_process(served: Any) -> None:
     root, _, url, key = served
     session = ort.InferenceSession(str(root / "models" / "fraud.onnx"))

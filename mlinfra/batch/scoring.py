@@ -36,8 +36,10 @@ from mlinfra.batch.source import (
     mini_batches,
     numeric_types,
 )
-from mlinfra.batch.worker import ROW_ID, output_table
+from mlinfra.batch.worker import QUIET, ROW_ID, output_names, output_table
 from mlinfra.errors import MlinfraError
+from mlinfra.runs.processes import this_process
+from mlinfra.state.store import HOST
 
 OUTPUT_FORMATS = ("csv", "parquet", "jsonl")
 ACTIONS = ("append_row", "summary_only")
@@ -221,6 +223,11 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
+def _expanded(columns: tuple[str, ...], classes: dict[str, list[str]]) -> list[str]:
+    """The output's columns: an output of one column a class stands for all of them."""
+    return [c for wanted in columns for c in classes.get(wanted, [wanted])]
+
+
 def _nowhere() -> Any:
     import io
 
@@ -254,7 +261,8 @@ class Scorer:
 
         s = self.scoring
         try:
-            model = LoadedModel.load(s.model, s.version, s.model_path, s.model_sha256)
+            model = LoadedModel.load(s.model, s.version, s.model_path, s.model_sha256,
+                                     log_severity=QUIET)
         except ModelLoadError as err:
             raise MlinfraError(f"{s.model}:{s.version}: {err}") from None
         fed = fed_columns(s.input_path, header(s.input_path, s.input_format), model.inputs,
@@ -269,12 +277,25 @@ class Scorer:
                 raise MlinfraError(f"{s.model}:{s.version}: output {name} has shape "
                                    f"{list(array.shape)}: batch scoring writes outputs of "
                                    "one number or one row of numbers per input row")
-        known = [ROW_ID, *model.output_names, *s.output.keep]
+        # an output, whole (all its class columns), or one class column of a 2-D output:
+        # the names a user sees in the output (probabilities_0, or a ZipMap's label)
+        classes = {name: names for name, array in zip(model.output_names, outputs, strict=True)
+                   if (names := output_names(name, array, model.labels.get(name))) != [name]}
+        known = [ROW_ID, *model.output_names, *(c for n in classes.values() for c in n),
+                 *s.output.keep]
         unknown = [c for c in s.output.columns if c not in known]
         if unknown:
+            what = ", ".join(f"{name} (or its columns {', '.join(classes[name])})"
+                             if name in classes else name for name in model.output_names)
+            keeps = ", ".join(s.output.keep) or "none: keep_input_columns names them"
             raise MlinfraError(f"output columns {unknown} are neither row_id, an output of "
-                               f"{s.model}:{s.version} ({model.output_names}) nor a kept "
-                               "input column")
+                               f"{s.model}:{s.version} ({what}), nor a kept input column "
+                               f"({keeps})")
+        chosen = _expanded(s.output.columns, classes)
+        twice = sorted({c for c in chosen if chosen.count(c) > 1})
+        if twice:
+            raise MlinfraError(f"output columns {list(s.output.columns)} name {twice} twice "
+                               "(an output stands for all its class columns)")
         columns = list(s.output.columns) or [ROW_ID, *s.output.keep, *model.output_names]
         numeric = numeric_types(fed, model.inputs)
         # a CSV's kept columns are text, but for those the model reads: numbers
@@ -330,11 +351,13 @@ class Scorer:
             folder.create()
             scored = folder.scored()
             folder.forget_failures()
+            pid, pid_started = this_process()
             write_json(folder.manifest, {
-                "job": s.job_id, "status": "running", "pid": os.getpid(),
-                "started_at": time.time(), "endpoint": s.endpoint,
-                "deployment": s.deployment, "model": f"{s.model}:{s.version}",
-                "model_sha256": s.model_sha256, "input": s.input_label,
+                "job": s.job_id, "status": "running", "pid": pid,
+                "pid_started": pid_started, "host": HOST, "started_at": time.time(),
+                "endpoint": s.endpoint, "deployment": s.deployment,
+                "model": f"{s.model}:{s.version}", "model_sha256": s.model_sha256,
+                "input": s.input_label,
                 "input_path": str(s.input_path), "input_format": s.input_format,
                 "input_sha256": s.input_sha256, "settings": asdict(s.settings),
                 "output": asdict(s.output), "resumed": len(scored)})

@@ -110,13 +110,13 @@ def score_shards(root: Path, indexes: list[int], threads: int) -> list[int]:
     """Score `indexes` of the staged job at `root`; returns those that failed."""
     import pyarrow.parquet as pq
 
-    from mlinfra.batch.worker import attempt
+    from mlinfra.batch.worker import QUIET, attempt
     from mlinfra.serving.model import LoadedModel
 
     task = read_json(root / TASK)
     folder = JobFolder(root, str(task.get("shard_format", "arrow")))
     model = LoadedModel.load(task["model"], int(task["version"]), root / MODEL,
-                             task["sha256"], threads)
+                             task["sha256"], threads, QUIET)
     source = pq.ParquetFile(root / INPUT)
     size = int(task["mini_batch_size"])
     failed = []

@@ -24,6 +24,10 @@ from mlinfra.serving.tensors import TensorSpec
 from mlinfra.serving.zipmap import Labels
 
 ROW_ID = "row_id"
+# onnxruntime's sessions print only fatal messages: a failed call is recorded and
+# reported by mlinfra with its mini-batch (errors.jsonl, the summary), and
+# onnxruntime's own red line for each attempt would only write over the progress bar
+QUIET = 4
 
 
 def feeds(batch: pa.RecordBatch, fed: dict[str, list[str]], inputs: dict[str, TensorSpec]
@@ -205,14 +209,12 @@ def main(tasks: Any, results: Any, spec: dict[str, Any]) -> None:
     """The worker's loop: (index, start row, batch) in, ("done"|"failed", ...) out."""
     import onnxruntime as ort
 
-    # a failed call is reported with its mini-batch; onnxruntime's own log would only
-    # write over the progress bar
-    ort.set_default_logger_severity(4)
+    ort.set_default_logger_severity(QUIET)
     parent = int(spec["parent"])
     threading.Thread(target=_orphaned, args=(parent,), daemon=True).start()
     folder = JobFolder(Path(spec["folder"]), spec["shards"])
     model = LoadedModel.load(spec["model"], int(spec["version"]), Path(spec["path"]),
-                             spec["sha256"], int(spec["threads"]))
+                             spec["sha256"], int(spec["threads"]), QUIET)
     results.put(("ready", -1, 0, "", 0.0, os.getpid()))
     while True:
         try:

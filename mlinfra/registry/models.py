@@ -119,14 +119,26 @@ class ModelRegistry:
                                 (name, alias))
         return str(rows[0][0]) if rows else ""
 
+    def alias_nowhere(self, name: str, alias: str) -> str:
+        """That `name@alias` points nowhere, and the whole way to set it: `models alias`
+        points it at a registered version, so a model with none yet is registered first,
+        by applying its Model (a reference names a Model the project declares: validate
+        checks it)."""
+        ref = f"{name}@{alias}"
+        set_it = f"mlinfra models alias {ref} VERSION"
+        if self.versions(name):
+            return f"alias {ref} points nowhere: set it with {set_it}"
+        return (f"alias {ref} points nowhere, and model {name} has no version yet: register "
+                f"it first with mlinfra apply --target model.{name}, then set the alias with "
+                f"{set_it}")
+
     def resolve(self, name: str, version: int | None = None,
                 alias: str | None = None) -> ModelVersion:
         """`fraud`, `fraud:3` or `fraud@champion` to a version; RegistryError if none."""
         if alias is not None:
             target = self.aliases(name).get(alias)
             if target is None:
-                raise RegistryError(f"alias {name}@{alias} points nowhere: set it with "
-                                    f"mlinfra models alias {name}@{alias} VERSION")
+                raise RegistryError(self.alias_nowhere(name, alias))
             version = target
         found = self.get(name, version) if version is not None else self.latest(name)
         if found is None:

@@ -25,12 +25,13 @@ class ModelLoadError(Exception):
     pass
 
 
-def load_session(path: Path, sha256: str | None = None, threads: int = 1
-                 ) -> tuple[Any, dict[str, Labels]]:
+def load_session(path: Path, sha256: str | None = None, threads: int = 1,
+                 log_severity: int = 3) -> tuple[Any, dict[str, Labels]]:
     """An onnxruntime session of the model at `path`, its ZipMap outputs served dense
     (mlinfra.serving.zipmap), and the class labels of each of those. `threads`: its
     intra-op threads (a server's workers use one each; a batch worker its share of the
-    cores)."""
+    cores). `log_severity`: the least severe of onnxruntime's own messages it prints
+    (3: errors; 4: fatal only, for a caller that reports a failed call itself)."""
     import onnxruntime as ort
 
     data = path.read_bytes()
@@ -47,7 +48,7 @@ def load_session(path: Path, sha256: str | None = None, threads: int = 1
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = log_severity
     providers = ["CPUExecutionProvider"]
     if not external:
         session = ort.InferenceSession(unzipped.model, options, providers=providers)
@@ -111,8 +112,8 @@ class LoadedModel:
 
     @classmethod
     def load(cls, name: str, version: int, path: Path, sha256: str,
-             threads: int = 1) -> LoadedModel:
-        session, labels = load_session(path, sha256, threads)
+             threads: int = 1, log_severity: int = 3) -> LoadedModel:
+        session, labels = load_session(path, sha256, threads, log_severity)
         inputs = _describe(session.get_inputs())
         metadata = session.get_modelmeta().custom_metadata_map
         model = cls(name, version, sha256, session, inputs, _describe(session.get_outputs()),

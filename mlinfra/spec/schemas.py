@@ -659,7 +659,9 @@ def _batch_endpoint() -> Schema:
                                            enum=["csv", "parquet", "jsonl"], default="csv"),
                          "columns": _s("Columns of the output, in order, among row_id, the "
                                        "model's outputs (a 2-D output gives one column per "
-                                       "class: probabilities_0, ...) and the kept input "
+                                       "class: probabilities_0, ..., or its ZipMap's labels; "
+                                       "an output's name stands for all of them, a class "
+                                       "column's for that one) and the kept input "
                                        "columns. Default: row_id, the kept columns, every "
                                        "output.", type="array", minItems=1, uniqueItems=True,
                                        items={"type": "string", "minLength": 1}),

@@ -79,9 +79,8 @@ class EndpointHandler(BaseHandler):
                 sources[deployment["name"]] = ctx.facts(model)
             if ref.alias and registry.aliases(ref.name).get(ref.alias) is None and not (
                     governed(ctx, ref.name, ref.alias)):
-                raise ProviderError(res.address, f"alias {ref.name}@{ref.alias} points "
-                                    f"nowhere: set it with mlinfra models alias "
-                                    f"{ref.name}@{ref.alias} VERSION, or add a Promotion")
+                raise ProviderError(res.address, registry.alias_nowhere(
+                    ref.name, ref.alias) + ", or add a Promotion")
             if model is None and registry.latest(ref.name) is None:
                 raise ProviderError(res.address, f"model {ref.name} is neither declared "
                                     "nor registered")
