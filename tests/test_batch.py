@@ -605,15 +605,21 @@ def test_validate_names_file_line_and_field(project: Callable[..., Path],
         in twice.err
 
 
-def test_a_mini_batch_past_its_timeout_is_stopped_tried_again_then_counted(
-        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
-    root = batch_project(model=_slow_model())
+def _one_mini_batch_of_40000(root: Path, cli: Callable[..., Result], source: Path,
+                             settings: str) -> None:
+    """The champion applied, the main deployment one worker (at most) with `settings`
+    and any number of failed rows, and a 40,000-row input: one mini-batch."""
     _applied_with_champion(cli)
     (root / "batch.yaml").write_text(ENDPOINT.replace(
         "mini_batch_size: 700, max_concurrency: 2,\n     error_threshold: 0, retries: 1",
-        "mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, retries: 1, "
-        "timeout: 50ms"))
-    pcsv.write_csv(_table(40000), tmp_path / "in.csv")
+        f"mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, {settings}"))
+    pcsv.write_csv(_table(40000), source)
+
+
+def test_a_mini_batch_past_its_timeout_is_stopped_tried_again_then_counted(
+        batch_project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path) -> None:
+    root = batch_project(model=_slow_model())
+    _one_mini_batch_of_40000(root, cli, tmp_path / "in.csv", "retries: 1, timeout: 50ms")
     done = cli("batch", "invoke", "nightly", "--input", str(tmp_path / "in.csv"), "--json")
     assert done.code == 0, done.err
     summary = json.loads(done.out)
@@ -629,12 +635,7 @@ def test_the_timeout_holds_for_the_mini_batches_the_scorer_scores_itself(
     past the timeout is a failed attempt when the timeout ends, not when the call does
     (seconds here: two layers of 2,048 over 40,000 rows)."""
     root = batch_project(model=_slow_model(2048))
-    _applied_with_champion(cli)
-    (root / "batch.yaml").write_text(ENDPOINT.replace(
-        "mini_batch_size: 700, max_concurrency: 2,\n     error_threshold: 0, retries: 1",
-        "mini_batch_size: 40000, max_concurrency: 1,\n     error_threshold: -1, retries: 0, "
-        "timeout: 100ms"))
-    pcsv.write_csv(_table(40000), tmp_path / "in.csv")
+    _one_mini_batch_of_40000(root, cli, tmp_path / "in.csv", "retries: 0, timeout: 100ms")
     command = [sys.executable, "-m", "mlinfra", "batch", "invoke", "nightly", "--input",
                str(tmp_path / "in.csv"), "--json"]
     began = time.monotonic()
