@@ -318,8 +318,7 @@ def input_of(ctx: Context, text: str, address: str) -> tuple[Path, str, str, str
     if ref is not None and ref.alias is None and ctx.config.get("Data", ref.name):
         found = Resolver(ctx).data(ctx.config.get("Data", ref.name), text)  # type: ignore[arg-type]
         label = found.label
-        if DataVersions(ctx.writer).find(ref.name, found.sha256) is None:
-            # plan's name for content that apply will register: not a version yet
+        if not found.registered:  # plan's name for content apply will register
             if ref.version is not None:
                 raise ProviderError(address, f"--input {text}: data {ref.name} has no "
                                     f"version {ref.version} yet: apply it first")

@@ -71,6 +71,7 @@ class DataInput:
     version: int
     sha256: str
     path: Path
+    registered: bool = True  # False: content apply will register as `version`
 
     @property
     def label(self) -> str:
@@ -96,7 +97,8 @@ class Resolver:
                                              fetch=not self.ctx.store.readonly)
         except ProviderError as err:
             raise ProviderError(res.address, f"input data {ref.name}: {err.reason}") from None
-        current = self.versions.find(ref.name, sha) or self.versions.next_version(ref.name)
+        found = self.versions.find(ref.name, sha)
+        current = found or self.versions.next_version(ref.name)
         if ref.version is not None and ref.version != current:
             pinned = self.versions.get(ref.name, ref.version)
             if pinned is None:
@@ -107,7 +109,7 @@ class Resolver:
                 raise ProviderError(res.address, f"data {ref.name}:{ref.version} is not the "
                                     "current content and was never stored by a run")
             return DataInput(ref.name, ref.version, pinned.sha256, store.path(pinned.sha256))
-        return DataInput(ref.name, current, sha, path)
+        return DataInput(ref.name, current, sha, path, registered=found is not None)
 
     def environment(self, job: Resource) -> tuple[str, Path | None, dict[str, Any]]:
         """The environment's identity (its lock's hash), venv and `env` (secrets still
