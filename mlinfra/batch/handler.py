@@ -205,7 +205,7 @@ class BatchScoreHandler(BaseHandler):
                         "failed_rows": summary.failed_rows}}
         versions = DataVersions(ctx.writer)
         before = versions.find(name, sha)
-        version = versions.register(name, sha, metadata)
+        version = before if before is not None else versions.register(name, sha, metadata)
         if before is None:
             ctx.log(f"batchscore.{name}: registered data version {name}:{version}")
         else:  # content-addressed, as any Data: its lineage is its first scoring's
