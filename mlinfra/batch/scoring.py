@@ -36,7 +36,7 @@ from mlinfra.batch.source import (
     mini_batches,
     numeric_types,
 )
-from mlinfra.batch.worker import QUIET, ROW_ID, output_names, output_table
+from mlinfra.batch.worker import QUIET, ROW_ID, expanded, output_names, output_table
 from mlinfra.errors import MlinfraError
 from mlinfra.runs.processes import this_process
 from mlinfra.state.store import HOST
@@ -223,11 +223,6 @@ class _Writer:
         self.tmp.unlink(missing_ok=True)
 
 
-def _expanded(columns: tuple[str, ...], classes: dict[str, list[str]]) -> list[str]:
-    """The output's columns: an output of one column a class stands for all of them."""
-    return [c for wanted in columns for c in classes.get(wanted, [wanted])]
-
-
 def _nowhere() -> Any:
     import io
 
@@ -291,7 +286,7 @@ class Scorer:
             raise MlinfraError(f"output columns {unknown} are neither row_id, an output of "
                                f"{s.model}:{s.version} ({what}), nor a kept input column "
                                f"({keeps})")
-        chosen = _expanded(s.output.columns, classes)
+        chosen = expanded(s.output.columns, classes)
         twice = sorted({c for c in chosen if chosen.count(c) > 1})
         if twice:
             raise MlinfraError(f"output columns {list(s.output.columns)} name {twice} twice "

@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +105,11 @@ def output_names(name: str, array: np.ndarray, labels: Labels | None) -> list[st
     return [f"{name}_{label}" for label in names]
 
 
+def expanded(columns: Sequence[str], classes: dict[str, list[str]]) -> list[str]:
+    """The output's columns: an output with a column a class stands for all of them."""
+    return [c for wanted in columns for c in classes.get(wanted, [wanted])]
+
+
 def output_table(start: int, kept: pa.RecordBatch | None, names: list[str],
                  outputs: list[np.ndarray], labels: dict[str, Labels],
                  columns: list[str]) -> pa.Table:
@@ -116,19 +121,18 @@ def output_table(start: int, kept: pa.RecordBatch | None, names: list[str],
     if kept is not None:
         for i, field in enumerate(kept.schema):
             available[field.name] = kept.column(i)
-    expanded: dict[str, list[str]] = {}
+    classes: dict[str, list[str]] = {}
     for name, array in zip(names, outputs, strict=True):
         flat = array.reshape(len(array), -1) if array.ndim > 2 else array
-        expanded[name] = output_names(name, flat, labels.get(name))
+        classes[name] = output_names(name, flat, labels.get(name))
         if flat.ndim == 1:
             available[name] = arrow(flat)
         elif flat.shape[1] == 1:
             available[name] = arrow(flat[:, 0])
         else:
-            for i, column in enumerate(expanded[name]):
+            for i, column in enumerate(classes[name]):
                 available[column] = arrow(flat[:, i])
-    chosen = [c for wanted in columns for c in expanded.get(wanted, [wanted])]
-    return pa.table({c: available[c] for c in chosen})
+    return pa.table({c: available[c] for c in expanded(columns, classes)})
 
 
 def _orphaned(scorer: int) -> None:
